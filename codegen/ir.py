@@ -1,0 +1,79 @@
+"""The instructions of an array program: frozen, hashable, printable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import sympy as sp
+
+Dim = int | str  # a fixed size, or "n": the number of rows of the current batch
+BATCH = "n"
+
+
+class Op(Enum):
+    GEMM = "gemm"  # out = alpha · op(a) · op(b), op = transpose or not
+    MAP = "map"  # out = body(args...) entrywise; args broadcast as NumPy does (1×m, n×1, 1×1)
+    ROWSUM = "rowsum"  # out (r×1) = Σ_j a[:, j]
+    COLSUM = "colsum"  # out (1×c) = Σ_i a[i, :]
+    LOGSUMEXP = "logsumexp"  # out (r×1) = log Σ_j exp(a[:, j]), computed stably
+    TRANSPOSE = "transpose"  # out = aᵀ
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    shape: tuple[Dim, Dim]
+    role: str = "temp"  # "input" | "param" | "temp"
+
+
+@dataclass(frozen=True)
+class Instr:
+    op: Op
+    out: str
+    args: tuple[str, ...]
+    body: sp.Expr | None = None  # MAP: scalar expression in arg_symbols(len(args)) and n
+    trans: tuple[bool, bool] = (False, False)  # GEMM: transpose a, transpose b
+    alpha: sp.Expr = sp.Integer(1)  # GEMM scale (may use n)
+    note: str = ""  # the formula this instruction computes, for listings and generated source
+
+
+@dataclass(frozen=True)
+class Program:
+    buffers: tuple[Buffer, ...]
+    instrs: tuple[Instr, ...]
+    outputs: tuple[tuple[str, str], ...]  # (output name, buffer name)
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def buffer(self, name: str) -> Buffer:
+        return next(b for b in self.buffers if b.name == name)
+
+    def listing(self) -> str:
+        """The program as readable pseudo-code, one instruction per line under its formula."""
+        lines = []
+        for ins in self.instrs:
+            if ins.note:
+                lines.append(f"# {ins.note}")
+            lines.append(f"{ins.out} = {describe(ins)}")
+        outs = ", ".join(f"{k}={v}" for k, v in self.outputs)
+        lines.append(f"return {outs}")
+        return "\n".join(lines)
+
+
+def arg_symbols(k: int) -> list[sp.Symbol]:
+    """The scalar symbols a0, a1, … that stand for the entries of a MAP's arguments."""
+    return [sp.Symbol(f"a{i}", real=True) for i in range(k)]
+
+
+SIZE = sp.Symbol(BATCH, integer=True, positive=True)
+
+
+def describe(ins: Instr) -> str:
+    if ins.op is Op.GEMM:
+        a, b = (f"{n}.T" if t else n for n, t in zip(ins.args, ins.trans))
+        scale = "" if ins.alpha == 1 else f"{ins.alpha} * "
+        return f"{scale}{a} @ {b}"
+    if ins.op is Op.MAP:
+        body = ins.body.subs({s: sp.Symbol(n) for s, n in zip(arg_symbols(len(ins.args)), ins.args)})
+        return f"map({body})"
+    return f"{ins.op.value}({', '.join(ins.args)})"

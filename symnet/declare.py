@@ -1,0 +1,94 @@
+"""Declaring networks: the batch size, inputs, dense layers and parameter discovery."""
+
+from __future__ import annotations
+
+import re
+
+import sympy as sp
+
+from .errors import DeclarationError, ShapeError
+
+#: The number of rows of a minibatch; every input has ``batch`` rows.
+batch = sp.Symbol("n", integer=True, positive=True)
+
+
+def Input(name: str, columns: int) -> sp.MatrixSymbol:  # noqa: N802 - API name
+    """An input or target matrix: ``MatrixSymbol(name, batch, columns)``."""
+    _check_name(name, "Input")
+    _check_units(columns, f"Input({name!r}, columns)")
+    return sp.MatrixSymbol(name, batch, columns)
+
+
+def parameter(name: str, rows: int, cols: int) -> sp.MatrixSymbol:
+    """A learnable parameter matrix."""
+    _check_name(name, "parameter")
+    return sp.MatrixSymbol(name, rows, cols)
+
+
+def affine(inp, units: int, name) -> sp.MatrixExpr:
+    """``inp·W{name} + 1·b{name}``: the pre-activation of a dense layer."""
+    cols = inp.shape[1]
+    if not (isinstance(cols, sp.Integer) or isinstance(cols, int)):
+        raise ShapeError(f"dense: the input {inp} must have a fixed number of columns, got {cols}")
+    w = parameter(f"W{name}", int(cols), units)
+    b = parameter(f"b{name}", 1, units)
+    return inp * w + sp.OneMatrix(inp.shape[0], 1) * b
+
+
+def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
+    """A fully connected layer ``activation(x·W + 1·b)`` with parameters ``W{name}`` (in×units)
+    and ``b{name}`` (1×units). ``name`` defaults to one more than the number of dense layers
+    already in ``x`` (1, 2, 3, ...)."""
+    if not getattr(x, "is_Matrix", False):
+        raise DeclarationError(
+            f"dense: x must be a matrix expression such as sn.Input('X', 784), got {x!r}"
+        )
+    _check_units(units, "dense(units)")
+    if name is None:
+        name = _next_layer_name(x)
+    name = str(name)
+    taken = {s.name for s in x.free_symbols if isinstance(s, sp.MatrixSymbol)}
+    clash = {f"W{name}", f"b{name}", f"a{name}"} & taken
+    if clash:
+        raise DeclarationError(
+            f"dense(name={name!r}): the parameter {sorted(clash)[0]} already exists in the input "
+            f"expression; give this layer another name"
+        )
+    if activation is not None and hasattr(activation, "dense"):
+        return activation.dense(x, units, name)  # layers that own extra parameters
+    z = affine(x, units, name)
+    if activation is None:
+        return z
+    if not callable(activation):
+        raise DeclarationError(
+            f"dense: activation must be callable like sn.sigmoid or sn.leaky_relu(0.1), "
+            f"got {activation!r}"
+        )
+    return activation(z)
+
+
+def _next_layer_name(x) -> str:
+    numbers = [int(m.group(1)) for s in x.free_symbols if isinstance(s, sp.MatrixSymbol)
+               for m in [re.fullmatch(r"W(\d+)(?:_\d+)?", s.name)] if m]
+    return str(max(numbers, default=0) + 1)
+
+
+def weights(expr) -> list[sp.MatrixSymbol]:
+    """The weight matrices of a network expression (``W…`` parameters), for ``sn.l2``/``sn.l1``."""
+    return sorted((s for s in expr.free_symbols
+                   if isinstance(s, sp.MatrixSymbol) and s.name.startswith("W")),
+                  key=lambda s: _natural_key(s.name))
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _check_units(units, what):
+    if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
+        raise DeclarationError(f"{what} must be a positive integer, got {units!r}")
+
+
+def _check_name(name, what):
+    if not isinstance(name, str) or not name.isidentifier():
+        raise DeclarationError(f"{what}: name must be an identifier such as 'X', got {name!r}")

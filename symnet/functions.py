@@ -1,0 +1,479 @@
+"""Elementwise activations, row-wise softmax, reductions, losses and regularisers.
+
+Everything here returns an ordinary SymPy matrix expression. An elementwise activation is a
+SymPy ``Function`` whose scalar definition lives in one place, :func:`activation`; applying it to
+a matrix builds an :class:`Elementwise` node. Adding an activation touches this file only.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import sympy as sp
+from sympy.codegen.cfunctions import log1p
+from sympy.matrices.expressions import MatrixExpr
+
+from .errors import DeclarationError, DifferentiationError, ShapeError
+
+#: The scalar variable every activation is written in.
+x = sp.Symbol("x", real=True)
+
+
+# ----------------------------------------------------------------------------- matrix nodes
+
+
+class Elementwise(MatrixExpr):
+    """``fn.(M)``: the scalar function ``fn`` (a one-argument ``Lambda``) applied to every entry of M.
+
+    SymPy's own ``ElementwiseApplyFunction`` rewrites itself on construction and prints as
+    ``Lambda(_d, ...).(M)``; this node stays as built and prints the way a textbook writes it.
+    """
+
+    def __new__(cls, fn, arg):
+        if not isinstance(fn, sp.Lambda) or len(fn.variables) != 1:
+            raise DeclarationError(f"Elementwise needs a one-argument sympy.Lambda, got {fn!r}")
+        if not getattr(arg, "is_Matrix", False):
+            raise DeclarationError(f"Elementwise applies to a matrix expression, got {arg!r}")
+        return MatrixExpr.__new__(cls, fn, arg)
+
+    fn = property(lambda self: self.args[0])
+    arg = property(lambda self: self.args[1])
+    shape = property(lambda self: self.args[1].shape)
+
+    def body(self, var=x):
+        """The scalar function body written in ``var``."""
+        return self.fn(var)
+
+    def _entry(self, i, j, **kwargs):
+        return self.fn(self.arg._entry(i, j, **kwargs))
+
+    def _eval_transpose(self):
+        return Elementwise(self.fn, self.arg.T)
+
+    def _sympystr(self, printer):
+        return elementwise_text(self.fn, printer._print(self.arg), latex=False)
+
+    def _latex(self, printer):
+        return elementwise_text(self.fn, printer._print(self.arg), latex=True)
+
+    def _pretty(self, printer):
+        from sympy.printing.pretty.stringpict import prettyForm
+
+        return prettyForm(self._sympystr(sp.printing.str.StrPrinter()))
+
+
+class RowLogSumExp(MatrixExpr):
+    """``logsumexp(Z)``: the n×1 column of log Σ_j exp(Z_ij), computed stably."""
+
+    def __new__(cls, arg):
+        if not getattr(arg, "is_Matrix", False):
+            raise DeclarationError(f"logsumexp applies to a matrix expression, got {arg!r}")
+        return MatrixExpr.__new__(cls, arg)
+
+    arg = property(lambda self: self.args[0])
+    shape = property(lambda self: (self.args[0].shape[0], sp.Integer(1)))
+
+    def _sympystr(self, printer):
+        return f"logsumexp({printer._print(self.arg)})"
+
+    def _latex(self, printer):
+        return rf"\operatorname{{logsumexp}}\left({printer._print(self.arg)}\right)"
+
+    def _pretty(self, printer):
+        from sympy.printing.pretty.stringpict import prettyForm
+
+        return prettyForm(self._sympystr(sp.printing.str.StrPrinter()))
+
+
+def elementwise_text(fn: sp.Lambda, arg_text: str, latex: bool) -> str:
+    """Print ``fn.(arg)`` as text: ``sigmoid(Z1)`` for a named activation, otherwise the scalar
+    body with the matrix in place of the variable and products as Hadamard products:
+    ``A1∘(1 - A1)``."""
+    var = fn.variables[0]
+    body = fn.expr
+    if isinstance(body, ScalarActivation) and body.args == (var,):
+        if latex:
+            return rf"{body.latex_name}\left({arg_text}\right)"
+        return f"{body.func.__name__}({arg_text})"
+    simple = re.fullmatch(r"[\w\\{}^δ]+", arg_text) is not None
+    holder = sp.Symbol(arg_text if simple else f"({arg_text})")
+    if latex:
+        return sp.latex(body.subs(var, holder), mul_symbol=r"\circ")
+    text = sp.sstr(body.subs(var, holder)).replace("**", "^")
+    text = re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)\*", r"\1·", text)
+    return text.replace("*", "∘")
+
+
+# ------------------------------------------------------------------------------ activations
+
+
+class ScalarActivation(sp.Function):
+    """Base of every named scalar activation; subclasses are made by :func:`activation`."""
+
+    definition: sp.Lambda  # what the function is: differentiated, simplified and shown
+    numeric: sp.Lambda  # how it is computed: the same function in a numerically stable form
+    latex_name: str
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_Number:
+            return cls.definition(arg)
+        return None
+
+    def fdiff(self, argindex=1):
+        return derivative(self.func)(self.args[0])
+
+    def _latex(self, printer, exp=None):
+        text = rf"{self.latex_name}\left({printer._print(self.args[0])}\right)"
+        return text if exp is None else rf"{text}^{{{exp}}}"
+
+
+@lru_cache(maxsize=None)
+def derivative(func) -> sp.Lambda:
+    """The scalar derivative of an activation, from ``sympy.diff`` of its definition."""
+    d = sp.diff(func.definition(x), x)
+    check_differentiable(d, func.__name__)
+    return sp.Lambda(x, d)
+
+
+def check_differentiable(d: sp.Expr, what: str) -> None:
+    """Refuse a derivative SymPy could not evaluate, or one that is zero almost everywhere."""
+    if d.has(sp.Derivative, sp.Subs):
+        bad = next(iter(d.atoms(sp.Derivative, sp.Subs)))
+        raise DifferentiationError(
+            f"cannot differentiate {what}: SymPy leaves its derivative unevaluated ({bad}). "
+            "Use a differentiable function (for a step, a steep sigmoid; for rounding, none)."
+        )
+    if d.has(sp.DiracDelta):
+        raise DifferentiationError(
+            f"cannot differentiate {what}: its derivative is a Dirac delta (the function is a "
+            "step, like sign or Heaviside), so gradients would be zero almost everywhere. "
+            "Use a smooth replacement such as sn.tanh or sn.hard_tanh."
+        )
+
+
+class Activation:
+    """A callable applying a scalar activation elementwise: ``sn.sigmoid(Z)`` → ``sigmoid(Z)``."""
+
+    def __init__(self, function: type[ScalarActivation]):
+        self.function = function
+        self.name = function.__name__
+
+    def __call__(self, arg):
+        if isinstance(arg, sp.Basic) and not arg.is_Matrix:
+            return self.function(arg)
+        _require_matrix(arg, self.name)
+        return Elementwise(sp.Lambda(x, self.function(x)), arg)
+
+    def __repr__(self):
+        return f"<activation {self.name}: {self.function.definition(x)}>"
+
+
+def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = None,
+               numeric: sp.Expr | None = None) -> Activation:
+    """Make an elementwise activation from any scalar SymPy expression ``expr`` in ``var``.
+
+    ``numeric`` is an optional numerically stable form of the same function used for computing;
+    the derivative always comes from ``sympy.diff`` of ``expr``.
+
+    >>> gelu = activation("gelu", x/2*(1 + sp.erf(x/sp.sqrt(2))), x)
+    """
+    if not isinstance(expr, sp.Expr):
+        raise DeclarationError(f"activation {name!r}: expr must be a SymPy expression, got {expr!r}")
+    if not isinstance(var, sp.Symbol):
+        raise DeclarationError(f"activation {name!r}: var must be a sympy.Symbol, got {var!r}")
+    extra = expr.free_symbols - {var}
+    if extra:
+        raise DeclarationError(
+            f"activation {name!r}: its expression {expr} has free symbols {sorted(map(str, extra))} "
+            f"besides {var}; substitute numbers for them (expr.subs(...)) first."
+        )
+    definition = sp.Lambda(x, expr.subs(var, x))
+    stable = definition if numeric is None else sp.Lambda(x, numeric.subs(var, x))
+    attrs = dict(definition=definition, numeric=stable, nargs=1,
+                 latex_name=latex or rf"\operatorname{{{_latex_escape(name)}}}")
+    function = type(name, (ScalarActivation,), attrs)
+    derivative(function)  # refuse non-differentiable functions at declaration
+    return Activation(function)
+
+
+def _latex_escape(name: str) -> str:
+    return name.replace("_", r"\_")
+
+
+def _require_matrix(arg, what):
+    if not getattr(arg, "is_Matrix", False):
+        raise DeclarationError(
+            f"{what} applies to a matrix expression (e.g. X*W + OneMatrix(n, 1)*b), got {arg!r}"
+        )
+
+
+_half = sp.Rational(1, 2)
+
+sigmoid = activation("sigmoid", 1 / (1 + sp.exp(-x)), x, latex=r"\sigma")
+tanh = activation("tanh", sp.tanh(x), x, latex=r"\tanh")
+# relu'(0) = 0, as in PyTorch: the Piecewise picks the second branch at x = 0.
+relu = activation("relu", sp.Piecewise((x, x > 0), (0, True)), x, latex=r"\operatorname{relu}")
+softplus = activation(
+    "softplus", sp.log(1 + sp.exp(x)), x, latex=r"\operatorname{softplus}",
+    # log(1 + e^x) overflows for large x; this form never exponentiates a positive number.
+    numeric=sp.Piecewise((x + log1p(sp.exp(-x)), x > 0), (log1p(sp.exp(x)), True)),
+)
+# PyTorch's hardsigmoid: relu6(x + 3)/6.
+hard_sigmoid = activation(
+    "hard_sigmoid", sp.Piecewise((0, x <= -3), (1, x >= 3), (x / 6 + _half, True)), x)
+hard_tanh = activation("hard_tanh", sp.Piecewise((-1, x < -1), (1, x > 1), (x, True)), x)
+swish = activation("swish", x / (1 + sp.exp(-x)), x)  # x·σ(x), PyTorch's SiLU
+gelu = activation("gelu", x / 2 * (1 + sp.erf(x / sp.sqrt(2))), x)  # the exact (erf) GELU
+
+
+class Pointwise:
+    """An elementwise application of a plain SymPy function (exp, log, x², |x|), so SymPy's own
+    simplifications (log(exp(x)) = x) apply to it."""
+
+    def __init__(self, name: str, expr: sp.Expr):
+        self.name, self.fn = name, sp.Lambda(x, expr)
+        check_differentiable(sp.diff(expr, x), name)
+
+    def __call__(self, arg):
+        if isinstance(arg, sp.Basic) and not arg.is_Matrix:
+            return self.fn(arg)
+        _require_matrix(arg, self.name)
+        return Elementwise(self.fn, arg)
+
+    def __repr__(self):
+        return f"<elementwise {self.name}: {self.fn.expr}>"
+
+
+exp = Pointwise("exp", sp.exp(x))
+log = Pointwise("log", sp.log(x))
+square = Pointwise("square", x**2)
+abs = Pointwise("abs", sp.Abs(x))  # abs'(0) = sign(0) = 0, as in PyTorch
+
+
+def identity(arg):
+    """The identity activation: returns its argument unchanged."""
+    return arg
+
+
+@lru_cache(maxsize=None)
+def leaky_relu(alpha: float = 0.01) -> Activation:
+    """``leaky_relu(alpha)`` → the activation x for x > 0, alpha·x otherwise."""
+    a = _positive_number(alpha, "leaky_relu", "alpha", allow_zero=True)
+    return activation(f"leaky_relu[{alpha}]", sp.Piecewise((x, x > 0), (a * x, True)), x,
+                      latex=rf"\operatorname{{lrelu}}_{{{alpha}}}")
+
+
+@lru_cache(maxsize=None)
+def elu(alpha: float = 1.0) -> Activation:
+    """``elu(alpha)`` → x for x > 0, alpha·(eˣ − 1) otherwise."""
+    a = _positive_number(alpha, "elu", "alpha")
+    return activation(f"elu[{alpha}]", sp.Piecewise((x, x > 0), (a * (sp.exp(x) - 1), True)), x,
+                      latex=rf"\operatorname{{elu}}_{{{alpha}}}")
+
+
+def _positive_number(value, fname, arg, allow_zero=False):
+    ok = isinstance(value, (int, float)) and (value > 0 or (allow_zero and value == 0))
+    if not ok:
+        raise DeclarationError(f"{fname}({arg}={value!r}): {arg} must be a positive number")
+    return sp.Float(value) if isinstance(value, float) else sp.Integer(value)
+
+
+class _PReLU:
+    """Parametric ReLU with a learnable slope per unit: relu(Z) − (1·a)∘relu(−Z).
+
+    Used in ``sn.dense(x, units, sn.prelu, name=k)`` it creates the (1×units) slope ``a{k}``.
+    """
+
+    name = "prelu"
+
+    def __call__(self, arg, slope=None):
+        _require_matrix(arg, "prelu")
+        if slope is None:
+            raise DeclarationError(
+                "prelu needs its learnable slope: use it as sn.dense(x, units, sn.prelu) (which "
+                "creates the slope parameter), or call sn.prelu(Z, a) with a (1×units) MatrixSymbol a"
+            )
+        if tuple(slope.shape) != (1, arg.shape[1]):
+            raise ShapeError(
+                f"prelu slope {slope} is {_shape_text(slope)} but {arg} has {arg.shape[1]} columns;"
+                f" the slope must be 1×{arg.shape[1]}"
+            )
+        ones = sp.OneMatrix(arg.shape[0], 1)
+        return relu(arg) - sp.HadamardProduct(ones * slope, relu(-arg))
+
+    def dense(self, inp, units, name):
+        from .declare import affine, parameter
+
+        slope = parameter(f"a{name}", 1, units)
+        return self(affine(inp, units, name), slope)
+
+
+prelu = _PReLU()
+
+
+class maxout:
+    """``maxout(k)``: the elementwise maximum of k affine pieces, for ``sn.dense`` only.
+
+    max(a, b) is composed as a + relu(b − a), so the gradient flows to the larger piece
+    (to the first one on ties).
+    """
+
+    def __init__(self, k: int):
+        if not isinstance(k, int) or k < 2:
+            raise DeclarationError(f"maxout(k={k!r}): k must be an integer ≥ 2 (the number of pieces)")
+        self.k = k
+        self.name = f"maxout({k})"
+
+    def __call__(self, arg):
+        raise DeclarationError(
+            f"{self.name} creates its own {self.k} affine pieces: use it as "
+            f"sn.dense(x, units, sn.maxout({self.k}))"
+        )
+
+    def dense(self, inp, units, name):
+        from .declare import affine
+
+        pieces = [affine(inp, units, f"{name}_{i}") for i in range(1, self.k + 1)]
+        out = pieces[0]
+        for piece in pieces[1:]:
+            out = out + relu(piece - out)
+        return out
+
+
+# ---------------------------------------------------------------------- reductions, softmax
+
+
+def sum(m):  # noqa: A001 - the name is part of the API (sn.sum)
+    """Sum of all entries of M, as a 1×1 matrix: 1ᵀ·M·1."""
+    _require_matrix(m, "sum")
+    rows, cols = m.shape
+    out = m
+    if rows != 1:
+        out = sp.OneMatrix(1, rows) * out
+    if cols != 1:
+        out = out * sp.OneMatrix(cols, 1)
+    return out
+
+
+def mean(m):
+    """Mean of all entries of M, as a 1×1 matrix."""
+    return sum(m) / (m.shape[0] * m.shape[1])
+
+
+def logsumexp(z):
+    """Row-wise log Σ_j exp(Z_ij): an n×1 column."""
+    _require_matrix(z, "logsumexp")
+    return RowLogSumExp(z)
+
+
+def log_softmax(z):
+    """Row-wise log-softmax, Z − logsumexp(Z)·1ᵀ (stable by construction)."""
+    _require_matrix(z, "log_softmax")
+    return z - RowLogSumExp(z) * sp.OneMatrix(1, z.shape[1])
+
+
+def softmax(z):
+    """Row-wise softmax, exp.(Z − logsumexp(Z)·1ᵀ)."""
+    return exp(log_softmax(z))
+
+
+# --------------------------------------------------------------------------------- losses
+
+
+def _same_shape(p, y, fname):
+    _require_matrix(p, fname)
+    _require_matrix(y, fname)
+    if tuple(p.shape) != tuple(y.shape):
+        raise ShapeError(
+            f"{fname}: the prediction {p} is {_shape_text(p)} but the target {y} is "
+            f"{_shape_text(y)}; they must have the same shape (is the last layer's width the "
+            f"number of target columns?)"
+        )
+
+
+def _shape_text(m):
+    return f"{m.shape[0]}×{m.shape[1]}"
+
+
+def mse(p, y):
+    """Mean over all entries of (P − Y)²."""
+    _same_shape(p, y, "mse")
+    return mean(square(p - y))
+
+
+def sse(p, y):
+    """Per-row sum of squared errors, mean over rows: Σ(P − Y)²/n."""
+    _same_shape(p, y, "sse")
+    return sum(square(p - y)) / p.shape[0]
+
+
+def cross_entropy(p, y):
+    """−Σ Y∘log P / n for probabilities P (e.g. a softmax output); mean over rows."""
+    _same_shape(p, y, "cross_entropy")
+    return -sum(sp.HadamardProduct(y, log(p))) / p.shape[0]
+
+
+def softmax_cross_entropy(z, y):
+    """Cross-entropy of softmax(Z) against targets Y whose rows sum to 1 (one-hot or
+    probabilities), mean over rows: (Σ logsumexp(Z) − Σ Y∘Z)/n.
+
+    This equals −Σ Y∘log softmax(Z)/n for such targets (as ``torch.nn.functional.cross_entropy``)
+    and is stable for any logits; its adjoint with respect to Z is (softmax(Z) − Y)/n.
+    """
+    _same_shape(z, y, "softmax_cross_entropy")
+    return (sum(RowLogSumExp(z)) - sum(sp.HadamardProduct(y, z))) / z.shape[0]
+
+
+def binary_cross_entropy(p, y):
+    """−mean(Y∘log P + (1 − Y)∘log(1 − P)) over all entries, for probabilities P.
+
+    When P = sigmoid(Z) the simplifier turns the logarithms into −softplus(∓Z), which is
+    stable for any Z.
+    """
+    _same_shape(p, y, "binary_cross_entropy")
+    ones = sp.OneMatrix(*p.shape)
+    return -mean(sp.HadamardProduct(y, log(p)) + sp.HadamardProduct(ones - y, log(ones - p)))
+
+
+# ---------------------------------------------------------------------------- regularisers
+
+
+def _weights(args, fname):
+    if not args:
+        raise DeclarationError(
+            f"{fname}(lam, *weights) needs the weight matrices to penalise, e.g. "
+            f"sn.{fname}(1e-4, W1, W2) or sn.{fname}(1e-4, *sn.weights(out))"
+        )
+    for w in args:
+        if not isinstance(w, sp.MatrixSymbol):
+            raise DeclarationError(f"{fname}: {w!r} is not a weight MatrixSymbol")
+    return args
+
+
+def l2(lam, *weights):
+    """(lam/2)·Σ‖W‖²_F over the given weights (never biases)."""
+    lam = _coefficient(lam, "l2")
+    return sp.MatAdd(*[sum(square(w)) for w in _weights(weights, "l2")]) * (lam / 2)
+
+
+def l1(lam, *weights):
+    """lam·Σ|W| over the given weights (never biases)."""
+    lam = _coefficient(lam, "l1")
+    return sp.MatAdd(*[sum(abs(w)) for w in _weights(weights, "l1")]) * lam
+
+
+def _coefficient(lam, fname):
+    if isinstance(lam, (int, float)) and lam >= 0:
+        return sp.Float(lam) if isinstance(lam, float) else sp.Integer(lam)
+    raise DeclarationError(f"{fname}(lam={lam!r}): lam must be a non-negative number")
+
+
+def as_numeric(body: sp.Expr) -> sp.Expr:
+    """Replace every named activation in a scalar body by its numerically stable definition,
+    leaving only functions a code printer knows."""
+    return body.replace(
+        lambda e: isinstance(e, ScalarActivation),
+        lambda e: type(e).numeric(e.args[0]),
+    )

@@ -1,0 +1,348 @@
+"""Reverse-mode symbolic differentiation over SymPy matrix expressions.
+
+One vector-Jacobian rule per matrix operation (the table ``VJP``): given a node and the adjoint
+G of its output, a rule returns the adjoint contribution of each child as a new SymPy matrix
+expression. ``derive`` runs the rules over a whole loss and returns the derivation as a system
+of named equations — forward (Z1, A1, …), backprop (δ3, δ2, …) and gradients (∂L/∂W1, …) —
+which is what the formulas show and what the lowering compiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from . import functions as fn
+from .errors import DeclarationError, DifferentiationError
+from .functions import Elementwise, RowLogSumExp, x
+
+LEAVES = (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity)
+
+
+# ------------------------------------------------------------------------------ VJP rules
+
+
+def vjp_matmul(node, g):
+    coeff, mats = node.as_coeff_matrices()
+    for i, child in enumerate(mats):
+        left = _product(mats[:i]).T if i > 0 else None
+        right = _product(mats[i + 1:]).T if i < len(mats) - 1 else None
+        factors = [f for f in (left, g, right) if f is not None]
+        yield child, _scale(coeff, sp.MatMul(*factors).doit(deep=False))
+
+
+def _product(mats):
+    return mats[0] if len(mats) == 1 else sp.MatMul(*mats)
+
+
+def vjp_matadd(node, g):
+    for child in node.args:
+        yield child, g
+
+
+def vjp_hadamard(node, g):
+    for i, child in enumerate(node.args):
+        others = node.args[:i] + node.args[i + 1:]
+        yield child, sp.HadamardProduct(g, *others)
+
+
+def vjp_hadamard_power(node, g):
+    base, k = node.args
+    if not k.is_number:
+        raise DifferentiationError(f"cannot differentiate {node}: the exponent {k} is not a number")
+    power = base if k == 2 else sp.HadamardPower(base, k - 1)
+    yield base, _scale(k, sp.HadamardProduct(g, power))
+
+
+def vjp_transpose(node, g):
+    yield node.arg, g.T
+
+
+def vjp_elementwise(node, g):
+    d = sp.diff(node.body(x), x)
+    fn.check_differentiable(d, f"{node.fn.expr} in {node}")
+    if d == 1:
+        yield node.arg, g
+    else:
+        yield node.arg, sp.HadamardProduct(g, Elementwise(sp.Lambda(x, d), node.arg))
+
+
+def vjp_logsumexp(node, g):
+    z = node.arg
+    yield z, sp.HadamardProduct(g * sp.OneMatrix(1, z.shape[1]), fn.softmax(z))
+
+
+VJP = {
+    sp.MatMul: vjp_matmul,
+    sp.MatAdd: vjp_matadd,
+    sp.HadamardProduct: vjp_hadamard,
+    sp.HadamardPower: vjp_hadamard_power,
+    sp.Transpose: vjp_transpose,
+    Elementwise: vjp_elementwise,
+    RowLogSumExp: vjp_logsumexp,
+}
+
+
+def _scale(c, m):
+    return m if c == 1 else c * m
+
+
+# ---------------------------------------------------------------------------- canonical form
+
+
+def canonical(expr, allowed_scalars=frozenset()):
+    """Check ``expr`` is built from operations symnet can differentiate, and bring it to the
+    form the rules expect (SymPy's ``ElementwiseApplyFunction`` becomes :class:`Elementwise`)."""
+    if isinstance(expr, ElementwiseApplyFunction):
+        f = expr.function
+        body = f.expr.subs(f.variables[0], x) if isinstance(f, sp.Lambda) else f(x)
+        return Elementwise(sp.Lambda(x, body), canonical(expr.expr, allowed_scalars))
+    if isinstance(expr, LEAVES):
+        return expr
+    if not isinstance(expr, MatrixExpr):
+        stray = {s for s in expr.free_symbols if not isinstance(s, sp.MatrixSymbol)}
+        stray -= set(allowed_scalars)
+        if stray:
+            raise DeclarationError(
+                f"the scalar symbol(s) {sorted(map(str, stray))} in {expr} are neither the batch "
+                f"size sn.batch nor numbers; substitute values for them (expr.subs(...))"
+            )
+        return expr
+    if type(expr) not in VJP:
+        raise DifferentiationError(
+            f"cannot differentiate {type(expr).__name__} in {expr}: symnet knows "
+            f"{', '.join(sorted(t.__name__ for t in VJP))}. Write it with those operations."
+        )
+    if isinstance(expr, Elementwise):
+        return Elementwise(expr.fn, canonical(expr.arg, allowed_scalars))
+    args = [canonical(a, allowed_scalars) for a in expr.args]
+    return expr.func(*args)
+
+
+# -------------------------------------------------------------------------------- equations
+
+
+@dataclass(frozen=True)
+class Equation:
+    """``lhs = rhs``: a named intermediate, adjoint or gradient of the derivation."""
+
+    lhs: sp.MatrixSymbol
+    rhs: sp.MatrixExpr
+    label: str  # how the left-hand side is shown: "Z1", "δ2", "∂L/∂W1"
+
+
+@dataclass
+class Derivation:
+    """The forward equations, the backprop equations and one gradient equation per parameter."""
+
+    forward: list[Equation]
+    backward: list[Equation]
+    gradients: dict[sp.MatrixSymbol, Equation]
+    loss: sp.MatrixSymbol
+    prediction: sp.MatrixExpr | None
+    activations: dict[sp.MatrixSymbol, tuple[sp.MatrixSymbol, sp.Lambda]] = field(default_factory=dict)
+
+    @property
+    def equations(self) -> list[Equation]:
+        return [*self.forward, *self.backward, *self.gradients.values()]
+
+    def definitions(self) -> dict[sp.MatrixSymbol, sp.MatrixExpr]:
+        return {eq.lhs: eq.rhs for eq in self.equations}
+
+    def expand(self, expr):
+        """Substitute every named intermediate until only inputs, targets and parameters remain."""
+        defs = self.definitions()
+        cache: dict = {}
+
+        def walk(e):
+            if e in cache:
+                return cache[e]
+            if isinstance(e, sp.MatrixSymbol) and e in defs:
+                out = walk(defs[e])
+            elif isinstance(e, sp.Lambda) or not e.args:
+                out = e
+            else:
+                out = e.func(*[walk(a) for a in e.args])
+            cache[e] = out
+            return out
+
+        return walk(expr)
+
+
+def _dag(roots):
+    """Unique nodes of the expressions in post-order, and how many parents use each."""
+    order, uses, parents = [], {}, {}
+
+    def visit(e, parent):
+        parents.setdefault(e, []).append(parent)
+        if e in uses:
+            uses[e] += 1
+            return
+        uses[e] = 1
+        if isinstance(e, MatrixExpr) and not isinstance(e, LEAVES):
+            for a in e.args:
+                if isinstance(a, MatrixExpr):
+                    visit(a, e)
+        order.append(e)
+
+    for r in roots:
+        visit(r, None)
+    return order, uses, parents
+
+
+def _is_structural(e):
+    """Nodes that are never worth a name: leaves, broadcasts (1·b), transposes, scalar multiples."""
+    if isinstance(e, LEAVES) or isinstance(e, sp.Transpose):
+        return True
+    if isinstance(e, sp.MatMul):
+        _, mats = e.as_coeff_matrices()
+        return len(mats) == 1 or any(isinstance(m, sp.OneMatrix) for m in mats)
+    return False
+
+
+def _is_weighted(e, params):
+    """x·W with a parameter W (not a broadcast 1·b)."""
+    return (isinstance(e, sp.MatMul) and any(m in params for m in e.args)
+            and not any(isinstance(m, sp.OneMatrix) for m in e.args))
+
+
+def _is_affine(e, params, parents):
+    """A layer's pre-activation: x·W + … , or a bare x·W that no sum consumes."""
+    if isinstance(e, sp.MatAdd):
+        return any(_is_weighted(t, params) for t in e.args)
+    return _is_weighted(e, params) and not any(isinstance(p, sp.MatAdd) for p in parents[e])
+
+
+def name_forward(loss, prediction, params, taken):
+    """Pick the forward nodes that get a name (pre-activations Z, activations A, shared nodes T,
+    the loss L) and write each as an equation over earlier names."""
+    roots = [loss] + ([prediction] if prediction is not None else [])
+    order, uses, parents = _dag(roots)
+    wanted = set()
+    for e in order:
+        if isinstance(e, Elementwise):
+            wanted.add(e)
+            if not _is_structural(e.arg):
+                wanted.add(e.arg)
+        elif _is_affine(e, params, parents) or (uses[e] > 1 and not _is_structural(e)):
+            wanted.add(e)
+    for r in roots:
+        if not isinstance(r, LEAVES):
+            wanted.add(r)
+
+    names: dict = {}
+    counters = {"Z": 0, "T": 0}
+    used = set(taken)
+
+    def fresh(stem):
+        name = stem
+        while name in used:
+            name += "'"
+        used.add(name)
+        return name
+
+    for e in order:
+        if e not in wanted:
+            continue
+        if e == loss:
+            label = fresh("L")
+        elif _is_affine(e, params, parents):
+            counters["Z"] += 1
+            label = fresh(f"Z{counters['Z']}")
+        elif (isinstance(e, Elementwise) and e.arg in names and names[e.arg].name.startswith("Z")
+              and "A" + names[e.arg].name[1:] not in used):
+            label = fresh("A" + names[e.arg].name[1:])
+        else:
+            counters["T"] += 1
+            label = fresh(f"T{counters['T']}")
+        names[e] = sp.MatrixSymbol(label, *e.shape)
+
+    equations = []
+    for e in order:
+        if e in names:
+            rhs = e.func(*[_substitute(a, names) for a in e.args])
+            equations.append(Equation(names[e], rhs, names[e].name))
+    return equations, names
+
+
+def _substitute(e, names):
+    if e in names:
+        return names[e]
+    if isinstance(e, MatrixExpr) and not isinstance(e, LEAVES):
+        return e.func(*[_substitute(a, names) for a in e.args])
+    return e
+
+
+def backprop(rhs, g, wrt):
+    """Adjoint contributions ``{leaf: [expr, ...]}`` of the leaves of ``rhs`` in ``wrt``, for the
+    seed adjoint ``g`` of ``rhs``. Walks the local DAG of ``rhs`` in reverse order."""
+    order, _, _ = _dag([rhs])
+    needs = {}
+    for e in order:  # post-order: children first
+        if isinstance(e, sp.MatrixSymbol):
+            needs[e] = e in wrt
+        elif isinstance(e, LEAVES):
+            needs[e] = False
+        else:
+            needs[e] = any(needs.get(a, False) for a in e.args if isinstance(a, MatrixExpr))
+    adjoint = {rhs: [g]}
+    out: dict = {}
+    for e in reversed(order):
+        if not needs[e] or e not in adjoint:
+            continue
+        total = _sum(adjoint.pop(e))
+        if isinstance(e, sp.MatrixSymbol):
+            out.setdefault(e, []).append(total)
+            continue
+        rule = VJP.get(type(e))
+        if rule is None:
+            raise DifferentiationError(f"no differentiation rule for {type(e).__name__} in {e}")
+        for child, contribution in rule(e, total):
+            if needs.get(child, False):
+                adjoint.setdefault(child, []).append(contribution)
+    return out
+
+
+def _sum(terms):
+    return terms[0] if len(terms) == 1 else sp.MatAdd(*terms).doit(deep=False)
+
+
+def derive(loss, params, *, prediction=None, simplify=None, taken=()):
+    """Differentiate ``loss`` (1×1) with respect to ``params``.
+
+    ``simplify(expr, activations)`` is applied to every adjoint as it is formed (pass ``None`` for
+    the raw chain-rule form). Returns a :class:`Derivation`.
+    """
+    params = list(params)
+    forward, names = name_forward(loss, prediction, set(params), taken)
+    loss_name = names[loss]
+    activations = {}
+    for eq in forward:
+        if isinstance(eq.rhs, Elementwise) and isinstance(eq.rhs.arg, sp.MatrixSymbol):
+            activations.setdefault(eq.rhs.arg, []).append((eq.lhs, eq.rhs.fn))
+    tidy = simplify or (lambda e, acts: e)
+    wrt = set(params) | {eq.lhs for eq in forward}
+    contributions = {loss_name: [sp.OneMatrix(1, 1)]}
+    backward = []
+    for eq in reversed(forward):
+        if eq.lhs not in contributions:
+            continue  # does not influence the loss (e.g. a prediction beside it)
+        g = tidy(_sum(contributions.pop(eq.lhs)), activations)
+        if eq.lhs != loss_name and not eq.label.startswith("A"):
+            delta = sp.MatrixSymbol("δ" + eq.label.lstrip("Z"), *eq.lhs.shape)
+            backward.append(Equation(delta, g, delta.name))
+            g = delta
+        for leaf, terms in backprop(eq.rhs, g, wrt).items():
+            contributions.setdefault(leaf, []).extend(terms)
+    gradients = {}
+    for p in params:
+        terms = contributions.get(p)
+        if terms is None:
+            raise DeclarationError(f"the loss does not depend on the parameter {p}")
+        grad = sp.MatrixSymbol(f"∂L/∂{p.name}", *p.shape)
+        gradients[p] = Equation(grad, tidy(_sum(terms), activations), f"∂L/∂{p.name}")
+    pred = names.get(prediction, prediction) if prediction is not None else None
+    return Derivation(forward, backward, gradients, loss_name, pred, activations)

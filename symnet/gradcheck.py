@@ -1,0 +1,40 @@
+"""Gradient checking against central finite differences, in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def gradcheck(model, X, Y=None, *, eps: float = 1e-6, max_entries: int = 30, seed: int = 0) -> float:
+    """Max relative error between ``model``'s symbolic gradients and central differences.
+
+    Everything runs in float64 whatever the model's dtype. At most ``max_entries`` randomly
+    chosen entries of each parameter are perturbed (all of them if it is smaller).
+    """
+    rng = np.random.default_rng(seed)
+    saved = {k: v.copy() for k, v in model.params.items()}
+    try:
+        for k in model.params:
+            model.params[k] = saved[k].astype(np.float64)
+        _, grads = model.loss_and_grad(X, Y, dtype="float64")
+        worst = 0.0
+        for name, value in model.params.items():
+            flat = value.reshape(-1)
+            picks = np.arange(flat.size)
+            if flat.size > max_entries:
+                picks = rng.choice(flat.size, max_entries, replace=False)
+            for i in picks:
+                old = flat[i]
+                flat[i] = old + eps
+                up, _ = model.loss_and_grad(X, Y, dtype="float64")
+                flat[i] = old - eps
+                down, _ = model.loss_and_grad(X, Y, dtype="float64")
+                flat[i] = old
+                numeric = (up - down) / (2 * eps)
+                analytic = grads[name].reshape(-1)[i]
+                scale = max(abs(numeric) + abs(analytic), 1e-7)
+                worst = max(worst, abs(numeric - analytic) / scale)
+        return worst
+    finally:
+        for k, v in saved.items():
+            model.params[k] = v

@@ -1,0 +1,293 @@
+"""Simplification as data: ordered lists of named rewrite rules and one driver that applies them.
+
+A rule is a function ``rule(node, ctx) -> new node | None`` tried at every node, bottom-up,
+until no rule changes anything. ``FORWARD`` rules run on the declared loss before it is
+differentiated (they make it numerically stable); ``ADJOINT`` rules run on every adjoint and
+gradient as it is formed. Each rule is small and has its own test in ``tests/test_rewrite.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
+from . import functions as fn
+from .functions import Elementwise, ScalarActivation, x
+
+y = sp.Symbol("y", real=True)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    apply: Callable
+
+
+def rewrite(expr, rules, ctx=None):
+    """Apply ``rules`` bottom-up until a fixed point."""
+    memo: dict = {}
+
+    def rebuild(e):
+        if isinstance(e, MatrixExpr) and e.args and not isinstance(e, sp.MatrixSymbol):
+            args = [walk(a) if isinstance(a, MatrixExpr) else a for a in e.args]
+            if tuple(args) != e.args:
+                return e.func(*args)
+        return e
+
+    def walk(e):
+        if e in memo:
+            return memo[e]
+        out = rebuild(e)
+        for _ in range(50):
+            for rule in rules:
+                new = rule.apply(out, ctx)
+                if new is not None and new != out:
+                    out = rebuild(new)
+                    break
+            else:
+                break
+        memo[e] = out
+        return out
+
+    return walk(expr)
+
+
+# ------------------------------------------------------------------------- scalar helpers
+
+
+def cost(e: sp.Expr) -> int:
+    """Operation count, with each transcendental or piecewise function costing ten."""
+    calls = sum(1 for a in sp.preorder_traversal(e) if isinstance(a, (sp.Function, sp.Piecewise)))
+    return int(sp.count_ops(e)) + 10 * calls
+
+
+def definition(e: sp.Expr) -> sp.Expr:
+    """``e`` with every named activation replaced by its defining expression."""
+    return e.replace(lambda a: isinstance(a, ScalarActivation), lambda a: a.definition(a.args[0]))
+
+
+def _is_zero(e: sp.Expr) -> bool:
+    try:
+        return sp.simplify(sp.piecewise_fold(e)) == 0
+    except Exception:  # noqa: BLE001 - a simplification SymPy cannot do is simply not proven
+        return False
+
+
+@lru_cache(maxsize=None)
+def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
+    """A body g with g(f(x)) ≡ f′(x) that is cheaper than f′, or None.
+
+    Candidates: f′ with f(x) replaced by the output variable, and f′ at each solution of
+    y = f(x) for x. A candidate is kept only if SymPy proves g(f(x)) − f′(x) = 0.
+    """
+    f, d = forward(x), deriv(x)
+    f_def, d_def = definition(f), definition(d)
+    candidates = []
+    for direct in (d.subs(f, y), d_def.subs(f_def, y)):
+        if x not in direct.free_symbols:
+            candidates.append(direct)
+    best = _best_verified(candidates, f_def, d_def)
+    if best is None:
+        try:
+            solutions = sp.solve(sp.Eq(y, f_def), x)
+        except (NotImplementedError, ValueError, TypeError):
+            solutions = []
+        best = _best_verified([sp.simplify(d_def.subs(x, s)) for s in solutions], f_def, d_def)
+    if best is None or cost(best) >= cost(d):
+        return None
+    return sp.Lambda(x, best.subs(y, x))
+
+
+def _best_verified(candidates, f_def, d_def):
+    best = None
+    for g in candidates:
+        if x in g.free_symbols or g.has(sp.I):
+            continue
+        if best is not None and cost(g) >= cost(best):
+            continue
+        if _is_zero(g.subs(y, f_def) - d_def):
+            best = g
+    return best
+
+
+def _scalarize(e):
+    """``(body, leaf)`` if ``e`` is elementwise work over one matrix ``leaf`` (constants allowed),
+    else None. The body is a scalar expression in ``x`` standing for an entry of the leaf."""
+    if isinstance(e, sp.OneMatrix):
+        return sp.Integer(1), None
+    if isinstance(e, sp.ZeroMatrix):
+        return sp.Integer(0), None
+    if isinstance(e, Elementwise):
+        inner = _scalarize(e.arg)
+        return (e.fn(inner[0]), inner[1]) if inner else (e.fn(x), e.arg)
+    if isinstance(e, sp.MatMul):
+        coeff, mats = e.as_coeff_matrices()
+        if len(mats) == 1:
+            inner = _scalarize(mats[0])
+            return (coeff * inner[0], inner[1]) if inner else (coeff * x, mats[0])
+        return None
+    if isinstance(e, (sp.MatAdd, sp.HadamardProduct)):
+        parts = [_scalarize(a) for a in e.args]
+        leaves = {p[1] for p in parts if p is not None and p[1] is not None}
+        plain = [a for a, p in zip(e.args, parts) if p is None]
+        leaves |= set(plain)
+        if len(leaves) != 1:
+            return None
+        bodies = [p[0] if p is not None else x for p in parts]
+        combine = sp.Add if isinstance(e, sp.MatAdd) else sp.Mul
+        return combine(*bodies), leaves.pop()
+    return None
+
+
+# --------------------------------------------------------------------------------- rules
+
+
+def compose_elementwise(e, ctx):
+    """f.(g.(M) + c) → (f∘(g + c)).(M): a chain of elementwise work over one matrix becomes one
+    scalar function, so that scalar rules (like the stable logarithms) can see through it."""
+    if not isinstance(e, Elementwise) or isinstance(e.arg, sp.MatrixSymbol):
+        return None
+    inner = _scalarize(e.arg)
+    if inner is None or inner[1] is None or inner[1] == e.arg:
+        return None
+    body, leaf = inner
+    return Elementwise(sp.Lambda(x, e.fn(body)), leaf)
+
+
+def _stable_log(arg):
+    sig, softplus = fn.sigmoid.function, fn.softplus.function
+    if isinstance(arg, sig):
+        return -softplus(-arg.args[0])  # log σ(u) = −softplus(−u)
+    rest = arg - 1
+    if isinstance(-rest, sig):
+        return -softplus((-rest).args[0])  # log(1 − σ(u)) = −softplus(u)
+    return None
+
+
+def stable_log_sigmoid(e, ctx):
+    """log.(σ.(Z)) → −softplus.(−Z) and log.(1 − σ.(Z)) → −softplus.(Z): finite for any Z."""
+    if not isinstance(e, Elementwise):
+        return None
+    body = e.body()
+    new = body.replace(lambda a: isinstance(a, sp.log) and _stable_log(a.args[0]) is not None,
+                       lambda a: _stable_log(a.args[0]))
+    return None if new == body else Elementwise(sp.Lambda(x, new), e.arg)
+
+
+def drop_identity(e, ctx):
+    """(x ↦ x).(M) → M."""
+    if isinstance(e, Elementwise) and e.body() == x:
+        return e.arg
+    return None
+
+
+def sympy_canonical(e, ctx):
+    """SymPy's own canonical form of products, sums and transposes: 1·A → A, 0 + A → A,
+    (Aᵀ)ᵀ → A, (AB)ᵀ → BᵀAᵀ, 1ₙₓ₁·1₁ₓₘ → 1ₙₓₘ."""
+    if isinstance(e, (sp.MatMul, sp.MatAdd, sp.Transpose)):
+        return e.doit(deep=False)
+    return None
+
+
+def hadamard_ones(e, ctx):
+    """1 ∘ A → A, 0 ∘ A → 0, (c·A) ∘ B → c·(A ∘ B)."""
+    if not isinstance(e, sp.HadamardProduct):
+        return None
+    if any(isinstance(a, sp.ZeroMatrix) for a in e.args):
+        return sp.ZeroMatrix(*e.shape)
+    coeff, factors = sp.Integer(1), []
+    for a in e.args:
+        if isinstance(a, sp.MatMul):
+            c, mats = a.as_coeff_matrices()
+            if c != 1:
+                coeff *= c
+                a = mats[0] if len(mats) == 1 else sp.MatMul(*mats)
+        if not isinstance(a, sp.OneMatrix):
+            factors.append(a)
+    if coeff == 1 and len(factors) == len(e.args):
+        return None
+    if not factors:
+        rest = sp.OneMatrix(*e.shape)
+    else:
+        rest = factors[0] if len(factors) == 1 else sp.HadamardProduct(*factors)
+    return rest if coeff == 1 else coeff * rest
+
+
+def simplify_scalar(e, ctx):
+    """Simplify the scalar body of an elementwise function (kept only if cheaper)."""
+    if not isinstance(e, Elementwise):
+        return None
+    new = _simplified(e.fn)
+    return None if new is None else Elementwise(new, e.arg)
+
+
+@lru_cache(maxsize=None)
+def _simplified(f: sp.Lambda):
+    body = f(x)
+    try:
+        new = sp.simplify(body)
+    except Exception:  # noqa: BLE001 - leave the body as it is
+        return None
+    return sp.Lambda(x, new) if cost(new) < cost(body) else None
+
+
+def output_form(e, ctx):
+    """f′.(Z) → g.(A) where A = f.(Z) is already computed and g(f(x)) = f′(x) is cheaper, found by
+    SymPy: σ′ → A∘(1 − A), tanh′ → 1 − A², exp′ → A, softplus′ → 1 − exp(−A)."""
+    if not isinstance(e, Elementwise) or not ctx or e.arg not in ctx:
+        return None
+    for out, forward in ctx[e.arg]:
+        g = output_derivative(forward, e.fn)
+        if g is not None:
+            return Elementwise(g, out)
+    return None
+
+
+def constant_elementwise(e, ctx):
+    """(x ↦ c).(M) → c·1: an elementwise constant does not depend on M."""
+    if isinstance(e, Elementwise) and x not in e.body().free_symbols:
+        c = e.body()
+        ones = sp.OneMatrix(*e.shape)
+        return sp.ZeroMatrix(*e.shape) if c == 0 else (ones if c == 1 else c * ones)
+    return None
+
+
+def factor_scalar(e, ctx):
+    """c·A + c·B → c·(A + B) for a common scalar factor: S/n − Y/n → (S − Y)/n."""
+    if not isinstance(e, sp.MatAdd):
+        return None
+    coeffs, mats = [], []
+    for t in e.args:
+        c, ms = t.as_coeff_matrices() if isinstance(t, sp.MatMul) else (sp.Integer(1), [t])
+        coeffs.append(c)
+        mats.append(ms[0] if len(ms) == 1 else sp.MatMul(*ms))
+    number, common = coeffs[0].as_coeff_Mul()
+    common = common * sp.Abs(number)
+    if common == 1:
+        return None
+    ratios = [sp.simplify(c / common) for c in coeffs]
+    if not all(r.is_Rational for r in ratios):
+        return None
+    inner = sp.MatAdd(*[m if r == 1 else r * m for r, m in zip(ratios, mats)])
+    return sp.MatMul(common, inner)
+
+
+def _rules(*fns):
+    return [Rule(f.__name__, f) for f in fns]
+
+
+FORWARD = _rules(compose_elementwise, stable_log_sigmoid, drop_identity, sympy_canonical)
+ADJOINT = _rules(sympy_canonical, hadamard_ones, constant_elementwise, output_form,
+                 simplify_scalar, drop_identity, factor_scalar)
+
+
+def simplify_forward(expr):
+    return rewrite(expr, FORWARD)
+
+
+def simplify_adjoint(expr, activations):
+    return rewrite(expr, ADJOINT, activations)
