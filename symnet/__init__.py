@@ -1,16 +1,43 @@
 """symnet: a symbolic-differentiation compiler for multilayer perceptrons."""
 
-from . import functions
+from . import datasets, functions, optim
 from .declare import Input, batch, dense, parameter, weights
 from .errors import DataError, DeclarationError, DifferentiationError, ShapeError, SymnetError
-from .functions import (
-    Activation, Elementwise, abs, activation, binary_cross_entropy, cross_entropy, elu, exp,
-    gelu, hard_sigmoid, hard_tanh, identity, l1, l2, leaky_relu, log, log_softmax, logsumexp,
-    maxout, mean, mse, prelu, relu, sigmoid, softmax, softmax_cross_entropy, softplus, square,
-    sse, sum, swish, tanh,
-)
-from . import optim
 from .evaluate import evaluate
+from .functions import (
+    Activation,
+    Elementwise,
+    abs,
+    activation,
+    binary_cross_entropy,
+    cross_entropy,
+    elu,
+    exp,
+    gelu,
+    hard_sigmoid,
+    hard_tanh,
+    identity,
+    l1,
+    l2,
+    leaky_relu,
+    log,
+    log_softmax,
+    logsumexp,
+    maxout,
+    mean,
+    mse,
+    prelu,
+    relu,
+    sigmoid,
+    softmax,
+    softmax_cross_entropy,
+    softplus,
+    square,
+    sse,
+    sum,
+    swish,
+    tanh,
+)
 from .gradcheck import gradcheck
 from .model import History, Model, compile
 

@@ -12,7 +12,7 @@ from .errors import DeclarationError, ShapeError
 batch = sp.Symbol("n", integer=True, positive=True)
 
 
-def Input(name: str, columns: int) -> sp.MatrixSymbol:  # noqa: N802 - API name
+def Input(name: str, columns: int) -> sp.MatrixSymbol:
     """An input or target matrix: ``MatrixSymbol(name, batch, columns)``."""
     _check_name(name, "Input")
     _check_units(columns, f"Input({name!r}, columns)")

@@ -11,8 +11,11 @@ from .errors import DataError, DifferentiationError
 from .functions import Elementwise, RowLogSumExp, as_numeric, x
 
 
-def evaluate(expr, values: dict[str, np.ndarray]) -> np.ndarray:
-    """Evaluate ``expr`` with ``values`` (``{MatrixSymbol name: array}``) in float64."""
+def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
+    """Evaluate ``expr`` with ``values`` (``{MatrixSymbol name: array}``) in float64.
+
+    The batch size n is read off the data matrices; ``batch_size`` gives it for expressions that
+    contain none (such as ``OneMatrix(n, 3)``)."""
     symbols = {s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)}
     missing = sorted(s.name for s in symbols if s.name not in values)
     if missing:
@@ -21,7 +24,7 @@ def evaluate(expr, values: dict[str, np.ndarray]) -> np.ndarray:
     rows = {a.shape[0] for s, a in arrays.items() if s.shape[0] == batch}
     if len(rows) > 1:
         raise DataError(f"sn.evaluate: data matrices have different numbers of rows: {rows}")
-    n = rows.pop() if rows else None
+    n = rows.pop() if rows else batch_size
     for s, a in arrays.items():
         want = tuple(n if d == batch else int(d) for d in s.shape)
         if a.shape != want:
@@ -29,6 +32,9 @@ def evaluate(expr, values: dict[str, np.ndarray]) -> np.ndarray:
     memo: dict = {}
 
     def size(d):
+        if d == batch and n is None:
+            raise DataError("sn.evaluate: the expression has no data matrix to read the batch size "
+                            "from; pass batch_size=")
         return n if d == batch else int(d)
 
     def scalar(c):

@@ -98,7 +98,7 @@ class FormulaPrinter(StrPrinter):
 
     def _hadamard_factor(self, a):
         text = self._print(a)
-        if isinstance(a, sp.MatrixSymbol) or re.fullmatch(r"\w+\(.*\)", text) and _balanced(text):
+        if isinstance(a, sp.MatrixSymbol) or (re.fullmatch(r"\w+\(.*\)", text) and _balanced(text)):
             return text
         return f"({text})"
 

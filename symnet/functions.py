@@ -8,7 +8,7 @@ a matrix builds an :class:`Elementwise` node. Adding an activation touches this 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
@@ -96,13 +96,25 @@ def elementwise_text(fn: sp.Lambda, arg_text: str, latex: bool) -> str:
         if latex:
             return rf"{body.latex_name}\left({arg_text}\right)"
         return f"{body.func.__name__}({arg_text})"
-    simple = re.fullmatch(r"[\w\\{}^δ]+", arg_text) is not None
+    simple = re.fullmatch(r"[\w\\{}^δ]+", arg_text) is not None or _is_call(arg_text)
     holder = sp.Symbol(arg_text if simple else f"({arg_text})")
     if latex:
         return sp.latex(body.subs(var, holder), mul_symbol=r"\circ")
     text = sp.sstr(body.subs(var, holder)).replace("**", "^")
     text = re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)\*", r"\1·", text)
     return text.replace("*", "∘")
+
+
+def _is_call(text: str) -> bool:
+    """``name(...)`` whose first parenthesis closes at the end."""
+    if not re.fullmatch(r"\w+\(.*\)", text):
+        return False
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and ch == ")":
+            return i == len(text) - 1
+    return False
 
 
 # ------------------------------------------------------------------------------ activations
@@ -129,7 +141,7 @@ class ScalarActivation(sp.Function):
         return text if exp is None else rf"{text}^{{{exp}}}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def derivative(func) -> sp.Lambda:
     """The scalar derivative of an activation, from ``sympy.diff`` of its definition."""
     d = sp.diff(func.definition(x), x)
@@ -257,7 +269,7 @@ def identity(arg):
     return arg
 
 
-@lru_cache(maxsize=None)
+@cache
 def leaky_relu(alpha: float = 0.01) -> Activation:
     """``leaky_relu(alpha)`` → the activation x for x > 0, alpha·x otherwise."""
     a = _positive_number(alpha, "leaky_relu", "alpha", allow_zero=True)
@@ -265,7 +277,7 @@ def leaky_relu(alpha: float = 0.01) -> Activation:
                       latex=rf"\operatorname{{lrelu}}_{{{alpha}}}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def elu(alpha: float = 1.0) -> Activation:
     """``elu(alpha)`` → x for x > 0, alpha·(eˣ − 1) otherwise."""
     a = _positive_number(alpha, "elu", "alpha")
@@ -345,7 +357,7 @@ class maxout:
 # ---------------------------------------------------------------------- reductions, softmax
 
 
-def sum(m):  # noqa: A001 - the name is part of the API (sn.sum)
+def sum(m):
     """Sum of all entries of M, as a 1×1 matrix: 1ᵀ·M·1."""
     _require_matrix(m, "sum")
     rows, cols = m.shape

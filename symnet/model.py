@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from codegen.numpy_backend import NumpyRunner
 
-from . import formulas, init as initialisers, optim
+from . import formulas, optim
+from . import init as initialisers
 from .declare import batch
 from .errors import DataError, DeclarationError
 from .functions import ScalarActivation
@@ -23,8 +24,8 @@ from .rewrite import simplify_adjoint, simplify_forward
 BACKENDS = ("numpy",)
 
 
-def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype="float32",  # noqa: A001
-            seed=None, init="auto", backend="numpy") -> "Model":
+def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype="float32",
+            seed=None, init="auto", backend="numpy") -> Model:
     """Differentiate ``loss`` symbolically, simplify, lower and build a trainable :class:`Model`.
 
     ``inputs`` and ``targets`` are the data matrices (``sn.Input``); every other MatrixSymbol of

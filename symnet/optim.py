@@ -25,7 +25,7 @@ class Optimizer:
         return {name: sp.Symbol(name, real=True) for name in self.state}
 
     def describe(self) -> list[str]:
-        return [f"{lhs} ← {rhs}" for lhs, rhs in self.rule()]
+        return [f"{lhs} ← {sp.sstr(rhs, order='none')}" for lhs, rhs in self.rule()]
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

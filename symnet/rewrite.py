@@ -8,9 +8,9 @@ gradient as it is formed. Each rule is small and has its own test in ``tests/tes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
@@ -73,11 +73,11 @@ def definition(e: sp.Expr) -> sp.Expr:
 def _is_zero(e: sp.Expr) -> bool:
     try:
         return sp.simplify(sp.piecewise_fold(e)) == 0
-    except Exception:  # noqa: BLE001 - a simplification SymPy cannot do is simply not proven
+    except Exception:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
     """A body g with g(f(x)) ≡ f′(x) that is cheaper than f′, or None.
 
@@ -92,11 +92,12 @@ def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
             candidates.append(direct)
     best = _best_verified(candidates, f_def, d_def)
     if best is None:
-        try:
+        try:  # SymPy may fail in many ways on an inverse it cannot find; then there is none
             solutions = sp.solve(sp.Eq(y, f_def), x)
-        except (NotImplementedError, ValueError, TypeError):
-            solutions = []
-        best = _best_verified([sp.simplify(d_def.subs(x, s)) for s in solutions], f_def, d_def)
+            candidates = [sp.simplify(d_def.subs(x, s)) for s in solutions]
+        except (NotImplementedError, ValueError, TypeError, AttributeError):
+            candidates = []
+        best = _best_verified(candidates, f_def, d_def)
     if best is None or cost(best) >= cost(d):
         return None
     return sp.Lambda(x, best.subs(y, x))
@@ -225,12 +226,12 @@ def simplify_scalar(e, ctx):
     return None if new is None else Elementwise(new, e.arg)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _simplified(f: sp.Lambda):
     body = f(x)
     try:
         new = sp.simplify(body)
-    except Exception:  # noqa: BLE001 - leave the body as it is
+    except Exception:
         return None
     return sp.Lambda(x, new) if cost(new) < cost(body) else None
 

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import sympy as sp
+
+import symnet as sn
+
+
+def make_data(n=5, cols=4, out=3, kind="onehot", seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, cols))
+    if kind == "onehot":
+        Y = np.eye(out)[rng.integers(0, out, n)]
+    elif kind == "prob":
+        Y = rng.uniform(0.05, 0.95, size=(n, out))
+    else:
+        Y = rng.normal(size=(n, out))
+    return X, Y
+
+
+def compiled(loss, X, Y, prediction=None, seed=0):
+    return sn.compile(loss, inputs=[X], targets=[Y], prediction=prediction, dtype="float64",
+                      seed=seed)
+
+
+def assert_formulas_are_computed(model, Xb, Yb):
+    """sn.evaluate of every shown gradient equals what loss_and_grad computes."""
+    _, grads = model.loss_and_grad(Xb, Yb)
+    values = {"X": Xb, "Y": Yb, **model.params}
+    for p, expr in model.gradients.items():
+        np.testing.assert_allclose(sn.evaluate(expr, values), grads[p.name], rtol=1e-9,
+                                   atol=1e-12, err_msg=f"gradient of {p}")
+
+
+@pytest.fixture
+def xy():
+    return sn.Input("X", 4), sn.Input("Y", 3)
+
+
+def backward_text(model):
+    return "\n".join(f"{eq.label} = {sn.formulas.text(eq.rhs)}"
+                     for eq in model.derivation.backward)
+
+
+__all__ = ["assert_formulas_are_computed", "backward_text", "compiled", "make_data", "sp"]

@@ -1,0 +1,140 @@
+"""Every activation, loss, regulariser and VJP rule against central finite differences (float64),
+and the shown formulas against the computed gradients."""
+
+import numpy as np
+import pytest
+import sympy as sp
+from conftest import assert_formulas_are_computed, compiled, make_data
+
+import symnet as sn
+
+x = sp.Symbol("x")
+ACTIVATIONS = {
+    "sigmoid": sn.sigmoid, "tanh": sn.tanh, "relu": sn.relu, "leaky_relu": sn.leaky_relu(0.1),
+    "elu": sn.elu(1.0), "softplus": sn.softplus, "hard_sigmoid": sn.hard_sigmoid,
+    "hard_tanh": sn.hard_tanh, "swish": sn.swish, "gelu": sn.gelu, "identity": sn.identity,
+    "prelu": sn.prelu, "maxout": sn.maxout(3),
+    "custom": sn.activation("cube_tanh", sp.tanh(x) ** 3 + x / 4, x),
+}
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_gradients_match_finite_differences(name, xy):
+    X, Y = xy
+    h = sn.dense(X, 5, ACTIVATIONS[name])
+    out = sn.dense(h, 3)
+    model = compiled(sn.mse(out, Y), X, Y, prediction=out)
+    Xb, Yb = make_data(kind="real", seed=1)
+    Xb *= 2  # reach the saturated and clipped regions of the hard functions
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6
+    assert_formulas_are_computed(model, Xb, Yb)
+
+
+def _two_layer(X, act=sn.tanh):
+    return sn.dense(sn.dense(X, 5, act), 3)
+
+
+LOSSES = {
+    "mse": (lambda out, Y: sn.mse(out, Y), "real"),
+    "sse": (lambda out, Y: sn.sse(sn.sigmoid(out), Y), "prob"),
+    "cross_entropy": (lambda out, Y: sn.cross_entropy(sn.softmax(out), Y), "prob"),
+    "softmax_cross_entropy": (lambda out, Y: sn.softmax_cross_entropy(out, Y), "onehot"),
+    "binary_cross_entropy": (lambda out, Y: sn.binary_cross_entropy(sn.sigmoid(out), Y), "prob"),
+    "log_softmax": (lambda out, Y: -sn.sum(sp.HadamardProduct(Y, sn.log_softmax(out))) / sn.batch,
+                    "onehot"),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_gradients_match_finite_differences(name, xy):
+    X, Y = xy
+    build, kind = LOSSES[name]
+    out = _two_layer(X)
+    model = compiled(build(out, Y), X, Y, prediction=out)
+    Xb, Yb = make_data(kind=kind, seed=2)
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6
+    assert_formulas_are_computed(model, Xb, Yb)
+
+
+@pytest.mark.parametrize("reg", ["l1", "l2"])
+def test_regulariser_gradients_match_finite_differences(reg, xy):
+    X, Y = xy
+    out = _two_layer(X)
+    penalty = getattr(sn, reg)(0.05, *sn.weights(out))
+    model = compiled(sn.mse(out, Y) + penalty, X, Y, prediction=out)
+    Xb, Yb = make_data(kind="real", seed=3)
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6
+    assert_formulas_are_computed(model, Xb, Yb)
+
+
+def test_regularisers_penalise_weights_only(xy):
+    X, Y = xy
+    out = _two_layer(X)
+    assert [w.name for w in sn.weights(out)] == ["W1", "W2"]
+    with pytest.raises(sn.DeclarationError, match="needs the weight matrices"):
+        sn.l2(0.1)
+
+
+n = sn.batch
+A4 = sp.MatrixSymbol("X", n, 4)
+Y3 = sp.MatrixSymbol("Y", n, 3)
+W = sp.MatrixSymbol("W", 4, 3)
+V = sp.MatrixSymbol("V", 3, 3)
+b = sp.MatrixSymbol("b", 1, 3)
+ONES = sp.OneMatrix(n, 1)
+
+# One loss per VJP rule, each exercising that matrix operation on a parameter path.
+RULES = {
+    "matmul": sn.sum(sn.square(A4 * W * V - Y3)) / n,
+    "matadd_broadcast": sn.sum(sn.square(A4 * W + ONES * b - Y3)) / n,
+    "hadamard": sn.sum(sp.HadamardProduct(A4 * W, A4 * W * V, Y3)) / n,
+    "hadamard_power": sn.sum(sp.HadamardPower(A4 * W - Y3, 3)) / n,
+    "transpose": sn.sum(sn.square((A4 * W).T * Y3 - V)) / n,
+    "elementwise": sn.sum(sn.tanh(A4 * W) - Y3) / n,
+    "logsumexp": sn.sum(sn.logsumexp(A4 * W + ONES * b)) / n,
+    "scalar_multiple": sn.sum(sn.square(3 * (A4 * W) - Y3 / 2)) / n,
+    "sympy_applyfunc": sn.sum((A4 * W).applyfunc(sp.sin) - Y3) / n,
+}
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_vjp_rule_matches_finite_differences(name):
+    model = sn.compile(RULES[name], inputs=[A4], targets=[Y3], dtype="float64", seed=0)
+    Xb, Yb = make_data(kind="real", seed=4)
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6
+    assert_formulas_are_computed(model, Xb, Yb)
+
+
+def test_raw_sympy_network_equals_sugar():
+    """The design's raw SymPy declaration and the sn.dense one give the same gradients."""
+    X = sp.MatrixSymbol("X", n, 4)
+    Y = sp.MatrixSymbol("Y", n, 1)
+    W1, b1 = sp.MatrixSymbol("W1", 4, 8), sp.MatrixSymbol("b1", 1, 8)
+    W2 = sp.MatrixSymbol("W2", 8, 1)
+    A1 = sn.tanh(X * W1 + sp.OneMatrix(n, 1) * b1)
+    loss = sn.sum(sn.square(A1 * W2 - Y)) / n
+    raw = sn.compile(loss, inputs=[X], targets=[Y], dtype="float64", seed=0)
+    Xs, Ys = sn.Input("X", 4), sn.Input("Y", 1)
+    out = sn.dense(sn.dense(Xs, 8, sn.tanh), 1)
+    sugar = sn.compile(sn.sse(out, Ys), inputs=[Xs], targets=[Ys], dtype="float64", seed=0)
+    for k in raw.params:
+        sugar.params[k.replace("W2", "W2")][...] = raw.params[k] if k in sugar.params else 0
+    sugar.params["b2"][...] = 0
+    Xb, Yb = make_data(cols=4, out=1, kind="real")
+    l1, g1 = raw.loss_and_grad(Xb, Yb)
+    l2, g2 = sugar.loss_and_grad(Xb, Yb)
+    assert l1 == pytest.approx(l2)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-12)
+
+
+def test_float32_model_agrees_with_float64():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = _two_layer(X, sn.sigmoid)
+    m = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], seed=0)
+    Xb, Yb = make_data()
+    loss32, g32 = m.loss_and_grad(Xb, Yb)
+    loss64, g64 = m.loss_and_grad(Xb, Yb, dtype="float64")
+    assert g32["W1"].dtype == np.float32
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    np.testing.assert_allclose(g32["W1"], g64["W1"], rtol=1e-3, atol=1e-6)

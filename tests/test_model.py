@@ -1,0 +1,93 @@
+"""compile → fit / predict / evaluate, the optimizers' update rules, and the demo."""
+
+import numpy as np
+import pytest
+from conftest import make_data
+
+import symnet as sn
+from symnet.cli import main
+
+
+def digits_model(optimizer=None, seed=0):
+    X, Y = sn.Input("X", 64), sn.Input("Y", 10)
+    out = sn.dense(sn.dense(X, 16, sn.sigmoid), 10)
+    return sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out,
+                      optimizer=optimizer or sn.optim.SGD(lr=0.5), seed=seed)
+
+
+def test_fit_learns_digits_and_reports_history():
+    (Xtr, Ytr), (Xte, Yte) = sn.datasets.load_digits()
+    model = digits_model()
+    before = model.evaluate(Xte, Yte)
+    hist = model.fit(Xtr, Ytr, epochs=3, batch_size=32, validation_data=(Xte, Yte), verbose=False)
+    after = model.evaluate(Xte, Yte)
+    assert len(hist.loss) == len(hist.val_loss) == len(hist.val_accuracy) == len(hist.seconds) == 3
+    assert hist.history["loss"] == hist.loss
+    assert hist.loss[-1] < hist.loss[0] and after["loss"] < before["loss"]
+    assert after["accuracy"] > 0.85
+    assert after["accuracy"] == pytest.approx(hist.val_accuracy[-1])
+    assert model.predict(Xte).shape == (len(Xte), 10)
+
+
+def test_params_are_live_and_seed_is_reproducible():
+    a, b = digits_model(seed=3), digits_model(seed=3)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    X = np.random.default_rng(0).normal(size=(2, 64))
+    a.params["W2"][...] = 0
+    a.params["b2"][...] = 1.0
+    np.testing.assert_array_equal(a.predict(X), np.ones((2, 10)))
+
+
+def test_sigmoid_weights_get_xavier_times_four():
+    model = digits_model()
+    limit = 4 * np.sqrt(6 / (64 + 16))
+    w = model.params["W1"]
+    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.9 * limit
+    assert not model.params["b1"].any()
+
+
+def test_source_lists_each_statement_under_its_formula():
+    src = digits_model().source
+    assert "# X·W1\n" in src and "@ W1" in src
+    assert "# (softmax(Z2) - Y)/n" in src
+
+
+
+
+@pytest.mark.parametrize("name, ours, theirs", [
+    ("sgd", dict(lr=0.1), dict(lr=0.1)),
+    ("sgd_momentum", dict(lr=0.1, momentum=0.9), dict(lr=0.1, momentum=0.9)),
+    ("sgd_nesterov", dict(lr=0.1, momentum=0.9, nesterov=True),
+     dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("sgd_decay", dict(lr=0.1, weight_decay=0.01), dict(lr=0.1, weight_decay=0.01)),
+    ("adagrad", dict(lr=0.1), dict(lr=0.1)),
+    ("adam", dict(lr=0.01), dict(lr=0.01)),
+])
+def test_five_optimizer_steps_match_torch(name, ours, theirs):
+    torch = pytest.importorskip("torch")
+    cls = {"sgd": "SGD", "adagrad": "AdaGrad", "adam": "Adam"}[name.split("_")[0]]
+    tcls = {"SGD": torch.optim.SGD, "AdaGrad": torch.optim.Adagrad, "Adam": torch.optim.Adam}[cls]
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 5, sn.tanh), 3)
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, dtype="float64",
+                       optimizer=getattr(sn.optim, cls)(**ours), seed=0)
+    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
+    opt = tcls(list(tp.values()), **theirs)
+    Xb, Yb = make_data(n=10, kind="real")
+    model.fit(Xb, Yb, epochs=5, batch_size=10, shuffle=False, verbose=False)
+    Xt, Yt = torch.tensor(Xb), torch.tensor(Yb)
+    for _ in range(5):
+        opt.zero_grad()
+        h = torch.tanh(Xt @ tp["W1"] + tp["b1"]) @ tp["W2"] + tp["b2"]
+        torch.nn.functional.mse_loss(h, Yt).backward()
+        opt.step()
+    for k in model.params:
+        np.testing.assert_allclose(model.params[k], tp[k].detach().numpy(), rtol=0, atol=1e-10)
+
+
+def test_demo_runs_and_reports(capsys):
+    assert main(["demo", "--epochs", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "δ2 = (δ3·W3ᵀ) ∘ (A2∘(1 - A2))" in out
+    assert "test accuracy" in out and "compile" in out

@@ -1,0 +1,105 @@
+"""Each rewrite rule: the rewritten formula, and unchanged numbers."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symnet as sn
+from symnet import rewrite as rw
+from symnet.formulas import text
+from symnet.functions import Elementwise, x
+
+n = sn.batch
+Z = sp.MatrixSymbol("Z", n, 3)
+Y = sp.MatrixSymbol("Y", n, 3)
+A = sp.MatrixSymbol("A", n, 3)
+rng = np.random.default_rng(0)
+VALUES = {"Z": rng.normal(size=(4, 3)) * 3, "Y": rng.uniform(size=(4, 3)),
+          "A": rng.normal(size=(4, 3))}
+
+
+def check(rule, before, after_text, ctx=None, values=VALUES):
+    after = rw.rewrite(before, [rule], ctx)
+    assert text(after) == after_text
+    np.testing.assert_allclose(sn.evaluate(after, values, 4), sn.evaluate(before, values, 4),
+                               rtol=1e-12, atol=1e-12)
+    return after
+
+
+def rule(name):
+    return next(r for r in rw.FORWARD + rw.ADJOINT if r.name == name)
+
+
+def test_compose_elementwise():
+    check(rule("compose_elementwise"), sn.log(sp.OneMatrix(n, 3) - sn.sigmoid(Z)),
+          "log(1 - sigmoid(Z))")
+
+
+def test_stable_log_sigmoid():
+    composed = rw.rewrite(sn.log(sp.OneMatrix(n, 3) - sn.sigmoid(Z)), [rule("compose_elementwise")])
+    check(rule("stable_log_sigmoid"), composed, "-softplus(Z)")
+    composed = rw.rewrite(sn.log(sn.sigmoid(Z)), [rule("compose_elementwise")])
+    assert text(composed) == "log(sigmoid(Z))"
+    check(rule("stable_log_sigmoid"), composed, "-softplus(-Z)")
+
+
+def test_stable_log_sigmoid_is_finite_where_the_naive_form_is_not():
+    big = {"Z": np.array([[1000.0, -1000.0, 0.0]])}
+    naive = sn.evaluate(sn.log(sn.sigmoid(Z)), big)
+    stable = sn.evaluate(rw.simplify_forward(sn.log(sn.sigmoid(Z))), big)
+    assert not np.isfinite(naive).all()
+    np.testing.assert_allclose(stable, [[0.0, -1000.0, -np.log(2)]], atol=1e-12)
+
+
+def test_log_of_softmax_becomes_log_softmax():
+    after = rw.simplify_forward(sn.log(sn.softmax(Z)))
+    assert text(after) == "log_softmax(Z)"
+    np.testing.assert_allclose(sn.evaluate(after, VALUES), sn.evaluate(sn.log(sn.softmax(Z)), VALUES))
+
+
+def test_drop_identity():
+    check(rule("drop_identity"), Elementwise(sp.Lambda(x, x), Z), "Z")
+
+
+def test_sympy_canonical():
+    W = sp.MatrixSymbol("W", 3, 3)
+    product = sp.MatMul(Z, W)
+    check(rule("sympy_canonical"), sp.Transpose(sp.Transpose(product)), "Z·W",
+          values={**VALUES, "W": np.eye(3) * 2})
+    check(rule("sympy_canonical"), sp.Transpose(product), "Wᵀ·Zᵀ",
+          values={**VALUES, "W": np.eye(3) * 2})
+
+
+def test_hadamard_ones():
+    ones = sp.OneMatrix(n, 3)
+    check(rule("hadamard_ones"), sp.HadamardProduct(ones / n, Y), "Y/n")
+
+
+def test_constant_elementwise():
+    check(rule("constant_elementwise"), Elementwise(sp.Lambda(x, sp.Integer(2)), Z), "2·𝟙")
+
+
+def test_simplify_scalar():
+    messy = Elementwise(sp.Lambda(x, sp.sin(x) ** 2 + sp.cos(x) ** 2 + x), Z)
+    check(rule("simplify_scalar"), messy, "Z + 1")
+
+
+@pytest.mark.parametrize("act, expected", [
+    (sn.sigmoid, "A∘(1 - A)"), (sn.tanh, "1 - A^2"), (sn.exp, "A"),
+    (sn.softplus, "1 - exp(-A)"),
+])
+def test_output_form(act, expected):
+    fwd = act(Z)
+    deriv = Elementwise(sp.Lambda(x, sp.diff(fwd.body(), x)), Z)
+    values = {**VALUES, "A": sn.evaluate(fwd, VALUES)}
+    check(rule("output_form"), deriv, expected, ctx={Z: [(A, fwd.fn)]}, values=values)
+
+
+def test_output_form_is_not_used_when_no_cheaper_form_exists():
+    fwd = sn.gelu(Z)
+    deriv = Elementwise(sp.Lambda(x, sp.diff(fwd.body(), x)), Z)
+    assert rw.rewrite(deriv, [rule("output_form")], {Z: [(A, fwd.fn)]}) == deriv
+
+
+def test_factor_scalar():
+    check(rule("factor_scalar"), sn.softmax(Z) / n - Y / n, "(softmax(Z) - Y)/n")

@@ -1,0 +1,87 @@
+"""Gradients of whole networks against PyTorch autograd (skipped where torch is absent)."""
+
+import numpy as np
+import pytest
+from conftest import assert_formulas_are_computed, compiled, make_data
+
+import symnet as sn
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def torch_grads(model, Xb, Yb, forward_loss):
+    params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+              for k, v in model.params.items()}
+    loss = forward_loss(params, torch.tensor(Xb), torch.tensor(Yb))
+    loss.backward()
+    return loss.item(), {k: p.grad.numpy() for k, p in params.items()}
+
+
+def compare(model, Xb, Yb, forward_loss):
+    loss, grads = model.loss_and_grad(Xb, Yb)
+    t_loss, t_grads = torch_grads(model, Xb, Yb, forward_loss)
+    assert loss == pytest.approx(t_loss, rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], t_grads[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    assert_formulas_are_computed(model, Xb, Yb)
+
+
+def test_sigmoid_mlp_with_softmax_cross_entropy():
+    X, Y = sn.Input("X", 6), sn.Input("Y", 4)
+    out = sn.dense(sn.dense(sn.dense(X, 5, sn.sigmoid), 5, sn.sigmoid), 4)
+    model = compiled(sn.softmax_cross_entropy(out, Y), X, Y, prediction=out)
+
+    def ref(p, X, Y):
+        a1 = torch.sigmoid(X @ p["W1"] + p["b1"])
+        a2 = torch.sigmoid(a1 @ p["W2"] + p["b2"])
+        return F.cross_entropy(a2 @ p["W3"] + p["b3"], Y.argmax(1))
+
+    compare(model, *make_data(n=7, cols=6, out=4), ref)
+
+
+def test_tanh_relu_mse_with_l2():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
+    h = sn.dense(sn.dense(X, 6, sn.tanh), 6, sn.relu)
+    out = sn.dense(h, 2)
+    loss = sn.mse(out, Y) + sn.l2(0.01, *sn.weights(out))
+    model = compiled(loss, X, Y, prediction=out)
+
+    def ref(p, X, Y):
+        h = torch.relu(torch.tanh(X @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"])
+        reg = sum((p[w] ** 2).sum() for w in ("W1", "W2", "W3")) * 0.01 / 2
+        return F.mse_loss(h @ p["W3"] + p["b3"], Y) + reg
+
+    compare(model, *make_data(n=6, out=2, kind="real"), ref)
+
+
+def test_elu_softplus_gelu_binary_cross_entropy_with_l1():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.dense(sn.dense(sn.dense(X, 5, sn.elu(1.0)), 5, sn.softplus), 5, sn.gelu)
+    P = sn.sigmoid(sn.dense(h, 3))
+    loss = sn.binary_cross_entropy(P, Y) + sn.l1(0.001, *sn.weights(P))
+    model = compiled(loss, X, Y, prediction=P)
+
+    def ref(p, X, Y):
+        h = F.elu(X @ p["W1"] + p["b1"])
+        h = F.softplus(h @ p["W2"] + p["b2"])
+        h = F.gelu(h @ p["W3"] + p["b3"])
+        reg = sum(p[w].abs().sum() for w in ("W1", "W2", "W3", "W4")) * 0.001
+        return F.binary_cross_entropy(torch.sigmoid(h @ p["W4"] + p["b4"]), Y) + reg
+
+    compare(model, *make_data(kind="prob"), ref)
+
+
+def test_prelu_swish_hardtanh_sse():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.dense(sn.dense(sn.dense(X, 5, sn.prelu), 5, sn.swish), 5, sn.hard_tanh)
+    out = sn.dense(h, 3)
+    model = compiled(sn.sse(out, Y), X, Y, prediction=out)
+
+    def ref(p, X, Y):
+        h = F.prelu(X @ p["W1"] + p["b1"], p["a1"].reshape(-1))
+        h = F.silu(h @ p["W2"] + p["b2"])
+        h = F.hardtanh(h @ p["W3"] + p["b3"])
+        return ((h @ p["W4"] + p["b4"] - Y) ** 2).sum(1).mean()
+
+    compare(model, *make_data(kind="real"), ref)
