@@ -223,11 +223,8 @@ def name_forward(loss, prediction, params, taken):
     order, uses, parents = _dag(roots)
     wanted = set()
     for e in order:
-        if isinstance(e, Elementwise):
-            wanted.add(e)
-            if not _is_structural(e.arg):
-                wanted.add(e.arg)
-        elif _is_affine(e, params, parents) or (uses[e] > 1 and not _is_structural(e)):
+        layer = isinstance(e, Elementwise) and _is_affine(e.arg, params, parents)
+        if layer or _is_affine(e, params, parents) or (uses[e] > 1 and not _is_structural(e)):
             wanted.add(e)
     for r in roots:
         if not isinstance(r, LEAVES):

@@ -190,7 +190,9 @@ def sympy_canonical(e, ctx):
     """SymPy's own canonical form of products, sums and transposes: 1·A → A, 0 + A → A,
     (Aᵀ)ᵀ → A, (AB)ᵀ → BᵀAᵀ, 1ₙₓ₁·1₁ₓₘ → 1ₙₓₘ."""
     if isinstance(e, (sp.MatMul, sp.MatAdd, sp.Transpose)):
-        return e.doit(deep=False)
+        new = e.doit(deep=False)
+        # −(XW + 1b) stays a multiple of one node: distributing would split a shared subtree
+        return None if isinstance(e, sp.MatMul) and isinstance(new, sp.MatAdd) else new
     return None
 
 
