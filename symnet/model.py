@@ -238,7 +238,7 @@ class Model:
                 self._steps += 1
                 updater.step(self.params, grads, self._state, self._steps)
                 losses.append(loss * len(idx))
-                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # redraw at tqdm's own pace
             bar.close()
             hist.history["loss"].append(float(np.sum(losses) / n))
             hist.history["seconds"].append(time.perf_counter() - start)
