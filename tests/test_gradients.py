@@ -117,8 +117,8 @@ def test_raw_sympy_network_equals_sugar():
     Xs, Ys = sn.Input("X", 4), sn.Input("Y", 1)
     out = sn.dense(sn.dense(Xs, 8, sn.tanh), 1)
     sugar = sn.compile(sn.sse(out, Ys), inputs=[Xs], targets=[Ys], dtype="float64", seed=0)
-    for k in raw.params:
-        sugar.params[k.replace("W2", "W2")][...] = raw.params[k] if k in sugar.params else 0
+    for k, value in raw.params.items():  # same W1, b1, W2; the sugar's extra b2 is zero
+        sugar.params[k][...] = value
     sugar.params["b2"][...] = 0
     Xb, Yb = make_data(cols=4, out=1, kind="real")
     l1, g1 = raw.loss_and_grad(Xb, Yb)
