@@ -10,7 +10,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from .functions import Elementwise, RowLogSumExp, elementwise_text
+from .functions import Elementwise, RowLogSumExp, elementwise_text, is_call
 from .grad import Derivation, Equation
 
 
@@ -98,7 +98,7 @@ class FormulaPrinter(StrPrinter):
 
     def _hadamard_factor(self, a):
         text = self._print(a)
-        if isinstance(a, sp.MatrixSymbol) or (re.fullmatch(r"\w+\(.*\)", text) and _balanced(text)):
+        if isinstance(a, sp.MatrixSymbol) or is_call(text):
             return text
         return f"({text})"
 
@@ -132,18 +132,8 @@ class FormulaPrinter(StrPrinter):
         return e.name
 
 
-def _balanced(text):
-    """True if the first "(" of ``text`` closes at its last character."""
-    depth = 0
-    for i, ch in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0 and ch == ")":
-            return i == len(text) - 1
-    return False
-
-
 def _wrap(text):
-    if re.fullmatch(r"\w+", text) or (re.fullmatch(r"\w*\(.*\)", text) and _balanced(text)):
+    if re.fullmatch(r"\w+", text) or is_call(text, name_optional=True):
         return text
     return f"({text})"
 

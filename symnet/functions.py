@@ -96,7 +96,7 @@ def elementwise_text(fn: sp.Lambda, arg_text: str, latex: bool) -> str:
         if latex:
             return rf"{body.latex_name}\left({arg_text}\right)"
         return f"{body.func.__name__}({arg_text})"
-    simple = re.fullmatch(r"[\w\\{}^δ]+", arg_text) is not None or _is_call(arg_text)
+    simple = re.fullmatch(r"[\w\\{}^δ]+", arg_text) is not None or is_call(arg_text)
     holder = sp.Symbol(arg_text if simple else f"({arg_text})")
     if latex:
         return sp.latex(body.subs(var, holder), mul_symbol=r"\circ")
@@ -105,9 +105,10 @@ def elementwise_text(fn: sp.Lambda, arg_text: str, latex: bool) -> str:
     return text.replace("*", "∘")
 
 
-def _is_call(text: str) -> bool:
-    """``name(...)`` whose first parenthesis closes at the end."""
-    if not re.fullmatch(r"\w+\(.*\)", text):
+def is_call(text: str, name_optional: bool = False) -> bool:
+    """``name(...)`` (or ``(...)`` with ``name_optional``) whose first parenthesis closes at the
+    end: text that needs no further parentheses."""
+    if not re.fullmatch(r"\w*\(.*\)" if name_optional else r"\w+\(.*\)", text):
         return False
     depth = 0
     for i, ch in enumerate(text):
