@@ -17,10 +17,11 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
     """
     rng = np.random.default_rng(seed)
     saved = {k: v.copy() for k, v in model.params.items()}
+    feeds = model._feeds(X, Y)  # validate and convert the data once, not per perturbation
     try:
         for k in model.params:
             model.params[k] = saved[k].astype(np.float64)
-        _, grads = model.loss_and_grad(X, Y, dtype="float64")
+        _, grads = model._loss_and_grad(feeds, "float64")
         worst = 0.0
         for name, value in model.params.items():
             flat = value.reshape(-1)
@@ -30,9 +31,9 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
             for i in picks:
                 old = flat[i]
                 flat[i] = old + eps
-                up, _ = model.loss_and_grad(X, Y, dtype="float64")
+                up, _ = model._loss_and_grad(feeds, "float64")
                 flat[i] = old - eps
-                down, _ = model.loss_and_grad(X, Y, dtype="float64")
+                down, _ = model._loss_and_grad(feeds, "float64")
                 flat[i] = old
                 numeric = (up - down) / (2 * eps)
                 analytic = grads[name].reshape(-1)[i]

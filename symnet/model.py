@@ -179,34 +179,39 @@ class Model:
         return feeds
 
     # ------------------------------------------------------------------ API
+    # Each public method validates its arrays once (``_feeds``) and hands the checked feeds to a
+    # private twin, which fit, evaluate and gradcheck call directly in their loops.
+
     def loss_and_grad(self, X, Y=None, dtype=None):
         """The loss and ``{parameter name: gradient}`` on one batch."""
-        out = self._run("loss_and_grad", self._feeds(X, Y), dtype)
-        loss = float(out.pop("loss")[0, 0])
-        return loss, out
+        return self._loss_and_grad(self._feeds(X, Y), dtype)
+
+    def _loss_and_grad(self, feeds, dtype=None):
+        out = self._run("loss_and_grad", feeds, dtype)
+        return float(out.pop("loss")[0, 0]), out
 
     def predict(self, X, batch_size: int = 4096):
         """The value of ``prediction`` for every row of X."""
         if "predict" not in self._programs:
             raise DeclarationError("this model was compiled without prediction=; nothing to predict")
-        feeds = self._feeds(X, need_targets=False)
-        n = next(iter(feeds.values())).shape[0]
-        parts = [self._run("predict", {k: v[i:i + batch_size] for k, v in feeds.items()})["prediction"]
-                 for i in range(0, n, batch_size)]
-        return np.concatenate(parts)
+        return self._predict(self._feeds(X, need_targets=False), batch_size)
+
+    def _predict(self, feeds, batch_size):
+        inputs = {s.name: feeds[s.name] for s in self.inputs}
+        return np.concatenate([self._run("predict", chunk)["prediction"]
+                               for chunk in _chunks(inputs, batch_size)])
 
     def evaluate(self, X, Y, batch_size: int = 4096) -> dict:
         """``{"loss": mean loss}``, plus ``"accuracy"`` (argmax agreement) when Y has ≥ 2 columns."""
-        feeds = self._feeds(X, Y)
-        n = next(iter(feeds.values())).shape[0]
-        total = 0.0
-        for i in range(0, n, batch_size):
-            chunk = {k: v[i:i + batch_size] for k, v in feeds.items()}
-            total += float(self._run("loss", chunk)["loss"][0, 0]) * next(iter(chunk.values())).shape[0]
-        result = {"loss": total / n}
+        return self._evaluate(self._feeds(X, Y), batch_size)
+
+    def _evaluate(self, feeds, batch_size=4096):
+        total = sum(float(self._run("loss", chunk)["loss"][0, 0]) * _rows(chunk)
+                    for chunk in _chunks(feeds, batch_size))
+        result = {"loss": total / _rows(feeds)}
         target = feeds[self.targets[0].name] if self.targets else None
         if target is not None and target.shape[1] >= 2 and "predict" in self._programs:
-            pred = self.predict(X, batch_size)
+            pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
         return result
 
@@ -218,7 +223,8 @@ class Model:
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         feeds = self._feeds(X, Y)
-        n = next(iter(feeds.values())).shape[0]
+        val_feeds = self._feeds(*validation_data) if validation_data is not None else None
+        n = _rows(feeds)
         rng = np.random.default_rng(seed)
         updater = _Updater(self.optimizer)
         hist = History()
@@ -231,7 +237,7 @@ class Model:
             losses = []
             for i in bar:
                 idx = order[i:i + batch_size]
-                loss, grads = self.loss_and_grad_feeds({k: v[idx] for k, v in feeds.items()})
+                loss, grads = self._loss_and_grad({k: v[idx] for k, v in feeds.items()})
                 if not np.isfinite(loss):
                     raise DataError(f"the loss became {loss} in epoch {epoch} at the batch starting "
                                     f"at row {i}; parameters are those from before this step")
@@ -242,8 +248,8 @@ class Model:
             bar.close()
             hist.history["loss"].append(float(np.sum(losses) / n))
             hist.history["seconds"].append(time.perf_counter() - start)
-            if validation_data is not None:
-                res = self.evaluate(*validation_data)
+            if val_feeds is not None:
+                res = self._evaluate(val_feeds)
                 hist.history["val_loss"].append(res["loss"])
                 if "accuracy" in res:
                     hist.history["val_accuracy"].append(res["accuracy"])
@@ -251,9 +257,15 @@ class Model:
                 tqdm.write(_epoch_line(epoch, epochs, hist))
         return hist
 
-    def loss_and_grad_feeds(self, feeds):
-        out = self._run("loss_and_grad", feeds)
-        return float(out.pop("loss")[0, 0]), out
+
+def _rows(feeds):
+    return next(iter(feeds.values())).shape[0]
+
+
+def _chunks(feeds, size):
+    """Consecutive row slices of every array in ``feeds``, ``size`` rows at a time."""
+    for i in range(0, _rows(feeds), size):
+        yield {k: v[i:i + size] for k, v in feeds.items()}
 
 
 def _epoch_line(epoch, epochs, hist):
