@@ -17,7 +17,7 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
     """
     rng = np.random.default_rng(seed)
     saved = {k: v.copy() for k, v in model.params.items()}
-    feeds = model._feeds(X, Y)  # validate and convert the data once, not per perturbation
+    feeds = model._feeds(X, Y, dtype="float64")  # once, not per perturbation
     try:
         for k in model.params:
             model.params[k] = saved[k].astype(np.float64)

@@ -160,19 +160,21 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ data
-    def _feeds(self, X, Y=None, need_targets=True):
+    def _feeds(self, X, Y=None, need_targets=True, dtype=None):
+        """Check the data arrays and convert them to ``dtype`` (default: the model's)."""
+        dtype = np.dtype(dtype or self.dtype)
         feeds = {}
         arrays = [X] if len(self.inputs) == 1 else list(X)
         if len(arrays) != len(self.inputs):
             raise DataError(f"expected {len(self.inputs)} input arrays, got {len(arrays)}")
         for sym, arr in zip(self.inputs, arrays):
-            feeds[sym.name] = _as_data(arr, sym, self.dtype)
+            feeds[sym.name] = _as_data(arr, sym, dtype)
         if need_targets and self.targets:
             if Y is None:
                 raise DataError(f"targets {[t.name for t in self.targets]} are needed")
             ys = [Y] if len(self.targets) == 1 else list(Y)
             for sym, arr in zip(self.targets, ys):
-                feeds[sym.name] = _as_data(arr, sym, self.dtype)
+                feeds[sym.name] = _as_data(arr, sym, dtype)
         rows = {k: v.shape[0] for k, v in feeds.items()}
         if len(set(rows.values())) > 1:
             raise DataError(f"inputs and targets must have the same number of rows, got {rows}")
@@ -184,7 +186,7 @@ class Model:
 
     def loss_and_grad(self, X, Y=None, dtype=None):
         """The loss and ``{parameter name: gradient}`` on one batch."""
-        return self._loss_and_grad(self._feeds(X, Y), dtype)
+        return self._loss_and_grad(self._feeds(X, Y, dtype=dtype), dtype)
 
     def _loss_and_grad(self, feeds, dtype=None):
         out = self._run("loss_and_grad", feeds, dtype)

@@ -138,3 +138,20 @@ def test_float32_model_agrees_with_float64():
     assert g32["W1"].dtype == np.float32
     assert loss32 == pytest.approx(loss64, rel=1e-5)
     np.testing.assert_allclose(g32["W1"], g64["W1"], rtol=1e-3, atol=1e-6)
+
+
+def test_float64_request_on_a_float32_model_computes_in_float64():
+    """loss_and_grad(dtype="float64") (what gradcheck uses) must not round the data to float32."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = _two_layer(X, sn.sigmoid)
+    loss = sn.softmax_cross_entropy(out, Y)
+    m32 = sn.compile(loss, inputs=[X], targets=[Y], seed=0)
+    m64 = sn.compile(loss, inputs=[X], targets=[Y], dtype="float64", seed=0)
+    for k, v in m32.params.items():
+        m64.params[k][...] = v
+    Xb, Yb = make_data(seed=5)
+    loss32, g32 = m32.loss_and_grad(Xb, Yb, dtype="float64")
+    loss64, g64 = m64.loss_and_grad(Xb, Yb)
+    assert loss32 == pytest.approx(loss64, rel=1e-14)
+    for k in g64:
+        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-12, atol=1e-15)
