@@ -32,6 +32,12 @@ def _log_softmax_arg(e):
     return None
 
 
+def _compound(m) -> bool:
+    """A factor of a product that needs parentheses: a sum, a Hadamard product, a scaled product."""
+    return isinstance(m, (sp.MatAdd, sp.HadamardProduct)) or (
+        isinstance(m, sp.MatMul) and m.as_coeff_matrices()[0] != 1)
+
+
 def _reduction(e):
     """('sum' | 'colsum' | 'rowsum', coefficient, inner factors) for products with ones."""
     c, mats = e.as_coeff_matrices()
@@ -73,9 +79,7 @@ class FormulaPrinter(StrPrinter):
         return "·".join(self._factor(m) for m in mats)
 
     def _factor(self, m):
-        compound = isinstance(m, (sp.MatAdd, sp.HadamardProduct)) or (
-            isinstance(m, sp.MatMul) and m.as_coeff_matrices()[0] != 1)
-        return f"({self._print(m)})" if compound else self._print(m)
+        return f"({self._print(m)})" if _compound(m) else self._print(m)
 
     def _scaled(self, c, body):
         if c == 1:
@@ -174,9 +178,7 @@ class FormulaLatexPrinter(LatexPrinter):
 
     def _factor(self, m):
         text = self._print(m)
-        compound = isinstance(m, (sp.MatAdd, sp.HadamardProduct)) or (
-            isinstance(m, sp.MatMul) and m.as_coeff_matrices()[0] != 1)
-        return rf"\left({text}\right)" if compound else text
+        return rf"\left({text}\right)" if _compound(m) else text
 
     def _print_HadamardProduct(self, e):
         return r" \circ ".join(self._factor(a) for a in e.args)

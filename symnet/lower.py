@@ -15,6 +15,7 @@ from codegen.ir import BATCH, SIZE, Buffer, Instr, Op, Program, arg_symbols
 
 from .declare import batch
 from .errors import DifferentiationError
+from .formulas import text
 from .functions import Elementwise, RowLogSumExp, as_numeric
 
 ELEMENTWISE = (sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, Elementwise, sp.OneMatrix,
@@ -122,8 +123,6 @@ class Lowering:
         return out
 
     def note(self, e):
-        from .formulas import text
-
         return text(e)
 
     def scalar(self, e, args: list[str]) -> sp.Expr:
