@@ -1,10 +1,8 @@
-"""Data sets: scikit-learn's bundled digits, and MNIST-format IDX directories."""
+"""Data sets: scikit-learn's bundled digits."""
 
 from __future__ import annotations
 
 import numpy as np
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def one_hot(labels, classes: int | None = None) -> np.ndarray:

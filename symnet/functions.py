@@ -358,7 +358,7 @@ class maxout:
 # ---------------------------------------------------------------------- reductions, softmax
 
 
-def sum(m):
+def sum(m):  # shadows the builtin inside this module on purpose: the API is sn.sum
     """Sum of all entries of M, as a 1×1 matrix: 1ᵀ·M·1."""
     _require_matrix(m, "sum")
     rows, cols = m.shape

@@ -24,6 +24,7 @@ from .rewrite import simplify_adjoint, simplify_forward
 BACKENDS = ("numpy",)
 
 
+# The API name sn.compile shadows the builtin inside this module on purpose.
 def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype="float32",
             seed=None, init="auto", backend="numpy") -> Model:
     """Differentiate ``loss`` symbolically, simplify, lower and build a trainable :class:`Model`.

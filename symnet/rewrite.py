@@ -73,7 +73,7 @@ def definition(e: sp.Expr) -> sp.Expr:
 def _is_zero(e: sp.Expr) -> bool:
     try:
         return sp.simplify(sp.piecewise_fold(e)) == 0
-    except Exception:
+    except Exception:  # SymPy fails in many ways; an equality it cannot prove is not proven
         return False
 
 
@@ -233,7 +233,7 @@ def _simplified(f: sp.Lambda):
     body = f(x)
     try:
         new = sp.simplify(body)
-    except Exception:
+    except Exception:  # a body SymPy cannot simplify is kept as it is
         return None
     return sp.Lambda(x, new) if cost(new) < cost(body) else None
 
