@@ -60,6 +60,23 @@ class Program:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Update:
+    """An optimizer step: scalar assignments applied in order to every entry of every parameter.
+
+    The right-hand sides use the symbols ``p`` (the entry), ``g`` (its gradient), ``t`` (the step,
+    1 for the first update), ``clip`` (the global gradient-norm scale, when ``clip_norm`` is set)
+    and the state variables named in ``state``, which persist between steps and start at 0.
+    """
+
+    steps: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    state: tuple[str, ...] = ()
+    clip_norm: float | None = None  # scale all gradients by min(1, clip_norm / (‖g‖₂ + 1e-6))
+
+
+UPDATE_SYMBOLS = {name: sp.Symbol(name, real=True) for name in ("p", "g", "t", "clip")}
+
+
 def arg_symbols(k: int) -> list[sp.Symbol]:
     """The scalar symbols a0, a1, … that stand for the entries of a MAP's arguments."""
     return [sp.Symbol(f"a{i}", real=True) for i in range(k)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from .ir import BATCH, SIZE, Op, Program, arg_symbols
+from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Op, Program, Update, arg_symbols
 
 
 class NumpyRunner:
@@ -54,3 +54,58 @@ class NumpyRunner:
 
     def _shape(self, name, n):
         return tuple(n if d == BATCH else d for d in self.program.buffer(name).shape)
+
+
+class NumpyUpdater:
+    """Applies an :class:`Update` with NumPy, whole arrays at a time."""
+
+    def __init__(self, update: Update):
+        self.update = update
+        symbols = [*UPDATE_SYMBOLS.values(), *(sp.Symbol(s, real=True) for s in update.state)]
+        symbols += [lhs for lhs, _ in update.steps if lhs not in symbols]  # temporaries, e.g. lr
+        self.names = [s.name for s in symbols]
+        self.fns = [(lhs.name, sp.lambdify(symbols, rhs, "numpy")) for lhs, rhs in update.steps]
+
+    def step(self, params: dict, grads: dict, state: dict, t: int):
+        """One update of every parameter (in place), with ``state[param][variable]`` arrays."""
+        clip = 1.0
+        if self.update.clip_norm is not None:
+            norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+            clip = min(1.0, self.update.clip_norm / (norm + 1e-6))
+        for name, value in params.items():
+            env = dict.fromkeys(self.names, 0.0)
+            env.update({"p": value, "g": grads[name], "t": float(t), "clip": clip, **state[name]})
+            for lhs, f in self.fns:
+                env[lhs] = np.asarray(f(*[env[k] for k in self.names]), dtype=value.dtype)
+            value[...] = env["p"]
+            for s in self.update.state:
+                state[name][s][...] = env[s]
+
+
+class NumpyBackend:
+    """Every program of a model on :class:`NumpyRunner`, and ``train`` as a Python loop over
+    minibatches: the reference the numba kernels are checked against."""
+
+    def __init__(self, programs: dict[str, Program], update: Update | None, dtype="float64"):
+        self.runners = {name: NumpyRunner(prog, dtype) for name, prog in programs.items()}
+        self.updater = NumpyUpdater(update) if update is not None else None
+        self.source = "\n\n".join(f"## {name}\n{prog.listing()}" for name, prog in programs.items())
+
+    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runners[name].run(feeds)
+
+    def train(self, data, params, state, orders, batch_size, t0):
+        """Same contract as the numba kernel ``train``: (per-batch losses, epoch, batch, step)."""
+        rows = len(orders[0])
+        losses = np.zeros((len(orders), -(-rows // batch_size)))
+        t = t0
+        for e, order in enumerate(orders):
+            for s, start in enumerate(range(0, rows, batch_size)):
+                idx = order[start:start + batch_size]
+                out = self.run("loss_and_grad", {**{k: v[idx] for k, v in data.items()}, **params})
+                losses[e, s] = loss = out.pop("loss")[0, 0]
+                if not np.isfinite(loss):
+                    return losses, e, s, t
+                t += 1
+                self.updater.step(params, out, state, t)
+        return losses, len(orders), 0, t

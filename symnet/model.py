@@ -10,27 +10,33 @@ import numpy as np
 import sympy as sp
 from tqdm.auto import tqdm
 
-from codegen.numpy_backend import NumpyRunner
+from codegen.numba_backend import NumbaRunner
+from codegen.numpy_backend import NumpyBackend
 
 from . import formulas, optim
 from . import init as initialisers
 from .declare import batch
 from .errors import DataError, DeclarationError
+from .evaluate import evaluate
 from .functions import ScalarActivation
 from .grad import _dag, canonical, derive
 from .lower import lower
 from .rewrite import simplify_adjoint, simplify_forward
 
-BACKENDS = ("numpy",)
+BACKENDS = {"numba": NumbaRunner, "numpy": NumpyBackend}
+SECONDS_PER_CALL = 0.25  # without per-epoch validation, fit runs this much training per kernel call
 
 
 # The API name sn.compile shadows the builtin inside this module on purpose.
 def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype="float32",
-            seed=None, init="auto", backend="numpy") -> Model:
+            seed=None, init="auto", backend="numba") -> Model:
     """Differentiate ``loss`` symbolically, simplify, lower and build a trainable :class:`Model`.
 
     ``inputs`` and ``targets`` are the data matrices (``sn.Input``); every other MatrixSymbol of
-    the loss is a parameter. ``prediction`` is what ``predict`` returns.
+    the loss is a parameter. ``prediction`` is what ``predict`` returns. ``backend="numba"``
+    generates and jit-compiles kernels (on first use, cached on disk); ``"numpy"`` interprets the
+    same programs and is the reference. ``seed`` fixes the initial parameters and the shuffling
+    of every ``fit``, so a run is reproducible bit for bit.
     """
     return Model(loss, inputs=inputs, targets=targets, prediction=prediction, optimizer=optimizer,
                  dtype=dtype, seed=seed, init=init, backend=backend)
@@ -38,10 +44,12 @@ def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype=
 
 @dataclass
 class History:
-    """Per-epoch training record: ``loss``, ``val_loss``, ``val_accuracy``, ``seconds``."""
+    """Per-epoch training record: ``loss``, ``val_loss``, ``val_accuracy``, ``seconds``; with
+    early stopping, ``best_epoch`` is the epoch whose parameters the model kept."""
 
     history: dict = field(default_factory=lambda: {"loss": [], "val_loss": [], "val_accuracy": [],
                                                    "seconds": []})
+    best_epoch: int | None = None
 
     def __getattr__(self, name):
         try:
@@ -59,7 +67,8 @@ class Model:
         self.targets = _symbols(targets, "targets")
         self.dtype = _dtype(dtype)
         if backend not in BACKENDS:
-            raise DeclarationError(f"backend={backend!r} is not available; use one of {BACKENDS}")
+            raise DeclarationError(
+                f"backend={backend!r} is not available; use one of {sorted(BACKENDS)}")
         self.backend = backend
         self.optimizer = optimizer if optimizer is not None else optim.SGD(lr=0.1)
         if not isinstance(self.optimizer, optim.Optimizer):
@@ -85,11 +94,17 @@ class Model:
                                  simplify=simplify_adjoint, taken=self._taken)
         self._raw = None
         self._programs = self._lower()
+        self._update = self.optimizer.update()
         self.symbolic_seconds = time.perf_counter() - start
-        self.params = self._initial_params(np.random.default_rng(seed), init)
-        self._state = {p.name: {} for p in self.param_symbols}
+        init_rng, self._shuffle_rng = (np.random.default_rng(s)
+                                       for s in np.random.SeedSequence(seed).spawn(2))
+        self.params = self._initial_params(init_rng, init)
+        self._state = {p: {s: np.zeros_like(v) for s in self._update.state}
+                       for p, v in self.params.items()}
         self._steps = 0
         self._runners = {}
+        self._runner(self.dtype)  # generate (and for numba, import) the kernels now
+        self.compile_seconds = time.perf_counter() - start
 
     # ------------------------------------------------------------------ formulas
     @property
@@ -121,8 +136,9 @@ class Model:
 
     @property
     def source(self) -> str:
-        """The compiled programs as listings, each statement under the formula it computes."""
-        return "\n\n".join(f"## {name}\n{prog.listing()}" for name, prog in self._programs.items())
+        """The generated code, each statement under the formula it computes: the numba module,
+        or for the numpy backend the programs it interprets."""
+        return self._runner(self.dtype).source
 
     # ------------------------------------------------------------------ programs
     def _lower(self):
@@ -138,16 +154,16 @@ class Model:
             programs["predict"] = lower(defs, {"prediction": d.prediction}, pred_leaves)
         return programs
 
-    def _runner(self, name, dtype=None):
-        key = (name, np.dtype(dtype or self.dtype).name)
+    def _runner(self, dtype=None):
+        key = np.dtype(dtype or self.dtype).name
         if key not in self._runners:
-            self._runners[key] = NumpyRunner(self._programs[name], key[1])
+            self._runners[key] = BACKENDS[self.backend](self._programs, self._update, key)
         return self._runners[key]
 
     def _run(self, name, feeds, dtype=None):
         dtype = np.dtype(dtype or self.dtype)
-        params = {k: v.astype(dtype, copy=False) for k, v in self.params.items()}
-        return self._runner(name, dtype).run({**feeds, **params})
+        params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in self.params.items()}
+        return self._runner(dtype).run(name, {**feeds, **params})
 
     # ------------------------------------------------------------------ parameters
     def _initial_params(self, rng, scheme):
@@ -219,46 +235,113 @@ class Model:
         return result
 
     def fit(self, X, Y=None, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
-            validation_data=None, verbose: bool = True, seed: int | None = 0) -> History:
-        """Train with the model's optimizer; returns the per-epoch :class:`History`."""
+            validation_data=None, early_stopping: int | None = None, verbose: bool = True,
+            seed: int | None = None) -> History:
+        """Train with the model's optimizer; returns the per-epoch :class:`History`.
+
+        The backend runs whole epochs per call: without ``validation_data`` several epochs at a
+        time (``seconds`` is then their mean). ``early_stopping=patience`` stops once the
+        validation loss has not fallen for ``patience`` epochs and restores the parameters (and
+        optimizer state) of the best epoch. ``seed`` overrides the model's shuffling generator.
+        """
         if not isinstance(epochs, int) or epochs < 0:
             raise DataError(f"epochs must be a non-negative integer, got {epochs!r}")
-        if not isinstance(batch_size, int) or batch_size <= 0:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if early_stopping is not None:
+            if validation_data is None:
+                raise DataError("early_stopping watches the validation loss: pass "
+                                "validation_data=(X_val, Y_val) as well")
+            if not isinstance(early_stopping, int) or early_stopping < 1:
+                raise DataError(f"early_stopping is a patience in epochs (an integer ≥ 1), got "
+                                f"{early_stopping!r}")
         feeds = self._feeds(X, Y)
         val_feeds = self._feeds(*validation_data) if validation_data is not None else None
-        n = _rows(feeds)
-        rng = np.random.default_rng(seed)
-        updater = _Updater(self.optimizer)
-        hist = History()
-        for epoch in range(1, epochs + 1):
+        data = {k: feeds[k] for k in [s.name for s in (*self.inputs, *self.targets)]}
+        rows = _rows(feeds)
+        rng = np.random.default_rng(seed) if seed is not None else self._shuffle_rng
+        sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
+        runner = self._runner()
+        hist, best = History(), None
+        bar = tqdm(total=epochs, unit="epoch", disable=not verbose, leave=False)
+        per_call = 1
+        while len(hist.loss) < epochs and not _patience_out(hist, early_stopping):
+            k = min(per_call, epochs - len(hist.loss))
+            orders = np.stack([rng.permutation(rows) if shuffle else np.arange(rows)
+                               for _ in range(k)])
             start = time.perf_counter()
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            batches = range(0, n, batch_size)
-            bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not verbose,
-                       leave=False)
-            losses = []
-            for i in bar:
-                idx = order[i:i + batch_size]
-                loss, grads = self._loss_and_grad({k: v[idx] for k, v in feeds.items()})
-                if not np.isfinite(loss):
-                    raise DataError(f"the loss became {loss} in epoch {epoch} at the batch starting "
-                                    f"at row {i}; parameters are those from before this step")
-                self._steps += 1
-                updater.step(self.params, grads, self._state, self._steps)
-                losses.append(loss * len(idx))
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # redraw at tqdm's own pace
-            bar.close()
-            hist.history["loss"].append(float(np.sum(losses) / n))
-            hist.history["seconds"].append(time.perf_counter() - start)
+            losses, e, s, t = runner.train(data, self.params, self._state, orders, batch_size,
+                                           self._steps)
+            elapsed = time.perf_counter() - start
+            self._steps = t
+            if e < k:
+                bar.close()
+                raise self._not_finite(len(hist.loss) + e + 1, s, data, orders[e], batch_size,
+                                       losses[e, s])
+            for epoch_losses in losses:
+                hist.history["loss"].append(float(epoch_losses.astype(np.float64) @ sizes / rows))
+                hist.history["seconds"].append(elapsed / k)
             if val_feeds is not None:
                 res = self._evaluate(val_feeds)
                 hist.history["val_loss"].append(res["loss"])
                 if "accuracy" in res:
                     hist.history["val_accuracy"].append(res["accuracy"])
-            if verbose:
-                tqdm.write(_epoch_line(epoch, epochs, hist))
+                if early_stopping is not None and res["loss"] <= min(hist.val_loss):
+                    best = self._snapshot()
+                    hist.best_epoch = len(hist.loss)
+            else:  # no per-epoch work in Python: run more epochs per call, up to ~0.25 s
+                per_call = int(min(max(1, SECONDS_PER_CALL * k / max(elapsed, 1e-9)),
+                                   max(1, 2**24 // rows), 2 * per_call + 1))
+            bar.update(k)
+            bar.set_postfix(loss=f"{hist.loss[-1]:.4f}",
+                            samples_s=f"{rows * k / max(elapsed, 1e-9):,.0f}")
+            if verbose and per_call == 1:
+                tqdm.write(_epoch_line(len(hist.loss), epochs, hist))
+        bar.close()
+        if best is not None:
+            self._restore(best)
         return hist
+
+    def _snapshot(self):
+        return ({k: v.copy() for k, v in self.params.items()},
+                {k: {s: v.copy() for s, v in st.items()} for k, st in self._state.items()},
+                self._steps)
+
+    def _restore(self, snapshot):
+        params, state, self._steps = snapshot
+        for k, v in params.items():
+            self.params[k][...] = v
+            for s, sv in state[k].items():
+                self._state[k][s][...] = sv
+
+    def _not_finite(self, epoch, batch, data, order, batch_size, loss):
+        """The error for a step whose loss was not finite, naming the first formula (in the
+        order ``formulas()`` shows them) whose value on that batch was not finite."""
+        idx = order[batch * batch_size:(batch + 1) * batch_size]
+        values = {k: v[idx].astype(np.float64) for k, v in data.items()}
+        values.update({k: v.astype(np.float64) for k, v in self.params.items()})
+        limit = np.finfo(self.dtype).max
+        culprit = None
+        with np.errstate(all="ignore"):
+            for eq in self.derivation.equations:
+                value = evaluate(eq.rhs, values)
+                values[eq.lhs.name] = value
+                if culprit is None and not np.all(np.abs(value) <= limit):
+                    culprit = f"{eq.label} = {formulas.text(eq.rhs)}"
+        where = (f"the first formula whose value is not finite in {self.dtype.name} is {culprit}"
+                 if culprit else "every formula is finite in float64 on this batch")
+        return DataError(
+            f"the loss became {loss} in epoch {epoch}, batch {batch + 1} (rows "
+            f"{', '.join(map(str, idx[:5]))}{', …' if len(idx) > 5 else ''} of the data); {where}. "
+            f"Parameters and optimizer state are those from before this step. A smaller learning "
+            f"rate, clip_norm= or scaled inputs usually help.")
+
+
+def _patience_out(hist, patience):
+    if patience is None or not hist.val_loss:
+        return False
+    best = int(np.argmin(hist.val_loss))
+    return len(hist.val_loss) - 1 - best >= patience
 
 
 def _rows(feeds):
@@ -280,29 +363,6 @@ def _epoch_line(epoch, epochs, hist):
         parts.append(f"val_accuracy {h['val_accuracy'][-1]:.4f}")
     parts.append(f"{h['seconds'][-1]:.2f} s")
     return " - ".join(parts)
-
-
-class _Updater:
-    """Applies an optimizer's symbolic update rule with NumPy, entry by entry."""
-
-    def __init__(self, optimizer):
-        self.rule = optimizer.rule()
-        names = [optim.p, optim.g, optim.t, *optimizer.symbols().values()]
-        self.names = [s.name for s in names]
-        self.fns = [(lhs.name, sp.lambdify(names, rhs, "numpy")) for lhs, rhs in self.rule]
-        self.state_names = list(optimizer.symbols())
-
-    def step(self, params, grads, state, t):
-        for name, value in params.items():
-            st = state[name]
-            env = {"p": value, "g": grads[name], "t": t}
-            for s in self.state_names:
-                env[s] = st.get(s, np.zeros_like(value))
-            for lhs, f in self.fns:
-                env[lhs] = np.asarray(f(*[env[k] for k in self.names]), dtype=value.dtype)
-            value[...] = env["p"]
-            for s in self.state_names:
-                st[s] = env[s]
 
 
 # ---------------------------------------------------------------------- helpers

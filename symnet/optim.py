@@ -1,35 +1,27 @@
 """Optimizers as symbolic update rules.
 
-A rule is an ordered list of assignments over SymPy scalars: the parameter ``p``, its gradient
-``g``, the optimizer's state variables and the step number ``t`` (1 for the first update).
-Assignments run in order, each seeing the values assigned before it, entry by entry. Argument
-names, defaults and formulas follow ``torch.optim``.
+A rule is an ordered list of assignments over SymPy scalars: the parameter entry ``p``, its
+gradient ``g``, the optimizer's state variables (zero at the start) and the step number ``t``
+(1 for the first update). Assignments run in order, each seeing the values assigned before it,
+entry by entry; the training kernel fuses them into one loop per parameter. Argument names,
+defaults and formulas follow ``torch.optim``, so the same settings give the same numbers.
 """
 
 from __future__ import annotations
 
 import sympy as sp
 
+from codegen.ir import UPDATE_SYMBOLS, Update
+
 from .errors import DeclarationError
+from .schedules import Schedule
 
-p, g, t = sp.symbols("p g t", real=True)
+p, g, t, clip = (UPDATE_SYMBOLS[k] for k in ("p", "g", "t", "clip"))
+LR = sp.Symbol("lr", real=True)
 
 
-class Optimizer:
-    state: tuple[str, ...] = ()
-
-    def rule(self) -> list[tuple[sp.Symbol, sp.Expr]]:
-        raise NotImplementedError
-
-    def symbols(self):
-        return {name: sp.Symbol(name, real=True) for name in self.state}
-
-    def describe(self) -> list[str]:
-        return [f"{lhs} ← {sp.sstr(rhs, order='none')}" for lhs, rhs in self.rule()]
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
+def _var(name):
+    return sp.Symbol(name, real=True)
 
 
 def _check(name, value, low=0.0, high=None, strict=False):
@@ -41,11 +33,54 @@ def _check(name, value, low=0.0, high=None, strict=False):
     return value
 
 
+class Optimizer:
+    """Base class: subclasses define ``state`` (names of per-entry state variables) and
+    ``steps()``, the rule with the learning rate written as ``lr``."""
+
+    state: tuple[str, ...] = ()
+
+    def __init__(self, lr, clip_norm=None):
+        if isinstance(lr, Schedule):
+            self.lr = lr
+        else:
+            self.lr = _check("lr", lr, strict=True)
+        self.clip_norm = None if clip_norm is None else _check("clip_norm", clip_norm, strict=True)
+
+    def steps(self) -> list[tuple[sp.Symbol, sp.Expr]]:
+        raise NotImplementedError
+
+    def rule(self) -> list[tuple[sp.Symbol, sp.Expr]]:
+        """The full rule: gradient clipping, the learning rate, then the optimizer's steps."""
+        head = [(g, clip * g)] if self.clip_norm is not None else []
+        steps = self.steps()
+        if isinstance(self.lr, Schedule):
+            return head + [(LR, self.lr.expr)] + steps
+        return head + [(lhs, rhs.subs(LR, self.lr)) for lhs, rhs in steps]
+
+    def update(self) -> Update:
+        return Update(tuple(self.rule()), self.state, self.clip_norm)
+
+    def describe(self) -> list[str]:
+        lines = [f"{lhs} ← {sp.sstr(rhs, order='none')}" for lhs, rhs in self.rule()]
+        if self.clip_norm is not None:
+            lines.insert(0, f"clip = min(1, {self.clip_norm}/(‖g‖₂ + 1e-6)), ‖g‖₂ over all "
+                            f"gradients")
+        return lines
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+def _decay(weight_decay):
+    return [(g, g + weight_decay * p)] if weight_decay else []
+
+
 class SGD(Optimizer):
     """p ← p − lr·g, with optional (Nesterov) momentum and weight decay, as torch.optim.SGD."""
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        self.lr = _check("lr", lr, strict=True)
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, clip_norm)
         self.momentum = _check("momentum", momentum, high=1.0)
         self.nesterov = bool(nesterov)
         self.weight_decay = _check("weight_decay", weight_decay)
@@ -53,16 +88,13 @@ class SGD(Optimizer):
             raise DeclarationError("SGD(nesterov=True) needs momentum > 0")
         self.state = ("buf",) if momentum else ()
 
-    def rule(self):
-        steps, grad = [], g
-        if self.weight_decay:
-            steps.append((g, g + self.weight_decay * p))
+    def steps(self):
+        steps, grad = _decay(self.weight_decay), g
         if self.momentum:
-            buf = sp.Symbol("buf", real=True)
+            buf = _var("buf")
             steps.append((buf, self.momentum * buf + grad))
             grad = grad + self.momentum * buf if self.nesterov else buf
-        steps.append((p, p - self.lr * grad))
-        return steps
+        return steps + [(p, p - LR * grad)]
 
 
 class AdaGrad(Optimizer):
@@ -70,34 +102,103 @@ class AdaGrad(Optimizer):
 
     state = ("sum",)
 
-    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0):
-        self.lr = _check("lr", lr, strict=True)
+    def __init__(self, lr=0.01, lr_decay=0.0, eps=1e-10, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.lr_decay = _check("lr_decay", lr_decay)
         self.eps = _check("eps", eps)
         self.weight_decay = _check("weight_decay", weight_decay)
 
-    def rule(self):
-        s = sp.Symbol("sum", real=True)
-        steps = [(g, g + self.weight_decay * p)] if self.weight_decay else []
-        return steps + [(s, s + g**2), (p, p - self.lr * g / (sp.sqrt(s) + self.eps))]
+    def steps(self):
+        s = _var("sum")
+        lr = LR / (1 + (t - 1) * self.lr_decay) if self.lr_decay else LR
+        return _decay(self.weight_decay) + [(s, s + g**2), (p, p - lr * g / (sp.sqrt(s) + self.eps))]
+
+
+class RMSProp(Optimizer):
+    """square_avg ← α·square_avg + (1−α)·g²; p ← p − lr·g/(√square_avg + eps), with optional
+    momentum and centring, as torch.optim.RMSprop."""
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.alpha = _check("alpha", alpha, high=1.0)
+        self.eps = _check("eps", eps)
+        self.weight_decay = _check("weight_decay", weight_decay)
+        self.momentum = _check("momentum", momentum, high=1.0)
+        self.centered = bool(centered)
+        self.state = ("square_avg",) + (("grad_avg",) if centered else ()) + (
+            ("buf",) if momentum else ())
+
+    def steps(self):
+        sq, ga, buf = _var("square_avg"), _var("grad_avg"), _var("buf")
+        a = self.alpha
+        steps = _decay(self.weight_decay) + [(sq, a * sq + (1 - a) * g**2)]
+        if self.centered:
+            steps.append((ga, a * ga + (1 - a) * g))
+            avg = sp.sqrt(sq - ga**2) + self.eps
+        else:
+            avg = sp.sqrt(sq) + self.eps
+        if self.momentum:
+            return steps + [(buf, self.momentum * buf + g / avg), (p, p - LR * buf)]
+        return steps + [(p, p - LR * g / avg)]
+
+
+class AdaDelta(Optimizer):
+    """Zeiler's AdaDelta, as torch.optim.Adadelta (``delta`` is a per-entry temporary)."""
+
+    state = ("square_avg", "acc_delta")
+
+    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.rho = _check("rho", rho, high=1.0)
+        self.eps = _check("eps", eps)
+        self.weight_decay = _check("weight_decay", weight_decay)
+
+    def steps(self):
+        sq, acc, delta = _var("square_avg"), _var("acc_delta"), _var("delta")
+        r, eps = self.rho, self.eps
+        return _decay(self.weight_decay) + [
+            (sq, r * sq + (1 - r) * g**2),
+            (delta, sp.sqrt(acc + eps) / sp.sqrt(sq + eps) * g),
+            (acc, r * acc + (1 - r) * delta**2),
+            (p, p - LR * delta),
+        ]
 
 
 class Adam(Optimizer):
-    """Adam with bias correction, as torch.optim.Adam."""
+    """Adam with bias correction, as torch.optim.Adam (weight decay added to the gradient)."""
 
     state = ("m", "v")
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        self.lr = _check("lr", lr, strict=True)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise DeclarationError(f"betas must be a pair such as (0.9, 0.999), got {betas!r}")
         self.betas = (_check("betas[0]", betas[0], high=1.0), _check("betas[1]", betas[1], high=1.0))
         self.eps = _check("eps", eps)
         self.weight_decay = _check("weight_decay", weight_decay)
 
-    def rule(self):
-        m, v = sp.symbols("m v", real=True)
+    def _adam(self):
+        m, v = _var("m"), _var("v")
         b1, b2 = self.betas
-        steps = [(g, g + self.weight_decay * p)] if self.weight_decay else []
-        return steps + [
+        return [
             (m, b1 * m + (1 - b1) * g),
             (v, b2 * v + (1 - b2) * g**2),
-            (p, p - self.lr / (1 - b1**t) * m / (sp.sqrt(v) / sp.sqrt(1 - b2**t) + self.eps)),
+            (p, p - LR / (1 - b1**t) * m / (sp.sqrt(v) / sp.sqrt(1 - b2**t) + self.eps)),
         ]
+
+    def steps(self):
+        return _decay(self.weight_decay) + self._adam()
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, p ← p·(1 − lr·weight_decay) first, as torch.optim.AdamW."""
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, clip_norm=None):
+        super().__init__(lr, betas, eps, weight_decay, clip_norm)
+
+    def steps(self):
+        return [(p, p * (1 - LR * self.weight_decay))] + self._adam()
+
+
+__all__ = ["SGD", "AdaDelta", "AdaGrad", "Adam", "AdamW", "Optimizer", "RMSProp"]

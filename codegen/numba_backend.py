@@ -1,0 +1,469 @@
+"""The numba backend: Programs and an Update → one generated Python module of jitted kernels.
+
+Each instruction becomes one statement (a GEMM is ``np.dot`` into a preallocated buffer, or an
+explicit loop nest when its fixed dimensions are tiny), each MAP one loop nest whose body is the
+scalar SymPy expression printed after ``sympy.cse``, each under a comment with its formula. The
+module is written to a cache directory under the hash of its text and imported from there, so
+numba's ``cache=True`` loads machine code on the next compile of the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import keyword
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Op, Program, Update, arg_symbols
+
+CODEGEN_VERSION = 1  # bump whenever the generated code changes for the same Program
+SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
+FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
+RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",
+            "tf", "p", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
+            "start", "orders", "train"}
+
+
+def cache_dir() -> Path:
+    """``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else ``~/.cache/symnet``."""
+    if os.environ.get("SYMNET_CACHE_DIR"):
+        return Path(os.environ["SYMNET_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "symnet"
+
+
+class ScalarPrinter(PythonCodePrinter):
+    """Prints a scalar body for numba: every number in the kernel's dtype (``DT(0.5)``), so that
+    float32 kernels stay float32; small integer powers as products."""
+
+    def __init__(self, names: dict[sp.Symbol, str], cast: str = "DT"):
+        super().__init__({"strict": True, "fully_qualified_modules": True})
+        self.names = names
+        self.cast = cast
+
+    def _number(self, text):
+        return f"{self.cast}({text})" if self.cast else text
+
+    def _print_Symbol(self, expr):
+        return self.names.get(expr) or super()._print_Symbol(expr)
+
+    def _print_Integer(self, expr):
+        return self._number(f"{int(expr)}.0")
+
+    def _print_Rational(self, expr):
+        return self._number(repr(float(expr)))
+
+    def _print_Float(self, expr):
+        return self._number(repr(float(expr)))
+
+    def _print_Half(self, expr):
+        return self._number("0.5")
+
+    def _print_Pow(self, expr, rational=False):
+        base, e = expr.args
+        b = self.parenthesize(base, 1000)
+        if e == sp.S.Half:
+            return f"math.sqrt({self._print(base)})"
+        if e == -sp.S.Half:
+            return f"({self._number('1.0')} / math.sqrt({self._print(base)}))"
+        if e.is_Integer and 1 <= abs(int(e)) <= 4:
+            prod = " * ".join([b] * abs(int(e)))
+            return f"({prod})" if e > 0 else f"({self._number('1.0')} / ({prod}))"
+        return f"{b} ** {self.parenthesize(e, 1000)}"
+
+    def _print_Exp1(self, expr):
+        return self._number("math.e")
+
+    def _print_Pi(self, expr):
+        return self._number("math.pi")
+
+
+class Emitter:
+    """Collects indented source lines."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def __call__(self, line=""):
+        self.lines.append("    " * self.depth + line if line else "")
+
+    def indent(self, by=1):
+        self.depth += by
+
+    def text(self):
+        return "\n".join(self.lines)
+
+
+def _identifier(name: str, used: set[str]) -> str:
+    ok = name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
+    ok = ok and not name.startswith(("_", "w_", "s_"))
+    out = name if ok and name not in used else f"_b{len(used)}"
+    used.add(out)
+    return out
+
+
+def _dims(shape):
+    return tuple("n" if d == BATCH else str(d) for d in shape)
+
+
+def _size(shape):
+    r, c = _dims(shape)
+    return f"{r} * {c}"
+
+
+class Kernel:
+    """The source of one Program as a jitted function ``name(n, leaves..., workspace...)``."""
+
+    def __init__(self, name: str, program: Program):
+        self.name = name
+        self.program = program
+        used: set[str] = set()
+        self.ident = {b.name: _identifier(b.name, used) for b in program.buffers}
+        self.leaves = [b for b in program.buffers if b.role != "temp"]
+        self.temps = [b for b in program.buffers if b.role == "temp"]
+
+    def signature(self) -> list[str]:
+        return ["n", *(self.ident[b.name] for b in self.leaves),
+                *(f"w_{self.ident[b.name]}" for b in self.temps)]
+
+    def emit(self, out: Emitter):
+        out("@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH)")
+        out(f"def {self.name}({', '.join(self.signature())}):")
+        out.indent()
+        out("nf = DT(n)")
+        for b in self.temps:
+            r, c = _dims(b.shape)
+            out(f"{self.ident[b.name]} = w_{self.ident[b.name]}[:{r} * {c}].reshape(({r}, {c}))")
+        for ins in self.program.instrs:
+            if ins.note:
+                out(f"# {ins.note}".replace("\n", " "))
+            getattr(self, f"_{ins.op.value}")(ins, out)
+        out.indent(-1)
+
+    def shape(self, name):
+        return _dims(self.program.buffer(name).shape)
+
+    def _gemm(self, ins, out):
+        a, b = (self.ident[x] for x in ins.args)
+        ta, tb = ins.trans
+        r, c = self.shape(ins.out)
+        inner = self.shape(ins.args[0])[0 if ta else 1]
+        o = self.ident[ins.out]
+        fixed = [int(d) for d in (r, c, inner) if d != "n"]
+        if np.prod(fixed) <= SMALL_GEMM:
+            ai = "a[k, i]" if ta else "a[i, k]"
+            bi = "b[j, k]" if tb else "b[k, j]"
+            out(f"for i in range({r}):")
+            out(f"    for j in range({c}):")
+            out("        acc = DT(0.0)")
+            out(f"        for k in range({inner}):")
+            out(f"            acc += {ai.replace('a', a, 1)} * {bi.replace('b', b, 1)}")
+            out(f"        {o}[i, j] = acc")
+        else:
+            out(f"np.dot({a}{'.T' if ta else ''}, {b}{'.T' if tb else ''}, {o})")
+        if ins.alpha != 1:
+            alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
+            self._loop2(out, r, c, [f"{o}[i, j] *= {alpha}"])
+
+    def _map(self, ins, out):
+        syms = arg_symbols(len(ins.args))
+        loads = []
+        r, c = self.shape(ins.out)
+        for s, name in zip(syms, ins.args):
+            ar, ac = self.shape(name)
+            i = "0" if ar == "1" and r != "1" else "i"
+            j = "0" if ac == "1" and c != "1" else "j"
+            loads.append(f"_v{s.name[1:]} = {self.ident[name]}[{i}, {j}]")
+        names = {s: f"_v{s.name[1:]}" for s in syms} | {SIZE: "nf"}
+        temps, (body,) = sp.cse(ins.body, symbols=sp.numbered_symbols("_c"), optimizations="basic")
+        printer = ScalarPrinter(names | {sym: sym.name for sym, _ in temps})
+        lines = loads + [f"{sym} = {printer.doprint(e)}" for sym, e in temps]
+        lines.append(f"{self.ident[ins.out]}[i, j] = {printer.doprint(body)}")
+        self._loop2(out, r, c, lines)
+
+    @staticmethod
+    def _loop2(out, r, c, lines):
+        out(f"for i in range({r}):")
+        out(f"    for j in range({c}):")
+        for line in lines:
+            out(f"        {line}")
+
+    def _rowsum(self, ins, out):
+        a, o = self.ident[ins.args[0]], self.ident[ins.out]
+        r, c = self.shape(ins.args[0])
+        out(f"for i in range({r}):")
+        out("    acc = DT(0.0)")
+        out(f"    for j in range({c}):")
+        out(f"        acc += {a}[i, j]")
+        out(f"    {o}[i, 0] = acc")
+
+    def _colsum(self, ins, out):
+        a, o = self.ident[ins.args[0]], self.ident[ins.out]
+        r, c = self.shape(ins.args[0])
+        out(f"{o}[0, :] = DT(0.0)")
+        out(f"for i in range({r}):")
+        out(f"    for j in range({c}):")
+        out(f"        {o}[0, j] += {a}[i, j]")
+
+    def _logsumexp(self, ins, out):
+        a, o = self.ident[ins.args[0]], self.ident[ins.out]
+        r, c = self.shape(ins.args[0])
+        out(f"for i in range({r}):")
+        out(f"    top = {a}[i, 0]")
+        out(f"    for j in range(1, {c}):")
+        out(f"        top = max(top, {a}[i, j])")
+        out("    if not math.isfinite(top):")
+        out("        top = DT(0.0)")
+        out("    acc = DT(0.0)")
+        out(f"    for j in range({c}):")
+        out(f"        acc += math.exp({a}[i, j] - top)")
+        out(f"    {o}[i, 0] = top + math.log(acc)")
+
+    def _transpose(self, ins, out):
+        a, o = self.ident[ins.args[0]], self.ident[ins.out]
+        r, c = self.shape(ins.out)
+        self._loop2(out, r, c, [f"{o}[i, j] = {a}[j, i]"])
+
+
+def _hoist(expr, per_step: set, found: dict) -> sp.Expr:
+    """Replace each maximal non-atomic subexpression that depends only on ``per_step`` symbols
+    by a new symbol recorded in ``found``: it is computed once per step, not once per entry."""
+    if expr.is_number:
+        return expr
+    if expr.free_symbols <= per_step:
+        if expr not in found:
+            found[expr] = sp.Symbol(f"_h{len(found)}", real=True)
+        return found[expr]
+    if expr.is_Atom or not expr.args:
+        return expr
+    return expr.func(*[_hoist(a, per_step, found) for a in expr.args])
+
+
+class TrainKernel:
+    """``train``: every minibatch of several epochs — gather, loss and gradients, update."""
+
+    def __init__(self, grad: Kernel, update: Update, losses_of: str):
+        self.grad = grad
+        self.update = update
+        self.loss = grad.ident[losses_of]
+        prog = grad.program
+        self.inputs = [b for b in prog.buffers if b.role == "input"]
+        self.params = [b for b in prog.buffers if b.role == "param"]
+        self.grad_of = {name: grad.ident[buf] for name, buf in prog.outputs if name != "loss"}
+
+    def signature(self):
+        ins = [self.grad.ident[b.name] for b in self.inputs]
+        states = [f"s_{s}_{self.grad.ident[p.name]}" for p in self.params for s in self.update.state]
+        return ["orders", "batch", "t0", "losses", *ins, *(f"w_{x}" for x in ins),
+                *(self.grad.ident[p.name] for p in self.params), *states,
+                *(f"w_{self.grad.ident[b.name]}" for b in self.grad.temps)]
+
+    def emit(self, out: Emitter):
+        gi = self.grad.ident
+        out("@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH)")
+        out(f"def train({', '.join(self.signature())}):")
+        out.indent()
+        first = gi[self.inputs[0].name]
+        out(f"rows = {first}.shape[0]")
+        out("batches = (rows + batch - 1) // batch")
+        out("t = t0")
+        out("for e in range(orders.shape[0]):")
+        out("    for s in range(batches):")
+        out.indent(2)
+        out("start = s * batch")
+        out("n = min(batch, rows - start)")
+        for b in self.inputs:
+            x = gi[b.name]
+            cols = _dims(b.shape)[1]
+            out(f"_b_{x} = w_{x}[:n * {cols}].reshape((n, {cols}))")
+        out("for r in range(n):")
+        out("    i = orders[e, start + r]")
+        for b in self.inputs:
+            out(f"    _b_{gi[b.name]}[r, :] = {gi[b.name]}[i, :]")
+        args = ["n", *(f"_b_{gi[b.name]}" if b.role == "input" else gi[b.name]
+                       for b in self.grad.leaves),
+                *(f"w_{gi[b.name]}" for b in self.grad.temps)]
+        out(f"{self.grad.name}({', '.join(args)})")
+        out(f"loss = w_{self.loss}[0]")
+        out("losses[e, s] = loss")
+        out("if not math.isfinite(loss):")
+        out("    return e, s, t")
+        out("t += 1")
+        self._update(out)
+        out.indent(-2)
+        out("return orders.shape[0], 0, t")
+        out.indent(-1)
+
+    def _update(self, out):
+        gi = self.grad.ident
+        sym = UPDATE_SYMBOLS
+        if self.update.clip_norm is not None:
+            out("# clip: min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients")
+            out("sq = 0.0")
+            for p in self.params:
+                g = f"w_{self.grad_of[p.name]}"
+                out(f"for k in range({_size(p.shape)}):")
+                out(f"    sq += {g}[k] * {g}[k]")
+            out(f"clip = min(1.0, {self.update.clip_norm!r} / (math.sqrt(sq) + 1e-6))")
+        per_step = {sym["t"], sym["clip"]}
+        names = {sym["p"]: "p", sym["g"]: "g"}
+        names.update({sp.Symbol(s, real=True): f"_st_{s}" for s in self.update.state})
+        step_names = {sym["t"]: "tf", sym["clip"]: "clip"}
+        out("tf = float(t)")
+        f64 = ScalarPrinter(step_names, cast="")  # per-step scalars in float64, as torch does
+        found: dict = {}
+        entry = []
+        for lhs, rhs in self.update.steps:
+            if lhs not in names and rhs.free_symbols <= per_step:  # e.g. a scheduled lr
+                step_names[lhs] = f"_u_{lhs.name}"
+                out(f"_u_{lhs.name} = {f64.doprint(rhs)}")
+                per_step.add(lhs)
+            else:
+                names.setdefault(lhs, f"_u_{lhs.name}")  # a per-entry temporary
+                entry.append((lhs, _hoist(rhs, per_step, found)))
+        for e, h in found.items():
+            out(f"{h} = DT({f64.doprint(e)})")
+        names.update({h: h.name for h in found.values()})
+        printer = ScalarPrinter(names)
+        for p in self.params:
+            x = gi[p.name]
+            out(f"# update {p.name}: " + "; ".join(f"{lhs} ← {rhs}" for lhs, rhs in
+                                                  self.update.steps))
+            out(f"_f_{x} = {x}.reshape({_size(p.shape)})")
+            out(f"for k in range({_size(p.shape)}):")
+            out(f"    p = _f_{x}[k]")
+            out(f"    g = w_{self.grad_of[p.name]}[k]")
+            for s in self.update.state:
+                out(f"    _st_{s} = s_{s}_{x}[k]")
+            for lhs, rhs in entry:
+                out(f"    {names[lhs]} = {printer.doprint(rhs)}")
+            out(f"    _f_{x}[k] = p")
+            for s in self.update.state:
+                out(f"    s_{s}_{x}[k] = _st_{s}")
+
+
+def generate(programs: dict[str, Program], update: Update | None, dtype) -> tuple[str, dict]:
+    """The module text for ``programs`` (and ``train`` when ``update`` is given), and its kernels."""
+    dtype = np.dtype(dtype)
+    out = Emitter()
+    out(f'"""Generated by symnet (codegen version {CODEGEN_VERSION}) for {dtype.name}."""')
+    out()
+    out("import math")
+    out()
+    out("import numba as nb")
+    out("import numpy as np")
+    out()
+    out(f"DT = np.{dtype.name}")
+    out(f"FASTMATH = {FASTMATH}")
+    kernels = {name: Kernel(name, prog) for name, prog in programs.items()}
+    for kernel in kernels.values():
+        out()
+        out()
+        kernel.emit(out)
+    if update is not None:
+        out()
+        out()
+        TrainKernel(kernels["loss_and_grad"], update, dict(programs["loss_and_grad"].outputs)["loss"]
+                    ).emit(out)
+    return out.text() + "\n", kernels
+
+
+def load(source: str, directory: Path | None = None):
+    """Write ``source`` under its hash (once, atomically) and import it."""
+    directory = Path(directory or cache_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(f"{CODEGEN_VERSION}\n{source}".encode()).hexdigest()[:20]
+    name = f"symnet_{digest}"
+    path = directory / f"{name}.py"
+    if not path.exists():  # rewriting would change the mtime and invalidate numba's cache
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        os.replace(tmp, path)
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+class NumbaRunner:
+    """Runs the generated kernels on preallocated workspaces that grow with the largest batch."""
+
+    def __init__(self, programs: dict[str, Program], update: Update | None, dtype="float32"):
+        self.dtype = np.dtype(dtype)
+        self.programs = programs
+        self.update = update
+        self.source, self.kernels = generate(programs, update, self.dtype)
+        if os.environ.get("SYMNET_DEBUG"):
+            print(self.source, file=sys.stderr)
+        self.module = load(self.source)
+        self.work: dict[str, dict[str, np.ndarray]] = {}
+        self.capacity: dict[str, int] = {}
+
+    def workspace(self, name: str, rows: int) -> dict[str, np.ndarray]:
+        if self.capacity.get(name, -1) < rows:
+            kernel = self.kernels[name]
+            self.work[name] = {b.name: np.zeros(_count(b.shape, rows), self.dtype)
+                               for b in kernel.temps}
+            self.capacity[name] = rows
+        return self.work[name]
+
+    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        kernel = self.kernels[name]
+        n = _batch_rows(kernel, feeds)
+        work = self.workspace(name, n)
+        getattr(self.module, name)(n, *(feeds[b.name] for b in kernel.leaves),
+                                   *(work[b.name] for b in kernel.temps))
+        prog = self.programs[name]
+        return {out: _view(work[buf], prog.buffer(buf).shape, n).copy()
+                for out, buf in prog.outputs}
+
+    def train(self, data: dict[str, np.ndarray], params: dict[str, np.ndarray],
+              state: dict[str, dict[str, np.ndarray]], orders: np.ndarray, batch_size: int,
+              t0: int):
+        """Runs ``len(orders)`` epochs in one call; returns (per-batch losses, epoch, batch, t):
+        epoch == len(orders) when every step was taken, else the first step whose loss was not
+        finite, which was not applied."""
+        kernel = self.kernels["loss_and_grad"]
+        rows = min(batch_size, len(orders[0]))
+        work = self.workspace("loss_and_grad", rows)
+        inputs = [b for b in kernel.leaves if b.role == "input"]
+        batch_bufs = self.work.setdefault("batch", {})
+        for b in inputs:
+            size = rows * int(b.shape[1])
+            if batch_bufs.get(b.name, np.empty(0)).size < size:
+                batch_bufs[b.name] = np.zeros(size, self.dtype)
+        batches = -(-len(orders[0]) // batch_size)
+        losses = np.zeros((len(orders), batches), self.dtype)
+        pnames = [b.name for b in kernel.leaves if b.role == "param"]
+        states = [state[p][s].reshape(-1) for p in pnames for s in self.update.state]
+        e, s, t = self.module.train(
+            orders, batch_size, t0, losses, *(data[b.name] for b in inputs),
+            *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
+            *(work[b.name] for b in kernel.temps))
+        return losses, int(e), int(s), int(t)
+
+
+def _count(shape, rows):
+    return int(np.prod([rows if d == BATCH else d for d in shape]))
+
+
+def _view(flat, shape, n):
+    shape = tuple(n if d == BATCH else d for d in shape)
+    return flat[:int(np.prod(shape))].reshape(shape)
+
+
+def _batch_rows(kernel, feeds):
+    rows = {feeds[b.name].shape[0] for b in kernel.leaves if b.shape[0] == BATCH}
+    return rows.pop() if rows else 1

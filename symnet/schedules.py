@@ -1,0 +1,106 @@
+"""Learning-rate schedules as SymPy expressions in the optimizer step ``t`` (1, 2, …).
+
+A schedule is passed as an optimizer's ``lr``: ``sn.optim.SGD(lr=sn.schedules.cosine(0.1, 1000))``.
+It becomes one more equation of the update rule (``lr ← …``), shown by ``model.formulas()`` and
+computed once per step inside the training kernel. Steps count optimizer updates, not epochs:
+for per-epoch decay pass ``every=`` the number of batches per epoch.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from codegen.ir import UPDATE_SYMBOLS
+
+from .errors import DeclarationError
+
+t = UPDATE_SYMBOLS["t"]
+
+
+class Schedule:
+    """A learning rate as a function of the step: ``lr(t)``."""
+
+    def __init__(self, name: str, expr: sp.Expr, base: float):
+        self.name = name
+        self.expr = expr
+        self.base = base
+
+    def __call__(self, step: int) -> float:
+        return float(self.expr.subs(t, step))
+
+    def __repr__(self):
+        return f"{self.name}: lr(t) = {sp.sstr(self.expr)}"
+
+
+def _positive(name, value, allow_zero=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise DeclarationError(f"schedule argument {name}={value!r} must be a "
+                               f"{'non-negative' if allow_zero else 'positive'} number")
+    return sp.Float(value) if isinstance(value, float) else sp.Integer(value)
+
+
+def _epoch(every):
+    """The decay clock: ⌊(t − 1)/every⌋, which is 0 during the first ``every`` steps."""
+    return sp.floor((t - 1) / _positive("every", every))
+
+
+def constant(lr: float) -> Schedule:
+    return Schedule("constant", _positive("lr", lr), lr)
+
+
+def step(lr: float, step_size: int, gamma: float = 0.1, every: int = 1) -> Schedule:
+    """lr·γ^⌊k/step_size⌋ after k decay periods (torch's StepLR)."""
+    k = _epoch(every)
+    return Schedule("step", _positive("lr", lr) * _positive("gamma", gamma)
+                    ** sp.floor(k / _positive("step_size", step_size)), lr)
+
+
+def exponential(lr: float, gamma: float, every: int = 1) -> Schedule:
+    """lr·γ^k (torch's ExponentialLR)."""
+    return Schedule("exponential", _positive("lr", lr) * _positive("gamma", gamma) ** _epoch(every),
+                    lr)
+
+
+def natural_exponential(lr: float, decay: float, every: int = 1) -> Schedule:
+    """lr·e^(−decay·k)."""
+    return Schedule("natural_exponential",
+                    _positive("lr", lr) * sp.exp(-_positive("decay", decay, True) * _epoch(every)),
+                    lr)
+
+
+def inverse_time(lr: float, decay: float, every: int = 1) -> Schedule:
+    """lr/(1 + decay·k)."""
+    return Schedule("inverse_time",
+                    _positive("lr", lr) / (1 + _positive("decay", decay, True) * _epoch(every)), lr)
+
+
+def cosine(lr: float, total: int, lr_min: float = 0.0, every: int = 1) -> Schedule:
+    """lr_min + (lr − lr_min)(1 + cos(π·k/total))/2, held at lr_min after ``total`` periods
+    (torch's CosineAnnealingLR for one half-period)."""
+    k = sp.Min(_epoch(every), _positive("total", total))
+    lo = _positive("lr_min", lr_min, True)
+    return Schedule("cosine", lo + (_positive("lr", lr) - lo) * (1 + sp.cos(sp.pi * k / total)) / 2,
+                    lr)
+
+
+def warmup(lr: float, steps: int, after: Schedule | None = None) -> Schedule:
+    """A linear ramp lr·t/steps over the first ``steps`` steps, then ``after`` (default: lr)."""
+    ramp = _positive("lr", lr) * t / _positive("steps", steps)
+    rest = after.expr if after is not None else sp.Float(lr)
+    return Schedule("warmup", sp.Piecewise((ramp, t < steps), (rest, True)), lr)
+
+
+def cyclic(lr: float, max_lr: float, step_size: int) -> Schedule:
+    """The triangular cycle between lr and max_lr, ``step_size`` steps each way (torch's
+    CyclicLR, mode "triangular")."""
+    size = _positive("step_size", step_size)
+    k = t - 1
+    cycle = sp.floor(1 + k / (2 * size))
+    x = sp.Abs(k / size - 2 * cycle + 1)
+    lo, hi = _positive("lr", lr), _positive("max_lr", max_lr)
+    return Schedule("cyclic", lo + (hi - lo) * sp.Max(0, 1 - x), lr)
+
+
+__all__ = ["Schedule", "constant", "cosine", "cyclic", "exponential", "inverse_time",
+           "natural_exponential", "step", "warmup"]
