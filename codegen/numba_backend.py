@@ -114,11 +114,6 @@ def _dims(shape):
     return tuple("n" if d == BATCH else str(d) for d in shape)
 
 
-def _size(shape):
-    r, c = _dims(shape)
-    return f"{r} * {c}"
-
-
 class Kernel:
     """The source of one Program as a jitted function ``name(n, leaves..., workspace...)``."""
 
@@ -139,9 +134,13 @@ class Kernel:
         out(f"def {self.name}({', '.join(self.signature())}):")
         out.indent()
         out("nf = DT(n)")
-        for b in self.temps:
+        for b in self.temps:  # workspaces are allocated for the largest batch: take n rows
             r, c = _dims(b.shape)
-            out(f"{self.ident[b.name]} = w_{self.ident[b.name]}[:{r} * {c}].reshape(({r}, {c}))")
+            name = self.ident[b.name]
+            if b.shape[1] == BATCH:
+                out(f"{name} = w_{name}[:{r} * {c}].reshape(({r}, {c}))")
+            else:
+                out(f"{name} = w_{name}[:{r}]" if r == "n" else f"{name} = w_{name}")
         for ins in self.program.instrs:
             if ins.note:
                 out(f"# {ins.note}".replace("\n", " "))
@@ -208,7 +207,8 @@ class Kernel:
     def _colsum(self, ins, out):
         a, o = self.ident[ins.args[0]], self.ident[ins.out]
         r, c = self.shape(ins.args[0])
-        out(f"{o}[0, :] = DT(0.0)")
+        out(f"for j in range({c}):")  # explicit loops: slice assignment costs seconds of JIT
+        out(f"    {o}[0, j] = DT(0.0)")
         out(f"for i in range({r}):")
         out(f"    for j in range({c}):")
         out(f"        {o}[0, j] += {a}[i, j]")
@@ -283,16 +283,17 @@ class TrainKernel:
         for b in self.inputs:
             x = gi[b.name]
             cols = _dims(b.shape)[1]
-            out(f"_b_{x} = w_{x}[:n * {cols}].reshape((n, {cols}))")
+            out(f"_b_{x} = w_{x}[:n]")
         out("for r in range(n):")
         out("    i = orders[e, start + r]")
         for b in self.inputs:
-            out(f"    _b_{gi[b.name]}[r, :] = {gi[b.name]}[i, :]")
+            out(f"    for j in range({_dims(b.shape)[1]}):")
+            out(f"        _b_{gi[b.name]}[r, j] = {gi[b.name]}[i, j]")
         args = ["n", *(f"_b_{gi[b.name]}" if b.role == "input" else gi[b.name]
                        for b in self.grad.leaves),
                 *(f"w_{gi[b.name]}" for b in self.grad.temps)]
         out(f"{self.grad.name}({', '.join(args)})")
-        out(f"loss = w_{self.loss}[0]")
+        out(f"loss = w_{self.loss}[0, 0]")
         out("losses[e, s] = loss")
         out("if not math.isfinite(loss):")
         out("    return e, s, t")
@@ -310,8 +311,10 @@ class TrainKernel:
             out("sq = 0.0")
             for p in self.params:
                 g = f"w_{self.grad_of[p.name]}"
-                out(f"for k in range({_size(p.shape)}):")
-                out(f"    sq += {g}[k] * {g}[k]")
+                r, c = _dims(p.shape)
+                out(f"for i in range({r}):")
+                out(f"    for j in range({c}):")
+                out(f"        sq += {g}[i, j] * {g}[i, j]")
             out(f"clip = min(1.0, {self.update.clip_norm!r} / (math.sqrt(sq) + 1e-6))")
         per_step = {sym["t"], sym["clip"]}
         names = {sym["p"]: "p", sym["g"]: "g"}
@@ -337,17 +340,18 @@ class TrainKernel:
             x = gi[p.name]
             out(f"# update {p.name}: " + "; ".join(f"{lhs} ← {rhs}" for lhs, rhs in
                                                   self.update.steps))
-            out(f"_f_{x} = {x}.reshape({_size(p.shape)})")
-            out(f"for k in range({_size(p.shape)}):")
-            out(f"    p = _f_{x}[k]")
-            out(f"    g = w_{self.grad_of[p.name]}[k]")
+            r, c = _dims(p.shape)
+            out(f"for i in range({r}):")
+            out(f"    for j in range({c}):")
+            out(f"        p = {x}[i, j]")
+            out(f"        g = w_{self.grad_of[p.name]}[i, j]")
             for s in self.update.state:
-                out(f"    _st_{s} = s_{s}_{x}[k]")
+                out(f"        _st_{s} = s_{s}_{x}[i, j]")
             for lhs, rhs in entry:
-                out(f"    {names[lhs]} = {printer.doprint(rhs)}")
-            out(f"    _f_{x}[k] = p")
+                out(f"        {names[lhs]} = {printer.doprint(rhs)}")
+            out(f"        {x}[i, j] = p")
             for s in self.update.state:
-                out(f"    s_{s}_{x}[k] = _st_{s}")
+                out(f"        s_{s}_{x}[i, j] = _st_{s}")
 
 
 def generate(programs: dict[str, Program], update: Update | None, dtype) -> tuple[str, dict]:
@@ -414,7 +418,7 @@ class NumbaRunner:
     def workspace(self, name: str, rows: int) -> dict[str, np.ndarray]:
         if self.capacity.get(name, -1) < rows:
             kernel = self.kernels[name]
-            self.work[name] = {b.name: np.zeros(_count(b.shape, rows), self.dtype)
+            self.work[name] = {b.name: _alloc(b.shape, rows, self.dtype)
                                for b in kernel.temps}
             self.capacity[name] = rows
         return self.work[name]
@@ -441,13 +445,12 @@ class NumbaRunner:
         inputs = [b for b in kernel.leaves if b.role == "input"]
         batch_bufs = self.work.setdefault("batch", {})
         for b in inputs:
-            size = rows * int(b.shape[1])
-            if batch_bufs.get(b.name, np.empty(0)).size < size:
-                batch_bufs[b.name] = np.zeros(size, self.dtype)
+            if len(batch_bufs.get(b.name, ())) < rows:
+                batch_bufs[b.name] = np.zeros((rows, b.shape[1]), self.dtype)
         batches = -(-len(orders[0]) // batch_size)
         losses = np.zeros((len(orders), batches), self.dtype)
         pnames = [b.name for b in kernel.leaves if b.role == "param"]
-        states = [state[p][s].reshape(-1) for p in pnames for s in self.update.state]
+        states = [state[p][s] for p in pnames for s in self.update.state]
         e, s, t = self.module.train(
             orders, batch_size, t0, losses, *(data[b.name] for b in inputs),
             *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
@@ -455,13 +458,16 @@ class NumbaRunner:
         return losses, int(e), int(s), int(t)
 
 
-def _count(shape, rows):
-    return int(np.prod([rows if d == BATCH else d for d in shape]))
+def _alloc(shape, rows, dtype):
+    """A workspace for ``rows`` batch rows: 2-D unless the batch is its column count."""
+    if shape[1] == BATCH:
+        return np.zeros(int(np.prod([rows if d == BATCH else d for d in shape])), dtype)
+    return np.zeros((rows if shape[0] == BATCH else shape[0], shape[1]), dtype)
 
 
-def _view(flat, shape, n):
+def _view(work, shape, n):
     shape = tuple(n if d == BATCH else d for d in shape)
-    return flat[:int(np.prod(shape))].reshape(shape)
+    return work.reshape(-1)[:int(np.prod(shape))].reshape(shape) if work.ndim == 1 else work[:shape[0]]
 
 
 def _batch_rows(kernel, feeds):

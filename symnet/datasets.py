@@ -1,8 +1,18 @@
-"""Data sets: scikit-learn's bundled digits."""
+"""Data sets: scikit-learn's bundled digits, and MNIST-format IDX directories (Fashion-MNIST)."""
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
 import numpy as np
+
+from .errors import DataError
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
 def one_hot(labels, classes: int | None = None) -> np.ndarray:
@@ -24,3 +34,68 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0):
     cut = int(len(X) * (1 - test_fraction))
     tr, te = order[:cut], order[cut:]
     return (X[tr], Y[tr]), (X[te], Y[te])
+
+
+def read_idx(path) -> np.ndarray:
+    """One IDX file (plain or gzipped), as an array of its declared type and shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read the IDX file {path}: {err}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
+        raise DataError(f"{path} is not an IDX file (it does not start with 0x0000 and a known "
+                        f"type code)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
+    dtype = np.dtype(IDX_TYPES[raw[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path} is truncated or padded: its header promises shape {shape} "
+                        f"({expected} bytes) but the file has {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+def load_idx(directory, flatten: bool = True):
+    """An MNIST-format directory (MNIST, Fashion-MNIST, KMNIST: ``train-images-idx3-ubyte`` and
+    the three other files, plain or ``.gz``) as ``(Xtr, Ytr), (Xte, Yte)``: pixels scaled to
+    [0, 1] float32 rows of 784, labels one-hot."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory} is not a directory; point load_idx at the folder that holds "
+                        f"train-images-idx3-ubyte(.gz) and the three other MNIST-format files")
+    out = []
+    for images, labels in SPLITS.values():
+        paths = [_find(directory, stem) for stem in (images, labels)]
+        missing = [stem for stem, p in zip((images, labels), paths) if p is None]
+        if missing:
+            raise DataError(f"{directory} has no {' or '.join(missing)} (plain or .gz); an "
+                            f"MNIST-format directory holds the train- and t10k- images and labels")
+        X, y = read_idx(paths[0]), read_idx(paths[1])
+        if len(X) != len(y):
+            raise DataError(f"{paths[0].name} has {len(X)} images but {paths[1].name} has "
+                            f"{len(y)} labels")
+        X = X.astype(np.float32) / 255.0
+        out.append((X.reshape(len(X), -1) if flatten else X, one_hot(y, 10)))
+    return tuple(out)
+
+
+def load_fashion_mnist(directory=FASHION_MNIST, flatten: bool = True):
+    """Fashion-MNIST (60 000 + 10 000 images of 28×28) from ``directory``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(
+            f"Fashion-MNIST is not in {directory}. On Debian or Ubuntu install it with "
+            f"`sudo apt-get install dataset-fashion-mnist`, or download the four IDX files "
+            f"and pass their folder: load_fashion_mnist('path/to/dir')")
+    return load_idx(directory, flatten)

@@ -17,9 +17,18 @@ def make_data(n=5, cols=4, out=3, kind="onehot", seed=0):
     return X, Y
 
 
-def compiled(loss, X, Y, prediction=None, seed=0):
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """One on-disk kernel cache per test session: tests share compiled kernels, runs do not."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SYMNET_CACHE_DIR", str(tmp_path_factory.mktemp("kernels")))
+        yield
+
+
+def compiled(loss, X, Y, prediction=None, seed=0, backend="numpy"):
+    """A float64 model; the numpy reference backend unless a test is about the kernels."""
     return sn.compile(loss, inputs=[X], targets=[Y], prediction=prediction, dtype="float64",
-                      seed=seed)
+                      seed=seed, backend=backend)
 
 
 def assert_formulas_are_computed(model, Xb, Yb):

@@ -99,7 +99,8 @@ def test_optimizer_hyperparameters_out_of_range(make):
 @pytest.fixture(scope="module")
 def model():
     X, Y, out = net()
-    return sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0)
+    return sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0,
+                      backend="numpy")
 
 
 def test_wrong_column_count(model):

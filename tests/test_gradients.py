@@ -99,7 +99,8 @@ RULES = {
 
 @pytest.mark.parametrize("name", RULES)
 def test_vjp_rule_matches_finite_differences(name):
-    model = sn.compile(RULES[name], inputs=[A4], targets=[Y3], dtype="float64", seed=0)
+    model = sn.compile(RULES[name], inputs=[A4], targets=[Y3], dtype="float64", seed=0,
+                       backend="numpy")
     Xb, Yb = make_data(kind="real", seed=4)
     assert sn.gradcheck(model, Xb, Yb) < 1e-6
     assert_formulas_are_computed(model, Xb, Yb)
@@ -113,10 +114,11 @@ def test_raw_sympy_network_equals_sugar():
     W2 = sp.MatrixSymbol("W2", 8, 1)
     A1 = sn.tanh(X * W1 + sp.OneMatrix(n, 1) * b1)
     loss = sn.sum(sn.square(A1 * W2 - Y)) / n
-    raw = sn.compile(loss, inputs=[X], targets=[Y], dtype="float64", seed=0)
+    raw = sn.compile(loss, inputs=[X], targets=[Y], dtype="float64", seed=0, backend="numpy")
     Xs, Ys = sn.Input("X", 4), sn.Input("Y", 1)
     out = sn.dense(sn.dense(Xs, 8, sn.tanh), 1)
-    sugar = sn.compile(sn.sse(out, Ys), inputs=[Xs], targets=[Ys], dtype="float64", seed=0)
+    sugar = sn.compile(sn.sse(out, Ys), inputs=[Xs], targets=[Ys], dtype="float64", seed=0,
+                       backend="numpy")
     for k, value in raw.params.items():  # same W1, b1, W2; the sugar's extra b2 is zero
         sugar.params[k][...] = value
     sugar.params["b2"][...] = 0
@@ -145,8 +147,8 @@ def test_float64_request_on_a_float32_model_computes_in_float64():
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
     out = _two_layer(X, sn.sigmoid)
     loss = sn.softmax_cross_entropy(out, Y)
-    m32 = sn.compile(loss, inputs=[X], targets=[Y], seed=0)
-    m64 = sn.compile(loss, inputs=[X], targets=[Y], dtype="float64", seed=0)
+    m32 = sn.compile(loss, inputs=[X], targets=[Y], seed=0, backend="numpy")
+    m64 = sn.compile(loss, inputs=[X], targets=[Y], dtype="float64", seed=0, backend="numpy")
     for k, v in m32.params.items():
         m64.params[k][...] = v
     Xb, Yb = make_data(seed=5)
