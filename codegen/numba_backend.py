@@ -21,7 +21,7 @@ import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Op, Program, Update, arg_symbols
+from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Program, Update, arg_symbols
 
 CODEGEN_VERSION = 1  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
@@ -282,7 +282,6 @@ class TrainKernel:
         out("n = min(batch, rows - start)")
         for b in self.inputs:
             x = gi[b.name]
-            cols = _dims(b.shape)[1]
             out(f"_b_{x} = w_{x}[:n]")
         out("for r in range(n):")
         out("    i = orders[e, start + r]")

@@ -1,6 +1,6 @@
 """symnet: a symbolic-differentiation compiler for multilayer perceptrons."""
 
-from . import datasets, functions, optim
+from . import datasets, functions, optim, schedules
 from .declare import Input, batch, dense, parameter, weights
 from .errors import DataError, DeclarationError, DifferentiationError, ShapeError, SymnetError
 from .evaluate import evaluate
@@ -39,6 +39,6 @@ from .functions import (
     tanh,
 )
 from .gradcheck import gradcheck
-from .model import History, Model, compile
+from .model import History, Model, compile, load
 
 __version__ = "0.1.0"
