@@ -172,10 +172,11 @@ class Model:
     # ------------------------------------------------------------------ parameters
     def _initial_params(self, rng, scheme):
         acts = _activation_of_weights(self.derivation)
+        broadcast = _broadcast_rows(self.loss_expr)
         out = {}
         for p in self.param_symbols:
             shape = (int(p.shape[0]), int(p.shape[1]))
-            role = _role(p)
+            role = _role(p, broadcast)
             value = initialisers.initial_value(rng, p.name, shape, role, acts.get(p), scheme)
             out[p.name] = np.ascontiguousarray(value, dtype=self.dtype)
         return out
@@ -496,8 +497,21 @@ def _parameters(loss, data):
     return params
 
 
-def _role(p):
-    if p.shape[0] == 1:
+def _broadcast_rows(expr) -> set:
+    """The parameters added to every row, as 𝟙·b: biases (and PReLU slopes), not weights — even
+    when a weight has one row because its layer has one input."""
+    found = set()
+    for e in sp.preorder_traversal(expr):
+        if isinstance(e, sp.MatMul):
+            mats = e.as_coeff_matrices()[1]
+            for left, right in zip(mats, mats[1:]):
+                if isinstance(left, sp.OneMatrix) and isinstance(right, sp.MatrixSymbol):
+                    found.add(right)
+    return found
+
+
+def _role(p, broadcast):
+    if p in broadcast:
         return "slope" if re.fullmatch(r"a\w*", p.name) else "bias"
     return "weight"
 

@@ -54,39 +54,6 @@ def test_source_lists_each_statement_under_its_formula():
     assert "def train(" in src and "# update W1: p ← -0.5*g + p" in src
 
 
-
-
-@pytest.mark.parametrize("name, ours, theirs", [
-    ("sgd", dict(lr=0.1), dict(lr=0.1)),
-    ("sgd_momentum", dict(lr=0.1, momentum=0.9), dict(lr=0.1, momentum=0.9)),
-    ("sgd_nesterov", dict(lr=0.1, momentum=0.9, nesterov=True),
-     dict(lr=0.1, momentum=0.9, nesterov=True)),
-    ("sgd_decay", dict(lr=0.1, weight_decay=0.01), dict(lr=0.1, weight_decay=0.01)),
-    ("adagrad", dict(lr=0.1), dict(lr=0.1)),
-    ("adam", dict(lr=0.01), dict(lr=0.01)),
-])
-def test_five_optimizer_steps_match_torch(name, ours, theirs):
-    torch = pytest.importorskip("torch")
-    cls = {"sgd": "SGD", "adagrad": "AdaGrad", "adam": "Adam"}[name.split("_")[0]]
-    tcls = {"SGD": torch.optim.SGD, "AdaGrad": torch.optim.Adagrad, "Adam": torch.optim.Adam}[cls]
-    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
-    out = sn.dense(sn.dense(X, 5, sn.tanh), 3)
-    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, dtype="float64",
-                       optimizer=getattr(sn.optim, cls)(**ours), seed=0)
-    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
-    opt = tcls(list(tp.values()), **theirs)
-    Xb, Yb = make_data(n=10, kind="real")
-    model.fit(Xb, Yb, epochs=5, batch_size=10, shuffle=False, verbose=False)
-    Xt, Yt = torch.tensor(Xb), torch.tensor(Yb)
-    for _ in range(5):
-        opt.zero_grad()
-        h = torch.tanh(Xt @ tp["W1"] + tp["b1"]) @ tp["W2"] + tp["b2"]
-        torch.nn.functional.mse_loss(h, Yt).backward()
-        opt.step()
-    for k in model.params:
-        np.testing.assert_allclose(model.params[k], tp[k].detach().numpy(), rtol=0, atol=1e-10)
-
-
 def test_demo_runs_and_reports(capsys):
     assert main(["demo", "--epochs", "2", "--quiet"]) == 0
     out = capsys.readouterr().out

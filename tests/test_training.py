@@ -1,0 +1,243 @@
+"""Optimizers, clipping and schedules against torch.optim; fit's seeds, early stopping, NaN
+localisation; save and load."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import make_data
+
+import symnet as sn
+
+OPTIMIZERS = {
+    "sgd": ("SGD", dict(lr=0.1)),
+    "sgd_momentum": ("SGD", dict(lr=0.1, momentum=0.9)),
+    "sgd_nesterov": ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    "sgd_decay": ("SGD", dict(lr=0.1, weight_decay=0.01)),
+    "adagrad": ("AdaGrad", dict(lr=0.1)),
+    "adagrad_lr_decay": ("AdaGrad", dict(lr=0.1, lr_decay=0.05)),
+    "rmsprop": ("RMSProp", dict(lr=0.01)),
+    "rmsprop_centered_momentum": ("RMSProp", dict(lr=0.01, centered=True, momentum=0.5)),
+    "adadelta": ("AdaDelta", dict(lr=1.0)),
+    "adam": ("Adam", dict(lr=0.01)),
+    "adam_decay": ("Adam", dict(lr=0.01, weight_decay=0.1)),
+    "adamw": ("AdamW", dict(lr=0.01)),
+}
+TORCH_NAMES = {"SGD": "SGD", "AdaGrad": "Adagrad", "RMSProp": "RMSprop", "AdaDelta": "Adadelta",
+               "Adam": "Adam", "AdamW": "AdamW"}
+
+
+def tanh_model(optimizer, backend="numpy"):
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 5, sn.tanh), 3)
+    return sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, dtype="float64",
+                      optimizer=optimizer, seed=0, backend=backend)
+
+
+def torch_steps(torch, params, Xb, Yb, opt, steps=5, clip=None, scheduler=None):
+    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    opt = opt(list(tp.values()))
+    sched = scheduler(opt) if scheduler else None
+    Xt, Yt = torch.tensor(Xb), torch.tensor(Yb)
+    for _ in range(steps):
+        opt.zero_grad()
+        h = torch.tanh(Xt @ tp["W1"] + tp["b1"]) @ tp["W2"] + tp["b2"]
+        torch.nn.functional.mse_loss(h, Yt).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(list(tp.values()), clip)
+        opt.step()
+        if sched:
+            sched.step()
+    return {k: v.detach().numpy() for k, v in tp.items()}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_five_optimizer_steps_match_torch(name):
+    torch = pytest.importorskip("torch")
+    cls, kwargs = OPTIMIZERS[name]
+    model = tanh_model(getattr(sn.optim, cls)(**kwargs))
+    theirs = torch_steps(torch, model.params, *make_data(n=10, kind="real"),
+                         lambda ps: getattr(torch.optim, TORCH_NAMES[cls])(ps, **kwargs))
+    model.fit(*make_data(n=10, kind="real"), epochs=5, batch_size=10, shuffle=False,
+              verbose=False)
+    for k in model.params:
+        np.testing.assert_allclose(model.params[k], theirs[k], rtol=0, atol=1e-10, err_msg=k)
+
+
+def test_clip_norm_matches_torch_clip_grad_norm():
+    torch = pytest.importorskip("torch")
+    model = tanh_model(sn.optim.SGD(lr=0.5, momentum=0.9, clip_norm=0.05))
+    theirs = torch_steps(torch, model.params, *make_data(n=10, kind="real"),
+                         lambda ps: torch.optim.SGD(ps, lr=0.5, momentum=0.9), clip=0.05)
+    model.fit(*make_data(n=10, kind="real"), epochs=5, batch_size=10, shuffle=False, verbose=False)
+    for k in model.params:
+        np.testing.assert_allclose(model.params[k], theirs[k], rtol=0, atol=1e-10, err_msg=k)
+    update = model.formulas().split("Update:\n")[1].splitlines()
+    assert update[:2] == ["  clip = min(1, 0.05/(‖g‖₂ + 1e-6)), ‖g‖₂ over all gradients",
+                          "  g ← clip*g"]
+
+
+@pytest.mark.parametrize("schedule, scheduler", [
+    (lambda: sn.schedules.step(0.1, step_size=2, gamma=0.5),
+     lambda t: lambda o: t.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5)),
+    (lambda: sn.schedules.exponential(0.1, gamma=0.7),
+     lambda t: lambda o: t.optim.lr_scheduler.ExponentialLR(o, gamma=0.7)),
+    (lambda: sn.schedules.cosine(0.1, total=5, lr_min=0.01),  # held at lr_min from step 6
+     lambda t: lambda o: t.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5, eta_min=0.01)),
+    (lambda: sn.schedules.cyclic(0.01, 0.1, step_size=2),
+     lambda t: lambda o: t.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, step_size_up=2,
+                                                       cycle_momentum=False)),
+])
+def test_schedules_match_torch_schedulers(schedule, scheduler):
+    torch = pytest.importorskip("torch")
+    model = tanh_model(sn.optim.SGD(lr=schedule()))
+    lr0 = model.optimizer.lr.base
+    theirs = torch_steps(torch, model.params, *make_data(n=10, kind="real"),
+                         lambda ps: torch.optim.SGD(ps, lr=lr0), steps=6,
+                         scheduler=scheduler(torch))
+    model.fit(*make_data(n=10, kind="real"), epochs=6, batch_size=10, shuffle=False, verbose=False)
+    for k in model.params:
+        np.testing.assert_allclose(model.params[k], theirs[k], rtol=0, atol=1e-10, err_msg=k)
+
+
+def test_schedule_values_and_formula():
+    s = sn.schedules.warmup(0.1, steps=4, after=sn.schedules.inverse_time(0.1, decay=0.5))
+    assert [s(t) for t in (1, 2, 4, 5)] == pytest.approx([0.025, 0.05, 0.1 / 2.5, 0.1 / 3])
+    e = sn.schedules.natural_exponential(0.1, decay=0.5, every=10)
+    assert e(10) == pytest.approx(0.1) and e(11) == pytest.approx(0.1 * np.exp(-0.5))
+    model = tanh_model(sn.optim.SGD(lr=sn.schedules.exponential(0.1, 0.5, every=10)))
+    assert "lr ← 0.1*0.5**floor(-1/10 + t/10)" in model.formulas()
+
+
+def test_hyperparameters_out_of_range_are_refused():
+    for bad in [lambda: sn.optim.RMSProp(alpha=1.0), lambda: sn.optim.AdaDelta(rho=-0.1),
+                lambda: sn.optim.AdamW(betas=(0.9,)), lambda: sn.optim.SGD(clip_norm=0),
+                lambda: sn.schedules.step(0.1, step_size=0), lambda: sn.schedules.cosine(-1, 5)]:
+        with pytest.raises(sn.DeclarationError):
+            bad()
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def digits(n=300):
+    (Xtr, Ytr), (Xte, Yte) = sn.datasets.load_digits()
+    return Xtr[:n], Ytr[:n], Xte, Yte
+
+
+def digits_model(backend="numpy", seed=3, lr=0.5):
+    X, Y = sn.Input("X", 64), sn.Input("Y", 10)
+    out = sn.dense(sn.dense(X, 16, sn.sigmoid), 10)
+    return sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out,
+                      optimizer=sn.optim.SGD(lr=lr, momentum=0.9), seed=seed, backend=backend)
+
+
+def test_seed_reproduces_a_run_bit_for_bit():
+    Xtr, Ytr, _, _ = digits()
+    runs = []
+    for _ in range(2):
+        model = digits_model(seed=7)
+        model.fit(Xtr, Ytr, epochs=2, batch_size=32, verbose=False)
+        runs.append(model.params)
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k])
+    other = digits_model(seed=8)
+    assert not np.array_equal(other.params["W1"], runs[0]["W1"])
+
+
+def test_early_stopping_restores_the_best_epoch():
+    Xtr, Ytr, Xte, Yte = digits(100)
+    noisy = np.roll(Yte, 1, axis=1)  # wrong labels: the validation loss must start rising
+    model = digits_model(lr=1.0)
+    hist = model.fit(Xtr, Ytr, epochs=60, batch_size=20, validation_data=(Xte, noisy),
+                     early_stopping=3, verbose=False)
+    assert len(hist.loss) < 60
+    best = int(np.argmin(hist.val_loss))
+    assert hist.best_epoch == best + 1 and len(hist.val_loss) == best + 1 + 3
+    assert model.evaluate(Xte, noisy)["loss"] == pytest.approx(hist.val_loss[best], rel=1e-6)
+    with pytest.raises(sn.DataError, match="validation_data"):
+        model.fit(Xtr, Ytr, early_stopping=3)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_divergence_names_epoch_batch_and_formula(backend):
+    X, Y = sn.Input("X", 1), sn.Input("Y", 1)
+    out = sn.dense(sn.dense(X, 4, sn.relu), 1)
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out,
+                       optimizer=sn.optim.SGD(lr=1e12), seed=0, backend=backend)
+    Xb = np.linspace(-3, 3, 40)[:, None]
+    with pytest.raises(sn.DataError) as err:
+        model.fit(Xb, 5 * Xb, epochs=3, batch_size=10, verbose=False)
+    msg = str(err.value)
+    assert "in epoch 1, batch " in msg and "first formula whose value is not finite" in msg
+    assert "before this step" in msg
+    assert all(np.isfinite(v).all() for v in model.params.values())
+
+
+def test_fit_runs_many_epochs_per_kernel_call_and_keeps_a_loss_per_epoch():
+    X, Y = sn.Input("X", 1), sn.Input("Y", 1)
+    out = sn.dense(sn.dense(X, 10, sn.relu), 1)
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out,
+                       optimizer=sn.optim.Adam(lr=1e-2), seed=0)
+    rng = np.random.default_rng(0)
+    Xb = rng.uniform(-1, 1, (100, 1))
+    hist = model.fit(Xb, 2 * Xb + 1 + rng.uniform(0, 1, (100, 1)), epochs=300, batch_size=100,
+                     verbose=False)
+    assert len(hist.loss) == len(hist.seconds) == 300
+    assert hist.loss[-1] < 0.2 < hist.loss[0]  # the noise U(0, 1) alone has variance 1/12
+
+
+def test_a_one_input_layer_gets_weights_not_zeros():
+    """W1 of a 1-input network is 1×units like a bias, but it must not start at zero."""
+    X, Y = sn.Input("X", 1), sn.Input("Y", 1)
+    out = sn.dense(sn.dense(X, 10, sn.relu), 1)
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], seed=0, backend="numpy")
+    assert np.all(model.params["W1"] != 0) and not model.params["b1"].any()
+
+
+# ---------------------------------------------------------------------------- save / load
+
+
+def test_save_and_load_round_trip(tmp_path):
+    Xtr, Ytr, Xte, Yte = digits(200)
+    model = digits_model()
+    model.fit(Xtr, Ytr, epochs=1, batch_size=50, verbose=False)
+    model.save(tmp_path / "m.npz")
+    loaded = sn.load(tmp_path / "m.npz")
+    assert loaded.formulas() == model.formulas()
+    np.testing.assert_array_equal(loaded.predict(Xte), model.predict(Xte))
+    for m in (model, loaded):  # optimizer state (momentum) and step count came back too
+        m.fit(Xtr, Ytr, epochs=1, batch_size=50, shuffle=False, verbose=False)
+    for k in model.params:
+        np.testing.assert_array_equal(loaded.params[k], model.params[k])
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temporary file left behind
+
+
+def test_load_refuses_missing_truncated_and_foreign_files(tmp_path):
+    with pytest.raises(sn.DataError, match="no model file"):
+        sn.load(tmp_path / "nothing.npz")
+    model = digits_model()
+    model.save(tmp_path / "m.npz")
+    data = (tmp_path / "m.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(sn.DataError, match="truncated"):
+        sn.load(tmp_path / "cut.npz")
+    np.savez(tmp_path / "foreign.npz", a=np.zeros(3))
+    with pytest.raises(sn.DataError, match="not a symnet model"):
+        sn.load(tmp_path / "foreign.npz")
+
+
+def test_load_never_runs_code_from_the_file(tmp_path):
+    model = digits_model()
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays["meta"]))
+    meta["loss"] = ["__import__", ["Symbol", "os", []]]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "evil.npz", **arrays)
+    with pytest.raises(sn.DataError, match="node type '__import__'"):
+        sn.load(tmp_path / "evil.npz")
+    with zipfile.ZipFile(tmp_path / "m.npz") as z:
+        assert all(name.endswith(".npy") for name in z.namelist())
