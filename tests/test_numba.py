@@ -1,0 +1,103 @@
+"""The generated numba kernels against the numpy reference, float64, on networks that use every
+activation, loss and instruction; and the on-disk kernel cache."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import sympy as sp
+from conftest import make_data
+
+import symnet as sn
+from codegen import numba_backend
+
+
+def networks():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    n = sn.batch
+    h = sn.dense(sn.dense(X, 6, sn.sigmoid), 5, sn.tanh)
+    yield "sigmoid_tanh_softmax_ce_l2", sn.softmax_cross_entropy(sn.dense(h, 3), Y) + sn.l2(
+        0.01, *sn.weights(h)), sn.optim.Adam(lr=0.01)
+    h = sn.dense(sn.dense(X, 6, sn.relu), 5, sn.leaky_relu(0.1))
+    h = sn.dense(sn.dense(h, 5, sn.elu(1.0)), 4, sn.softplus)
+    yield "relu_leaky_elu_softplus_mse_l1", sn.mse(sn.dense(h, 3), Y) + sn.l1(
+        0.01, *sn.weights(h)), sn.optim.AdaDelta()
+    h = sn.dense(sn.dense(X, 5, sn.gelu), 5, sn.swish)
+    h = sn.dense(sn.dense(h, 4, sn.hard_sigmoid), 4, sn.hard_tanh)
+    yield "gelu_swish_hard_bce", sn.binary_cross_entropy(sn.dense(h, 3, sn.sigmoid), Y), \
+        sn.optim.RMSProp(centered=True, momentum=0.5, clip_norm=1.0)
+    h = sn.dense(sn.dense(X, 5, sn.prelu), 4, sn.maxout(2))
+    yield "prelu_maxout_log_softmax_ce", sn.cross_entropy(sn.softmax(sn.dense(h, 3)), Y), \
+        sn.optim.SGD(lr=sn.schedules.cosine(0.1, 10), momentum=0.9, nesterov=True)
+    W1, W2 = sp.MatrixSymbol("W1", 4, 8), sp.MatrixSymbol("W2", 8, 3)
+    A1 = sn.tanh(X * W1)  # raw SymPy, a transpose product and a per-row sum of squares
+    yield "raw_sympy_transposes", sn.sum(sn.square(A1 * W2 - Y)) / n + sn.sum(
+        (X * W1).T * (X * W1)) / (100 * n), sn.optim.AdamW(lr=0.01)
+
+
+NETWORKS = {name: (loss, opt) for name, loss, opt in networks()}
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_numba_kernels_equal_the_numpy_reference(name):
+    loss, opt = NETWORKS[name]
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    models = [sn.compile(loss, inputs=[X], targets=[Y], prediction=None, optimizer=opt,
+                         dtype="float64", seed=1, backend=b) for b in ("numba", "numpy")]
+    Xb, Yb = make_data(n=23, kind="prob", seed=2)
+    (l1, g1), (l2, g2) = (m.loss_and_grad(Xb, Yb) for m in models)
+    assert l1 == pytest.approx(l2, rel=1e-10, abs=1e-12)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    for m in models:  # 23 rows in batches of 10: two full batches and a short one, per epoch
+        m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
+    for k in models[0].params:
+        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
+                                   atol=1e-12, err_msg=k)
+
+
+def test_float32_is_the_default_and_kernels_compute_in_it():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 6, sn.sigmoid), 3)
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out)
+    assert model.backend == "numba" and model.params["W1"].dtype == np.float32
+    assert "DT = np.float32" in model.source
+    Xb, Yb = make_data(n=7)
+    assert model.predict(Xb).dtype == np.float32
+    loss32, g32 = model.loss_and_grad(Xb, Yb)
+    loss64, g64 = model.loss_and_grad(Xb, Yb, dtype="float64")
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    np.testing.assert_allclose(g32["W1"], g64["W1"], rtol=1e-3, atol=1e-6)
+
+
+def test_source_is_cached_under_its_hash_and_reused_by_a_second_process(tmp_path):
+    script = textwrap.dedent("""
+        import numpy as np, symnet as sn
+        X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+        out = sn.dense(sn.dense(X, 4, sn.tanh), 2)
+        m = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0)
+        m.fit(np.ones((5, 3)), np.ones((5, 2)), epochs=1, verbose=False)
+        mod = m._runner().module
+        print(mod.__file__, sum(mod.train.stats.cache_hits.values()))
+    """)
+    env = {**os.environ, "SYMNET_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(2)]
+    assert runs[0][0] == runs[1][0] and runs[0][0].startswith(str(tmp_path))
+    assert runs[0][1] == "0" and int(runs[1][1]) >= 1  # the second run loaded the machine code
+    source = open(runs[0][0]).read()
+    assert f"codegen version {numba_backend.CODEGEN_VERSION}" in source
+
+
+def test_tiny_products_are_loops_and_large_ones_blas():
+    X, Y = sn.Input("X", 1), sn.Input("Y", 1)
+    small = sn.compile(sn.mse(sn.dense(sn.dense(X, 10, sn.relu), 1), Y), inputs=[X],
+                       targets=[Y]).source
+    assert "np.dot" not in small and "acc += X[i, k] * W1[k, j]" in small
+    X = sn.Input("X", 64)
+    large = sn.compile(sn.mse(sn.dense(sn.dense(X, 32, sn.relu), 1), Y), inputs=[X],
+                       targets=[Y]).source
+    assert "np.dot(X, W1, t" in large and "np.dot(X.T, " in large  # a transpose is a layout
