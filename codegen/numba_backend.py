@@ -17,7 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Imported with symnet rather than inside the first kernel load: numba's array library and the
+# SciPy BLAS it calls cost ~0.4 s once per process, which is import time, not compile time.
+import numba.np.arraymath  # noqa: F401
 import numpy as np
+import scipy.linalg  # noqa: F401
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -455,6 +459,24 @@ class NumbaRunner:
             *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
             *(work[b.name] for b in kernel.temps))
         return losses, int(e), int(s), int(t)
+
+
+def warm_up(runner: NumbaRunner, params: dict[str, np.ndarray]) -> bool:
+    """JIT-compile (or load from the disk cache) every kernel by running it once on one row of
+    zeros and copies of ``params``; True if all machine code came from the cache."""
+    params = {k: v.copy() for k, v in params.items()}
+    for name, kernel in runner.kernels.items():
+        rows = {b.name: np.zeros((1, b.shape[1]), runner.dtype) for b in kernel.leaves
+                if b.role == "input"}
+        runner.run(name, {**rows, **params})
+    if runner.update is not None:
+        state = {p: {s: np.zeros_like(v) for s in runner.update.state} for p, v in params.items()}
+        inputs = {b.name: np.zeros((1, b.shape[1]), runner.dtype)
+                  for b in runner.kernels["loss_and_grad"].leaves if b.role == "input"}
+        runner.train(inputs, params, state, np.zeros((1, 1), np.int64), 1, 0)
+    functions = [getattr(runner.module, name) for name in runner.kernels]
+    functions += [runner.module.train] if runner.update is not None else []
+    return all(sum(f.stats.cache_misses.values()) == 0 for f in functions)
 
 
 def _alloc(shape, rows, dtype):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import numpy as np
 import sympy as sp
 from tqdm.auto import tqdm
 
-from codegen.numba_backend import NumbaRunner
+from codegen.numba_backend import NumbaRunner, warm_up
 from codegen.numpy_backend import NumpyBackend
 
 from . import formulas, optim, serialize
@@ -168,6 +169,14 @@ class Model:
         dtype = np.dtype(dtype or self.dtype)
         params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in self.params.items()}
         return self._runner(dtype).run(name, {**feeds, **params})
+
+    def compile_kernels(self) -> float:
+        """JIT-compile every kernel now instead of on first use (numba backend); returns the
+        seconds it took and sets ``kernels_cached`` (True if loaded from the disk cache)."""
+        start = time.perf_counter()
+        runner = self._runner()
+        self.kernels_cached = warm_up(runner, self.params) if self.backend == "numba" else True
+        return time.perf_counter() - start
 
     # ------------------------------------------------------------------ parameters
     def _initial_params(self, rng, scheme):
@@ -443,7 +452,7 @@ def _epoch_line(epoch, epochs, hist):
         parts.append(f"val_loss {h['val_loss'][-1]:.4f}")
     if h["val_accuracy"]:
         parts.append(f"val_accuracy {h['val_accuracy'][-1]:.4f}")
-    parts.append(f"{h['seconds'][-1]:.2f} s")
+    parts.append(f"{h['seconds'][-1]:.3g} s")
     return " - ".join(parts)
 
 
@@ -504,7 +513,7 @@ def _broadcast_rows(expr) -> set:
     for e in sp.preorder_traversal(expr):
         if isinstance(e, sp.MatMul):
             mats = e.as_coeff_matrices()[1]
-            for left, right in zip(mats, mats[1:]):
+            for left, right in itertools.pairwise(mats):
                 if isinstance(left, sp.OneMatrix) and isinstance(right, sp.MatrixSymbol):
                     found.add(right)
     return found

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from conftest import make_data
 
 import symnet as sn
 from symnet.cli import main

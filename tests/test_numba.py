@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def test_source_is_cached_under_its_hash_and_reused_by_a_second_process(tmp_path
                            check=True).stdout.split() for _ in range(2)]
     assert runs[0][0] == runs[1][0] and runs[0][0].startswith(str(tmp_path))
     assert runs[0][1] == "0" and int(runs[1][1]) >= 1  # the second run loaded the machine code
-    source = open(runs[0][0]).read()
+    source = Path(runs[0][0]).read_text()
     assert f"codegen version {numba_backend.CODEGEN_VERSION}" in source
 
 
