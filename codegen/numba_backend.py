@@ -25,12 +25,13 @@ import scipy.linalg  # noqa: F401
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Program, Update, arg_symbols
+from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Op, Program, Update, arg_symbols
 
-CODEGEN_VERSION = 1  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 2  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",
+            "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "p", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "train"}
 
@@ -119,7 +120,12 @@ def _dims(shape):
 
 
 class Kernel:
-    """The source of one Program as a jitted function ``name(n, leaves..., workspace...)``."""
+    """The source of one Program as a jitted function ``name(n, leaves..., workspace...)``.
+
+    Elementwise instructions (maps, small GEMMs, row and column sums) that share an iteration
+    space are fused into one loop nest (see :meth:`schedule`); a value used only inside its loop
+    nest stays a local variable and is never stored.
+    """
 
     def __init__(self, name: str, program: Program):
         self.name = name
@@ -128,11 +134,74 @@ class Kernel:
         self.ident = {b.name: _identifier(b.name, used) for b in program.buffers}
         self.leaves = [b for b in program.buffers if b.role != "temp"]
         self.temps = [b for b in program.buffers if b.role == "temp"]
+        self.uses: dict[str, int] = {}
+        for ins in program.instrs:
+            for a in ins.args:
+                self.uses[a] = self.uses.get(a, 0) + 1
+        for _, buf in program.outputs:
+            self.uses[buf] = self.uses.get(buf, 0) + 1
+        self.counter = 0
 
     def signature(self) -> list[str]:
         return ["n", *(self.ident[b.name] for b in self.leaves),
                 *(f"w_{self.ident[b.name]}" for b in self.temps)]
 
+    def shape(self, name):
+        return _dims(self.program.buffer(name).shape)
+
+    # -- scheduling
+    def space(self, ins):
+        """The (rows, cols) a fusible instruction iterates over, or None if it is not fusible."""
+        if ins.op is Op.MAP or (ins.op is Op.GEMM and self.small(ins) and self.inner(ins) != "n"):
+            return self.shape(ins.out)
+        if ins.op in (Op.ROWSUM, Op.COLSUM) or self.batch_sum(ins):
+            return self.shape(ins.args[-1])
+        return None
+
+    def batch_sum(self, ins):
+        """A small aᵀ·b summed over the batch: fused into the loop over b, row by row."""
+        return (ins.op is Op.GEMM and ins.trans == (True, False) and self.inner(ins) == "n"
+                and self.small(ins))
+
+    def inner(self, ins):
+        return self.shape(ins.args[0])[0 if ins.trans[0] else 1]
+
+    def small(self, ins):
+        r, c = self.shape(ins.out)
+        return np.prod([int(d) for d in (r, c, self.inner(ins)) if d != "n"]) <= SMALL_GEMM
+
+    def schedule(self) -> list[list]:
+        """Groups of instructions, in an order that respects every dependency. A group is one
+        non-fusible instruction, or fusible ones over the same iteration space, each reading
+        values of its group only entry by entry (a GEMM reads none; nobody reads a sum that is
+        still accumulating)."""
+        pending = list(self.program.instrs)
+        done = {b.name for b in self.leaves}
+        groups = []
+        while pending:
+            first = pending.pop(0)
+            space = self.space(first)
+            group = [first]
+            if space is not None:
+                local = {first.out} if self.space(first) == self.shape(first.out) else set()
+                partial = {first.out} - local
+                for ins in list(pending):
+                    entrywise = ins.args[-1:] if self.batch_sum(ins) else ins.args
+                    if ins.op is Op.GEMM and not self.batch_sum(ins):
+                        entrywise = ()
+                    if self.space(ins) != space or not all(
+                            a in done or (a in local and a in entrywise) for a in ins.args):
+                        continue
+                    if any(a in partial for a in ins.args):
+                        continue
+                    group.append(ins)
+                    pending.remove(ins)
+                    (local if space == self.shape(ins.out) else partial).add(ins.out)
+            done |= {ins.out for ins in group}
+            groups.append(group)
+        return groups
+
+    # -- emitting
     def emit(self, out: Emitter):
         out("@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH)")
         out(f"def {self.name}({', '.join(self.signature())}):")
@@ -145,77 +214,115 @@ class Kernel:
                 out(f"{name} = w_{name}[:{r} * {c}].reshape(({r}, {c}))")
             else:
                 out(f"{name} = w_{name}[:{r}]" if r == "n" else f"{name} = w_{name}")
-        for ins in self.program.instrs:
-            if ins.note:
-                out(f"# {ins.note}".replace("\n", " "))
-            getattr(self, f"_{ins.op.value}")(ins, out)
+        for group in self.schedule():
+            for ins in group:
+                if ins.note:
+                    out(f"# {ins.note}".replace("\n", " "))
+            if self.space(group[0]) is None:
+                getattr(self, f"_{group[0].op.value}")(group[0], out)
+            else:
+                self._fused(group, out)
         out.indent(-1)
 
-    def shape(self, name):
-        return _dims(self.program.buffer(name).shape)
+    def _fused(self, group, out):
+        r, c = self.space(group[0])
+        members = {ins.out for ins in group}
+        values: dict[str, str] = {}  # buffer → local variable holding its entry (i, j)
+        body = []
+        for ins in group:
+            o = self.ident[ins.out]
+            if ins.op is Op.COLSUM:
+                out(f"for j in range({c}):")
+                out(f"    {o}[0, j] = DT(0.0)")
+                body.append(f"{o}[0, j] += {self.entry(ins.args[0], r, c, values)}")
+                continue
+            if ins.op is Op.ROWSUM:
+                out(f"for i in range({r}):")
+                out(f"    {o}[i, 0] = DT(0.0)")
+                body.append(f"{o}[i, 0] += {self.entry(ins.args[0], r, c, values)}")
+                continue
+            if self.batch_sum(ins):
+                a, (rows, cols) = self.ident[ins.args[0]], self.shape(ins.out)
+                out(f"for i in range({rows}):")
+                out(f"    for j in range({cols}):")
+                out(f"        {o}[i, j] = DT(0.0)")
+                body.append(f"for p in range({rows}):")
+                body.append(f"    {o}[p, j] += {a}[i, p] * {self.entry(ins.args[1], r, c, values)}")
+                continue
+            local = f"z_{o}"
+            if ins.op is Op.GEMM:
+                body += self._dot(ins, local)
+            else:
+                body += self._map(ins, local, r, c, values)
+            values[ins.out] = local
+            inside = sum(a == ins.out for g in group for a in g.args)
+            if self.uses.get(ins.out, 0) > inside or any(
+                    ins.out in g.args and g.op is Op.GEMM and not self.batch_sum(g) for g in group):
+                body.append(f"{o}[i, j] = {local}")
+        assert members  # a group always has at least one instruction
+        out(f"for i in range({r}):")
+        out(f"    for j in range({c}):")
+        for line in body:
+            out(f"        {line}")
+
+    def entry(self, name, r, c, values):
+        """The entry (i, j) of buffer ``name`` in a loop over r×c, broadcasting 1×c, r×1, 1×1."""
+        if name in values:
+            return values[name]
+        ar, ac = self.shape(name)
+        i = "0" if ar == "1" and r != "1" else "i"
+        j = "0" if ac == "1" and c != "1" else "j"
+        return f"{self.ident[name]}[{i}, {j}]"
+
+    def _dot(self, ins, local):
+        """Entry (i, j) of a small product: a sum written out for up to sixteen terms."""
+        a, b = (self.ident[x] for x in ins.args)
+        ta, tb = ins.trans
+        inner = self.inner(ins)
+
+        def term(k):
+            return f"{a}[{f'{k}, i' if ta else f'i, {k}'}] * {b}[{f'j, {k}' if tb else f'{k}, j'}]"
+
+        if inner != "n" and int(inner) <= 16:  # a balanced sum: no chain of dependent adds
+            lines = [f"{local} = {_tree_sum([term(k) for k in range(int(inner))])}"]
+        else:
+            lines = [f"{local} = DT(0.0)", f"for k in range({inner}):", f"    {local} += {term('k')}"]
+        if ins.alpha != 1:
+            lines.append(f"{local} *= {ScalarPrinter({SIZE: 'nf'}).doprint(ins.alpha)}")
+        return lines
+
+    def _map(self, ins, local, r, c, values):
+        syms = arg_symbols(len(ins.args))
+        names = {s: self.entry(a, r, c, values) for s, a in zip(syms, ins.args)} | {SIZE: "nf"}
+        start = self.counter
+        temps, (body,) = sp.cse(ins.body, symbols=sp.numbered_symbols("_c", start=start),
+                                optimizations="basic")
+        self.counter += len(temps)
+        printer = ScalarPrinter(names | {sym: sym.name for sym, _ in temps})
+        return [f"{sym} = {printer.doprint(e)}" for sym, e in temps] + [
+            f"{local} = {printer.doprint(body)}"]
 
     def _gemm(self, ins, out):
         a, b = (self.ident[x] for x in ins.args)
         ta, tb = ins.trans
-        r, c = self.shape(ins.out)
-        inner = self.shape(ins.args[0])[0 if ta else 1]
         o = self.ident[ins.out]
-        fixed = [int(d) for d in (r, c, inner) if d != "n"]
-        if np.prod(fixed) <= SMALL_GEMM:
-            ai = "a[k, i]" if ta else "a[i, k]"
-            bi = "b[j, k]" if tb else "b[k, j]"
-            out(f"for i in range({r}):")
+        r, c = self.shape(ins.out)
+        if self.small(ins):  # a small product summed over the batch: rows outermost, so that
+            out(f"for i in range({r}):")  # the innermost loop runs along contiguous rows
             out(f"    for j in range({c}):")
-            out("        acc = DT(0.0)")
-            out(f"        for k in range({inner}):")
-            out(f"            acc += {ai.replace('a', a, 1)} * {bi.replace('b', b, 1)}")
-            out(f"        {o}[i, j] = acc")
+            out(f"        {o}[i, j] = DT(0.0)")
+            out(f"for k in range({self.inner(ins)}):")
+            out(f"    for i in range({r}):")
+            out(f"        a_ki = {a}[{'k, i' if ta else 'i, k'}]")
+            out(f"        for j in range({c}):")
+            out(f"            {o}[i, j] += a_ki * {b}[{'j, k' if tb else 'k, j'}]")
         else:
             out(f"np.dot({a}{'.T' if ta else ''}, {b}{'.T' if tb else ''}, {o})")
         if ins.alpha != 1:
             alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
-            self._loop2(out, r, c, [f"{o}[i, j] *= {alpha}"])
-
-    def _map(self, ins, out):
-        syms = arg_symbols(len(ins.args))
-        loads = []
-        r, c = self.shape(ins.out)
-        for s, name in zip(syms, ins.args):
-            ar, ac = self.shape(name)
-            i = "0" if ar == "1" and r != "1" else "i"
-            j = "0" if ac == "1" and c != "1" else "j"
-            loads.append(f"_v{s.name[1:]} = {self.ident[name]}[{i}, {j}]")
-        names = {s: f"_v{s.name[1:]}" for s in syms} | {SIZE: "nf"}
-        temps, (body,) = sp.cse(ins.body, symbols=sp.numbered_symbols("_c"), optimizations="basic")
-        printer = ScalarPrinter(names | {sym: sym.name for sym, _ in temps})
-        lines = loads + [f"{sym} = {printer.doprint(e)}" for sym, e in temps]
-        lines.append(f"{self.ident[ins.out]}[i, j] = {printer.doprint(body)}")
-        self._loop2(out, r, c, lines)
-
-    @staticmethod
-    def _loop2(out, r, c, lines):
-        out(f"for i in range({r}):")
-        out(f"    for j in range({c}):")
-        for line in lines:
-            out(f"        {line}")
-
-    def _rowsum(self, ins, out):
-        a, o = self.ident[ins.args[0]], self.ident[ins.out]
-        r, c = self.shape(ins.args[0])
-        out(f"for i in range({r}):")
-        out("    acc = DT(0.0)")
-        out(f"    for j in range({c}):")
-        out(f"        acc += {a}[i, j]")
-        out(f"    {o}[i, 0] = acc")
-
-    def _colsum(self, ins, out):
-        a, o = self.ident[ins.args[0]], self.ident[ins.out]
-        r, c = self.shape(ins.args[0])
-        out(f"for j in range({c}):")  # explicit loops: slice assignment costs seconds of JIT
-        out(f"    {o}[0, j] = DT(0.0)")
-        out(f"for i in range({r}):")
-        out(f"    for j in range({c}):")
-        out(f"        {o}[0, j] += {a}[i, j]")
+            out(f"for i in range({r}):")
+            out(f"    for j in range({c}):")
+            out(f"        {o}[i, j] *= {alpha}")
 
     def _logsumexp(self, ins, out):
         a, o = self.ident[ins.args[0]], self.ident[ins.out]
@@ -234,7 +341,16 @@ class Kernel:
     def _transpose(self, ins, out):
         a, o = self.ident[ins.args[0]], self.ident[ins.out]
         r, c = self.shape(ins.out)
-        self._loop2(out, r, c, [f"{o}[i, j] = {a}[j, i]"])
+        out(f"for i in range({r}):")
+        out(f"    for j in range({c}):")
+        out(f"        {o}[i, j] = {a}[j, i]")
+
+
+def _tree_sum(terms: list[str]) -> str:
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    return f"({_tree_sum(terms[:half])} + {_tree_sum(terms[half:])})"
 
 
 def _hoist(expr, per_step: set, found: dict) -> sp.Expr:
@@ -276,6 +392,8 @@ class TrainKernel:
         out(f"def train({', '.join(self.signature())}):")
         out.indent()
         first = gi[self.inputs[0].name]
+        out("mode = get_fpmode()  # flush subnormals to zero while training (codegen.fpmode)")
+        out("set_fpmode(mode | np.uint32(FTZ_DAZ))")
         out(f"rows = {first}.shape[0]")
         out("batches = (rows + batch - 1) // batch")
         out("t = t0")
@@ -299,10 +417,12 @@ class TrainKernel:
         out(f"loss = w_{self.loss}[0, 0]")
         out("losses[e, s] = loss")
         out("if not math.isfinite(loss):")
+        out("    set_fpmode(mode)")
         out("    return e, s, t")
         out("t += 1")
         self._update(out)
         out.indent(-2)
+        out("set_fpmode(mode)")
         out("return orders.shape[0], 0, t")
         out.indent(-1)
 
@@ -367,6 +487,8 @@ def generate(programs: dict[str, Program], update: Update | None, dtype) -> tupl
     out()
     out("import numba as nb")
     out("import numpy as np")
+    out()
+    out("from codegen.fpmode import FTZ_DAZ, get_fpmode, set_fpmode")
     out()
     out(f"DT = np.{dtype.name}")
     out(f"FASTMATH = {FASTMATH}")

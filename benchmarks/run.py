@@ -1,0 +1,177 @@
+"""Run the benchmarks: each (workload, peer) in its own process with 2 threads and cold JIT
+caches, then a table of ratios to symnet.
+
+    python -m benchmarks.run [--workload seed002,tiny] [--peers symnet,numba,torch] [--out DIR]
+
+Results go to DIR/results.json and DIR/results.md (default benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .peers import PEERS
+from .workloads import WORKLOADS, initial_params, load_data
+
+THREADS = {k: "2" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                            "NUMBA_NUM_THREADS")}
+THREADS["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
+
+
+def metric(w, params, X, Y):
+    """Test accuracy (classification) or final training loss, by one NumPy forward pass."""
+    h = X.astype(np.float64)
+    L = len(w.sizes) - 1
+    for k in range(1, L + 1):
+        h = h @ params[f"W{k}"].astype(np.float64) + params[f"b{k}"]
+        if k < L:
+            h = np.maximum(h, 0) if w.activation == "relu" else 1 / (1 + np.exp(-h))
+        elif w.output == "sigmoid":
+            h = 1 / (1 + np.exp(-h))
+    if w.classification:
+        return float(np.mean(h.argmax(1) == Y.argmax(1)))
+    return float(np.mean((h - Y) ** 2))
+
+
+def grad_agreement(w, peer, data, params):
+    """Max relative difference of the peer's float64 gradients from symnet's on one batch."""
+    if not hasattr(peer, "grads"):
+        return None
+    from .peers import symnet_peer
+
+    B = min(w.batch or len(data[0]), 64)
+    X, Y = (a[:B].astype(np.float64) for a in data[:2])
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    ours, theirs = symnet_peer.grads(w, p64, X, Y), peer.grads(w, p64, X, Y)
+    return max(float(np.max(np.abs(ours[k] - theirs[k])) / (np.max(np.abs(ours[k])) + 1e-30))
+               for k in ours)
+
+
+def run_one(workload: str, peer_name: str) -> dict:
+    """Inside the child process: train and measure one (workload, peer)."""
+    w = WORKLOADS[workload]
+    peer = importlib.import_module(PEERS[peer_name])
+    data = load_data(w)
+    params0 = initial_params(w)
+    result = peer.train(w, data, params0)
+    rounds = result.pop("round_s")
+    params = result.pop("params")
+    out = {"workload": workload, "peer": peer_name, **result,
+           "first_epoch_s": rounds[0], "epoch_s": statistics.median(rounds[1:]),
+           "rounds_s": rounds, "metric": metric(w, params, *data[2:]),
+           "metric_name": "test accuracy" if w.classification else "final loss",
+           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if peer_name != "symnet":
+        out["grad_rel_diff"] = grad_agreement(w, peer, data, params0)
+    return out
+
+
+def spawn(workload, peer, cache_dir=None) -> dict:
+    """Run one (workload, peer) in a fresh process; ``cache_dir`` reuses JIT caches (both
+    symnet's generated modules and numba's machine code), else they start empty."""
+    cache_dir = cache_dir or tempfile.mkdtemp(prefix="symnet-bench-")
+    env = {**os.environ, **THREADS, "SYMNET_CACHE_DIR": cache_dir,
+           "NUMBA_CACHE_DIR": os.path.join(cache_dir, "numba")}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--child", workload, peer],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"workload": workload, "peer": peer, "error": last}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def available(peer) -> str | None:
+    """None if the peer can be imported, else why not."""
+    module = PEERS[peer]
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          text=True)
+    return None if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]
+
+
+def table(results) -> str:
+    lines = []
+    for workload in dict.fromkeys(r["workload"] for r in results):
+        rows = [r for r in results if r["workload"] == workload]
+        ours = next((r for r in rows if r["peer"] == "symnet" and "error" not in r), None)
+        lines += [f"### {workload}", "",
+                  "| peer | setup s | first epoch s | epoch s | × symnet | metric | peak MB | "
+                  "max grad rel. diff |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "error" in r or "missing" in r:
+                lines.append(f"| {r['peer']} | {r.get('missing') or r['error']} |||||||")
+                continue
+            ratio = f"{r['epoch_s'] / ours['epoch_s']:.2f}" if ours else ""
+            setup = f"{r['setup_s']:.2f}"
+            if "cached_setup_s" in r:
+                setup += f" (cached {r['cached_setup_s']:.2f})"
+            diff = r.get("grad_rel_diff")
+            lines.append(
+                f"| {r['peer']} | {setup} | {r['first_epoch_s']:.4f} | {r['epoch_s']:.4f} | "
+                f"{ratio} | {r['metric_name']} {r['metric']:.4f} | {r['peak_mb']:.0f} | "
+                f"{'' if diff is None else f'{diff:.1e}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", default=",".join(WORKLOADS))
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(*args.child)))
+        return 0
+    workloads, peers = args.workload.split(","), args.peers.split(",")
+    unknown = [x for x in workloads if x not in WORKLOADS] + [p for p in peers if p not in PEERS]
+    if unknown:
+        parser.error(f"unknown workload or peer {unknown}; workloads {list(WORKLOADS)}, "
+                     f"peers {list(PEERS)}")
+    missing = {p: available(p) for p in peers}
+    results = []
+    for workload in workloads:
+        for peer in peers:
+            if missing[peer]:
+                results.append({"workload": workload, "peer": peer,
+                                "missing": f"not installed ({missing[peer]})"})
+                continue
+            start = time.perf_counter()
+            if peer == "symnet":  # cold, then cached: a second process on the same kernel cache
+                cache = tempfile.mkdtemp(prefix="symnet-bench-")
+                r = spawn(workload, peer, cache)
+                if "error" not in r:
+                    r["cached_setup_s"] = spawn(workload, peer, cache).get("setup_s", float("nan"))
+            else:
+                r = spawn(workload, peer)
+            results.append(r)
+            status = r.get("error") or f"epoch {r['epoch_s']:.4f} s"
+            print(f"{workload:10} {peer:10} {time.perf_counter() - start:6.1f} s  {status}",
+                  file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
+               "python": platform.python_version(), "threads": 2}
+    (out / "results.json").write_text(json.dumps({"machine": machine, "results": results},
+                                                 indent=1))
+    (out / "results.md").write_text(f"Machine: {machine}\n\n" + table(results))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

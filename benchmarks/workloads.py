@@ -1,0 +1,89 @@
+"""The benchmark workloads of design.md, and what every peer shares: data, initial parameters
+and the shuffling order of every epoch, so that all peers compute the same maths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    sizes: tuple[int, ...]  # input, hidden..., output
+    activation: str  # on every hidden layer
+    output: str  # "sigmoid" (seed002) or "identity"
+    loss: str  # "sse" (per-row sum of squares, mean over rows), "softmax_ce", "mse"
+    optimizer: str  # "adagrad", "adam", "sgd_momentum"
+    lr: float
+    batch: int | None  # None: full batch
+    init: str  # "uniform" (U(−1, 1)) or "he" (N(0, 2/fan_in)); biases are zero
+    data: str  # "fashion-mnist" or "line"
+    epochs: int  # measured rounds (the first, then the steady ones)
+    steps_per_round: int = 1  # full-batch workloads: steps per measured round
+    shuffle: bool = True
+
+    @property
+    def classification(self) -> bool:
+        return self.data == "fashion-mnist"
+
+
+WORKLOADS = {
+    w.name: w for w in [
+        Workload("seed002", (784, 32, 32, 10), "sigmoid", "sigmoid", "sse", "adagrad", 0.1, 100,
+                 "uniform", "fashion-mnist", epochs=4),
+        Workload("adam-relu", (784, 256, 128, 10), "relu", "identity", "softmax_ce", "adam", 1e-3,
+                 128, "he", "fashion-mnist", epochs=4),
+        Workload("wide", (784, 1024, 1024, 10), "relu", "identity", "softmax_ce", "sgd_momentum",
+                 0.01, 512, "he", "fashion-mnist", epochs=4),
+        Workload("tiny", (1, 10, 1), "relu", "identity", "mse", "adam", 1e-3, None, "he", "line",
+                 epochs=4, steps_per_round=1000, shuffle=False),
+    ]
+}
+
+
+def load_data(w: Workload):
+    """``(Xtr, Ytr, Xte, Yte)`` in float32."""
+    if w.data == "fashion-mnist":
+        import symnet as sn
+
+        (Xtr, Ytr), (Xte, Yte) = sn.datasets.load_fashion_mnist()
+        return Xtr, Ytr, Xte, Yte
+    rng = np.random.default_rng(0)  # y = 2x + 1 + U(0, 1) noise, 100 samples
+    X = rng.uniform(-1, 1, (100, 1)).astype(np.float32)
+    Y = (2 * X + 1 + rng.uniform(0, 1, (100, 1))).astype(np.float32)
+    return X, Y, X, Y
+
+
+def initial_params(w: Workload, seed: int = 0) -> dict[str, np.ndarray]:
+    """``{"W1": …, "b1": …, …}``: weights by the workload's scheme, zero biases."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for k, (fan_in, fan_out) in enumerate(zip(w.sizes, w.sizes[1:]), start=1):
+        if w.init == "uniform":
+            W = rng.uniform(-1, 1, (fan_in, fan_out))
+        else:
+            W = rng.normal(0, np.sqrt(2 / fan_in), (fan_in, fan_out))
+        params[f"W{k}"] = W.astype(np.float32)
+        params[f"b{k}"] = np.zeros((1, fan_out), np.float32)
+    return params
+
+
+def orders(w: Workload, rows: int, seed: int = 1) -> np.ndarray:
+    """The row order of every measured round: a permutation per epoch, or the identity."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(rows) if w.shuffle else np.arange(rows)
+                     for _ in range(w.epochs)])
+
+
+def batch_size(w: Workload, rows: int) -> int:
+    return w.batch or rows
+
+
+def flops_per_epoch(w: Workload, rows: int) -> float:
+    """GEMM FLOPs of one epoch: forward (1 product per layer) and backward (2, the first layer's
+    input gradient excepted), 2 FLOPs per multiply-add."""
+    pairs = list(zip(w.sizes, w.sizes[1:]))
+    per_row = sum(2 * a * b for a, b in pairs) * 3 - 2 * pairs[0][0] * pairs[0][1]
+    return per_row * rows * w.steps_per_round
