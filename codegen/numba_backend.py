@@ -32,7 +32,7 @@ SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as 
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
-            "tf", "p", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
+            "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "train"}
 
 
