@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 
 import numpy as np
@@ -36,14 +37,16 @@ def train(w, data, params0):
     for k, v in params0.items():
         model.params[k][...] = v
     epochs = w.epochs * w.steps_per_round
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     hist = model.fit(Xtr, Ytr, epochs=epochs, batch_size=batch, shuffle=w.shuffle, seed=1,
                      verbose=False)
     wall = time.perf_counter() - start
+    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     seconds = np.reshape(hist.seconds, (w.epochs, w.steps_per_round)).sum(axis=1)
     return {"setup_s": setup, "round_s": list(seconds), "params": model.params,
             "fit_overhead_s": (wall - float(np.sum(seconds))) / w.epochs,
-            "symbolic_s": first.symbolic_seconds}
+            "symbolic_s": first.symbolic_seconds, "peak_growth_mb": growth}
 
 
 def grads(w, params, X, Y):
