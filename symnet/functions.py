@@ -146,24 +146,35 @@ class ScalarActivation(sp.Function):
 def derivative(func) -> sp.Lambda:
     """The scalar derivative of an activation, from ``sympy.diff`` of its definition."""
     d = sp.diff(func.definition(x), x)
-    check_differentiable(d, func.__name__)
+    check_differentiable(d, func.__name__, func.definition(x))
     return sp.Lambda(x, d)
 
 
-def check_differentiable(d: sp.Expr, what: str) -> None:
-    """Refuse a derivative SymPy could not evaluate, or one that is zero almost everywhere."""
+def check_differentiable(d: sp.Expr, what: str, f: sp.Expr | None = None) -> None:
+    """Refuse a derivative SymPy could not evaluate, or one that is zero almost everywhere (of
+    ``f``, when given: a step function, whose gradient would never flow)."""
     if d.has(sp.Derivative, sp.Subs):
         bad = next(iter(d.atoms(sp.Derivative, sp.Subs)))
         raise DifferentiationError(
             f"cannot differentiate {what}: SymPy leaves its derivative unevaluated ({bad}). "
             "Use a differentiable function (for a step, a steep sigmoid; for rounding, none)."
         )
-    if d.has(sp.DiracDelta):
+    step = f is not None and x in f.free_symbols and (d == 0 or (d.has(sp.Piecewise) and _is_zero(d)))
+    if d.has(sp.DiracDelta) or step:
         raise DifferentiationError(
-            f"cannot differentiate {what}: its derivative is a Dirac delta (the function is a "
-            "step, like sign or Heaviside), so gradients would be zero almost everywhere. "
-            "Use a smooth replacement such as sn.tanh or sn.hard_tanh."
+            f"cannot differentiate {what}: its derivative is zero wherever it exists (the "
+            "function is a step, like sign, Heaviside or a Piecewise of constants), so no "
+            "gradient would flow through it. Use a smooth replacement such as sn.tanh or "
+            "sn.hard_tanh."
         )
+
+
+def _is_zero(d: sp.Expr) -> bool:
+    """A Piecewise derivative all of whose pieces are 0 (a step function's)."""
+    try:
+        return sp.piecewise_fold(d).simplify() == 0
+    except Exception:  # SymPy fails in many ways; what it cannot prove zero is not refused
+        return False
 
 
 class Activation:
@@ -247,7 +258,7 @@ class Pointwise:
 
     def __init__(self, name: str, expr: sp.Expr):
         self.name, self.fn = name, sp.Lambda(x, expr)
-        check_differentiable(sp.diff(expr, x), name)
+        check_differentiable(sp.diff(expr, x), name, expr)
 
     def __call__(self, arg):
         if isinstance(arg, sp.Basic) and not arg.is_Matrix:

@@ -63,7 +63,7 @@ def vjp_transpose(node, g):
 
 def vjp_elementwise(node, g):
     d = sp.diff(node.body(x), x)
-    fn.check_differentiable(d, f"{node.fn.expr} in {node}")
+    fn.check_differentiable(d, f"{node.fn.expr} in {node}", node.body(x))
     if d == 1:
         yield node.arg, g
     else:

@@ -202,7 +202,9 @@ class Model:
             feeds[sym.name] = _as_data(arr, sym, dtype)
         if need_targets and self.targets:
             if Y is None:
-                raise DataError(f"targets {[t.name for t in self.targets]} are needed")
+                raise DataError(
+                    f"this call needs the targets {[t.name for t in self.targets]} too: pass "
+                    f"them after the inputs, e.g. model.loss_and_grad(X, Y)")
             ys = [Y] if len(self.targets) == 1 else list(Y)
             for sym, arr in zip(self.targets, ys):
                 feeds[sym.name] = _as_data(arr, sym, dtype)
@@ -567,7 +569,8 @@ def _as_data(arr, sym, dtype):
     if a.shape[1] != cols:
         raise DataError(f"{name} has {cols} columns in the model but the data has {a.shape[1]}")
     if a.shape[0] == 0:
-        raise DataError(f"{name}: the data has no rows")
+        raise DataError(f"{name}: the data has no rows (shape {a.shape}); pass at least one "
+                        f"example")
     a = np.ascontiguousarray(a, dtype=dtype)
     bad = ~np.isfinite(a)
     if bad.any():
