@@ -5,6 +5,6 @@ instructions over named 2-D buffers whose shapes may use the batch size ``"n"``;
 elementwise map is a SymPy *scalar* expression.
 """
 
-from .ir import Buffer, Instr, Op, Program, Update
+from .ir import Buffer, CodegenError, Instr, Op, Program, Update
 
-__all__ = ["Buffer", "Instr", "Op", "Program", "Update"]
+__all__ = ["Buffer", "CodegenError", "Instr", "Op", "Program", "Update"]

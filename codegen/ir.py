@@ -11,6 +11,10 @@ Dim = int | str  # a fixed size, or "n": the number of rows of the current batch
 BATCH = "n"
 
 
+class CodegenError(Exception):
+    """A program a backend cannot compile (a function it cannot print, a JIT failure)."""
+
+
 class Op(Enum):
     GEMM = "gemm"  # out = alpha · op(a) · op(b), op = transpose or not
     MAP = "map"  # out = body(args...) entrywise; args broadcast as NumPy does (1×m, n×1, 1×1)

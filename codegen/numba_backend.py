@@ -9,6 +9,7 @@ numba's ``cache=True`` loads machine code on the next compile of the same model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import keyword
@@ -19,13 +20,14 @@ from pathlib import Path
 
 # Imported with symnet rather than inside the first kernel load: numba's array library and the
 # SciPy BLAS it calls cost ~0.4 s once per process, which is import time, not compile time.
-import numba.np.arraymath  # noqa: F401
+import numba.core.errors
+import numba.np.arraymath
 import numpy as np
 import scipy.linalg  # noqa: F401
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Op, Program, Update, arg_symbols
+from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 
 CODEGEN_VERSION = 2  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
@@ -299,8 +301,12 @@ class Kernel:
                                 optimizations="basic")
         self.counter += len(temps)
         printer = ScalarPrinter(names | {sym: sym.name for sym, _ in temps})
-        return [f"{sym} = {printer.doprint(e)}" for sym, e in temps] + [
-            f"{local} = {printer.doprint(body)}"]
+        try:
+            return [f"{sym} = {printer.doprint(e)}" for sym, e in temps] + [
+                f"{local} = {printer.doprint(body)}"]
+        except Exception as err:  # the strict printer names what it cannot print
+            raise CodegenError(f"the numba backend cannot compute {ins.note or ins.body}: "
+                               f"{str(err).splitlines()[0]}") from None
 
     def _gemm(self, ins, out):
         a, b = (self.ident[x] for x in ins.args)
@@ -552,8 +558,9 @@ class NumbaRunner:
         kernel = self.kernels[name]
         n = _batch_rows(kernel, feeds)
         work = self.workspace(name, n)
-        getattr(self.module, name)(n, *(feeds[b.name] for b in kernel.leaves),
-                                   *(work[b.name] for b in kernel.temps))
+        with _jit_errors():
+            getattr(self.module, name)(n, *(feeds[b.name] for b in kernel.leaves),
+                                       *(work[b.name] for b in kernel.temps))
         prog = self.programs[name]
         return {out: _view(work[buf], prog.buffer(buf).shape, n).copy()
                 for out, buf in prog.outputs}
@@ -576,11 +583,23 @@ class NumbaRunner:
         losses = np.zeros((len(orders), batches), self.dtype)
         pnames = [b.name for b in kernel.leaves if b.role == "param"]
         states = [state[p][s] for p in pnames for s in self.update.state]
-        e, s, t = self.module.train(
-            orders, batch_size, t0, losses, *(data[b.name] for b in inputs),
-            *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
-            *(work[b.name] for b in kernel.temps))
+        with _jit_errors():
+            e, s, t = self.module.train(
+                orders, batch_size, t0, losses, *(data[b.name] for b in inputs),
+                *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
+                *(work[b.name] for b in kernel.temps))
         return losses, int(e), int(s), int(t)
+
+
+@contextlib.contextmanager
+def _jit_errors():
+    """numba's typing and lowering errors, as a CodegenError that says where to look."""
+    try:
+        yield
+    except numba.core.errors.NumbaError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CodegenError(f"numba could not compile the generated kernel ({first}); "
+                           f"SYMNET_DEBUG=1 prints its source") from None
 
 
 def warm_up(runner: NumbaRunner, params: dict[str, np.ndarray]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import sympy as sp
 from tqdm.auto import tqdm
 
+from codegen.ir import CodegenError
 from codegen.numba_backend import NumbaRunner, warm_up
 from codegen.numpy_backend import NumpyBackend
 
@@ -162,13 +164,15 @@ class Model:
     def _runner(self, dtype=None):
         key = np.dtype(dtype or self.dtype).name
         if key not in self._runners:
-            self._runners[key] = BACKENDS[self.backend](self._programs, self._update, key)
+            with _backend_errors(self.backend):
+                self._runners[key] = BACKENDS[self.backend](self._programs, self._update, key)
         return self._runners[key]
 
     def _run(self, name, feeds, dtype=None):
         dtype = np.dtype(dtype or self.dtype)
         params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in self.params.items()}
-        return self._runner(dtype).run(name, {**feeds, **params})
+        with _backend_errors(self.backend):
+            return self._runner(dtype).run(name, {**feeds, **params})
 
     def compile_kernels(self) -> float:
         """JIT-compile every kernel now instead of on first use (numba backend); returns the
@@ -286,8 +290,9 @@ class Model:
             orders = np.stack([rng.permutation(rows) if shuffle else np.arange(rows)
                                for _ in range(k)])
             start = time.perf_counter()
-            losses, e, s, t = runner.train(data, self.params, self._state, orders, batch_size,
-                                           self._steps)
+            with _backend_errors(self.backend):
+                losses, e, s, t = runner.train(data, self.params, self._state, orders,
+                                               batch_size, self._steps)
             elapsed = time.perf_counter() - start
             self._steps = t
             if e < k:
@@ -377,6 +382,15 @@ class Model:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+@contextlib.contextmanager
+def _backend_errors(backend):
+    try:
+        yield
+    except CodegenError as err:
+        hint = " Compile with backend='numpy' to train without it." if backend == "numba" else ""
+        raise DeclarationError(f"{err}.{hint}") from None
 
 
 def _patience_out(hist, patience):

@@ -146,6 +146,9 @@ BAD = {
     "lr as text": lambda m: sn.optim.AdaGrad(lr="0.1"),
     "not an optimizer": lambda m: sn.compile(sn.mse(sn.dense(X4, 3), Y3), inputs=[X4],
                                              targets=[Y3], optimizer="adam"),
+    "function the numba backend cannot print": lambda m: sn.compile(
+        sn.mse(sn.dense(X4, 3, sn.activation("bessel", sp.besselj(0, sp.Symbol("x")),
+                                             sp.Symbol("x"))), Y3), inputs=[X4], targets=[Y3]),
     "load missing": lambda m: sn.load("/nonexistent/model.npz"),
     "fashion missing": lambda m: sn.datasets.load_fashion_mnist("/nonexistent"),
     "idx missing": lambda m: sn.datasets.load_idx("/nonexistent"),
