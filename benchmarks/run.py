@@ -1,9 +1,11 @@
 """Run the benchmarks: each (workload, peer) in its own process with 2 threads and cold JIT
 caches, then a table of ratios to symnet.
 
-    python -m benchmarks.run [--workload seed002,tiny] [--peers symnet,numba,torch] [--out DIR]
+    symnet bench [--workload seed002,tiny] [--peers symnet,numba,torch] [--out DIR]
+    python -m benchmarks.run ...   (the same)
 
-Results go to DIR/results.json and DIR/results.md (default benchmarks/results/).
+Results go to DIR/results.json, DIR/results.md and DIR/*.png (default benchmarks/results/).
+A peer that is not installed, or cannot express a workload, is reported as such.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def run_one(workload: str, peer_name: str) -> dict:
     """Inside the child process: train and measure one (workload, peer)."""
     w = WORKLOADS[workload]
     peer = importlib.import_module(PEERS[peer_name])
+    reason = peer.applicable(w) if hasattr(peer, "applicable") else None
+    if reason:
+        return {"workload": workload, "peer": peer_name, "missing": reason}
     data = load_data(w)
     params0 = initial_params(w)
     result = peer.train(w, data, params0)
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
             else:
                 r = spawn(workload, peer)
             results.append(r)
-            status = r.get("error") or f"epoch {r['epoch_s']:.4f} s"
+            status = r.get("error") or r.get("missing") or f"epoch {r['epoch_s']:.4f} s"
             print(f"{workload:10} {peer:10} {time.perf_counter() - start:6.1f} s  {status}",
                   file=sys.stderr)
     out = Path(args.out)
@@ -170,6 +175,13 @@ def main(argv=None) -> int:
                                                  indent=1))
     (out / "results.md").write_text(f"Machine: {machine}\n\n" + table(results))
     print(table(results))
+    try:
+        from .plots import plot_results
+    except ImportError as err:  # matplotlib is in the bench extra
+        print(f"no plots: {err}", file=sys.stderr)
+    else:
+        for path in plot_results(results, out):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The ``symnet`` command line: ``symnet demo``."""
+"""The ``symnet`` command line: ``symnet demo`` and ``symnet bench``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,20 @@ def demo(args) -> int:
     return 0
 
 
+def bench(args) -> int:
+    try:
+        from benchmarks import run
+    except ImportError as err:
+        print(f"symnet bench needs the benchmarks package of a symnet checkout ({err})",
+              file=sys.stderr)
+        return 2
+    argv = []
+    for flag in ("workload", "peers", "out"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    return run.main(argv)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="symnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +90,17 @@ def main(argv=None) -> int:
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(run=demo)
+    b = sub.add_parser("bench", help="benchmark symnet against PyTorch, JAX, autograd, PyTensor, "
+                                     "NumPy, a hand-written numba kernel and scikit-learn",
+                       description="Run every (workload, peer) in its own process and write a "
+                                   "table, JSON and plots. Peers come from pip install -e "
+                                   "'.[bench]'; a missing one is reported as missing.")
+    b.add_argument("--workload", help="comma-separated, default all: seed002, adam-relu, wide, "
+                                      "tiny")
+    b.add_argument("--peers", help="comma-separated, default all: symnet, numba, numpy, torch, "
+                                   "jax, jax-scan, autograd, pytensor, pytensor-numba, sklearn")
+    b.add_argument("--out", help="output directory (default benchmarks/results)")
+    b.set_defaults(run=bench)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,51 @@
+"""PNG plots of a benchmark run: steady epoch time per peer (log axis) and test accuracy (or
+final loss) against wall-clock time to train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_results(results, out: Path) -> list[Path]:
+    ok = [r for r in results if "epoch_s" in r]
+    workloads = list(dict.fromkeys(r["workload"] for r in ok))
+    paths = []
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 3.6),
+                             squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        rows = sorted((r for r in ok if r["workload"] == workload), key=lambda r: r["epoch_s"])
+        ax.barh([r["peer"] for r in rows], [r["epoch_s"] for r in rows],
+                color=["tab:red" if r["peer"] == "symnet" else "tab:gray" for r in rows])
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_title(workload)
+        ax.set_xlabel("steady epoch time (s, log)" if workload != "tiny" else
+                      "1000 steps (s, log)")
+    fig.tight_layout()
+    paths.append(out / "epoch_time.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 3.6),
+                             squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        for r in (r for r in ok if r["workload"] == workload):
+            wall = r["setup_s"] + sum(r["rounds_s"])
+            ax.scatter(wall, r["metric"], color="tab:red" if r["peer"] == "symnet" else
+                       "tab:gray")
+            ax.annotate(r["peer"], (wall, r["metric"]), fontsize=7, xytext=(3, 2),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_title(workload)
+        ax.set_xlabel("setup + training (s, log)")
+        ax.set_ylabel(next(r["metric_name"] for r in ok if r["workload"] == workload))
+    fig.tight_layout()
+    paths.append(out / "accuracy_vs_time.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
