@@ -12,9 +12,9 @@ import time
 os.environ["PYTENSOR_FLAGS"] = (f"floatX=float32,compiledir={tempfile.mkdtemp(prefix='pt-')},"
                                 + os.environ.get("PYTENSOR_FLAGS", ""))
 
-import numpy as np  # noqa: E402
-import pytensor  # noqa: E402
-import pytensor.tensor as pt  # noqa: E402
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
 
 MODE = None  # pytensor's default: FAST_RUN with the C backend
 
