@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workload", default=",".join(WORKLOADS))
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep DIR/results.json's other (workload, peer) results")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -169,6 +171,10 @@ def main(argv=None) -> int:
                   file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (out / "results.json").exists():
+        fresh = {(r["workload"], r["peer"]): r for r in results}
+        old = json.loads((out / "results.json").read_text())["results"]
+        results = [fresh.pop((r["workload"], r["peer"]), r) for r in old] + list(fresh.values())
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
                "python": platform.python_version(), "threads": 2}
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results},
