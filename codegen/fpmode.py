@@ -2,7 +2,7 @@
 
 Optimizer state that decays geometrically (Adam's m for a weight that never gets a gradient,
 such as a border pixel's) becomes subnormal after a few hundred steps, and arithmetic on
-subnormal floats is ~100× slower. XLA flushes them to zero; the generated ``train`` kernel sets
+subnormal floats is ~100× slower. XLA flushes them to zero; the generated ``train_epochs`` kernel sets
 FTZ and DAZ on entry and restores the caller's mode on exit. On other architectures these are
 no-ops.
 """

@@ -158,7 +158,7 @@ class Model:
         programs["loss"] = lower(defs, {"loss": d.loss}, leaves)
         if d.prediction is not None:
             pred_leaves = {s: r for s, r in leaves.items() if s not in self.targets}
-            programs["predict"] = lower(defs, {"prediction": d.prediction}, pred_leaves)
+            programs["forward"] = lower(defs, {"prediction": d.prediction}, pred_leaves)
         return programs
 
     def _runner(self, dtype=None):
@@ -231,13 +231,13 @@ class Model:
 
     def predict(self, X, batch_size: int = 4096):
         """The value of ``prediction`` for every row of X."""
-        if "predict" not in self._programs:
+        if "forward" not in self._programs:
             raise DeclarationError("this model was compiled without prediction=; nothing to predict")
         return self._predict(self._feeds(X, need_targets=False), batch_size)
 
     def _predict(self, feeds, batch_size):
         inputs = {s.name: feeds[s.name] for s in self.inputs}
-        return np.concatenate([self._run("predict", chunk)["prediction"]
+        return np.concatenate([self._run("forward", chunk)["prediction"]
                                for chunk in _chunks(inputs, batch_size)])
 
     def evaluate(self, X, Y, batch_size: int = 4096) -> dict:
@@ -249,7 +249,7 @@ class Model:
                     for chunk in _chunks(feeds, batch_size))
         result = {"loss": total / _rows(feeds)}
         target = feeds[self.targets[0].name] if self.targets else None
-        if target is not None and target.shape[1] >= 2 and "predict" in self._programs:
+        if target is not None and target.shape[1] >= 2 and "forward" in self._programs:
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
         return result

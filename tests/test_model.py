@@ -50,7 +50,7 @@ def test_source_lists_each_statement_under_its_formula():
     src = digits_model().source
     assert "# X·W1\n    np.dot(X, W1, " in src
     assert "# (softmax(Z2) - Y)/n\n" in src
-    assert "def train(" in src and "# update W1: p ← -0.5*g + p" in src
+    assert "def train_epochs(" in src and "# update W1: p ← -0.5*g + p" in src
 
 
 def test_demo_runs_and_reports(capsys):

@@ -82,7 +82,7 @@ def test_source_is_cached_under_its_hash_and_reused_by_a_second_process(tmp_path
         m = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0)
         m.fit(np.ones((5, 3)), np.ones((5, 2)), epochs=1, verbose=False)
         mod = m._runner().module
-        print(mod.__file__, sum(mod.train.stats.cache_hits.values()))
+        print(mod.__file__, sum(mod.train_epochs.stats.cache_hits.values()))
     """)
     env = {**os.environ, "SYMNET_CACHE_DIR": str(tmp_path)}
     runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
