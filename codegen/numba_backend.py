@@ -165,6 +165,12 @@ class Kernel:
         return (ins.op is Op.GEMM and ins.trans == (True, False) and self.inner(ins) == "n"
                 and self.small(ins))
 
+    def entrywise(self, ins) -> tuple[str, ...]:
+        """The arguments an instruction reads only at its own loop position (i, j)."""
+        if self.batch_sum(ins):
+            return ins.args[1:]
+        return () if ins.op is Op.GEMM else ins.args
+
     def inner(self, ins):
         return self.shape(ins.args[0])[0 if ins.trans[0] else 1]
 
@@ -185,20 +191,17 @@ class Kernel:
             space = self.space(first)
             group = [first]
             if space is not None:
-                local = {first.out} if self.space(first) == self.shape(first.out) else set()
-                partial = {first.out} - local
+                # values complete at entry (i, j) once the nest has reached it; the nest's sums
+                # are complete only after it, so nothing in the nest may read them
+                local = {first.out} if space == self.shape(first.out) else set()
                 for ins in list(pending):
-                    entrywise = ins.args[-1:] if self.batch_sum(ins) else ins.args
-                    if ins.op is Op.GEMM and not self.batch_sum(ins):
-                        entrywise = ()
-                    if self.space(ins) != space or not all(
-                            a in done or (a in local and a in entrywise) for a in ins.args):
-                        continue
-                    if any(a in partial for a in ins.args):
-                        continue
-                    group.append(ins)
-                    pending.remove(ins)
-                    (local if space == self.shape(ins.out) else partial).add(ins.out)
+                    if self.space(ins) == space and all(
+                            a in done or (a in local and a in self.entrywise(ins))
+                            for a in ins.args):
+                        group.append(ins)
+                        pending.remove(ins)
+                        if space == self.shape(ins.out):
+                            local.add(ins.out)
             done |= {ins.out for ins in group}
             groups.append(group)
         return groups
@@ -228,7 +231,6 @@ class Kernel:
 
     def _fused(self, group, out):
         r, c = self.space(group[0])
-        members = {ins.out for ins in group}
         values: dict[str, str] = {}  # buffer → local variable holding its entry (i, j)
         body = []
         for ins in group:
@@ -257,11 +259,8 @@ class Kernel:
             else:
                 body += self._map(ins, local, r, c, values)
             values[ins.out] = local
-            inside = sum(a == ins.out for g in group for a in g.args)
-            if self.uses.get(ins.out, 0) > inside or any(
-                    ins.out in g.args and g.op is Op.GEMM and not self.batch_sum(g) for g in group):
-                body.append(f"{o}[i, j] = {local}")
-        assert members  # a group always has at least one instruction
+            if self.uses.get(ins.out, 0) > sum(a == ins.out for g in group for a in g.args):
+                body.append(f"{o}[i, j] = {local}")  # read after the nest, or an output
         out(f"for i in range({r}):")
         out(f"    for j in range({c}):")
         for line in body:

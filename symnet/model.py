@@ -299,9 +299,8 @@ class Model:
                 bar.close()
                 raise self._not_finite(len(hist.loss) + e + 1, s, data, orders[e], batch_size,
                                        losses[e, s])
-            for epoch_losses in losses:
-                hist.history["loss"].append(float(epoch_losses.astype(np.float64) @ sizes / rows))
-                hist.history["seconds"].append(elapsed / k)
+            hist.history["loss"].extend((losses.astype(np.float64) @ sizes / rows).tolist())
+            hist.history["seconds"].extend([elapsed / k] * k)
             if val_feeds is not None:
                 res = self._evaluate(val_feeds)
                 hist.history["val_loss"].append(res["loss"])
