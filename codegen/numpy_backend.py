@@ -95,7 +95,7 @@ class NumpyBackend:
         return self.runners[name].run(feeds)
 
     def train(self, data, params, state, orders, batch_size, t0):
-        """Same contract as the numba kernel ``train``: (per-batch losses, epoch, batch, step)."""
+        """Same contract as :meth:`NumbaRunner.train`: (per-batch losses, epoch, batch, step)."""
         rows = len(orders[0])
         losses = np.zeros((len(orders), -(-rows // batch_size)))
         t = t0

@@ -111,7 +111,6 @@ class Model:
         self._steps = 0
         self._runners = {}
         self._runner(self.dtype)  # generate (and for numba, import) the kernels now
-        self.compile_seconds = time.perf_counter() - start
 
     # ------------------------------------------------------------------ formulas
     @property
