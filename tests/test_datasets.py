@@ -1,0 +1,68 @@
+"""IDX reading (plain and gzipped), Fashion-MNIST's location, and the demo on an IDX directory."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+import symnet as sn
+from symnet.cli import main
+
+
+def write_idx(path, array, gz=False):
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = struct.pack(">BBBB", 0, 0, codes[array.dtype], array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(data)
+
+
+def idx_dir(tmp_path, rows=(60, 20), gz=False):
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    for prefix, n in zip(("train", "t10k"), rows):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = (rng.integers(0, 40, (n, 4, 4)) + labels[:, None, None] * 20).astype(np.uint8)
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{suffix}", images, gz)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz)
+    return tmp_path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_idx_reads_plain_and_gzipped_files(tmp_path, gz):
+    (Xtr, Ytr), (Xte, Yte) = sn.datasets.load_idx(idx_dir(tmp_path, gz=gz))
+    assert Xtr.shape == (60, 16) and Ytr.shape == (60, 10) and Xte.shape == (20, 16)
+    assert Xtr.dtype == np.float32 and Xtr.min() >= 0 and Xtr.max() <= 1
+    np.testing.assert_array_equal(Ytr.argmax(1), np.arange(60) % 10)
+
+
+def test_truncated_and_foreign_idx_files_are_refused(tmp_path):
+    idx_dir(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(sn.DataError, match="truncated or padded"):
+        sn.datasets.load_idx(tmp_path)
+    path.write_bytes(b"PK\x03\x04 not an idx file")
+    with pytest.raises(sn.DataError, match="not an IDX file"):
+        sn.datasets.load_idx(tmp_path)
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
+    with pytest.raises(sn.DataError, match="apt-get install dataset-fashion-mnist"):
+        sn.datasets.load_fashion_mnist(tmp_path / "absent")
+
+
+def test_fashion_mnist_when_installed():
+    if not sn.datasets.FASHION_MNIST.is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    (Xtr, Ytr), (Xte, Yte) = sn.datasets.load_fashion_mnist()
+    assert Xtr.shape == (60000, 784) and Xte.shape == (10000, 784) and Ytr.shape == (60000, 10)
+
+
+def test_demo_trains_on_an_idx_directory(tmp_path, capsys):
+    assert main(["demo", "--data", str(idx_dir(tmp_path)), "--epochs", "2", "--quiet",
+                 "--backend", "numpy", "--hidden", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "60 training and 20 test images of 16 pixels" in out and "test accuracy" in out
