@@ -3,6 +3,7 @@ and the shuffling order of every epoch, so that all peers compute the same maths
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,15 +71,25 @@ def initial_params(w: Workload, seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
-def orders(w: Workload, rows: int, seed: int = 1) -> np.ndarray:
-    """The row order of every measured round: a permutation per epoch, or the identity."""
-    rng = np.random.default_rng(seed)
-    return np.stack([rng.permutation(rows) if w.shuffle else np.arange(rows)
-                     for _ in range(w.epochs)])
+def timed_rounds(w: Workload, rows: int, run_epoch, sync=None) -> list[float]:
+    """Seconds of each measured round: ``run_epoch(order)`` for each epoch of the round, with a
+    fresh permutation per epoch (the same seeded sequence for every peer) or the identity;
+    ``sync()`` waits for work a peer dispatches asynchronously."""
+    rng = np.random.default_rng(1)
+    rounds = []
+    for _ in range(w.epochs):
+        begin = time.perf_counter()
+        for _ in range(w.steps_per_round):
+            run_epoch(rng.permutation(rows) if w.shuffle else np.arange(rows))
+        if sync is not None:
+            sync()
+        rounds.append(time.perf_counter() - begin)
+    return rounds
 
 
-def batch_size(w: Workload, rows: int) -> int:
-    return w.batch or rows
+def minibatches(order, batch: int):
+    """Consecutive slices of ``order``, ``batch`` rows each (the last may be short)."""
+    return (order[s:s + batch] for s in range(0, len(order), batch))
 
 
 def flops_per_epoch(w: Workload, rows: int) -> float:

@@ -12,6 +12,8 @@ import numpy as np
 
 from codegen.fpmode import FTZ_DAZ, get_fpmode, set_fpmode
 
+from ..workloads import timed_rounds
+
 
 def make_epoch(w):
     """The epoch kernel for workload ``w``, with its activation, loss and optimizer frozen in."""
@@ -138,14 +140,12 @@ def train(w, data, params0):
     epoch(Xtr[:B], Ytr[:B], np.arange(B), B, *s[:6], 0, *s[6:])
     setup = time.perf_counter() - start
     s = state(params0)
-    rng = np.random.default_rng(1)
-    t, rounds = 0, []
-    for _ in range(w.epochs):
-        begin = time.perf_counter()
-        for _ in range(w.steps_per_round):
-            order = rng.permutation(len(Xtr)) if w.shuffle else np.arange(len(Xtr))
-            t, _ = epoch(Xtr, Ytr, order, B, *s[:6], t, *s[6:])
-        rounds.append(time.perf_counter() - begin)
+    step = [0]  # optimizer steps taken, carried from epoch to epoch
+
+    def run_epoch(order):
+        step[0], _ = epoch(Xtr, Ytr, order, B, *s[:6], step[0], *s[6:])
+
+    rounds = timed_rounds(w, len(Xtr), run_epoch)
     params = {}
     for k in range(L):
         params[f"W{k + 1}"], params[f"b{k + 1}"] = s[0][k], s[1][k]

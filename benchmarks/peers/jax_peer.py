@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..workloads import minibatches, timed_rounds
 from .jax_common import grads, init_state, make_step
 
 __all__ = ["grads", "train"]
@@ -21,17 +22,12 @@ def train(w, data, params0):
     ps = {k: jnp.asarray(v) for k, v in params0.items()}
     jax.block_until_ready(step(ps, init_state(w, ps), Xtr[:B], Ytr[:B]))
     setup = time.perf_counter() - start
-    state = init_state(w, ps)
-    rng = np.random.default_rng(1)
-    rounds = []
-    for _ in range(w.epochs):
-        begin = time.perf_counter()
-        for _ in range(w.steps_per_round):
-            order = rng.permutation(len(Xtr)) if w.shuffle else np.arange(len(Xtr))
-            for s in range(0, len(Xtr), B):
-                idx = order[s:s + B]
-                ps, state, _ = step(ps, state, Xtr[idx], Ytr[idx])
-        jax.block_until_ready(ps)
-        rounds.append(time.perf_counter() - begin)
+    carry = [ps, init_state(w, ps)]
+
+    def run_epoch(order):
+        for idx in minibatches(order, B):
+            carry[0], carry[1], _ = step(*carry, Xtr[idx], Ytr[idx])
+
+    rounds = timed_rounds(w, len(Xtr), run_epoch, sync=lambda: jax.block_until_ready(carry[0]))
     return {"setup_s": setup, "round_s": rounds,
-            "params": {k: np.asarray(v) for k, v in ps.items()}}
+            "params": {k: np.asarray(v) for k, v in carry[0].items()}}

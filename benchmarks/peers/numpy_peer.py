@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 
+from ..workloads import minibatches, timed_rounds
+
 
 def act(w, z, last):
     if last:
@@ -77,14 +79,10 @@ def train(w, data, params0):
     setup = time.perf_counter() - start
     ps = {k: v.copy() for k, v in params0.items()}
     opt = Optimizer(w, ps)
-    rng = np.random.default_rng(1)
-    rounds = []
-    for _ in range(w.epochs):
-        begin = time.perf_counter()
-        for _ in range(w.steps_per_round):
-            order = rng.permutation(len(Xtr)) if w.shuffle else np.arange(len(Xtr))
-            for s in range(0, len(Xtr), B):
-                idx = order[s:s + B]
-                opt.step(ps, loss_and_grads(w, ps, Xtr[idx], Ytr[idx])[1])
-        rounds.append(time.perf_counter() - begin)
+
+    def run_epoch(order):
+        for idx in minibatches(order, B):
+            opt.step(ps, loss_and_grads(w, ps, Xtr[idx], Ytr[idx])[1])
+
+    rounds = timed_rounds(w, len(Xtr), run_epoch)
     return {"setup_s": setup, "round_s": rounds, "params": ps}

@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
+from ..workloads import minibatches, timed_rounds  # noqa: E402
+
 MODE = None  # pytensor's default: FAST_RUN with the C backend
 
 
@@ -74,16 +76,12 @@ def train(w, data, params0):
     step(Xtr[:B], Ytr[:B])
     setup = time.perf_counter() - start
     ps, step = compile_step(w, params0)  # the same graph again: PyTensor's cache makes it quick
-    rng = np.random.default_rng(1)
-    rounds = []
-    for _ in range(w.epochs):
-        begin = time.perf_counter()
-        for _ in range(w.steps_per_round):
-            order = rng.permutation(len(Xtr)) if w.shuffle else np.arange(len(Xtr))
-            for s in range(0, len(Xtr), B):
-                idx = order[s:s + B]
-                step(Xtr[idx], Ytr[idx])
-        rounds.append(time.perf_counter() - begin)
+
+    def run_epoch(order):
+        for idx in minibatches(order, B):
+            step(Xtr[idx], Ytr[idx])
+
+    rounds = timed_rounds(w, len(Xtr), run_epoch)
     params = {k: v.get_value().reshape(params0[k].shape) for k, v in ps.items()}
     return {"setup_s": setup, "round_s": rounds, "params": params}
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
+
+from ..workloads import minibatches, timed_rounds
 
 
 def build(w, params, dtype=torch.float32):
@@ -56,17 +57,12 @@ def train(w, data, params0):
     setup = time.perf_counter() - start
     ps, loss_fn = build(w, params0)
     opt = optimizer(w, list(ps.values()))
-    rng = np.random.default_rng(1)
-    rounds = []
-    for _ in range(w.epochs):
-        begin = time.perf_counter()
-        for _ in range(w.steps_per_round):
-            order = torch.from_numpy(rng.permutation(len(Xtr)) if w.shuffle
-                                     else np.arange(len(Xtr)))
-            for s in range(0, len(Xtr), B):
-                idx = order[s:s + B]
-                step(ps, loss_fn, opt, Xtr[idx], Ytr[idx])
-        rounds.append(time.perf_counter() - begin)
+
+    def run_epoch(order):
+        for idx in minibatches(torch.from_numpy(order), B):
+            step(ps, loss_fn, opt, Xtr[idx], Ytr[idx])
+
+    rounds = timed_rounds(w, len(Xtr), run_epoch)
     return {"setup_s": setup, "round_s": rounds,
             "params": {k: v.detach().numpy() for k, v in ps.items()}}
 
