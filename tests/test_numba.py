@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 import pytest
 import sympy as sp
@@ -14,6 +15,7 @@ from conftest import make_data
 
 import symnet as sn
 from codegen import numba_backend
+from codegen.blas import gemm
 
 
 def networks():
@@ -97,8 +99,26 @@ def test_tiny_products_are_loops_and_large_ones_blas():
     X, Y = sn.Input("X", 1), sn.Input("Y", 1)
     small = sn.compile(sn.mse(sn.dense(sn.dense(X, 10, sn.relu), 1), Y), inputs=[X],
                        targets=[Y]).source
-    assert "np.dot" not in small and "z_t6 = X[i, 0] * W1[0, j]" in small
+    assert "gemm(" not in small and "z_t6 = X[i, 0] * W1[0, j]" in small
     X = sn.Input("X", 64)
     large = sn.compile(sn.mse(sn.dense(sn.dense(X, 32, sn.relu), 1), Y), inputs=[X],
                        targets=[Y]).source
-    assert "np.dot(X, W1, t" in large and "np.dot(X.T, " in large  # a transpose is a layout
+    assert "gemm(False, X, False, W1, t" in large
+    assert "gemm(True, X, False, " in large  # a transpose is a BLAS flag, not a view
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_gemm_is_alpha_op_a_op_b_plus_beta_out(dtype, ta, tb):
+    @nb.njit
+    def call(ta, a, tb, b, out, alpha, beta):
+        gemm(ta, a, tb, b, out, alpha, beta)
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((7, 5) if ta else (5, 7)).astype(dtype)
+    b = rng.standard_normal((3, 7) if tb else (7, 3)).astype(dtype)
+    out = rng.standard_normal((5, 3)).astype(dtype)
+    expected = 2.0 * (a.T if ta else a) @ (b.T if tb else b) + 0.5 * out
+    call(ta, a, tb, b, out, 2.0, 0.5)
+    np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
