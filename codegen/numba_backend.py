@@ -29,8 +29,9 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 
-CODEGEN_VERSION = 4  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 5  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
+MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 JIT = "@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH)"
 RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",
@@ -138,6 +139,11 @@ class Kernel:
         self.ident = {b.name: _identifier(b.name, used) for b in program.buffers}
         self.leaves = [b for b in program.buffers if b.role != "temp"]
         self.temps = [b for b in program.buffers if b.role == "temp"]
+        outputs = {buf for _, buf in program.outputs}
+        # n×c workspaces with few columns are stored transposed, c×n, so that loops over the
+        # batch run along contiguous memory and vectorise (see _fused)
+        self.minor = {b.name for b in self.temps if b.shape[0] == BATCH and b.name not in outputs
+                      and b.shape[1] != BATCH and b.shape[1] <= MINOR}
         self.uses: dict[str, int] = {}
         for ins in program.instrs:
             for a in ins.args:
@@ -224,6 +230,8 @@ class Kernel:
             name = self.ident[b.name]
             if b.shape[1] == BATCH:
                 out(f"{name} = w_{name}[:{r} * {c}].reshape(({r}, {c}))")
+            elif b.name in self.minor:
+                out(f"{name} = w_{name}[:{c} * {r}].reshape(({c}, {r}))  # batch-minor")
             else:
                 out(f"{name} = w_{name}[:{r}]" if r == "n" else f"{name} = w_{name}")
         for group in self.schedule():
@@ -236,28 +244,44 @@ class Kernel:
                 self._fused(group, out)
 
     def _fused(self, group, out):
+        """One loop nest over the group's space. Over n×c with few columns the batch loop is
+        innermost (batch-minor workspaces make it contiguous) and the column sums accumulate in
+        local variables; otherwise rows are outermost."""
         r, c = self.space(group[0])
+        minor = r == "n" and c != "n" and int(c) <= MINOR
         values: dict[str, str] = {}  # buffer → local variable holding its entry (i, j)
-        body = []
+        pre, body, post = [], [], []  # around the inner loop (batch-minor order only)
         for ins in group:
             o = self.ident[ins.out]
             if ins.op is Op.COLSUM:
+                if minor:
+                    pre.append(f"acc_{o} = DT(0.0)")
+                    body.append(f"acc_{o} += {self.entry(ins.args[0], r, c, values)}")
+                    post.append(f"{o}[0, j] = acc_{o}")
+                    continue
                 out(f"for j in range({c}):")
                 out(f"    {o}[0, j] = DT(0.0)")
                 body.append(f"{o}[0, j] += {self.entry(ins.args[0], r, c, values)}")
                 continue
             if ins.op is Op.ROWSUM:
                 out(f"for i in range({r}):")
-                out(f"    {o}[i, 0] = DT(0.0)")
-                body.append(f"{o}[i, 0] += {self.entry(ins.args[0], r, c, values)}")
+                out(f"    {self.at(ins.out, 'i', 0)} = DT(0.0)")
+                body.append(f"{self.at(ins.out, 'i', 0)} += {self.entry(ins.args[0], r, c, values)}")
                 continue
             if self.batch_sum(ins):
-                a, (rows, cols) = self.ident[ins.args[0]], self.shape(ins.out)
+                a, (rows, cols) = ins.args[0], self.shape(ins.out)
+                v = self.entry(ins.args[1], r, c, values)
+                if minor:
+                    for p in range(int(rows)):
+                        pre.append(f"acc_{o}_{p} = DT(0.0)")
+                        body.append(f"acc_{o}_{p} += {self.at(a, 'i', p)} * {v}")
+                        post.append(f"{o}[{p}, j] = acc_{o}_{p}")
+                    continue
                 out(f"for i in range({rows}):")
                 out(f"    for j in range({cols}):")
                 out(f"        {o}[i, j] = DT(0.0)")
                 body.append(f"for p in range({rows}):")
-                body.append(f"    {o}[p, j] += {a}[i, p] * {self.entry(ins.args[1], r, c, values)}")
+                body.append(f"    {o}[p, j] += {self.at(a, 'i', 'p')} * {v}")
                 continue
             local = f"z_{o}"
             if ins.op is Op.GEMM:
@@ -266,11 +290,25 @@ class Kernel:
                 body += self._map(ins, local, r, c, values)
             values[ins.out] = local
             if self.uses.get(ins.out, 0) > sum(a == ins.out for g in group for a in g.args):
-                body.append(f"{o}[i, j] = {local}")  # read after the nest, or an output
+                body.append(f"{self.at(ins.out, 'i', 'j')} = {local}")  # read after the nest
+        if minor:
+            out(f"for j in range({c}):")
+            for line in pre:
+                out(f"    {line}")
+            out(f"    for i in range({r}):")
+            for line in body:
+                out(f"        {line}")
+            for line in post:
+                out(f"    {line}")
+            return
         out(f"for i in range({r}):")
         out(f"    for j in range({c}):")
         for line in body:
             out(f"        {line}")
+
+    def at(self, name, i, j):
+        """Buffer ``name``'s entry (i, j), wherever its layout puts it."""
+        return f"{self.ident[name]}[{j}, {i}]" if name in self.minor else f"{self.ident[name]}[{i}, {j}]"
 
     def entry(self, name, r, c, values):
         """The entry (i, j) of buffer ``name`` in a loop over r×c, broadcasting 1×c, r×1, 1×1."""
@@ -279,16 +317,17 @@ class Kernel:
         ar, ac = self.shape(name)
         i = "0" if ar == "1" and r != "1" else "i"
         j = "0" if ac == "1" and c != "1" else "j"
-        return f"{self.ident[name]}[{i}, {j}]"
+        return self.at(name, i, j)
 
     def _dot(self, ins, local):
         """Entry (i, j) of a small product: a sum written out for up to sixteen terms."""
-        a, b = (self.ident[x] for x in ins.args)
+        a, b = ins.args
         ta, tb = ins.trans
         inner = self.inner(ins)
 
         def term(k):
-            return f"{a}[{f'{k}, i' if ta else f'i, {k}'}] * {b}[{f'j, {k}' if tb else f'{k}, j'}]"
+            return (f"{self.at(a, k, 'i') if ta else self.at(a, 'i', k)} * "
+                    f"{self.at(b, 'j', k) if tb else self.at(b, k, 'j')}")
 
         if inner != "n" and int(inner) <= 16:  # a balanced sum: no chain of dependent adds
             lines = [f"{local} = {_tree_sum([term(k) for k in range(int(inner))])}"]
@@ -314,47 +353,50 @@ class Kernel:
                                f"{str(err).splitlines()[0]}") from None
 
     def _gemm(self, ins, out):
-        a, b = (self.ident[x] for x in ins.args)
-        ta, tb = ins.trans
-        o = self.ident[ins.out]
+        (a, b), (ta, tb), o = ins.args, ins.trans, ins.out
         r, c = self.shape(ins.out)
         if self.small(ins):  # a small product summed over the batch: rows outermost, so that
             out(f"for i in range({r}):")  # the innermost loop runs along contiguous rows
             out(f"    for j in range({c}):")
-            out(f"        {o}[i, j] = DT(0.0)")
+            out(f"        {self.at(o, 'i', 'j')} = DT(0.0)")
             out(f"for k in range({self.inner(ins)}):")
             out(f"    for i in range({r}):")
-            out(f"        a_ki = {a}[{'k, i' if ta else 'i, k'}]")
+            out(f"        a_ki = {self.at(a, 'k', 'i') if ta else self.at(a, 'i', 'k')}")
             out(f"        for j in range({c}):")
-            out(f"            {o}[i, j] += a_ki * {b}[{'j, k' if tb else 'k, j'}]")
+            out(f"            {self.at(o, 'i', 'j')} += a_ki * "
+                f"{self.at(b, 'j', 'k') if tb else self.at(b, 'k', 'j')}")
             if ins.alpha != 1:
                 out(f"for i in range({r}):")
                 out(f"    for j in range({c}):")
-                out(f"        {o}[i, j] *= {ScalarPrinter({SIZE: 'nf'}).doprint(ins.alpha)}")
-        else:
-            alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
-            out(f"gemm({ta}, {a}, {tb}, {b}, {o}, {alpha}, DT(0.0))")
+                out(f"        {self.at(o, 'i', 'j')} *= "
+                    f"{ScalarPrinter({SIZE: 'nf'}).doprint(ins.alpha)}")
+            return
+        if o in self.minor:  # stored transposed: oᵀ = op(b)ᵀ·op(a)ᵀ
+            (a, ta), (b, tb) = (b, not tb), (a, not ta)
+        ta, tb = ta != (a in self.minor), tb != (b in self.minor)  # a stored operand's transpose
+        alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
+        out(f"gemm({ta}, {self.ident[a]}, {tb}, {self.ident[b]}, {self.ident[o]}, {alpha}, DT(0.0))")
 
     def _logsumexp(self, ins, out):
-        a, o = self.ident[ins.args[0]], self.ident[ins.out]
-        r, c = self.shape(ins.args[0])
+        a, o = ins.args[0], ins.out
+        r, c = self.shape(a)
         out(f"for i in range({r}):")
-        out(f"    top = {a}[i, 0]")
+        out(f"    top = {self.at(a, 'i', 0)}")
         out(f"    for j in range(1, {c}):")
-        out(f"        top = max(top, {a}[i, j])")
+        out(f"        top = max(top, {self.at(a, 'i', 'j')})")
         out("    if not math.isfinite(top):")
         out("        top = DT(0.0)")
         out("    acc = DT(0.0)")
         out(f"    for j in range({c}):")
-        out(f"        acc += math.exp({a}[i, j] - top)")
-        out(f"    {o}[i, 0] = top + math.log(acc)")
+        out(f"        acc += math.exp({self.at(a, 'i', 'j')} - top)")
+        out(f"    {self.at(o, 'i', 0)} = top + math.log(acc)")
 
     def _transpose(self, ins, out):
-        a, o = self.ident[ins.args[0]], self.ident[ins.out]
-        r, c = self.shape(ins.out)
+        a, o = ins.args[0], ins.out
+        r, c = self.shape(o)
         out(f"for i in range({r}):")
         out(f"    for j in range({c}):")
-        out(f"        {o}[i, j] = {a}[j, i]")
+        out(f"        {self.at(o, 'i', 'j')} = {self.at(a, 'j', 'i')}")
 
 
 def _tree_sum(terms: list[str]) -> str:
@@ -582,7 +624,7 @@ class NumbaRunner:
     def workspace(self, name: str, rows: int) -> dict[str, np.ndarray]:
         if self.capacity.get(name, -1) < rows:
             kernel = self.kernels[name]
-            self.work[name] = {b.name: _alloc(b.shape, rows, self.dtype)
+            self.work[name] = {b.name: _alloc(b.shape, rows, self.dtype, b.name in kernel.minor)
                                for b in kernel.temps}
             self.capacity[name] = rows
         return self.work[name]
@@ -653,9 +695,10 @@ def warm_up(runner: NumbaRunner, params: dict[str, np.ndarray]) -> bool:
     return all(sum(f.stats.cache_misses.values()) == 0 for f in functions)
 
 
-def _alloc(shape, rows, dtype):
-    """A workspace for ``rows`` batch rows: 2-D unless the batch is its column count."""
-    if shape[1] == BATCH:
+def _alloc(shape, rows, dtype, minor=False):
+    """A workspace for ``rows`` batch rows: 2-D unless the batch is its column count or it is
+    batch-minor (then the kernel views its first n·c entries as c×n)."""
+    if shape[1] == BATCH or minor:
         return np.zeros(int(np.prod([rows if d == BATCH else d for d in shape])), dtype)
     return np.zeros((rows if shape[0] == BATCH else shape[0], shape[1]), dtype)
 

@@ -100,6 +100,9 @@ def test_tiny_products_are_loops_and_large_ones_blas():
     small = sn.compile(sn.mse(sn.dense(sn.dense(X, 10, sn.relu), 1), Y), inputs=[X],
                        targets=[Y]).source
     assert "gemm(" not in small and "z_t6 = X[i, 0] * W1[0, j]" in small
+    # its 10-wide hidden layer is stored batch-minor: the batch loop is innermost
+    assert "t7 = w_t7[:10 * n].reshape((10, n))  # batch-minor" in small
+    assert "for j in range(10):\n        for i in range(n):" in small
     X = sn.Input("X", 64)
     large = sn.compile(sn.mse(sn.dense(sn.dense(X, 32, sn.relu), 1), Y), inputs=[X],
                        targets=[Y]).source
