@@ -1,10 +1,11 @@
 """The numba backend: Programs and an Update → one generated Python module of jitted kernels.
 
-Each instruction becomes one statement (a GEMM is ``np.dot`` into a preallocated buffer, or an
-explicit loop nest when its fixed dimensions are tiny), each MAP one loop nest whose body is the
-scalar SymPy expression printed after ``sympy.cse``, each under a comment with its formula. The
-module is written to a cache directory under the hash of its text and imported from there, so
-numba's ``cache=True`` loads machine code on the next compile of the same model.
+Each instruction becomes one statement (a GEMM is a BLAS call into a preallocated buffer, see
+``codegen.blas``, or an explicit loop nest when its fixed dimensions are tiny), each MAP one loop
+nest whose body is the scalar SymPy expression printed after ``sympy.cse``, each under a comment
+with its formula. Narrow batch-shaped workspaces are stored batch-minor. The module is written
+to a cache directory under the hash of its text and imported from there, so numba's
+``cache=True`` loads machine code on the next compile of the same model.
 """
 
 from __future__ import annotations
