@@ -5,7 +5,7 @@
 calls ``numba_xxgemm``, the entry point of numba's helper library into SciPy's BLAS, which is
 what ``np.dot`` itself calls. But a transpose is a BLAS flag instead of a strided view, and
 alpha and beta are the caller's. ``np.dot`` compiles a separate implementation for each
-combination of argument layouts: three for seed002's six products, 0.4 s of its 2.5 s cold
+combination of argument layouts: three for seed002's six products, 0.3–0.4 s of its 2.5 s cold
 compile (measured). This intrinsic is inlined as a single call.
 """
 
