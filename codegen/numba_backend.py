@@ -679,10 +679,14 @@ def _jit_errors():
 
 
 def warm_up(runner: NumbaRunner, params: dict[str, np.ndarray]) -> bool:
-    """JIT-compile (or load from the disk cache) every kernel by running it once on one row of
-    zeros and copies of ``params``; True if all machine code came from the cache."""
+    """JIT-compile (or load from the disk cache) the kernels that training, evaluation and
+    prediction use by running each once on one row of zeros and copies of ``params``; True if
+    all machine code came from the cache. With an update, ``loss_and_grad`` is left to its first
+    direct call: ``train_epochs`` has its statements inline."""
     params = {k: v.copy() for k, v in params.items()}
-    for name, kernel in runner.kernels.items():
+    names = [n for n in runner.kernels if runner.update is None or n != "loss_and_grad"]
+    for name in names:
+        kernel = runner.kernels[name]
         rows = {b.name: np.zeros((1, b.shape[1]), runner.dtype) for b in kernel.leaves
                 if b.role == "input"}
         runner.run(name, {**rows, **params})
@@ -691,7 +695,7 @@ def warm_up(runner: NumbaRunner, params: dict[str, np.ndarray]) -> bool:
         inputs = {b.name: np.zeros((1, b.shape[1]), runner.dtype)
                   for b in runner.kernels["loss_and_grad"].leaves if b.role == "input"}
         runner.train(inputs, params, state, np.zeros((1, 1), np.int64), 1, 0)
-    functions = [getattr(runner.module, name) for name in runner.kernels]
+    functions = [getattr(runner.module, name) for name in names]
     functions += [runner.module.train_epochs] if runner.update is not None else []
     return all(sum(f.stats.cache_misses.values()) == 0 for f in functions)
 
