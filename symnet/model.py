@@ -174,8 +174,9 @@ class Model:
             return self._runner(dtype).run(name, {**feeds, **params})
 
     def compile_kernels(self) -> float:
-        """JIT-compile every kernel now instead of on first use (numba backend); returns the
-        seconds it took and sets ``kernels_cached`` (True if loaded from the disk cache)."""
+        """JIT-compile the kernels that fit, evaluate and predict use now instead of on first use
+        (numba backend; ``loss_and_grad`` still compiles on its first call). Returns the seconds
+        it took and sets ``kernels_cached`` (True if loaded from the disk cache)."""
         start = time.perf_counter()
         runner = self._runner()
         self.kernels_cached = warm_up(runner, self.params) if self.backend == "numba" else True
