@@ -40,11 +40,11 @@ def gemm(typingctx, ta, a, tb, b, out, alpha, beta):
         a_rows, a_cols = cgutils.unpack_tuple(builder, A.shape, 2)
         b_cols = cgutils.unpack_tuple(builder, B.shape, 2)[1]
         m, n = cgutils.unpack_tuple(builder, C.shape, 2)
-        flag = {True: ir.Constant(_CHAR, ord("t")), False: ir.Constant(_CHAR, ord("n"))}
+        ta_, tb_ = (context.cast(builder, v, t, types.boolean)
+                    for v, t in ((ta_, signature.args[0]), (tb_, signature.args[2])))
 
-        def trans(value):
-            return builder.select(context.cast(builder, value, signature.args[0], types.boolean),
-                                  flag[True], flag[False])
+        def trans(flag):
+            return builder.select(flag, ir.Constant(_CHAR, ord("t")), ir.Constant(_CHAR, ord("n")))
 
         def slot(value, ty):
             return builder.bitcast(cgutils.alloca_once_value(
@@ -54,8 +54,7 @@ def gemm(typingctx, ta, a, tb, b, out, alpha, beta):
                                                 _VOID_P, _VOID_P, cgutils.intp_t, _VOID_P,
                                                 cgutils.intp_t, _VOID_P, _VOID_P, cgutils.intp_t])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
-        k = builder.select(context.cast(builder, ta_, signature.args[0], types.boolean),
-                           a_rows, a_cols)
+        k = builder.select(ta_, a_rows, a_cols)
         # row-major arrays are their column-major transposes: outᵀ = op(b)ᵀ·op(a)ᵀ
         kind = ir.Constant(_CHAR, ord(get_blas_kind(dtype, "gemm")))
         res = builder.call(fn, (kind, trans(tb_), trans(ta_), n, m, k,
