@@ -21,13 +21,14 @@ from pathlib import Path
 
 # Imported with symnet rather than inside the first kernel load: numba's array library and the
 # SciPy BLAS it calls cost ~0.4 s once per process, which is import time, not compile time.
+# (codegen.blas loads that BLAS and defines the gemm the generated modules import.)
 import numba.core.errors
 import numba.np.arraymath
 import numpy as np
-import scipy.linalg  # noqa: F401
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from . import blas  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 
 CODEGEN_VERSION = 5  # bump whenever the generated code changes for the same Program
@@ -125,6 +126,12 @@ def _dims(shape):
     return tuple("n" if d == BATCH else str(d) for d in shape)
 
 
+def _narrow(dims) -> bool:
+    """Batch rows and at most MINOR fixed columns: stored and looped over batch-minor."""
+    r, c = dims
+    return r == "n" and c != "n" and int(c) <= MINOR
+
+
 class Kernel:
     """The source of one Program as a jitted function ``name(n, leaves..., workspace...)``.
 
@@ -143,8 +150,8 @@ class Kernel:
         outputs = {buf for _, buf in program.outputs}
         # n×c workspaces with few columns are stored transposed, c×n, so that loops over the
         # batch run along contiguous memory and vectorise (see _fused)
-        self.minor = {b.name for b in self.temps if b.shape[0] == BATCH and b.name not in outputs
-                      and b.shape[1] != BATCH and b.shape[1] <= MINOR}
+        self.minor = {b.name for b in self.temps
+                      if b.name not in outputs and _narrow(_dims(b.shape))}
         self.uses: dict[str, int] = {}
         for ins in program.instrs:
             for a in ins.args:
@@ -249,7 +256,7 @@ class Kernel:
         innermost (batch-minor workspaces make it contiguous) and the column sums accumulate in
         local variables; otherwise rows are outermost."""
         r, c = self.space(group[0])
-        minor = r == "n" and c != "n" and int(c) <= MINOR
+        minor = _narrow((r, c))
         values: dict[str, str] = {}  # buffer → local variable holding its entry (i, j)
         pre, body, post = [], [], []  # around the inner loop (batch-minor order only)
         for ins in group:
@@ -433,6 +440,8 @@ class TrainKernel:
         self.inputs = [b for b in prog.buffers if b.role == "input"]
         self.params = [b for b in prog.buffers if b.role == "param"]
         self.grad_of = {name: grad.ident[buf] for name, buf in prog.outputs if name != "loss"}
+        self.rule = "; ".join(f"{lhs} ← {rhs}" for lhs, rhs in update.steps)
+        self._split_update()
 
     def signature(self):
         ins = [self.grad.ident[b.name] for b in self.inputs]
@@ -446,7 +455,6 @@ class TrainKernel:
         numba would otherwise compile them twice, once on their own and once more when linking
         them into this kernel (0.1–0.25 s of seed002's 2.7 s cold compile, measured)."""
         gi = self.grad.ident
-        self.prepare()
         self.emit_helpers(out)
         out()
         out()
@@ -495,15 +503,14 @@ class TrainKernel:
         out("tf = float(t)")
         for line in self.step_lines:
             out(line)
-        rule = "; ".join(f"{lhs} ← {rhs}" for lhs, rhs in self.update.steps)
         for p in self.params:
             x = gi[p.name]
-            out(f"# update {p.name}: {rule}")
+            out(f"# update {p.name}: {self.rule}")
             states = [f"s_{s}_{x}" for s in self.update.state]
             args = [x, f"w_{self.grad_of[p.name]}", *states, *self.hoisted]
             out(f"update_entries({', '.join(args)})")
 
-    def prepare(self):
+    def _split_update(self):
         """Split the update rule into per-step scalar lines (a scheduled lr, bias corrections:
         in float64, as torch computes them) and the per-entry rule, over hoisted scalars."""
         sym = UPDATE_SYMBOLS
@@ -534,7 +541,7 @@ class TrainKernel:
         states = [f"s_{s}" for s in self.update.state]
         out(JIT)
         out(f"def update_entries({', '.join(['ps', 'gs', *states, *self.hoisted])}):")
-        out("    # " + "; ".join(f"{lhs} ← {rhs}" for lhs, rhs in self.update.steps))
+        out(f"    # {self.rule}")
         out("    for i in range(ps.shape[0]):")
         out("        for j in range(ps.shape[1]):")
         out("            p = ps[i, j]")
