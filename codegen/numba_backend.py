@@ -2,10 +2,11 @@
 
 Each instruction becomes one statement (a GEMM is a BLAS call into a preallocated buffer, see
 ``codegen.blas``, or an explicit loop nest when its fixed dimensions are tiny), each MAP one loop
-nest whose body is the scalar SymPy expression printed after ``sympy.cse``, each under a comment
-with its formula. Narrow batch-shaped workspaces are stored batch-minor. The module is written
-to a cache directory under the hash of its text and imported from there, so numba's
-``cache=True`` loads machine code on the next compile of the same model.
+nest whose body is the scalar SymPy expression printed after ``sympy.cse`` (``exp`` as
+``codegen.vecmath``'s, which vectorises), each under a comment with its formula. Narrow
+batch-shaped workspaces are stored batch-minor. The module is written to a cache directory under
+the hash of its text and imported from there, so numba's ``cache=True`` loads machine code on
+the next compile of the same model.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sympy.printing.pycode import PythonCodePrinter
 from . import blas  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 
-CODEGEN_VERSION = 5  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 6  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
@@ -40,7 +41,7 @@ RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "train_epochs", "gemm", "update_entries", "sum_of_squares", "ps", "gs",
-            "JIT", "v"}
+            "JIT", "v", "vexp"}
 
 
 def cache_dir() -> Path:
@@ -89,6 +90,9 @@ class ScalarPrinter(PythonCodePrinter):
             prod = " * ".join([b] * abs(int(e)))
             return f"({prod})" if e > 0 else f"({self._number('1.0')} / ({prod}))"
         return f"{b} ** {self.parenthesize(e, 1000)}"
+
+    def _print_exp(self, expr):
+        return f"vexp({self._print(expr.args[0])})"  # codegen.vecmath: vectorisable
 
     def _print_Exp1(self, expr):
         return self._number("math.e")
@@ -396,7 +400,7 @@ class Kernel:
         out("        top = DT(0.0)")
         out("    acc = DT(0.0)")
         out(f"    for j in range({c}):")
-        out(f"        acc += math.exp({self.at(a, 'i', 'j')} - top)")
+        out(f"        acc += vexp({self.at(a, 'i', 'j')} - top)")
         out(f"    {self.at(o, 'i', 0)} = top + math.log(acc)")
 
     def _transpose(self, ins, out):
@@ -578,6 +582,7 @@ def generate(programs: dict[str, Program], update: Update | None, dtype) -> tupl
     out()
     out("from codegen.blas import gemm")
     out("from codegen.fpmode import FTZ_DAZ, get_fpmode, set_fpmode")
+    out(f"from codegen.vecmath import exp{dtype.itemsize * 8} as vexp")
     out()
     out(f"DT = np.{dtype.name}")
     out(f"FASTMATH = {FASTMATH}")

@@ -14,7 +14,7 @@ import sympy as sp
 from conftest import make_data
 
 import symnet as sn
-from codegen import numba_backend
+from codegen import numba_backend, vecmath
 from codegen.blas import gemm
 
 
@@ -68,6 +68,7 @@ def test_float32_is_the_default_and_kernels_compute_in_it():
     model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out)
     assert model.backend == "numba" and model.params["W1"].dtype == np.float32
     assert "DT = np.float32" in model.source
+    assert "vexp(" in model.source and "math.exp" not in model.source  # codegen.vecmath's exp
     Xb, Yb = make_data(n=7)
     assert model.predict(Xb).dtype == np.float32
     loss32, g32 = model.loss_and_grad(Xb, Yb)
@@ -125,3 +126,30 @@ def test_gemm_is_alpha_op_a_op_b_plus_beta_out(dtype, ta, tb):
     expected = 2.0 * (a.T if ta else a) @ (b.T if tb else b) + 0.5 * out
     call(ta, a, tb, b, out, 2.0, 0.5)
     np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_exp_is_within_one_ulp_and_keeps_inf_nan_and_subnormals(dtype):
+    exp = vecmath.exp32 if dtype == np.float32 else vecmath.exp64
+
+    @nb.njit
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = exp(x[i])
+
+    info = np.finfo(dtype)
+    top, bottom = np.log(info.max), np.log(info.smallest_subnormal)
+    x = np.concatenate([np.linspace(bottom - 5, top + 5, 200_001),
+                        np.random.default_rng(0).normal(0, 3, 100_000)]).astype(dtype)
+    out = np.empty_like(x)
+    apply(x, out)
+    exact = np.exp(x.astype(np.longdouble))
+    finite = exact < info.max
+    ulps = np.abs(out[finite] - exact[finite]) / np.spacing(exact[finite].astype(dtype))
+    assert ulps.max() <= 1.0
+    assert np.all(np.isposinf(out[~finite]))
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, bottom + 1, bottom - 1], dtype)
+    out = np.empty_like(special)
+    apply(special, out)
+    assert out[0] == np.inf and out[1] == 0 and np.isnan(out[2]) and out[3] == out[4] == 1
+    assert 0 < out[5] < info.tiny and out[6] == 0  # subnormal results are kept, not flushed
