@@ -1,8 +1,12 @@
 """Run the benchmarks: each (workload, peer) in its own process with 2 threads and cold JIT
 caches, then a table of ratios to symnet.
 
-    symnet bench [--workload seed002,tiny] [--peers symnet,numba,torch] [--out DIR]
+    symnet bench [--workload seed002,tiny] [--peers symnet,numba,torch] [--repeat 3] [--out DIR]
     python -m benchmarks.run ...   (the same)
+
+With --repeat N, each workload's peers run N times in turn (A B C A B C ...), and a peer's
+steady epoch time is the median of all its steady epochs: on a machine whose speed drifts (a
+shared host), every peer then meets the slow and the fast periods alike.
 
 Results go to DIR/results.json, DIR/results.md and DIR/*.png (default benchmarks/results/).
 A peer that is not installed, or cannot express a workload, is reported as such.
@@ -98,12 +102,38 @@ def spawn(workload, peer, cache_dir=None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def pool(runs: list[dict]) -> dict:
+    """One result from repeated runs of a (workload, peer): the median of every run's steady
+    epochs, the median setup and first epoch, the largest peak memory."""
+    ok = [r for r in runs if "error" not in r and "missing" not in r]
+    if len(ok) < 2:
+        return (ok or runs)[0]
+    pooled = dict(ok[0])
+    pooled.update(
+        epoch_s=statistics.median(x for r in ok for x in r["rounds_s"][1:]),
+        first_epoch_s=statistics.median(r["first_epoch_s"] for r in ok),
+        setup_s=statistics.median(r["setup_s"] for r in ok),
+        peak_mb=max(r["peak_mb"] for r in ok),
+        rounds_s=[x for r in ok for x in r["rounds_s"]],
+        epoch_s_per_run=[r["epoch_s"] for r in ok])
+    return pooled
+
+
 def available(peer) -> str | None:
     """None if the peer can be imported, else why not."""
     module = PEERS[peer]
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                           text=True)
     return None if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def table(results) -> str:
@@ -131,12 +161,32 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
+def measure(workload, peer, missing, first=True) -> dict:
+    """One (workload, peer) process (symnet: a cold one, and on its first run a second process
+    on the kernel cache the first one left), reported on stderr as it ends."""
+    if missing:
+        return {"workload": workload, "peer": peer, "missing": f"not installed ({missing})"}
+    start = time.perf_counter()
+    if peer == "symnet":
+        cache = tempfile.mkdtemp(prefix="symnet-bench-")
+        r = spawn(workload, peer, cache)
+        if first and "error" not in r:
+            r["cached_setup_s"] = spawn(workload, peer, cache).get("setup_s", float("nan"))
+    else:
+        r = spawn(workload, peer)
+    status = r.get("error") or r.get("missing") or f"epoch {r['epoch_s']:.4f} s"
+    print(f"{workload:10} {peer:14} {time.perf_counter() - start:6.1f} s  {status}", file=sys.stderr)
+    return r
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default=",".join(WORKLOADS))
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each workload's peers this many times in turn, and pool them")
     parser.add_argument("--merge", action="store_true",
                         help="keep DIR/results.json's other (workload, peer) results")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -152,31 +202,20 @@ def main(argv=None) -> int:
     missing = {p: available(p) for p in peers}
     results = []
     for workload in workloads:
-        for peer in peers:
-            if missing[peer]:
-                results.append({"workload": workload, "peer": peer,
-                                "missing": f"not installed ({missing[peer]})"})
-                continue
-            start = time.perf_counter()
-            if peer == "symnet":  # cold, then cached: a second process on the same kernel cache
-                cache = tempfile.mkdtemp(prefix="symnet-bench-")
-                r = spawn(workload, peer, cache)
-                if "error" not in r:
-                    r["cached_setup_s"] = spawn(workload, peer, cache).get("setup_s", float("nan"))
-            else:
-                r = spawn(workload, peer)
-            results.append(r)
-            status = r.get("error") or r.get("missing") or f"epoch {r['epoch_s']:.4f} s"
-            print(f"{workload:10} {peer:10} {time.perf_counter() - start:6.1f} s  {status}",
-                  file=sys.stderr)
+        runs = {peer: [] for peer in peers}
+        for _ in range(max(args.repeat, 1)):
+            for peer in peers:
+                runs[peer].append(measure(workload, peer, missing[peer], first=not runs[peer]))
+        results += [pool(runs[peer]) for peer in peers]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge and (out / "results.json").exists():
         fresh = {(r["workload"], r["peer"]): r for r in results}
         old = json.loads((out / "results.json").read_text())["results"]
         results = [fresh.pop((r["workload"], r["peer"]), r) for r in old] + list(fresh.values())
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
-               "python": platform.python_version(), "threads": 2}
+    machine = {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
+               "python": platform.python_version(), "threads": 2, "repeat": max(args.repeat, 1),
+               **{k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}}
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results},
                                                  indent=1))
     (out / "results.md").write_text(f"Machine: {machine}\n\n" + table(results))

@@ -65,9 +65,9 @@ def bench(args) -> int:
               file=sys.stderr)
         return 2
     argv = []
-    for flag in ("workload", "peers", "out"):
+    for flag in ("workload", "peers", "out", "repeat"):
         if getattr(args, flag):
-            argv += [f"--{flag}", getattr(args, flag)]
+            argv += [f"--{flag}", str(getattr(args, flag))]
     return run.main(argv)
 
 
@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     b.add_argument("--peers", help="comma-separated, default all: symnet, numba, numpy, torch, "
                                    "jax, jax-scan, autograd, pytensor, pytensor-numba, sklearn")
     b.add_argument("--out", help="output directory (default benchmarks/results)")
+    b.add_argument("--repeat", type=int, help="run each workload's peers this many times in turn "
+                                              "and pool their epochs (default 1)")
     b.set_defaults(run=bench)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -24,3 +24,18 @@ def test_bench_writes_table_and_json(tmp_path):
         assert len(r["rounds_s"]) == 4 and r["metric_name"] == "final loss"
     assert "cached_setup_s" in by_peer["symnet"]
     assert "| numpy |" in (tmp_path / "results.md").read_text()
+
+
+def test_repeated_runs_pool_their_steady_epochs():
+    from benchmarks.run import pool
+
+    runs = [{"workload": "tiny", "peer": "numpy", "setup_s": s, "first_epoch_s": f,
+             "rounds_s": rounds, "epoch_s": sorted(rounds[1:])[1], "peak_mb": m}
+            for s, f, rounds, m in [(1.0, 9.0, [9.0, 1.0, 5.0, 6.0], 10),
+                                    (3.0, 7.0, [7.0, 2.0, 3.0, 4.0], 30)]]
+    pooled = pool(runs)
+    assert pooled["epoch_s"] == 3.5  # the median of 1, 5, 6, 2, 3, 4; not of the runs' medians
+    assert pooled["epoch_s_per_run"] == [5.0, 3.0]
+    assert (pooled["setup_s"], pooled["first_epoch_s"], pooled["peak_mb"]) == (2.0, 8.0, 30)
+    assert pool([{"peer": "jax", "missing": "not installed"}] * 2) == {"peer": "jax",
+                                                                      "missing": "not installed"}
