@@ -127,6 +127,62 @@ def available(peer) -> str | None:
     return None if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]
 
 
+# The issue's targets: symnet's steady epoch ÷ the fastest other peer's, at most.
+TARGETS = {"seed002": 0.75, "adam-relu": 0.9, "wide": 1.0, "tiny": 0.6}
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def summary(results) -> str:
+    """Steady epoch time of every peer per workload (tiny per 1000 full-batch steps, in ms), the
+    fastest in bold, and symnet's time over the fastest other peer's against its target."""
+    workloads = list(dict.fromkeys(r["workload"] for r in results))
+    peers = list(dict.fromkeys(r["peer"] for r in results))
+    lines = [f"| workload | {' | '.join(peers)} | symnet ÷ fastest other |",
+             "|---" * (len(peers) + 2) + "|"]
+    for workload in workloads:
+        scale = 1000 if workload == "tiny" else 1
+        times = {r["peer"]: r["epoch_s"] * scale for r in results
+                 if r["workload"] == workload and "epoch_s" in r}
+        best = min(times.values(), default=None)
+        cells = [("n/a" if p not in times else
+                  f"**{_num(times[p])}**" if times[p] == best else _num(times[p])) for p in peers]
+        others = {p: t for p, t in times.items() if p != "symnet"}
+        ratio = ""
+        if "symnet" in times and others:
+            rival = min(others, key=others.get)
+            ratio = f"**{times['symnet'] / others[rival]:.2f}** ({rival}"
+            ratio += f"; target ≤ {TARGETS[workload]})" if workload in TARGETS else ")"
+        lines.append(f"| {workload} | {' | '.join(cells)} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def setup_summary(results, peers=("symnet", "numba", "torch", "jax", "jax-scan", "pytensor",
+                                   "pytensor-numba")) -> str:
+    """Setup seconds, declaration to the first trained step, of the JIT peers (symnet: cold /
+    warm kernel cache), and how many times faster symnet's cold setup is than PyTensor NUMBA's."""
+    lines = [f"| workload | {' | '.join(peers)} | pytensor-numba ÷ symnet |",
+             "|---" * (len(peers) + 2) + "|"]
+    for workload in dict.fromkeys(r["workload"] for r in results):
+        rows = {r["peer"]: r for r in results if r["workload"] == workload and "setup_s" in r}
+        cells = [f"{rows[p]['setup_s']:.2f}" if p in rows else "n/a" for p in peers]
+        if "symnet" in rows and "cached_setup_s" in rows["symnet"]:
+            cells[peers.index("symnet")] += f" / {rows['symnet']['cached_setup_s']:.2f}"
+        speedup = (f"{rows['pytensor-numba']['setup_s'] / rows['symnet']['setup_s']:.1f} ×"
+                   if "symnet" in rows and "pytensor-numba" in rows else "")
+        lines.append(f"| {workload} | {' | '.join(cells)} | {speedup} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(machine, results) -> str:
+    """results.md: the machine, the two summaries and the full per-workload tables."""
+    return (f"Machine: {machine}\n\nSteady epoch time, s (tiny: ms per 1000 steps):\n\n"
+            + summary(results) + "\nSetup, s (symnet: cold / warm kernel cache):\n\n"
+            + setup_summary(results) + "\n" + table(results))
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux), else the platform's processor string."""
     try:
@@ -218,7 +274,7 @@ def main(argv=None) -> int:
                **{k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}}
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results},
                                                  indent=1))
-    (out / "results.md").write_text(f"Machine: {machine}\n\n" + table(results))
+    (out / "results.md").write_text(markdown(machine, results))
     print(table(results))
     try:
         from .plots import plot_results

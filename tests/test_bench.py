@@ -39,3 +39,17 @@ def test_repeated_runs_pool_their_steady_epochs():
     assert (pooled["setup_s"], pooled["first_epoch_s"], pooled["peak_mb"]) == (2.0, 8.0, 30)
     assert pool([{"peer": "jax", "missing": "not installed"}] * 2) == {"peer": "jax",
                                                                       "missing": "not installed"}
+
+
+def test_summary_bolds_the_fastest_and_divides_by_the_fastest_other_peer():
+    from benchmarks.run import setup_summary, summary
+
+    results = [{"workload": "wide", "peer": "symnet", "epoch_s": 3.0, "setup_s": 2.0,
+                "cached_setup_s": 0.5},
+               {"workload": "wide", "peer": "jax-scan", "epoch_s": 2.5, "setup_s": 1.0},
+               {"workload": "wide", "peer": "pytensor-numba", "epoch_s": 4.0, "setup_s": 9.0},
+               {"workload": "wide", "peer": "sklearn", "missing": "not installed"}]
+    row = summary(results).splitlines()[2]
+    assert row == "| wide | 3 | **2.5** | 4 | n/a | **1.20** (jax-scan; target ≤ 1.0) |"
+    row = setup_summary(results, peers=("symnet", "jax-scan", "pytensor-numba")).splitlines()[2]
+    assert row == "| wide | 2.00 / 0.50 | 1.00 | 9.00 | 4.5 × |"
