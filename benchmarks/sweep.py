@@ -2,10 +2,12 @@
 symnet, the hand-written numba kernel, PyTorch and JAX (scan), with the GEMM roofline — the
 epoch's GEMM FLOPs at the sgemm rate np.dot reaches on the same shapes — as the floor.
 
-    python -m benchmarks.sweep [--peers symnet,numba,torch,jax-scan] [--out DIR]
+    python -m benchmarks.sweep [--peers symnet,numba,torch,jax-scan] [--repeat N] [--out DIR]
 
 The workload is seed002's maths (sigmoid, per-row SSE, AdaGrad) on the first 10 000
-Fashion-MNIST training images; each point runs in its own process with 2 threads.
+Fashion-MNIST training images; each point runs in its own process with 2 threads. With
+--repeat N the whole sweep runs N times over, and a point's time is the median of all its steady
+epochs (as in ``benchmarks.run``).
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ def child(peer, batch, width):
     Xtr, Ytr, Xte, Yte = load_data(w)
     result = importlib.import_module(PEERS[peer]).train(w, (Xtr[:ROWS], Ytr[:ROWS]),
                                                         initial_params(w))
-    return statistics.median(result["round_s"][1:])
+    return result["round_s"][1:]
 
 
 def gemm_rate(batch, width, repeats=5):
-    """FLOP/s of np.dot on this point's largest forward and backward products (float32)."""
+    """FLOP/s of np.dot on this point's largest forward and backward products (float32), each
+    timed at its best of ``repeats``: the floor is what BLAS can reach, not its average."""
     rng = np.random.default_rng(0)
     shapes = [(batch, 784, width), (784, batch, width), (batch, width, width)]
     flops, seconds = 0.0, 0.0
@@ -55,12 +58,24 @@ def gemm_rate(batch, width, repeats=5):
         a = rng.random((m, k), dtype=np.float32)
         b = rng.random((k, n), dtype=np.float32)
         np.dot(a, b)
-        start = time.perf_counter()
+        best = float("inf")
         for _ in range(repeats):
+            start = time.perf_counter()
             np.dot(a, b)
-        seconds += (time.perf_counter() - start) / repeats
+            best = min(best, time.perf_counter() - start)
+        seconds += best
         flops += 2.0 * m * k * n
     return flops / seconds
+
+
+def run_child(peer, batch, width) -> list[float] | None:
+    """The steady epochs of one (peer, point) in a fresh process with cold JIT caches."""
+    cache = tempfile.mkdtemp(prefix="symnet-sweep-")
+    env = {**os.environ, **THREADS, "SYMNET_CACHE_DIR": cache,
+           "NUMBA_CACHE_DIR": os.path.join(cache, "numba")}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.sweep", "--child", peer, str(batch),
+                           str(width)], env=env, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
 
 
 def main(argv=None) -> int:
@@ -68,6 +83,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", default="symnet,numba,torch,jax-scan")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--repeat", type=int, default=1, help="run the sweep this many times over")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -75,25 +91,25 @@ def main(argv=None) -> int:
         print(json.dumps(child(peer, int(batch), int(width))))
         return 0
     points = [(b, 32) for b in BATCHES] + [(100, w) for w in WIDTHS]
-    rows = []
-    for batch, width in points:
-        floor = flops_per_epoch(workload(batch, width), ROWS) / gemm_rate(batch, width)
-        row = {"batch": batch, "width": width, "roofline_s": floor}
-        for peer in args.peers.split(","):
-            cache = tempfile.mkdtemp(prefix="symnet-sweep-")
-            env = {**os.environ, **THREADS, "SYMNET_CACHE_DIR": cache,
-                   "NUMBA_CACHE_DIR": os.path.join(cache, "numba")}
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.sweep", "--child", peer,
-                                   str(batch), str(width)], env=env, capture_output=True,
-                                  text=True)
-            row[peer] = (json.loads(proc.stdout.strip().splitlines()[-1])
-                         if proc.returncode == 0 else None)
-            print(f"batch {batch:5} width {width:5} {peer:10} {row[peer]}", file=sys.stderr)
-        rows.append(row)
+    peers = args.peers.split(",")
+    rows = [{"batch": batch, "width": width,
+             "roofline_s": flops_per_epoch(workload(batch, width), ROWS) / gemm_rate(batch, width)}
+            for batch, width in points]
+    steady = {(row["batch"], row["width"], peer): [] for row in rows for peer in peers}
+    for _ in range(max(args.repeat, 1)):
+        for batch, width in points:
+            for peer in peers:
+                rounds = run_child(peer, batch, width)
+                steady[batch, width, peer] += rounds or []
+                print(f"batch {batch:5} width {width:5} {peer:10} {rounds}", file=sys.stderr)
+    for row in rows:
+        for peer in peers:
+            found = steady[row["batch"], row["width"], peer]
+            row[peer] = statistics.median(found) if found else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, args.peers.split(","), out / "sweep.png")
+    plot(rows, peers, out / "sweep.png")
     return 0
 
 
@@ -105,7 +121,7 @@ def plot(rows, peers, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, fixed in ((axes[0], "batch", ("width", 32)), (axes[1], "width", ("batch", 100))):
-        sel = [r for r in rows if r[fixed[0]] == fixed[1]]
+        sel = sorted((r for r in rows if r[fixed[0]] == fixed[1]), key=lambda r: r[key])
         xs = [r[key] for r in sel]
         for peer in peers:
             ax.plot(xs, [r.get(peer) or np.nan for r in sel], marker="o", label=peer,
