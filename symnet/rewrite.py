@@ -93,13 +93,16 @@ def _is_zero(e: sp.Expr) -> bool:
 def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
     """A body g with g(f(x)) ≡ f′(x) that is cheaper than f′, or None.
 
-    Candidates: f′ with f(x) replaced by the output variable, and f′ at each solution of
-    y = f(x) for x. A candidate is kept only if SymPy proves g(f(x)) − f′(x) = 0.
+    Candidates: f′ with f(x) replaced by the output variable; f′ with x itself replaced by
+    it (right when f′ depends on x only through a sign f keeps, as relu′ = [x > 0] = [relu(x) > 0]);
+    and f′ at each solution of y = f(x) for x. A candidate is kept only if SymPy proves
+    g(f(x)) − f′(x) = 0. One as cheap as f′ is still better: the backward pass then reads the
+    activation, and the argument need not be stored.
     """
     f, d = forward(x), deriv(x)
     f_def, d_def = definition(f), definition(d)
     candidates = []
-    for direct in (d.subs(f, y), d_def.subs(f_def, y)):
+    for direct in (d.subs(f, y), d_def.subs(f_def, y), d_def.subs(x, y)):
         if x not in direct.free_symbols:
             candidates.append(direct)
     best = _best_verified(candidates, f_def, d_def)
@@ -110,7 +113,7 @@ def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
         except (NotImplementedError, ValueError, TypeError, AttributeError):
             candidates = []
         best = _best_verified(candidates, f_def, d_def)
-    if best is None or cost(best) >= cost(d):
+    if best is None or cost(best) > cost(d):
         return None
     return sp.Lambda(x, best.subs(y, x))
 
@@ -251,8 +254,8 @@ def _simplified(f: sp.Lambda):
 
 
 def output_form(e, ctx):
-    """f′.(Z) → g.(A) where A = f.(Z) is already computed and g(f(x)) = f′(x) is cheaper, found by
-    SymPy: σ′ → A∘(1 − A), tanh′ → 1 − A², exp′ → A, softplus′ → 1 − exp(−A)."""
+    """f′.(Z) → g.(A) where A = f.(Z) is already computed and g(f(x)) = f′(x) is no dearer, found
+    by SymPy: σ′ → A∘(1 − A), tanh′ → 1 − A², exp′ → A, softplus′ → 1 − exp(−A), relu′ → [A > 0]."""
     if not isinstance(e, Elementwise) or not ctx or e.arg not in ctx:
         return None
     for out, forward in ctx[e.arg]:

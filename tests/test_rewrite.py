@@ -87,6 +87,9 @@ def test_simplify_scalar():
 @pytest.mark.parametrize("act, expected", [
     (sn.sigmoid, "A∘(1 - A)"), (sn.tanh, "1 - A^2"), (sn.exp, "A"),
     (sn.softplus, "1 - exp(-A)"),
+    # as cheap, but read off the activation, so the pre-activation Z need not be stored
+    (sn.relu, "Piecewise((1, A > 0), (0, True))"),
+    (sn.leaky_relu(0.1), "Piecewise((1, A > 0), (0.1, True))"),
 ])
 def test_output_form(act, expected):
     fwd = act(Z)
@@ -95,8 +98,10 @@ def test_output_form(act, expected):
     check(rule("output_form"), deriv, expected, ctx={Z: [(A, fwd.fn)]}, values=values)
 
 
-def test_output_form_is_not_used_when_no_cheaper_form_exists():
-    fwd = sn.gelu(Z)
+@pytest.mark.parametrize("act", [sn.gelu, sn.hard_tanh])
+def test_output_form_is_not_used_when_no_cheaper_form_exists(act):
+    # hard_tanh′ = [|x| ≤ 1] is not [|hard_tanh(x)| ≤ 1]: SymPy must refuse that substitution
+    fwd = act(Z)
     deriv = Elementwise(sp.Lambda(x, sp.diff(fwd.body(), x)), Z)
     assert rw.rewrite(deriv, [rule("output_form")], {Z: [(A, fwd.fn)]}) == deriv
 
