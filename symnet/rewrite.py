@@ -106,7 +106,8 @@ def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
         if x not in direct.free_symbols:
             candidates.append(direct)
     best = _best_verified(candidates, f_def, d_def)
-    if best is None:
+    # a polynomial's inverse is not single-valued (and sympy.solve's first call takes ~0.09 s)
+    if best is None and not f_def.is_polynomial(x):
         try:  # SymPy may fail in many ways on an inverse it cannot find; then there is none
             solutions = sp.solve(sp.Eq(y, f_def), x)
             candidates = [sp.simplify(d_def.subs(x, s)) for s in solutions]
