@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 
 def plot_results(results, out: Path) -> list[Path]:
@@ -22,6 +23,7 @@ def plot_results(results, out: Path) -> list[Path]:
         ax.barh([r["peer"] for r in rows], [r["epoch_s"] for r in rows],
                 color=["tab:red" if r["peer"] == "symnet" else "tab:gray" for r in rows])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
         ax.invert_yaxis()
         ax.set_title(workload)
         ax.set_xlabel("steady epoch time (s, log)" if workload != "tiny" else
@@ -35,12 +37,13 @@ def plot_results(results, out: Path) -> list[Path]:
                              squeeze=False)
     for ax, workload in zip(axes[0], workloads):
         for r in (r for r in ok if r["workload"] == workload):
-            wall = r["setup_s"] + sum(r["rounds_s"])
+            wall = r["setup_s"] + sum(r["rounds_s"])  # one process's rounds
             ax.scatter(wall, r["metric"], color="tab:red" if r["peer"] == "symnet" else
                        "tab:gray")
             ax.annotate(r["peer"], (wall, r["metric"]), fontsize=7, xytext=(3, 2),
                         textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(workload)
         ax.set_xlabel("setup + training (s, log)")
         ax.set_ylabel(next(r["metric_name"] for r in ok if r["workload"] == workload))

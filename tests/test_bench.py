@@ -36,6 +36,7 @@ def test_repeated_runs_pool_their_steady_epochs():
     pooled = pool(runs)
     assert pooled["epoch_s"] == 3.5  # the median of 1, 5, 6, 2, 3, 4; not of the runs' medians
     assert pooled["epoch_s_per_run"] == [5.0, 3.0]
+    assert pooled["rounds_s"] == [9.0, 1.0, 5.0, 6.0] and len(pooled["all_rounds_s"]) == 8
     assert (pooled["setup_s"], pooled["first_epoch_s"], pooled["peak_mb"]) == (2.0, 8.0, 30)
     assert pool([{"peer": "jax", "missing": "not installed"}] * 2) == {"peer": "jax",
                                                                       "missing": "not installed"}
