@@ -88,12 +88,17 @@ def run_one(workload: str, peer_name: str) -> dict:
     return out
 
 
+def child_env(cache_dir: str) -> dict[str, str]:
+    """The environment of a measured child process: 2 threads everywhere, and its JIT caches
+    (symnet's generated modules and numba's machine code) in ``cache_dir``."""
+    return {**os.environ, **THREADS, "SYMNET_CACHE_DIR": cache_dir,
+            "NUMBA_CACHE_DIR": os.path.join(cache_dir, "numba")}
+
+
 def spawn(workload, peer, cache_dir=None) -> dict:
-    """Run one (workload, peer) in a fresh process; ``cache_dir`` reuses JIT caches (both
-    symnet's generated modules and numba's machine code), else they start empty."""
-    cache_dir = cache_dir or tempfile.mkdtemp(prefix="symnet-bench-")
-    env = {**os.environ, **THREADS, "SYMNET_CACHE_DIR": cache_dir,
-           "NUMBA_CACHE_DIR": os.path.join(cache_dir, "numba")}
+    """Run one (workload, peer) in a fresh process; ``cache_dir`` reuses JIT caches, else they
+    start empty."""
+    env = child_env(cache_dir or tempfile.mkdtemp(prefix="symnet-bench-"))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--child", workload, peer],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -256,10 +261,11 @@ def main(argv=None) -> int:
         parser.error(f"unknown workload or peer {unknown}; workloads {list(WORKLOADS)}, "
                      f"peers {list(PEERS)}")
     missing = {p: available(p) for p in peers}
+    repeat = max(args.repeat, 1)
     results = []
     for workload in workloads:
         runs = {peer: [] for peer in peers}
-        for _ in range(max(args.repeat, 1)):
+        for _ in range(repeat):
             for peer in peers:
                 runs[peer].append(measure(workload, peer, missing[peer], first=not runs[peer]))
         results += [pool(runs[peer]) for peer in peers]
@@ -270,7 +276,7 @@ def main(argv=None) -> int:
         old = json.loads((out / "results.json").read_text())["results"]
         results = [fresh.pop((r["workload"], r["peer"]), r) for r in old] + list(fresh.values())
     machine = {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
-               "python": platform.python_version(), "threads": 2, "repeat": max(args.repeat, 1),
+               "python": platform.python_version(), "threads": 2, "repeat": repeat,
                **{k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}}
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results},
                                                  indent=1))

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import importlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .peers import PEERS
-from .run import THREADS
+from .run import child_env
 from .workloads import WORKLOADS, flops_per_epoch, initial_params, load_data
 
 ROWS = 10_000
@@ -70,11 +69,9 @@ def gemm_rate(batch, width, repeats=5):
 
 def run_child(peer, batch, width) -> list[float] | None:
     """The steady epochs of one (peer, point) in a fresh process with cold JIT caches."""
-    cache = tempfile.mkdtemp(prefix="symnet-sweep-")
-    env = {**os.environ, **THREADS, "SYMNET_CACHE_DIR": cache,
-           "NUMBA_CACHE_DIR": os.path.join(cache, "numba")}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.sweep", "--child", peer, str(batch),
-                           str(width)], env=env, capture_output=True, text=True)
+                           str(width)], env=child_env(tempfile.mkdtemp(prefix="symnet-sweep-")),
+                          capture_output=True, text=True)
     return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
 
 
