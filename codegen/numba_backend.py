@@ -367,6 +367,7 @@ class Kernel:
     def _gemm(self, ins, out):
         (a, b), (ta, tb), o = ins.args, ins.trans, ins.out
         r, c = self.shape(ins.out)
+        alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
         if self.small(ins):  # a small product summed over the batch: rows outermost, so that
             out(f"for i in range({r}):")  # the innermost loop runs along contiguous rows
             out(f"    for j in range({c}):")
@@ -380,13 +381,11 @@ class Kernel:
             if ins.alpha != 1:
                 out(f"for i in range({r}):")
                 out(f"    for j in range({c}):")
-                out(f"        {self.at(o, 'i', 'j')} *= "
-                    f"{ScalarPrinter({SIZE: 'nf'}).doprint(ins.alpha)}")
+                out(f"        {self.at(o, 'i', 'j')} *= {alpha}")
             return
         if o in self.minor:  # stored transposed: oᵀ = op(b)ᵀ·op(a)ᵀ
             (a, ta), (b, tb) = (b, not tb), (a, not ta)
         ta, tb = ta != (a in self.minor), tb != (b in self.minor)  # a stored operand's transpose
-        alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
         out(f"gemm({ta}, {self.ident[a]}, {tb}, {self.ident[b]}, {self.ident[o]}, {alpha}, DT(0.0))")
 
     def _logsumexp(self, ins, out):
