@@ -91,7 +91,7 @@ def _is_zero(e: sp.Expr) -> bool:
 
 @cache
 def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
-    """A body g with g(f(x)) ≡ f′(x) that is cheaper than f′, or None.
+    """A body g with g(f(x)) ≡ f′(x) that costs no more than f′, or None.
 
     Candidates: f′ with f(x) replaced by the output variable; f′ with x itself replaced by
     it (right when f′ depends on x only through a sign f keeps, as relu′ = [x > 0] = [relu(x) > 0]);
