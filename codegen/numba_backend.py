@@ -3,10 +3,11 @@
 Each instruction becomes one statement (a GEMM is a BLAS call into a preallocated buffer, see
 ``codegen.blas``, or an explicit loop nest when its fixed dimensions are tiny), each MAP one loop
 nest whose body is the scalar SymPy expression printed after ``sympy.cse`` (``exp`` as
-``codegen.vecmath``'s, which vectorises), each under a comment with its formula. Narrow
-batch-shaped workspaces are stored batch-minor. The module is written to a cache directory under
-the hash of its text and imported from there, so numba's ``cache=True`` loads machine code on
-the next compile of the same model.
+``codegen.vecmath``'s, which vectorises), each under a comment with its formula. Workspaces are
+2-D arrays sized for the largest batch; a kernel loops over the first ``n`` batch rows and hands
+``gemm`` the sizes, never taking a view. Narrow batch-shaped workspaces are stored batch-minor.
+The module is written to a cache directory under the hash of its text and imported from there,
+so numba's ``cache=True`` loads machine code on the next compile of the same model.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sympy.printing.pycode import PythonCodePrinter
 from . import blas  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 
-CODEGEN_VERSION = 6  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 7  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
@@ -137,7 +138,7 @@ def _narrow(dims) -> bool:
 
 
 class Kernel:
-    """The source of one Program as a jitted function ``name(n, leaves..., workspace...)``.
+    """The source of one Program as a jitted function ``name(n, leaves..., workspaces...)``.
 
     Elementwise instructions (maps, small GEMMs, row and column sums) that share an iteration
     space are fused into one loop nest (see :meth:`schedule`); a value used only inside its loop
@@ -166,7 +167,7 @@ class Kernel:
 
     def signature(self) -> list[str]:
         return ["n", *(self.ident[b.name] for b in self.leaves),
-                *(f"w_{self.ident[b.name]}" for b in self.temps)]
+                *(self.ident[b.name] for b in self.temps)]
 
     def shape(self, name):
         return _dims(self.program.buffer(name).shape)
@@ -235,17 +236,12 @@ class Kernel:
         out.indent(-1)
 
     def emit_body(self, out: Emitter):
-        """The statements, for ``n`` batch rows, the leaves and the workspaces ``w_…``."""
+        """The statements, for the first ``n`` batch rows of the leaves and the workspaces
+        (which are sized for the largest batch: see :func:`_alloc`)."""
+        minor = [self.ident[b.name] for b in self.temps if b.name in self.minor]
+        if minor:
+            out(f"# stored batch-minor: {', '.join(minor)}")
         out("nf = DT(n)")
-        for b in self.temps:  # workspaces are allocated for the largest batch: take n rows
-            r, c = _dims(b.shape)
-            name = self.ident[b.name]
-            if b.shape[1] == BATCH:
-                out(f"{name} = w_{name}[:{r} * {c}].reshape(({r}, {c}))")
-            elif b.name in self.minor:
-                out(f"{name} = w_{name}[:{c} * {r}].reshape(({c}, {r}))  # batch-minor")
-            else:
-                out(f"{name} = w_{name}[:{r}]" if r == "n" else f"{name} = w_{name}")
         for group in self.schedule():
             for ins in group:
                 if ins.note:
@@ -383,10 +379,12 @@ class Kernel:
                 out(f"    for j in range({c}):")
                 out(f"        {self.at(o, 'i', 'j')} *= {alpha}")
             return
+        k = self.inner(ins)
         if o in self.minor:  # stored transposed: oᵀ = op(b)ᵀ·op(a)ᵀ
-            (a, ta), (b, tb) = (b, not tb), (a, not ta)
+            (a, ta), (b, tb), (r, c) = (b, not tb), (a, not ta), (c, r)
         ta, tb = ta != (a in self.minor), tb != (b in self.minor)  # a stored operand's transpose
-        out(f"gemm({ta}, {self.ident[a]}, {tb}, {self.ident[b]}, {self.ident[o]}, {alpha}, DT(0.0))")
+        out(f"gemm({ta}, {self.ident[a]}, {tb}, {self.ident[b]}, {self.ident[o]}, {alpha}, DT(0.0), "
+            f"{r}, {c}, {k})")
 
     def _logsumexp(self, ins, out):
         a, o = ins.args[0], ins.out
@@ -449,9 +447,9 @@ class TrainKernel:
     def signature(self):
         ins = [self.grad.ident[b.name] for b in self.inputs]
         states = [f"s_{s}_{self.grad.ident[p.name]}" for p in self.params for s in self.update.state]
-        return ["orders", "batch", "t0", "losses", *(f"d_{x}" for x in ins),
-                *(f"w_{x}" for x in ins), *(self.grad.ident[p.name] for p in self.params),
-                *states, *(f"w_{self.grad.ident[b.name]}" for b in self.grad.temps)]
+        return ["orders", "batch", "t0", "losses", *(f"d_{x}" for x in ins), *ins,
+                *(self.grad.ident[p.name] for p in self.params), *states,
+                *(self.grad.ident[b.name] for b in self.grad.temps)]
 
     def emit(self, out: Emitter):
         """The loss-and-gradient statements are written out inside the loop rather than called:
@@ -474,8 +472,6 @@ class TrainKernel:
         out.indent(2)
         out("start = s * batch")
         out("n = min(batch, rows - start)")
-        for b in self.inputs:
-            out(f"{gi[b.name]} = w_{gi[b.name]}[:n]")
         out("for r in range(n):")
         out("    i = orders[e, start + r]")
         for b in self.inputs:
@@ -483,7 +479,7 @@ class TrainKernel:
             out(f"    for j in range({_dims(b.shape)[1]}):")
             out(f"        {x}[r, j] = d_{x}[i, j]")
         self.grad.emit_body(out)
-        out(f"loss = w_{self.loss}[0, 0]")
+        out(f"loss = {self.loss}[0, 0]")
         out("losses[e, s] = loss")
         out("if not math.isfinite(loss):")
         out("    set_fpmode(mode)")
@@ -500,7 +496,7 @@ class TrainKernel:
         gi = self.grad.ident
         if self.update.clip_norm is not None:
             out("# clip: min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients")
-            squares = [f"sum_of_squares(w_{self.grad_of[p.name]})" for p in self.params]
+            squares = [f"sum_of_squares({self.grad_of[p.name]})" for p in self.params]
             out(f"sq = {' + '.join(squares)}")
             out(f"clip = min(1.0, {self.update.clip_norm!r} / (math.sqrt(sq) + 1e-6))")
         out("tf = float(t)")
@@ -510,7 +506,7 @@ class TrainKernel:
             x = gi[p.name]
             out(f"# update {p.name}: {self.rule}")
             states = [f"s_{s}_{x}" for s in self.update.state]
-            args = [x, f"w_{self.grad_of[p.name]}", *states, *self.hoisted]
+            args = [x, self.grad_of[p.name], *states, *self.hoisted]
             out(f"update_entries({', '.join(args)})")
 
     def _split_update(self):
@@ -712,16 +708,15 @@ def warm_up(runner: NumbaRunner, params: dict[str, np.ndarray]) -> bool:
 
 
 def _alloc(shape, rows, dtype, minor=False):
-    """A workspace for ``rows`` batch rows: 2-D unless the batch is its column count or it is
-    batch-minor (then the kernel views its first n·c entries as c×n)."""
-    if shape[1] == BATCH or minor:
-        return np.zeros(int(np.prod([rows if d == BATCH else d for d in shape])), dtype)
-    return np.zeros((rows if shape[0] == BATCH else shape[0], shape[1]), dtype)
+    """A workspace for up to ``rows`` batch rows, transposed if it is stored batch-minor; a
+    kernel on a smaller batch uses its first n rows (or columns)."""
+    dims = tuple(rows if d == BATCH else d for d in shape)
+    return np.zeros(dims[::-1] if minor else dims, dtype)
 
 
 def _view(work, shape, n):
-    shape = tuple(n if d == BATCH else d for d in shape)
-    return work.reshape(-1)[:int(np.prod(shape))].reshape(shape) if work.ndim == 1 else work[:shape[0]]
+    """The part of an output workspace that holds ``n`` batch rows."""
+    return work[tuple(slice(n) if d == BATCH else slice(None) for d in shape)]
 
 
 def _batch_rows(kernel, feeds):

@@ -62,6 +62,30 @@ def test_numba_kernels_equal_the_numpy_reference(name):
                                    atol=1e-12, err_msg=k)
 
 
+def test_blas_products_on_a_short_batch_use_the_first_rows_of_the_workspaces():
+    """Workspaces are sized for the largest batch seen; a shorter batch's BLAS products (one of
+    them into a batch-minor workspace) work on its first rows, with the full row length as the
+    leading dimension."""
+    X, Y = sn.Input("X", 20), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 32, sn.tanh), 3)
+    models = [sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                         prediction=out, optimizer=sn.optim.Adam(lr=0.01),
+                         dtype="float64", seed=1, backend=b) for b in ("numba", "numpy")]
+    assert "gemm(True, W2, True, t" in models[0].source  # A1·W2 stored batch-minor
+    Xb, Yb = make_data(n=23, cols=20, out=3, kind="onehot", seed=3)
+    for rows in (23, 7):  # the second call runs on workspaces sized for 23 rows
+        (l1, g1), (l2, g2) = (m.loss_and_grad(Xb[:rows], Yb[:rows]) for m in models)
+        assert l1 == pytest.approx(l2, rel=1e-10)
+        for k in g1:
+            np.testing.assert_allclose(g1[k], g2[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(models[0].predict(Xb[:5]), models[1].predict(Xb[:5]), rtol=1e-10)
+    for m in models:  # batches of 10, 10 and 3 rows
+        m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
+    for k in models[0].params:
+        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
+                                   atol=1e-12, err_msg=k)
+
+
 def test_float32_is_the_default_and_kernels_compute_in_it():
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
     out = sn.dense(sn.dense(X, 6, sn.sigmoid), 3)
@@ -102,7 +126,7 @@ def test_tiny_products_are_loops_and_large_ones_blas():
                        targets=[Y]).source
     assert "gemm(" not in small and "z_t6 = X[i, 0] * W1[0, j]" in small
     # its 10-wide hidden layer is stored batch-minor: the batch loop is innermost
-    assert "t7 = w_t7[:10 * n].reshape((10, n))  # batch-minor" in small
+    assert "# stored batch-minor: t6, t7," in small
     assert "for j in range(10):\n        for i in range(n):" in small
     X = sn.Input("X", 64)
     large = sn.compile(sn.mse(sn.dense(sn.dense(X, 32, sn.relu), 1), Y), inputs=[X],
@@ -116,15 +140,20 @@ def test_tiny_products_are_loops_and_large_ones_blas():
 @pytest.mark.parametrize("tb", [False, True])
 def test_gemm_is_alpha_op_a_op_b_plus_beta_out(dtype, ta, tb):
     @nb.njit
-    def call(ta, a, tb, b, out, alpha, beta):
-        gemm(ta, a, tb, b, out, alpha, beta)
+    def call(ta, a, tb, b, out, alpha, beta, m, n, k):
+        gemm(ta, a, tb, b, out, alpha, beta, m, n, k)
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((7, 5) if ta else (5, 7)).astype(dtype)
     b = rng.standard_normal((3, 7) if tb else (7, 3)).astype(dtype)
     out = rng.standard_normal((5, 3)).astype(dtype)
     expected = 2.0 * (a.T if ta else a) @ (b.T if tb else b) + 0.5 * out
-    call(ta, a, tb, b, out, 2.0, 0.5)
+    call(ta, a, tb, b, out, 2.0, 0.5, 5, 3, 7)
+    np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    # the top-left 4×2 block over the first 6 inner terms; the rest of out stays as it was
+    opa, opb = (a.T if ta else a)[:4, :6], (b.T if tb else b)[:6, :2]
+    expected[:4, :2] = opa @ opb - expected[:4, :2]
+    call(ta, a, tb, b, out, 1.0, -1.0, 4, 2, 6)
     np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
