@@ -1,14 +1,14 @@
 """GEMM for the generated kernels: one numba intrinsic that calls the BLAS ``np.dot`` calls.
 
 ``gemm(ta, a, tb, b, out, alpha, beta, m, n, k)`` computes the top-left m×n block
-``out ← alpha·op(a)·op(b) + beta·out``, where ``op`` transposes when the flag is true and op(a) is
-the top-left m×k block of a, for C-contiguous 2-D float32 or float64 arrays: each array's row
-length is its BLAS leading dimension. The generated kernels keep workspaces sized for the largest
-batch and pass the current batch's sizes, so they never take a view (views, with their
-reference counts and reshape checks, were ~0.7 s of wide's 3.5 s cold compile). It calls
-``numba_xxgemm``, the entry point of numba's helper library into SciPy's BLAS, which is
-what ``np.dot`` itself calls. But a transpose is a BLAS flag instead of a strided view, and
-alpha and beta are the caller's. ``np.dot`` compiles a separate implementation for each
+``out ← alpha·op(a)·op(b) + beta·out``, where ``op`` transposes when the flag is true, op(a) is
+m×k and op(b) k×n, each read from the top-left corner of its array: for C-contiguous 2-D float32
+or float64 arrays whose row lengths are their BLAS leading dimensions. The generated kernels
+keep workspaces sized for the largest batch and pass the current batch's sizes, so they never
+take a view (views, with their reference counts and reshape checks, were ~0.7 s of wide's 3.5 s
+cold compile). It calls ``numba_xxgemm``, the entry point of numba's helper library into
+SciPy's BLAS, which is what ``np.dot`` itself calls. But a transpose is a BLAS flag instead of a
+strided view, and alpha and beta are the caller's. ``np.dot`` compiles a separate implementation for each
 combination of argument layouts: three for seed002's six products, 0.3–0.4 s of its 2.5 s cold
 compile (measured). This intrinsic is inlined as a single call.
 """

@@ -37,7 +37,9 @@ CODEGEN_VERSION = 7  # bump whenever the generated code changes for the same Pro
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
-JIT = "@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH)"
+# no C-callable wrapper: the kernels are called from Python and from each other, and LLVM would
+# otherwise optimise and emit a second entry point of each (~350 IR lines for train_epochs)
+JIT = "@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True)"
 RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
