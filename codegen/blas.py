@@ -8,9 +8,9 @@ keep workspaces sized for the largest batch and pass the current batch's sizes, 
 take a view (views, with their reference counts and reshape checks, were ~0.7 s of wide's 3.5 s
 cold compile). It calls ``numba_xxgemm``, the entry point of numba's helper library into
 SciPy's BLAS, which is what ``np.dot`` itself calls. But a transpose is a BLAS flag instead of a
-strided view, and alpha and beta are the caller's. ``np.dot`` compiles a separate implementation for each
-combination of argument layouts: three for seed002's six products, 0.3–0.4 s of its 2.5 s cold
-compile (measured). This intrinsic is inlined as a single call.
+strided view, and alpha and beta are the caller's. ``np.dot`` compiles a separate
+implementation for each combination of argument layouts: three for seed002's six products,
+0.3–0.4 s of its 2.5 s cold compile (measured). This intrinsic is inlined as a single call.
 """
 
 from __future__ import annotations
