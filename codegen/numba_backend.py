@@ -123,7 +123,7 @@ class Emitter:
 
 def _identifier(name: str, used: set[str]) -> str:
     ok = name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
-    ok = ok and not name.startswith(("_", "w_", "s_", "d_", "z_", "acc_"))  # generated names
+    ok = ok and not name.startswith(("_", "s_", "d_", "z_", "acc_"))  # generated names
     out = name if ok and name not in used else f"_b{len(used)}"
     used.add(out)
     return out
