@@ -663,7 +663,7 @@ class NumbaRunner:
         batch_bufs = self.work.setdefault("batch", {})
         for b in inputs:
             if len(batch_bufs.get(b.name, ())) < rows:
-                batch_bufs[b.name] = np.zeros((rows, b.shape[1]), self.dtype)
+                batch_bufs[b.name] = _alloc(b.shape, rows, self.dtype)
         batches = -(-len(orders[0]) // batch_size)
         losses = np.zeros((len(orders), batches), self.dtype)
         pnames = [b.name for b in kernel.leaves if b.role == "param"]
