@@ -1,31 +1,55 @@
-"""GEMM for the generated kernels: one numba intrinsic that calls the BLAS ``np.dot`` calls.
+"""GEMM for the generated kernels: one numba intrinsic that calls OpenBLAS's ``cblas_?gemm``.
 
 ``gemm(ta, a, tb, b, out, alpha, beta, m, n, k)`` computes the top-left m×n block
 ``out ← alpha·op(a)·op(b) + beta·out``, where ``op`` transposes when the flag is true, op(a) is
 m×k and op(b) k×n, each read from the top-left corner of its array: for C-contiguous 2-D float32
-or float64 arrays whose row lengths are their BLAS leading dimensions. The generated kernels
-keep workspaces sized for the largest batch and pass the current batch's sizes, so they never
-take a view (views, with their reference counts and reshape checks, were ~0.7 s of wide's 3.5 s
-cold compile). It calls ``numba_xxgemm``, the entry point of numba's helper library into
-SciPy's BLAS, which is what ``np.dot`` itself calls. But a transpose is a BLAS flag instead of a
-strided view, and alpha and beta are the caller's. ``np.dot`` compiles a separate
-implementation for each combination of argument layouts: three for seed002's six products,
-0.3–0.4 s of its 2.5 s cold compile (measured). This intrinsic is inlined as a single call.
+or float64 arrays whose row lengths are their BLAS leading dimensions (sizes below 2³¹). The
+generated kernels keep workspaces sized for the largest batch and pass the current batch's
+sizes, so they never take a view (views, with their reference counts and reshape checks, were
+~0.7 s of wide's 3.5 s cold compile). A transpose is a BLAS flag instead of a strided view, and
+alpha and beta are the caller's. ``np.dot`` would compile a separate implementation for each
+combination of argument layouts (three for seed002's six products, 0.3–0.4 s of its 2.5 s cold
+compile); this intrinsic is inlined as a single call.
+
+The BLAS is the OpenBLAS of the ``scipy-openblas32`` wheel, the build NumPy and SciPy ship,
+in its newest release, rather than the older copy inside SciPy that numba's ``np.dot`` calls:
+on this project's machine its sgemm is 5–15 % faster on the benchmark workloads' shapes
+(``benchmarks/`` README section). Its ``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM
+under fixed symbol names (``symnet_cblas_sgemm``, ``symnet_cblas_dgemm``) when this module is
+imported, so machine code in numba's on-disk cache links against them in every process. Its
+threads follow ``OPENBLAS_NUM_THREADS`` and threadpoolctl, like any OpenBLAS.
 """
 
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
+import llvmlite.binding as llvm
+import scipy_openblas32
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
-from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
-ensure_blas()
+SYMBOLS = {types.float32: "symnet_cblas_sgemm", types.float64: "symnet_cblas_dgemm"}
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enum values
+_INT = ir.IntType(32)  # scipy-openblas32's integers
 
-_CHAR = ir.IntType(8)
-_VOID_P = _CHAR.as_pointer()
+
+def _register() -> ctypes.CDLL:
+    """Load the OpenBLAS library and give LLVM its two GEMMs under symnet's symbol names."""
+    path = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
+    lib = ctypes.CDLL(str(path))
+    for dtype, symbol in SYMBOLS.items():
+        kind = "s" if dtype == types.float32 else "d"
+        address = ctypes.cast(getattr(lib, f"scipy_cblas_{kind}gemm"), ctypes.c_void_p).value
+        llvm.add_symbol(symbol, address)
+    return lib
+
+
+_LIBRARY = _register()  # kept: the library must stay loaded while kernels may call it
 
 
 @intrinsic
@@ -42,32 +66,24 @@ def gemm(typingctx, ta, a, tb, b, out, alpha, beta, m, n, k):
     def codegen(context, builder, signature, args):
         ta_, a_, tb_, b_, out_, alpha_, beta_, m_, n_, k_ = args
         A, B, C = (context.make_array(t)(context, builder, v) for t, v in zip(arrays, (a_, b_, out_)))
-        lda, ldb, ldc = (cgutils.unpack_tuple(builder, x.shape, 2)[1] for x in (A, B, C))
-        m_, n_, k_ = (context.cast(builder, v, t, types.intp)
-                      for v, t in zip((m_, n_, k_), signature.args[7:]))
-        ta_, tb_ = (context.cast(builder, v, t, types.boolean)
-                    for v, t in ((ta_, signature.args[0]), (tb_, signature.args[2])))
 
-        def trans(flag):
-            return builder.select(flag, ir.Constant(_CHAR, ord("t")), ir.Constant(_CHAR, ord("n")))
+        def arg(i, ty):  # the i-th argument as a value of numba type ty
+            return context.cast(builder, args[i], signature.args[i], ty)
 
-        def slot(value, ty):
-            return builder.bitcast(cgutils.alloca_once_value(
-                builder, context.cast(builder, value, ty, dtype)), _VOID_P)
+        def trans(i):
+            return builder.select(arg(i, types.boolean), ir.Constant(_INT, _TRANS),
+                                  ir.Constant(_INT, _NO_TRANS))
 
-        fnty = ir.FunctionType(ir.IntType(32), [_CHAR, _CHAR, _CHAR, *[cgutils.intp_t] * 3,
-                                                _VOID_P, _VOID_P, cgutils.intp_t, _VOID_P,
-                                                cgutils.intp_t, _VOID_P, _VOID_P, cgutils.intp_t])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
-        # row-major arrays are their column-major transposes: outᵀ = op(b)ᵀ·op(a)ᵀ
-        kind = ir.Constant(_CHAR, ord(get_blas_kind(dtype, "gemm")))
-        res = builder.call(fn, (kind, trans(tb_), trans(ta_), n_, m_, k_,
-                                slot(alpha_, signature.args[5]),
-                                builder.bitcast(B.data, _VOID_P), ldb,
-                                builder.bitcast(A.data, _VOID_P), lda,
-                                slot(beta_, signature.args[6]),
-                                builder.bitcast(C.data, _VOID_P), ldc))
-        check_blas_return(context, builder, res)
+        lda, ldb, ldc = (builder.trunc(cgutils.unpack_tuple(builder, x.shape, 2)[1], _INT)
+                         for x in (A, B, C))
+        real = context.get_value_type(dtype)
+        fnty = ir.FunctionType(ir.VoidType(), [_INT] * 6 + [real, real.as_pointer(), _INT,
+                                                            real.as_pointer(), _INT, real,
+                                                            real.as_pointer(), _INT])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, SYMBOLS[dtype])
+        builder.call(fn, (ir.Constant(_INT, _ROW_MAJOR), trans(0), trans(2),
+                          arg(7, types.int32), arg(8, types.int32), arg(9, types.int32),
+                          arg(5, dtype), A.data, lda, B.data, ldb, arg(6, dtype), C.data, ldc))
         return context.get_dummy_value()
 
     if not all(isinstance(x, types.Integer) for x in (m, n, k)):

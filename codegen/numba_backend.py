@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Imported with symnet rather than inside the first kernel load: numba's array library and the
-# SciPy BLAS it calls cost ~0.4 s once per process, which is import time, not compile time.
-# (codegen.blas loads that BLAS and defines the gemm the generated modules import.)
+# Imported with symnet rather than inside the first kernel load: numba's array library costs
+# ~0.3 s once per process, which is import time, not compile time. (codegen.blas loads OpenBLAS
+# and defines the gemm the generated modules import.)
 import numba.core.errors
 import numba.np.arraymath
 import numpy as np
@@ -33,7 +33,7 @@ from sympy.printing.pycode import PythonCodePrinter
 from . import blas  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 
-CODEGEN_VERSION = 7  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 8  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
