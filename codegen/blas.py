@@ -14,7 +14,7 @@ compile); this intrinsic is inlined as a single call.
 The BLAS is the OpenBLAS of the ``scipy-openblas32`` wheel, the build NumPy and SciPy ship,
 in its newest release, rather than the older copy inside SciPy that numba's ``np.dot`` calls:
 on this project's machine its sgemm is 5–15 % faster on the benchmark workloads' shapes
-(``benchmarks/`` README section). Its ``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM
+(the README's "Where symnet wins and loses"). Its ``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM
 under fixed symbol names (``symnet_cblas_sgemm``, ``symnet_cblas_dgemm``) when this module is
 imported, so machine code in numba's on-disk cache links against them in every process. Its
 threads follow ``OPENBLAS_NUM_THREADS`` and threadpoolctl, like any OpenBLAS.
@@ -64,8 +64,7 @@ def gemm(typingctx, ta, a, tb, b, out, alpha, beta, m, n, k):
     dtype = a.dtype
 
     def codegen(context, builder, signature, args):
-        ta_, a_, tb_, b_, out_, alpha_, beta_, m_, n_, k_ = args
-        A, B, C = (context.make_array(t)(context, builder, v) for t, v in zip(arrays, (a_, b_, out_)))
+        A, B, C = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (1, 3, 4))
 
         def arg(i, ty):  # the i-th argument as a value of numba type ty
             return context.cast(builder, args[i], signature.args[i], ty)
