@@ -33,7 +33,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-SYMBOLS = {types.float32: "symnet_cblas_sgemm", types.float64: "symnet_cblas_dgemm"}
+KINDS = {types.float32: "s", types.float64: "d"}  # BLAS's letter for each dtype
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enum values
 _INT = ir.IntType(32)  # scipy-openblas32's integers
 
@@ -42,10 +42,9 @@ def _register() -> ctypes.CDLL:
     """Load the OpenBLAS library and give LLVM its two GEMMs under symnet's symbol names."""
     path = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
     lib = ctypes.CDLL(str(path))
-    for dtype, symbol in SYMBOLS.items():
-        kind = "s" if dtype == types.float32 else "d"
+    for kind in KINDS.values():
         address = ctypes.cast(getattr(lib, f"scipy_cblas_{kind}gemm"), ctypes.c_void_p).value
-        llvm.add_symbol(symbol, address)
+        llvm.add_symbol(f"symnet_cblas_{kind}gemm", address)
     return lib
 
 
@@ -59,7 +58,7 @@ def gemm(typingctx, ta, a, tb, b, out, alpha, beta, m, n, k):
     arrays = (a, b, out)
     if not all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" for x in arrays):
         raise TypingError("gemm takes C-contiguous 2-D arrays")
-    if len({x.dtype for x in arrays}) != 1 or a.dtype not in (types.float32, types.float64):
+    if len({x.dtype for x in arrays}) != 1 or a.dtype not in KINDS:
         raise TypingError("gemm takes float32 or float64 arrays of one dtype")
     dtype = a.dtype
 
@@ -79,7 +78,7 @@ def gemm(typingctx, ta, a, tb, b, out, alpha, beta, m, n, k):
         fnty = ir.FunctionType(ir.VoidType(), [_INT] * 6 + [real, real.as_pointer(), _INT,
                                                             real.as_pointer(), _INT, real,
                                                             real.as_pointer(), _INT])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, SYMBOLS[dtype])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"symnet_cblas_{KINDS[dtype]}gemm")
         builder.call(fn, (ir.Constant(_INT, _ROW_MAJOR), trans(0), trans(2),
                           arg(7, types.int32), arg(8, types.int32), arg(9, types.int32),
                           arg(5, dtype), A.data, lda, B.data, ldb, arg(6, dtype), C.data, ldc))
