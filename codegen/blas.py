@@ -48,7 +48,7 @@ def _register() -> ctypes.CDLL:
     return lib
 
 
-_LIBRARY = _register()  # kept: the library must stay loaded while kernels may call it
+LIBRARY = _register()  # kept: the library must stay loaded while kernels may call it
 
 
 @intrinsic

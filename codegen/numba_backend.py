@@ -8,6 +8,9 @@ nest whose body is the scalar SymPy expression printed after ``sympy.cse`` (``ex
 ``gemm`` the sizes, never taking a view. Narrow batch-shaped workspaces are stored batch-minor.
 The module is written to a cache directory under the hash of its text and imported from there,
 so numba's ``cache=True`` loads machine code on the next compile of the same model.
+``train_epochs`` runs with a helper thread when OpenBLAS has two (``codegen.pool``): the helper
+runs OpenBLAS's second job of each product and updates the second half of each large
+parameter's rows, while the calling thread updates the first.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from . import blas  # noqa: F401
+from . import blas, pool  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 
-CODEGEN_VERSION = 8  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 9  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
@@ -44,7 +47,8 @@ RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "train_epochs", "gemm", "update_entries", "sum_of_squares", "ps", "gs",
-            "JIT", "v", "vexp"}
+            "JIT", "v", "vexp", "hf", "role", "job", "r0", "r1", "pool", "lo"}
+SPLIT = 4096  # parameters with at least this many entries (and two rows) are updated in halves
 
 
 def cache_dir() -> Path:
@@ -445,13 +449,16 @@ class TrainKernel:
         self.grad_of = {name: grad.ident[buf] for name, buf in prog.outputs if name != "loss"}
         self.rule = "; ".join(f"{lhs} ← {rhs}" for lhs, rhs in update.steps)
         self._split_update()
+        # the large parameters, whose second half of rows the helper thread updates (codegen.pool)
+        self.half = {p.name for p in self.params if p.shape[0] >= 2 and p.shape[0] * p.shape[1] >= SPLIT}
 
     def signature(self):
         ins = [self.grad.ident[b.name] for b in self.inputs]
         states = [f"s_{s}_{self.grad.ident[p.name]}" for p in self.params for s in self.update.state]
         return ["orders", "batch", "t0", "losses", *(f"d_{x}" for x in ins), *ins,
                 *(self.grad.ident[p.name] for p in self.params), *states,
-                *(self.grad.ident[b.name] for b in self.grad.temps)]
+                *(self.grad.ident[b.name] for b in self.grad.temps), "hf", "role"]
+
 
     def emit(self, out: Emitter):
         """The loss-and-gradient statements are written out inside the loop rather than called:
@@ -461,11 +468,14 @@ class TrainKernel:
         self.emit_helpers(out)
         out()
         out()
-        out(JIT)
+        out(JIT.replace("cache=True", "cache=True, nogil=True"))  # the caller waits for its helper in Python
         out(f"def train_epochs({', '.join(self.signature())}):")
         out.indent()
         out("mode = get_fpmode()  # flush subnormals to zero while training (codegen.fpmode)")
         out("set_fpmode(mode | np.uint32(FTZ_DAZ))")
+        out("lo = np.int64(0)  # not a literal 0: numba would compile update_entries for each literal")
+        if self.half:
+            self.emit_serve(out)
         out(f"rows = d_{gi[self.inputs[0].name]}.shape[0]")
         out("batches = (rows + batch - 1) // batch")
         out("t = t0")
@@ -504,12 +514,52 @@ class TrainKernel:
         out("tf = float(t)")
         for line in self.step_lines:
             out(line)
+        if self.half:
+            out("if role == 1:  # the helper thread updates the second half of the large parameters")
+            for k, h in enumerate(self.hoisted):
+                out(f"    hf[{k}] = {h}")
+            out("    pool.store(pool.JOB, pool.UPDATE)")
         for p in self.params:
             x = gi[p.name]
             out(f"# update {p.name}: {self.rule}")
             states = [f"s_{s}_{x}" for s in self.update.state]
-            args = [x, self.grad_of[p.name], *states, *self.hoisted]
-            out(f"update_entries({', '.join(args)})")
+            rows = (f"{x}.shape[0] // 2 if role == 1 else {x}.shape[0]" if p.name in self.half
+                    else f"{x}.shape[0]")
+            args = [x, self.grad_of[p.name], *states, *self.hoisted, "lo", rows]
+            out(f"update_entries({', '.join(map(str, args))})")
+        if self.half:
+            out("if role == 1:")
+            out("    pool.wait()")
+
+    def emit_serve(self, out: Emitter):
+        """As the helper thread (``role == 2``, see codegen.pool): OpenBLAS's second job of
+        each product, and the second half of each large parameter's update, until told to
+        exit. It is a branch of ``train_epochs`` rather than a kernel of its own, which would
+        cost its own cold compile."""
+        gi = self.grad.ident
+        out("if role == 2:  # the helper thread (codegen.pool), until train_epochs' caller ends it")
+        out.indent()
+        out("pool.store(pool.UP, 1)")
+        out("while True:")
+        out("    job = pool.load(pool.JOB)")
+        out("    if job == pool.BLAS:")
+        out("        pool.run_blas_job()")
+        out("    elif job == pool.UPDATE:")
+        for k, h in enumerate(self.hoisted):
+            out(f"        {h} = DT(hf[{k}])")
+        for p in self.params:
+            if p.name in self.half:
+                x = gi[p.name]
+                args = [x, self.grad_of[p.name], *(f"s_{s}_{x}" for s in self.update.state),
+                        *self.hoisted, f"{x}.shape[0] // 2", f"{x}.shape[0]"]
+                out(f"        update_entries({', '.join(map(str, args))})")
+        out("        pool.store(pool.JOB, pool.IDLE)")
+        out("    elif job == pool.EXIT:")
+        out("        break")
+        out("pool.store(pool.UP, 0)")
+        out("set_fpmode(mode)")
+        out("return 0, 0, t0")
+        out.indent(-1)
 
     def _split_update(self):
         """Split the update rule into per-step scalar lines (a scheduled lr, bias corrections:
@@ -541,9 +591,9 @@ class TrainKernel:
         printer = ScalarPrinter(self.names)
         states = [f"s_{s}" for s in self.update.state]
         out(JIT)
-        out(f"def update_entries({', '.join(['ps', 'gs', *states, *self.hoisted])}):")
-        out(f"    # {self.rule}")
-        out("    for i in range(ps.shape[0]):")
+        out(f"def update_entries({', '.join(['ps', 'gs', *states, *self.hoisted, 'r0', 'r1'])}):")
+        out(f"    # {self.rule}, on rows r0 to r1")
+        out("    for i in range(r0, r1):")
         out("        for j in range(ps.shape[1]):")
         out("            p = ps[i, j]")
         out("            g = gs[i, j]")
@@ -566,8 +616,9 @@ class TrainKernel:
             out("    return acc")
 
 
-def generate(programs: dict[str, Program], update: Update | None, dtype) -> tuple[str, dict]:
-    """The module text for ``programs`` (and ``train_epochs`` when ``update`` is given), and its kernels."""
+def generate(programs: dict[str, Program], update: Update | None, dtype):
+    """The module text for ``programs`` (and ``train_epochs`` when ``update`` is given), its
+    kernels, and the TrainKernel (or None)."""
     dtype = np.dtype(dtype)
     out = Emitter()
     out(f'"""Generated by symnet (codegen version {CODEGEN_VERSION}) for {dtype.name}."""')
@@ -577,6 +628,7 @@ def generate(programs: dict[str, Program], update: Update | None, dtype) -> tupl
     out("import numba as nb")
     out("import numpy as np")
     out()
+    out("from codegen import pool")
     out("from codegen.blas import gemm")
     out("from codegen.fpmode import FTZ_DAZ, get_fpmode, set_fpmode")
     out(f"from codegen.vecmath import exp{dtype.itemsize * 8} as vexp")
@@ -588,12 +640,14 @@ def generate(programs: dict[str, Program], update: Update | None, dtype) -> tupl
         out()
         out()
         kernel.emit(out)
+    trainer = None
     if update is not None:
         out()
         out()
-        TrainKernel(kernels["loss_and_grad"], update, dict(programs["loss_and_grad"].outputs)["loss"]
-                    ).emit(out)
-    return out.text() + "\n", kernels
+        trainer = TrainKernel(kernels["loss_and_grad"], update,
+                              dict(programs["loss_and_grad"].outputs)["loss"])
+        trainer.emit(out)
+    return out.text() + "\n", kernels, trainer
 
 
 def load(source: str, directory: Path | None = None):
@@ -624,7 +678,7 @@ class NumbaRunner:
         self.dtype = np.dtype(dtype)
         self.programs = programs
         self.update = update
-        self.source, self.kernels = generate(programs, update, self.dtype)
+        self.source, self.kernels, self.trainer = generate(programs, update, self.dtype)
         if os.environ.get("SYMNET_DEBUG"):
             print(self.source, file=sys.stderr)
         self.module = load(self.source)
@@ -643,7 +697,7 @@ class NumbaRunner:
         kernel = self.kernels[name]
         n = _batch_rows(kernel, feeds)
         work = self.workspace(name, n)
-        with _jit_errors():
+        with pool.LOCK, _jit_errors():
             getattr(self.module, name)(n, *(feeds[b.name] for b in kernel.leaves),
                                        *(work[b.name] for b in kernel.temps))
         prog = self.programs[name]
@@ -668,12 +722,22 @@ class NumbaRunner:
         losses = np.zeros((len(orders), batches), self.dtype)
         pnames = [b.name for b in kernel.leaves if b.role == "param"]
         states = [state[p][s] for p in pnames for s in self.update.state]
-        with _jit_errors():
-            e, s, t = self.module.train_epochs(
-                orders, batch_size, t0, losses, *(data[b.name] for b in inputs),
+        args = (orders, batch_size, t0, losses, *(data[b.name] for b in inputs),
                 *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
-                *(work[b.name] for b in kernel.temps))
+                *(work[b.name] for b in kernel.temps),
+                np.zeros(max(len(self.trainer.hoisted), 1)))  # the update's scalars, for the helper
+        helper = (pool.helper(lambda: self.module.train_epochs(*args, 2)) if self.trainer.half
+                  else _alone())
+        with _jit_errors(), helper as pooled:
+            e, s, t = self.module.train_epochs(*args, 1 if pooled else 0)
         return losses, int(e), int(s), int(t)
+
+
+@contextlib.contextmanager
+def _alone():
+    """Training without the helper thread (no parameter is large enough to split)."""
+    with pool.LOCK:
+        yield False
 
 
 @contextlib.contextmanager

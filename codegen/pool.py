@@ -1,0 +1,225 @@
+"""One helper thread that runs both OpenBLAS's threaded jobs and half of the optimizer update.
+
+With two threads, OpenBLAS splits each product into two jobs, one for the calling thread and
+one for its own worker, and the generated ``train_epochs`` ran everything that is not a product
+on the calling thread alone. A second pool for that work (numba's ``prange``) fights OpenBLAS's
+for the two cores. Instead, while ``train_epochs`` runs, OpenBLAS hands its jobs to this
+module's callback (``openblas_set_threads_callback_function``, a public OpenBLAS API), which
+runs the second job on a helper thread of symnet's own; between products, the same helper
+updates the second half of the rows of each large parameter (``numba_backend.SPLIT``). One
+pool, two cores, no fight. The helper is the generated ``train_epochs`` itself, called with
+``role == 2`` (a kernel of its own would cost its own cold compile).
+
+The thread and the kernels talk through a small block of integers (``CONTROL``), given to LLVM
+as the symbol ``symnet_pool_control`` so that cached machine code links against it in every
+process, as ``codegen.blas`` does for the GEMMs. Slot ``JOB`` holds the work for the helper:
+``IDLE``, ``BLAS`` (run OpenBLAS's job whose function, data and argument are in the next slots),
+``UPDATE`` (the helper's half of the update) or ``EXIT``. The helper sets it back to ``IDLE``
+when done; only one job is in flight. Every kernel call holds ``LOCK``, so one symnet kernel
+runs at a time in a process. With an OpenBLAS thread count other than two, or
+``SYMNET_POOL=0``, training runs without the helper, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+import time
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from . import blas
+
+IDLE, BLAS, UPDATE, EXIT = 0, 1, 2, 3
+JOB, FN, DATA, ARG, UP = 0, 1, 2, 3, 8  # slots; UP (the helper is running) on its own cache line
+CONTROL = np.zeros(16, np.int64)
+llvm.add_symbol("symnet_pool_control", CONTROL.ctypes.data)
+
+_I64 = ir.IntType(64)
+
+
+def _slot(builder, index):
+    """A pointer to ``CONTROL[index]`` through the linked symbol."""
+    gv = builder.module.globals.get("symnet_pool_control")
+    if gv is None:
+        gv = ir.GlobalVariable(builder.module, ir.ArrayType(_I64, len(CONTROL)),
+                               "symnet_pool_control")
+        gv.linkage = "external"
+    return builder.gep(gv, [ir.Constant(ir.IntType(32), 0), index])
+
+
+def _int64(context, builder, signature, args, i):
+    return context.cast(builder, args[i], signature.args[i], types.int64)
+
+
+@intrinsic
+def load(typingctx, index):
+    """``CONTROL[index]``, an acquiring load: what the other thread wrote before its matching
+    ``store`` is visible after it."""
+    if not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        slot = _slot(builder, _int64(context, builder, signature, args, 0))
+        return builder.load_atomic(slot, "acquire", 8)
+
+    return types.int64(index), codegen
+
+
+@intrinsic
+def store(typingctx, index, value):
+    """``CONTROL[index] = value``, a releasing store."""
+    if not isinstance(index, types.Integer) or not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        slot = _slot(builder, _int64(context, builder, signature, args, 0))
+        builder.store_atomic(_int64(context, builder, signature, args, 1), slot, "release", 8)
+        return context.get_dummy_value()
+
+    return types.none(index, value), codegen
+
+
+def _spin(builder):
+    """Emit: loop until CONTROL[JOB] is IDLE."""
+    job = _slot(builder, ir.Constant(_I64, JOB))
+    loop = builder.append_basic_block("spin")
+    done = builder.append_basic_block("spin_done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    idle = builder.icmp_signed("==", builder.load_atomic(job, "acquire", 8), ir.Constant(_I64, IDLE))
+    builder.cbranch(idle, done, loop)
+    builder.position_at_end(done)
+
+
+_JOB_TYPE = ir.FunctionType(ir.VoidType(), [ir.IntType(32), ir.IntType(8).as_pointer(),
+                                            ir.IntType(32)])
+
+
+@intrinsic
+def wait(typingctx):
+    """Spin until the helper has finished its job."""
+
+    def codegen(context, builder, signature, args):
+        _spin(builder)
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def run_blas_job(typingctx):
+    """On the helper: OpenBLAS's second job, as its thread 1, then back to IDLE."""
+
+    def codegen(context, builder, signature, args):
+        def slot(i):
+            return builder.load_atomic(_slot(builder, ir.Constant(_I64, i)), "acquire", 8)
+
+        fn = builder.inttoptr(slot(FN), _JOB_TYPE.as_pointer())
+        builder.call(fn, [ir.Constant(ir.IntType(32), 1),
+                          builder.inttoptr(slot(DATA), ir.IntType(8).as_pointer()),
+                          builder.trunc(slot(ARG), ir.IntType(32))])
+        builder.store_atomic(ir.Constant(_I64, IDLE), _slot(builder, ir.Constant(_I64, JOB)),
+                             "release", 8)
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+def _callback_module() -> ir.Module:
+    """OpenBLAS's threads callback, ``void callback(int sync, dojob, int numjobs, size_t size,
+    void *jobs, int arg)``: job 0 on the calling thread, job 1 (of two) on the helper; it
+    returns when both are done. OpenBLAS's jobs wait for each other, so they must run at the
+    same time: the helper spins on the control block whenever this is installed. Written in
+    LLVM IR directly: through numba it cost ~0.5 s of cold compile."""
+    module = ir.Module("symnet_pool")
+    i32, byte_ptr = ir.IntType(32), ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i32, _JOB_TYPE.as_pointer(), i32, _I64, byte_ptr, i32])
+    fn = ir.Function(module, fnty, "symnet_blas_callback")
+    _, dojob, numjobs, size, jobs, arg = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    post = fn.append_basic_block("post")
+    run = fn.append_basic_block("run")
+    multi = builder.icmp_signed(">", numjobs, ir.Constant(i32, 1))
+    builder.cbranch(multi, post, run)
+    builder.position_at_end(post)
+    for index, value in ((FN, builder.ptrtoint(dojob, _I64)),
+                         (DATA, builder.add(builder.ptrtoint(jobs, _I64), size)),
+                         (ARG, builder.sext(arg, _I64)), (JOB, ir.Constant(_I64, BLAS))):
+        builder.store_atomic(value, _slot(builder, ir.Constant(_I64, index)), "release", 8)
+    builder.branch(run)
+    builder.position_at_end(run)
+    builder.call(dojob, [ir.Constant(i32, 0), jobs, arg])
+    wait_block = fn.append_basic_block("wait")
+    done = fn.append_basic_block("done")
+    builder.cbranch(multi, wait_block, done)
+    builder.position_at_end(wait_block)
+    _spin(builder)
+    builder.branch(done)
+    builder.position_at_end(done)
+    builder.ret_void()
+    return module
+
+
+_ENGINE = None
+
+
+def _callback_address() -> int:
+    global _ENGINE
+    if _ENGINE is None:
+        module = llvm.parse_assembly(str(_callback_module()))
+        machine = llvm.Target.from_default_triple().create_target_machine()
+        _ENGINE = llvm.create_mcjit_compiler(module, machine)
+        _ENGINE.finalize_object()
+    return _ENGINE.get_function_address("symnet_blas_callback")
+
+
+# One symnet kernel at a time in a process: the BLAS callback is process-wide, so another
+# thread's kernel must not call OpenBLAS while a training call has the helper. (Before the
+# helper, every kernel held the GIL while it ran, which had the same effect.)
+LOCK = threading.RLock()
+
+
+def blas_threads() -> int:
+    return int(blas.LIBRARY.scipy_openblas_get_num_threads())
+
+
+@contextlib.contextmanager
+def helper(serve):
+    """Holds ``LOCK``; while the block runs, ``serve()`` (the generated ``train_epochs`` in its
+    helper role, which spins on the control block without the GIL) runs on a helper thread,
+    and OpenBLAS's jobs go through it. Yields whether it does: not when OpenBLAS runs other
+    than two threads, or when ``SYMNET_POOL=0``."""
+    with LOCK:
+        if os.environ.get("SYMNET_POOL") == "0" or blas_threads() != 2:
+            yield False
+            return
+        failure = []
+
+        def run():
+            try:
+                serve()
+            except BaseException as err:  # raised again on the calling thread
+                failure.append(err)
+
+        CONTROL[:] = IDLE
+        thread = threading.Thread(target=run, name="symnet-helper", daemon=True)
+        thread.start()
+        while CONTROL[UP] == 0:
+            if not thread.is_alive():
+                raise failure[0] if failure else RuntimeError("symnet's helper thread stopped")
+            time.sleep(1e-5)
+        blas.LIBRARY.scipy_openblas_set_threads_callback_function(
+            ctypes.c_void_p(_callback_address()))
+        try:
+            yield True
+        finally:
+            blas.LIBRARY.scipy_openblas_set_threads_callback_function(ctypes.c_void_p(0))
+            CONTROL[JOB] = EXIT
+            thread.join()
