@@ -484,12 +484,17 @@ class TrainKernel:
         out.indent(2)
         out("start = s * batch")
         out("n = min(batch, rows - start)")
-        out("for r in range(n):")
-        out("    i = orders[e, start + r]")
-        for b in self.inputs:
-            x = gi[b.name]
-            out(f"    for j in range({_dims(b.shape)[1]}):")
-            out(f"        {x}[r, j] = d_{x}[i, j]")
+        if self.half:
+            out("if role == 1:  # the helper gathers the second half of the batch's rows")
+            out("    pool.store(pool.EPOCH, e)")
+            out("    pool.store(pool.START, start)")
+            out("    pool.store(pool.ROWS, n)")
+            out("    pool.store(pool.JOB, pool.GATHER)")
+            self._gather(out, "lo", "n // 2 if role == 1 else n")
+            out("if role == 1:")
+            out("    pool.wait()")
+        else:
+            self._gather(out, "lo", "n")
         self.grad.emit_body(out)
         out(f"loss = {self.loss}[0, 0]")
         out("losses[e, s] = loss")
@@ -531,6 +536,16 @@ class TrainKernel:
             out("if role == 1:")
             out("    pool.wait()")
 
+    def _gather(self, out: Emitter, first: str, last: str):
+        """Copy the shuffled rows first..last of this step's batch into the input buffers."""
+        gi = self.grad.ident
+        out(f"for r in range({first}, {last}):")
+        out("    i = orders[e, start + r]")
+        for b in self.inputs:
+            x = gi[b.name]
+            out(f"    for j in range({_dims(b.shape)[1]}):")
+            out(f"        {x}[r, j] = d_{x}[i, j]")
+
     def emit_serve(self, out: Emitter):
         """As the helper thread (``role == 2``, see codegen.pool): OpenBLAS's second job of
         each product, and the second half of each large parameter's update, until told to
@@ -544,6 +559,12 @@ class TrainKernel:
         out("    job = pool.load(pool.JOB)")
         out("    if job == pool.BLAS:")
         out("        pool.run_blas_job()")
+        out("    elif job == pool.GATHER:")
+        out("        e, start, n = pool.load(pool.EPOCH), pool.load(pool.START), pool.load(pool.ROWS)")
+        out.indent(2)
+        self._gather(out, "n // 2", "n")
+        out.indent(-2)
+        out("        pool.store(pool.JOB, pool.IDLE)")
         out("    elif job == pool.UPDATE:")
         for k, h in enumerate(self.hoisted):
             out(f"        {h} = DT(hf[{k}])")

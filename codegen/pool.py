@@ -6,7 +6,8 @@ on the calling thread alone. A second pool for that work (numba's ``prange``) fi
 for the two cores. Instead, while ``train_epochs`` runs, OpenBLAS hands its jobs to this
 module's callback (``openblas_set_threads_callback_function``, a public OpenBLAS API), which
 runs the second job on a helper thread of symnet's own; between products, the same helper
-updates the second half of the rows of each large parameter (``numba_backend.SPLIT``). One
+gathers the second half of each batch's shuffled rows and updates the second half of the rows
+of each large parameter (``numba_backend.SPLIT``). One
 pool, two cores, no fight. The helper is the generated ``train_epochs`` itself, called with
 ``role == 2`` (a kernel of its own would cost its own cold compile).
 
@@ -14,7 +15,9 @@ The thread and the kernels talk through a small block of integers (``CONTROL``),
 as the symbol ``symnet_pool_control`` so that cached machine code links against it in every
 process, as ``codegen.blas`` does for the GEMMs. Slot ``JOB`` holds the work for the helper:
 ``IDLE``, ``BLAS`` (run OpenBLAS's job whose function, data and argument are in the next slots),
-``UPDATE`` (the helper's half of the update) or ``EXIT``. The helper sets it back to ``IDLE``
+``GATHER`` (copy the second half of the batch's shuffled rows, whose epoch, first row and
+count are in slots ``EPOCH``, ``START``, ``ROWS``), ``UPDATE`` (the helper's half of the
+update) or ``EXIT``. The helper sets it back to ``IDLE``
 when done; only one job is in flight. Every kernel call holds ``LOCK``, so one symnet kernel
 runs at a time in a process. With an OpenBLAS thread count other than two, or
 ``SYMNET_POOL=0``, training runs without the helper, as before.
@@ -36,8 +39,9 @@ from numba.extending import intrinsic
 
 from . import blas
 
-IDLE, BLAS, UPDATE, EXIT = 0, 1, 2, 3
-JOB, FN, DATA, ARG, UP = 0, 1, 2, 3, 8  # slots; UP (the helper is running) on its own cache line
+IDLE, BLAS, UPDATE, GATHER, EXIT = 0, 1, 2, 3, 4
+JOB, FN, DATA, ARG, EPOCH, START, ROWS = 0, 1, 2, 3, 4, 5, 6  # slots of CONTROL
+UP = 8  # the helper is running: on a cache line of its own
 CONTROL = np.zeros(16, np.int64)
 llvm.add_symbol("symnet_pool_control", CONTROL.ctypes.data)
 
