@@ -36,7 +36,7 @@ from sympy.printing.pycode import PythonCodePrinter
 from . import blas, pool  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 
-CODEGEN_VERSION = 9  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 10  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
@@ -577,6 +577,8 @@ class TrainKernel:
         out("        pool.store(pool.JOB, pool.IDLE)")
         out("    elif job == pool.EXIT:")
         out("        break")
+        out("    else:")
+        out("        pool.pause()")
         out("pool.store(pool.UP, 0)")
         out("set_fpmode(mode)")
         out("return 0, 0, t0")

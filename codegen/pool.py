@@ -35,9 +35,11 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import blas
+from .fpmode import X86
 
 IDLE, BLAS, UPDATE, GATHER, EXIT = 0, 1, 2, 3, 4
 JOB, FN, DATA, ARG, EPOCH, START, ROWS = 0, 1, 2, 3, 4, 5, 6  # slots of CONTROL
@@ -90,6 +92,15 @@ def store(typingctx, index, value):
     return types.none(index, value), codegen
 
 
+def _pause(builder):
+    """x86's PAUSE in a spin loop: it tells the core that the thread is waiting, so that a
+    sibling hardware thread gets the core's resources (nothing elsewhere)."""
+    if X86:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+
+
 def _spin(builder):
     """Emit: loop until CONTROL[JOB] is IDLE."""
     job = _slot(builder, ir.Constant(_I64, JOB))
@@ -98,8 +109,23 @@ def _spin(builder):
     builder.branch(loop)
     builder.position_at_end(loop)
     idle = builder.icmp_signed("==", builder.load_atomic(job, "acquire", 8), ir.Constant(_I64, IDLE))
-    builder.cbranch(idle, done, loop)
+    wait_more = builder.append_basic_block("spin_pause")
+    builder.cbranch(idle, done, wait_more)
+    builder.position_at_end(wait_more)
+    _pause(builder)
+    builder.branch(loop)
     builder.position_at_end(done)
+
+
+@intrinsic
+def pause(typingctx):
+    """PAUSE, in the helper's wait for work."""
+
+    def codegen(context, builder, signature, args):
+        _pause(builder)
+        return context.get_dummy_value()
+
+    return types.none(), codegen
 
 
 _JOB_TYPE = ir.FunctionType(ir.VoidType(), [ir.IntType(32), ir.IntType(8).as_pointer(),
