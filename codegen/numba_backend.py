@@ -9,8 +9,9 @@ nest whose body is the scalar SymPy expression printed after ``sympy.cse`` (``ex
 The module is written to a cache directory under the hash of its text and imported from there,
 so numba's ``cache=True`` loads machine code on the next compile of the same model.
 ``train_epochs`` runs with a helper thread when OpenBLAS has two (``codegen.pool``): the helper
-runs OpenBLAS's second job of each product and updates the second half of each large
-parameter's rows, while the calling thread updates the first.
+runs OpenBLAS's second job of each product, gathers the second half of each batch's rows and
+updates the second half of each large parameter's rows, while the calling thread does the
+first halves.
 """
 
 from __future__ import annotations
@@ -459,7 +460,6 @@ class TrainKernel:
                 *(self.grad.ident[p.name] for p in self.params), *states,
                 *(self.grad.ident[b.name] for b in self.grad.temps), "hf", "role"]
 
-
     def emit(self, out: Emitter):
         """The loss-and-gradient statements are written out inside the loop rather than called:
         numba would otherwise compile them twice, once on their own and once more when linking
@@ -468,7 +468,8 @@ class TrainKernel:
         self.emit_helpers(out)
         out()
         out()
-        out(JIT.replace("cache=True", "cache=True, nogil=True"))  # the caller waits for its helper in Python
+        # nogil: the helper thread runs it too, while its caller waits for it in Python
+        out(JIT.replace("cache=True", "cache=True, nogil=True"))
         out(f"def train_epochs({', '.join(self.signature())}):")
         out.indent()
         out("mode = get_fpmode()  # flush subnormals to zero while training (codegen.fpmode)")

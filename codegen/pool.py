@@ -166,8 +166,9 @@ def _callback_module() -> ir.Module:
     """OpenBLAS's threads callback, ``void callback(int sync, dojob, int numjobs, size_t size,
     void *jobs, int arg)``: job 0 on the calling thread, job 1 (of two) on the helper; it
     returns when both are done. OpenBLAS's jobs wait for each other, so they must run at the
-    same time: the helper spins on the control block whenever this is installed. Written in
-    LLVM IR directly: through numba it cost ~0.5 s of cold compile."""
+    same time: the helper spins on the control block whenever this is installed, and OpenBLAS
+    splits a product into at most as many jobs as it has threads, two while it is installed.
+    Written in LLVM IR directly: through numba it cost ~0.5 s of cold compile."""
     module = ir.Module("symnet_pool")
     i32, byte_ptr = ir.IntType(32), ir.IntType(8).as_pointer()
     fnty = ir.FunctionType(ir.VoidType(), [i32, _JOB_TYPE.as_pointer(), i32, _I64, byte_ptr, i32])
@@ -241,13 +242,13 @@ def helper(serve):
         CONTROL[:] = IDLE
         thread = threading.Thread(target=run, name="symnet-helper", daemon=True)
         thread.start()
-        while CONTROL[UP] == 0:
-            if not thread.is_alive():
-                raise failure[0] if failure else RuntimeError("symnet's helper thread stopped")
-            time.sleep(1e-5)
-        blas.LIBRARY.scipy_openblas_set_threads_callback_function(
-            ctypes.c_void_p(_callback_address()))
-        try:
+        try:  # from here on, whatever happens (even an interrupt), the helper is stopped
+            while CONTROL[UP] == 0:
+                if not thread.is_alive():
+                    raise failure[0] if failure else RuntimeError("symnet's helper thread stopped")
+                time.sleep(1e-5)
+            blas.LIBRARY.scipy_openblas_set_threads_callback_function(
+                ctypes.c_void_p(_callback_address()))
             yield True
         finally:
             blas.LIBRARY.scipy_openblas_set_threads_callback_function(ctypes.c_void_p(0))
