@@ -43,7 +43,7 @@ from .fpmode import X86
 
 IDLE, BLAS, UPDATE, GATHER, EXIT = 0, 1, 2, 3, 4
 JOB, FN, DATA, ARG, EPOCH, START, ROWS = 0, 1, 2, 3, 4, 5, 6  # slots of CONTROL
-UP = 8  # the helper is running: on a cache line of its own
+UP = 8  # the helper is running: 64 bytes after JOB, apart from the slots that change per job
 CONTROL = np.zeros(16, np.int64)
 llvm.add_symbol("symnet_pool_control", CONTROL.ctypes.data)
 
