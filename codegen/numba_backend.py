@@ -528,14 +528,19 @@ class TrainKernel:
         for p in self.params:
             x = gi[p.name]
             out(f"# update {p.name}: {self.rule}")
-            states = [f"s_{s}_{x}" for s in self.update.state]
             rows = (f"{x}.shape[0] // 2 if role == 1 else {x}.shape[0]" if p.name in self.half
                     else f"{x}.shape[0]")
-            args = [x, self.grad_of[p.name], *states, *self.hoisted, "lo", rows]
-            out(f"update_entries({', '.join(map(str, args))})")
+            out(self._update_call(p, "lo", rows))
         if self.half:
             out("if role == 1:")
             out("    pool.wait()")
+
+    def _update_call(self, p, first: str, last: str) -> str:
+        """``update_entries`` on rows first..last of parameter ``p``, its gradient and state."""
+        x = self.grad.ident[p.name]
+        args = [x, self.grad_of[p.name], *(f"s_{s}_{x}" for s in self.update.state),
+                *self.hoisted, first, last]
+        return f"update_entries({', '.join(args)})"
 
     def _gather(self, out: Emitter, first: str, last: str):
         """Copy the shuffled rows first..last of this step's batch into the input buffers."""
@@ -572,9 +577,7 @@ class TrainKernel:
         for p in self.params:
             if p.name in self.half:
                 x = gi[p.name]
-                args = [x, self.grad_of[p.name], *(f"s_{s}_{x}" for s in self.update.state),
-                        *self.hoisted, f"{x}.shape[0] // 2", f"{x}.shape[0]"]
-                out(f"        update_entries({', '.join(map(str, args))})")
+                out("        " + self._update_call(p, f"{x}.shape[0] // 2", f"{x}.shape[0]"))
         out("        pool.store(pool.JOB, pool.IDLE)")
         out("    elif job == pool.EXIT:")
         out("        break")
@@ -750,18 +753,10 @@ class NumbaRunner:
                 *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
                 *(work[b.name] for b in kernel.temps),
                 np.zeros(max(len(self.trainer.hoisted), 1)))  # the update's scalars, for the helper
-        helper = (pool.helper(lambda: self.module.train_epochs(*args, 2)) if self.trainer.half
-                  else _alone())
-        with _jit_errors(), helper as pooled:
+        serve = (lambda: self.module.train_epochs(*args, 2)) if self.trainer.half else None
+        with _jit_errors(), pool.helper(serve) as pooled:
             e, s, t = self.module.train_epochs(*args, 1 if pooled else 0)
         return losses, int(e), int(s), int(t)
-
-
-@contextlib.contextmanager
-def _alone():
-    """Training without the helper thread (no parameter is large enough to split)."""
-    with pool.LOCK:
-        yield False
 
 
 @contextlib.contextmanager

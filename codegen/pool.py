@@ -117,49 +117,40 @@ def _spin(builder):
     builder.position_at_end(done)
 
 
-@intrinsic
-def pause(typingctx):
-    """PAUSE, in the helper's wait for work."""
-
-    def codegen(context, builder, signature, args):
-        _pause(builder)
-        return context.get_dummy_value()
-
-    return types.none(), codegen
-
-
 _JOB_TYPE = ir.FunctionType(ir.VoidType(), [ir.IntType(32), ir.IntType(8).as_pointer(),
                                             ir.IntType(32)])
 
 
-@intrinsic
-def wait(typingctx):
-    """Spin until the helper has finished its job."""
+def _statement(emit, doc: str):
+    """A numba intrinsic of no arguments whose code is what ``emit(builder)`` writes."""
 
-    def codegen(context, builder, signature, args):
-        _spin(builder)
-        return context.get_dummy_value()
+    def typer(typingctx):
+        def codegen(context, builder, signature, args):
+            emit(builder)
+            return context.get_dummy_value()
 
-    return types.none(), codegen
+        return types.none(), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def run_blas_job(typingctx):
-    """On the helper: OpenBLAS's second job, as its thread 1, then back to IDLE."""
+def _run_blas_job(builder):
+    def slot(i):
+        return builder.load_atomic(_slot(builder, ir.Constant(_I64, i)), "acquire", 8)
 
-    def codegen(context, builder, signature, args):
-        def slot(i):
-            return builder.load_atomic(_slot(builder, ir.Constant(_I64, i)), "acquire", 8)
+    fn = builder.inttoptr(slot(FN), _JOB_TYPE.as_pointer())
+    builder.call(fn, [ir.Constant(ir.IntType(32), 1),
+                      builder.inttoptr(slot(DATA), ir.IntType(8).as_pointer()),
+                      builder.trunc(slot(ARG), ir.IntType(32))])
+    builder.store_atomic(ir.Constant(_I64, IDLE), _slot(builder, ir.Constant(_I64, JOB)),
+                         "release", 8)
 
-        fn = builder.inttoptr(slot(FN), _JOB_TYPE.as_pointer())
-        builder.call(fn, [ir.Constant(ir.IntType(32), 1),
-                          builder.inttoptr(slot(DATA), ir.IntType(8).as_pointer()),
-                          builder.trunc(slot(ARG), ir.IntType(32))])
-        builder.store_atomic(ir.Constant(_I64, IDLE), _slot(builder, ir.Constant(_I64, JOB)),
-                             "release", 8)
-        return context.get_dummy_value()
 
-    return types.none(), codegen
+pause = _statement(_pause, "PAUSE, in the helper's wait for work.")
+wait = _statement(_spin, "Spin until the helper has finished its job.")
+run_blas_job = _statement(
+    _run_blas_job, "On the helper: OpenBLAS's second job, as its thread 1, then back to IDLE.")
 
 
 def _callback_module() -> ir.Module:
@@ -225,10 +216,11 @@ def blas_threads() -> int:
 def helper(serve):
     """Holds ``LOCK``; while the block runs, ``serve()`` (the generated ``train_epochs`` in its
     helper role, which spins on the control block without the GIL) runs on a helper thread,
-    and OpenBLAS's jobs go through it. Yields whether it does: not when OpenBLAS runs other
-    than two threads, or when ``SYMNET_POOL=0``."""
+    and OpenBLAS's jobs go through it. Yields whether it does: not when ``serve`` is None (no
+    parameter is large enough to split), when OpenBLAS runs other than two threads, or when
+    ``SYMNET_POOL=0``."""
     with LOCK:
-        if os.environ.get("SYMNET_POOL") == "0" or blas_threads() != 2:
+        if serve is None or os.environ.get("SYMNET_POOL") == "0" or blas_threads() != 2:
             yield False
             return
         failure = []
