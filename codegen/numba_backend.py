@@ -36,14 +36,17 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from . import blas, pool  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
+from .native import NativeCall
 
-CODEGEN_VERSION = 10  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 11  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
-# no C-callable wrapper: the kernels are called from Python and from each other, and LLVM would
-# otherwise optimise and emit a second entry point of each (~350 IR lines for train_epochs)
-JIT = "@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True)"
+# no wrappers: Python calls the kernels' machine code through codegen.native, and LLVM would
+# otherwise optimise and emit a C-callable entry point of each (~350 IR lines for
+# train_epochs) and a CPython one (0.4–0.7 s of seed002's cold compile)
+JIT = ("@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
+       "no_cpython_wrapper=True)")
 RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
@@ -468,8 +471,7 @@ class TrainKernel:
         self.emit_helpers(out)
         out()
         out()
-        # nogil: the helper thread runs it too, while its caller waits for it in Python
-        out(JIT.replace("cache=True", "cache=True, nogil=True"))
+        out(JIT)  # the helper thread runs it too: codegen.native calls it without the GIL
         out(f"def train_epochs({', '.join(self.signature())}):")
         out.indent()
         out("mode = get_fpmode()  # flush subnormals to zero while training (codegen.fpmode)")
@@ -709,6 +711,8 @@ class NumbaRunner:
         if os.environ.get("SYMNET_DEBUG"):
             print(self.source, file=sys.stderr)
         self.module = load(self.source)
+        self.call = {name: NativeCall(getattr(self.module, name))
+                     for name in [*self.kernels, *(["train_epochs"] if update is not None else [])]}
         self.work: dict[str, dict[str, np.ndarray]] = {}
         self.capacity: dict[str, int] = {}
 
@@ -725,8 +729,8 @@ class NumbaRunner:
         n = _batch_rows(kernel, feeds)
         work = self.workspace(name, n)
         with pool.LOCK, _jit_errors():
-            getattr(self.module, name)(n, *(feeds[b.name] for b in kernel.leaves),
-                                       *(work[b.name] for b in kernel.temps))
+            self.call[name](n, *(feeds[b.name] for b in kernel.leaves),
+                            *(work[b.name] for b in kernel.temps))
         prog = self.programs[name]
         return {out: _view(work[buf], prog.buffer(buf).shape, n).copy()
                 for out, buf in prog.outputs}
@@ -753,9 +757,10 @@ class NumbaRunner:
                 *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
                 *(work[b.name] for b in kernel.temps),
                 np.zeros(max(len(self.trainer.hoisted), 1)))  # the update's scalars, for the helper
-        serve = (lambda: self.module.train_epochs(*args, 2)) if self.trainer.half else None
+        train_epochs = self.call["train_epochs"]
+        serve = (lambda: train_epochs(*args, 2)) if self.trainer.half else None
         with _jit_errors(), pool.helper(serve) as pooled:
-            e, s, t = self.module.train_epochs(*args, 1 if pooled else 0)
+            e, s, t = train_epochs(*args, 1 if pooled else 0)
         return losses, int(e), int(s), int(t)
 
 
@@ -787,9 +792,8 @@ def warm_up(runner: NumbaRunner, params: dict[str, np.ndarray]) -> bool:
         inputs = {b.name: np.zeros((1, b.shape[1]), runner.dtype)
                   for b in runner.kernels["loss_and_grad"].leaves if b.role == "input"}
         runner.train(inputs, params, state, np.zeros((1, 1), np.int64), 1, 0)
-    functions = [getattr(runner.module, name) for name in names]
-    functions += [runner.module.train_epochs] if runner.update is not None else []
-    return all(sum(f.stats.cache_misses.values()) == 0 for f in functions)
+    functions = [*names, *(["train_epochs"] if runner.update is not None else [])]
+    return all(sum(runner.call[f].stats.cache_misses.values()) == 0 for f in functions)
 
 
 def _alloc(shape, rows, dtype, minor=False):
