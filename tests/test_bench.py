@@ -54,3 +54,20 @@ def test_summary_bolds_the_fastest_and_divides_by_the_fastest_other_peer():
     assert row == "| wide | 3 | **2.5** | 4 | n/a | **1.20** (jax-scan; target ≤ 1.0) |"
     row = setup_summary(results, peers=("symnet", "jax-scan", "pytensor-numba")).splitlines()[2]
     assert row == "| wide | 2.00 / 0.50 | 1.00 | 9.00 | 4.5 × |"
+
+
+def test_sweep_keeps_the_best_sgemm_rate_of_its_passes(tmp_path, monkeypatch):
+    from benchmarks import sweep
+
+    points = len(sweep.BATCHES + sweep.WIDTHS)
+    rates = iter([1e9] * points + [4e9] * points)  # a slow spell in the first pass
+    passes = iter(range(10**6))
+    monkeypatch.setattr(sweep, "gemm_rate", lambda batch, width: next(rates))
+    monkeypatch.setattr(sweep, "run_child", lambda peer, batch, width: [float(next(passes))])
+    monkeypatch.setattr(sweep, "plot", lambda rows, peers, path: None)
+    assert sweep.main(["--peers", "symnet", "--repeat", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "sweep.json").read_text())
+    first = rows[0]
+    flops = sweep.flops_per_epoch(sweep.workload(first["batch"], first["width"]), sweep.ROWS)
+    assert first["roofline_s"] == pytest.approx(flops / 4e9)  # the best of 1e9 and 4e9
+    assert first["symnet"] == pytest.approx((0 + points) / 2)  # the median of its two passes
