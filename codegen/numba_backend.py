@@ -38,7 +38,7 @@ from . import blas, pool  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 from .native import NativeCall
 
-CODEGEN_VERSION = 11  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 12  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay

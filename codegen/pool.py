@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import threading
 import time
 
@@ -119,6 +120,14 @@ def _spin(builder):
 
 _JOB_TYPE = ir.FunctionType(ir.VoidType(), [ir.IntType(32), ir.IntType(8).as_pointer(),
                                             ir.IntType(32)])
+# The thread numbers the two jobs run as. OpenBLAS's job function marks slot ``thread_status[k]``
+# busy while job k runs and gives it the buffer ``blas_thread_buffer[k]``, and slot 0 belongs to
+# OpenBLAS's own worker thread (the only one with two threads). Run as thread 0, the first job
+# kept that worker from ever going back to sleep: it saw its slot busy each time it was about
+# to, and spun on a third of two cores. In alternation with OpenBLAS's own threading, a
+# sequence of wide's five products then took 49–62 ms a step against 25–26 ms. Slots 1 and 2
+# are no worker's with two threads (``helper`` checks that there are at least three).
+_MAIN_JOB_SLOT, _HELPER_JOB_SLOT = 1, 2
 
 
 def _statement(emit, doc: str):
@@ -140,7 +149,7 @@ def _run_blas_job(builder):
         return builder.load_atomic(_slot(builder, ir.Constant(_I64, i)), "acquire", 8)
 
     fn = builder.inttoptr(slot(FN), _JOB_TYPE.as_pointer())
-    builder.call(fn, [ir.Constant(ir.IntType(32), 1),
+    builder.call(fn, [ir.Constant(ir.IntType(32), _HELPER_JOB_SLOT),
                       builder.inttoptr(slot(DATA), ir.IntType(8).as_pointer()),
                       builder.trunc(slot(ARG), ir.IntType(32))])
     builder.store_atomic(ir.Constant(_I64, IDLE), _slot(builder, ir.Constant(_I64, JOB)),
@@ -177,7 +186,7 @@ def _callback_module() -> ir.Module:
         builder.store_atomic(value, _slot(builder, ir.Constant(_I64, index)), "release", 8)
     builder.branch(run)
     builder.position_at_end(run)
-    builder.call(dojob, [ir.Constant(i32, 0), jobs, arg])
+    builder.call(dojob, [ir.Constant(i32, _MAIN_JOB_SLOT), jobs, arg])
     wait_block = fn.append_basic_block("wait")
     done = fn.append_basic_block("done")
     builder.cbranch(multi, wait_block, done)
@@ -212,15 +221,26 @@ def blas_threads() -> int:
     return int(blas.LIBRARY.scipy_openblas_get_num_threads())
 
 
+def _blas_slots() -> int:
+    """How many threads' slots OpenBLAS has (its build's MAX_THREADS; 0 if it does not say)."""
+    blas.LIBRARY.scipy_openblas_get_config.restype = ctypes.c_char_p
+    found = re.search(rb"MAX_THREADS=(\d+)", blas.LIBRARY.scipy_openblas_get_config())
+    return int(found.group(1)) if found else 0
+
+
+BLAS_SLOTS = _blas_slots()
+
+
 @contextlib.contextmanager
 def helper(serve):
     """Holds ``LOCK``; while the block runs, ``serve()`` (the generated ``train_epochs`` in its
     helper role, which spins on the control block without the GIL) runs on a helper thread,
     and OpenBLAS's jobs go through it. Yields whether it does: not when ``serve`` is None (no
-    parameter is large enough to split), when OpenBLAS runs other than two threads, or when
-    ``SYMNET_POOL=0``."""
+    parameter is large enough to split), when OpenBLAS runs other than two threads or has no
+    free slot for the helper's jobs, or when ``SYMNET_POOL=0``."""
     with LOCK:
-        if serve is None or os.environ.get("SYMNET_POOL") == "0" or blas_threads() != 2:
+        if (serve is None or os.environ.get("SYMNET_POOL") == "0" or blas_threads() != 2
+                or BLAS_SLOTS <= _HELPER_JOB_SLOT):
             yield False
             return
         failure = []

@@ -2,8 +2,10 @@
 bit, OpenBLAS's jobs on the helper, and no thread or lock left behind, even when a step diverges
 or the helper cannot start."""
 
+import ctypes
 import threading
 
+import numba as nb
 import numpy as np
 import pytest
 
@@ -103,3 +105,35 @@ def test_a_helper_that_cannot_start_raises_on_the_calling_thread_and_frees_the_l
     other.start()
     other.join()
     assert free == [True] and not helpers()
+
+
+@nb.njit(nogil=True)
+def _serve_blas_jobs():
+    """The helper's loop, reduced to OpenBLAS's jobs."""
+    pool.store(pool.UP, 1)
+    while True:
+        job = pool.load(pool.JOB)
+        if job == pool.BLAS:
+            pool.run_blas_job()
+        elif job == pool.EXIT:
+            break
+        else:
+            pool.pause()
+    pool.store(pool.UP, 0)
+
+
+def test_openblas_jobs_run_as_threads_that_are_not_its_own_worker(two_blas_threads):
+    # OpenBLAS marks thread k's slot busy while job k runs; slot 0 is its worker's, which then
+    # never went back to sleep and spun beside the helper (codegen.pool._MAIN_JOB_SLOT)
+    seen = []
+    job = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+    record = job(lambda thread, data, arg: seen.append((thread, data - jobs_at, arg)))
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_int, job, ctypes.c_int, ctypes.c_size_t,
+                                ctypes.c_void_p, ctypes.c_int)(pool._callback_address())
+    jobs = (ctypes.c_char * 64)()
+    jobs_at = ctypes.addressof(jobs)
+    with pool.helper(_serve_blas_jobs) as pooled:
+        assert pooled
+        callback(1, record, 2, 32, jobs_at, 7)  # two jobs of 32 bytes each
+    assert sorted(seen) == [(1, 0, 7), (2, 32, 7)]  # each job once, neither as thread 0
+    assert pool.BLAS_SLOTS > 2
