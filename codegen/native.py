@@ -2,7 +2,7 @@
 
 Beside each function that Python calls, numba compiles a wrapper that turns the Python
 arguments into native values, and for a kernel of many arrays that wrapper is the costliest
-part of its cold compile: seed002's ``train_epochs`` takes 43 arrays, and compiles in
+part of its cold compile: seed002's ``train_epochs`` takes 40 arrays, and compiles in
 1.6–1.7 s without the wrapper against 2.0–2.4 s with it (measured). So the kernels are
 compiled without it (``no_cpython_wrapper``), and ``NativeCall`` calls the machine code in
 numba's native calling convention, ``status = f(&result, &exception, *arguments)``, in which

@@ -44,7 +44,7 @@ MINOR = 16  # batch-shaped workspaces with at most this many columns are stored 
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # no wrappers: Python calls the kernels' machine code through codegen.native, and LLVM would
 # otherwise optimise and emit a C-callable entry point of each (~350 IR lines for
-# train_epochs) and a CPython one (0.4–0.7 s of seed002's cold compile)
+# train_epochs) and a CPython one (0.3–0.8 s of seed002's cold compile)
 JIT = ("@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
        "no_cpython_wrapper=True)")
 RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",

@@ -123,10 +123,11 @@ _JOB_TYPE = ir.FunctionType(ir.VoidType(), [ir.IntType(32), ir.IntType(8).as_poi
 # The thread numbers the two jobs run as. OpenBLAS's job function marks slot ``thread_status[k]``
 # busy while job k runs and gives it the buffer ``blas_thread_buffer[k]``, and slot 0 belongs to
 # OpenBLAS's own worker thread (the only one with two threads). Run as thread 0, the first job
-# kept that worker from ever going back to sleep: it saw its slot busy each time it was about
-# to, and spun on a third of two cores. In alternation with OpenBLAS's own threading, a
-# sequence of wide's five products then took 49–62 ms a step against 25–26 ms. Slots 1 and 2
-# are no worker's with two threads (``helper`` checks that there are at least three).
+# kept that worker from ever going back to sleep (it found its slot busy each time it was about
+# to), and it spun beside the two threads that train, on two cores. In alternation with
+# OpenBLAS's own threading, a sequence of wide's five products then took 49–62 ms a step
+# against 25–26 ms. Slots 1 and 2 are no worker's with two threads (``helper`` checks that
+# there are at least three).
 _MAIN_JOB_SLOT, _HELPER_JOB_SLOT = 1, 2
 
 
