@@ -556,9 +556,9 @@ class TrainKernel:
 
     def emit_serve(self, out: Emitter):
         """As the helper thread (``role == 2``, see codegen.pool): OpenBLAS's second job of
-        each product, and the second half of each large parameter's update, until told to
-        exit. It is a branch of ``train_epochs`` rather than a kernel of its own, which would
-        cost its own cold compile."""
+        each product, the second half of each batch's gather and of each large parameter's
+        update, until told to exit. It is a branch of ``train_epochs`` rather than a kernel of
+        its own, whose compile cost as much as it took out of ``train_epochs`` (measured)."""
         gi = self.grad.ident
         out("if role == 2:  # the helper thread (codegen.pool), until train_epochs' caller ends it")
         out.indent()

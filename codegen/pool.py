@@ -160,15 +160,17 @@ def _run_blas_job(builder):
 pause = _statement(_pause, "PAUSE, in the helper's wait for work.")
 wait = _statement(_spin, "Spin until the helper has finished its job.")
 run_blas_job = _statement(
-    _run_blas_job, "On the helper: OpenBLAS's second job, as its thread 1, then back to IDLE.")
+    _run_blas_job,
+    "On the helper: OpenBLAS's second job, as its thread _HELPER_JOB_SLOT, then back to IDLE.")
 
 
 def _callback_module() -> ir.Module:
     """OpenBLAS's threads callback, ``void callback(int sync, dojob, int numjobs, size_t size,
-    void *jobs, int arg)``: job 0 on the calling thread, job 1 (of two) on the helper; it
-    returns when both are done. OpenBLAS's jobs wait for each other, so they must run at the
-    same time: the helper spins on the control block whenever this is installed, and OpenBLAS
-    splits a product into at most as many jobs as it has threads, two while it is installed.
+    void *jobs, int arg)``: job 0 on the calling thread, job 1 (of two) on the helper, as
+    OpenBLAS's threads ``_MAIN_JOB_SLOT`` and ``_HELPER_JOB_SLOT``; it returns when both are
+    done. OpenBLAS's jobs wait for each other, so they must run at the same time: the helper
+    spins on the control block whenever this is installed, and OpenBLAS splits a product into
+    at most as many jobs as it has threads, two while it is installed.
     Written in LLVM IR directly: through numba it cost ~0.5 s of cold compile."""
     module = ir.Module("symnet_pool")
     i32, byte_ptr = ir.IntType(32), ir.IntType(8).as_pointer()
@@ -176,25 +178,15 @@ def _callback_module() -> ir.Module:
     fn = ir.Function(module, fnty, "symnet_blas_callback")
     _, dojob, numjobs, size, jobs, arg = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    post = fn.append_basic_block("post")
-    run = fn.append_basic_block("run")
     multi = builder.icmp_signed(">", numjobs, ir.Constant(i32, 1))
-    builder.cbranch(multi, post, run)
-    builder.position_at_end(post)
-    for index, value in ((FN, builder.ptrtoint(dojob, _I64)),
-                         (DATA, builder.add(builder.ptrtoint(jobs, _I64), size)),
-                         (ARG, builder.sext(arg, _I64)), (JOB, ir.Constant(_I64, BLAS))):
-        builder.store_atomic(value, _slot(builder, ir.Constant(_I64, index)), "release", 8)
-    builder.branch(run)
-    builder.position_at_end(run)
+    with builder.if_then(multi):  # hand job 1 to the helper
+        for index, value in ((FN, builder.ptrtoint(dojob, _I64)),
+                             (DATA, builder.add(builder.ptrtoint(jobs, _I64), size)),
+                             (ARG, builder.sext(arg, _I64)), (JOB, ir.Constant(_I64, BLAS))):
+            builder.store_atomic(value, _slot(builder, ir.Constant(_I64, index)), "release", 8)
     builder.call(dojob, [ir.Constant(i32, _MAIN_JOB_SLOT), jobs, arg])
-    wait_block = fn.append_basic_block("wait")
-    done = fn.append_basic_block("done")
-    builder.cbranch(multi, wait_block, done)
-    builder.position_at_end(wait_block)
-    _spin(builder)
-    builder.branch(done)
-    builder.position_at_end(done)
+    with builder.if_then(multi):
+        _spin(builder)
     builder.ret_void()
     return module
 
