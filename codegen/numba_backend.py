@@ -38,7 +38,7 @@ from . import blas, pool  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 from .native import NativeCall
 
-CODEGEN_VERSION = 12  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 13  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
@@ -51,7 +51,7 @@ RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "train_epochs", "gemm", "update_entries", "sum_of_squares", "ps", "gs",
-            "JIT", "v", "vexp", "hf", "role", "job", "r0", "r1", "pool", "lo"}
+            "JIT", "v", "vexp", "hf", "role", "job", "r0", "r1", "pool", "lo", "opaque"}
 SPLIT = 4096  # parameters with at least this many entries (and two rows) are updated in halves
 
 
@@ -263,8 +263,9 @@ class Kernel:
 
     def _fused(self, group, out):
         """One loop nest over the group's space. Over n×c with few columns the batch loop is
-        innermost (batch-minor workspaces make it contiguous) and the column sums accumulate in
-        local variables; otherwise rows are outermost."""
+        innermost (batch-minor workspaces make it contiguous), the column sums accumulate in
+        local variables, and the column loop's count is ``opaque`` (codegen.opaque); otherwise
+        rows are outermost."""
         r, c = self.space(group[0])
         minor = _narrow((r, c))
         values: dict[str, str] = {}  # buffer → local variable holding its entry (i, j)
@@ -309,8 +310,8 @@ class Kernel:
             values[ins.out] = local
             if self.uses.get(ins.out, 0) > sum(a == ins.out for g in group for a in g.args):
                 body.append(f"{self.at(ins.out, 'i', 'j')} = {local}")  # read after the nest
-        if minor:
-            out(f"for j in range({c}):")
+        if minor:  # a count LLVM cannot see, so that it does not copy the inner loop c times
+            out(f"for j in range({f'opaque({c})' if int(c) > 1 else c}):")
             for line in pre:
                 out(f"    {line}")
             out(f"    for i in range({r}):")
@@ -660,6 +661,7 @@ def generate(programs: dict[str, Program], update: Update | None, dtype):
     out("from codegen import pool")
     out("from codegen.blas import gemm")
     out("from codegen.fpmode import FTZ_DAZ, get_fpmode, set_fpmode")
+    out("from codegen.opaque import opaque")
     out(f"from codegen.vecmath import exp{dtype.itemsize * 8} as vexp")
     out()
     out(f"DT = np.{dtype.name}")

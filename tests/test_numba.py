@@ -16,6 +16,7 @@ from conftest import make_data
 import symnet as sn
 from codegen import numba_backend, vecmath
 from codegen.blas import gemm
+from codegen.opaque import opaque
 
 
 def networks():
@@ -127,12 +128,38 @@ def test_tiny_products_are_loops_and_large_ones_blas():
     assert "gemm(" not in small and "z_t6 = X[i, 0] * W1[0, j]" in small
     # its 10-wide hidden layer is stored batch-minor: the batch loop is innermost
     assert "# stored batch-minor: t6, t7," in small
-    assert "for j in range(10):\n        for i in range(n):" in small
+    assert "for j in range(opaque(10)):\n        for i in range(n):" in small
     X = sn.Input("X", 64)
     large = sn.compile(sn.mse(sn.dense(sn.dense(X, 32, sn.relu), 1), Y), inputs=[X],
                        targets=[Y]).source
     assert "gemm(False, X, False, W1, t" in large
     assert "gemm(True, X, False, " in large  # a transpose is a BLAS flag, not a view
+
+
+def test_opaque_is_its_argument_but_not_a_constant_to_llvm():
+    @nb.njit
+    def loop(step):
+        total = 0
+        for _ in range(opaque(10)):
+            total += step
+        return total, opaque(np.int32(7)), opaque(step)
+
+    assert loop(3) == (30, 7, 3)
+
+    @nb.njit
+    def hidden():
+        return opaque(10)
+
+    @nb.njit
+    def seen():
+        return 10
+
+    assert hidden() == seen() == 10
+    # in the optimised IR, LLVM stores the plain constant as the result but not the hidden one,
+    # so it cannot unroll a loop over range(opaque(c)) (numba_backend.Kernel._fused)
+    assert "store i64 10, ptr %retptr" in seen.inspect_llvm(seen.signatures[0])
+    ir = hidden.inspect_llvm(hidden.signatures[0])
+    assert "store i64 10," not in ir and 'asm "", "=r,0"(i64 10)' in ir
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
