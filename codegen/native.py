@@ -64,7 +64,6 @@ class _Entry:
         dispatcher.compile(argtypes)  # or loads it from numba's cache
         cres = dispatcher.overloads[argtypes]
         self.library = cres.library  # keeps the machine code loaded
-        self.argtypes = argtypes
         self.restype = cres.signature.return_type
         if not (self.restype is types.none or (isinstance(self.restype, types.UniTuple)
                 and isinstance(self.restype.dtype, types.Integer) and self.restype.count <= 8)):
