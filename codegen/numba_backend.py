@@ -11,7 +11,8 @@ so numba's ``cache=True`` loads machine code on the next compile of the same mod
 ``train_epochs`` runs with a helper thread when OpenBLAS has two (``codegen.pool``): the helper
 runs OpenBLAS's second job of each product, gathers the second half of each batch's rows and
 updates the second half of each large parameter's rows, while the calling thread does the
-first halves.
+first halves. A watcher thread times training and has it run alone while that is faster
+(``codegen.pace``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from . import blas, pool  # noqa: F401
+from . import blas, pace, pool  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 from .native import NativeCall
 
-CODEGEN_VERSION = 13  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 14  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
@@ -51,7 +52,8 @@ RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "train_epochs", "gemm", "update_entries", "sum_of_squares", "ps", "gs",
-            "JIT", "v", "vexp", "hf", "role", "job", "r0", "r1", "pool", "lo", "opaque"}
+            "JIT", "v", "vexp", "hf", "role", "job", "r0", "r1", "pool", "lo", "opaque", "pace", "par",
+            "now"}
 SPLIT = 4096  # parameters with at least this many entries (and two rows) are updated in halves
 
 
@@ -483,19 +485,28 @@ class TrainKernel:
         out(f"rows = d_{gi[self.inputs[0].name]}.shape[0]")
         out("batches = (rows + batch - 1) // batch")
         out("t = t0")
+        if self.half:
+            out("par = False  # this step runs with the helper")
+            out("now = -1  # on the main thread with the helper: two threads (0) or one (1), as")
+            out("# codegen.pace's watcher asks")
         out("for e in range(orders.shape[0]):")
         out("    for s in range(batches):")
         out.indent(2)
         out("start = s * batch")
         out("n = min(batch, rows - start)")
         if self.half:
-            out("if role == 1:  # the helper gathers the second half of the batch's rows")
+            out("if role == 1:")
+            out("    if pool.load(pool.WANT) != now:")
+            out("        now = pool.load(pool.WANT)")
+            out("        pace.switch(now)")
+            out("    par = now == 0")
+            out("if par:  # the helper gathers the second half of the batch's rows")
             out("    pool.store(pool.EPOCH, e)")
             out("    pool.store(pool.START, start)")
             out("    pool.store(pool.ROWS, n)")
             out("    pool.store(pool.JOB, pool.GATHER)")
-            self._gather(out, "lo", "n // 2 if role == 1 else n")
-            out("if role == 1:")
+            self._gather(out, "lo", "n // 2 if par else n")
+            out("if par:")
             out("    pool.wait()")
         else:
             self._gather(out, "lo", "n")
@@ -507,6 +518,9 @@ class TrainKernel:
         out("    return e, s, t")
         out("t += 1")
         self._update(out)
+        if self.half:
+            out("if role == 1:")
+            out("    pool.store(pool.DONE, pool.load(pool.DONE) + n)")
         out.indent(-2)
         out("set_fpmode(mode)")
         out("return orders.shape[0], 0, t")
@@ -524,18 +538,18 @@ class TrainKernel:
         for line in self.step_lines:
             out(line)
         if self.half:
-            out("if role == 1:  # the helper thread updates the second half of the large parameters")
+            out("if par:  # the helper thread updates the second half of the large parameters")
             for k, h in enumerate(self.hoisted):
                 out(f"    hf[{k}] = {h}")
             out("    pool.store(pool.JOB, pool.UPDATE)")
         for p in self.params:
             x = gi[p.name]
             out(f"# update {p.name}: {self.rule}")
-            rows = (f"{x}.shape[0] // 2 if role == 1 else {x}.shape[0]" if p.name in self.half
+            rows = (f"{x}.shape[0] // 2 if par else {x}.shape[0]" if p.name in self.half
                     else f"{x}.shape[0]")
             out(self._update_call(p, "lo", rows))
         if self.half:
-            out("if role == 1:")
+            out("if par:")
             out("    pool.wait()")
 
     def _update_call(self, p, first: str, last: str) -> str:
@@ -582,8 +596,12 @@ class TrainKernel:
                 x = gi[p.name]
                 out("        " + self._update_call(p, f"{x}.shape[0] // 2", f"{x}.shape[0]"))
         out("        pool.store(pool.JOB, pool.IDLE)")
+        out("    elif job == pool.WAKE:")
+        out("        pool.store(pool.JOB, pool.IDLE)")
         out("    elif job == pool.EXIT:")
         out("        break")
+        out("    elif pool.load(pool.NOW) == 1:  # the main thread trains alone for now")
+        out("        pace.nap()")
         out("    else:")
         out("        pool.pause()")
         out("pool.store(pool.UP, 0)")
@@ -658,7 +676,7 @@ def generate(programs: dict[str, Program], update: Update | None, dtype):
     out("import numba as nb")
     out("import numpy as np")
     out()
-    out("from codegen import pool")
+    out("from codegen import pace, pool")
     out("from codegen.blas import gemm")
     out("from codegen.fpmode import FTZ_DAZ, get_fpmode, set_fpmode")
     out("from codegen.opaque import opaque")
@@ -681,11 +699,27 @@ def generate(programs: dict[str, Program], update: Update | None, dtype):
     return out.text() + "\n", kernels, trainer
 
 
+def _runtime_digest() -> str:
+    """A hash of the codegen modules whose functions and intrinsics the generated kernels
+    compile in. numba's cache checks only the generated module's own file, so without it a
+    change to one of them would load machine code built from the old one."""
+    global _RUNTIME_DIGEST
+    if _RUNTIME_DIGEST is None:
+        here = Path(__file__).parent
+        text = b"".join((here / f"{m}.py").read_bytes() for m in _INLINED)
+        _RUNTIME_DIGEST = hashlib.sha256(text).hexdigest()
+    return _RUNTIME_DIGEST
+
+
+_INLINED = ("blas", "fpmode", "opaque", "pace", "pool", "vecmath")
+_RUNTIME_DIGEST = None
+
+
 def load(source: str, directory: Path | None = None):
     """Write ``source`` under its hash (once, atomically) and import it."""
     directory = Path(directory or cache_dir())
     directory.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(f"{CODEGEN_VERSION}\n{source}".encode()).hexdigest()[:20]
+    digest = hashlib.sha256(f"{CODEGEN_VERSION}\n{_runtime_digest()}\n{source}".encode()).hexdigest()[:20]
     name = f"symnet_{digest}"
     path = directory / f"{name}.py"
     if not path.exists():  # rewriting would change the mtime and invalidate numba's cache
@@ -717,6 +751,15 @@ class NumbaRunner:
                      for name in [*self.kernels, *(["train_epochs"] if update is not None else [])]}
         self.work: dict[str, dict[str, np.ndarray]] = {}
         self.capacity: dict[str, int] = {}
+        self.tuning: dict[int, np.ndarray] = {}
+        self.pinned = pace.ADAPT  # a test may pin a mode: a value of codegen.pace.FORCE
+
+    def pacing(self, batch_size: int) -> np.ndarray:
+        """``codegen.pace``'s state for training with ``batch_size``, kept between calls (its
+        costs are per row of that batch size). ``SYMNET_POOL=1`` pins the helper."""
+        tune = self.tuning.setdefault(batch_size, np.zeros(pace.SLOTS, np.int64))
+        tune[pace.FORCE] = pace.PIN_HELPER if os.environ.get("SYMNET_POOL") == "1" else self.pinned
+        return tune
 
     def workspace(self, name: str, rows: int) -> dict[str, np.ndarray]:
         if self.capacity.get(name, -1) < rows:
@@ -761,7 +804,8 @@ class NumbaRunner:
                 np.zeros(max(len(self.trainer.hoisted), 1)))  # the update's scalars, for the helper
         train_epochs = self.call["train_epochs"]
         serve = (lambda: train_epochs(*args, 2)) if self.trainer.half else None
-        with _jit_errors(), pool.helper(serve) as pooled:
+        with (_jit_errors(), pool.helper(serve) as pooled,
+              pace.watching(self.pacing(batch_size), rows, pooled)):
             e, s, t = train_epochs(*args, 1 if pooled else 0)
         return losses, int(e), int(s), int(t)
 

@@ -17,8 +17,10 @@ process, as ``codegen.blas`` does for the GEMMs. Slot ``JOB`` holds the work for
 ``IDLE``, ``BLAS`` (run OpenBLAS's job whose function, data and argument are in the next slots),
 ``GATHER`` (copy the second half of the batch's shuffled rows, whose epoch, first row and
 count are in slots ``EPOCH``, ``START``, ``ROWS``), ``UPDATE`` (the helper's half of the
-update) or ``EXIT``. The helper sets it back to ``IDLE``
-when done; only one job is in flight. Every kernel call holds ``LOCK``, so one symnet kernel
+update), ``WAKE`` (nothing: the main thread's way to know the helper is awake) or ``EXIT``. The
+helper sets it back to ``IDLE`` when done; only one job is in flight. While slot ``NOW`` is 1,
+the main thread trains on one thread (``codegen.pace`` decides when) and the idle helper naps
+rather than spins. Every kernel call holds ``LOCK``, so one symnet kernel
 runs at a time in a process. With an OpenBLAS thread count other than two, or
 ``SYMNET_POOL=0``, training runs without the helper, as before.
 """
@@ -42,9 +44,12 @@ from numba.extending import intrinsic
 from . import blas
 from .fpmode import X86
 
-IDLE, BLAS, UPDATE, GATHER, EXIT = 0, 1, 2, 3, 4
+IDLE, BLAS, UPDATE, GATHER, EXIT, WAKE = 0, 1, 2, 3, 4, 5
 JOB, FN, DATA, ARG, EPOCH, START, ROWS = 0, 1, 2, 3, 4, 5, 6  # slots of CONTROL
 UP = 8  # the helper is running: 64 bytes after JOB, apart from the slots that change per job
+# codegen.pace: the mode the main thread trains in (-1 before its first step, 0 with the helper,
+# 1 alone, when the idle helper naps), the mode the watcher asks for, the rows finished
+NOW, WANT, DONE = 9, 10, 11
 CONTROL = np.zeros(16, np.int64)
 llvm.add_symbol("symnet_pool_control", CONTROL.ctypes.data)
 
@@ -257,5 +262,6 @@ def helper(serve):
             yield True
         finally:
             blas.LIBRARY.scipy_openblas_set_threads_callback_function(ctypes.c_void_p(0))
+            blas.LIBRARY.scipy_openblas_set_num_threads(2)  # codegen.pace may have left one
             CONTROL[JOB] = EXIT
             thread.join()

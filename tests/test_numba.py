@@ -2,6 +2,7 @@
 activation, loss and instruction; and the on-disk kernel cache."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -119,6 +120,21 @@ def test_source_is_cached_under_its_hash_and_reused_by_a_second_process(tmp_path
     assert runs[0][1] == "0" and int(runs[1][1]) >= 1  # the second run loaded the machine code
     source = Path(runs[0][0]).read_text()
     assert f"codegen version {numba_backend.CODEGEN_VERSION}" in source
+
+
+def test_the_cache_key_covers_every_codegen_module_the_kernels_compile_in(monkeypatch, tmp_path):
+    # numba's cache checks only the generated file: a change to codegen.pace, say, must give
+    # the kernels a new name, or machine code built from the old one is loaded
+    X, Y = sn.Input("X", 300), sn.Input("Y", 2)
+    out = sn.dense(sn.dense(X, 20, sn.relu), 2)  # W1 is large enough for the helper
+    m = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0)
+    imported = set(re.findall(r"^from codegen(?:\.(\w+))? import (.+)$", m.source, re.M))
+    modules = {mod or name for mod, names in imported for name in names.split(", ")}
+    assert {"pace", "pool", "blas"} <= modules
+    assert modules <= set(numba_backend._INLINED)
+    first = numba_backend.load(m.source, tmp_path).__name__
+    monkeypatch.setattr(numba_backend, "_RUNTIME_DIGEST", "a changed codegen module")
+    assert numba_backend.load(m.source, tmp_path).__name__ != first
 
 
 def test_tiny_products_are_loops_and_large_ones_blas():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from codegen import pool
+from codegen import pace, pool
 from codegen.blas import LIBRARY
 
 
@@ -43,7 +43,7 @@ def helpers():
 
 def test_the_generated_update_gives_the_helper_the_second_half_of_large_parameters():
     source = model().source
-    assert "lo, W1.shape[0] // 2 if role == 1 else W1.shape[0])" in source
+    assert "lo, W1.shape[0] // 2 if par else W1.shape[0])" in source
     assert "W1.shape[0] // 2, W1.shape[0])" in source  # the helper's half, in its role == 2 loop
     assert "update_entries(b1, t" in source and "lo, b1.shape[0])" in source  # small: never split
 
@@ -74,6 +74,112 @@ def test_training_with_the_helper_gives_the_same_numbers_bit_for_bit(two_blas_th
         for s in alone._state[k]:
             np.testing.assert_array_equal(pooled._state[k][s], alone._state[k][s])
     assert not helpers()
+
+
+def _trained(pinned, X, Y, epochs=3):
+    m = model()
+    runner = m._runner()
+    runner.pinned = pinned
+    m.fit(X, Y, epochs=epochs, batch_size=128, verbose=False)
+    return m, runner.tuning[128]
+
+
+def test_one_thread_and_switching_between_modes_give_the_same_numbers_bit_for_bit(
+        two_blas_threads):
+    X, Y = data(4000)  # ~0.1 s of training: the watcher's windows are 4 ms
+    helper, tune_h = _trained(pace.PIN_HELPER, X, Y, epochs=30)
+    solo, tune_s = _trained(pace.PIN_SOLO, X, Y, epochs=30)
+    mixed, tune_m = _trained(pace.ALTERNATE, X, Y, epochs=30)
+    assert tune_h[pace.ROWS_S] == 0 < tune_h[pace.ROWS_H]
+    assert tune_s[pace.ROWS_H] == 0 < tune_s[pace.ROWS_S]
+    assert tune_m[pace.SWITCHES] >= 2 and tune_m[pace.ROWS_H] > 0 and tune_m[pace.ROWS_S] > 0
+    for m in (solo, mixed):
+        for k in helper.params:
+            np.testing.assert_array_equal(m.params[k], helper.params[k])
+            for s in helper._state[k]:
+                np.testing.assert_array_equal(m._state[k][s], helper._state[k][s])
+    assert pool.blas_threads() == 2 and not helpers()  # one thread was OpenBLAS's for the call
+
+
+def _windows(costs, mode=pace.HELPER, **slots):
+    """``codegen.pace.decide`` (as Python) over windows of the given costs: the modes it chose."""
+    tune = np.zeros(pace.SLOTS, np.int64)
+    tune[pace.MODE] = mode
+    for k, v in slots.items():
+        tune[getattr(pace, k)] = v
+    chosen = []
+    for cost in costs:
+        mode = pace.decide(tune, cost)
+        if mode != tune[pace.MODE]:
+            tune[pace.MODE], tune[pace.COUNT] = mode, 0
+        chosen.append(int(mode))
+    return chosen, tune
+
+
+H, S = pace.HELPER, pace.SOLO
+
+
+def test_pacing_stays_on_the_helper_through_noise_and_single_slow_windows():
+    chosen, _ = _windows([100, 104, 98, 190, 101, 99, 180, 170, 100, 100])
+    assert chosen == [H] * 10  # two slow windows in a row are not yet a spell
+
+
+def test_pacing_stays_on_the_helper_while_it_is_slower_than_lately_but_not_than_one_thread():
+    k = 1000  # costs of a real size, for the drift of 1/256 a window
+    chosen, tune = _windows([100 * k] * 5 + [150 * k] * 10, COST_S=200 * k)
+    assert chosen == [H] * 15
+    assert 188 * k < tune[pace.COST_S] < 200 * k  # it drifts: one high measurement does not last
+    chosen, tune = _windows([100 * k] * 5 + [150 * k] * 10, COST_S=160 * k)  # 7/8 of it: 140 k
+    assert chosen[:8] == [H] * 7 + [S]
+
+
+def test_pacing_goes_to_one_thread_in_a_spell_and_back_after_it():
+    spell, solo = 180, 140  # the helper 80 % slower, one thread 40 % slower than the quiet helper
+    chosen, tune = _windows([100] * 5 + [spell] * 3)
+    assert chosen == [H] * 7 + [S]
+    assert tune[pace.COST_H] == spell
+    # then the helper for a window to see if the spell is over, after 2, 4, 8, 16, 16 windows
+    windows = [solo] * pace.FIRST_PROBE + [spell] + [solo] * 4 + [spell] + [solo] * 8 + [spell] + \
+        [solo] * 16 + [spell] + [solo] * 16 + [spell]
+    chosen, tune = _windows(windows, mode=S, COST_H=spell, BEST_H=100, SLOW=pace.SLOW_RUN)
+    assert chosen == [S] * 1 + [H] + [S] * 4 + [H] + [S] * 8 + [H] + [S] * 16 + [H] + \
+        [S] * 16 + [H] + [S]  # each time one slow window on the helper sends it back
+    assert tune[pace.BEST_H] == 100
+    chosen, _ = _windows([solo, 101, 100], mode=S, COST_H=spell, BEST_H=100,
+                         SLOW=pace.SLOW_RUN, PERIOD=pace.PROBE, COUNT=pace.PROBE - 1)
+    assert chosen == [H, H, H]  # over
+
+
+def test_pacing_stays_on_one_thread_through_a_long_spell():
+    # each visit to the helper in a spell is slow; it must not come to look like the new normal
+    tune = np.zeros(pace.SLOTS, np.int64)
+    cost = {H: 100, S: 140}
+    seen = []
+    for window in range(3000):
+        if window == 200:
+            cost[H] = 180  # the spell
+        mode = pace.decide(tune, cost[int(tune[pace.MODE])])
+        if mode != tune[pace.MODE]:
+            tune[pace.MODE], tune[pace.COUNT] = mode, 0
+        seen.append(int(mode))
+    assert seen[:200] == [H] * 200
+    in_spell = seen[300:]
+    assert in_spell.count(S) / len(in_spell) >= pace.PROBE / (pace.PROBE + 1) - 0.01
+
+
+def test_pacing_returns_to_the_helper_when_one_thread_is_no_faster_and_holds_on():
+    # slow windows that one thread does not beat (another process on the machine, say), in
+    # cycles per 1,024 rows of a real size: the lowest cost rises by 1/64 of it per window
+    chosen, tune = _windows([150_000] * 3, BEST_H=100_000)
+    assert chosen == [H, H, S]
+    chosen, tune = _windows([160_000], mode=S, COST_H=tune[pace.COST_H],
+                            BEST_H=tune[pace.BEST_H], SLOW=tune[pace.SLOW])
+    assert chosen == [H] and tune[pace.HOLDING] == pace.HOLD
+    chosen, tune = _windows([150_000] * (pace.HOLD + 20), BEST_H=tune[pace.BEST_H],
+                            HOLDING=tune[pace.HOLDING], SLOW=tune[pace.SLOW])
+    # held for HOLD windows; by then the lowest cost seen has risen to the new normal
+    assert chosen == [H] * (pace.HOLD + 20)
+    assert tune[pace.BEST_H] == 150_000
 
 
 def test_a_diverging_step_stops_the_helper_and_training_can_go_on(two_blas_threads):

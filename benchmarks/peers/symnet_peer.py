@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 import symnet as sn
+from codegen import pace
 
 ACTIVATIONS = {"sigmoid": sn.sigmoid, "relu": sn.relu, "identity": None}
 OPTIMIZERS = {"adagrad": lambda lr: sn.optim.AdaGrad(lr=lr),
@@ -46,7 +47,16 @@ def train(w, data, params0):
     seconds = np.reshape(hist.seconds, (w.epochs, w.steps_per_round)).sum(axis=1)
     return {"setup_s": setup, "round_s": list(seconds), "params": model.params,
             "fit_overhead_s": (wall - float(np.sum(seconds))) / w.epochs,
-            "symbolic_s": first.symbolic_seconds, "peak_growth_mb": growth}
+            "symbolic_s": first.symbolic_seconds, "peak_growth_mb": growth,
+            "one_thread_share": one_thread_share(model, batch)}
+
+
+def one_thread_share(model, batch) -> float | None:
+    """The share of training rows that ran on one thread rather than with the helper
+    (codegen.pace); None where the helper was never used (tiny, or one OpenBLAS thread)."""
+    tune = getattr(model._runner(), "tuning", {}).get(batch)
+    rows = None if tune is None else int(tune[pace.ROWS_H] + tune[pace.ROWS_S])
+    return float(tune[pace.ROWS_S] / rows) if rows else None
 
 
 def grads(w, params, X, Y):
