@@ -752,13 +752,14 @@ class NumbaRunner:
         self.work: dict[str, dict[str, np.ndarray]] = {}
         self.capacity: dict[str, int] = {}
         self.tuning: dict[int, np.ndarray] = {}
-        self.pinned = pace.ADAPT  # a test may pin a mode: a value of codegen.pace.FORCE
+        self.pinned = pace.PIN_HELPER  # the mode without SYMNET_POOL=auto (tests set others)
 
     def pacing(self, batch_size: int) -> np.ndarray:
         """``codegen.pace``'s state for training with ``batch_size``, kept between calls (its
-        costs are per row of that batch size). ``SYMNET_POOL=1`` pins the helper."""
+        costs are per row of that batch size). It chooses modes only with
+        ``SYMNET_POOL=auto``: one thread rounds some products differently."""
         tune = self.tuning.setdefault(batch_size, np.zeros(pace.SLOTS, np.int64))
-        tune[pace.FORCE] = pace.PIN_HELPER if os.environ.get("SYMNET_POOL") == "1" else self.pinned
+        tune[pace.FORCE] = pace.ADAPT if os.environ.get("SYMNET_POOL") == "auto" else self.pinned
         return tune
 
     def workspace(self, name: str, rows: int) -> dict[str, np.ndarray]:

@@ -6,10 +6,11 @@ two OpenBLAS jobs, and after the gather and the update halves. That pays on a qu
 spells of seconds in which it runs as if it had about one core: a thread that waits for the
 other then waits for a whole time slice, and seed002's epoch takes 0.145 s with the helper
 while one thread still takes 0.111 s (the README's "Slow spells"). No count of cores or steal
-time reported to the guest shows a spell, so training measures itself. While a training call
-runs with the helper, a Python thread (``watching``) wakes every ``WINDOW_S`` and reads the
-rows the main thread has finished (``pool.DONE``). Over windows of at least one full batch,
-it takes the cost in nanoseconds per 1,024 rows, and ``decide`` chooses the mode:
+time reported to the guest shows a spell, so training can measure itself. While a training
+call runs with the helper and ``SYMNET_POOL=auto``, a Python thread (``watching``) wakes
+every ``WINDOW_S`` and reads the rows the main thread has finished (``pool.DONE``). Over
+windows of at least one full batch, it takes the cost in nanoseconds per 1,024 rows, and
+``decide`` chooses the mode:
 
 - on the helper, it keeps the lowest cost seen lately. It rises by 1/64 per window towards
   windows that are not slow, or while training holds on to the helper, so that it follows a
@@ -26,15 +27,21 @@ it takes the cost in nanoseconds per 1,024 rows, and ``decide`` chooses the mode
 The main thread reads the chosen mode (``pool.WANT``) before each step and, when it changed,
 switches (``switch``): on one thread, OpenBLAS runs one thread, the main thread gathers and
 updates whole batches, and the helper sleeps (``NAP_US`` at a time) instead of spinning, which
-would take the core's time slices from the main thread. Both modes compute the same numbers:
-OpenBLAS splits a product's output between its jobs, and the helper takes rows of the gather
-and the update, so which mode ran a step never changes a result bit (tests/test_pool.py).
+would take the core's time slices from the main thread.
+
+It is on only with ``SYMNET_POOL=auto``, because the two modes do not always round alike.
+The helper takes rows of the gather and the update, and OpenBLAS splits a product's output
+between its two jobs, but on one thread OpenBLAS cuts a long inner dimension into blocks
+differently: on this machine, products whose inner dimension is 500 or 784 differ in the
+last bits (1024 and up to 384 do not). Which steps ran on one thread depends on the
+machine's timing, so with pacing a run is not reproducible bit for bit; by default training
+stays on the helper, as before (``PIN_HELPER``), and the watcher does not run.
 
 The policy is Python, in a thread of its own, because compiled into ``train_epochs`` through
 numba it cost 0.6 s of seed002's 1.8 s cold setup; the kernel only reads one slot, counts
 rows, and switches through an intrinsic. The state is a small int64 array per model and batch
-size (``NumbaRunner.tuning``), kept between calls. Its slot ``FORCE`` pins a mode
-(``SYMNET_POOL=1`` pins the helper) or, for the tests, switches at every window.
+size (``NumbaRunner.tuning``), kept between calls. Its slot ``FORCE`` says whether to choose
+(``ADAPT``), pins a mode, or, for the tests, switches at every window (``ALTERNATE``).
 """
 
 from __future__ import annotations
@@ -197,6 +204,9 @@ def watching(tune, batch: int, pooled: bool):
     pool.CONTROL[pool.WANT] = tune[MODE]
     pool.CONTROL[pool.NOW] = -1  # no mode yet: the main thread switches before its first step
     pool.CONTROL[pool.DONE] = 0
+    if tune[FORCE] in (PIN_HELPER, PIN_SOLO):  # nothing to watch
+        yield
+        return
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(tune, batch, stop), name="symnet-pace",
                                daemon=True)

@@ -86,12 +86,12 @@ def _trained(pinned, X, Y, epochs=3):
 
 def test_one_thread_and_switching_between_modes_give_the_same_numbers_bit_for_bit(
         two_blas_threads):
+    # where OpenBLAS blocks the products alike on one thread and two: inner dimensions of 256
+    # and 128 (it cuts some longer ones differently, hence pacing only with SYMNET_POOL=auto)
     X, Y = data(4000)  # ~0.1 s of training: the watcher's windows are 4 ms
     helper, tune_h = _trained(pace.PIN_HELPER, X, Y, epochs=30)
     solo, tune_s = _trained(pace.PIN_SOLO, X, Y, epochs=30)
     mixed, tune_m = _trained(pace.ALTERNATE, X, Y, epochs=30)
-    assert tune_h[pace.ROWS_S] == 0 < tune_h[pace.ROWS_H]
-    assert tune_s[pace.ROWS_H] == 0 < tune_s[pace.ROWS_S]
     assert tune_m[pace.SWITCHES] >= 2 and tune_m[pace.ROWS_H] > 0 and tune_m[pace.ROWS_S] > 0
     for m in (solo, mixed):
         for k in helper.params:
@@ -99,6 +99,18 @@ def test_one_thread_and_switching_between_modes_give_the_same_numbers_bit_for_bi
             for s in helper._state[k]:
                 np.testing.assert_array_equal(m._state[k][s], helper._state[k][s])
     assert pool.blas_threads() == 2 and not helpers()  # one thread was OpenBLAS's for the call
+    assert not [t for t in threading.enumerate() if t.name == "symnet-pace"]
+
+
+def test_pacing_chooses_only_with_symnet_pool_auto(two_blas_threads, monkeypatch):
+    X, Y = data(1000)
+    m = model()
+    m.fit(X, Y, epochs=2, batch_size=128, verbose=False)
+    tune = m._runner().tuning[128]
+    assert tune[pace.FORCE] == pace.PIN_HELPER and tune[pace.ROWS_H] == 0  # no watcher
+    monkeypatch.setenv("SYMNET_POOL", "auto")
+    m.fit(X, Y, epochs=2, batch_size=128, verbose=False)
+    assert tune[pace.FORCE] == pace.ADAPT
 
 
 def _windows(costs, mode=pace.HELPER, **slots):

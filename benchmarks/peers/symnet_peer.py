@@ -53,7 +53,8 @@ def train(w, data, params0):
 
 def one_thread_share(model, batch) -> float | None:
     """The share of training rows that ran on one thread rather than with the helper
-    (codegen.pace); None where the helper was never used (tiny, or one OpenBLAS thread)."""
+    (codegen.pace, with ``SYMNET_POOL=auto``); None where nothing chose (the default, or no
+    helper: tiny, or one OpenBLAS thread)."""
     tune = getattr(model._runner(), "tuning", {}).get(batch)
     rows = None if tune is None else int(tune[pace.ROWS_H] + tune[pace.ROWS_S])
     return float(tune[pace.ROWS_S] / rows) if rows else None
