@@ -179,12 +179,7 @@ def _watch(tune, batch: int, stop: threading.Event):
             continue
         cost = (now - start) * 1024 // (rows - done)
         tune[ROWS_H + mode] += rows - done
-        if tune[FORCE] == ADAPT:
-            chosen = decide(tune, cost)
-        elif tune[FORCE] == ALTERNATE:
-            chosen = 1 - mode
-        else:
-            chosen = tune[FORCE] - PIN_HELPER
+        chosen = decide(tune, cost) if tune[FORCE] == ADAPT else 1 - mode  # or ALTERNATE
         if chosen != mode:
             tune[MODE], tune[COUNT] = chosen, 0
             tune[SWITCHES] += 1
@@ -199,12 +194,13 @@ def watching(tune, batch: int, pooled: bool):
     if not pooled:
         yield
         return
-    if tune[FORCE] in (PIN_HELPER, PIN_SOLO):
+    pinned = tune[FORCE] in (PIN_HELPER, PIN_SOLO)
+    if pinned:
         tune[MODE] = tune[FORCE] - PIN_HELPER
     pool.CONTROL[pool.WANT] = tune[MODE]
     pool.CONTROL[pool.NOW] = -1  # no mode yet: the main thread switches before its first step
     pool.CONTROL[pool.DONE] = 0
-    if tune[FORCE] in (PIN_HELPER, PIN_SOLO):  # nothing to watch
+    if pinned:  # nothing to watch
         yield
         return
     stop = threading.Event()
