@@ -700,18 +700,21 @@ def generate(programs: dict[str, Program], update: Update | None, dtype):
 
 
 def _runtime_digest() -> str:
-    """A hash of the codegen modules whose functions and intrinsics the generated kernels
-    compile in. numba's cache checks only the generated module's own file, so without it a
-    change to one of them would load machine code built from the old one."""
+    """A hash of the codegen package's source, whose functions and intrinsics the generated
+    kernels compile in. numba's cache checks only the generated module's own file, so without
+    it a change to one of them would load machine code built from the old one. Hashing every
+    module, rather than a list of the imported ones, leaves no list to keep in step."""
     global _RUNTIME_DIGEST
     if _RUNTIME_DIGEST is None:
-        here = Path(__file__).parent
-        text = b"".join((here / f"{m}.py").read_bytes() for m in _INLINED)
+        text = b"".join(path.read_bytes() for path in _runtime_files())
         _RUNTIME_DIGEST = hashlib.sha256(text).hexdigest()
     return _RUNTIME_DIGEST
 
 
-_INLINED = ("blas", "fpmode", "opaque", "pace", "pool", "vecmath")
+def _runtime_files() -> list[Path]:
+    return sorted(Path(__file__).parent.glob("*.py"))
+
+
 _RUNTIME_DIGEST = None
 
 
