@@ -64,6 +64,34 @@ def test_numba_kernels_equal_the_numpy_reference(name):
                                    atol=1e-12, err_msg=k)
 
 
+def test_wide_layers_are_stored_batch_minor_unless_a_loop_nest_reads_a_wide_input():
+    """A 128-wide hidden layer is stored and looped over batch-minor (numba_backend.WIDE); the
+    128-class output layer, whose loss reads the 128-wide targets (stored n×c) and whose
+    logsumexp loops over rows, stays n×c. Both train as the numpy reference does."""
+    X, Y = sn.Input("X", 8), sn.Input("Y", 128)
+    loss = sn.softmax_cross_entropy(sn.dense(sn.dense(X, 128, sn.tanh), 128), Y)
+    models = [sn.compile(loss, inputs=[X], targets=[Y], optimizer=sn.optim.Adam(lr=0.01),
+                         dtype="float64", seed=1, backend=b) for b in ("numba", "numpy")]
+    source = models[0].source
+    assert "gemm(True, W1, True, X, t" in source  # Z1ᵀ = W1ᵀ·Xᵀ, stored 128×n
+    # every nest runs along contiguous memory of all it touches: entry [j, i] of a batch-minor
+    # buffer in a nest whose batch loop is innermost, [i, j] of an n×c one otherwise
+    nests = {"minor": r"for j in range\(opaque\(128\)\):\n(\s+)for i in range\(n\):\n",
+             "rows": r"for i in range\(n\):\n(\s+)for j in range\(128\):\n"}
+    for order, head in nests.items():
+        bodies = [re.match(rf"({m[1]}    .*\n)*", source[m.end():])[0]
+                  for m in re.finditer(head, source)]
+        assert bodies  # the hidden layer's nests, and the output layer's
+        wrong = "[i, j]" if order == "minor" else "[j, i]"
+        assert not any(wrong in body for body in bodies), order
+    Xb, Yb = make_data(n=23, cols=8, out=128, seed=2)
+    for m in models:
+        m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
+    for k in models[0].params:
+        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
+                                   atol=1e-12, err_msg=k)
+
+
 def test_blas_products_on_a_short_batch_use_the_first_rows_of_the_workspaces():
     """Workspaces are sized for the largest batch seen; a shorter batch's BLAS products (one of
     them into a batch-minor workspace) work on its first rows, with the full row length as the

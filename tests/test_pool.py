@@ -23,13 +23,15 @@ def two_blas_threads():
     LIBRARY.scipy_openblas_set_num_threads(before)
 
 
-def model(lr=1e-3):
-    # W1 is 256×128: large enough to be updated in halves, and X·W1 on a 128-row batch large
-    # enough for OpenBLAS to split it into two jobs
+def model(lr=1e-3, backend="numba", dtype="float32"):
+    # W1 is 256×256: large enough to be updated in halves, X·W1 on a 128-row batch large enough
+    # for OpenBLAS to split it into two jobs, and the hidden layer wide enough to be stored
+    # batch-minor (numba_backend.WIDE)
     X, Y = sn.Input("X", 256), sn.Input("Y", 3)
-    out = sn.dense(sn.dense(X, 128, sn.relu), 3)
+    out = sn.dense(sn.dense(X, 256, sn.relu), 3)
     return sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
-                      prediction=out, optimizer=sn.optim.Adam(lr=lr), seed=0)
+                      prediction=out, optimizer=sn.optim.Adam(lr=lr), seed=0, backend=backend,
+                      dtype=dtype)
 
 
 def data(rows=400):
@@ -46,6 +48,16 @@ def test_the_generated_update_gives_the_helper_the_second_half_of_large_paramete
     assert "lo, W1.shape[0] // 2 if par else W1.shape[0])" in source
     assert "W1.shape[0] // 2, W1.shape[0])" in source  # the helper's half, in its role == 2 loop
     assert "update_entries(b1, t" in source and "lo, b1.shape[0])" in source  # small: never split
+
+
+def test_training_with_the_helper_agrees_with_the_numpy_backend(two_blas_threads):
+    X, Y = data()
+    pooled, reference = model(dtype="float64"), model(backend="numpy", dtype="float64")
+    for m in (pooled, reference):
+        m.fit(X, Y, epochs=2, batch_size=128, verbose=False)
+    assert "if par:" in pooled.source
+    for k in reference.params:
+        np.testing.assert_allclose(pooled.params[k], reference.params[k], rtol=1e-10, atol=1e-13)
 
 
 def test_training_with_the_helper_gives_the_same_numbers_bit_for_bit(two_blas_threads, monkeypatch):
