@@ -157,6 +157,11 @@ def _wide(dims) -> bool:
     return r == "n" and c != "n" and int(c) >= WIDE
 
 
+def _touched(group) -> set[str]:
+    """The buffers a group of instructions reads or writes."""
+    return {a for ins in group for a in (*ins.args, ins.out)}
+
+
 class Kernel:
     """The source of one Program as a jitted function ``name(n, leaves..., workspaces...)``.
 
@@ -204,7 +209,7 @@ class Kernel:
         while changed:
             changed = False
             for group in groups:
-                touched = {a for ins in group for a in (*ins.args, ins.out)}
+                touched = _touched(group)
                 if (touched & rows or self.space(group[0]) is None) and touched & wide:
                     rows |= touched & wide
                     wide -= touched
@@ -304,9 +309,8 @@ class Kernel:
         rows are outermost. Over n×c with many columns, the batch loop is innermost when every
         such buffer the nest touches is stored batch-minor (``_wide_minor``)."""
         r, c = self.space(group[0])
-        touched = {a for ins in group for a in (*ins.args, ins.out)}
         minor = _narrow((r, c)) or (_wide((r, c)) and all(
-            a in self.minor for a in touched if self.shape(a) == (r, c)))
+            a in self.minor for a in _touched(group) if self.shape(a) == (r, c)))
         values: dict[str, str] = {}  # buffer → local variable holding its entry (i, j)
         pre, body, post = [], [], []  # around the inner loop (batch-minor order only)
         for ins in group:
