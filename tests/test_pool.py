@@ -53,9 +53,11 @@ def test_the_generated_update_gives_the_helper_the_second_half_of_large_paramete
 def test_training_with_the_helper_agrees_with_the_numpy_backend(two_blas_threads):
     X, Y = data()
     pooled, reference = model(dtype="float64"), model(backend="numpy", dtype="float64")
+    pool.CONTROL[pool.FN] = 0
     for m in (pooled, reference):
         m.fit(X, Y, epochs=2, batch_size=128, verbose=False)
     assert "if par:" in pooled.source
+    assert pool.CONTROL[pool.FN] != 0  # OpenBLAS handed a job to the helper
     for k in reference.params:
         np.testing.assert_allclose(pooled.params[k], reference.params[k], rtol=1e-10, atol=1e-13)
 
@@ -102,7 +104,9 @@ def test_one_thread_and_switching_between_modes_give_the_same_numbers_bit_for_bi
     # and 128 (it cuts some longer ones differently, hence pacing only with SYMNET_POOL=auto)
     X, Y = data(4000)  # ~0.1 s of training: the watcher's windows are 4 ms
     helper, tune_h = _trained(pace.PIN_HELPER, X, Y, epochs=30)
+    assert pool.CONTROL[pool.NOW] == pace.HELPER  # each pinned call trained in its mode
     solo, tune_s = _trained(pace.PIN_SOLO, X, Y, epochs=30)
+    assert pool.CONTROL[pool.NOW] == pace.SOLO
     mixed, tune_m = _trained(pace.ALTERNATE, X, Y, epochs=30)
     assert tune_m[pace.SWITCHES] >= 2 and tune_m[pace.ROWS_H] > 0 and tune_m[pace.ROWS_S] > 0
     for m in (solo, mixed):
