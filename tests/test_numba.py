@@ -116,6 +116,31 @@ def test_blas_products_on_a_short_batch_use_the_first_rows_of_the_workspaces():
                                    atol=1e-12, err_msg=k)
 
 
+def test_train_epochs_gathers_narrow_inputs_batch_minor():
+    """train_epochs copies each batch's rows of a narrow input (the 3-class targets) into a
+    batch-minor buffer, and its loop nests read them so; loss_and_grad, called with the
+    caller's n×c arrays, reads them row by row. Training agrees with the numpy reference over
+    short last batches and after the batch buffers grow."""
+    X, Y = sn.Input("X", 20), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 32, sn.sigmoid), 3, sn.sigmoid)
+    models = [sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y],
+                         optimizer=sn.optim.AdaGrad(lr=0.1), dtype="float64", seed=1, backend=b)
+              for b in ("numba", "numpy")]
+    source = models[0].source
+    grad, train = source.split("def train_epochs")
+    grad = grad.split("def loss_and_grad")[1].split("\n\n\n")[0]
+    assert "Y[j, r] = d_Y[i, j]" in train and "X[r, j] = d_X[i, j]" in train  # X is 20 wide
+    assert "Y[j, i]" in train and " Y[i, j]" not in train and "(Y[i, j]" not in train
+    assert "Y[i, j]" in grad and "Y[j, i]" not in grad
+    Xb, Yb = make_data(n=23, cols=20, out=3, kind="onehot", seed=4)
+    for m in models:  # batches of 4 (the last of 3 rows), then of 10 (the last of 3)
+        m.fit(Xb, Yb, epochs=1, batch_size=4, verbose=False)
+        m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
+    for k in models[0].params:
+        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
+                                   atol=1e-12, err_msg=k)
+
+
 def test_float32_is_the_default_and_kernels_compute_in_it():
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
     out = sn.dense(sn.dense(X, 6, sn.sigmoid), 3)
