@@ -500,6 +500,7 @@ class TrainKernel:
         # output that nest took ~4.4 ms of a 0.078 s epoch with the labels n×c, where every
         # read of the labels was a stride of ten floats (measured with cycle counters).
         self.body = Kernel(grad.name, grad.program, gathered=True)
+        # its workspaces are the ones allocated for loss_and_grad, so they must be stored alike
         assert all((b.name in grad.minor) == (b.name in self.body.minor) for b in grad.temps)
         self.update = update
         self.loss = grad.ident[losses_of]
@@ -850,7 +851,7 @@ class NumbaRunner:
         batch_bufs = self.work.setdefault("batch", {})
         for b in inputs:  # stored as the train_epochs gathers them
             minor = b.name in self.trainer.body.minor
-            if b.name not in batch_bufs or batch_bufs[b.name].shape[minor] < rows:
+            if b.name not in batch_bufs or batch_bufs[b.name].shape[1 if minor else 0] < rows:
                 batch_bufs[b.name] = _alloc(b.shape, rows, self.dtype, minor)
         batches = -(-len(orders[0]) // batch_size)
         losses = np.zeros((len(orders), batches), self.dtype)
