@@ -848,11 +848,12 @@ class NumbaRunner:
         rows = min(batch_size, len(orders[0]))
         work = self.workspace("loss_and_grad", rows)
         inputs = [b for b in kernel.leaves if b.role == "input"]
-        batch_bufs = self.work.setdefault("batch", {})
-        for b in inputs:  # stored as the train_epochs gathers them
-            minor = b.name in self.trainer.body.minor
-            if b.name not in batch_bufs or batch_bufs[b.name].shape[1 if minor else 0] < rows:
-                batch_bufs[b.name] = _alloc(b.shape, rows, self.dtype, minor)
+        if self.capacity.get("batch", -1) < rows:  # stored as the train_epochs gathers them
+            self.work["batch"] = {b.name: _alloc(b.shape, rows, self.dtype,
+                                                 b.name in self.trainer.body.minor)
+                                  for b in inputs}
+            self.capacity["batch"] = rows
+        batch_bufs = self.work["batch"]
         batches = -(-len(orders[0]) // batch_size)
         losses = np.zeros((len(orders), batches), self.dtype)
         pnames = [b.name for b in kernel.leaves if b.role == "param"]
