@@ -19,6 +19,7 @@ first halves. A watcher thread times training and has it run alone while that is
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.util
 import keyword
@@ -167,12 +168,10 @@ class Kernel:
 
     Elementwise instructions (maps, small GEMMs, row and column sums) that share an iteration
     space are fused into one loop nest (see :meth:`schedule`); a value used only inside its loop
-    nest stays a local variable and is never stored. With ``gathered``, the narrow inputs are
-    stored batch-minor too: ``train_epochs``, which copies each batch's rows into its input
-    buffers, writes them transposed.
+    nest stays a local variable and is never stored.
     """
 
-    def __init__(self, name: str, program: Program, gathered: bool = False):
+    def __init__(self, name: str, program: Program):
         self.name = name
         self.program = program
         used: set[str] = set()
@@ -185,9 +184,6 @@ class Kernel:
         self.minor = {b.name for b in self.temps
                       if b.name not in outputs and _narrow(_dims(b.shape))}
         self.minor |= self._wide_minor(outputs)
-        if gathered:  # train_epochs copies each batch's rows in, so it may store them transposed
-            self.minor |= {b.name for b in self.leaves
-                           if b.role == "input" and _narrow(_dims(b.shape))}
         self.uses: dict[str, int] = {}
         for ins in program.instrs:
             for a in ins.args:
@@ -220,6 +216,16 @@ class Kernel:
                     wide -= touched
                     changed = True
         return wide
+
+    def gathered(self) -> Kernel:
+        """These statements as ``train_epochs`` runs them: it copies each batch's rows into the
+        input buffers itself, so it stores the narrow inputs batch-minor too. The workspaces
+        keep their layout (they are the same arrays), and the CSE names restart at ``_c0``."""
+        body = copy.copy(self)
+        body.minor = self.minor | {b.name for b in self.leaves
+                                   if b.role == "input" and _narrow(_dims(b.shape))}
+        body.counter = 0
+        return body
 
     def signature(self) -> list[str]:
         return ["n", *(self.ident[b.name] for b in self.leaves),
@@ -499,9 +505,7 @@ class TrainKernel:
         # over the output layer read them along contiguous memory. Over seed002's 10-wide
         # output that nest took ~4.4 ms of a 0.078 s epoch with the labels n×c, where every
         # read of the labels was a stride of ten floats (measured with cycle counters).
-        self.body = Kernel(grad.name, grad.program, gathered=True)
-        # its workspaces are the ones allocated for loss_and_grad, so they must be stored alike
-        assert all((b.name in grad.minor) == (b.name in self.body.minor) for b in grad.temps)
+        self.body = grad.gathered()
         self.update = update
         self.loss = grad.ident[losses_of]
         prog = grad.program
