@@ -41,7 +41,7 @@ from . import blas, pace, pool  # noqa: F401
 from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
 from .native import NativeCall
 
-CODEGEN_VERSION = 16  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 17  # bump whenever the generated code changes for the same Program
 SMALL_GEMM = 64  # GEMMs whose fixed dimensions multiply to at most this run as explicit loops
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor,
 WIDE = 128  # and so are those with at least this many (see Kernel._wide_minor)
@@ -55,9 +55,10 @@ RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "train_epochs", "gemm", "update_entries", "sum_of_squares", "ps", "gs",
-            "JIT", "v", "vexp", "hf", "role", "job", "r0", "r1", "pool", "lo", "opaque", "pace", "par",
-            "now"}
+            "JIT", "v", "vexp", "hf", "role", "r0", "r1", "pool", "lo", "opaque", "pace", "par",
+            "now", "phase", "j0", "j1"}
 SPLIT = 4096  # parameters with at least this many entries (and two rows) are updated in halves
+SHARE = WIDE  # batch-minor loop nests over at least this many columns run in halves too
 
 
 def cache_dir() -> Path:
@@ -305,23 +306,44 @@ class Kernel:
             out(f"# stored batch-minor: {', '.join(minor)}")
         out("nf = DT(n)")
         for group in self.schedule():
-            for ins in group:
-                if ins.note:
-                    out(f"# {ins.note}".replace("\n", " "))
-            if self.space(group[0]) is None:
-                getattr(self, f"_{group[0].op.value}")(group[0], out)
-            else:
-                self._fused(group, out)
+            self.emit_group(group, out)
 
-    def _fused(self, group, out):
+    def emit_group(self, group, out: Emitter, columns: str | None = None):
+        """One group of :meth:`schedule`, after its notes; a batch-minor loop nest over
+        ``range(columns)`` rather than all its columns, if given (see :meth:`shared`)."""
+        for ins in group:
+            if ins.note:
+                out(f"# {ins.note}".replace("\n", " "))
+        if self.space(group[0]) is None:
+            getattr(self, f"_{group[0].op.value}")(group[0], out)
+        else:
+            self._fused(group, out, columns)
+
+    def _minor_nest(self, group) -> bool:
+        """Whether the group's loop nest has its batch loop innermost (see :meth:`_fused`)."""
+        r, c = self.space(group[0])
+        return _narrow((r, c)) or (_wide((r, c)) and all(
+            a in self.minor for a in _touched(group) if self.shape(a) == (r, c)))
+
+    def shared(self, group) -> int | None:
+        """The column count of a loop nest that two threads can run on halves of its columns:
+        batch-minor, over at least ``SHARE`` columns, and with no sum across them (a row
+        sum); else None. Each column's entries are computed as on one thread, bit for bit."""
+        space = self.space(group[0])
+        if space is None or not self._minor_nest(group) or any(
+                ins.op is Op.ROWSUM for ins in group):
+            return None
+        c = space[1]
+        return int(c) if c != "n" and int(c) >= SHARE else None
+
+    def _fused(self, group, out, columns=None):
         """One loop nest over the group's space. Over n×c with few columns the batch loop is
         innermost (batch-minor workspaces make it contiguous), the column sums accumulate in
         local variables, and the column loop's count is ``opaque`` (codegen.opaque); otherwise
         rows are outermost. Over n×c with many columns, the batch loop is innermost when every
         such buffer the nest touches is stored batch-minor (``_wide_minor``)."""
         r, c = self.space(group[0])
-        minor = _narrow((r, c)) or (_wide((r, c)) and all(
-            a in self.minor for a in _touched(group) if self.shape(a) == (r, c)))
+        minor = self._minor_nest(group)
         values: dict[str, str] = {}  # buffer → local variable holding its entry (i, j)
         pre, body, post = [], [], []  # around the inner loop (batch-minor order only)
         for ins in group:
@@ -365,7 +387,7 @@ class Kernel:
             if self.uses.get(ins.out, 0) > sum(a == ins.out for g in group for a in g.args):
                 body.append(f"{self.at(ins.out, 'i', 'j')} = {local}")  # read after the nest
         if minor:  # a count LLVM cannot see, so that it does not copy the inner loop c times
-            out(f"for j in range({f'opaque({c})' if int(c) > 1 else c}):")
+            out(f"for j in range({columns or (f'opaque({c})' if int(c) > 1 else c)}):")
             for line in pre:
                 out(f"    {line}")
             out(f"    for i in range({r}):")
@@ -527,8 +549,16 @@ class TrainKernel:
     def emit(self, out: Emitter):
         """The loss-and-gradient statements are written out inside the loop rather than called:
         numba would otherwise compile them twice, once on their own and once more when linking
-        them into this kernel (0.1–0.25 s of seed002's 2.7 s cold compile, measured)."""
-        gi = self.grad.ident
+        them into this kernel (0.1–0.25 s of seed002's 2.7 s cold compile, measured).
+
+        With a large parameter, both threads run this one loop (``role`` 1 on the main thread,
+        2 on the helper: see codegen.pool). The main thread chooses each step and runs what is
+        not shared; in a step on two threads (``par``), the phases that are shared, the gather,
+        the wide loop nests (:meth:`Kernel.shared`) and the update of the large parameters, run
+        in halves, the main thread's first (``cut``), between ``pool.begin`` and ``pool.end``,
+        and the helper runs OpenBLAS's second job of each product while it waits. Each shared
+        statement is written once, for both threads: copies of them for the helper cost
+        0.7–1.5 s of wide's cold compile (measured)."""
         self.emit_helpers(out)
         out()
         out()
@@ -538,55 +568,141 @@ class TrainKernel:
         out("mode = get_fpmode()  # flush subnormals to zero while training (codegen.fpmode)")
         out("set_fpmode(mode | np.uint32(FTZ_DAZ))")
         out("lo = np.int64(0)  # not a literal 0: numba would compile update_entries for each literal")
-        if self.half:
-            self.emit_serve(out)
-        out(f"rows = d_{gi[self.inputs[0].name]}.shape[0]")
+        out(f"rows = d_{self.grad.ident[self.inputs[0].name]}.shape[0]")
         out("batches = (rows + batch - 1) // batch")
         out("t = t0")
         if self.half:
-            out("par = False  # this step runs with the helper")
-            out("now = -1  # on the main thread with the helper: two threads (0) or one (1), as")
-            out("# codegen.pace's watcher asks")
-        out("for e in range(orders.shape[0]):")
-        out("    for s in range(batches):")
-        out.indent(2)
-        out("start = s * batch")
-        out("n = min(batch, rows - start)")
-        if self.half:
-            out("if role == 1:")
-            out("    if pool.load(pool.WANT) != now:")
-            out("        now = pool.load(pool.WANT)")
-            out("        pace.switch(now)")
-            out("    par = now == 0")
-            out("if par:  # the helper gathers the second half of the batch's rows")
-            out("    pool.store(pool.EPOCH, e)")
-            out("    pool.store(pool.START, start)")
-            out("    pool.store(pool.ROWS, n)")
-            out("    pool.store(pool.JOB, pool.GATHER)")
-            self._gather(out, "lo", "n // 2 if par else n")
-            out("if par:")
-            out("    pool.wait()")
+            self._emit_steps(out)
         else:
+            out("for e in range(orders.shape[0]):")
+            out("    for s in range(batches):")
+            out.indent(2)
+            out("start = s * batch")
+            out("n = min(batch, rows - start)")
             self._gather(out, "lo", "n")
-        self.body.emit_body(out)
+            self.body.emit_body(out)
+            self._finish_step(out)
+            self._update(out)
+            out.indent(-2)
+        out("set_fpmode(mode)")
+        out("return orders.shape[0], 0, t")
+        out.indent(-1)
+
+    def _emit_steps(self, out: Emitter):
+        """The steps, on the main thread (``role`` 0 alone, 1 with the helper) and the helper.
+        The shared phases' bounds and waits are intrinsics (codegen.pool) rather than
+        branches: each branch of numba's IR costs compile time (0.6 s of wide's cold compile
+        with them written as branches, measured)."""
+        out("e, s, start, n = lo, lo - 1, lo, lo")
+        out("par = role == 2  # this step runs on two threads (the helper's steps all do)")
+        out("now = -1  # on the main thread with the helper: two threads (0) or one (1), as")
+        out("# codegen.pace's watcher asks")
+        out("phase = lo  # the phases run on two threads so far: both threads count them alike")
+        out("if role == 2:")
+        out("    pool.store(pool.UP, 1)")
+        out("while batches > 0:")
+        out.indent()
+        out("if role != 2:  # the main thread's next step")
+        out("    s += 1")
+        out("    if s == batches:")
+        out("        e, s = e + 1, lo")
+        out("    if e == orders.shape[0]:")
+        out("        break")
+        out("    start = s * batch")
+        out("    n = min(batch, rows - start)")
+        out("    if role == 1:")
+        out("        if pool.load(pool.WANT) != now:")
+        out("            now = pool.load(pool.WANT)")
+        out("            pace.switch(now)")
+        out("        par = now == 0")
+        out("        pool.store(pool.EPOCH, e)")
+        out("        pool.store(pool.START, start)")
+        out("        pool.store(pool.ROWS, n)")
+        self._begin(out, "the gather: the helper learns the step, and copies half of its rows")
+        out("if role == 2:")
+        out("    e, start, n = pool.load(pool.EPOCH), pool.load(pool.START), pool.load(pool.ROWS)")
+        out("r0, r1 = pool.share(role, par, n)")
+        self._gather(out, "r0", "r1")
+        out("pool.end(role, par, phase)")
+        out("nf = DT(n)")
+        minor = [self.grad.ident[b.name] for b in self.grad.program.buffers if b.name in self.body.minor]
+        if minor:
+            out(f"# stored batch-minor: {', '.join(minor)}")
+        alone = []  # the main thread's statements since the last shared phase
+        for group in self.body.schedule():
+            columns = self.body.shared(group)
+            if columns is None:
+                alone.append(group)
+                continue
+            with self._alone(out):
+                for g in alone:
+                    self.body.emit_group(g, out)
+            alone = []
+            self._begin(out, "a loop nest, in halves of its columns")
+            out(f"j0, j1 = pool.share(role, par, opaque({columns}))")
+            self.body.emit_group(group, out, "j0, j1")
+            out("pool.end(role, par, phase)")
+        with self._alone(out):
+            for g in alone:
+                self.body.emit_group(g, out)
+            self._finish_step(out)
+            self._step_scalars(out)
+            for k, h in enumerate(self.hoisted):
+                out(f"hf[{k}] = {h}  # for the helper")
+        self._begin(out, "the update: the helper takes the second half of the large parameters' rows")
+        if self.hoisted:
+            out("if role == 2:")
+            for k, h in enumerate(self.hoisted):
+                out(f"    {h} = DT(hf[{k}])")
+        for p in self.params:
+            if p.name in self.half:
+                x = self.grad.ident[p.name]
+                out(f"# update {p.name}: {self.rule}")
+                out(f"r0, r1 = pool.share(role, par, {x}.shape[0])")
+                out(self._update_call(p, "r0", "r1"))
+        with self._alone(out):
+            for p in self.params:
+                if p.name not in self.half:
+                    x = self.grad.ident[p.name]
+                    out(f"# update {p.name}: {self.rule}")
+                    out(self._update_call(p, "lo", f"{x}.shape[0]"))
+        out("pool.end(role, par, phase)")
+        out("if role == 1:")
+        out("    pool.store(pool.DONE, pool.load(pool.DONE) + n)")
+        out.indent(-1)
+        out("if role == 2:")
+        out("    pool.store(pool.UP, 0)")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _alone(out: Emitter):
+        """What the block writes, on the main thread only."""
+        mark = len(out.lines)
+        out("if role != 2:")
+        out.indent()
+        yield
+        out.indent(-1)
+        if len(out.lines) == mark + 1:  # nothing
+            out.lines.pop()
+
+    @staticmethod
+    def _begin(out: Emitter, what: str):
+        """The start of a phase both threads run in a step on two threads (codegen.pool)."""
+        out(f"phase = pool.begin(role, par, phase)  # {what}")
+        out("if phase < 0:  # the helper, told to exit")
+        out("    break")
+
+    def _finish_step(self, out: Emitter):
+        """The loss of the step, which ends training when it is not finite."""
         out(f"loss = {self.loss}[0, 0]")
         out("losses[e, s] = loss")
         out("if not math.isfinite(loss):")
         out("    set_fpmode(mode)")
         out("    return e, s, t")
         out("t += 1")
-        self._update(out)
-        if self.half:
-            out("if role == 1:")
-            out("    pool.store(pool.DONE, pool.load(pool.DONE) + n)")
-        out.indent(-2)
-        out("set_fpmode(mode)")
-        out("return orders.shape[0], 0, t")
-        out.indent(-1)
 
-    def _update(self, out):
-        """The per-step scalars, then one call of ``update_entries`` per parameter."""
-        gi = self.grad.ident
+    def _step_scalars(self, out: Emitter):
+        """The per-step scalars of the update (the clip factor, a scheduled rate)."""
         if self.update.clip_norm is not None:
             out("# clip: min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients")
             squares = [f"sum_of_squares({self.grad_of[p.name]})" for p in self.params]
@@ -595,20 +711,15 @@ class TrainKernel:
         out("tf = float(t)")
         for line in self.step_lines:
             out(line)
-        if self.half:
-            out("if par:  # the helper thread updates the second half of the large parameters")
-            for k, h in enumerate(self.hoisted):
-                out(f"    hf[{k}] = {h}")
-            out("    pool.store(pool.JOB, pool.UPDATE)")
+
+    def _update(self, out):
+        """On one thread: the per-step scalars, then one call of ``update_entries`` per
+        parameter."""
+        self._step_scalars(out)
         for p in self.params:
-            x = gi[p.name]
+            x = self.grad.ident[p.name]
             out(f"# update {p.name}: {self.rule}")
-            rows = (f"{x}.shape[0] // 2 if par else {x}.shape[0]" if p.name in self.half
-                    else f"{x}.shape[0]")
-            out(self._update_call(p, "lo", rows))
-        if self.half:
-            out("if par:")
-            out("    pool.wait()")
+            out(self._update_call(p, "lo", f"{x}.shape[0]"))
 
     def _update_call(self, p, first: str, last: str) -> str:
         """``update_entries`` on rows first..last of parameter ``p``, its gradient and state."""
@@ -626,46 +737,6 @@ class TrainKernel:
             x = gi[b.name]
             out(f"    for j in range({_dims(b.shape)[1]}):")
             out(f"        {self.body.at(b.name, 'r', 'j')} = d_{x}[i, j]")
-
-    def emit_serve(self, out: Emitter):
-        """As the helper thread (``role == 2``, see codegen.pool): OpenBLAS's second job of
-        each product, the second half of each batch's gather and of each large parameter's
-        update, until told to exit. It is a branch of ``train_epochs`` rather than a kernel of
-        its own, whose compile cost as much as it took out of ``train_epochs`` (measured)."""
-        gi = self.grad.ident
-        out("if role == 2:  # the helper thread (codegen.pool), until train_epochs' caller ends it")
-        out.indent()
-        out("pool.store(pool.UP, 1)")
-        out("while True:")
-        out("    job = pool.load(pool.JOB)")
-        out("    if job == pool.BLAS:")
-        out("        pool.run_blas_job()")
-        out("    elif job == pool.GATHER:")
-        out("        e, start, n = pool.load(pool.EPOCH), pool.load(pool.START), pool.load(pool.ROWS)")
-        out.indent(2)
-        self._gather(out, "n // 2", "n")
-        out.indent(-2)
-        out("        pool.store(pool.JOB, pool.IDLE)")
-        out("    elif job == pool.UPDATE:")
-        for k, h in enumerate(self.hoisted):
-            out(f"        {h} = DT(hf[{k}])")
-        for p in self.params:
-            if p.name in self.half:
-                x = gi[p.name]
-                out("        " + self._update_call(p, f"{x}.shape[0] // 2", f"{x}.shape[0]"))
-        out("        pool.store(pool.JOB, pool.IDLE)")
-        out("    elif job == pool.WAKE:")
-        out("        pool.store(pool.JOB, pool.IDLE)")
-        out("    elif job == pool.EXIT:")
-        out("        break")
-        out("    elif pool.load(pool.NOW) == 1:  # the main thread trains alone for now")
-        out("        pace.nap()")
-        out("    else:")
-        out("        pool.pause()")
-        out("pool.store(pool.UP, 0)")
-        out("set_fpmode(mode)")
-        out("return 0, 0, t0")
-        out.indent(-1)
 
     def _split_update(self):
         """Split the update rule into per-step scalar lines (a scheduled lr, bias corrections:

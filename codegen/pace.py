@@ -25,17 +25,18 @@ windows of at least one full batch, it takes the cost in nanoseconds per 1,024 r
   with a fixed 16 windows on one thread after each, training was 4 % slower outside spells.
 
 The main thread reads the chosen mode (``pool.WANT``) before each step and, when it changed,
-switches (``switch``): on one thread, OpenBLAS runs one thread, the main thread gathers and
-updates whole batches, and the helper sleeps (``NAP_US`` at a time) instead of spinning, which
-would take the core's time slices from the main thread.
+switches (``switch``): on one thread, OpenBLAS runs one thread, the main thread runs whole
+steps, and the helper sleeps (``pool.NAP_US`` at a time) instead of spinning, which would
+take the core's time slices from the main thread.
 
 It is on only with ``SYMNET_POOL=auto``, because the two modes do not always round alike.
-The helper takes rows of the gather and the update, and OpenBLAS splits a product's output
-between its two jobs, but on one thread OpenBLAS cuts a long inner dimension into blocks
-differently: on this machine, products whose inner dimension is 500 or 784 differ in the
-last bits (1024 and up to 384 do not). Which steps ran on one thread depends on the
-machine's timing, so with pacing a run is not reproducible bit for bit; by default training
-stays on the helper, as before (``PIN_HELPER``), and the watcher does not run.
+The helper takes rows of the gather and the update and columns of the wide loop nests, which
+each thread computes as one thread would, and OpenBLAS splits a product's output between its
+two jobs, but on one thread OpenBLAS cuts a long inner dimension into blocks differently: on
+this machine, products whose inner dimension is 500 or 784 differ in the last bits (1024 and
+up to 384 do not). Which steps ran on one thread depends on the machine's timing, so with
+pacing a run is not reproducible bit for bit; by default training stays on the helper, as
+before (``PIN_HELPER``), and the watcher does not run.
 
 The policy is Python, in a thread of its own, because compiled into ``train_epochs`` through
 numba it cost 0.6 s of seed002's 1.8 s cold setup; the kernel only reads one slot, counts
@@ -70,7 +71,6 @@ SLOW_RUN = 3  # slow windows in a row on the helper that send training to one th
 HOLD = 16  # windows on the helper before one thread may be tried again after it lost
 FIRST_PROBE, PROBE = 2, 16  # windows on one thread before the helper is tried again: the
 # first time after FIRST_PROBE, then after twice as many as the time before, up to PROBE
-NAP_US = 200  # the sleeping helper's nap, in microseconds
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 
@@ -81,7 +81,6 @@ def _symbol(name: str, function) -> None:
 
 # fixed names that cached machine code links against in every process, as codegen.blas does
 _symbol("symnet_blas_set_threads", blas.LIBRARY.scipy_openblas_set_num_threads)
-_symbol("symnet_usleep", ctypes.CDLL(None).usleep)
 
 
 def _call(builder, name: str, ret, args):
@@ -117,16 +116,6 @@ def switch(typingctx, mode):
         return context.get_dummy_value()
 
     return types.none(mode), codegen
-
-
-@intrinsic
-def nap(typingctx):
-    """Sleep ``NAP_US`` microseconds: the helper's wait while the main thread trains alone."""
-    def codegen(context, builder, signature, args):
-        _call(builder, "symnet_usleep", _I32, [ir.Constant(_I32, NAP_US)])
-        return context.get_dummy_value()
-
-    return types.none(), codegen
 
 
 def decide(tune, cost: int) -> int:

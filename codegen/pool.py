@@ -1,28 +1,34 @@
-"""One helper thread that runs both OpenBLAS's threaded jobs and half of the optimizer update.
+"""One helper thread that runs both OpenBLAS's threaded jobs and half of the rest of each step.
 
 With two threads, OpenBLAS splits each product into two jobs, one for the calling thread and
 one for its own worker, and the generated ``train_epochs`` ran everything that is not a product
 on the calling thread alone. A second pool for that work (numba's ``prange``) fights OpenBLAS's
 for the two cores. Instead, while ``train_epochs`` runs, OpenBLAS hands its jobs to this
 module's callback (``openblas_set_threads_callback_function``, a public OpenBLAS API), which
-runs the second job on a helper thread of symnet's own; between products, the same helper
-gathers the second half of each batch's shuffled rows and updates the second half of the rows
-of each large parameter (``numba_backend.SPLIT``). One
-pool, two cores, no fight. The helper is the generated ``train_epochs`` itself, called with
-``role == 2`` (a kernel of its own would cost its own cold compile).
+runs the second job on a helper thread of symnet's own. Between products, the same helper
+takes the second half of each shared phase of the step: the gather of the batch's shuffled
+rows, the wide loop nests (columns) and the update of the large parameters (rows:
+``numba_backend.SPLIT``). One pool, two cores, no fight.
 
-The thread and the kernels talk through a small block of integers (``CONTROL``), given to LLVM
-as the symbol ``symnet_pool_control`` so that cached machine code links against it in every
-process, as ``codegen.blas`` does for the GEMMs. Slot ``JOB`` holds the work for the helper:
-``IDLE``, ``BLAS`` (run OpenBLAS's job whose function, data and argument are in the next slots),
-``GATHER`` (copy the second half of the batch's shuffled rows, whose epoch, first row and
-count are in slots ``EPOCH``, ``START``, ``ROWS``), ``UPDATE`` (the helper's half of the
-update), ``WAKE`` (nothing: the main thread's way to know the helper is awake) or ``EXIT``. The
-helper sets it back to ``IDLE`` when done; only one job is in flight. While slot ``NOW`` is 1,
-the main thread trains on one thread (``codegen.pace`` decides when) and the idle helper naps
-rather than spins. Every kernel call holds ``LOCK``, so one symnet kernel
-runs at a time in a process. With an OpenBLAS thread count other than two, or
-``SYMNET_POOL=0``, training runs without the helper, as before.
+The helper is the generated ``train_epochs`` itself, called with ``role == 2``, and it runs
+the same statements as the main thread (``role == 1``): the main thread chooses the steps and
+runs what is not shared, and each shared phase is one statement, between ``begin`` and
+``end``, with ``share`` giving each thread its half. A kernel of the helper's own, or copies of
+the shared statements for it, would cost their own cold compile (measured: see
+``numba_backend.TrainKernel.emit``).
+
+The threads talk through a small block of integers (``CONTROL``), given to LLVM as the symbol
+``symnet_pool_control`` so that cached machine code links against it in every process, as
+``codegen.blas`` does for the GEMMs. The main thread publishes the phase it has begun
+(``BEGUN``) and each step's epoch, first row and count (``EPOCH``, ``START``, ``ROWS``); the
+helper, the phase it has finished (``FINISHED``). Slot ``JOB`` holds work for the helper while
+it waits for a phase: ``IDLE``, ``BLAS`` (run OpenBLAS's job whose function, data and argument
+are in the next slots), ``WAKE`` (nothing: the main thread's way to know the helper is awake)
+or ``EXIT``; the helper sets it back to ``IDLE`` when done. While slot ``NOW`` is 1, the main
+thread trains on one thread (``codegen.pace`` decides when) and the waiting helper naps rather
+than spins. Every kernel call holds ``LOCK``, so one symnet kernel runs at a time in a
+process. With an OpenBLAS thread count other than two, or ``SYMNET_POOL=0``, training runs
+without the helper, as before.
 """
 
 from __future__ import annotations
@@ -44,14 +50,19 @@ from numba.extending import intrinsic
 from . import blas
 from .fpmode import X86
 
-IDLE, BLAS, UPDATE, GATHER, EXIT, WAKE = 0, 1, 2, 3, 4, 5
+IDLE, BLAS, EXIT, WAKE = 0, 1, 4, 5
 JOB, FN, DATA, ARG, EPOCH, START, ROWS = 0, 1, 2, 3, 4, 5, 6  # slots of CONTROL
 UP = 8  # the helper is running: 64 bytes after JOB, apart from the slots that change per job
 # codegen.pace: the mode the main thread trains in (-1 before its first step, 0 with the helper,
 # 1 alone, when the idle helper naps), the mode the watcher asks for, the rows finished
 NOW, WANT, DONE = 9, 10, 11
-CONTROL = np.zeros(16, np.int64)
+# the phases of the steps on two threads: the last one the main thread began, the last one the
+# helper finished; each written by one thread only, on a cache line of its own
+BEGUN, FINISHED = 16, 24
+CONTROL = np.zeros(32, np.int64)
 llvm.add_symbol("symnet_pool_control", CONTROL.ctypes.data)
+llvm.add_symbol("symnet_usleep", ctypes.cast(ctypes.CDLL(None).usleep, ctypes.c_void_p).value)
+NAP_US = 200  # the helper's nap while the main thread trains alone (codegen.pace)
 
 _I64 = ir.IntType(64)
 
@@ -136,20 +147,6 @@ _JOB_TYPE = ir.FunctionType(ir.VoidType(), [ir.IntType(32), ir.IntType(8).as_poi
 _MAIN_JOB_SLOT, _HELPER_JOB_SLOT = 1, 2
 
 
-def _statement(emit, doc: str):
-    """A numba intrinsic of no arguments whose code is what ``emit(builder)`` writes."""
-
-    def typer(typingctx):
-        def codegen(context, builder, signature, args):
-            emit(builder)
-            return context.get_dummy_value()
-
-        return types.none(), codegen
-
-    typer.__doc__ = doc
-    return intrinsic(typer)
-
-
 def _run_blas_job(builder):
     def slot(i):
         return builder.load_atomic(_slot(builder, ir.Constant(_I64, i)), "acquire", 8)
@@ -162,11 +159,168 @@ def _run_blas_job(builder):
                          "release", 8)
 
 
-pause = _statement(_pause, "PAUSE, in the helper's wait for work.")
-wait = _statement(_spin, "Spin until the helper has finished its job.")
-run_blas_job = _statement(
-    _run_blas_job,
-    "On the helper: OpenBLAS's second job, as its thread _HELPER_JOB_SLOT, then back to IDLE.")
+def _arguments(context, builder, signature, args):
+    """(role == 2, par, the other arguments as int64) of ``begin``, ``end`` and ``share``."""
+    role, par, *rest = (_int64(context, builder, signature, args, i) for i in range(len(args)))
+    zero = ir.Constant(_I64, 0)
+    return (builder.icmp_signed("==", role, ir.Constant(_I64, 2)),
+            builder.icmp_signed("!=", par, zero), *rest)
+
+
+def _integers(*arguments):
+    return all(isinstance(a, (types.Integer, types.Boolean)) for a in arguments)
+
+
+def _function(module: ir.Module, name: str, fnty: ir.FunctionType, build) -> ir.Function:
+    """Function ``name`` of ``module``, defined by ``build(builder, *args)`` the first time: a
+    wait loop that every phase calls rather than has a copy of, for LLVM's compile time."""
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, fnty, name)
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        build(ir.IRBuilder(fn.append_basic_block("entry")), *fn.args)
+    return fn
+
+
+def _follow(builder, phase):
+    """The helper's wait until the main thread has begun ``phase``: it runs OpenBLAS's jobs,
+    answers ``WAKE`` and naps while the main thread trains alone. Returns ``phase``, or -1 when
+    told to ``EXIT``."""
+    wait = builder.append_basic_block("wait")
+    look = builder.append_basic_block("job")
+    blas_job = builder.append_basic_block("blas")
+    wake = builder.append_basic_block("wake")
+    idle = builder.append_basic_block("idle")
+    begun = builder.append_basic_block("begun")
+    leave = builder.append_basic_block("exit")
+    builder.branch(wait)
+    builder.position_at_end(wait)
+    at = builder.load_atomic(_slot(builder, ir.Constant(_I64, BEGUN)), "acquire", 8)
+    builder.cbranch(builder.icmp_signed(">=", at, phase), begun, look)
+    builder.position_at_end(look)
+    job = builder.load_atomic(_slot(builder, ir.Constant(_I64, JOB)), "acquire", 8)
+    switch = builder.switch(job, idle)
+    switch.add_case(ir.Constant(_I64, BLAS), blas_job)
+    switch.add_case(ir.Constant(_I64, WAKE), wake)
+    switch.add_case(ir.Constant(_I64, EXIT), leave)
+    builder.position_at_end(blas_job)
+    _run_blas_job(builder)
+    builder.branch(wait)
+    builder.position_at_end(wake)
+    builder.store_atomic(ir.Constant(_I64, IDLE), _slot(builder, ir.Constant(_I64, JOB)),
+                         "release", 8)
+    builder.branch(wait)
+    builder.position_at_end(idle)
+    now = builder.load_atomic(_slot(builder, ir.Constant(_I64, NOW)), "acquire", 8)
+    with builder.if_else(builder.icmp_signed("==", now, ir.Constant(_I64, 1))) as (nap, spin):
+        with nap:
+            fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "symnet_usleep")
+            builder.call(fn, [ir.Constant(ir.IntType(32), NAP_US)])
+        with spin:
+            _pause(builder)
+    builder.branch(wait)
+    builder.position_at_end(begun)
+    builder.ret(phase)
+    builder.position_at_end(leave)
+    builder.ret(ir.Constant(_I64, -1))
+
+
+def _await(builder, phase):
+    """The main thread's wait until the helper has finished ``phase``."""
+    finished = _slot(builder, ir.Constant(_I64, FINISHED))
+    loop = builder.append_basic_block("wait")
+    pause = builder.append_basic_block("pause")
+    over = builder.append_basic_block("over")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    done = builder.icmp_signed(">=", builder.load_atomic(finished, "acquire", 8), phase)
+    builder.cbranch(done, over, pause)
+    builder.position_at_end(pause)
+    _pause(builder)
+    builder.branch(loop)
+    builder.position_at_end(over)
+    builder.ret_void()
+
+
+@intrinsic
+def begin(typingctx, role, par, phase):
+    """The start of a phase that both threads run, each on its share, in a step on two threads
+    (``par``; else nothing): its number, one more than ``phase`` (both threads count them
+    alike). The main thread (``role`` 1) lets the helper begin it; the helper (``role`` 2)
+    waits until it has (``_follow``), and gets -1 if it was told to ``EXIT`` instead."""
+    if not _integers(role, par, phase):
+        return None
+
+    def codegen(context, builder, signature, args):
+        helper, par, phase = _arguments(context, builder, signature, args)
+        follow = _function(builder.module, "symnet_pool_follow",
+                           ir.FunctionType(_I64, [_I64]), _follow)
+        entry = builder.block
+        shared = builder.append_basic_block("begin_shared")
+        main_block = builder.append_basic_block("begin_main")
+        wait = builder.append_basic_block("begin_wait")
+        done = builder.append_basic_block("begin_done")
+        builder.cbranch(par, shared, done)
+        builder.position_at_end(shared)
+        following = builder.add(phase, ir.Constant(_I64, 1))
+        builder.cbranch(helper, wait, main_block)
+        builder.position_at_end(main_block)
+        builder.store_atomic(following, _slot(builder, ir.Constant(_I64, BEGUN)), "release", 8)
+        builder.branch(done)
+        builder.position_at_end(wait)
+        followed = builder.call(follow, [following])
+        builder.branch(done)
+        builder.position_at_end(done)
+        result = builder.phi(_I64)
+        result.add_incoming(phase, entry)
+        result.add_incoming(following, main_block)
+        result.add_incoming(followed, wait)
+        return result
+
+    return types.int64(role, par, phase), codegen
+
+
+@intrinsic
+def end(typingctx, role, par, phase):
+    """The end of a phase that both threads run (in a step on two threads, ``par``; else
+    nothing): the helper says it has finished its share, the main thread waits until it has."""
+    if not _integers(role, par, phase):
+        return None
+
+    def codegen(context, builder, signature, args):
+        helper, par, phase = _arguments(context, builder, signature, args)
+        wait = _function(builder.module, "symnet_pool_await",
+                         ir.FunctionType(ir.VoidType(), [_I64]), _await)
+        with builder.if_then(par), builder.if_else(helper) as (tell, main):
+            with tell:
+                builder.store_atomic(phase, _slot(builder, ir.Constant(_I64, FINISHED)),
+                                     "release", 8)
+            with main:
+                builder.call(wait, [phase])
+        return context.get_dummy_value()
+
+    return types.none(role, par, phase), codegen
+
+
+@intrinsic
+def share(typingctx, role, par, count):
+    """This thread's share of ``range(count)`` in a shared phase: the first half on the main
+    thread, the second on the helper, all of it in a step on one thread. Selects, not
+    branches: numba's passes take time for each branch of ``train_epochs``."""
+    if not _integers(role, par, count):
+        return None
+    pair = types.UniTuple(types.int64, 2)
+
+    def codegen(context, builder, signature, args):
+        helper, par, count = _arguments(context, builder, signature, args)
+        half = builder.sdiv(count, ir.Constant(_I64, 2))
+        first = builder.select(helper, half, ir.Constant(_I64, 0))
+        last = builder.select(builder.and_(par, builder.not_(helper)), half, count)
+        return context.make_tuple(builder, pair, (first, last))
+
+    return pair(role, par, count), codegen
 
 
 def _callback_module() -> ir.Module:

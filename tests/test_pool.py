@@ -43,11 +43,16 @@ def helpers():
     return [t for t in threading.enumerate() if t.name == "symnet-helper"]
 
 
-def test_the_generated_update_gives_the_helper_the_second_half_of_large_parameters():
+def test_the_generated_code_shares_the_wide_nests_and_large_updates_between_the_threads():
     source = model().source
-    assert "lo, W1.shape[0] // 2 if par else W1.shape[0])" in source
-    assert "W1.shape[0] // 2, W1.shape[0])" in source  # the helper's half, in its role == 2 loop
+    # one statement for both threads: the main thread's half first, the helper's second
+    assert "r0, r1 = pool.share(role, par, W1.shape[0])\n" in source
+    assert "update_entries(W1, t" in source and "r0, r1)" in source
     assert "update_entries(b1, t" in source and "lo, b1.shape[0])" in source  # small: never split
+    assert source.count("j0, j1 = pool.share(role, par, opaque(256))") == 2  # relu(X·W1 + b1)
+    assert source.count("for j in range(j0, j1):") == 2  # and its gradient's mask
+    assert source.count("pool.begin(role, par, phase)") == 4  # and the gather and the update
+    assert source.count("pool.end(role, par, phase)") == 4
 
 
 def test_training_with_the_helper_agrees_with_the_numpy_backend(two_blas_threads):
@@ -56,7 +61,7 @@ def test_training_with_the_helper_agrees_with_the_numpy_backend(two_blas_threads
     pool.CONTROL[pool.FN] = 0
     for m in (pooled, reference):
         m.fit(X, Y, epochs=2, batch_size=128, verbose=False)
-    assert "if par:" in pooled.source
+    assert "pool.begin(role, par, phase)" in pooled.source
     assert pool.CONTROL[pool.FN] != 0  # OpenBLAS handed a job to the helper
     for k in reference.params:
         np.testing.assert_allclose(pooled.params[k], reference.params[k], rtol=1e-10, atol=1e-13)
@@ -243,17 +248,12 @@ def test_a_helper_that_cannot_start_raises_on_the_calling_thread_and_frees_the_l
 
 @nb.njit(nogil=True)
 def _serve_blas_jobs():
-    """The helper's loop, reduced to OpenBLAS's jobs."""
+    """The helper's wait for a phase that the main thread never begins: OpenBLAS's jobs, until
+    it is told to exit."""
     pool.store(pool.UP, 1)
-    while True:
-        job = pool.load(pool.JOB)
-        if job == pool.BLAS:
-            pool.run_blas_job()
-        elif job == pool.EXIT:
-            break
-        else:
-            pool.pause()
+    told_to_exit = pool.begin(2, True, 0) < 0
     pool.store(pool.UP, 0)
+    return told_to_exit
 
 
 def test_openblas_jobs_run_as_threads_that_are_not_its_own_worker(two_blas_threads):
