@@ -301,12 +301,16 @@ class Kernel:
     def emit_body(self, out: Emitter):
         """The statements, for the first ``n`` batch rows of the leaves and the workspaces
         (which are sized for the largest batch: see :func:`_alloc`)."""
-        minor = [self.ident[b.name] for b in self.program.buffers if b.name in self.minor]
-        if minor:
-            out(f"# stored batch-minor: {', '.join(minor)}")
+        self.layout_note(out)
         out("nf = DT(n)")
         for group in self.schedule():
             self.emit_group(group, out)
+
+    def layout_note(self, out: Emitter):
+        """A comment naming the buffers stored batch-minor (c×n), if any."""
+        minor = [self.ident[b.name] for b in self.program.buffers if b.name in self.minor]
+        if minor:
+            out(f"# stored batch-minor: {', '.join(minor)}")
 
     def emit_group(self, group, out: Emitter, columns: str | None = None):
         """One group of :meth:`schedule`, after its notes; a batch-minor loop nest over
@@ -555,10 +559,10 @@ class TrainKernel:
         2 on the helper: see codegen.pool). The main thread chooses each step and runs what is
         not shared; in a step on two threads (``par``), the phases that are shared, the gather,
         the wide loop nests (:meth:`Kernel.shared`) and the update of the large parameters, run
-        in halves, the main thread's first (``cut``), between ``pool.begin`` and ``pool.end``,
-        and the helper runs OpenBLAS's second job of each product while it waits. Each shared
-        statement is written once, for both threads: copies of them for the helper cost
-        0.7–1.5 s of wide's cold compile (measured)."""
+        in halves (``pool.share``), between ``pool.begin`` and ``pool.end``, and the helper runs
+        OpenBLAS's second job of each product while it waits. Each shared statement is written
+        once, for both threads: copies of them for the helper cost 0.7–1.5 s of wide's cold
+        compile (measured)."""
         self.emit_helpers(out)
         out()
         out()
@@ -625,9 +629,7 @@ class TrainKernel:
         self._gather(out, "r0", "r1")
         out("pool.end(role, par, phase)")
         out("nf = DT(n)")
-        minor = [self.grad.ident[b.name] for b in self.grad.program.buffers if b.name in self.body.minor]
-        if minor:
-            out(f"# stored batch-minor: {', '.join(minor)}")
+        self.body.layout_note(out)
         alone = []  # the main thread's statements since the last shared phase
         for group in self.body.schedule():
             columns = self.body.shared(group)
