@@ -57,7 +57,7 @@ UP = 8  # the helper is running: 64 bytes after JOB, apart from the slots that c
 # 1 alone, when the idle helper naps), the mode the watcher asks for, the rows finished
 NOW, WANT, DONE = 9, 10, 11
 # the phases of the steps on two threads: the last one the main thread began, the last one the
-# helper finished; each written by one thread only, on a cache line of its own
+# helper finished; each written by one thread only, 64 bytes apart
 BEGUN, FINISHED = 16, 24
 CONTROL = np.zeros(32, np.int64)
 llvm.add_symbol("symnet_pool_control", CONTROL.ctypes.data)

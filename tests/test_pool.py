@@ -8,10 +8,13 @@ import threading
 import numba as nb
 import numpy as np
 import pytest
+import sympy as sp
 
 import symnet as sn
 from codegen import pace, pool
 from codegen.blas import LIBRARY
+from codegen.ir import Buffer, Instr, Op, Program, arg_symbols
+from codegen.numba_backend import Kernel
 
 
 @pytest.fixture
@@ -53,6 +56,23 @@ def test_the_generated_code_shares_the_wide_nests_and_large_updates_between_the_
     assert source.count("for j in range(j0, j1):") == 2  # and its gradient's mask
     assert source.count("pool.begin(role, par, phase)") == 4  # and the gather and the update
     assert source.count("pool.end(role, par, phase)") == 4
+
+
+def test_a_wide_nest_with_a_sum_across_its_columns_is_not_shared():
+    # the threads would add into the same row sums: such a nest stays on the main thread
+    x, = arg_symbols(1)
+    prog = Program(
+        buffers=(Buffer("X", ("n", 256), "input"), Buffer("W", (256, 256), "param"),
+                 Buffer("Z", ("n", 256)), Buffer("A", ("n", 256)), Buffer("S", ("n", 1)),
+                 Buffer("L", (1, 1))),
+        instrs=(Instr(Op.GEMM, "Z", ("X", "W")), Instr(Op.MAP, "A", ("Z",), sp.tanh(x)),
+                Instr(Op.ROWSUM, "S", ("A",)), Instr(Op.COLSUM, "L", ("S",))),
+        outputs=(("loss", "L"),))
+    kernel = Kernel("k", prog)
+    nests = [g for g in kernel.schedule() if kernel.space(g[0]) == ("n", "256")]
+    assert [[ins.op for ins in g] for g in nests] == [[Op.MAP, Op.ROWSUM]]
+    assert {"Z", "A"} <= kernel.minor and kernel.shared(nests[0]) is None
+    assert kernel.shared(nests[0][:1]) == 256  # the same nest without the sum
 
 
 def test_training_with_the_helper_agrees_with_the_numpy_backend(two_blas_threads):
