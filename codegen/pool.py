@@ -118,16 +118,21 @@ def _pause(builder):
         builder.call(fn, [])
 
 
-def _spin(builder):
-    """Emit: loop until CONTROL[JOB] is IDLE."""
-    job = _slot(builder, ir.Constant(_I64, JOB))
+def _idle(builder, job):
+    return builder.icmp_signed("==", job, ir.Constant(_I64, IDLE))
+
+
+def _spin(builder, index=JOB, until=_idle):
+    """Emit: loop, with PAUSE, until ``until(builder, CONTROL[index])`` holds; by default until
+    the helper's job is done (CONTROL[JOB] is IDLE)."""
+    slot = _slot(builder, ir.Constant(_I64, index))
     loop = builder.append_basic_block("spin")
     done = builder.append_basic_block("spin_done")
     builder.branch(loop)
     builder.position_at_end(loop)
-    idle = builder.icmp_signed("==", builder.load_atomic(job, "acquire", 8), ir.Constant(_I64, IDLE))
+    ready = until(builder, builder.load_atomic(slot, "acquire", 8))
     wait_more = builder.append_basic_block("spin_pause")
-    builder.cbranch(idle, done, wait_more)
+    builder.cbranch(ready, done, wait_more)
     builder.position_at_end(wait_more)
     _pause(builder)
     builder.branch(loop)
@@ -229,18 +234,7 @@ def _follow(builder, phase):
 
 def _await(builder, phase):
     """The main thread's wait until the helper has finished ``phase``."""
-    finished = _slot(builder, ir.Constant(_I64, FINISHED))
-    loop = builder.append_basic_block("wait")
-    pause = builder.append_basic_block("pause")
-    over = builder.append_basic_block("over")
-    builder.branch(loop)
-    builder.position_at_end(loop)
-    done = builder.icmp_signed(">=", builder.load_atomic(finished, "acquire", 8), phase)
-    builder.cbranch(done, over, pause)
-    builder.position_at_end(pause)
-    _pause(builder)
-    builder.branch(loop)
-    builder.position_at_end(over)
+    _spin(builder, FINISHED, lambda builder, value: builder.icmp_signed(">=", value, phase))
     builder.ret_void()
 
 
