@@ -48,14 +48,11 @@ size (``NumbaRunner.tuning``), kept between calls. Its slot ``FORCE`` says wheth
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import threading
 import time
 
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import blas, pool
@@ -74,18 +71,7 @@ FIRST_PROBE, PROBE = 2, 16  # windows on one thread before the helper is tried a
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 
-
-def _symbol(name: str, function) -> None:
-    llvm.add_symbol(name, ctypes.cast(function, ctypes.c_void_p).value)
-
-
-# fixed names that cached machine code links against in every process, as codegen.blas does
-_symbol("symnet_blas_set_threads", blas.LIBRARY.scipy_openblas_set_num_threads)
-
-
-def _call(builder, name: str, ret, args):
-    fnty = ir.FunctionType(ret, [a.type for a in args])
-    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+pool.symbol("symnet_blas_set_threads", blas.LIBRARY.scipy_openblas_set_num_threads)
 
 
 def _store(builder, index: int, value: int):
@@ -106,10 +92,10 @@ def switch(typingctx, mode):
                                                       types.int64), ir.Constant(_I64, SOLO))
         with builder.if_else(solo) as (alone, paired):
             with alone:
-                _call(builder, "symnet_blas_set_threads", ir.VoidType(), [ir.Constant(_I32, 1)])
+                pool.call(builder, "symnet_blas_set_threads", ir.VoidType(), [ir.Constant(_I32, 1)])
                 _store(builder, pool.NOW, SOLO)
             with paired:
-                _call(builder, "symnet_blas_set_threads", ir.VoidType(), [ir.Constant(_I32, 2)])
+                pool.call(builder, "symnet_blas_set_threads", ir.VoidType(), [ir.Constant(_I32, 2)])
                 _store(builder, pool.NOW, HELPER)
                 _store(builder, pool.JOB, pool.WAKE)
                 pool._spin(builder)

@@ -61,10 +61,24 @@ NOW, WANT, DONE = 9, 10, 11
 BEGUN, FINISHED = 16, 24
 CONTROL = np.zeros(32, np.int64)
 llvm.add_symbol("symnet_pool_control", CONTROL.ctypes.data)
-llvm.add_symbol("symnet_usleep", ctypes.cast(ctypes.CDLL(None).usleep, ctypes.c_void_p).value)
 NAP_US = 200  # the helper's nap while the main thread trains alone (codegen.pace)
 
-_I64 = ir.IntType(64)
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+
+
+def symbol(name: str, function) -> None:
+    """Give LLVM a C function under a fixed name, which cached machine code links against in
+    every process (as ``codegen.blas`` does for the GEMMs)."""
+    llvm.add_symbol(name, ctypes.cast(function, ctypes.c_void_p).value)
+
+
+def call(builder, name: str, ret, args):
+    """Emit a call of the C function ``name`` (see ``symbol``)."""
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+symbol("symnet_usleep", ctypes.CDLL(None).usleep)
 
 
 def _slot(builder, index):
@@ -220,9 +234,7 @@ def _follow(builder, phase):
     now = builder.load_atomic(_slot(builder, ir.Constant(_I64, NOW)), "acquire", 8)
     with builder.if_else(builder.icmp_signed("==", now, ir.Constant(_I64, 1))) as (nap, spin):
         with nap:
-            fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "symnet_usleep")
-            builder.call(fn, [ir.Constant(ir.IntType(32), NAP_US)])
+            call(builder, "symnet_usleep", _I32, [ir.Constant(_I32, NAP_US)])
         with spin:
             _pause(builder)
     builder.branch(wait)
