@@ -74,11 +74,6 @@ _I32, _I64 = ir.IntType(32), ir.IntType(64)
 pool.symbol("symnet_blas_set_threads", blas.LIBRARY.scipy_openblas_set_num_threads)
 
 
-def _store(builder, index: int, value: int):
-    builder.store_atomic(ir.Constant(_I64, value), pool._slot(builder, ir.Constant(_I64, index)),
-                         "release", 8)
-
-
 @intrinsic
 def switch(typingctx, mode):
     """On the main thread, before a step: train in ``mode`` from now on. One thread: OpenBLAS
@@ -93,11 +88,11 @@ def switch(typingctx, mode):
         with builder.if_else(solo) as (alone, paired):
             with alone:
                 pool.call(builder, "symnet_blas_set_threads", ir.VoidType(), [ir.Constant(_I32, 1)])
-                _store(builder, pool.NOW, SOLO)
+                pool._put(builder, pool.NOW, SOLO)
             with paired:
                 pool.call(builder, "symnet_blas_set_threads", ir.VoidType(), [ir.Constant(_I32, 2)])
-                _store(builder, pool.NOW, HELPER)
-                _store(builder, pool.JOB, pool.WAKE)
+                pool._put(builder, pool.NOW, HELPER)
+                pool._put(builder, pool.JOB, pool.WAKE)
                 pool._spin(builder)
         return context.get_dummy_value()
 

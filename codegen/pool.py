@@ -91,6 +91,20 @@ def _slot(builder, index):
     return builder.gep(gv, [ir.Constant(ir.IntType(32), 0), index])
 
 
+def _value(x):
+    return ir.Constant(_I64, x) if isinstance(x, int) else x
+
+
+def _get(builder, index):
+    """``CONTROL[index]`` (an int or an i64 value), an acquiring load."""
+    return builder.load_atomic(_slot(builder, _value(index)), "acquire", 8)
+
+
+def _put(builder, index, value):
+    """``CONTROL[index] = value`` (each an int or an i64 value), a releasing store."""
+    builder.store_atomic(_value(value), _slot(builder, _value(index)), "release", 8)
+
+
 def _int64(context, builder, signature, args, i):
     return context.cast(builder, args[i], signature.args[i], types.int64)
 
@@ -103,8 +117,7 @@ def load(typingctx, index):
         return None
 
     def codegen(context, builder, signature, args):
-        slot = _slot(builder, _int64(context, builder, signature, args, 0))
-        return builder.load_atomic(slot, "acquire", 8)
+        return _get(builder, _int64(context, builder, signature, args, 0))
 
     return types.int64(index), codegen
 
@@ -116,8 +129,8 @@ def store(typingctx, index, value):
         return None
 
     def codegen(context, builder, signature, args):
-        slot = _slot(builder, _int64(context, builder, signature, args, 0))
-        builder.store_atomic(_int64(context, builder, signature, args, 1), slot, "release", 8)
+        _put(builder, _int64(context, builder, signature, args, 0),
+             _int64(context, builder, signature, args, 1))
         return context.get_dummy_value()
 
     return types.none(index, value), codegen
@@ -139,12 +152,11 @@ def _idle(builder, job):
 def _spin(builder, index=JOB, until=_idle):
     """Emit: loop, with PAUSE, until ``until(builder, CONTROL[index])`` holds; by default until
     the helper's job is done (CONTROL[JOB] is IDLE)."""
-    slot = _slot(builder, ir.Constant(_I64, index))
     loop = builder.append_basic_block("spin")
     done = builder.append_basic_block("spin_done")
     builder.branch(loop)
     builder.position_at_end(loop)
-    ready = until(builder, builder.load_atomic(slot, "acquire", 8))
+    ready = until(builder, _get(builder, index))
     wait_more = builder.append_basic_block("spin_pause")
     builder.cbranch(ready, done, wait_more)
     builder.position_at_end(wait_more)
@@ -167,15 +179,11 @@ _MAIN_JOB_SLOT, _HELPER_JOB_SLOT = 1, 2
 
 
 def _run_blas_job(builder):
-    def slot(i):
-        return builder.load_atomic(_slot(builder, ir.Constant(_I64, i)), "acquire", 8)
-
-    fn = builder.inttoptr(slot(FN), _JOB_TYPE.as_pointer())
+    fn = builder.inttoptr(_get(builder, FN), _JOB_TYPE.as_pointer())
     builder.call(fn, [ir.Constant(ir.IntType(32), _HELPER_JOB_SLOT),
-                      builder.inttoptr(slot(DATA), ir.IntType(8).as_pointer()),
-                      builder.trunc(slot(ARG), ir.IntType(32))])
-    builder.store_atomic(ir.Constant(_I64, IDLE), _slot(builder, ir.Constant(_I64, JOB)),
-                         "release", 8)
+                      builder.inttoptr(_get(builder, DATA), ir.IntType(8).as_pointer()),
+                      builder.trunc(_get(builder, ARG), ir.IntType(32))])
+    _put(builder, JOB, IDLE)
 
 
 def _arguments(context, builder, signature, args):
@@ -215,11 +223,9 @@ def _follow(builder, phase):
     leave = builder.append_basic_block("exit")
     builder.branch(wait)
     builder.position_at_end(wait)
-    at = builder.load_atomic(_slot(builder, ir.Constant(_I64, BEGUN)), "acquire", 8)
-    builder.cbranch(builder.icmp_signed(">=", at, phase), begun, look)
+    builder.cbranch(builder.icmp_signed(">=", _get(builder, BEGUN), phase), begun, look)
     builder.position_at_end(look)
-    job = builder.load_atomic(_slot(builder, ir.Constant(_I64, JOB)), "acquire", 8)
-    switch = builder.switch(job, idle)
+    switch = builder.switch(_get(builder, JOB), idle)
     switch.add_case(ir.Constant(_I64, BLAS), blas_job)
     switch.add_case(ir.Constant(_I64, WAKE), wake)
     switch.add_case(ir.Constant(_I64, EXIT), leave)
@@ -227,12 +233,11 @@ def _follow(builder, phase):
     _run_blas_job(builder)
     builder.branch(wait)
     builder.position_at_end(wake)
-    builder.store_atomic(ir.Constant(_I64, IDLE), _slot(builder, ir.Constant(_I64, JOB)),
-                         "release", 8)
+    _put(builder, JOB, IDLE)
     builder.branch(wait)
     builder.position_at_end(idle)
-    now = builder.load_atomic(_slot(builder, ir.Constant(_I64, NOW)), "acquire", 8)
-    with builder.if_else(builder.icmp_signed("==", now, ir.Constant(_I64, 1))) as (nap, spin):
+    alone = builder.icmp_signed("==", _get(builder, NOW), ir.Constant(_I64, 1))
+    with builder.if_else(alone) as (nap, spin):
         with nap:
             call(builder, "symnet_usleep", _I32, [ir.Constant(_I32, NAP_US)])
         with spin:
@@ -273,7 +278,7 @@ def begin(typingctx, role, par, phase):
         following = builder.add(phase, ir.Constant(_I64, 1))
         builder.cbranch(helper, wait, main_block)
         builder.position_at_end(main_block)
-        builder.store_atomic(following, _slot(builder, ir.Constant(_I64, BEGUN)), "release", 8)
+        _put(builder, BEGUN, following)
         builder.branch(done)
         builder.position_at_end(wait)
         followed = builder.call(follow, [following])
@@ -301,8 +306,7 @@ def end(typingctx, role, par, phase):
                          ir.FunctionType(ir.VoidType(), [_I64]), _await)
         with builder.if_then(par), builder.if_else(helper) as (tell, main):
             with tell:
-                builder.store_atomic(phase, _slot(builder, ir.Constant(_I64, FINISHED)),
-                                     "release", 8)
+                _put(builder, FINISHED, phase)
             with main:
                 builder.call(wait, [phase])
         return context.get_dummy_value()
@@ -348,7 +352,7 @@ def _callback_module() -> ir.Module:
         for index, value in ((FN, builder.ptrtoint(dojob, _I64)),
                              (DATA, builder.add(builder.ptrtoint(jobs, _I64), size)),
                              (ARG, builder.sext(arg, _I64)), (JOB, ir.Constant(_I64, BLAS))):
-            builder.store_atomic(value, _slot(builder, ir.Constant(_I64, index)), "release", 8)
+            _put(builder, index, value)
     builder.call(dojob, [ir.Constant(i32, _MAIN_JOB_SLOT), jobs, arg])
     with builder.if_then(multi):
         _spin(builder)
