@@ -73,7 +73,8 @@ def test_wide_layers_are_stored_batch_minor_unless_a_loop_nest_reads_a_wide_inpu
     models = [sn.compile(loss, inputs=[X], targets=[Y], optimizer=sn.optim.Adam(lr=0.01),
                          dtype="float64", seed=1, backend=b) for b in ("numba", "numpy")]
     source = models[0].source
-    assert "gemm(True, W1, True, X, t" in source  # Z1ᵀ = W1ᵀ·Xᵀ, stored 128×n
+    # X·W1, eight terms an entry, is summed in the loop nest that writes tanh(Z1) 128×n
+    assert "gemm(True, W1" not in source and "t7[j, i] = z_t7" in source  # (Kernel.thin)
     # every nest runs along contiguous memory of all it touches: entry [j, i] of a batch-minor
     # buffer in a nest whose batch loop is innermost, [i, j] of an n×c one otherwise
     nests = {"minor": r"for j in range\(opaque\(128\)\):\n(\s+)for i in range\(n\):\n",
@@ -90,6 +91,45 @@ def test_wide_layers_are_stored_batch_minor_unless_a_loop_nest_reads_a_wide_inpu
     for k in models[0].params:
         np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
                                    atol=1e-12, err_msg=k)
+
+
+def test_thin_products_run_in_the_wide_loop_nests_with_the_same_numbers(monkeypatch):
+    """Through a 4-wide output layer after a 128-wide one, δ2·W2ᵀ (four terms an entry) and
+    A1ᵀ·δ2 (four sums over the batch for each of A1's columns) run inside the loop nest that
+    masks δ2·W2ᵀ by relu'(A1), not as OpenBLAS calls; X·W1, six terms an entry, runs in the
+    nest that applies relu. Xᵀ·δ1, whose thin side is X, stays a call (Kernel.thin). The
+    numbers are those of the calls, to rounding, and the numpy reference's."""
+    X, Y = sn.Input("X", 6), sn.Input("Y", 4)
+    loss = sn.softmax_cross_entropy(sn.dense(sn.dense(X, 128, sn.relu), 4), Y)
+
+    def model(backend):
+        return sn.compile(loss, inputs=[X], targets=[Y], optimizer=sn.optim.SGD(lr=0.1, momentum=0.9),
+                          dtype="float64", seed=1, backend=backend)
+
+    thin = model("numba")
+    monkeypatch.setattr(numba_backend, "THIN", 0)  # the same network with every product a call
+    calls, reference = model("numba"), model("numpy")
+    train = thin.source[thin.source.index("def train_epochs"):]
+    assert re.search(r"z_t\d+ = \(\(t\d+\[0, i\] \* W2\[j, 0\] \+ t\d+\[1, i\] \* W2\[j, 1\]\) \+ "
+                     r"\(t\d+\[2, i\] \* W2\[j, 2\] \+ t\d+\[3, i\] \* W2\[j, 3\]\)\)", train)
+    assert re.search(r"for p in range\(opaque\(4\)\):\n\s+acc = DT\(0.0\)\n\s+for i in range\(n\):\n"
+                     r"\s+acc \+= t\d+\[p, i\] \* t\d+\[j, i\]\n\s+t\d+\[j, p\] = acc\n", train)
+    called = r"# (.*)\n\s+gemm\("  # the products that are calls, by their formulas
+    assert re.findall(called, train) == ["A1·W2", "Xᵀ·δ1"]
+    train = calls.source[calls.source.index("def train_epochs"):]
+    assert sorted(re.findall(called, train)) == ["A1·W2", "A1ᵀ·δ2", "X·W1", "Xᵀ·δ1", "δ2·W2ᵀ"]
+    Xb, Yb = make_data(n=23, cols=6, out=4, seed=2)
+    (loss0, grads0), *others = (m.loss_and_grad(Xb, Yb) for m in (thin, calls, reference))
+    for value, grads in others:
+        assert loss0 == pytest.approx(value, rel=1e-12)
+        for k in grads:
+            np.testing.assert_allclose(grads0[k], grads[k], rtol=1e-10, atol=1e-14, err_msg=k)
+    for m in (thin, calls, reference):
+        m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
+    for m in (calls, reference):
+        for k in m.params:
+            np.testing.assert_allclose(thin.params[k], m.params[k], rtol=1e-10, atol=1e-14,
+                                       err_msg=k)
 
 
 def test_blas_products_on_a_short_batch_use_the_first_rows_of_the_workspaces():
