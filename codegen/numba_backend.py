@@ -1,8 +1,9 @@
 """The numba backend: Programs and an Update → one generated Python module of jitted kernels.
 
 Each instruction becomes one statement (a GEMM is a BLAS call into a preallocated buffer, see
-``codegen.blas``, or an explicit loop nest when its fixed dimensions are tiny), each MAP one loop
-nest whose body is the scalar SymPy expression printed after ``sympy.cse`` (``exp`` as
+``codegen.blas``, or an explicit loop nest when its fixed dimensions are tiny, or part of the
+loop nest over its wide operand when its other side is thin), each MAP one loop nest whose
+body is the scalar SymPy expression printed after ``sympy.cse`` (``exp`` as
 ``codegen.vecmath``'s, which vectorises), each under a comment with its formula. Workspaces are
 2-D arrays sized for the largest batch; a kernel loops over the first ``n`` batch rows and hands
 ``gemm`` the sizes, never taking a view. Narrow batch-shaped workspaces, and most wide ones,
@@ -10,10 +11,10 @@ are stored batch-minor, and so are narrow inputs (labels) inside ``train_epochs`
 The module is written to a cache directory under the hash of its text and imported from there,
 so numba's ``cache=True`` loads machine code on the next compile of the same model.
 ``train_epochs`` runs with a helper thread when OpenBLAS has two (``codegen.pool``): the helper
-runs OpenBLAS's second job of each product, gathers the second half of each batch's rows and
-updates the second half of each large parameter's rows, while the calling thread does the
-first halves. A watcher thread times training and has it run alone while that is faster
-(``codegen.pace``).
+runs OpenBLAS's second job of each product, gathers the second half of each batch's rows, runs
+the second half of the columns of each wide loop nest and updates the second half of each
+large parameter's rows, while the calling thread does the first halves. A watcher thread
+times training and has it run alone while that is faster (``codegen.pace``).
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ class Kernel:
         (δ3·W3ᵀ through a 10-wide output layer), in the nest that reads it; "a" for an aᵀ·b
         summed over the batch with b at most ``THIN`` columns wide (A2ᵀ·δ3), in the nest over
         a. OpenBLAS ran wide's two at 81 and 45 GFLOP/s: with the nest that reads the first,
-        1.8 % of its epoch, against 0.9 % with both in it (cycle counters). (The mirror, Xᵀ·δ1
+        1.8 % of its epoch, against 1.0 % with both in it (cycle counters). (The mirror, Xᵀ·δ1
         with X thin, stays a call: δ1 is computed in the nest, so its sums would be in the
         inner loop, which costs compile time: see _batch_sum.)
 
@@ -439,9 +440,10 @@ class Kernel:
         out[j, p] = Σ_i a[i, j]·b[i, p] for each of b's in a thin one, which runs over a. The
         sums are local variables when the batch loop is innermost. A thin product's, over a
         stored a, are a loop of their own after the inner one, over the column of a that it
-        has just read (from L1): as ten sums in one batch loop, the inner one or a second,
-        they cost wide 0.4 s of cold compile against 0.2 s as this loop, to save 2–5 ms of its
-        epoch (cycle counters)."""
+        has just read (from L1). As ten accumulators of a second batch loop they cost wide
+        0.4 s of cold compile against 0.2 s as this loop, for 3 ms of its epoch; in the inner
+        loop they ran slower than this loop (cycle counters), and compiled slower still in a
+        kernel of their own."""
         o, a, b = self.ident[ins.out], *ins.args
         over_a = self.thin(ins) == "a"
         here, other = (a, b) if over_a else (b, a)
