@@ -454,7 +454,7 @@ class Kernel:
         def at(p, j):
             return f"{o}[{j}, {p}]" if over_a else f"{o}[{p}, {j}]"
 
-        if minor and self.thin(ins) and here not in values:
+        if minor and over_a and here not in values:
             sums.append(f"for p in range(opaque({k})):")
             sums.append("    acc = DT(0.0)")
             sums.append(f"    for i in range({space[0]}):")
