@@ -21,6 +21,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 
+from .cache import compile_healing
 from .ir import CodegenError
 
 _OK, _NONE = 0, -2  # numba's status codes for a return with a value, and without one
@@ -61,7 +62,7 @@ class _Entry:
 
     def __init__(self, dispatcher, argtypes: tuple):
         members = sum(map(_members, argtypes))
-        dispatcher.compile(argtypes)  # or loads it from numba's cache
+        compile_healing(dispatcher, argtypes)  # or loads it from numba's cache
         cres = dispatcher.overloads[argtypes]
         self.library = cres.library  # keeps the machine code loaded
         self.restype = cres.signature.return_type

@@ -1,0 +1,185 @@
+"""The kernel cache: generated modules stored under the hash of their text, checked when they
+are loaded, repaired when they are damaged, and compiled elsewhere when the cache location
+cannot be written.
+
+A module is written once to ``$SYMNET_CACHE_DIR`` (default ``~/.cache/symnet``) as
+``symnet_<hash>.py`` and imported from there, so that numba's ``cache=True`` keeps its machine
+code beside it (``__pycache__``) for the next process. Everything read back is verified: a
+module file whose text is not the text its name promises is written again, and machine code
+that numba cannot load (a truncated or garbage index or data file) is deleted and compiled
+again (:func:`compile_healing`). When the location cannot be written (read-only, a path under
+a file, a full disk), kernels are compiled in a temporary directory, or in memory, with one
+warning, instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import linecache
+import os
+import sys
+import tempfile
+import types
+import warnings
+from pathlib import Path
+
+import numba.core.errors
+
+from .ir import CodegenError
+
+
+class CacheWarning(UserWarning):
+    """The kernel cache location cannot be used; kernels are compiled elsewhere."""
+
+
+def cache_dir() -> Path:
+    """``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else ``~/.cache/symnet``."""
+    if os.environ.get("SYMNET_CACHE_DIR"):
+        return Path(os.environ["SYMNET_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "symnet"
+
+
+_usable: dict[Path, str | None] = {}  # location → None if writable, else why not
+_fallback: list = []  # this process's replacement for unwritable locations: a Path, or None
+
+
+def _problem(directory: Path) -> str | None:
+    """None if ``directory`` exists (or can be made) and a file can be created in it, else the
+    reason, as the OS gives it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
+def location(preferred: Path | None = None) -> Path | None:
+    """The directory to write modules to: ``preferred`` (default: the cache location) if it is
+    writable, else a temporary directory of this process, else None (compile in memory)."""
+    preferred = Path(preferred) if preferred is not None else cache_dir()
+    if preferred not in _usable:
+        _usable[preferred] = _problem(preferred)
+    if _usable[preferred] is None:
+        return preferred
+    if not _fallback:
+        try:
+            _fallback.append(Path(tempfile.mkdtemp(prefix="symnet-kernels-")))
+        except OSError:
+            _fallback.append(None)
+        where = _fallback[0] or "memory"
+        warnings.warn(f"the kernel cache {preferred} cannot be written ({_usable[preferred]}); "
+                      f"kernels are compiled in {where} for this process and not kept. Set "
+                      f"SYMNET_CACHE_DIR to a writable directory to keep them.", CacheWarning,
+                      stacklevel=4)
+    return _fallback[0]
+
+
+def key(source: str, salt: str) -> str:
+    """The module name of ``source``: a hash of its text and of ``salt`` (the codegen version
+    and the runtime's source)."""
+    return "symnet_" + hashlib.sha256(f"{salt}\n{source}".encode()).hexdigest()[:20]
+
+
+def load(source: str, salt: str, directory: Path | None = None) -> types.ModuleType:
+    """The module of ``source``, imported from the cache (written there first if it is missing
+    or damaged), or compiled in memory if no directory can be written."""
+    name = key(source, salt)
+    if name in sys.modules:
+        return sys.modules[name]
+    directory = location(directory)
+    path = None if directory is None else _stored(directory / f"{name}.py", source)
+    module = _from_file(name, path) if path is not None else _in_memory(name, source)
+    sys.modules[name] = module
+    return module
+
+
+def _stored(path: Path, source: str) -> Path | None:
+    """``path`` holding exactly ``source``: kept if it does, else written atomically (a
+    damaged file's machine code is deleted with it). None if it cannot be written."""
+    try:
+        if path.read_text(encoding="utf-8") == source:
+            return path
+        damaged = True
+    except FileNotFoundError:
+        damaged = False
+    except (OSError, UnicodeDecodeError):
+        damaged = True
+    if damaged:  # numba's files were compiled from other text: they must not load
+        _remove_machine_code(path.parent / "__pycache__", path.stem)
+    try:
+        _write(path, source)
+    except OSError as err:
+        warnings.warn(f"cannot write the kernel module {path} ({err.strerror or err}); it is "
+                      f"compiled in memory and not kept", CacheWarning, stacklevel=5)
+        return None
+    return path
+
+
+def _write(path: Path, source: str) -> None:
+    """Write ``path`` atomically: a temporary file in the same directory, then a rename, so a
+    reader never sees half a module; the temporary file never outlives a failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(source)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _from_file(name: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    module.CACHE = True  # numba keeps machine code beside the file
+    spec.loader.exec_module(module)
+    return module
+
+
+def _in_memory(name: str, source: str) -> types.ModuleType:
+    """The module compiled from text, without a file: numba then cannot cache its machine
+    code (``CACHE = False``); the text is registered with linecache for tracebacks."""
+    filename = f"<symnet kernels {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(name)
+    module.CACHE = False
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
+def _remove_machine_code(directory: Path, module_name: str) -> None:
+    for path in directory.glob(f"{module_name}.*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def compile_healing(dispatcher, argtypes) -> None:
+    """``dispatcher.compile(argtypes)``, which loads machine code from numba's cache when it
+    has it. If loading fails (a damaged index or data file: ``UnpicklingError``, ``EOFError``
+    and the like), the module's cached machine code is deleted and it is compiled anew."""
+    try:
+        dispatcher.compile(argtypes)
+        return
+    except numba.core.errors.NumbaError:
+        raise  # the kernel itself does not compile: not a cache problem
+    except Exception as err:  # numba does not say which; any failure to load is damage
+        damage = err
+    cache = getattr(dispatcher, "_cache", None)
+    path = getattr(cache, "_cache_path", None)
+    if path is not None:
+        _remove_machine_code(Path(path), dispatcher.py_func.__module__)
+    try:
+        dispatcher.compile(argtypes)
+    except numba.core.errors.NumbaError:
+        raise
+    except Exception as err:
+        raise CodegenError(f"the kernel {dispatcher.py_func.__name__} could not be compiled "
+                           f"after its damaged cache entry was removed ({damage!r}, then "
+                           f"{err!r})") from None

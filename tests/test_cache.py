@@ -1,0 +1,180 @@
+"""The kernel cache: what it loads is checked, what is damaged is compiled again, an unwritable
+location costs a warning and no kernel, and no name or formula in a model becomes code."""
+
+import ast
+import errno
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symnet as sn
+from codegen import cache, numba_backend
+from codegen.ir import UPDATE_SYMBOLS, Buffer, Instr, Op, Program, Update, arg_symbols
+
+
+def build(backend="numba"):
+    X, Y = sn.Input("X", 5), sn.Input("Y", 2)
+    out = sn.dense(sn.dense(X, 7, sn.tanh), 2)
+    return sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, dtype="float64",
+                      seed=0, backend=backend, optimizer=sn.optim.Adam(lr=0.01))
+
+
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(9, 5)), rng.normal(size=(9, 2))
+
+
+def trained(model):
+    model.fit(*data(), epochs=2, batch_size=4, shuffle=False, verbose=False)
+    return model.params
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A kernel cache of this test's own; the modules it imports are forgotten afterwards, so
+    that the next compile reads the files again, as a new process would."""
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path / "kernels"))
+    before = set(sys.modules)
+    yield tmp_path / "kernels"
+    for name in set(sys.modules) - before:
+        if name.startswith("symnet_"):
+            del sys.modules[name]
+
+
+def forget(model):
+    """Drop the model's module from this process, as if the next compile were in a new one."""
+    del sys.modules[model._runner().module.__name__]
+
+
+def test_a_damaged_module_file_is_written_again(own_cache):
+    first = build()
+    want = trained(first)
+    path = Path(first._runner().module.__file__)
+    path.write_text(path.read_text()[:200])  # truncated: a SyntaxError if imported
+    forget(first)
+    again = build()
+    assert path.read_text() == again.source
+    for k, v in trained(again).items():
+        np.testing.assert_array_equal(v, want[k])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+@pytest.mark.parametrize("kind", ["nbi", "nbc"])
+def test_damaged_machine_code_is_compiled_again(own_cache, kind, damage):
+    first = build()
+    want = trained(first)
+    files = sorted((own_cache / "__pycache__").glob(f"*.{kind}"))
+    assert files  # numba kept the machine code beside the module
+    for f in files:
+        content = f.read_bytes()
+        f.write_bytes({"garbage": b"\x80\x04not a pickle" * 10, "truncated": content[:40],
+                       "empty": b""}[damage])
+    forget(first)
+    again = build()
+    for k, v in trained(again).items():
+        np.testing.assert_array_equal(v, want[k])
+    forget(again)  # and the repaired cache loads in the next "process"
+    third = build()
+    for k, v in trained(third).items():
+        np.testing.assert_array_equal(v, want[k])
+    calls = third._runner().call
+    assert sum(calls["train_epochs"].stats.cache_hits.values()) >= 1
+
+
+def test_an_unwritable_cache_location_compiles_elsewhere_with_one_warning(own_cache, tmp_path,
+                                                                         monkeypatch):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(blocker / "kernels"))  # a path under a file
+    monkeypatch.setattr(cache, "_fallback", [])
+    with pytest.warns(cache.CacheWarning, match="cannot be written.*Not a directory"):
+        model = build()
+    assert trained(model)
+    where = Path(model._runner().module.__file__)
+    assert where.parent == cache._fallback[0] and where.parent.exists()
+    with warnings_as_errors():  # the second model: no second warning
+        other = build()
+        other.predict(data()[0])
+
+
+def test_a_full_disk_compiles_in_memory_and_leaves_no_temporary_file(own_cache, monkeypatch):
+    write = os.fdopen
+
+    def full(fd, *args, **kwargs):
+        f = write(fd, *args, **kwargs)
+
+        def fail(text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        f.write = fail
+        return f
+
+    monkeypatch.setattr(cache.os, "fdopen", full)
+    with pytest.warns(cache.CacheWarning, match="No space left"):
+        model = build()
+    assert not list(own_cache.glob("*"))  # neither the module nor a temporary file
+    assert model._runner().module.CACHE is False
+    monkeypatch.undo()
+    want = trained(build("numpy"))
+    for k, v in trained(model).items():
+        np.testing.assert_allclose(v, want[k], rtol=1e-10)
+
+
+class warnings_as_errors:
+    def __enter__(self):
+        import warnings
+
+        self.catch = warnings.catch_warnings()
+        self.catch.__enter__()
+        warnings.simplefilter("error", cache.CacheWarning)
+
+    def __exit__(self, *exc):
+        return self.catch.__exit__(*exc)
+
+
+# ------------------------------------------------------------------ names never become code
+
+HOSTILE = "W\ndef _f(a=__import__('os').system('touch PWNED')):\n    for _ in ():\n        if 1:#"
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x85", "\u2028"])
+def test_names_and_formulas_reach_the_generated_module_only_as_comments(newline, tmp_path,
+                                                                        monkeypatch):
+    """A parameter name and a formula that try to end their comment and define a function
+    (the issue's reproduction, with each kind of line break) are escaped: the module defines
+    only its own functions, and importing it runs nothing of theirs."""
+    monkeypatch.chdir(tmp_path)
+    name = HOSTILE.replace("\n", newline)
+    a0, = arg_symbols(1)
+    program = Program(
+        buffers=(Buffer("X", ("n", 3), "input"), Buffer(name, (3, 2), "param"),
+                 Buffer("Z", ("n", 2)), Buffer("L", (1, 1)), Buffer("G", (3, 2))),
+        instrs=(Instr(Op.GEMM, "Z", ("X", name), note=f"X·{name}"),
+                Instr(Op.COLSUM, "L", ("Z",), note=f"sum({name})"),
+                Instr(Op.MAP, "G", (name,), body=2 * a0, note=name + "\rimport os")),
+        outputs=(("loss", "L"), (name, "G")))
+    p, g = UPDATE_SYMBOLS["p"], UPDATE_SYMBOLS["g"]
+    source, _, _ = numba_backend.generate({"loss_and_grad": program},
+                                          Update(((p, p - sp.Float(0.1) * g),)), "float64")
+    tree = ast.parse(source)
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert defined == {"loss_and_grad", "update_entries", "train_epochs"}
+    assert not any(isinstance(node, ast.FunctionDef) and node.name == "_f"
+                   for node in ast.walk(tree))
+    numba_backend.load(source, tmp_path / "kernels")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_symbol_the_kernel_has_no_value_for_is_refused_by_name():
+    a0, = arg_symbols(1)
+    stray = sp.Symbol("evil\nimport os")
+    program = Program(
+        buffers=(Buffer("X", ("n", 2), "input"), Buffer("A", ("n", 2)), Buffer("L", (1, 1))),
+        instrs=(Instr(Op.MAP, "A", ("X",), body=a0 * stray), Instr(Op.COLSUM, "L", ("A",))),
+        outputs=(("loss", "L"),))
+    with pytest.raises(numba_backend.CodegenError, match="no value for the symbol 'evil\\\\nimport"):
+        numba_backend.generate({"loss": program}, None, "float64")
