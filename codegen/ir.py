@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
 
 import sympy as sp
 
@@ -22,6 +22,15 @@ class Op(Enum):
     COLSUM = "colsum"  # out (1×c) = Σ_i a[i, :]
     LOGSUMEXP = "logsumexp"  # out (r×1) = log Σ_j exp(a[:, j]), computed stably
     TRANSPOSE = "transpose"  # out = aᵀ
+
+
+class Status(IntEnum):
+    """How a training call ended, at (epoch, batch) of its orders and step t."""
+
+    DONE = 0  # every step of every epoch was taken
+    LOSS = 1  # the loss of this step was not finite; its update was not applied
+    UPDATE = 2  # the update of this step made a parameter or state entry non-finite; applied
+    STOPPED = 3  # stopped before this step: the step limit was reached or a stop was asked for
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import importlib.util
 import keyword
 import os
 import sys
-import tempfile
+import threading
 from pathlib import Path
 
 # Imported with symnet rather than inside the first kernel load: numba's array library costs
@@ -38,8 +37,8 @@ import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from . import blas, pace, pool  # noqa: F401
-from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Update, arg_symbols
+from . import blas, cache, pace, pool  # noqa: F401
+from .ir import BATCH, SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Status, Update, arg_symbols
 from .native import NativeCall
 
 CODEGEN_VERSION = 18  # bump whenever the generated code changes for the same Program
@@ -51,24 +50,16 @@ FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # no wrappers: Python calls the kernels' machine code through codegen.native, and LLVM would
 # otherwise optimise and emit a C-callable entry point of each (~350 IR lines for
 # train_epochs) and a CPython one (0.3–0.8 s of seed002's cold compile)
-JIT = ("@nb.njit(cache=True, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
+JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
        "no_cpython_wrapper=True)")
-RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",
+RESERVED = {"np", "nb", "math", "DT", "FASTMATH", "CACHE", "n", "nf", "i", "j", "k", "e", "s", "r", "t", "t0",
             "a_ki", "p", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "train_epochs", "gemm", "update_entries", "sum_of_squares", "ps", "gs",
             "JIT", "v", "vexp", "hf", "role", "r0", "r1", "pool", "lo", "opaque", "pace", "par",
-            "now", "phase", "j0", "j1"}
+            "now", "phase", "j0", "j1", "limit", "stop", "status", "bad"}
 SPLIT = 4096  # parameters with at least this many entries (and two rows) are updated in halves
 SHARE = WIDE  # batch-minor loop nests over at least this many columns run in halves too
-
-
-def cache_dir() -> Path:
-    """``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else ``~/.cache/symnet``."""
-    if os.environ.get("SYMNET_CACHE_DIR"):
-        return Path(os.environ["SYMNET_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "symnet"
 
 
 class ScalarPrinter(PythonCodePrinter):
@@ -84,7 +75,11 @@ class ScalarPrinter(PythonCodePrinter):
         return f"{self.cast}({text})" if self.cast else text
 
     def _print_Symbol(self, expr):
-        return self.names.get(expr) or super()._print_Symbol(expr)
+        # a name is printed only as the kernel's own identifier for it, never as written:
+        # SymPy names come from declarations and model files
+        if expr in self.names:
+            return self.names[expr]
+        raise CodegenError(f"the kernel has no value for the symbol {expr.name!r}")
 
     def _print_Integer(self, expr):
         return self._number(f"{int(expr)}.0")
@@ -130,11 +125,22 @@ class Emitter:
     def __call__(self, line=""):
         self.lines.append("    " * self.depth + line if line else "")
 
+    def comment(self, text: str):
+        """``# text`` on one line, whatever ``text`` holds (see :func:`comment_text`)."""
+        self(f"# {comment_text(text)}")
+
     def indent(self, by=1):
         self.depth += by
 
     def text(self):
         return "\n".join(self.lines)
+
+
+def comment_text(text: str) -> str:
+    """``text`` made safe to follow a ``#`` in generated source: every character that is not
+    printable (a line break of any kind, a control character) is written as its escape, so no
+    name or formula can end the comment and become code."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _identifier(name: str, used: set[str]) -> str:
@@ -355,7 +361,7 @@ class Kernel:
         ``range(columns)`` rather than all its columns, if given (see :meth:`shared`)."""
         for ins in group:
             if ins.note:
-                out(f"# {ins.note}".replace("\n", " "))
+                out.comment(ins.note)
         if self.space(group[0]) is None:
             getattr(self, f"_{group[0].op.value}")(group[0], out)
         else:
@@ -567,6 +573,17 @@ class Kernel:
         out(f"        {self.at(o, 'i', 'j')} = {self.at(a, 'j', 'i')}")
 
 
+def _leave(out: Emitter, how: str):
+    """End the step loop with ``status`` set: ``return`` at this epoch and batch (after
+    restoring the caller's floating-point mode) or ``break`` (the pooled loop, which returns
+    after it)."""
+    if how == "break":
+        out("    break")
+    else:
+        out("    set_fpmode(mode)")
+        out("    return e, s, t, status")
+
+
 def _tree_sum(terms: list[str]) -> str:
     if len(terms) == 1:
         return terms[0]
@@ -614,7 +631,7 @@ class TrainKernel:
     def signature(self):
         ins = [self.grad.ident[b.name] for b in self.inputs]
         states = [f"s_{s}_{self.grad.ident[p.name]}" for p in self.params for s in self.update.state]
-        return ["orders", "batch", "t0", "losses", *(f"d_{x}" for x in ins), *ins,
+        return ["orders", "batch", "t0", "limit", "stop", "losses", *(f"d_{x}" for x in ins), *ins,
                 *(self.grad.ident[p.name] for p in self.params), *states,
                 *(self.grad.ident[b.name] for b in self.grad.temps), "hf", "role"]
 
@@ -649,23 +666,42 @@ class TrainKernel:
             out("for e in range(orders.shape[0]):")
             out("    for s in range(batches):")
             out.indent(2)
+            self._stop_check(out, "return")
             out("start = s * batch")
             out("n = min(batch, rows - start)")
             self._gather(out, "lo", "n")
             self.body.emit_body(out)
             self._finish_step(out)
             self._update(out)
+            self._update_check(out, "return")
             out.indent(-2)
+            out("e, s, status = orders.shape[0], lo, lo")
         out("set_fpmode(mode)")
-        out("return orders.shape[0], 0, t")
+        out(f"return e, s, t, status  # {', '.join(f'{x.value}: {x.name}' for x in Status)}")
         out.indent(-1)
+
+    @staticmethod
+    def _stop_check(out: Emitter, leave: str):
+        """Before a step: stop at the step limit, or when the caller asks (``stop[0]``: Ctrl-C),
+        so that a call ends between two whole steps."""
+        out("if t == limit or stop[0] != 0:")
+        out(f"    status = {Status.STOPPED.value}")
+        _leave(out, leave)
+
+    @staticmethod
+    def _update_check(out: Emitter, leave: str):
+        """After the update: ``bad`` is 0 if every updated parameter and state entry is finite,
+        NaN otherwise (see ``update_entries``)."""
+        out("if bad != 0.0:  # NaN: an updated entry is not finite")
+        out(f"    status = {Status.UPDATE.value}")
+        _leave(out, leave)
 
     def _emit_steps(self, out: Emitter):
         """The steps, on the main thread (``role`` 0 alone, 1 with the helper) and the helper.
         The shared phases' bounds and waits are intrinsics (codegen.pool) rather than
         branches: each branch of numba's IR costs compile time (0.6 s of wide's cold compile
         with them written as branches, measured)."""
-        out("e, s, start, n = lo, lo - 1, lo, lo")
+        out("e, s, start, n, status = lo, lo - 1, lo, lo, lo")
         out("par = role == 2  # this step runs on two threads (the helper's steps all do)")
         out("now = -1  # on the main thread with the helper: two threads (0) or one (1), as")
         out("# codegen.pace's watcher asks")
@@ -680,6 +716,9 @@ class TrainKernel:
         out("        e, s = e + 1, lo")
         out("    if e == orders.shape[0]:")
         out("        break")
+        out.indent()
+        self._stop_check(out, "break")
+        out.indent(-1)
         out("    start = s * batch")
         out("    n = min(batch, rows - start)")
         out("    if role == 1:")
@@ -720,6 +759,7 @@ class TrainKernel:
             for k, h in enumerate(self.hoisted):
                 out(f"hf[{k}] = {h}  # for the helper")
         self._begin(out, "the update: the helper takes the second half of the large parameters' rows")
+        out("bad = DT(0.0)")
         if self.hoisted:
             out("if role == 2:")
             for k, h in enumerate(self.hoisted):
@@ -727,16 +767,24 @@ class TrainKernel:
         for p in self.params:
             if p.name in self.half:
                 x = self.grad.ident[p.name]
-                out(f"# update {p.name}: {self.rule}")
+                out.comment(f"update {p.name}: {self.rule}")
                 out(f"r0, r1 = pool.share(role, par, {x}.shape[0])")
-                out(self._update_call(p, "r0", "r1"))
+                out(f"bad += {self._update_call(p, 'r0', 'r1')}")
         with self._alone(out):
             for p in self.params:
                 if p.name not in self.half:
                     x = self.grad.ident[p.name]
-                    out(f"# update {p.name}: {self.rule}")
-                    out(self._update_call(p, "lo", f"{x}.shape[0]"))
+                    out.comment(f"update {p.name}: {self.rule}")
+                    out(f"bad += {self._update_call(p, 'lo', f'{x}.shape[0]')}")
+        out("if role == 2:  # the helper's finiteness, for the main thread after the phase")
+        out(f"    hf[{len(self.hoisted)}] = bad")
         out("pool.end(role, par, phase)")
+        out("if role != 2:")
+        out.indent()
+        out("if par:")
+        out(f"    bad += hf[{len(self.hoisted)}]")
+        self._update_check(out, "break")
+        out.indent(-1)
         out("if role == 1:")
         out("    pool.store(pool.DONE, pool.load(pool.DONE) + n)")
         out.indent(-1)
@@ -767,8 +815,9 @@ class TrainKernel:
         out(f"loss = {self.loss}[0, 0]")
         out("losses[e, s] = loss")
         out("if not math.isfinite(loss):")
+        out(f"    status = {Status.LOSS.value}")
         out("    set_fpmode(mode)")
-        out("    return e, s, t")
+        out("    return e, s, t, status")
         out("t += 1")
 
     def _step_scalars(self, out: Emitter):
@@ -786,10 +835,11 @@ class TrainKernel:
         """On one thread: the per-step scalars, then one call of ``update_entries`` per
         parameter."""
         self._step_scalars(out)
+        out("bad = DT(0.0)")
         for p in self.params:
             x = self.grad.ident[p.name]
-            out(f"# update {p.name}: {self.rule}")
-            out(self._update_call(p, "lo", f"{x}.shape[0]"))
+            out.comment(f"update {p.name}: {self.rule}")
+            out(f"bad += {self._update_call(p, 'lo', f'{x}.shape[0]')}")
 
     def _update_call(self, p, first: str, last: str) -> str:
         """``update_entries`` on rows first..last of parameter ``p``, its gradient and state."""
@@ -839,7 +889,10 @@ class TrainKernel:
         states = [f"s_{s}" for s in self.update.state]
         out(JIT)
         out(f"def update_entries({', '.join(['ps', 'gs', *states, *self.hoisted, 'r0', 'r1'])}):")
-        out(f"    # {self.rule}, on rows r0 to r1")
+        out.indent()
+        out.comment(f"{self.rule}, on rows r0 to r1")
+        out.indent(-1)
+        out("    acc = DT(0.0)")
         out("    for i in range(r0, r1):")
         out("        for j in range(ps.shape[1]):")
         out("            p = ps[i, j]")
@@ -851,6 +904,9 @@ class TrainKernel:
         out("            ps[i, j] = p")
         for s in self.update.state:
             out(f"            s_{s}[i, j] = _st_{s}")
+        finite = " + ".join(["(p - p)", *(f"(_st_{s} - _st_{s})" for s in self.update.state)])
+        out(f"            acc += {finite}  # stays 0 while every entry is finite, else NaN")
+        out("    return acc")
         if self.update.clip_norm is not None:
             out()
             out()
@@ -918,24 +974,8 @@ _RUNTIME_DIGEST = None
 
 
 def load(source: str, directory: Path | None = None):
-    """Write ``source`` under its hash (once, atomically) and import it."""
-    directory = Path(directory or cache_dir())
-    directory.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(f"{CODEGEN_VERSION}\n{_runtime_digest()}\n{source}".encode()).hexdigest()[:20]
-    name = f"symnet_{digest}"
-    path = directory / f"{name}.py"
-    if not path.exists():  # rewriting would change the mtime and invalidate numba's cache
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[name] = module
-    return module
+    """The module of ``source``, from the kernel cache (``codegen.cache``)."""
+    return cache.load(source, f"{CODEGEN_VERSION}\n{_runtime_digest()}", directory)
 
 
 class NumbaRunner:
@@ -985,10 +1025,13 @@ class NumbaRunner:
 
     def train(self, data: dict[str, np.ndarray], params: dict[str, np.ndarray],
               state: dict[str, dict[str, np.ndarray]], orders: np.ndarray, batch_size: int,
-              t0: int):
-        """Runs ``len(orders)`` epochs in one call; returns (per-batch losses, epoch, batch, t):
-        epoch == len(orders) when every step was taken, else the first step whose loss was not
-        finite, which was not applied."""
+              t0: int, limit: int = -1, stop: np.ndarray | None = None):
+        """Runs the epochs of ``orders`` from step ``t0`` in one call, updating ``params`` and
+        ``state`` in place; returns (per-batch losses, epoch, batch, t, :class:`Status`). It
+        stops before step ``limit + 1`` (-1: no limit) and before the next step once
+        ``stop[0]`` is set, so a call always ends between whole steps. The kernel runs on
+        another thread while the calling thread waits, so that the caller's signal handlers
+        (Ctrl-C) run meanwhile and can set ``stop``."""
         kernel = self.kernels["loss_and_grad"]
         rows = min(batch_size, len(orders[0]))
         work = self.workspace("loss_and_grad", rows)
@@ -1003,16 +1046,48 @@ class NumbaRunner:
         losses = np.zeros((len(orders), batches), self.dtype)
         pnames = [b.name for b in kernel.leaves if b.role == "param"]
         states = [state[p][s] for p in pnames for s in self.update.state]
-        args = (orders, batch_size, t0, losses, *(data[b.name] for b in inputs),
+        stop = np.zeros(1, np.int64) if stop is None else stop
+        args = (orders, batch_size, t0, limit, stop, losses, *(data[b.name] for b in inputs),
                 *(batch_bufs[b.name] for b in inputs), *(params[p] for p in pnames), *states,
                 *(work[b.name] for b in kernel.temps),
-                np.zeros(max(len(self.trainer.hoisted), 1)))  # the update's scalars, for the helper
+                np.zeros(len(self.trainer.hoisted) + 1))  # the update's scalars, for the helper
         train_epochs = self.call["train_epochs"]
         serve = (lambda: train_epochs(*args, 2)) if self.trainer.half else None
         with (_jit_errors(), pool.helper(serve) as pooled,
               pace.watching(self.pacing(batch_size), rows, pooled)):
-            e, s, t = train_epochs(*args, 1 if pooled else 0)
-        return losses, int(e), int(s), int(t)
+            e, s, t, status = _off_this_thread(lambda: train_epochs(*args, 1 if pooled else 0),
+                                                stop)
+        return losses, int(e), int(s), int(t), Status(status)
+
+
+def _off_this_thread(call, stop: np.ndarray):
+    """``call()`` (a kernel that watches ``stop``) on a thread of its own, while this one
+    waits: Python runs signal handlers only between its own instructions, so a kernel that
+    runs for seconds on this thread would hold back Ctrl-C until it returns. If the wait is
+    interrupted, the kernel is asked to stop after its step and waited for (a second Ctrl-C
+    does not cut that short: an abandoned kernel would keep the model's arrays in use)."""
+    result: list = []
+
+    def run():
+        try:
+            result.append((True, call()))
+        except BaseException as err:  # raised again on the waiting thread
+            result.append((False, err))
+
+    worker = threading.Thread(target=run, name="symnet-kernel", daemon=True)
+    try:
+        worker.start()
+        worker.join()
+    except BaseException:
+        stop[0] = 1
+        while worker.is_alive():
+            with contextlib.suppress(BaseException):
+                worker.join()
+        raise
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Op, Program, Update, arg_symbols
+from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Op, Program, Status, Update, arg_symbols
 
 
 class NumpyRunner:
@@ -68,18 +68,44 @@ class NumpyUpdater:
 
     def step(self, params: dict, grads: dict, state: dict, t: int):
         """One update of every parameter (in place), with ``state[param][variable]`` arrays."""
-        clip = 1.0
-        if self.update.clip_norm is not None:
-            norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
-            clip = min(1.0, self.update.clip_norm / (norm + 1e-6))
+        clip = self._clip(grads)
         for name, value in params.items():
-            env = dict.fromkeys(self.names, 0.0)
-            env.update({"p": value, "g": grads[name], "t": float(t), "clip": clip, **state[name]})
-            for lhs, f in self.fns:
-                env[lhs] = np.asarray(f(*[env[k] for k in self.names]), dtype=value.dtype)
+            with np.errstate(all="ignore"):  # a non-finite result is the caller's to report
+                env = self._assign(value, grads[name], state[name], t, clip)
             value[...] = env["p"]
             for s in self.update.state:
                 state[name][s][...] = env[s]
+
+    def first_non_finite(self, params: dict, grads: dict, state: dict, t: int):
+        """``(parameter name, index into update.steps)`` of the first assignment of step ``t``
+        whose value is not finite, or None; nothing is written. (What a failed update is
+        blamed on.)"""
+        clip = self._clip(grads)
+        with np.errstate(all="ignore"):
+            for name, value in params.items():
+                values = []
+                self._assign(value, grads[name], state[name], t, clip, values)
+                for k, v in enumerate(values):
+                    if not np.isfinite(v).all():
+                        return name, k
+        return None
+
+    def _clip(self, grads) -> float:
+        if self.update.clip_norm is None:
+            return 1.0
+        norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+        return min(1.0, self.update.clip_norm / (norm + 1e-6))
+
+    def _assign(self, value, grad, state, t, clip, record=None) -> dict:
+        """The rule's assignments on one parameter, in order; returns the final values by name
+        (and appends each assigned value to ``record``)."""
+        env = dict.fromkeys(self.names, 0.0)
+        env.update({"p": value, "g": grad, "t": float(t), "clip": clip, **state})
+        for lhs, f in self.fns:
+            env[lhs] = np.asarray(f(*[env[k] for k in self.names]), dtype=value.dtype)
+            if record is not None:
+                record.append(env[lhs])
+        return env
 
 
 class NumpyBackend:
@@ -94,18 +120,30 @@ class NumpyBackend:
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runners[name].run(feeds)
 
-    def train(self, data, params, state, orders, batch_size, t0):
-        """Same contract as :meth:`NumbaRunner.train`: (per-batch losses, epoch, batch, step)."""
+    def train(self, data, params, state, orders, batch_size, t0, limit=-1, stop=None):
+        """Same contract as :meth:`NumbaRunner.train`: (per-batch losses, epoch, batch, step,
+        :class:`Status`)."""
         rows = len(orders[0])
         losses = np.zeros((len(orders), -(-rows // batch_size)))
         t = t0
         for e, order in enumerate(orders):
             for s, start in enumerate(range(0, rows, batch_size)):
+                if t == limit or (stop is not None and stop[0]):
+                    return losses, e, s, t, Status.STOPPED
                 idx = order[start:start + batch_size]
                 out = self.run("loss_and_grad", {**{k: v[idx] for k, v in data.items()}, **params})
                 losses[e, s] = loss = out.pop("loss")[0, 0]
                 if not np.isfinite(loss):
-                    return losses, e, s, t
+                    return losses, e, s, t, Status.LOSS
                 t += 1
                 self.updater.step(params, out, state, t)
-        return losses, len(orders), 0, t
+                if not all(np.isfinite(a).all() for a in _updated(params, state)):
+                    return losses, e, s, t, Status.UPDATE
+        return losses, len(orders), 0, t, Status.DONE
+
+
+def _updated(params, state):
+    """Every array an update writes: the parameters and their optimizer state."""
+    yield from params.values()
+    for st in state.values():
+        yield from st.values()

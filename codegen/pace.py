@@ -176,9 +176,9 @@ def watching(tune, batch: int, pooled: bool):
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(tune, batch, stop), name="symnet-pace",
                                daemon=True)
-    watcher.start()
     try:
+        watcher.start()
         yield
     finally:
         stop.set()
-        watcher.join()
+        pool._join(watcher)

@@ -415,8 +415,8 @@ def helper(serve):
 
         CONTROL[:] = IDLE
         thread = threading.Thread(target=run, name="symnet-helper", daemon=True)
-        thread.start()
         try:  # from here on, whatever happens (even an interrupt), the helper is stopped
+            thread.start()
             while CONTROL[UP] == 0:
                 if not thread.is_alive():
                     raise failure[0] if failure else RuntimeError("symnet's helper thread stopped")
@@ -428,4 +428,14 @@ def helper(serve):
             blas.LIBRARY.scipy_openblas_set_threads_callback_function(ctypes.c_void_p(0))
             blas.LIBRARY.scipy_openblas_set_num_threads(2)  # codegen.pace may have left one
             CONTROL[JOB] = EXIT
+            _join(thread)
+
+
+def _join(thread: threading.Thread) -> None:
+    """Wait for ``thread`` to end, through any interrupt: a helper left running would spin
+    on the control block beside the next training call."""
+    while thread.is_alive():
+        try:
             thread.join()
+        except BaseException:  # a second Ctrl-C while it winds down
+            continue

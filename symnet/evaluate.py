@@ -11,8 +11,10 @@ from .errors import DataError, DifferentiationError
 from .functions import Elementwise, RowLogSumExp, as_numeric, x
 
 
-def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
-    """Evaluate ``expr`` with ``values`` (``{MatrixSymbol name: array}``) in float64.
+def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None, *,
+             dtype=np.float64) -> np.ndarray:
+    """Evaluate ``expr`` with ``values`` (``{MatrixSymbol name: array}``) in float64, or in
+    ``dtype`` (a model's float32, to see where its kernels overflow).
 
     The batch size n is read off the data matrices; ``batch_size`` gives it for expressions that
     contain none (such as ``OneMatrix(n, 3)``)."""
@@ -20,7 +22,8 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None)
     missing = sorted(s.name for s in symbols if s.name not in values)
     if missing:
         raise DataError(f"sn.evaluate: no value given for {missing}")
-    arrays = {s: np.asarray(values[s.name], dtype=np.float64) for s in symbols}
+    dtype = np.dtype(dtype)
+    arrays = {s: np.asarray(values[s.name], dtype=dtype) for s in symbols}
     rows = {a.shape[0] for s, a in arrays.items() if s.shape[0] == batch}
     if len(rows) > 1:
         raise DataError(f"sn.evaluate: data matrices have different numbers of rows: {rows}")
@@ -46,9 +49,9 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None)
         if isinstance(e, sp.MatrixSymbol):
             out = arrays[e]
         elif isinstance(e, sp.OneMatrix):
-            out = np.ones((size(e.shape[0]), size(e.shape[1])))
+            out = np.ones((size(e.shape[0]), size(e.shape[1])), dtype)
         elif isinstance(e, sp.ZeroMatrix):
-            out = np.zeros((size(e.shape[0]), size(e.shape[1])))
+            out = np.zeros((size(e.shape[0]), size(e.shape[1])), dtype)
         elif isinstance(e, sp.MatMul):
             c, mats = e.as_coeff_matrices()
             out = ev(mats[0])
@@ -67,7 +70,7 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None)
             f = sp.lambdify(x, as_numeric(e.body()), modules=["numpy", "scipy"])
             arg = ev(e.arg)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                out = np.broadcast_to(np.asarray(f(arg), dtype=np.float64), arg.shape)
+                out = np.broadcast_to(np.asarray(f(arg), dtype=dtype), arg.shape)
         elif isinstance(e, RowLogSumExp):
             z = ev(e.arg)
             m = z.max(axis=1, keepdims=True)
@@ -77,4 +80,4 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None)
         memo[e] = out
         return out
 
-    return np.array(ev(expr), dtype=np.float64)
+    return np.array(ev(expr), dtype=dtype)

@@ -15,7 +15,11 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
     Everything runs in float64 whatever the model's dtype. At most ``max_entries`` randomly
     chosen entries of each parameter are perturbed (all of them if it is smaller).
     """
-    rng = np.random.default_rng(seed)
+    with model._lock:  # it swaps the model's parameters for float64 copies meanwhile
+        return _gradcheck(model, X, Y, eps, max_entries, np.random.default_rng(seed), floor)
+
+
+def _gradcheck(model, X, Y, eps, max_entries, rng, floor) -> float:
     saved = {k: v.copy() for k, v in model.params.items()}
     feeds = model._feeds(X, Y, dtype="float64")  # once, not per perturbation
     try:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +17,11 @@ import numpy as np
 import sympy as sp
 from tqdm.auto import tqdm
 
-from codegen.ir import CodegenError
+from codegen.ir import CodegenError, Status
 from codegen.numba_backend import NumbaRunner, warm_up
-from codegen.numpy_backend import NumpyBackend
+from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 
-from . import formulas, optim, serialize
+from . import formulas, interrupts, optim, serialize
 from . import init as initialisers
 from .declare import batch
 from .errors import DataError, DeclarationError
@@ -108,7 +109,9 @@ class Model:
         self.params = self._initial_params(init_rng, init)
         self._state = {p: {s: np.zeros_like(v) for s in self._update.state}
                        for p, v in self.params.items()}
-        self._steps = 0
+        self._steps = 0  # the updates applied so far: Adam's bias correction and schedules read it
+        self._lock = threading.RLock()  # one call at a time uses the kernels' workspaces
+        self._stop = np.zeros(1, np.int64)  # set by Ctrl-C during fit: stop after this step
         self._runners = {}
         self._runner(self.dtype)  # generate (and for numba, import) the kernels now
 
@@ -169,9 +172,10 @@ class Model:
 
     def _run(self, name, feeds, dtype=None):
         dtype = np.dtype(dtype or self.dtype)
-        params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in self.params.items()}
-        with _backend_errors(self.backend):
-            return self._runner(dtype).run(name, {**feeds, **params})
+        with self._lock:
+            params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in self.params.items()}
+            with _backend_errors(self.backend):
+                return self._runner(dtype).run(name, {**feeds, **params})
 
     def compile_kernels(self) -> float:
         """JIT-compile the kernels that fit, evaluate and predict use now instead of on first use
@@ -285,42 +289,61 @@ class Model:
         hist, best = History(), None
         bar = tqdm(total=epochs, unit="epoch", disable=not verbose, leave=False)
         per_call = 1
-        while len(hist.loss) < epochs and not _patience_out(hist, early_stopping):
-            k = min(per_call, epochs - len(hist.loss))
-            orders = np.stack([rng.permutation(rows) if shuffle else np.arange(rows)
-                               for _ in range(k)])
-            start = time.perf_counter()
-            with _backend_errors(self.backend):
-                losses, e, s, t = runner.train(data, self.params, self._state, orders,
-                                               batch_size, self._steps)
-            elapsed = time.perf_counter() - start
-            self._steps = t
-            if e < k:
-                bar.close()
-                raise self._not_finite(len(hist.loss) + e + 1, s, data, orders[e], batch_size,
-                                       losses[e, s])
-            hist.history["loss"].extend((losses.astype(np.float64) @ sizes / rows).tolist())
-            hist.history["seconds"].extend([elapsed / k] * k)
-            if val_feeds is not None:
-                res = self._evaluate(val_feeds)
-                hist.history["val_loss"].append(res["loss"])
-                if "accuracy" in res:
-                    hist.history["val_accuracy"].append(res["accuracy"])
-                if early_stopping is not None and res["loss"] <= min(hist.val_loss):
-                    best = self._snapshot()
-                    hist.best_epoch = len(hist.loss)
-            else:  # no per-epoch work in Python: run more epochs per call, up to ~0.25 s
-                per_call = int(min(max(1, SECONDS_PER_CALL * k / max(elapsed, 1e-9)),
-                                   max(1, 2**24 // rows), 2 * per_call + 1))
-            bar.update(k)
-            bar.set_postfix(loss=f"{hist.loss[-1]:.4f}",
-                            samples_s=f"{rows * k / max(elapsed, 1e-9):,.0f}")
-            if verbose and per_call == 1:
-                tqdm.write(_epoch_line(len(hist.loss), epochs, hist))
-        bar.close()
-        if best is not None:
-            self._restore(best)
+        with self._lock, contextlib.closing(bar):
+            while len(hist.loss) < epochs and not _patience_out(hist, early_stopping):
+                k = min(per_call, epochs - len(hist.loss))
+                orders = np.stack([rng.permutation(rows) if shuffle else np.arange(rows)
+                                   for _ in range(k)])
+                start = time.perf_counter()
+                with interrupts.deferred(self._stop):  # Ctrl-C: after this call's last step
+                    losses, e, s, status = self._train(runner, data, orders, batch_size)
+                elapsed = time.perf_counter() - start
+                if status is Status.STOPPED:  # Ctrl-C, whose handler did not raise
+                    break
+                if status in (Status.LOSS, Status.UPDATE):
+                    raise self._not_finite(status, len(hist.loss) + e + 1, s, data, orders[e],
+                                           batch_size, losses[e, s])
+                hist.history["loss"].extend((losses.astype(np.float64) @ sizes / rows).tolist())
+                hist.history["seconds"].extend([elapsed / k] * k)
+                if val_feeds is not None:
+                    res = self._evaluate(val_feeds)
+                    hist.history["val_loss"].append(res["loss"])
+                    if "accuracy" in res:
+                        hist.history["val_accuracy"].append(res["accuracy"])
+                    if early_stopping is not None and res["loss"] <= min(hist.val_loss):
+                        best = self._snapshot()
+                        hist.best_epoch = len(hist.loss)
+                else:  # no per-epoch work in Python: run more epochs per call, up to ~0.25 s
+                    per_call = int(min(max(1, SECONDS_PER_CALL * k / max(elapsed, 1e-9)),
+                                       max(1, 2**24 // rows), 2 * per_call + 1))
+                bar.update(k)
+                bar.set_postfix(loss=f"{hist.loss[-1]:.4f}",
+                                samples_s=f"{rows * k / max(elapsed, 1e-9):,.0f}")
+                if verbose and per_call == 1:
+                    tqdm.write(_epoch_line(len(hist.loss), epochs, hist))
+            if best is not None:
+                self._restore(best)
         return hist
+
+    def _train(self, runner, data, orders, batch_size):
+        """One kernel call over the epochs of ``orders``, with the model's step counter kept
+        equal to the updates applied: returns (losses, epoch, batch, :class:`Status`). A step
+        whose update made a parameter non-finite is undone: the parameters and optimizer state
+        from before the call are restored and the call is replayed up to the step before it
+        (replays compute the same numbers: the kernels are deterministic)."""
+        before = self._snapshot()
+        losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
+                                               batch_size, self._steps, stop=self._stop)
+        if status is Status.UPDATE:
+            self._restore(before)
+            _, e, s, t, replayed = runner.train(data, self.params, self._state, orders,
+                                                batch_size, self._steps, limit=t - 1)
+            if replayed is not Status.STOPPED:  # cannot happen: the kernels are deterministic
+                raise DataError(f"replaying the steps before a non-finite update ended with "
+                                f"{replayed.name}, not at that update")
+            status = Status.UPDATE
+        self._steps = t
+        return losses, e, s, status
 
     def _snapshot(self):
         return ({k: v.copy() for k, v in self.params.items()},
@@ -334,27 +357,49 @@ class Model:
             for s, sv in state[k].items():
                 self._state[k][s][...] = sv
 
-    def _not_finite(self, epoch, batch, data, order, batch_size, loss):
-        """The error for a step whose loss was not finite, naming the first formula (in the
-        order ``formulas()`` shows them) whose value on that batch was not finite."""
+    def _not_finite(self, status, epoch, batch, data, order, batch_size, loss):
+        """The error for a step whose loss or update was not finite (the update was undone). It
+        names the first formula, in the order ``formulas()`` shows them, whose value on that
+        batch is not finite in the model's dtype, as the kernels compute it; for an update
+        whose formulas are all finite, the first line of the update rule that is not."""
         idx = order[batch * batch_size:(batch + 1) * batch_size]
-        values = {k: v[idx].astype(np.float64) for k, v in data.items()}
-        values.update({k: v.astype(np.float64) for k, v in self.params.items()})
-        limit = np.finfo(self.dtype).max
-        culprit = None
+        rows = f"rows {', '.join(map(str, idx[:5]))}{', …' if len(idx) > 5 else ''} of the data"
+        where = f"in epoch {epoch}, batch {batch + 1} ({rows})"
+        tail = ("Parameters and optimizer state are those from before this step. A smaller "
+                "learning rate, clip_norm= or scaled inputs usually help.")
+        batch_data = {k: v[idx] for k, v in data.items()}
+        culprit = self._formula_culprit(batch_data)
+        first = f"the first formula whose value is not finite in {self.dtype.name} is {culprit}"
+        if status is Status.LOSS:
+            found = first if culprit else f"every formula is finite in {self.dtype.name} on this batch"
+            return DataError(f"the loss became {loss} {where}; {found}. {tail}")
+        found = first if culprit else self._update_culprit(batch_data)
+        return DataError(f"the update {where} made a parameter non-finite: {found}. {tail}")
+
+    def _formula_culprit(self, batch_data) -> str | None:
+        """``label = formula`` of the first equation of the derivation that is not finite on
+        this batch in the model's dtype, or None."""
+        values = {**batch_data, **self.params}
         with np.errstate(all="ignore"):
             for eq in self.derivation.equations:
-                value = evaluate(eq.rhs, values)
+                value = evaluate(eq.rhs, values, dtype=self.dtype)
                 values[eq.lhs.name] = value
-                if culprit is None and not np.all(np.abs(value) <= limit):
-                    culprit = f"{eq.label} = {formulas.text(eq.rhs)}"
-        where = (f"the first formula whose value is not finite in {self.dtype.name} is {culprit}"
-                 if culprit else "every formula is finite in float64 on this batch")
-        return DataError(
-            f"the loss became {loss} in epoch {epoch}, batch {batch + 1} (rows "
-            f"{', '.join(map(str, idx[:5]))}{', …' if len(idx) > 5 else ''} of the data); {where}. "
-            f"Parameters and optimizer state are those from before this step. A smaller learning "
-            f"rate, clip_norm= or scaled inputs usually help.")
+                if not np.all(np.isfinite(value)):
+                    return f"{eq.label} = {formulas.text(eq.rhs)}"
+        return None
+
+    def _update_culprit(self, batch_data) -> str:
+        """Which line of the update rule, for which parameter, is not finite on this batch,
+        computed as the kernels do in the model's dtype (with NumPy)."""
+        _, grads = self._loss_and_grad(batch_data)
+        params = {k: v.copy() for k, v in self.params.items()}
+        state = {k: {s: v.copy() for s, v in st.items()} for k, st in self._state.items()}
+        found = NumpyUpdater(self._update).first_non_finite(params, grads, state, self._steps + 1)
+        if found is None:
+            return "every line of the update rule is finite when recomputed with NumPy"
+        name, k = found
+        lhs, rhs = self._update.steps[k]
+        return f"for {name}, {lhs} ← {sp.sstr(rhs, order='none')} is not finite"
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:

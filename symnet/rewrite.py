@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
@@ -114,9 +115,54 @@ def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
         except (NotImplementedError, ValueError, TypeError, AttributeError):
             candidates = []
         best = _best_verified(candidates, f_def, d_def)
-    if best is None or cost(best) > cost(d):
+    if best is None or cost(best) > cost(d) or not numerically_safe(d, best.subs(y, f)):
         return None
     return sp.Lambda(x, best.subs(y, x))
+
+
+# where scalar bodies are compared numerically: the range of pre-activations a network meets,
+# with the float32 overflow threshold of exp (88.7) on both sides
+PROBES = (-1e4, -1000.0, -200.0, -100.0, -89.0, -88.0, -30.0, -5.0, -1.3, -0.4, 0.3, 1.2, 5.0,
+          30.0, 88.0, 89.0, 100.0, 200.0, 1000.0, 1e4)
+
+
+def _values(e: sp.Expr, dtype):
+    """``e`` (a body in x, named activations in their numeric forms) at :data:`PROBES` in
+    ``dtype``, or None if NumPy cannot compute it."""
+    e = fn.as_numeric(e).subs({s: 3 for s in e.free_symbols - {x}})  # n: any batch size
+    try:
+        f = sp.lambdify(x, e, modules=["numpy", "scipy"])
+        probes = np.array(PROBES, dtype)
+        with np.errstate(all="ignore"):
+            return np.broadcast_to(np.asarray(f(probes), dtype=dtype), probes.shape)
+    except Exception:  # a function NumPy lacks: no numeric verdict
+        return None
+
+
+def finite_probes(e: sp.Expr) -> int:
+    """At how many of the probes ``e`` is finite, in float32 and float64 together."""
+    counts = [np.isfinite(v).sum() for dt in (np.float32, np.float64)
+              for v in [_values(e, dt)] if v is not None]
+    return int(sum(counts))
+
+
+def numerically_safe(old: sp.Expr, new: sp.Expr) -> bool:
+    """A rewrite of a scalar body may change how it is computed, never where it can be: ``new``
+    must be finite in float32 and in float64 wherever ``old`` is (on :data:`PROBES`), and equal
+    to it there in float64. sympy.simplify turns swish′ into (x + eˣ + 1)/(2cosh x + 2), which
+    is NaN above x = 88 in float32, where the derivative it came from is finite."""
+    for dtype in (np.float32, np.float64):
+        a, b = _values(old, dtype), _values(new, dtype)
+        if a is None:
+            continue
+        if b is None:
+            return False
+        kept = np.isfinite(a)
+        if not np.isfinite(b[kept]).all():
+            return False
+        if dtype == np.float64 and not np.allclose(b[kept], a[kept], rtol=1e-9, atol=1e-12):
+            return False
+    return True
 
 
 def _best_verified(candidates, f_def, d_def):
@@ -251,7 +297,35 @@ def _simplified(f: sp.Lambda):
         new = sp.simplify(body)
     except Exception:  # a body SymPy cannot simplify is kept as it is
         return None
-    return sp.Lambda(x, new) if cost(new) < cost(body) else None
+    return sp.Lambda(x, new) if cost(new) < cost(body) and numerically_safe(body, new) else None
+
+
+def logistic_form(e, ctx):
+    """exp(k·x) → (σ(x)/(1 − σ(x)))ᵏ in an elementwise body, kept when that is no dearer or
+    finite in more places (and never less finite: see :func:`numerically_safe`). swish′ =
+    σ(x) + x·e⁻ˣ/(1 + e⁻ˣ)² becomes σ(x)·(1 + x·(1 − σ(x))), finite for every x, where the
+    e⁻ˣ form is NaN below −88 in float32; PyTorch's SiLU backward is this form too."""
+    if not isinstance(e, Elementwise):
+        return None
+    new = _logistic(e.fn)
+    return None if new is None else Elementwise(new, e.arg)
+
+
+@cache
+def _logistic(f: sp.Lambda):
+    body = f(x)
+    powers = {a: sp.simplify(a.args[0] / x) for a in body.atoms(sp.exp)}
+    if not powers or not all(k.is_Integer for k in powers.values()):
+        return None
+    s = sp.Symbol("s", positive=True)  # σ(x), in (0, 1)
+    try:
+        new = sp.factor(sp.cancel(body.subs({a: (s / (1 - s)) ** int(k)
+                                             for a, k in powers.items()})))
+    except Exception:  # a body SymPy cannot rewrite is kept as it is
+        return None
+    new = new.subs(s, fn.sigmoid.function(x))
+    better = cost(new) <= cost(body) or finite_probes(new) > finite_probes(body)
+    return sp.Lambda(x, new) if better and numerically_safe(body, new) else None
 
 
 def output_form(e, ctx):
@@ -301,7 +375,7 @@ def _rules(*fns):
 
 FORWARD = _rules(compose_elementwise, stable_log_sigmoid, drop_identity, sympy_canonical)
 ADJOINT = _rules(sympy_canonical, hadamard_ones, constant_elementwise, output_form,
-                 simplify_scalar, drop_identity, factor_scalar)
+                 logistic_form, simplify_scalar, drop_identity, factor_scalar)
 
 
 def simplify_forward(expr):

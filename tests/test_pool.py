@@ -291,3 +291,26 @@ def test_openblas_jobs_run_as_threads_that_are_not_its_own_worker(two_blas_threa
         callback(1, record, 2, 32, jobs_at, 7)  # two jobs of 32 bytes each
     assert sorted(seen) == [(1, 0, 7), (2, 32, 7)]  # each job once, neither as thread 0
     assert pool.BLAS_SLOTS > 2
+
+
+def test_an_interrupt_while_the_helper_starts_stops_it_and_training_goes_on(two_blas_threads,
+                                                                            monkeypatch):
+    # Thread.start waits for the new thread: a Ctrl-C there used to leave the helper running
+    X, Y = data()
+    start = threading.Thread.start
+
+    def interrupted(self):
+        start(self)
+        if self.name == "symnet-helper":
+            raise KeyboardInterrupt
+
+    m, reference = model(), model()
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, Y, epochs=1, batch_size=128, verbose=False)
+    monkeypatch.undo()
+    assert not helpers() and m._steps == 0
+    m.fit(X, Y, epochs=2, batch_size=128, verbose=False, seed=3)
+    reference.fit(X, Y, epochs=2, batch_size=128, verbose=False, seed=3)
+    for k in reference.params:
+        np.testing.assert_array_equal(m.params[k], reference.params[k])

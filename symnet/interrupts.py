@@ -1,0 +1,40 @@
+"""Ctrl-C during training: the step that runs is finished, the model's record of its steps is
+brought up to date, and only then is the interrupt delivered."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def deferred(stop: np.ndarray):
+    """Within the block, SIGINT sets ``stop[0]`` (which the training kernels read before each
+    step) instead of interrupting; when the block ends, the interrupt is delivered as it would
+    have been (a ``KeyboardInterrupt`` by default). Outside the main thread, where Python
+    delivers no signals, and when SIGINT is ignored or not Python's, the block just runs."""
+    stop[0] = 0
+    previous = signal.getsignal(signal.SIGINT)
+    if (threading.current_thread() is not threading.main_thread()
+            or previous in (signal.SIG_IGN, None)):
+        yield
+        return
+    frames = []
+
+    def hold(signum, frame):
+        frames.append(frame)
+        stop[0] = 1
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if frames:
+            if callable(previous):
+                previous(signal.SIGINT, frames[0])
+            else:  # SIG_DFL: the default action, which ends the process
+                signal.raise_signal(signal.SIGINT)

@@ -1,0 +1,113 @@
+"""Non-finite values in training: an update that makes a parameter or its optimizer state
+non-finite is undone and named; derivatives stay finite where the function is; and the error
+names the formula that overflows in the model's own dtype."""
+
+import numpy as np
+import pytest
+import sympy as sp
+from scipy.special import expit
+
+import symnet as sn
+from symnet import rewrite as rw
+from symnet.formulas import text
+from symnet.functions import Elementwise, x
+
+BACKENDS = ["numba", "numpy"]
+
+
+def linear(backend, optimizer, dtype="float32"):
+    X, Y = sn.Input("X", 2), sn.Input("Y", 1)
+    return sn.compile(sn.mse(sn.dense(X, 1), Y), inputs=[X], targets=[Y], seed=0,
+                      backend=backend, optimizer=optimizer, dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_update_that_overflows_is_undone_and_named(backend):
+    # SGD(lr=1e38) used to return all-inf parameters silently: the loss was finite
+    model = linear(backend, sn.optim.SGD(lr=1e38))
+    before = {k: v.copy() for k, v in model.params.items()}
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(8, 2)), 100 + rng.normal(size=(8, 1))  # |g| ~ 100: lr·g overflows
+    with pytest.raises(sn.DataError, match=r"the update in epoch 1, batch 1 \(rows 0, 1, 2, 3 of the data\) "
+                                           r"made a parameter non-finite: for W1, p ← .* is not "
+                                           r"finite\. Parameters and optimizer state are those "
+                                           r"from before this step"):
+        model.fit(X, Y, epochs=1, batch_size=4, shuffle=False, verbose=False)
+    assert model._steps == 0
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.params[k], v)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_that_overflows_in_a_later_step_leaves_the_model_of_the_step_before(backend):
+    # AdaGrad's sum of squared gradients overflows on the third batch, whose inputs are ~1e18:
+    # its loss and gradient are finite in float32, its state is not (and p barely moves)
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(12, 2)), rng.normal(size=(12, 1))
+    X[8:] *= 1e18
+    model = linear(backend, sn.optim.AdaGrad(lr=0.1))
+    with pytest.raises(sn.DataError, match=r"epoch 1, batch 3 .* for W1, sum ← sum \+ g\*\*2 is "
+                                           r"not finite"):
+        model.fit(X, Y, epochs=1, batch_size=4, shuffle=False, verbose=False)
+    reference = linear(backend, sn.optim.AdaGrad(lr=0.1))
+    reference.fit(X[:8], Y[:8], epochs=1, batch_size=4, shuffle=False, verbose=False)
+    assert model._steps == reference._steps == 2
+    for k in reference.params:
+        np.testing.assert_array_equal(model.params[k], reference.params[k])
+        np.testing.assert_array_equal(model._state[k]["sum"], reference._state[k]["sum"])
+    model.fit(X[:8], Y[:8], epochs=1, batch_size=4, shuffle=False, verbose=False)  # trains on
+    assert model._steps == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_gradient_that_overflows_in_float32_is_named_by_its_formula(backend):
+    # finite in float64 everywhere: the error used to say "every formula is finite"
+    X, Y = sn.Input("X", 2), sn.Input("Y", 1)
+    out = sn.dense(sn.dense(X, 2, sn.tanh), 1)
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], seed=0, backend=backend,
+                       optimizer=sn.optim.SGD(lr=0.1))
+    model.params["W1"][...] = 1e-20
+    model.params["W2"][...] = 3e18  # out ~ 3e18, δ1 ~ 1e36, Xᵀ·δ1 ~ 1e56
+    Xb = np.full((4, 2), 1e20)
+    with pytest.raises(sn.DataError, match=r"the update .* made a parameter non-finite: the first "
+                                           r"formula whose value is not finite in float32 is "
+                                           r"∂L/∂W1 = Xᵀ·δ1\."):
+        model.fit(Xb, np.zeros((4, 1)), epochs=1, batch_size=4, verbose=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_swish_gradient_is_finite_for_any_pre_activation(dtype):
+    # simplify gave (Z + eᶻ + 1)/(2cosh Z + 2): NaN for Z ≥ 88 in float32
+    X, Y = sn.Input("X", 4), sn.Input("Y", 4)
+    W = sp.MatrixSymbol("W", 4, 4)
+    model = sn.compile(sn.sum(sn.swish(X * W)) / sn.batch + 0 * sn.sum(Y) / sn.batch, inputs=[X],
+                       targets=[Y], dtype=dtype)
+    model.params["W"][...] = np.eye(4)
+    Z = np.array([[100.0, -100.0, 1000.0, -1000.0], [88.5, -88.5, 0.5, -3.0]])
+    _, grads = model.loss_and_grad(Z, np.zeros_like(Z))
+    s = expit(Z)
+    np.testing.assert_allclose(grads["W"], Z.T @ (s * (1 + Z * (1 - s))) / 2, rtol=1e-5,
+                               atol=1e-30)
+
+
+def test_logistic_form_writes_exponentials_through_the_sigmoid():
+    Z = sp.MatrixSymbol("Z", sn.batch, 3)
+    swish_prime = Elementwise(sp.Lambda(x, sp.diff(sn.swish.function(x), x)), Z)
+    after = rw.rewrite(swish_prime, [rw.Rule("logistic_form", rw.logistic_form)])
+    assert text(after) == "-(Z∘sigmoid(Z) - Z - 1)∘sigmoid(Z)"
+    values = {"Z": np.array([[-30.0, -1.5, 0.2], [2.0, 5.0, 30.0]])}
+    np.testing.assert_allclose(sn.evaluate(after, values), sn.evaluate(swish_prime, values),
+                               rtol=1e-12)
+    # exp itself would be σ/(1 − σ): dearer and infinite where exp is not (x ≈ 40 in float64)
+    exp = sn.exp(Z)
+    assert rw.rewrite(exp, [rw.Rule("logistic_form", rw.logistic_form)]) == exp
+
+
+def test_a_rewrite_that_overflows_where_the_original_does_not_is_refused():
+    overflowing = (x + sp.exp(x) + 1) / (2 * sp.cosh(x) + 2)
+    original = sp.diff(x / (1 + sp.exp(-x)), x)
+    assert not rw.numerically_safe(original, overflowing)
+    sigma = sn.sigmoid.function(x)
+    stable = sigma * (1 + x * (1 - sigma))  # finite wherever either of them is
+    assert rw.numerically_safe(original, stable) and rw.numerically_safe(overflowing, stable)
+    assert not rw.numerically_safe(original, original + 1e-3)  # and a different value, never
