@@ -7,6 +7,8 @@ import fcntl
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -521,3 +523,26 @@ def test_concurrent_writers_never_remove_each_others_temporary_files(tmp_path):
     assert errors == []
     assert (tmp_path / "f").read_bytes() == b"x" * 1000 + b"end"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_the_temporary_file_of_a_killed_writer_is_removed_by_the_next_save(saved, tmp_path):
+    # The writer dies holding its lock; the kernel releases it, so the next save may take it.
+    code = ("import sys, time; from codegen import files; "
+            "files.atomic_write(sys.argv[1], lambda f: (f.write(b'part'), f.flush(), "
+            "print('writing', flush=True), time.sleep(60)))")
+    path = tmp_path / "m.npz"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    writer = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                              env=env)
+    try:
+        assert writer.stdout.readline() == b"writing\n"
+        (orphan,) = tmp_path.glob(".m.npz.*.tmp")
+        saved[0].save(path)  # the writer is alive: its file stays
+        assert orphan.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    saved[0].save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
