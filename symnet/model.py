@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
-import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import sympy as sp
@@ -403,29 +399,9 @@ class Model:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
-        """Write the declaration, parameters, optimizer state and metadata to one ``.npz``
-        file, atomically: a temporary file in the same directory, then a rename."""
-        meta = {
-            "format": FORMAT, "version": FORMAT_VERSION, "symnet": _version(),
-            "loss": serialize.encode(self.loss_expr),
-            "prediction": serialize.encode(self.prediction_expr),
-            "inputs": [serialize.encode(s) for s in self.inputs],
-            "targets": [serialize.encode(s) for s in self.targets],
-            "optimizer": serialize.encode_optimizer(self.optimizer),
-            "dtype": self.dtype.name, "backend": self.backend, "steps": self._steps,
-        }
-        arrays = {"meta": np.array(json.dumps(meta))}
-        arrays.update({f"param/{k}": v for k, v in self.params.items()})
-        arrays.update({f"state/{k}/{s}": v for k, st in self._state.items() for s, v in st.items()})
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the declaration, parameters, optimizer state and step count to one ``.npz``
+        file, atomically (the format and its guarantees: :mod:`symnet.serialize`)."""
+        serialize.save_model(self, path)
 
 
 @contextlib.contextmanager
@@ -444,55 +420,10 @@ def _patience_out(hist, patience):
     return len(hist.val_loss) - 1 - best >= patience
 
 
-FORMAT, FORMAT_VERSION = "symnet-model", 1
-
-
 def load(path, backend: str | None = None) -> Model:
-    """The model saved by ``model.save(path)``; ``backend`` overrides the saved one."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no model file at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        meta = json.loads(str(arrays.pop("meta")))
-    except KeyError:
-        raise DataError(f"{path} is an .npz file but not a symnet model (it has no 'meta')") from None
-    except Exception as err:  # zipfile, OSError, ValueError, EOFError: all mean a damaged file
-        raise DataError(f"{path} is not a readable symnet model (truncated or not an .npz "
-                        f"file): {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"{path} is not a symnet model file")
-    if meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{path} has model format version {meta.get('version')}; this symnet "
-                        f"reads version {FORMAT_VERSION}")
-    model = compile(serialize.decode(meta["loss"]),
-                    inputs=[serialize.decode(s) for s in meta["inputs"]],
-                    targets=[serialize.decode(s) for s in meta["targets"]],
-                    prediction=serialize.decode(meta["prediction"]),
-                    optimizer=serialize.decode_optimizer(meta["optimizer"]), dtype=meta["dtype"],
-                    backend=backend or meta["backend"])
-    for k, v in model.params.items():
-        _restore_array(path, f"param/{k}", arrays, v)
-        for s, sv in model._state[k].items():
-            _restore_array(path, f"state/{k}/{s}", arrays, sv)
-    model._steps = int(meta["steps"])
-    return model
-
-
-def _restore_array(path, key, arrays, into):
-    if key not in arrays:
-        raise DataError(f"{path} has no array {key!r}; the file does not match its declaration")
-    if arrays[key].shape != into.shape:
-        raise DataError(f"{path}: {key} has shape {arrays[key].shape} but the declaration gives "
-                        f"{into.shape}")
-    into[...] = arrays[key]
-
-
-def _version():
-    from . import __version__
-
-    return __version__
+    """The model saved by ``model.save(path)``; ``backend`` overrides the saved one. Reads only
+    the arrays the saved declaration names, and never runs code from the file."""
+    return serialize.load_model(path, backend)
 
 
 def _rows(feeds):

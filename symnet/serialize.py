@@ -1,22 +1,39 @@
-"""Declarations as plain data, for ``model.save`` / ``sn.load``.
+"""The model file: the declaration as plain data beside the arrays, for ``model.save`` / ``sn.load``.
 
-An expression becomes nested JSON lists ``[node type, *arguments]``; only the node types in
-:data:`NODES` (and the activations of :mod:`symnet.functions`) are accepted back, so loading a
-file never runs code from it: no pickle, no ``eval``, ``sympify`` or ``parse_expr``.
+A file is an ``.npz`` archive: ``meta`` holds the declaration as JSON, ``param/{P}`` and
+``state/{P}/{s}`` the parameters and the optimizer state. An expression becomes nested JSON
+lists ``[node type, *arguments]``; only the node types in :data:`NODES` (and the activations of
+:mod:`symnet.functions`) are accepted back, so loading a file never runs code from it: no pickle,
+no ``eval``, ``sympify`` or ``parse_expr``. Loading also never trusts a size in the file: the
+JSON is read under a byte and a nesting limit, declared shapes must fit in memory, and only the
+arrays the declaration names are read, each after its header matched the declaration.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
+import json
+import math
+import os
 import re
+import zipfile
+import zlib
+from pathlib import Path
 
+import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 from sympy.functions.elementary.piecewise import ExprCondPair
 
+from codegen.files import NotARegularFile, atomic_write
+from codegen.ir import UPDATE_SYMBOLS
+
 from . import functions as fn
 from . import optim
-from .errors import DataError
+from .declare import batch
+from .errors import DataError, SymnetError
 from .functions import Elementwise, RowLogSumExp, ScalarActivation
 from .schedules import Schedule
 
@@ -32,14 +49,31 @@ BUILTIN = {a.name: a.function for a in (fn.sigmoid, fn.tanh, fn.relu, fn.softplu
                                         fn.hard_tanh, fn.swish, fn.gelu)}
 PARAMETRISED = {"leaky_relu": fn.leaky_relu, "elu": fn.elu}
 
+FORMAT, FORMAT_VERSION = "symnet-model", 1
+META_KEYS = ("loss", "inputs", "targets", "prediction", "optimizer", "dtype", "backend", "steps")
+MAX_META_BYTES = 16 * 2**20  # the declaration of a 60-layer network takes well under 1 MiB
+MAX_DEPTH = 200  # SymPy itself overflows the stack on trees ~300 deep (a 100-layer network)
+MAX_DIGITS = 100  # of an integer in an expression; larger ones only serve to stall arithmetic
+MAX_EXPONENT = 1000  # of a power of a constant, which SymPy would evaluate exactly
+MAX_STEPS = 2**62  # the kernels count steps in int64
+
+_NUMBER = r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
+ACTIVATION_NAME = re.compile(rf"[^\W\d]\w*(?:\[{_NUMBER}\])?")
+LATEX_NAME = re.compile(r"[A-Za-z0-9\\{}_ .+-]+")  # no $, %, #, ^, &, ~ or other LaTeX escapes
+
+
+# ------------------------------------------------------------------------- expressions
+
 
 def encode(e) -> list:
     """``e`` as nested lists of strings and numbers."""
     if e is None:
         return None
     if isinstance(e, sp.MatrixSymbol):
+        _saveable_name(e.name, "matrix")
         return ["MatrixSymbol", e.name, encode(e.shape[0]), encode(e.shape[1])]
     if isinstance(e, sp.Symbol):
+        _saveable_name(e.name, "symbol")
         return ["Symbol", e.name, [a for a in ASSUMPTIONS if e.assumptions0.get(a)]]
     if e is sp.true or e is sp.false:
         return ["Boolean", bool(e)]
@@ -53,6 +87,10 @@ def encode(e) -> list:
         return ["Constant", str(e)]
     if isinstance(e, ScalarActivation):
         f = type(e)
+        if not _activation_name_ok(f.__name__):
+            raise DataError(f"cannot save the activation {f.__name__!r}: an activation's name must "
+                            f"be an identifier such as 'gelu' (optionally with a number, as "
+                            f"'leaky_relu[0.1]'); rename it in sn.activation(...)")
         return ["Activation", f.__name__, encode(f.definition.expr), encode(f.numeric.expr),
                 f.latex_name, encode(e.args[0])]
     name = type(e).__name__
@@ -62,62 +100,232 @@ def encode(e) -> list:
     return [name, *(encode(a) for a in e.args)]
 
 
-def decode(data):
-    """The expression that :func:`encode` turned into ``data``; refuses unknown node types."""
+def _saveable_name(name, what):
+    if not name.isidentifier():
+        raise DataError(f"cannot save the {what} named {name!r}: names in a model file must be "
+                        f"Python identifiers such as 'W1'; rename it")
+
+
+def decode(data, depth: int = 0):
+    """The expression that :func:`encode` turned into ``data``.
+
+    Builds only the node types of :data:`NODES` and activations, accepts only identifiers as
+    names, and refuses trees deeper than :data:`MAX_DEPTH` and matrices larger than memory: a
+    file can neither run code nor exhaust the stack or the memory.
+    """
     if data is None:
         return None
+    if depth > MAX_DEPTH:
+        raise DataError(f"the saved declaration is nested more than {MAX_DEPTH} levels deep; "
+                        f"symnet never writes such trees, so the file is damaged or forged")
     if not isinstance(data, list) or not data or not isinstance(data[0], str):
-        raise DataError(f"the saved declaration is damaged: expected [node, ...], got {data!r}")
+        raise DataError(f"the saved declaration is damaged: expected [node, ...], got "
+                        f"{_short(data)}")
     tag, *args = data
-    if tag == "MatrixSymbol":
-        return sp.MatrixSymbol(_text(args[0]), decode(args[1]), decode(args[2]))
-    if tag == "Symbol":
-        return sp.Symbol(_text(args[0]), **dict.fromkeys(_known(args[1]), True))
-    if tag == "Boolean":
-        return sp.true if args[0] else sp.false
-    if tag == "Integer":
-        return sp.Integer(int(_text(args[0])))
-    if tag == "Rational":
-        return sp.Rational(int(_text(args[0])), int(_text(args[1])))
-    if tag == "Float":
-        return sp.Float(float(_text(args[0])))
-    if tag == "Constant":
-        return {"pi": sp.pi, "E": sp.E}[_text(args[0])]
-    if tag == "Activation":
-        name, definition, numeric, latex, arg = args
-        return _activation(_text(name), decode(definition), decode(numeric), _text(latex))(
-            decode(arg))
+
+    def sub(child):
+        return decode(child, depth + 1)
+
+    if tag in _LEAVES:
+        arity, build = _LEAVES[tag]
+        if len(args) != arity:
+            raise DataError(f"the saved declaration is damaged: a {tag} node has {arity} "
+                            f"arguments, this one has {len(args)}")
+        return build(*args, sub)
     if tag not in NODES:
-        raise DataError(f"the saved declaration contains the node type {tag!r}, which symnet does "
-                        f"not load (the file was not written by symnet, or by a newer version)")
-    return NODES[tag](*[decode(a) for a in args])  # SymPy's invariant: e == e.func(*e.args)
+        raise DataError(f"the saved declaration contains the node type {_short(tag)}, which "
+                        f"symnet does not load (the file was not written by symnet, or by a newer "
+                        f"version)")
+    cls = NODES[tag]
+    children = [sub(a) for a in args]
+    if cls is sp.Pow:
+        _check_power(*children)
+    node = _build(tag, cls, *children)  # SymPy's invariant: e == e.func(*e.args)
+    if isinstance(node, (sp.OneMatrix, sp.ZeroMatrix, sp.Identity)):
+        _check_shape(tag, node.shape)
+    return node
 
 
-def _text(value) -> str:
-    if not isinstance(value, str):
-        raise DataError(f"the saved declaration is damaged: expected text, got {value!r}")
-    return value
+def _build(what, make, *args):
+    """``make(*args)``, with whatever SymPy (or symnet) raises on arguments from a file turned
+    into a DataError naming the node."""
+    try:
+        return make(*args)
+    except SymnetError as err:
+        raise DataError(f"the saved declaration is damaged: its {what} node is invalid: {err}") from None
+    except Exception as err:  # SymPy refuses foreign arguments in many ways (TypeError,
+        # ValueError, its ShapeError, AttributeError, ...): each means the file is damaged
+        raise DataError(f"the saved declaration is damaged: its {what} node cannot be built "
+                        f"({type(err).__name__}: {_short(str(err))})") from None
 
 
-def _known(assumptions):
-    bad = [a for a in assumptions if a not in ASSUMPTIONS]
-    if bad:
-        raise DataError(f"the saved declaration uses unknown symbol assumptions {bad}")
-    return assumptions
+def _matrix_symbol(name, rows, cols, sub):
+    name = _identifier(name, "matrix")
+    shape = (sub(rows), sub(cols))
+    _check_shape(f"matrix {name}", shape)
+    return sp.MatrixSymbol(name, *shape)
 
 
-def _activation(name, definition, numeric, latex):
-    """The activation class called ``name``: the library's own when the definition matches (so
-    the library's rewrites recognise it), else one rebuilt from its stored definition."""
+def _check_shape(what, shape):
+    """Each dimension is sn.batch or a positive integer, and the fixed entries fit in memory: a
+    declared 10⁹×10⁹ parameter is refused here, before anything allocates it."""
+    for d in shape:
+        if d != batch and not (isinstance(d, sp.Integer) and d >= 1):
+            raise DataError(f"the saved {what} has a dimension {_short(d)}; dimensions are "
+                            f"positive integers or sn.batch (n)")
+    entries = math.prod(int(d) for d in shape if d != batch)
+    if entries > max_entries():
+        raise DataError(f"the saved {what} is {shape[0]}×{shape[1]}: {entries} entries do not "
+                        f"fit in this machine's memory ({physical_memory()} bytes); the file is "
+                        f"damaged or was made for a much larger machine")
+
+
+def _symbol(name, assumptions, sub):
+    if not isinstance(assumptions, list) or any(a not in ASSUMPTIONS for a in assumptions):
+        raise DataError(f"the saved declaration uses unknown symbol assumptions "
+                        f"{_short(assumptions)}; symnet writes a list drawn from {list(ASSUMPTIONS)}")
+    return sp.Symbol(_identifier(name, "symbol"), **dict.fromkeys(assumptions, True))
+
+
+def _boolean(value, sub):
+    if not isinstance(value, bool):
+        raise DataError(f"the saved declaration is damaged: a Boolean node holds {_short(value)}")
+    return sp.true if value else sp.false
+
+
+def _integer(text, sub):
+    return sp.Integer(_int(text))
+
+
+def _rational(p, q, sub):
+    numerator, denominator = _int(p), _int(q)
+    if denominator == 0:
+        raise DataError(f"the saved declaration is damaged: a Rational node divides by zero "
+                        f"({numerator}/0)")
+    return sp.Rational(numerator, denominator)
+
+
+def _int(text) -> int:
+    if not (isinstance(text, str) and re.fullmatch(rf"-?\d{{1,{MAX_DIGITS}}}", text)):
+        raise DataError(f"the saved declaration is damaged: expected an integer of at most "
+                        f"{MAX_DIGITS} digits as text, got {_short(text)}")
+    return int(text)
+
+
+def _float(text, sub):
+    try:
+        value = float(_text(text))
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(f"the saved declaration is damaged: expected a finite number as text in "
+                        f"a Float node, got {_short(text)}")
+    return sp.Float(value)
+
+
+def _constant(name, sub):
+    constants = {"pi": sp.pi, "E": sp.E}
+    if name not in constants:
+        raise DataError(f"the saved declaration uses the constant {_short(name)}; symnet knows "
+                        f"{sorted(constants)}")
+    return constants[name]
+
+
+def _activation(name, definition, numeric, latex, arg, sub):
+    """The activation called ``name`` applied to ``arg``: the library's own when the definition
+    matches (so the library's rewrites recognise it), else one rebuilt from its stored
+    definition. A LaTeX name outside a plain pattern is replaced by the default one."""
+    name = _text(name)
+    if not _activation_name_ok(name):
+        raise DataError(f"the saved declaration has an activation named {_short(name)}; names "
+                        f"are identifiers, optionally with a number as in 'leaky_relu[0.1]'")
+    definition, numeric = sub(definition), sub(numeric)
+    for what, body in (("definition", definition), ("numeric form", numeric)):
+        if not isinstance(body, sp.Expr) or body.free_symbols - {fn.x}:
+            raise DataError(f"the saved activation {name}: its {what} must be a scalar "
+                            f"expression in x, got {_short(body)}")
+    latex = latex if isinstance(latex, str) and LATEX_NAME.fullmatch(latex) else None
+    function = _known_activation(name, definition)
+    if function is None:
+        function = _build(f"activation {name}", _rebuilt, name, definition, numeric, latex)
+    return _build(f"activation {name}", function, sub(arg))
+
+
+def _activation_name_ok(name: str) -> bool:
+    return len(name) <= 100 and ACTIVATION_NAME.fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _rebuilt(name, definition, numeric, latex):
+    """One class per stored activation, however often the file applies it: distinct classes
+    would make equal subexpressions unequal, so the loaded model would recompute them."""
+    return fn.activation(name, definition, fn.x, latex=latex, numeric=numeric).function
+
+
+def _known_activation(name, definition):
+    """The library's activation ``name`` if its definition is ``definition``, else None."""
     function = BUILTIN.get(name)
     match = re.fullmatch(r"(\w+)\[(.+)\]", name)
     if match and match[1] in PARAMETRISED:
         text = match[2]
-        alpha = int(text) if re.fullmatch(r"-?\d+", text) else float(text)
-        function = PARAMETRISED[match[1]](alpha).function
+        alpha = int(text) if re.fullmatch(r"-?\d{1,18}", text) else float(text)
+        try:
+            function = PARAMETRISED[match[1]](alpha).function
+        except SymnetError:  # an alpha the library refuses: the file's own definition decides
+            function = None
     if function is not None and function.definition.expr == definition:
         return function
-    return fn.activation(name, definition, fn.x, latex=latex, numeric=numeric).function
+    return None
+
+
+_LEAVES = {"MatrixSymbol": (3, _matrix_symbol), "Symbol": (2, _symbol), "Boolean": (1, _boolean),
+           "Integer": (1, _integer), "Rational": (2, _rational), "Float": (1, _float),
+           "Constant": (1, _constant), "Activation": (5, _activation)}
+
+
+def _check_power(base, exp):
+    """Refuse a constant raised to a huge power, which SymPy would evaluate exactly on building
+    it (10**(10**9) has a billion digits)."""
+    if getattr(exp, "is_Number", False) and abs(exp) > MAX_EXPONENT and not getattr(
+            base, "free_symbols", True):
+        raise DataError(f"the saved declaration raises a constant to the power {_short(exp)}; "
+                        f"symnet refuses powers of constants beyond ±{MAX_EXPONENT}")
+
+
+def _identifier(name, what) -> str:
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise DataError(f"the saved declaration names a {what} {_short(name)}; names in a model "
+                        f"file must be Python identifiers such as 'W1'")
+    return name
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"the saved declaration is damaged: expected text, got {_short(value)}")
+    return value
+
+
+def _short(value, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message must not quote a forged megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def physical_memory() -> int:
+    """This machine's RAM in bytes (1 TiB where the OS does not say)."""
+    try:
+        size = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        size = 0
+    return size if size > 0 else 2**40
+
+
+def max_entries() -> int:
+    """The most entries one matrix may have: as many float32 values as fit in memory."""
+    return physical_memory() // 4
+
+
+# --------------------------------------------------------------------------- optimizers
 
 
 def encode_optimizer(opt) -> dict:
@@ -134,13 +342,274 @@ def encode_optimizer(opt) -> dict:
 
 
 def decode_optimizer(data):
+    """The optimizer :func:`encode_optimizer` turned into ``data``; its constructor checks the
+    values, this function their names and types."""
     cls = data.get("class") if isinstance(data, dict) else None
-    if cls not in optim.__all__ or cls == "Optimizer":
-        raise DataError(f"the saved optimizer {cls!r} is not one of sn.optim's optimizers")
-    args = dict(data.get("args", {}))
-    for name, value in args.items():
-        if isinstance(value, dict):
-            args[name] = Schedule(_text(value["schedule"]), decode(value["expr"]), value["base"])
-        elif isinstance(value, list):
-            args[name] = tuple(value)
-    return getattr(optim, cls)(**args)
+    if not isinstance(cls, str) or cls not in optim.__all__ or cls == "Optimizer":
+        raise DataError(f"the saved optimizer {_short(cls)} is not one of sn.optim's optimizers")
+    kind = getattr(optim, cls)
+    args = data.get("args", {})
+    if not isinstance(args, dict):
+        raise DataError(f"the saved optimizer {cls} has arguments {_short(args)}; expected a dict")
+    unknown = set(args) - set(inspect.signature(kind).parameters)
+    if unknown:
+        raise DataError(f"the saved optimizer {cls} has arguments {sorted(unknown)} that "
+                        f"sn.optim.{cls} does not take")
+    values = {name: _optimizer_argument(cls, name, value) for name, value in args.items()}
+    try:
+        return kind(**values)
+    except SymnetError as err:
+        raise DataError(f"the saved optimizer is invalid: {err}") from None
+
+
+def _optimizer_argument(cls, name, value):
+    if isinstance(value, dict):
+        return _schedule(value)
+    if isinstance(value, list) and all(_is_number(v) for v in value):
+        return tuple(value)
+    if value is None or isinstance(value, bool) or _is_number(value):
+        return value
+    raise DataError(f"the saved optimizer {cls} has {name}={_short(value)}; expected a number, "
+                    f"a list of numbers, true/false, null or a schedule")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _schedule(data) -> Schedule:
+    if set(data) != {"schedule", "expr", "base"}:
+        raise DataError(f"the saved learning-rate schedule has the entries {sorted(data)}; "
+                        f"expected schedule, expr and base")
+    name, expr, base = data["schedule"], decode(data["expr"]), data["base"]
+    if not (isinstance(name, str) and name.isidentifier()) or not _is_number(base):
+        raise DataError(f"the saved learning-rate schedule {_short(name)} is damaged: expected a "
+                        f"name and a number as its base, got {_short(base)}")
+    if not isinstance(expr, sp.Expr) or expr.free_symbols - {UPDATE_SYMBOLS['t']}:
+        raise DataError(f"the saved learning-rate schedule {name} must be an expression in the "
+                        f"step t, got {_short(expr)}")
+    return Schedule(name, expr, base)
+
+
+# ---------------------------------------------------------------------------- the file
+
+
+def save_model(model, path) -> None:
+    """Write ``model``'s declaration, parameters, optimizer state and step count to ``path``,
+    atomically (see :func:`codegen.files.atomic_write`: a symlink stays a symlink and the file
+    keeps its permissions)."""
+    meta = {
+        "format": FORMAT, "version": FORMAT_VERSION, "symnet": _version(),
+        "loss": encode(model.loss_expr),
+        "prediction": encode(model.prediction_expr),
+        "inputs": [encode(s) for s in model.inputs],
+        "targets": [encode(s) for s in model.targets],
+        "optimizer": encode_optimizer(model.optimizer),
+        "dtype": model.dtype.name, "backend": model.backend, "steps": model._steps,
+    }
+    arrays = {"meta": np.array(json.dumps(meta))}
+    arrays.update({f"param/{k}": v for k, v in model.params.items()})
+    arrays.update({f"state/{k}/{s}": v for k, st in model._state.items() for s, v in st.items()})
+    try:
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except NotARegularFile as err:
+        raise DataError(f"cannot save the model to {path}: {err}, and saving would replace it. "
+                        f"Pass the path of a regular file, such as 'model.npz'.") from None
+
+
+def load_model(path, backend: str | None = None):
+    """The model :func:`save_model` wrote to ``path``; ``backend`` overrides the saved one.
+
+    Reads ``meta`` first, checks it, compiles the declaration, then reads exactly the arrays the
+    compiled model has, each only after its header matched the declared shape: an array the
+    declaration does not name is never read, however large.
+    """
+    from .model import BACKENDS, compile  # model.py imports this module to save and load
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no model file at {path}")
+    with _archive(path) as archive:
+        with _about(path):
+            meta = _check_meta(_read_meta(archive), BACKENDS)
+            declaration = _declaration(meta)
+            _check_memory(declaration, np.dtype(meta["dtype"]))
+        model = compile(**declaration, dtype=meta["dtype"], backend=backend or meta["backend"])
+        with _about(path):
+            for k, value in model.params.items():
+                _read_into(archive, f"param/{k}", value)
+                for s, state in model._state[k].items():
+                    _read_into(archive, f"state/{k}/{s}", state)
+    model._steps = meta["steps"]
+    return model
+
+
+@contextlib.contextmanager
+def _about(path):
+    """Name the file in the DataErrors raised while reading it."""
+    try:
+        yield
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+
+
+def _archive(path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise DataError(f"{path} is not a readable symnet model (truncated or not an .npz "
+                        f"file): {err}") from None
+
+
+def _read_meta(archive) -> dict:
+    """The JSON of the ``meta`` entry, whose size is checked before a byte of it is read."""
+    if "meta.npy" not in archive.namelist():
+        raise DataError("the file is an .npz file but not a symnet model (it has no 'meta')")
+    if archive.getinfo("meta.npy").file_size > MAX_META_BYTES:
+        raise DataError(f"its 'meta' entry is {archive.getinfo('meta.npy').file_size} bytes, "
+                        f"more than the {MAX_META_BYTES} a symnet model's declaration can take")
+
+    def accept(shape, dtype):
+        if shape != () or dtype.kind != "U" or not 0 < dtype.itemsize <= MAX_META_BYTES:
+            raise DataError(f"its 'meta' entry is a {dtype} array of shape {shape}, not the text "
+                            f"of a declaration")
+
+    text = str(_read_array(archive, "meta", accept)[()])
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise DataError("its 'meta' entry nests too deeply to be a symnet declaration") from None
+    except ValueError as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"its 'meta' entry is not valid JSON ({_short(str(err))})") from None
+
+
+def _refuse_constant(name):
+    raise DataError(f"its 'meta' entry contains {name}, which symnet never writes")
+
+
+def _check_meta(meta, backends) -> dict:
+    """``meta`` after checking that it has every entry a model needs, each of the right type."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError("the file is not a symnet model file (its 'meta' has no symnet format tag)")
+    if meta.get("version") != FORMAT_VERSION:
+        raise DataError(f"it has model format version {_short(meta.get('version'))}; this symnet "
+                        f"reads version {FORMAT_VERSION}")
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise DataError(f"its declaration lacks the entries {missing}; the file is damaged or "
+                        f"was not written by model.save")
+    checks = {
+        "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_STEPS,
+                  "a non-negative integer"),
+        "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
+        "backend": (lambda v: isinstance(v, str) and v in backends, f"one of {sorted(backends)}"),
+        "inputs": (lambda v: isinstance(v, list), "a list"),
+        "targets": (lambda v: isinstance(v, list), "a list"),
+        "loss": (lambda v: isinstance(v, list), "an expression"),
+        "optimizer": (lambda v: isinstance(v, dict), "an optimizer"),
+    }
+    for key, (ok, expected) in checks.items():
+        if not ok(meta[key]):
+            raise DataError(f"its {key} is {_short(meta[key])}; expected {expected}")
+    return meta
+
+
+def _declaration(meta) -> dict:
+    """The arguments of ``sn.compile`` (but dtype and backend) that ``meta`` declares."""
+    return {"loss": decode(meta["loss"]),
+            "inputs": [decode(s) for s in meta["inputs"]],
+            "targets": [decode(s) for s in meta["targets"]],
+            "prediction": decode(meta["prediction"]),
+            "optimizer": decode_optimizer(meta["optimizer"])}
+
+
+def _check_memory(declaration, dtype):
+    """Refuse parameters (and their optimizer state) that together exceed this machine's memory,
+    before compile allocates them."""
+    data = {*declaration["inputs"], *declaration["targets"]}
+    loss = declaration["loss"]
+    symbols = getattr(loss, "free_symbols", set())
+    params = [s for s in symbols if isinstance(s, sp.MatrixSymbol) and s not in data
+              and all(isinstance(d, sp.Integer) for d in s.shape)]
+    entries = sum(int(p.shape[0]) * int(p.shape[1]) for p in params)
+    copies = 1 + len(declaration["optimizer"].state)
+    need = entries * copies * dtype.itemsize
+    if need > physical_memory():
+        raise DataError(f"its parameters and optimizer state need {need} bytes ({entries} "
+                        f"entries × {copies} copies in {dtype}), more than this machine's memory "
+                        f"({physical_memory()} bytes); the file is damaged or was made for a "
+                        f"much larger machine")
+
+
+def _read_into(archive, key, into):
+    """Fill ``into`` with the stored array ``key``, which must have its shape, be real and
+    finite. Nothing is read before its header matches."""
+    what = f"the optimizer state {key[len('state/'):]}" if key.startswith("state/") else \
+        f"the parameter {key[len('param/'):]}"
+
+    def accept(shape, dtype):
+        if shape != into.shape:
+            raise DataError(f"{what} has shape {shape} but the declaration gives "
+                            f"{into.shape}; the arrays do not match the declaration (the file "
+                            f"is damaged)")
+        if dtype.kind not in "fiu":
+            raise DataError(f"{what} is stored as {dtype}; parameters and optimizer "
+                            f"state must be real numbers. Save the model again from real-valued "
+                            f"arrays (e.g. model.params[name][...] = value.real)")
+
+    stored = _read_array(archive, key, accept)
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = stored.astype(into.dtype)
+    bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise DataError(f"{what} has {bad} NaN or infinite entries (of {value.size}) in "
+                        f"{into.dtype}; a model whose parameters diverged cannot be loaded. "
+                        f"Retrain it, or save it before its loss stopped being finite.")
+    into[...] = value
+
+
+def _read_array(archive, key, accept) -> np.ndarray:
+    """The array stored as ``key``. ``accept(shape, dtype)`` sees its header first and raises
+    to refuse it, so that no byte of an unwanted array is read or allocated."""
+    try:
+        info = archive.getinfo(f"{key}.npy")
+    except KeyError:
+        raise DataError(f"it has no array {key!r}; the file does not match its declaration "
+                        f"(it is damaged)") from None
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DataError(f"the array {key!r} is compressed with method "
+                        f"{info.compress_type}; numpy writes only stored or deflated entries")
+    try:
+        with archive.open(info) as f:
+            shape, fortran, dtype = _header(f, key)
+            accept(shape, dtype)
+            size = math.prod(shape) * dtype.itemsize
+            data = f.read(size)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+            NotImplementedError) as err:
+        raise DataError(f"it is not a readable symnet model (truncated or damaged at {key!r}): "
+                        f"{_short(str(err))}") from None
+    if len(data) != size:
+        raise DataError(f"the array {key!r} is truncated ({len(data)} of {size} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _header(f, key):
+    """``(shape, fortran_order, dtype)`` from the ``.npy`` header at the start of ``f``."""
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise DataError(f"the array {key!r} has .npy format version {version}; symnet reads "
+                        f"1.0 and 2.0")
+    return read(f)
+
+
+def _version():
+    from . import __version__
+
+    return __version__
