@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numba.core.errors
 
+from . import files
 from .ir import CodegenError
 
 
@@ -122,17 +123,9 @@ def _stored(path: Path, source: str) -> Path | None:
 
 
 def _write(path: Path, source: str) -> None:
-    """Write ``path`` atomically: a temporary file in the same directory, then a rename, so a
-    reader never sees half a module; the temporary file never outlives a failure."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``path`` atomically (``codegen.files``): a reader never sees half a module, and a
+    temporary file never outlives a failure."""
+    files.atomic_write(path, lambda f: f.write(source.encode("utf-8")))
 
 
 def _from_file(name: str, path: Path) -> types.ModuleType:
