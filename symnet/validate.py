@@ -39,38 +39,44 @@ def describe(value) -> str:
 
 
 def integer(value, name: str, *, low: int | None = None, high: int | None = None,
-            error: type = DeclarationError) -> int:
-    """``value`` as a Python int in [low, high]; NumPy integers are accepted, bools are not."""
+            error: type = DeclarationError, where: str = "") -> int:
+    """``value`` as a Python int in [low, high]; NumPy integers are accepted, bools are not.
+    ``where`` (e.g. ``"sn.dense"``) starts the message."""
     want = "an integer" + _bounds(low, high, None, None)
+    example = f"{name}={_example(low, high, None, None, integral=True)}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise error(f"{name} must be {want}, got {describe(value)}; pass a whole number such as "
-                    f"{name}={_example(low, high, None, None, integral=True)}")
+        raise error(f"{_at(where)}{name} must be {want}, got {describe(value)}; pass a whole "
+                    f"number such as {example}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise error(f"{name} must be {want}, got {value}; pass e.g. "
-                    f"{name}={_example(low, high, None, None, integral=True)}")
+        raise error(f"{_at(where)}{name} must be {want}, got {value}; pass e.g. {example}")
     return value
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
 
 
 def number(value, name: str, *, low: float | None = None, high: float | None = None,
            above: float | None = None, below: float | None = None,
-           error: type = DeclarationError, example: float | None = None) -> int | float:
+           error: type = DeclarationError, example: float | None = None,
+           where: str = "") -> int | float:
     """``value`` as a Python int or float within the bounds: ``low``/``high`` inclusive,
     ``above``/``below`` exclusive. Finite real numbers only (NaN and ±inf would make every value
     computed from them non-finite); NumPy scalars are accepted, bools and strings are not."""
-    want = "a finite real number" + _bounds(low, high, above, below)
+    head = f"{_at(where)}{name} must be a finite real number" + _bounds(low, high, above, below)
     if example is None:
         example = _example(low, high, above, below)
     fix = f"pass e.g. {name}={example}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise error(f"{name} must be {want}, got {describe(value)}; {fix}")
+        raise error(f"{head}, got {describe(value)}; {fix}")
     value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if not math.isfinite(value):
-        raise error(f"{name} must be {want}, got {value}: a non-finite hyperparameter makes every "
-                    f"value computed from it non-finite; {fix}")
+        raise error(f"{head}, got {value}: a non-finite value makes every value computed from "
+                    f"it non-finite; {fix}")
     if ((low is not None and value < low) or (high is not None and value > high)
             or (above is not None and value <= above) or (below is not None and value >= below)):
-        raise error(f"{name} must be {want}, got {value}; {fix}")
+        raise error(f"{head}, got {value}; {fix}")
     return value
 
 
@@ -93,10 +99,10 @@ def _example(low, high, above, below, integral=False):
     return int(guess) if integral else guess
 
 
-def flag(value, name: str, *, error: type = DeclarationError) -> bool:
+def flag(value, name: str, *, error: type = DeclarationError, where: str = "") -> bool:
     """``value`` as a bool; a string or number is refused, since ``bool("no")`` is True."""
     if not isinstance(value, (bool, np.bool_)):
-        raise error(f"{name} must be True or False, got {describe(value)}; pass {name}=True or "
+        raise error(f"{_at(where)}{name} must be True or False, got {describe(value)}; pass {name}=True or "
                     f"{name}=False")
     return bool(value)
 
