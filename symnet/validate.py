@@ -42,7 +42,8 @@ def integer(value, name: str, *, low: int | None = None, high: int | None = None
             error: type = DeclarationError, where: str = "") -> int:
     """``value`` as a Python int in [low, high]; NumPy integers are accepted, bools are not.
     ``where`` (e.g. ``"sn.dense"``) starts the message."""
-    want = "an integer" + _bounds(low, high, None, None)
+    want = {(1, None): "a positive integer", (0, None): "a non-negative integer"}.get(
+        (low, high), "an integer" + _bounds(low, high, None, None))
     example = f"{name}={_example(low, high, None, None, integral=True)}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise error(f"{_at(where)}{name} must be {want}, got {describe(value)}; pass a whole "
@@ -132,8 +133,9 @@ def identifier(name, what: str) -> str:
     """A name that may appear in generated Python source: an identifier and not a keyword."""
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise DeclarationError(
-            f"{what}: the name {name!r} is not a Python identifier; names appear in the generated "
-            f"code, so use letters, digits and underscores, not starting with a digit (e.g. 'W1')")
+            f"{what}: the name {name!r} cannot name a matrix; names appear in the generated code, "
+            f"so a name must be a Python identifier that is not a keyword: letters, digits and "
+            f"underscores, not starting with a digit (e.g. 'W1')")
     return name
 
 
