@@ -298,8 +298,8 @@ class Model:
             if validation_data is None:
                 raise DataError("early_stopping watches the validation loss: pass "
                                 "validation_data=(X_val, Y_val) as well")
-            early_stopping = validate.integer(early_stopping, "early_stopping (a patience in "
-                                              "epochs)", low=1, error=DataError)
+            early_stopping = validate.integer(early_stopping, "early_stopping", low=1,
+                                              error=DataError, where="fit (a patience in epochs)")
         self._check_params()
         feeds = self._feeds(X, Y)
         val_feeds = self._validation_feeds(validation_data)

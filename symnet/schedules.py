@@ -40,9 +40,14 @@ def _positive(name, value, allow_zero=False):
     return sp.Float(value) if isinstance(value, float) else sp.Integer(value)
 
 
+def _count(name, value):
+    """A number of steps or periods (every, step_size, total, steps): an integer ≥ 1."""
+    return sp.Integer(validate.integer(value, name, low=1, where="schedule"))
+
+
 def _epoch(every):
     """The decay clock: ⌊(t − 1)/every⌋, which is 0 during the first ``every`` steps."""
-    return sp.floor((t - 1) / _positive("every", every))
+    return sp.floor((t - 1) / _count("every", every))
 
 
 def constant(lr: float) -> Schedule:
@@ -53,7 +58,7 @@ def step(lr: float, step_size: int, gamma: float = 0.1, every: int = 1) -> Sched
     """lr·γ^⌊k/step_size⌋ after k decay periods (torch's StepLR)."""
     k = _epoch(every)
     return Schedule("step", _positive("lr", lr) * _positive("gamma", gamma)
-                    ** sp.floor(k / _positive("step_size", step_size)), lr)
+                    ** sp.floor(k / _count("step_size", step_size)), lr)
 
 
 def exponential(lr: float, gamma: float, every: int = 1) -> Schedule:
@@ -78,7 +83,7 @@ def inverse_time(lr: float, decay: float, every: int = 1) -> Schedule:
 def cosine(lr: float, total: int, lr_min: float = 0.0, every: int = 1) -> Schedule:
     """lr_min + (lr − lr_min)(1 + cos(π·k/total))/2, held at lr_min after ``total`` periods
     (torch's CosineAnnealingLR for one half-period)."""
-    total = _positive("total", total)
+    total = _count("total", total)
     k = sp.Min(_epoch(every), total)
     lo = _positive("lr_min", lr_min, True)
     return Schedule("cosine", lo + (_positive("lr", lr) - lo) * (1 + sp.cos(sp.pi * k / total)) / 2,
@@ -91,7 +96,7 @@ def warmup(lr: float, steps: int, after: Schedule | None = None) -> Schedule:
         raise DeclarationError(f"schedule: warmup(after=...) must be a schedule such as "
                                f"sn.schedules.cosine(0.1, 1000), or None, got "
                                f"{validate.describe(after)}")
-    lr_, steps = _positive("lr", lr), _positive("steps", steps)
+    lr_, steps = _positive("lr", lr), _count("steps", steps)
     rest = after.expr if after is not None else sp.Float(lr_)
     return Schedule("warmup", sp.Piecewise((lr_ * t / steps, t < steps), (rest, True)), lr)
 
@@ -99,7 +104,7 @@ def warmup(lr: float, steps: int, after: Schedule | None = None) -> Schedule:
 def cyclic(lr: float, max_lr: float, step_size: int) -> Schedule:
     """The triangular cycle between lr and max_lr, ``step_size`` steps each way (torch's
     CyclicLR, mode "triangular")."""
-    size = _positive("step_size", step_size)
+    size = _count("step_size", step_size)
     k = t - 1
     cycle = sp.floor(1 + k / (2 * size))
     x = sp.Abs(k / size - 2 * cycle + 1)
