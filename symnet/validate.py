@@ -44,7 +44,7 @@ def integer(value, name: str, *, low: int | None = None, high: int | None = None
     ``where`` (e.g. ``"sn.dense"``) starts the message."""
     want = {(1, None): "a positive integer", (0, None): "a non-negative integer"}.get(
         (low, high), "an integer" + _bounds(low, high, None, None))
-    example = f"{name}={_example(low, high, None, None, integral=True)}"
+    example = f"{name}={_example(low, high, integral=True)}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise error(f"{_at(where)}{name} must be {want}, got {describe(value)}; pass a whole "
                     f"number such as {example}")
@@ -67,7 +67,7 @@ def number(value, name: str, *, low: float | None = None, high: float | None = N
     computed from them non-finite); NumPy scalars are accepted, bools and strings are not."""
     head = f"{_at(where)}{name} must be a finite real number" + _bounds(low, high, above, below)
     if example is None:
-        example = _example(low, high, above, below)
+        example = _example(low if low is not None else above, high if high is not None else below)
     fix = f"pass e.g. {name}={example}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise error(f"{head}, got {describe(value)}; {fix}")
@@ -87,24 +87,23 @@ def _bounds(low, high, above, below) -> str:
     return " " + " and ".join(parts) if parts else ""
 
 
-def _example(low, high, above, below, integral=False):
-    """A value inside the bounds, for the fix an error message suggests."""
-    lo = low if low is not None else above
-    hi = high if high is not None else below
+def _example(lo, hi, integral=False):
+    """A value between the bounds ``lo`` and ``hi`` (None: unbounded), for the fix an error
+    message suggests."""
     if lo is None:
-        guess = 1 if hi is None or hi > 1 else hi - 1
-    elif hi is None:
-        guess = max(lo, 1) if integral else (lo + 1 if lo >= 1 or lo < 0 else 0.1 if lo == 0 else lo)
-    else:
-        guess = lo if integral else (lo + hi) / 2
-    return int(guess) if integral else guess
+        return 1 if hi is None or hi > 1 else hi - 1
+    if hi is not None:
+        return lo if integral else (lo + hi) / 2
+    if integral:
+        return max(lo, 1)
+    return 0.1 if lo == 0 else lo + 1
 
 
 def flag(value, name: str, *, error: type = DeclarationError, where: str = "") -> bool:
     """``value`` as a bool; a string or number is refused, since ``bool("no")`` is True."""
     if not isinstance(value, (bool, np.bool_)):
-        raise error(f"{_at(where)}{name} must be True or False, got {describe(value)}; pass {name}=True or "
-                    f"{name}=False")
+        raise error(f"{_at(where)}{name} must be True or False, got {describe(value)}; pass "
+                    f"{name}=True or {name}=False")
     return bool(value)
 
 
@@ -149,9 +148,12 @@ def real_array(value, name: str) -> np.ndarray:
     DataError saying why it is not one: ragged rows, complex values, text or objects."""
     try:
         a = np.asarray(value)
-    except (ValueError, TypeError):
+    except ValueError:
         raise DataError(f"{name} is not a rectangular array: its rows have different lengths (a "
                         f"ragged list); give every row the same number of columns") from None
+    except TypeError as err:
+        raise DataError(f"{name} cannot be read as an array ({err}); pass a NumPy array or a list "
+                        f"of rows of numbers") from None
     if a.dtype.kind == "c":
         raise DataError(f"{name} has complex values (dtype {a.dtype}); symnet computes with real "
                         f"numbers only: pass the real part explicitly (np.real({name})) if that "
@@ -193,10 +195,12 @@ def computable(expr, what: str) -> None:
 
 
 def _real_constant(c, expr, what):
+    """An atom (3, pi, I, oo) must be provably finite and real; a compound constant such as
+    acos(2) must not be provably otherwise (its atoms are checked on their own)."""
     if c.is_Atom:
         bad = c.is_extended_real is not True or c.is_finite is not True
     else:
-        bad = c.is_extended_real is False or c.is_finite is False or c.has(sp.I, sp.zoo, sp.nan)
+        bad = c.is_extended_real is False or c.is_finite is False
     if bad:
         raise DeclarationError(
             f"{what} contains the constant {c}, which is not a finite real number; symnet "
@@ -217,9 +221,8 @@ def _matrix_leaf(m, what):
         identifier(m.name, what)
     leaf = isinstance(m, (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity))
     if leaf and any(d.is_zero for d in m.shape):
-            raise DeclarationError(
-                f"{what}: {m} is {m.shape[0]}×{m.shape[1]}, a matrix without entries; every "
-                f"dimension must be at least 1")
+        raise DeclarationError(f"{what}: {m} is {m.shape[0]}×{m.shape[1]}, a matrix without "
+                               f"entries; every dimension must be at least 1")
 
 
 def _short(expr) -> str:
