@@ -6,6 +6,7 @@ import re
 
 import sympy as sp
 
+from . import validate
 from .errors import DeclarationError, ShapeError
 
 #: The number of rows of a minibatch; every input has ``batch`` rows.
@@ -15,13 +16,15 @@ batch = sp.Symbol("n", integer=True, positive=True)
 def Input(name: str, columns: int) -> sp.MatrixSymbol:
     """An input or target matrix: ``MatrixSymbol(name, batch, columns)``."""
     _check_name(name, "Input")
-    _check_units(columns, f"Input({name!r}, columns)")
+    columns = _check_units(columns, "columns", f"sn.Input({name!r}, columns)")
     return sp.MatrixSymbol(name, batch, columns)
 
 
 def parameter(name: str, rows: int, cols: int) -> sp.MatrixSymbol:
     """A learnable parameter matrix."""
     _check_name(name, "parameter")
+    rows = _check_units(rows, "rows", f"sn.parameter({name!r}, rows, cols)")
+    cols = _check_units(cols, "cols", f"sn.parameter({name!r}, rows, cols)")
     return sp.MatrixSymbol(name, rows, cols)
 
 
@@ -43,7 +46,7 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
         raise DeclarationError(
             f"dense: x must be a matrix expression such as sn.Input('X', 784), got {x!r}"
         )
-    _check_units(units, "dense(units)")
+    units = _check_units(units, "units", "sn.dense(x, units)")
     if name is None:
         name = _next_layer_name(x)
     name = str(name)
@@ -75,6 +78,9 @@ def _next_layer_name(x) -> str:
 
 def weights(expr) -> list[sp.MatrixSymbol]:
     """The weight matrices of a network expression (``W…`` parameters), for ``sn.l2``/``sn.l1``."""
+    if not getattr(expr, "is_Matrix", False) or not isinstance(expr, sp.Basic):
+        raise DeclarationError(f"sn.weights takes a network expression such as the output of "
+                               f"sn.dense, e.g. sn.weights(out), got {validate.describe(expr)}")
     return sorted((s for s in expr.free_symbols
                    if isinstance(s, sp.MatrixSymbol) and s.name.startswith("W")),
                   key=lambda s: _natural_key(s.name))
@@ -84,11 +90,10 @@ def _natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _check_units(units, what):
-    if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
-        raise DeclarationError(f"{what} must be a positive integer, got {units!r}")
+def _check_units(units, name, where) -> int:
+    """A width (columns, units, rows) as a Python int ≥ 1; NumPy integers are accepted."""
+    return validate.integer(units, name, low=1, where=where)
 
 
 def _check_name(name, what):
-    if not isinstance(name, str) or not name.isidentifier():
-        raise DeclarationError(f"{what}: name must be an identifier such as 'X', got {name!r}")
+    validate.identifier(name, what)

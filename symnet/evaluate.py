@@ -3,11 +3,14 @@ independent of the lowering, so it can check what the compiled programs compute.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import sympy as sp
 
+from . import validate
 from .declare import batch
-from .errors import DataError, DifferentiationError
+from .errors import DataError, DeclarationError, DifferentiationError
 from .functions import Elementwise, RowLogSumExp, as_numeric, x
 
 
@@ -18,12 +21,13 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
 
     The batch size n is read off the data matrices; ``batch_size`` gives it for expressions that
     contain none (such as ``OneMatrix(n, 3)``)."""
+    _check_arguments(expr, values, batch_size)
     symbols = {s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)}
     missing = sorted(s.name for s in symbols if s.name not in values)
     if missing:
         raise DataError(f"sn.evaluate: no value given for {missing}")
     dtype = np.dtype(dtype)
-    arrays = {s: np.asarray(values[s.name], dtype=dtype) for s in symbols}
+    arrays = {s: validate.real_array(values[s.name], s.name).astype(dtype) for s in symbols}
     rows = {a.shape[0] for s, a in arrays.items() if s.shape[0] == batch}
     if len(rows) > 1:
         raise DataError(f"sn.evaluate: data matrices have different numbers of rows: {rows}")
@@ -81,3 +85,17 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
         return out
 
     return np.array(ev(expr), dtype=dtype)
+
+
+def _check_arguments(expr, values, batch_size):
+    """Refuse what evaluate cannot compute in real numbers: a non-matrix ``expr`` or one with
+    non-real constants, ``values`` that are not a mapping, a batch size that is not positive."""
+    if not isinstance(expr, sp.MatrixExpr):
+        raise DeclarationError(f"sn.evaluate takes a matrix expression (such as a gradient from "
+                               f"model.gradients), got {validate.describe(expr)}")
+    validate.computable(expr, "sn.evaluate's expression")
+    if not isinstance(values, Mapping):
+        raise DataError(f"sn.evaluate: values must be a dict {{name: array}}, e.g. "
+                        f"{{'X': X, **model.params}}, got {validate.describe(values)}")
+    if batch_size is not None:
+        validate.integer(batch_size, "batch_size", low=1, error=DataError, where="sn.evaluate")

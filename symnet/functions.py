@@ -14,6 +14,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import log1p
 from sympy.matrices.expressions import MatrixExpr
 
+from . import validate
 from .errors import DeclarationError, DifferentiationError, ShapeError
 
 #: The scalar variable every activation is written in.
@@ -203,6 +204,10 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
 
     >>> gelu = activation("gelu", x/2*(1 + sp.erf(x/sp.sqrt(2))), x)
     """
+    _check_activation_name(name)
+    if latex is not None and not isinstance(latex, str):
+        raise DeclarationError(f"activation {name!r}: latex must be a string such as r'\\sigma', "
+                               f"got {validate.describe(latex)}")
     if not isinstance(expr, sp.Expr):
         raise DeclarationError(f"activation {name!r}: expr must be a SymPy expression, got {expr!r}")
     if not isinstance(var, sp.Symbol):
@@ -213,6 +218,12 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
             f"activation {name!r}: its expression {expr} has free symbols {sorted(map(str, extra))} "
             f"besides {var}; substitute numbers for them (expr.subs(...)) first."
         )
+    validate.computable(expr, f"activation {name!r}")
+    if numeric is not None:
+        if not isinstance(numeric, sp.Expr) or numeric.free_symbols - {var}:
+            raise DeclarationError(f"activation {name!r}: numeric must be a SymPy expression in "
+                                   f"{var} only, got {validate.describe(numeric)}")
+        validate.computable(numeric, f"activation {name!r} (numeric)")
     definition = sp.Lambda(x, expr.subs(var, x))
     stable = definition if numeric is None else sp.Lambda(x, numeric.subs(var, x))
     attrs = dict(definition=definition, numeric=stable, nargs=1,
@@ -220,6 +231,19 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
     function = type(name, (ScalarActivation,), attrs)
     derivative(function)  # refuse non-differentiable functions at declaration
     return Activation(function)
+
+
+# An identifier, optionally with a number in brackets, as the library's own leaky_relu[0.1]: the
+# name becomes a class name and reaches generated code, so nothing else may pass.
+_ACTIVATION_NAME = re.compile(r"[^\W\d]\w*(\[[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\])?")
+
+
+def _check_activation_name(name):
+    if not isinstance(name, str) or not _ACTIVATION_NAME.fullmatch(name):
+        raise DeclarationError(
+            f"activation name {validate.describe(name)} is not allowed: names reach the generated "
+            f"code, so use an identifier (letters, digits, underscores, not starting with a "
+            f"digit), optionally with a number in brackets, e.g. 'gelu' or 'leaky_relu[0.1]'")
 
 
 def _latex_escape(name: str) -> str:
@@ -284,7 +308,8 @@ def identity(arg):
 @cache
 def leaky_relu(alpha: float = 0.01) -> Activation:
     """``leaky_relu(alpha)`` → the activation x for x > 0, alpha·x otherwise."""
-    a = _positive_number(alpha, "leaky_relu", "alpha", allow_zero=True)
+    alpha = validate.number(alpha, "alpha", low=0, example=0.01, where="sn.leaky_relu")
+    a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
     return activation(f"leaky_relu[{alpha}]", sp.Piecewise((x, x > 0), (a * x, True)), x,
                       latex=rf"\operatorname{{lrelu}}_{{{alpha}}}")
 
@@ -292,16 +317,10 @@ def leaky_relu(alpha: float = 0.01) -> Activation:
 @cache
 def elu(alpha: float = 1.0) -> Activation:
     """``elu(alpha)`` → x for x > 0, alpha·(eˣ − 1) otherwise."""
-    a = _positive_number(alpha, "elu", "alpha")
+    alpha = validate.number(alpha, "alpha", above=0, example=1.0, where="sn.elu")
+    a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
     return activation(f"elu[{alpha}]", sp.Piecewise((x, x > 0), (a * (sp.exp(x) - 1), True)), x,
                       latex=rf"\operatorname{{elu}}_{{{alpha}}}")
-
-
-def _positive_number(value, fname, arg, allow_zero=False):
-    ok = isinstance(value, (int, float)) and (value > 0 or (allow_zero and value == 0))
-    if not ok:
-        raise DeclarationError(f"{fname}({arg}={value!r}): {arg} must be a positive number")
-    return sp.Float(value) if isinstance(value, float) else sp.Integer(value)
 
 
 class _PReLU:
@@ -345,9 +364,7 @@ class maxout:
     """
 
     def __init__(self, k: int):
-        if not isinstance(k, int) or k < 2:
-            raise DeclarationError(f"maxout(k={k!r}): k must be an integer ≥ 2 (the number of pieces)")
-        self.k = k
+        self.k = k = validate.integer(k, "k", low=2, where="sn.maxout")
         self.name = f"maxout({k})"
 
     def __call__(self, arg):
@@ -489,9 +506,8 @@ def l1(lam, *weights):
 
 
 def _coefficient(lam, fname):
-    if isinstance(lam, (int, float)) and lam >= 0:
-        return sp.Float(lam) if isinstance(lam, float) else sp.Integer(lam)
-    raise DeclarationError(f"{fname}(lam={lam!r}): lam must be a non-negative number")
+    lam = validate.number(lam, "lam", low=0, example=1e-4, where=f"sn.{fname}")
+    return sp.Float(lam) if isinstance(lam, float) else sp.Integer(lam)
 
 
 def as_numeric(body: sp.Expr) -> sp.Expr:

@@ -99,10 +99,12 @@ def canonical(expr, allowed_scalars=frozenset()):
     if isinstance(expr, ElementwiseApplyFunction):
         f = expr.function
         body = f.expr.subs(f.variables[0], x) if isinstance(f, sp.Lambda) else f(x)
+        _no_hidden_matrix(body)
         return Elementwise(sp.Lambda(x, body), canonical(expr.expr, allowed_scalars))
     if isinstance(expr, LEAVES):
         return expr
     if not isinstance(expr, MatrixExpr):
+        _no_hidden_matrix(expr)
         stray = {s for s in expr.free_symbols if not isinstance(s, sp.MatrixSymbol)}
         stray -= set(allowed_scalars)
         if stray:
@@ -117,9 +119,22 @@ def canonical(expr, allowed_scalars=frozenset()):
             f"{', '.join(sorted(t.__name__ for t in VJP))}. Write it with those operations."
         )
     if isinstance(expr, Elementwise):
+        _no_hidden_matrix(expr.fn.expr)
         return Elementwise(expr.fn, canonical(expr.arg, allowed_scalars))
     args = [canonical(a, allowed_scalars) for a in expr.args]
     return expr.func(*args)
+
+
+def _no_hidden_matrix(scalar):
+    """Refuse a scalar node that reads a matrix (Trace, Determinant, an entry M[i, j]): the rules
+    differentiate matrix operations, so such a node would reach the code printers underived."""
+    for e in sp.preorder_traversal(scalar):
+        if not isinstance(e, MatrixExpr) and any(isinstance(a, MatrixExpr) for a in e.args):
+            raise DifferentiationError(
+                f"cannot differentiate {type(e).__name__} in {e}: it turns a matrix into a "
+                f"scalar, and symnet differentiates matrix operations only "
+                f"({', '.join(sorted(t.__name__ for t in VJP))}). Write it with those, e.g. "
+                f"sn.sum(M) for the sum of the entries of M.")
 
 
 # -------------------------------------------------------------------------------- equations

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import validate
+from .errors import DataError
+from .model import Model
+
 
 def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, seed: int = 0,
               floor: float = 1e-4) -> float:
@@ -15,16 +19,18 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
     Everything runs in float64 whatever the model's dtype. At most ``max_entries`` randomly
     chosen entries of each parameter are perturbed (all of them if it is smaller).
     """
+    _check_arguments(model, eps, max_entries, seed, floor)
     with model._lock:  # it swaps the model's parameters for float64 copies meanwhile
+        model._check_params()
         return _gradcheck(model, X, Y, eps, max_entries, np.random.default_rng(seed), floor)
 
 
 def _gradcheck(model, X, Y, eps, max_entries, rng, floor) -> float:
-    saved = {k: v.copy() for k, v in model.params.items()}
+    live = dict(model.params)  # the user's arrays, untouched: float64 copies are perturbed
     feeds = model._feeds(X, Y, dtype="float64")  # once, not per perturbation
     try:
         for k in model.params:
-            model.params[k] = saved[k].astype(np.float64)
+            model.params[k] = live[k].astype(np.float64)
         _, grads = model._loss_and_grad(feeds, "float64")
         worst = 0.0
         for name, value in model.params.items():
@@ -45,5 +51,14 @@ def _gradcheck(model, X, Y, eps, max_entries, rng, floor) -> float:
                 worst = max(worst, abs(numeric - analytic) / scale)
         return worst
     finally:
-        for k, v in saved.items():
-            model.params[k] = v
+        model.params.update(live)
+
+
+def _check_arguments(model, eps, max_entries, seed, floor):
+    if not isinstance(model, Model):
+        raise DataError(f"sn.gradcheck checks a compiled model: sn.gradcheck(model, X, Y) with "
+                        f"model = sn.compile(...), got {validate.describe(model)}")
+    validate.number(eps, "eps", above=0, example=1e-5, error=DataError, where="sn.gradcheck")
+    validate.integer(max_entries, "max_entries", low=1, error=DataError, where="sn.gradcheck")
+    validate.seed(seed, error=DataError)
+    validate.number(floor, "floor", above=0, example=1e-4, error=DataError, where="sn.gradcheck")

@@ -17,7 +17,7 @@ from codegen.ir import CodegenError, Status
 from codegen.numba_backend import NumbaRunner, warm_up
 from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 
-from . import formulas, interrupts, optim, serialize
+from . import formulas, interrupts, optim, serialize, validate
 from . import init as initialisers
 from .declare import batch
 from .errors import DataError, DeclarationError
@@ -68,12 +68,11 @@ class Model:
     def __init__(self, loss, *, inputs, targets, prediction, optimizer, dtype, seed, init, backend):
         start = time.perf_counter()
         self.inputs = _symbols(inputs, "inputs")
-        self.targets = _symbols(targets, "targets")
+        self.targets = _symbols(targets, "targets", taken=self.inputs)
         self.dtype = _dtype(dtype)
-        if backend not in BACKENDS:
-            raise DeclarationError(
-                f"backend={backend!r} is not available; use one of {sorted(BACKENDS)}")
-        self.backend = backend
+        self.backend = validate.choice(backend, "backend", BACKENDS)
+        validate.choice(init, "init", ["auto", *initialisers.INITIALISERS])
+        seed = validate.seed(seed)
         self.optimizer = optimizer if optimizer is not None else optim.SGD(lr=0.1)
         if not isinstance(self.optimizer, optim.Optimizer):
             raise DeclarationError(
@@ -81,16 +80,9 @@ class Model:
                 f"got {optimizer!r}")
         data = set(self.inputs) | set(self.targets)
         self.loss_expr = _check_loss(loss, data)
-        self.param_symbols = _parameters(self.loss_expr, data)
-        self.prediction_expr = None
-        if prediction is not None:
-            self.prediction_expr = canonical(prediction, {batch})
-            stray = {s for s in self.prediction_expr.free_symbols if isinstance(s, sp.MatrixSymbol)}
-            stray -= set(self.inputs) | set(self.param_symbols)
-            if stray:
-                raise DeclarationError(
-                    f"the prediction uses {sorted(map(str, stray))}, which are not inputs or "
-                    f"parameters of the loss; predict() gets only the inputs")
+        self.param_symbols = _parameters(self.loss_expr, data,
+                                         _bytes_per_entry(self.dtype, self.optimizer))
+        self.prediction_expr = _check_prediction(prediction, self.inputs, self.param_symbols)
         self._taken = {s.name for s in data | set(self.param_symbols)}
         self.stable_loss = simplify_forward(self.loss_expr)
         pred = simplify_forward(self.prediction_expr) if prediction is not None else None
@@ -178,6 +170,7 @@ class Model:
         (numba backend; ``loss_and_grad`` still compiles on its first call). Returns the seconds
         it took and sets ``kernels_cached`` (True if loaded from the disk cache)."""
         start = time.perf_counter()
+        self._check_params()
         runner = self._runner()
         self.kernels_cached = warm_up(runner, self.params) if self.backend == "numba" else True
         return time.perf_counter() - start
@@ -199,30 +192,59 @@ class Model:
         """Check the data arrays and convert them to ``dtype`` (default: the model's)."""
         dtype = np.dtype(dtype or self.dtype)
         feeds = {}
-        arrays = [X] if len(self.inputs) == 1 else list(X)
-        if len(arrays) != len(self.inputs):
-            raise DataError(f"expected {len(self.inputs)} input arrays, got {len(arrays)}")
-        for sym, arr in zip(self.inputs, arrays):
+        for sym, arr in zip(self.inputs, _arrays(X, self.inputs, "inputs")):
             feeds[sym.name] = _as_data(arr, sym, dtype)
         if need_targets and self.targets:
             if Y is None:
                 raise DataError(
                     f"this call needs the targets {[t.name for t in self.targets]} too: pass "
                     f"them after the inputs, e.g. model.loss_and_grad(X, Y)")
-            ys = [Y] if len(self.targets) == 1 else list(Y)
-            for sym, arr in zip(self.targets, ys):
+            for sym, arr in zip(self.targets, _arrays(Y, self.targets, "targets")):
                 feeds[sym.name] = _as_data(arr, sym, dtype)
+        elif need_targets and Y is not None:
+            raise DataError(f"this model has no targets (its loss reads only "
+                            f"{[s.name for s in self.inputs]}), but targets were passed; call it "
+                            f"with the inputs only")
         rows = {k: v.shape[0] for k, v in feeds.items()}
         if len(set(rows.values())) > 1:
             raise DataError(f"inputs and targets must have the same number of rows, got {rows}")
         return feeds
+
+    def _validation_feeds(self, validation_data):
+        """The checked arrays of ``validation_data``: the pair (X_val, Y_val), or (X_val,) for a
+        model without targets; None when not given."""
+        if validation_data is None:
+            return None
+        want = "(X_val, Y_val)" if self.targets else "(X_val,)"
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 1 + bool(
+                self.targets):
+            raise DataError(f"validation_data must be the tuple {want}, got "
+                            f"{validate.describe(validation_data)}; pass validation_data={want}")
+        return self._feeds(*validation_data)
+
+    def _check_params(self):
+        """Check ``model.params`` before a kernel reads it: each declared parameter is still an
+        array of its declared shape, real and finite, and nothing else is in the dict. An array of
+        another dtype or layout is converted to the model's and stored back (it stays live)."""
+        declared = {p.name: (int(p.shape[0]), int(p.shape[1])) for p in self.param_symbols}
+        with self._lock:  # not while another thread's fit writes them
+            extra = sorted(map(str, set(self.params) - set(declared)))
+            if extra:
+                raise DataError(f"model.params has {extra}, which are not parameters of this "
+                                f"model (those are {sorted(declared)}); remove them")
+            for name, shape in declared.items():
+                self.params[name] = _param_array(self.params.get(name), name, shape, self.dtype)
 
     # ------------------------------------------------------------------ API
     # Each public method validates its arrays once (``_feeds``) and hands the checked feeds to a
     # private twin, which fit, evaluate and gradcheck call directly in their loops.
 
     def loss_and_grad(self, X, Y=None, dtype=None):
-        """The loss and ``{parameter name: gradient}`` on one batch."""
+        """The loss and ``{parameter name: gradient}`` on one batch; ``dtype`` ('float32' or
+        'float64') computes in another precision than the model's."""
+        if dtype is not None:
+            dtype = _dtype(dtype, "loss_and_grad(dtype=...)", DataError)
+        self._check_params()
         return self._loss_and_grad(self._feeds(X, Y, dtype=dtype), dtype)
 
     def _loss_and_grad(self, feeds, dtype=None):
@@ -233,6 +255,8 @@ class Model:
         """The value of ``prediction`` for every row of X."""
         if "forward" not in self._programs:
             raise DeclarationError("this model was compiled without prediction=; nothing to predict")
+        batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
+        self._check_params()
         return self._predict(self._feeds(X, need_targets=False), batch_size)
 
     def _predict(self, feeds, batch_size):
@@ -242,6 +266,8 @@ class Model:
 
     def evaluate(self, X, Y, batch_size: int = 4096) -> dict:
         """``{"loss": mean loss}``, plus ``"accuracy"`` (argmax agreement) when Y has ≥ 2 columns."""
+        batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
+        self._check_params()
         return self._evaluate(self._feeds(X, Y), batch_size)
 
     def _evaluate(self, feeds, batch_size=4096):
@@ -264,19 +290,20 @@ class Model:
         validation loss has not fallen for ``patience`` epochs and restores the parameters (and
         optimizer state) of the best epoch. ``seed`` overrides the model's shuffling generator.
         """
-        if not isinstance(epochs, int) or epochs < 0:
-            raise DataError(f"epochs must be a non-negative integer, got {epochs!r}")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        epochs = validate.integer(epochs, "epochs", low=0, error=DataError)
+        batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
+        shuffle = validate.flag(shuffle, "shuffle", error=DataError)
+        verbose = validate.flag(verbose, "verbose", error=DataError)
+        seed = validate.seed(seed, error=DataError)
         if early_stopping is not None:
             if validation_data is None:
                 raise DataError("early_stopping watches the validation loss: pass "
                                 "validation_data=(X_val, Y_val) as well")
-            if not isinstance(early_stopping, int) or early_stopping < 1:
-                raise DataError(f"early_stopping is a patience in epochs (an integer ≥ 1), got "
-                                f"{early_stopping!r}")
+            early_stopping = validate.integer(early_stopping, "early_stopping", low=1,
+                                              error=DataError, where="fit (a patience in epochs)")
+        self._check_params()
         feeds = self._feeds(X, Y)
-        val_feeds = self._feeds(*validation_data) if validation_data is not None else None
+        val_feeds = self._validation_feeds(validation_data)
         data = {k: feeds[k] for k in [s.name for s in (*self.inputs, *self.targets)]}
         rows = _rows(feeds)
         rng = np.random.default_rng(seed) if seed is not None else self._shuffle_rng
@@ -450,27 +477,53 @@ def _epoch_line(epoch, epochs, hist):
 # ---------------------------------------------------------------------- helpers
 
 
-def _symbols(items, what):
+def _symbols(items, what, taken=()):
+    """The data matrices of ``inputs=`` or ``targets=``: MatrixSymbols with sn.batch rows, a fixed
+    positive number of columns and an identifier for a name, each listed once."""
     if isinstance(items, sp.MatrixSymbol):
         items = [items]
+    if not isinstance(items, (list, tuple)):
+        raise DeclarationError(f"{what} must be a list of MatrixSymbols made by sn.Input, e.g. "
+                               f"{what}=[X], got {validate.describe(items)}")
     out = []
     for s in items:
         if not isinstance(s, sp.MatrixSymbol):
             raise DeclarationError(f"{what} must be MatrixSymbols made by sn.Input, got {s!r}")
+        validate.identifier(s.name, what)
         if s.shape[0] != batch:
             raise DeclarationError(
                 f"{what}: {s.name} has {s.shape[0]} rows; data matrices have sn.batch rows "
                 f"(make it with sn.Input({s.name!r}, {s.shape[1]}))")
+        if not (s.shape[1].is_Integer and s.shape[1] > 0):
+            raise DeclarationError(
+                f"{what}: {s.name} has {s.shape[1]} columns; a data matrix has a fixed, positive "
+                f"number of columns (make it with sn.Input({s.name!r}, columns))")
+        if s in out or s in taken:
+            raise DeclarationError(f"{what}: {s.name} is listed twice (as an input or target); "
+                                   f"list each data matrix once")
         out.append(s)
     return out
 
 
+def _arrays(data, symbols, what):
+    """The arrays for ``symbols``: the array itself for one symbol, else a list or tuple of one
+    array per symbol, in order."""
+    if len(symbols) == 1:
+        return [data]
+    names = [s.name for s in symbols]
+    if not isinstance(data, (list, tuple)) or len(data) != len(symbols):
+        raise DataError(f"this model has the {len(symbols)} {what} {names}: pass a list or tuple "
+                        f"with one array for each, in that order; got {validate.describe(data)}")
+    return list(data)
+
+
 def _check_loss(loss, data):
-    if not getattr(loss, "is_Matrix", False) or tuple(loss.shape) != (1, 1):
+    if not isinstance(loss, sp.MatrixExpr) or tuple(loss.shape) != (1, 1):
         shape = getattr(loss, "shape", None)
         raise DeclarationError(
             f"the loss must be a 1×1 matrix expression such as sn.mse(out, Y), got "
             f"{'shape ' + str(shape) if shape else repr(loss)}; reduce it with sn.sum or a loss")
+    validate.computable(loss, "the loss")
     loss = canonical(loss, {batch})
     names = {}
     for s in loss.free_symbols:
@@ -486,7 +539,9 @@ def _check_loss(loss, data):
     return loss
 
 
-def _parameters(loss, data):
+def _parameters(loss, data, bytes_per_entry):
+    """Every MatrixSymbol of the loss that is not data, in order of use; each must have a fixed
+    shape, and all of them must fit in memory at ``bytes_per_entry``."""
     order, _, _ = _dag([loss])
     params = [e for e in order if isinstance(e, sp.MatrixSymbol) and e not in data]
     for p in params:
@@ -494,7 +549,39 @@ def _parameters(loss, data):
             raise DeclarationError(
                 f"{p.name} ({p.shape[0]}×{p.shape[1]}) is not an input or target, so it is a "
                 f"parameter, but its shape is not fixed; list it in inputs= or targets=")
+    validate.fits_in_memory({p.name: (int(p.shape[0]), int(p.shape[1])) for p in params},
+                            bytes_per_entry)
     return params
+
+
+def _bytes_per_entry(dtype, optimizer):
+    """Memory per parameter entry: value, gradient and optimizer state in the model's dtype, and
+    the float64 initial value."""
+    return dtype.itemsize * (2 + len(optimizer.state)) + 8
+
+
+def _check_prediction(prediction, inputs, params):
+    """The prediction in canonical form (None when not given): a matrix expression with one row
+    per input row, computed from the inputs and parameters only."""
+    if prediction is None:
+        return None
+    if not isinstance(prediction, sp.MatrixExpr):
+        raise DeclarationError(f"prediction must be a matrix expression such as the network's "
+                               f"output (prediction=out), got {validate.describe(prediction)}")
+    validate.computable(prediction, "the prediction")
+    if prediction.shape[0] != batch:
+        raise DeclarationError(
+            f"the prediction {prediction} is {prediction.shape[0]}×{prediction.shape[1]}, but "
+            f"predict returns one row per input row; the prediction must have sn.batch rows "
+            f"(pass the network's output, e.g. prediction=out)")
+    expr = canonical(prediction, {batch})
+    stray = {s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)}
+    stray -= set(inputs) | set(params)
+    if stray:
+        raise DeclarationError(
+            f"the prediction uses {sorted(map(str, stray))}, which are not inputs or "
+            f"parameters of the loss; predict() gets only the inputs")
+    return expr
 
 
 def _broadcast_rows(expr) -> set:
@@ -533,22 +620,48 @@ def _activation_of_weights(d):
     return out
 
 
-def _dtype(dtype):
+def _dtype(dtype, what="dtype", error=DeclarationError):
+    """``dtype`` as float32 or float64, the precisions the kernels compute in."""
     try:
-        dt = np.dtype(dtype)
-    except TypeError:
+        dt = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
         dt = None
-    if dt not in (np.dtype("float32"), np.dtype("float64")):
-        raise DeclarationError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if dt is None or dt not in (np.dtype("float32"), np.dtype("float64")):
+        raise error(f"{what} must be 'float32' or 'float64', got {validate.describe(dtype)}; "
+                    f"pass 'float32' (fast) or 'float64' (exact, for gradient checks)")
     return dt
+
+
+def _param_array(value, name, shape, dtype):
+    """``model.params[name]`` checked before a kernel reads it: an array of the declared shape,
+    real and finite, converted to ``dtype`` (C-contiguous, writeable) when it is not."""
+    fix = f"write into the array instead of replacing it: model.params[{name!r}][...] = value"
+    if value is None:
+        raise DataError(f"model.params has no {name!r}; put back an array of shape {shape}, e.g. "
+                        f"model.params[{name!r}] = np.zeros({shape})")
+    if not isinstance(value, np.ndarray) or value.shape != shape:
+        raise DataError(f"model.params[{name!r}] is {validate.describe(value)}, but {name} is "
+                        f"{shape[0]}×{shape[1]}; {fix}")
+    if value.dtype.kind not in "biuf":
+        raise DataError(f"model.params[{name!r}] has dtype {value.dtype}, but parameters are real "
+                        f"numbers; {fix}")
+    value = np.require(value, dtype=dtype, requirements=["C", "A", "W"])
+    if not np.isfinite(value.sum(dtype=np.float64)):  # one pass; exact search only on failure
+        bad = np.argwhere(~np.isfinite(value))
+        if len(bad):
+            row, col = bad[0]
+            raise DataError(f"model.params[{name!r}] has a non-finite value ({value[row, col]}) "
+                            f"in row {row}, column {col}; write finite values into it "
+                            f"(model.params[{name!r}][...] = value)")
+    return value
 
 
 def _as_data(arr, sym, dtype):
     name, cols = sym.name, int(sym.shape[1])
-    a = np.asarray(arr)
-    if a.dtype == object or a.dtype.kind in "USV":
-        raise DataError(f"{name}: expected a numeric array, got dtype {a.dtype}; convert it with "
-                        f"np.asarray(data, dtype=float)")
+    a = validate.real_array(arr, name)
+    if a.ndim == 0:
+        raise DataError(f"{name} is the single number {a.item()!r}; data is a 2-D array with one "
+                        f"row per example and {cols} column(s), of shape (rows, {cols})")
     if a.dtype.kind == "b":
         a = a.astype(dtype)
     if a.ndim == 1 and cols == 1:
@@ -560,10 +673,15 @@ def _as_data(arr, sym, dtype):
     if a.shape[0] == 0:
         raise DataError(f"{name}: the data has no rows (shape {a.shape}); pass at least one "
                         f"example")
-    a = np.ascontiguousarray(a, dtype=dtype)
-    bad = ~np.isfinite(a)
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(a, dtype=dtype)
+    bad = ~np.isfinite(converted)
     if bad.any():
         row, col = np.argwhere(bad)[0]
+        if np.isfinite(a[row, col]):
+            raise DataError(f"{name} has the value {a[row, col]} in row {row}, column {col}, too "
+                            f"large for {dtype.name} (at most {np.finfo(dtype).max:.4g}); scale "
+                            f"the data, or compile with dtype='float64'")
         raise DataError(f"{name} has a non-finite value ({a[row, col]}) in row {row}, column "
                         f"{col}; clean or impute the data first")
-    return a
+    return converted

@@ -13,6 +13,7 @@ import sympy as sp
 
 from codegen.ir import UPDATE_SYMBOLS, Update
 
+from . import validate
 from .errors import DeclarationError
 from .schedules import Schedule
 
@@ -24,13 +25,20 @@ def _var(name):
     return sp.Symbol(name, real=True)
 
 
-def _check(name, value, low=0.0, high=None, strict=False):
-    bad = not isinstance(value, (int, float)) or isinstance(value, bool)
-    bad = bad or value < low or (strict and value == low) or (high is not None and value >= high)
-    if bad:
-        rng = f"{'>' if strict else '≥'} {low}" + (f" and < {high}" if high is not None else "")
-        raise DeclarationError(f"optimizer hyperparameter {name}={value!r} must be a number {rng}")
-    return value
+def _rate(owner, name, value, example):
+    """A hyperparameter that must be a finite number > 0 (lr, clip_norm)."""
+    return validate.number(value, name, above=0, example=example, where=type(owner).__name__)
+
+
+def _non_negative(owner, name, value, example=0.0):
+    """A hyperparameter that must be a finite number ≥ 0 (eps, weight_decay, lr_decay)."""
+    return validate.number(value, name, low=0, example=example, where=type(owner).__name__)
+
+
+def _fraction(owner, name, value, example):
+    """A decay factor in [0, 1) (momentum, alpha, rho, betas)."""
+    return validate.number(value, name, low=0, below=1, example=example,
+                           where=type(owner).__name__)
 
 
 class Optimizer:
@@ -43,8 +51,8 @@ class Optimizer:
         if isinstance(lr, Schedule):
             self.lr = lr
         else:
-            self.lr = _check("lr", lr, strict=True)
-        self.clip_norm = None if clip_norm is None else _check("clip_norm", clip_norm, strict=True)
+            self.lr = _rate(self, "lr", lr, 0.01)
+        self.clip_norm = None if clip_norm is None else _rate(self, "clip_norm", clip_norm, 1.0)
 
     def steps(self) -> list[tuple[sp.Symbol, sp.Expr]]:
         raise NotImplementedError
@@ -81,12 +89,12 @@ class SGD(Optimizer):
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
-        self.momentum = _check("momentum", momentum, high=1.0)
-        self.nesterov = bool(nesterov)
-        self.weight_decay = _check("weight_decay", weight_decay)
-        if nesterov and momentum == 0:
+        self.momentum = _fraction(self, "momentum", momentum, 0.9)
+        self.nesterov = validate.flag(nesterov, "nesterov", where="SGD")
+        self.weight_decay = _non_negative(self, "weight_decay", weight_decay)
+        if self.nesterov and self.momentum == 0:
             raise DeclarationError("SGD(nesterov=True) needs momentum > 0")
-        self.state = ("buf",) if momentum else ()
+        self.state = ("buf",) if self.momentum else ()
 
     def steps(self):
         steps, grad = _decay(self.weight_decay), g
@@ -104,9 +112,9 @@ class AdaGrad(Optimizer):
 
     def __init__(self, lr=0.01, lr_decay=0.0, eps=1e-10, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
-        self.lr_decay = _check("lr_decay", lr_decay)
-        self.eps = _check("eps", eps)
-        self.weight_decay = _check("weight_decay", weight_decay)
+        self.lr_decay = _non_negative(self, "lr_decay", lr_decay)
+        self.eps = _non_negative(self, "eps", eps, 1e-10)
+        self.weight_decay = _non_negative(self, "weight_decay", weight_decay)
 
     def steps(self):
         s = _var("sum")
@@ -121,13 +129,13 @@ class RMSProp(Optimizer):
     def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, clip_norm=None):
         super().__init__(lr, clip_norm)
-        self.alpha = _check("alpha", alpha, high=1.0)
-        self.eps = _check("eps", eps)
-        self.weight_decay = _check("weight_decay", weight_decay)
-        self.momentum = _check("momentum", momentum, high=1.0)
-        self.centered = bool(centered)
-        self.state = ("square_avg",) + (("grad_avg",) if centered else ()) + (
-            ("buf",) if momentum else ())
+        self.alpha = _fraction(self, "alpha", alpha, 0.99)
+        self.eps = _non_negative(self, "eps", eps, 1e-8)
+        self.weight_decay = _non_negative(self, "weight_decay", weight_decay)
+        self.momentum = _fraction(self, "momentum", momentum, 0.9)
+        self.centered = validate.flag(centered, "centered", where="RMSProp")
+        self.state = ("square_avg",) + (("grad_avg",) if self.centered else ()) + (
+            ("buf",) if self.momentum else ())
 
     def steps(self):
         sq, ga, buf = _var("square_avg"), _var("grad_avg"), _var("buf")
@@ -150,9 +158,9 @@ class AdaDelta(Optimizer):
 
     def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
-        self.rho = _check("rho", rho, high=1.0)
-        self.eps = _check("eps", eps)
-        self.weight_decay = _check("weight_decay", weight_decay)
+        self.rho = _fraction(self, "rho", rho, 0.9)
+        self.eps = _non_negative(self, "eps", eps, 1e-6)
+        self.weight_decay = _non_negative(self, "weight_decay", weight_decay)
 
     def steps(self):
         sq, acc, delta = _var("square_avg"), _var("acc_delta"), _var("delta")
@@ -173,10 +181,12 @@ class Adam(Optimizer):
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise DeclarationError(f"betas must be a pair such as (0.9, 0.999), got {betas!r}")
-        self.betas = (_check("betas[0]", betas[0], high=1.0), _check("betas[1]", betas[1], high=1.0))
-        self.eps = _check("eps", eps)
-        self.weight_decay = _check("weight_decay", weight_decay)
+            raise DeclarationError(f"{type(self).__name__}: betas must be a pair such as "
+                                   f"(0.9, 0.999), got {validate.describe(betas)}")
+        self.betas = (_fraction(self, "betas[0]", betas[0], 0.9),
+                      _fraction(self, "betas[1]", betas[1], 0.999))
+        self.eps = _non_negative(self, "eps", eps, 1e-8)
+        self.weight_decay = _non_negative(self, "weight_decay", weight_decay)
 
     def _adam(self):
         m, v = _var("m"), _var("v")

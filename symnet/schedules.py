@@ -12,6 +12,7 @@ import sympy as sp
 
 from codegen.ir import UPDATE_SYMBOLS
 
+from . import validate
 from .errors import DeclarationError
 
 t = UPDATE_SYMBOLS["t"]
@@ -23,26 +24,30 @@ class Schedule:
     def __init__(self, name: str, expr: sp.Expr, base: float):
         self.name = name
         self.expr = expr
-        self.base = base
+        self.base = float(base)  # a plain float whatever number type came in: saved as JSON
 
     def __call__(self, step: int) -> float:
-        return float(self.expr.subs(t, step))
+        return float(self.expr.subs(t, validate.integer(step, "step", low=1, where=self.name)))
 
     def __repr__(self):
         return f"{self.name}: lr(t) = {sp.sstr(self.expr)}"
 
 
 def _positive(name, value, allow_zero=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise DeclarationError(f"schedule argument {name}={value!r} must be a "
-                               f"{'non-negative' if allow_zero else 'positive'} number")
+    """A schedule argument as a SymPy number: finite, and > 0 (≥ 0 with ``allow_zero``)."""
+    bound = {"low": 0} if allow_zero else {"above": 0}
+    value = validate.number(value, name, **bound, where="schedule")
     return sp.Float(value) if isinstance(value, float) else sp.Integer(value)
+
+
+def _count(name, value):
+    """A number of steps or periods (every, step_size, total, steps): an integer ≥ 1."""
+    return sp.Integer(validate.integer(value, name, low=1, where="schedule"))
 
 
 def _epoch(every):
     """The decay clock: ⌊(t − 1)/every⌋, which is 0 during the first ``every`` steps."""
-    return sp.floor((t - 1) / _positive("every", every))
+    return sp.floor((t - 1) / _count("every", every))
 
 
 def constant(lr: float) -> Schedule:
@@ -53,7 +58,7 @@ def step(lr: float, step_size: int, gamma: float = 0.1, every: int = 1) -> Sched
     """lr·γ^⌊k/step_size⌋ after k decay periods (torch's StepLR)."""
     k = _epoch(every)
     return Schedule("step", _positive("lr", lr) * _positive("gamma", gamma)
-                    ** sp.floor(k / _positive("step_size", step_size)), lr)
+                    ** sp.floor(k / _count("step_size", step_size)), lr)
 
 
 def exponential(lr: float, gamma: float, every: int = 1) -> Schedule:
@@ -78,7 +83,8 @@ def inverse_time(lr: float, decay: float, every: int = 1) -> Schedule:
 def cosine(lr: float, total: int, lr_min: float = 0.0, every: int = 1) -> Schedule:
     """lr_min + (lr − lr_min)(1 + cos(π·k/total))/2, held at lr_min after ``total`` periods
     (torch's CosineAnnealingLR for one half-period)."""
-    k = sp.Min(_epoch(every), _positive("total", total))
+    total = _count("total", total)
+    k = sp.Min(_epoch(every), total)
     lo = _positive("lr_min", lr_min, True)
     return Schedule("cosine", lo + (_positive("lr", lr) - lo) * (1 + sp.cos(sp.pi * k / total)) / 2,
                     lr)
@@ -86,15 +92,19 @@ def cosine(lr: float, total: int, lr_min: float = 0.0, every: int = 1) -> Schedu
 
 def warmup(lr: float, steps: int, after: Schedule | None = None) -> Schedule:
     """A linear ramp lr·t/steps over the first ``steps`` steps, then ``after`` (default: lr)."""
-    ramp = _positive("lr", lr) * t / _positive("steps", steps)
-    rest = after.expr if after is not None else sp.Float(lr)
-    return Schedule("warmup", sp.Piecewise((ramp, t < steps), (rest, True)), lr)
+    if after is not None and not isinstance(after, Schedule):
+        raise DeclarationError(f"schedule: warmup(after=...) must be a schedule such as "
+                               f"sn.schedules.cosine(0.1, 1000), or None, got "
+                               f"{validate.describe(after)}")
+    lr_, steps = _positive("lr", lr), _count("steps", steps)
+    rest = after.expr if after is not None else sp.Float(lr_)
+    return Schedule("warmup", sp.Piecewise((lr_ * t / steps, t < steps), (rest, True)), lr)
 
 
 def cyclic(lr: float, max_lr: float, step_size: int) -> Schedule:
     """The triangular cycle between lr and max_lr, ``step_size`` steps each way (torch's
     CyclicLR, mode "triangular")."""
-    size = _positive("step_size", step_size)
+    size = _count("step_size", step_size)
     k = t - 1
     cycle = sp.floor(1 + k / (2 * size))
     x = sp.Abs(k / size - 2 * cycle + 1)

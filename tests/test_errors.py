@@ -144,3 +144,226 @@ def test_bad_batch_size(model, bs):
 def test_every_error_is_a_symnet_error():
     for cls in (sn.ShapeError, sn.DeclarationError, sn.DifferentiationError, sn.DataError):
         assert issubclass(cls, sn.SymnetError)
+
+
+# --------------------------------------------------- NumPy numbers are numbers (issue 23, 8)
+
+
+def fresh(optimizer=None, seed=0, backend="numpy", dtype="float32"):
+    X, Y, out = net()
+    return sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=seed,
+                      optimizer=optimizer, backend=backend, dtype=dtype)
+
+
+def test_numpy_integers_for_epochs_batch_size_and_seeds_train_as_python_ints():
+    X, Y = make_data(n=12, out=3, kind="real")
+    a, b = fresh(seed=np.int64(0)), fresh(seed=0)
+    ha = a.fit(X, Y, epochs=np.int64(2), batch_size=np.int32(4), seed=np.uint8(3), verbose=False)
+    hb = b.fit(X, Y, epochs=2, batch_size=4, seed=3, verbose=False)
+    assert len(ha.loss) == 2 and ha.loss == hb.loss
+    np.testing.assert_array_equal(a.predict(X, batch_size=np.int64(5)), b.predict(X))
+    assert a.evaluate(X, Y, batch_size=np.int16(3)) == pytest.approx(b.evaluate(X, Y))
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: sn.optim.SGD(lr=v(0.1), momentum=v(0.9), weight_decay=v(1e-3), clip_norm=v(5.0)),
+    lambda v: sn.optim.Adam(lr=v(0.01), betas=(v(0.9), v(0.999)), eps=v(1e-8)),
+    lambda v: sn.optim.RMSProp(lr=v(0.01), alpha=v(0.9), momentum=v(0.5)),
+    lambda v: sn.optim.AdaDelta(rho=v(0.9), eps=v(1e-6)),
+    lambda v: sn.optim.AdaGrad(lr=v(0.1), lr_decay=v(0.01)),
+    lambda v: sn.optim.SGD(lr=sn.schedules.cosine(v(0.1), np.int64(10), lr_min=v(0.01))),
+], ids=["SGD", "Adam", "RMSProp", "AdaDelta", "AdaGrad", "cosine"])
+def test_numpy_float_hyperparameters_give_the_numbers_of_python_floats(make):
+    X, Y = make_data(n=12, out=3, kind="real")
+    a, b = fresh(make(np.float64)), fresh(make(float))
+    a.fit(X, Y, epochs=3, batch_size=4, verbose=False)
+    b.fit(X, Y, epochs=3, batch_size=4, verbose=False)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
+
+
+def test_float32_hyperparameters_are_accepted_and_saved_as_plain_floats(tmp_path):
+    opt = sn.optim.Adam(lr=np.float32(1e-3), betas=(np.float32(0.9), np.float32(0.999)),
+                        eps=np.float32(1e-7), clip_norm=np.float32(1.0))
+    assert type(opt.lr) is float and opt.lr == float(np.float32(1e-3))
+    assert all(type(b) is float for b in opt.betas)
+    model = fresh(opt)
+    X, Y = make_data(n=12, out=3, kind="real")
+    assert np.isfinite(model.fit(X, Y, epochs=2, verbose=False).loss).all()
+    model.save(tmp_path / "m.npz")  # the hyperparameters go into JSON
+    assert sn.load(tmp_path / "m.npz").optimizer.betas == opt.betas
+
+
+def test_declarations_accept_numpy_integers_and_floats():
+    X = sn.Input("X", np.int64(4))
+    h = sn.dense(X, np.int32(3), sn.leaky_relu(np.float64(0.1)))
+    out = sn.dense(h, np.int64(2), sn.maxout(np.int64(2)))
+    reg = sn.l2(np.float32(0.5), *sn.weights(out))
+    assert X.shape[1] == 4 and out.shape == (sn.batch, 2) and reg.shape == (1, 1)
+    assert sn.leaky_relu(np.float64(0.1)) is sn.leaky_relu(0.1)
+
+
+# ------------------------------------------------------------ the messages of the main refusals
+
+
+def test_complex_data_says_to_pass_the_real_part(model):
+    X, Y = make_data(out=3, kind="real")
+    with pytest.raises(sn.DataError, match=r"X has complex values.*pass the real part explicitly "
+                                           r"\(np\.real\(X\)\)"):
+        model.fit(X + 1j, Y, verbose=False)
+
+
+def test_validation_data_that_is_not_a_pair_says_how_to_pass_it(model):
+    X, Y = make_data(out=3, kind="real")
+    with pytest.raises(sn.DataError, match=r"validation_data must be the tuple \(X_val, Y_val\), "
+                                           r"got an array of shape \(5, 4\)"):
+        model.fit(X, Y, validation_data=X, verbose=False)
+
+
+def test_non_finite_learning_rate_names_the_optimizer_and_argument():
+    with pytest.raises(sn.DeclarationError, match=r"SGD: lr must be a finite real number > 0, "
+                                                  r"got nan"):
+        sn.optim.SGD(lr=float("nan"))
+    with pytest.raises(sn.DeclarationError, match=r"Adam: betas\[1\] must be .* < 1, got inf"):
+        sn.optim.Adam(betas=(0.9, float("inf")))
+
+
+def test_seed_that_is_not_an_integer():
+    X, Y, out = net()
+    with pytest.raises(sn.DeclarationError, match="seed must be None or a non-negative integer, "
+                                                  "got 'abc'"):
+        sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], seed="abc", backend="numpy")
+
+
+def test_prediction_without_batch_rows_is_refused():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    W = sp.MatrixSymbol("W", 4, 3)
+    with pytest.raises(sn.DeclarationError, match="predict returns one row per input row; the "
+                                                  "prediction must have sn.batch rows"):
+        sn.compile(sn.mse(X * W, Y), inputs=[X], targets=[Y], prediction=W, backend="numpy")
+
+
+@pytest.mark.parametrize("node", [sp.Trace, sp.Determinant])
+def test_a_scalar_that_reads_a_matrix_is_named(node):
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    W, V = sp.MatrixSymbol("W", 4, 3), sp.MatrixSymbol("V", 3, 3)
+    with pytest.raises(sn.DifferentiationError, match=f"cannot differentiate {node.__name__} in"):
+        sn.compile(node(V) * sn.mse(X * W, Y), inputs=[X], targets=[Y], backend="numpy")
+
+
+def test_piecewise_without_otherwise_says_to_add_it():
+    x = sp.Symbol("x")
+    with pytest.raises(sn.DeclarationError, match=r"has no otherwise branch.*add \(value, True\) "
+                                                  r"as its last piece"):
+        sn.activation("half", sp.Piecewise((x, x > 0)), x)
+
+
+def test_imaginary_unit_in_the_loss_is_refused():
+    X, Y, out = net()
+    with pytest.raises(sn.DeclarationError, match="the loss contains the constant I, which is "
+                                                  "not a finite real number"):
+        sn.compile(sp.I * sn.mse(out, Y), inputs=[X], targets=[Y], backend="numpy")
+
+
+def test_a_parameter_too_large_for_memory_is_named_before_anything_is_allocated():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    W, V = sp.MatrixSymbol("W", 4, 10**9), sp.MatrixSymbol("V", 10**9, 3)
+    with pytest.raises(sn.DeclarationError, match=r"the largest is W \(4×1000000000\)"):
+        sn.compile(sn.mse(X * W * V, Y), inputs=[X], targets=[Y], backend="numpy")
+
+
+def test_names_that_are_not_identifiers_never_reach_generated_code():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    W = sp.MatrixSymbol("W\ndef _f(a=__import__('os').system('true')):#", 4, 3)
+    with pytest.raises(sn.DeclarationError, match="cannot name a matrix"):
+        sn.compile(sn.mse(X * W, Y), inputs=[X], targets=[Y])
+    x = sp.Symbol("x")
+    with pytest.raises(sn.DeclarationError, match="activation name"):
+        sn.activation("sq\nimport os", x**2, x)
+    assert sn.activation("sq[0.5]", x**2 / 2, x).name == "sq[0.5]"  # the library's own form
+
+
+def test_data_too_large_for_float32_says_so(model):
+    X, Y = make_data(out=3, kind="real")
+    X[2, 1] = 1e39
+    with pytest.raises(sn.DataError, match=r"row 2, column 1, too large for float32"):
+        model.predict(X)
+    assert np.isfinite(fresh(dtype="float64").predict(X)).all()
+
+
+def test_several_inputs_come_as_a_list_or_tuple():
+    X1, X2, Y = sn.Input("X1", 2), sn.Input("X2", 3), sn.Input("Y", 1)
+    W1, W2 = sp.MatrixSymbol("W1", 2, 1), sp.MatrixSymbol("W2", 3, 1)
+    model = sn.compile(sn.mse(X1 * W1 + X2 * W2, Y), inputs=[X1, X2], targets=[Y],
+                       backend="numpy")
+    a, b, y = np.ones((4, 2)), np.ones((4, 3)), np.ones((4, 1))
+    loss, _ = model.loss_and_grad((a, b), y)
+    assert loss == model.loss_and_grad([a, b], y)[0]
+    with pytest.raises(sn.DataError, match=r"the 2 inputs \['X1', 'X2'\]: pass a list or tuple"):
+        model.loss_and_grad(a, y)
+
+
+# -------------------------------------------------------- model.params replaced by the user
+
+
+def test_a_replaced_parameter_says_to_write_into_the_array(model):
+    X, Y = make_data(out=3, kind="real")
+    live = model.params["W1"]
+    model.params["W1"] = np.zeros((2, 2))
+    try:
+        with pytest.raises(sn.DataError, match=r"model.params\['W1'\] is an array of shape "
+                                               r"\(2, 2\).*but W1 is 4×5; write into the array "
+                                               r"instead of replacing it: "
+                                               r"model.params\['W1'\]\[\.\.\.\] = value"):
+            model.fit(X, Y, verbose=False)
+    finally:
+        model.params["W1"] = live
+
+
+def test_a_replaced_parameter_is_refused_before_the_numba_kernel_runs():
+    X, Y = make_data(out=3, kind="real")
+    model = fresh(backend="numba")
+    before = {k: v.copy() for k, v in model.params.items()}
+    model.params["W2"] = np.zeros((3, 5))  # the transpose: OpenBLAS would print "illegal value"
+    for call in (lambda: model.fit(X, Y, verbose=False), lambda: model.predict(X),
+                 lambda: model.loss_and_grad(X, Y), lambda: model.evaluate(X, Y)):
+        with pytest.raises(sn.DataError, match="model.params\\['W2'\\]"):
+            call()
+    model.params["W2"] = before["W2"]
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_a_parameter_of_another_dtype_or_layout_is_converted_and_stays_live():
+    X, _ = make_data(out=3, kind="real")
+    a, b = fresh(), fresh()
+    w = np.random.default_rng(1).normal(size=(4, 5))
+    a.params["W1"][...] = w
+    b.params["W1"] = np.asfortranarray(w)  # float64, column-major
+    np.testing.assert_array_equal(b.predict(X), a.predict(X))
+    stored = b.params["W1"]
+    assert stored.dtype == np.float32 and stored.flags.c_contiguous
+    stored[...] = 0  # the converted array is the live one
+    np.testing.assert_array_equal(b.predict(X), b.predict(X * 0))
+
+
+def test_a_non_finite_parameter_is_named_with_its_entry(model):
+    X, Y = make_data(out=3, kind="real")
+    old = model.params["b2"][0, 1]
+    model.params["b2"][0, 1] = np.inf
+    try:
+        with pytest.raises(sn.DataError, match=r"model.params\['b2'\] has a non-finite value "
+                                               r"\(inf\) in row 0, column 1"):
+            model.loss_and_grad(X, Y)
+    finally:
+        model.params["b2"][0, 1] = old
+
+
+def test_gradcheck_leaves_the_users_arrays_in_model_params(model):
+    X, Y = make_data(out=3, kind="real")
+    arrays = dict(model.params)
+    before = {k: v.copy() for k, v in arrays.items()}
+    assert sn.gradcheck(model, X, Y, max_entries=3) < 1e-3
+    for k, v in model.params.items():
+        assert v is arrays[k]
+        np.testing.assert_array_equal(v, before[k])

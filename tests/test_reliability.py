@@ -99,7 +99,36 @@ def _with(a, row, value):
     return a
 
 
+def _replaced(name, value):
+    """A fresh model whose parameter ``name`` the user replaced by ``value`` (deleted: None)."""
+    m = small_model()
+    if value is None:
+        del m.params[name]
+    else:
+        m.params[name] = value
+    return m
+
+
+def _written(name, value):
+    """A fresh model with ``value`` written into entry (0, 0) of parameter ``name``."""
+    m = small_model()
+    m.params[name][0, 0] = value
+    return m
+
+
+def _compile(loss, **kw):
+    """Compile ``loss`` of the inputs X4 and targets Y3 on the numpy backend."""
+    return sn.compile(loss, **{"inputs": [X4], "targets": [Y3], "backend": "numpy", **kw})
+
+
+def _linear(**kw):
+    """The one-layer model X4·W → Y3 with a raw W, compiled with ``kw``."""
+    return _compile(sn.mse(X4 * W43, Y3), **kw)
+
+
 X4, Y3 = sn.Input("X", 4), sn.Input("Y", 3)
+W43, V33, x_ = sp.MatrixSymbol("W", 4, 3), sp.MatrixSymbol("V", 3, 3), sp.Symbol("x")
+nan, inf = float("nan"), float("inf")
 BAD = {
     "free scalar symbol": lambda m: sn.compile(sp.Symbol("k") * sn.mse(sn.dense(X4, 3), Y3),
                                                inputs=[X4], targets=[Y3]),
@@ -149,6 +178,136 @@ BAD = {
     "function the numba backend cannot print": lambda m: sn.compile(
         sn.mse(sn.dense(X4, 3, sn.activation("bessel", sp.besselj(0, sp.Symbol("x")),
                                              sp.Symbol("x"))), Y3), inputs=[X4], targets=[Y3]),
+    # optimizers and schedules (issue 23, finding 5): NaN passes < and >=, inf had no bound
+    "lr nan": lambda m: sn.optim.SGD(lr=nan),
+    "lr inf": lambda m: sn.optim.Adam(lr=inf),
+    "lr bool": lambda m: sn.optim.SGD(lr=True),
+    "momentum inf": lambda m: sn.optim.SGD(momentum=inf),
+    "momentum nan": lambda m: sn.optim.RMSProp(momentum=nan),
+    "Adam eps nan": lambda m: sn.optim.Adam(eps=nan),
+    "betas nan": lambda m: sn.optim.Adam(betas=(nan, 0.999)),
+    "betas not a pair": lambda m: sn.optim.Adam(betas=0.9),
+    "clip_norm nan": lambda m: sn.optim.SGD(clip_norm=nan),
+    "clip_norm inf": lambda m: sn.optim.Adam(clip_norm=inf),
+    "weight_decay inf": lambda m: sn.optim.AdamW(weight_decay=inf),
+    "weight_decay nan": lambda m: sn.optim.SGD(weight_decay=nan),
+    "alpha nan": lambda m: sn.optim.RMSProp(alpha=nan),
+    "rho nan": lambda m: sn.optim.AdaDelta(rho=nan),
+    "lr_decay inf": lambda m: sn.optim.AdaGrad(lr_decay=inf),
+    "nesterov as text": lambda m: sn.optim.SGD(momentum=0.9, nesterov="no"),
+    "centered as a number": lambda m: sn.optim.RMSProp(centered=2),
+    "schedule lr nan": lambda m: sn.schedules.cosine(nan, 100),
+    "schedule gamma inf": lambda m: sn.schedules.exponential(0.1, inf),
+    "schedule decay nan": lambda m: sn.schedules.inverse_time(0.1, nan),
+    "schedule total as text": lambda m: sn.schedules.cosine(0.1, "100"),
+    "schedule max_lr inf": lambda m: sn.schedules.cyclic(0.1, inf, 10),
+    "warmup after a number": lambda m: sn.schedules.warmup(0.1, 10, after=0.01),
+    # compile arguments
+    "seed as text": lambda m: _linear(seed="abc"),
+    "seed negative": lambda m: _linear(seed=-1),
+    "seed float": lambda m: _linear(seed=1.5),
+    "backend in a list": lambda m: _linear(backend=["numba"]),
+    "dtype float16": lambda m: _linear(dtype="float16"),
+    "dtype int": lambda m: _linear(dtype=int),
+    "dtype None": lambda m: _linear(dtype=None),
+    "init in a list": lambda m: _linear(init=["auto"]),
+    "inputs not a list": lambda m: _linear(inputs=3),
+    "input also a target": lambda m: _linear(inputs=[X4, Y3]),
+    "input with 0 columns": lambda m: sn.compile(
+        sn.sum(sp.MatrixSymbol("X", n, 0) * sp.MatrixSymbol("W", 0, 3)),
+        inputs=[sp.MatrixSymbol("X", n, 0)], backend="numpy"),
+    "parameter with 0 rows": lambda m: _compile(
+        sn.mse(X4 * W43 + sp.OneMatrix(n, 0) * sp.MatrixSymbol("b", 0, 3), Y3)),
+    "parameter of 10^9×10^9": lambda m: _compile(sn.mse(
+        X4 * sp.MatrixSymbol("U", 4, 10**9) * sp.MatrixSymbol("V", 10**9, 10**9)
+        * sp.MatrixSymbol("T", 10**9, 3), Y3)),
+    "prediction a number": lambda m: _linear(prediction=3),
+    "prediction without batch rows": lambda m: _linear(prediction=W43),
+    "matrix name not an identifier": lambda m: _compile(sn.mse(X4 * sp.MatrixSymbol("W-1", 4, 3),
+                                                               Y3)),
+    "matrix name with code": lambda m: _compile(sn.mse(
+        X4 * sp.MatrixSymbol("W\nimport os", 4, 3), Y3)),
+    "matrix name a keyword": lambda m: _compile(sn.mse(X4 * sp.MatrixSymbol("def", 4, 3), Y3)),
+    "input name not an identifier": lambda m: sn.compile(
+        sn.sum(sp.MatrixSymbol("X 1", n, 4) * W43), inputs=[sp.MatrixSymbol("X 1", n, 4)]),
+    # declarations the kernels cannot compute (issue 23, findings 7 and 8)
+    "I in the loss": lambda m: _compile(sp.I * sn.mse(X4 * W43, Y3)),
+    "complex constant in the loss": lambda m: _compile((2 + 3 * sp.I) * sn.mse(X4 * W43, Y3)),
+    "I inside an elementwise body": lambda m: _compile(
+        sn.mse((X4 * W43).applyfunc(sp.Lambda(x_, sp.I * x_)), Y3)),
+    "zoo in the loss": lambda m: _compile(sp.zoo * sn.mse(X4 * W43, Y3)),
+    "oo in the loss": lambda m: _compile(sn.mse(X4 * W43, Y3) + sp.oo * sp.Identity(1)),
+    "nan in an elementwise body": lambda m: _compile(
+        sn.mse((X4 * W43).applyfunc(sp.Lambda(x_, x_ + sp.nan)), Y3)),
+    "Trace in the loss": lambda m: _compile(sp.Trace(V33) * sn.mse(X4 * W43, Y3)),
+    "Determinant in the loss": lambda m: _compile(sp.Determinant(V33) * sn.mse(X4 * W43, Y3)),
+    "matrix entry in the loss": lambda m: _compile(sn.mse(V33[0, 1] * X4 * W43, Y3)),
+    "Piecewise without otherwise": lambda m: sn.activation(
+        "pw", sp.Piecewise((x_, x_ > 0)), x_),
+    "Piecewise without otherwise in the loss": lambda m: _compile(
+        sn.mse((X4 * W43).applyfunc(sp.Lambda(x_, sp.Piecewise((x_, x_ > 0)))), Y3)),
+    "activation with I": lambda m: sn.activation("c", sp.I * x_, x_),
+    "activation name with a space": lambda m: sn.activation("my act", x_**2, x_),
+    "activation name with code": lambda m: sn.activation("f[1]\nimport os", x_**2, x_),
+    "activation latex not text": lambda m: sn.activation("sq", x_**2, x_, latex=3),
+    "leaky_relu alpha inf": lambda m: sn.leaky_relu(inf),
+    "elu alpha nan": lambda m: sn.elu(nan),
+    "maxout k float": lambda m: sn.maxout(2.0),
+    "l2 lam nan": lambda m: sn.l2(nan, W43),
+    "l1 lam inf": lambda m: sn.l1(inf, W43),
+    "l2 lam as text": lambda m: sn.l2("0.1", W43),
+    "weights of a number": lambda m: sn.weights(3),
+    "dense units float": lambda m: sn.dense(X4, 2.5),
+    "dense x a number": lambda m: sn.dense(3, 2),
+    "Input columns bool": lambda m: sn.Input("X", True),
+    "Input name a keyword": lambda m: sn.Input("class", 3),
+    # fit, predict, evaluate, loss_and_grad, gradcheck arguments
+    "validation_data not a pair": lambda m: m.fit(_x(), _y(), validation_data=_x(), verbose=False),
+    "validation_data of three": lambda m: m.fit(_x(), _y(), validation_data=(_x(), _y(), _y()),
+                                                verbose=False),
+    "epochs bool": lambda m: m.fit(_x(), _y(), epochs=True, verbose=False),
+    "epochs float": lambda m: m.fit(_x(), _y(), epochs=2.0, verbose=False),
+    "early_stopping float": lambda m: m.fit(_x(), _y(), validation_data=(_x(), _y()),
+                                            early_stopping=1.5, verbose=False),
+    "shuffle as text": lambda m: m.fit(_x(), _y(), shuffle="no", verbose=False),
+    "fit seed as text": lambda m: m.fit(_x(), _y(), seed="abc", verbose=False),
+    "predict batch_size 0": lambda m: m.predict(_x(), batch_size=0),
+    "predict batch_size negative": lambda m: m.predict(_x(), batch_size=-1),
+    "predict batch_size float": lambda m: m.predict(_x(), batch_size=2.0),
+    "evaluate batch_size 0": lambda m: m.evaluate(_x(), _y(), batch_size=0),
+    "loss_and_grad dtype float16": lambda m: m.loss_and_grad(_x(), _y(), dtype="float16"),
+    "loss_and_grad dtype int": lambda m: m.loss_and_grad(_x(), _y(), dtype=int),
+    "gradcheck eps as text": lambda m: sn.gradcheck(m, _x(), _y(), eps="1e-5"),
+    "gradcheck eps nan": lambda m: sn.gradcheck(m, _x(), _y(), eps=nan),
+    "gradcheck max_entries 0": lambda m: sn.gradcheck(m, _x(), _y(), max_entries=0),
+    "gradcheck of a non-model": lambda m: sn.gradcheck("model", _x(), _y()),
+    "evaluate a number": lambda m: sn.evaluate(3, {}),
+    "evaluate values not a dict": lambda m: sn.evaluate(X4 * W43, [_x()]),
+    "evaluate complex values": lambda m: sn.evaluate(X4 * W43, {"X": _x() + 1j,
+                                                                "W": np.ones((4, 3))}),
+    # data
+    "complex inputs": lambda m: m.fit(_x() + 1j, _y(), verbose=False),
+    "complex targets": lambda m: m.loss_and_grad(_x(), _y() * (1 + 0j)),
+    "ragged list": lambda m: m.predict([[1, 2, 3, 4], [1, 2]]),
+    "numpy scalar as data": lambda m: m.predict(np.float64(3)),
+    "0-d array as data": lambda m: m.predict(np.array(2.0)),
+    "n×0 data": lambda m: m.predict(np.zeros((3, 0))),
+    "datetime data": lambda m: m.predict(np.zeros((2, 4), dtype="datetime64[s]")),
+    "value too large for float32": lambda m: m.predict(_with(_x(), 1, 1e300)),
+    "targets for a model without targets": lambda m: sn.compile(
+        sn.sum(X4 * W43), inputs=[X4], backend="numpy").loss_and_grad(_x(), _y()),
+    "one array for two inputs": lambda m: _compile(
+        sn.mse(X4 * W43 + sp.MatrixSymbol("X2", n, 2) * sp.MatrixSymbol("W2", 2, 3), Y3),
+        inputs=[X4, sp.MatrixSymbol("X2", n, 2)]).loss_and_grad(_x(), _y()),
+    # model.params replaced or spoiled by the user
+    "param replaced by 2×2": lambda m: _replaced("W1", np.zeros((2, 2))).fit(_x(), _y(),
+                                                                           verbose=False),
+    "param replaced by a list": lambda m: _replaced("b1", [[0.0] * 5]).predict(_x()),
+    "param replaced by complex": lambda m: _replaced("W2", np.zeros((5, 3), complex)).predict(_x()),
+    "param deleted": lambda m: _replaced("b2", None).evaluate(_x(), _y()),
+    "param added": lambda m: _replaced("X", np.zeros((6, 4))).loss_and_grad(_x(), _y()),
+    "NaN written into a param": lambda m: _written("W1", np.nan).loss_and_grad(_x(), _y()),
+    "inf written into a param": lambda m: sn.gradcheck(_written("b1", np.inf), _x(), _y()),
     "load missing": lambda m: sn.load("/nonexistent/model.npz"),
     "fashion missing": lambda m: sn.datasets.load_fashion_mnist("/nonexistent"),
     "idx missing": lambda m: sn.datasets.load_idx("/nonexistent"),

@@ -1,0 +1,257 @@
+"""Argument checks for the public API.
+
+Every public entry point checks its arguments here, so a bad value stops at the call that made
+it with a :class:`SymnetError` naming the argument, what was given, what is expected and the
+fix — instead of a NumPy, SymPy or numba traceback from deep inside. Declaration, compile and
+optimizer arguments raise :class:`DeclarationError`; data and the arguments of fit, predict,
+evaluate and loss_and_grad raise :class:`DataError` (pass ``error=``).
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import numbers
+import os
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
+from .errors import DataError, DeclarationError
+
+# --------------------------------------------------------------------------------- scalars
+
+
+def describe(value) -> str:
+    """``value`` as an error message shows it: arrays by shape and dtype, long sequences by
+    length, anything else by its repr (shortened) and, where the repr hides it, its type."""
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > 60:
+        if isinstance(value, (list, tuple)):
+            return f"a {type(value).__name__} of length {len(value)}"
+        text = text[:57] + "..."
+    if isinstance(value, (bool, str, int, float, list, tuple)) or value is None:
+        return text
+    return f"{text} ({type(value).__name__})"
+
+
+def integer(value, name: str, *, low: int | None = None, high: int | None = None,
+            error: type = DeclarationError, where: str = "") -> int:
+    """``value`` as a Python int in [low, high]; NumPy integers are accepted, bools are not.
+    ``where`` (e.g. ``"sn.dense"``) starts the message."""
+    want = {(1, None): "a positive integer", (0, None): "a non-negative integer"}.get(
+        (low, high), "an integer" + _bounds(low, high, None, None))
+    example = f"{name}={_example(low, high, integral=True)}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise error(f"{_at(where)}{name} must be {want}, got {describe(value)}; pass a whole "
+                    f"number such as {example}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise error(f"{_at(where)}{name} must be {want}, got {value}; pass e.g. {example}")
+    return value
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def number(value, name: str, *, low: float | None = None, high: float | None = None,
+           above: float | None = None, below: float | None = None,
+           error: type = DeclarationError, example: float | None = None,
+           where: str = "") -> int | float:
+    """``value`` as a Python int or float within the bounds: ``low``/``high`` inclusive,
+    ``above``/``below`` exclusive. Finite real numbers only (NaN and ±inf would make every value
+    computed from them non-finite); NumPy scalars are accepted, bools and strings are not."""
+    head = f"{_at(where)}{name} must be a finite real number" + _bounds(low, high, above, below)
+    if example is None:
+        example = _example(low if low is not None else above, high if high is not None else below)
+    fix = f"pass e.g. {name}={example}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise error(f"{head}, got {describe(value)}; {fix}")
+    value = int(value) if isinstance(value, numbers.Integral) else float(value)
+    if not math.isfinite(value):
+        raise error(f"{head}, got {value}: a non-finite value makes every value computed from "
+                    f"it non-finite; {fix}")
+    if ((low is not None and value < low) or (high is not None and value > high)
+            or (above is not None and value <= above) or (below is not None and value >= below)):
+        raise error(f"{head}, got {value}; {fix}")
+    return value
+
+
+def _bounds(low, high, above, below) -> str:
+    parts = [f"{op} {v}" for op, v in (("≥", low), (">", above), ("≤", high), ("<", below))
+             if v is not None]
+    return " " + " and ".join(parts) if parts else ""
+
+
+def _example(lo, hi, integral=False):
+    """A value between the bounds ``lo`` and ``hi`` (None: unbounded), for the fix an error
+    message suggests."""
+    if lo is None:
+        return 1 if hi is None or hi > 1 else hi - 1
+    if hi is not None:
+        return lo if integral else (lo + hi) / 2
+    if integral:
+        return max(lo, 1)
+    return 0.1 if lo == 0 else lo + 1
+
+
+def flag(value, name: str, *, error: type = DeclarationError, where: str = "") -> bool:
+    """``value`` as a bool; a string or number is refused, since ``bool("no")`` is True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise error(f"{_at(where)}{name} must be True or False, got {describe(value)}; pass "
+                    f"{name}=True or {name}=False")
+    return bool(value)
+
+
+def choice(value, name: str, options, *, error: type = DeclarationError):
+    """``value`` if it equals one of ``options`` (of the same type: ``["numba"]`` is not
+    ``"numba"``); works for unhashable values."""
+    options = list(options)
+    if any(isinstance(value, type(o)) and value == o for o in options):
+        return value
+    listed = ", ".join(repr(o) for o in options)
+    raise error(f"{name}={describe(value)} is not one of {listed}; pass one of them, e.g. "
+                f"{name}={options[0]!r}")
+
+
+def seed(value, name: str = "seed", *, error: type = DeclarationError) -> int | None:
+    """None (fresh randomness) or a non-negative integer (a reproducible run)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise error(f"{name} must be None or a non-negative integer, got {describe(value)}; pass "
+                    f"e.g. {name}=0 for a reproducible run, or {name}=None")
+    return int(value)
+
+
+def identifier(name, what: str) -> str:
+    """A name that may appear in generated Python source: an identifier and not a keyword."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise DeclarationError(
+            f"{what}: the name {name!r} cannot name a matrix; names appear in the generated code, "
+            f"so a name must be a Python identifier that is not a keyword: letters, digits and "
+            f"underscores, not starting with a digit (e.g. 'W1')")
+    return name
+
+
+# ---------------------------------------------------------------------------------- arrays
+
+_REAL_KINDS = "biuf"  # bool, signed and unsigned integers, floats: converted to the model's dtype
+
+
+def real_array(value, name: str) -> np.ndarray:
+    """``value`` as a NumPy array of real numbers (any real dtype, not yet converted), or a
+    DataError saying why it is not one: ragged rows, complex values, text or objects."""
+    try:
+        a = np.asarray(value)
+    except ValueError:
+        raise DataError(f"{name} is not a rectangular array: its rows have different lengths (a "
+                        f"ragged list); give every row the same number of columns") from None
+    except TypeError as err:
+        raise DataError(f"{name} cannot be read as an array ({err}); pass a NumPy array or a list "
+                        f"of rows of numbers") from None
+    if a.dtype.kind == "c":
+        raise DataError(f"{name} has complex values (dtype {a.dtype}); symnet computes with real "
+                        f"numbers only: pass the real part explicitly (np.real({name})) if that "
+                        f"is what you mean")
+    if a.dtype.kind not in _REAL_KINDS:
+        hint = (" (a ragged list of rows gives one)" if a.dtype == object else "")
+        raise DataError(f"{name}: expected a numeric array, got dtype {a.dtype}{hint}; convert it "
+                        f"with np.asarray(data, dtype=float)")
+    return a
+
+
+# ---------------------------------------------------------------------------- expressions
+
+
+def unique_nodes(expr):
+    """Every distinct subexpression of ``expr``, Lambda bodies included, without recursion (so
+    deep expressions cannot exhaust the stack)."""
+    seen, stack = set(), [expr]
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        yield e
+        stack.extend(e.args)
+
+
+def computable(expr, what: str) -> None:
+    """Refuse what a real-valued kernel cannot compute: non-real or non-finite constants
+    (``I``, ``oo``, ``zoo``, ``nan``), Piecewise functions without an otherwise branch, matrices
+    with a zero dimension and matrix names that are not identifiers."""
+    for e in unique_nodes(expr):
+        if isinstance(e, MatrixExpr):
+            _matrix_leaf(e, what)
+        elif isinstance(e, sp.Piecewise):
+            _otherwise(e, what)
+        elif isinstance(e, sp.Expr) and not isinstance(e, sp.Lambda) and e.is_number:
+            _real_constant(e, expr, what)
+
+
+def _real_constant(c, expr, what):
+    """An atom (3, pi, I, oo) must be provably finite and real; a compound constant such as
+    acos(2) must not be provably otherwise (its atoms are checked on their own)."""
+    if c.is_Atom:
+        bad = c.is_extended_real is not True or c.is_finite is not True
+    else:
+        bad = c.is_extended_real is False or c.is_finite is False
+    if bad:
+        raise DeclarationError(
+            f"{what} contains the constant {c}, which is not a finite real number; symnet "
+            f"computes with real numbers only, so remove it or replace it by a real value "
+            f"(in {_short(expr)})")
+
+
+def _otherwise(pw, what):
+    if pw.args[-1].cond != sp.true:
+        raise DeclarationError(
+            f"{what}: the Piecewise {pw} has no otherwise branch, so it has no value where no "
+            f"condition holds; add (value, True) as its last piece, e.g. "
+            f"Piecewise((x, x > 0), (0, True))")
+
+
+def _matrix_leaf(m, what):
+    if isinstance(m, sp.MatrixSymbol):
+        identifier(m.name, what)
+    leaf = isinstance(m, (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity))
+    if leaf and any(d.is_zero for d in m.shape):
+        raise DeclarationError(f"{what}: {m} is {m.shape[0]}×{m.shape[1]}, a matrix without "
+                               f"entries; every dimension must be at least 1")
+
+
+def _short(expr) -> str:
+    text = str(expr)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# --------------------------------------------------------------------------------- memory
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(shapes: dict[str, tuple[int, int]], bytes_per_entry: int) -> None:
+    """Refuse parameters whose arrays (values, gradients, optimizer state) cannot fit in the
+    machine's physical memory, before anything is allocated: a declared 10⁹×10⁹ weight stops
+    here with its name, not later with a MemoryError."""
+    memory = physical_memory()
+    entries = sum(r * c for r, c in shapes.values())
+    if memory is None or entries * bytes_per_entry <= memory:
+        return
+    name, (r, c) = max(shapes.items(), key=lambda item: item[1][0] * item[1][1])
+    raise DeclarationError(
+        f"the parameters have {entries:,} entries, about {entries * bytes_per_entry / 2**30:,.0f} "
+        f"GiB with their gradients and optimizer state, but this machine has "
+        f"{memory / 2**30:,.0f} GiB of memory; the largest is {name} ({r}×{c}): check the "
+        f"declared sizes")
