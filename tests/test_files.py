@@ -204,7 +204,7 @@ BAD_META = {
                                    r"arguments \['command'\] that sn.optim.Adam does not take"),
     "optimizer arguments not a dict": (setting_optimizer(args=[0.1]), "expected a dict"),
     "lr as text": (setting_lr("0.1"), "lr='0.1'; expected a number"),
-    "lr negative": (setting_lr(-1), "optimizer is invalid: .*lr=-1"),
+    "lr negative": (setting_lr(-1), "optimizer is invalid: .*lr must be .*, got -1"),
     "lr a nested list": (setting_lr([[0.1]]), "expected a number"),
     "schedule with other entries": (setting_lr({"schedule": "cosine"}), "expected schedule, expr"),
     "schedule in another symbol": (
@@ -271,9 +271,6 @@ def test_a_forged_latex_name_falls_back_to_the_default(tmp_path):
 def test_save_refuses_names_that_load_would_refuse():
     with pytest.raises(sn.DataError, match="named 'W 1': names in a model file must be"):
         serialize.encode(sp.MatrixSymbol("W 1", 2, 2))
-    odd = sn.activation("my act", x**3 / 3 + x, x)
-    with pytest.raises(sn.DataError, match="cannot save the activation 'my act'"):
-        serialize.encode(odd(x))
 
 
 # ---------------------------------------------------------------------------- arrays
