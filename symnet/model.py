@@ -14,7 +14,7 @@ import sympy as sp
 from tqdm.auto import tqdm
 
 from codegen.ir import CodegenError, Status
-from codegen.numba_backend import NumbaRunner, warm_up
+from codegen.numba import NumbaRunner, warm_up
 from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 
 from . import formulas, interrupts, optim, serialize, validate
@@ -172,7 +172,7 @@ class Model:
         start = time.perf_counter()
         self._check_params()
         runner = self._runner()
-        self.kernels_cached = warm_up(runner, self.params) if self.backend == "numba" else True
+        self.kernels_cached = warm_up(runner) if self.backend == "numba" else True
         return time.perf_counter() - start
 
     # ------------------------------------------------------------------ parameters

@@ -4,6 +4,7 @@ location costs a warning and no kernel, and no name or formula in a model become
 import ast
 import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pytest
 import sympy as sp
 
 import symnet as sn
-from codegen import cache, numba_backend
-from codegen.ir import UPDATE_SYMBOLS, Buffer, Instr, Op, Program, Update, arg_symbols
+from codegen.ir import UPDATE_SYMBOLS, Buffer, CodegenError, Instr, Op, Program, Update, arg_symbols
+from codegen.numba import cache, emit
 
 
 def build(backend="numba"):
@@ -81,8 +82,7 @@ def test_damaged_machine_code_is_compiled_again(own_cache, kind, damage):
     third = build()
     for k, v in trained(third).items():
         np.testing.assert_array_equal(v, want[k])
-    calls = third._runner().call
-    assert sum(calls["train_epochs"].stats.cache_hits.values()) >= 1
+    assert third._runner().cached("train_epochs")
 
 
 def test_an_unwritable_cache_location_compiles_elsewhere_with_one_warning(own_cache, tmp_path,
@@ -158,14 +158,16 @@ def test_names_and_formulas_reach_the_generated_module_only_as_comments(newline,
                 Instr(Op.MAP, "G", (name,), body=2 * a0, note=name + "\rimport os")),
         outputs=(("loss", "L"), (name, "G")))
     p, g = UPDATE_SYMBOLS["p"], UPDATE_SYMBOLS["g"]
-    source, _, _ = numba_backend.generate({"loss_and_grad": program},
-                                          Update(((p, p - sp.Float(0.1) * g),)), "float64")
+    source, _ = emit.generate({"loss_and_grad": program},
+                              Update(((p, p - sp.Float(0.1) * g),)), "float64")
     tree = ast.parse(source)
     defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert defined == {"loss_and_grad", "update_entries", "train_epochs"}
+    assert {"loss_and_grad", "update_entries", "train_epochs"} <= defined
+    assert all(re.fullmatch(r"loss_and_grad|update_entries|train_epochs|_(loss_and_grad|train)_\d+",
+                            name) for name in defined), defined
     assert not any(isinstance(node, ast.FunctionDef) and node.name == "_f"
                    for node in ast.walk(tree))
-    numba_backend.load(source, tmp_path / "kernels")
+    cache.load(source, "a test", tmp_path / "kernels")
     assert not (tmp_path / "PWNED").exists()
 
 
@@ -176,5 +178,5 @@ def test_a_symbol_the_kernel_has_no_value_for_is_refused_by_name():
         buffers=(Buffer("X", ("n", 2), "input"), Buffer("A", ("n", 2)), Buffer("L", (1, 1))),
         instrs=(Instr(Op.MAP, "A", ("X",), body=a0 * stray), Instr(Op.COLSUM, "L", ("A",))),
         outputs=(("loss", "L"),))
-    with pytest.raises(numba_backend.CodegenError, match="no value for the symbol 'evil\\\\nimport"):
-        numba_backend.generate({"loss": program}, None, "float64")
+    with pytest.raises(CodegenError, match="no value for the symbol 'evil\\\\nimport"):
+        emit.generate({"loss": program}, None, "float64")

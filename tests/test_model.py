@@ -48,9 +48,12 @@ def test_sigmoid_weights_get_xavier_times_four():
 
 def test_source_lists_each_statement_under_its_formula():
     src = digits_model().source
-    assert "# X·W1\n    gemm(" in src
+    stage = src[src.index("# first for: X·W1"):]
+    assert "gemm_at(" in stage[:stage.index("return base")]  # X·W1 is a BLAS call
+    assert "# X·W1\n" in src  # above the call of that stage
     assert "# (softmax(Z2) - Y)/n\n" in src
-    assert "def train_epochs(" in src and "# update W1: p ← -0.5*g + p" in src
+    assert "def train_epochs(" in src and "# update: p ← -0.5*g + p" in src
+    assert "],  # W1\n" in src  # its rows in the update table
 
 
 def test_demo_runs_and_reports(capsys):

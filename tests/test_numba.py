@@ -1,5 +1,6 @@
 """The generated numba kernels against the numpy reference, float64, on networks that use every
-activation, loss and instruction; and the on-disk kernel cache."""
+activation, loss and instruction; what the plan decides (layouts, loop nests, products); the
+intrinsics; and the on-disk kernel cache."""
 
 import os
 import re
@@ -15,9 +16,12 @@ import sympy as sp
 from conftest import make_data
 
 import symnet as sn
-from codegen import numba_backend, vecmath
-from codegen.blas import gemm
-from codegen.opaque import opaque
+import symnet.model
+from codegen.intrinsics import vecmath
+from codegen.intrinsics.blas import gemm, gemm_at
+from codegen.intrinsics.opaque import opaque
+from codegen.ir import Op
+from codegen.numba import emit, plan, runner
 
 
 def networks():
@@ -46,12 +50,21 @@ def networks():
 NETWORKS = {name: (loss, opt) for name, loss, opt in networks()}
 
 
+def both(loss, X, Y, optimizer=None, **kw):
+    return [sn.compile(loss, inputs=[X], targets=[Y], optimizer=optimizer, dtype="float64",
+                       seed=1, backend=b, **kw) for b in ("numba", "numpy")]
+
+
+def assert_same_params(a, b, rtol=1e-10, atol=1e-12):
+    for k in b.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=rtol, atol=atol, err_msg=k)
+
+
 @pytest.mark.parametrize("name", NETWORKS)
-def test_numba_kernels_equal_the_numpy_reference(name):
+def test_numba_kernels_equal_the_numpy_reference(name, monkeypatch):
     loss, opt = NETWORKS[name]
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
-    models = [sn.compile(loss, inputs=[X], targets=[Y], prediction=None, optimizer=opt,
-                         dtype="float64", seed=1, backend=b) for b in ("numba", "numpy")]
+    models = both(loss, X, Y, opt)
     Xb, Yb = make_data(n=23, kind="prob", seed=2)
     (l1, g1), (l2, g2) = (m.loss_and_grad(Xb, Yb) for m in models)
     assert l1 == pytest.approx(l2, rel=1e-10, abs=1e-12)
@@ -59,89 +72,90 @@ def test_numba_kernels_equal_the_numpy_reference(name):
         np.testing.assert_allclose(g1[k], g2[k], rtol=1e-10, atol=1e-12, err_msg=k)
     for m in models:  # 23 rows in batches of 10: two full batches and a short one, per epoch
         m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
-    for k in models[0].params:
-        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
-                                   atol=1e-12, err_msg=k)
+    assert_same_params(*models)
+    monkeypatch.setattr(symnet.model, "SECONDS_PER_CALL", 1e3)  # then epochs 2–5 in one call
+    for m in models:
+        m.fit(Xb, Yb, epochs=5, batch_size=10, verbose=False)
+    assert models[0]._steps == models[1]._steps == 21
+    assert_same_params(*models)
+
+
+def layout_of(model, program="loss_and_grad"):
+    return plan.layout(model._programs[program])
+
+
+def buffer_of(model, formula, program="loss_and_grad"):
+    """The buffer of the instruction whose formula is ``formula``."""
+    return next(ins.out for ins in model._programs[program].instrs if ins.note == formula)
 
 
 def test_wide_layers_are_stored_batch_minor_unless_a_loop_nest_reads_a_wide_input():
-    """A 128-wide hidden layer is stored and looped over batch-minor (numba_backend.WIDE); the
+    """A 128-wide hidden layer is stored and looped over batch-minor (plan.WIDE); the
     128-class output layer, whose loss reads the 128-wide targets (stored n×c) and whose
     logsumexp loops over rows, stays n×c. Both train as the numpy reference does."""
     X, Y = sn.Input("X", 8), sn.Input("Y", 128)
     loss = sn.softmax_cross_entropy(sn.dense(sn.dense(X, 128, sn.tanh), 128), Y)
-    models = [sn.compile(loss, inputs=[X], targets=[Y], optimizer=sn.optim.Adam(lr=0.01),
-                         dtype="float64", seed=1, backend=b) for b in ("numba", "numpy")]
-    source = models[0].source
-    # X·W1, eight terms an entry, is summed in the loop nest that writes tanh(Z1) 128×n
-    assert "gemm(True, W1" not in source and "t7[j, i] = z_t7" in source  # (Kernel.thin)
-    # every nest runs along contiguous memory of all it touches: entry [j, i] of a batch-minor
-    # buffer in a nest whose batch loop is innermost, [i, j] of an n×c one otherwise
-    nests = {"minor": r"for j in range\(opaque\(128\)\):\n(\s+)for i in range\(n\):\n",
-             "rows": r"for i in range\(n\):\n(\s+)for j in range\(128\):\n"}
-    for order, head in nests.items():
-        bodies = [re.match(rf"({m[1]}    .*\n)*", source[m.end():])[0]
-                  for m in re.finditer(head, source)]
-        assert bodies  # the hidden layer's nests, and the output layer's
-        wrong = "[i, j]" if order == "minor" else "[j, i]"
-        assert not any(wrong in body for body in bodies), order
+    models = both(loss, X, Y, sn.optim.Adam(lr=0.01))
+    lay = layout_of(models[0])
+    assert buffer_of(models[0], "tanh(Z1)") in lay.minor
+    assert buffer_of(models[0], "A1·W2 + 𝟙·b2") not in lay.minor
+    # every loop nest runs along contiguous memory of all it touches: batch innermost exactly
+    # when the n×c buffers it touches are stored batch-minor
+    for group in plan.plan(lay).groups:
+        if group.space is not None and group.space[0] == "n":
+            stored = {a in lay.minor for a in plan.touched(group.instrs)
+                      if lay.shape(a) == group.space}
+            assert stored <= {group.minor}, [ins.note for ins in group.instrs]
     Xb, Yb = make_data(n=23, cols=8, out=128, seed=2)
     for m in models:
         m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
-    for k in models[0].params:
-        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
-                                   atol=1e-12, err_msg=k)
+    assert_same_params(*models)
 
 
 def test_thin_products_run_in_the_wide_loop_nests_with_the_same_numbers(monkeypatch):
     """Through a 4-wide output layer after a 128-wide one, δ2·W2ᵀ (four terms an entry) and
-    A1ᵀ·δ2 (four sums over the batch for each of A1's columns) run inside the loop nest that
-    masks δ2·W2ᵀ by relu'(A1), not as OpenBLAS calls; X·W1, six terms an entry, runs in the
-    nest that applies relu. Xᵀ·δ1, whose thin side is X, stays a call (Kernel.thin). The
-    numbers are those of the calls, to rounding, and the numpy reference's."""
+    A1ᵀ·δ2 (four sums over the batch for each of A1's columns) run inside loop nests, not as
+    BLAS calls; X·W1, six terms an entry, runs in the nest that applies relu. Xᵀ·δ1, whose thin
+    side is X, stays a call (Layout.thin). The numbers are those of the calls, to rounding."""
     X, Y = sn.Input("X", 6), sn.Input("Y", 4)
     loss = sn.softmax_cross_entropy(sn.dense(sn.dense(X, 128, sn.relu), 4), Y)
+    opt = sn.optim.SGD(lr=0.1, momentum=0.9)
+    thin, reference = both(loss, X, Y, opt)
 
-    def model(backend):
-        return sn.compile(loss, inputs=[X], targets=[Y], optimizer=sn.optim.SGD(lr=0.1, momentum=0.9),
-                          dtype="float64", seed=1, backend=backend)
+    def calls(model):
+        p = plan.plan(layout_of(model))
+        return sorted(g.instrs[0].note for g in p.groups if g.split == "call")
 
-    thin = model("numba")
-    monkeypatch.setattr(numba_backend, "THIN", 0)  # the same network with every product a call
-    calls, reference = model("numba"), model("numpy")
-    train = thin.source[thin.source.index("def train_epochs"):]
-    assert re.search(r"z_t\d+ = \(\(t\d+\[0, i\] \* W2\[j, 0\] \+ t\d+\[1, i\] \* W2\[j, 1\]\) \+ "
-                     r"\(t\d+\[2, i\] \* W2\[j, 2\] \+ t\d+\[3, i\] \* W2\[j, 3\]\)\)", train)
-    assert re.search(r"for p in range\(opaque\(4\)\):\n\s+acc = DT\(0.0\)\n\s+for i in range\(n\):\n"
-                     r"\s+acc \+= t\d+\[p, i\] \* t\d+\[j, i\]\n\s+t\d+\[j, p\] = acc\n", train)
-    called = r"# (.*)\n\s+gemm\("  # the products that are calls, by their formulas
-    assert re.findall(called, train) == ["A1·W2", "Xᵀ·δ1"]
-    train = calls.source[calls.source.index("def train_epochs"):]
-    assert sorted(re.findall(called, train)) == ["A1·W2", "A1ᵀ·δ2", "X·W1", "Xᵀ·δ1", "δ2·W2ᵀ"]
+    def fused(model):
+        p = plan.plan(layout_of(model))
+        return {ins.note for g in p.groups if g.space is not None for ins in g.instrs
+                if ins.op is Op.GEMM}
+
+    assert calls(thin) == ["A1·W2", "Xᵀ·δ1"]
+    assert {"δ2·W2ᵀ", "A1ᵀ·δ2"} <= fused(thin)
+    monkeypatch.setattr(plan, "THIN", 0)  # the same network with every product a call
+    called = sn.compile(loss, inputs=[X], targets=[Y], optimizer=opt, dtype="float64", seed=1)
+    assert calls(called) == ["A1·W2", "A1ᵀ·δ2", "X·W1", "Xᵀ·δ1", "δ2·W2ᵀ"]
     Xb, Yb = make_data(n=23, cols=6, out=4, seed=2)
-    (loss0, grads0), *others = (m.loss_and_grad(Xb, Yb) for m in (thin, calls, reference))
+    (loss0, grads0), *others = (m.loss_and_grad(Xb, Yb) for m in (thin, called, reference))
     for value, grads in others:
         assert loss0 == pytest.approx(value, rel=1e-12)
         for k in grads:
             np.testing.assert_allclose(grads0[k], grads[k], rtol=1e-10, atol=1e-14, err_msg=k)
-    for m in (thin, calls, reference):
+    for m in (thin, called, reference):
         m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
-    for m in (calls, reference):
-        for k in m.params:
-            np.testing.assert_allclose(thin.params[k], m.params[k], rtol=1e-10, atol=1e-14,
-                                       err_msg=k)
+    for m in (called, reference):
+        assert_same_params(thin, m, atol=1e-14)
 
 
 def test_blas_products_on_a_short_batch_use_the_first_rows_of_the_workspaces():
-    """Workspaces are sized for the largest batch seen; a shorter batch's BLAS products (one of
+    """Workspaces are sized for the largest batch seen; a shorter batch's products (one of
     them into a batch-minor workspace) work on its first rows, with the full row length as the
     leading dimension."""
     X, Y = sn.Input("X", 20), sn.Input("Y", 3)
     out = sn.dense(sn.dense(X, 32, sn.tanh), 3)
-    models = [sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
-                         prediction=out, optimizer=sn.optim.Adam(lr=0.01),
-                         dtype="float64", seed=1, backend=b) for b in ("numba", "numpy")]
-    assert "gemm(True, W2, True, t" in models[0].source  # A1·W2 stored batch-minor
+    models = both(sn.softmax_cross_entropy(out, Y), X, Y, sn.optim.Adam(lr=0.01), prediction=out)
+    assert buffer_of(models[0], "A1·W2") in layout_of(models[0]).minor
     Xb, Yb = make_data(n=23, cols=20, out=3, kind="onehot", seed=3)
     for rows in (23, 7):  # the second call runs on workspaces sized for 23 rows
         (l1, g1), (l2, g2) = (m.loss_and_grad(Xb[:rows], Yb[:rows]) for m in models)
@@ -151,34 +165,25 @@ def test_blas_products_on_a_short_batch_use_the_first_rows_of_the_workspaces():
     np.testing.assert_allclose(models[0].predict(Xb[:5]), models[1].predict(Xb[:5]), rtol=1e-10)
     for m in models:  # batches of 10, 10 and 3 rows
         m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
-    for k in models[0].params:
-        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
-                                   atol=1e-12, err_msg=k)
+    assert_same_params(*models)
 
 
 def test_train_epochs_gathers_narrow_inputs_batch_minor():
     """train_epochs copies each batch's rows of a narrow input (the 3-class targets) into a
-    batch-minor buffer, and its loop nests read them so; loss_and_grad, called with the
-    caller's n×c arrays, reads them row by row. Training agrees with the numpy reference over
-    short last batches and after the batch buffers grow."""
+    batch-minor buffer; loss_and_grad, called with the caller's n×c arrays, reads them row by
+    row. Training agrees with the numpy reference over short last batches and after the batch
+    buffers grow."""
     X, Y = sn.Input("X", 20), sn.Input("Y", 3)
     out = sn.dense(sn.dense(X, 32, sn.sigmoid), 3, sn.sigmoid)
-    models = [sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y],
-                         optimizer=sn.optim.AdaGrad(lr=0.1), dtype="float64", seed=1, backend=b)
-              for b in ("numba", "numpy")]
-    source = models[0].source
-    grad, train = source.split("def train_epochs")
-    grad = grad.split("def loss_and_grad")[1].split("\n\n\n")[0]
-    assert "Y[j, r] = d_Y[i, j]" in train and "X[r, j] = d_X[i, j]" in train  # X is 20 wide
-    assert "Y[j, i]" in train and " Y[i, j]" not in train and "(Y[i, j]" not in train
-    assert "Y[i, j]" in grad and "Y[j, i]" not in grad
+    models = both(sn.mse(out, Y), X, Y, sn.optim.AdaGrad(lr=0.1))
+    entries = models[0]._runner().entries
+    assert "Y" in entries["train_epochs"].layout.minor and "X" not in entries["train_epochs"].layout.minor
+    assert "Y" not in entries["loss_and_grad"].layout.minor
     Xb, Yb = make_data(n=23, cols=20, out=3, kind="onehot", seed=4)
     for m in models:  # batches of 4 (the last of 3 rows), then of 10 (the last of 3)
         m.fit(Xb, Yb, epochs=1, batch_size=4, verbose=False)
         m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
-    for k in models[0].params:
-        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
-                                   atol=1e-12, err_msg=k)
+    assert_same_params(*models)
 
 
 def test_float32_is_the_default_and_kernels_compute_in_it():
@@ -187,7 +192,7 @@ def test_float32_is_the_default_and_kernels_compute_in_it():
     model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out)
     assert model.backend == "numba" and model.params["W1"].dtype == np.float32
     assert "DT = np.float32" in model.source
-    assert "vexp(" in model.source and "math.exp" not in model.source  # codegen.vecmath's exp
+    assert "vexp(" in model.source and "math.exp" not in model.source  # intrinsics.vecmath's exp
     Xb, Yb = make_data(n=7)
     assert model.predict(Xb).dtype == np.float32
     loss32, g32 = model.loss_and_grad(Xb, Yb)
@@ -203,46 +208,62 @@ def test_source_is_cached_under_its_hash_and_reused_by_a_second_process(tmp_path
         out = sn.dense(sn.dense(X, 4, sn.tanh), 2)
         m = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0)
         m.fit(np.ones((5, 3)), np.ones((5, 2)), epochs=1, verbose=False)
-        mod = m._runner().module
-        print(mod.__file__, sum(mod.train_epochs.stats.cache_hits.values()))
+        r = m._runner()
+        print(r.module.__file__, int(r.cached("train_epochs")))
     """)
     env = {**os.environ, "SYMNET_CACHE_DIR": str(tmp_path)}
     runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                            check=True).stdout.split() for _ in range(2)]
     assert runs[0][0] == runs[1][0] and runs[0][0].startswith(str(tmp_path))
-    assert runs[0][1] == "0" and int(runs[1][1]) >= 1  # the second run loaded the machine code
+    assert runs[0][1] == "0" and runs[1][1] == "1"  # the second run loaded the machine code
     source = Path(runs[0][0]).read_text()
-    assert f"codegen version {numba_backend.CODEGEN_VERSION}" in source
+    assert f"codegen version {emit.CODEGEN_VERSION}" in source
 
 
 def test_the_cache_key_covers_every_codegen_module_the_kernels_compile_in(monkeypatch, tmp_path):
-    # numba's cache checks only the generated file: a change to codegen.pace, say, must give
-    # the kernels a new name, or machine code built from the old one is loaded
+    # numba's cache checks only the generated file: a change to codegen.numba.runtime, say,
+    # must give the kernels a new name, or machine code built from the old one is loaded
     X, Y = sn.Input("X", 300), sn.Input("Y", 2)
-    out = sn.dense(sn.dense(X, 20, sn.relu), 2)  # W1 is large enough for the helper
+    out = sn.dense(sn.dense(X, 20, sn.relu), 2)
     m = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0)
-    imported = set(re.findall(r"^from codegen(?:\.(\w+))? import (.+)$", m.source, re.M))
-    modules = {mod or name for mod, names in imported for name in names.split(", ")}
-    assert {"pace", "pool", "blas"} <= modules
-    assert modules <= {path.stem for path in numba_backend._runtime_files()}
-    first = numba_backend.load(m.source, tmp_path).__name__
-    monkeypatch.setattr(numba_backend, "_RUNTIME_DIGEST", "a changed codegen module")
-    assert numba_backend.load(m.source, tmp_path).__name__ != first
+    imported = set(re.findall(r"^from (codegen\.[\w.]+) import", m.source, re.M))
+    assert {"codegen.intrinsics.blas", "codegen.numba"} <= imported
+    files = {".".join(p.relative_to(Path(emit.__file__).parents[2]).with_suffix("").parts)
+             for p in runner.runtime_files()}
+    assert imported <= files | {"codegen.numba"}
+    assert "codegen.numba.runtime" in files
+    first = m._runner().module.__name__
+    monkeypatch.setattr(runner, "_RUNTIME_DIGEST", "a changed codegen module")
+    assert runner.NumbaRunner(m._programs, m._update, "float32").module.__name__ != first
 
 
-def test_tiny_products_are_loops_and_large_ones_blas():
+def test_tiny_products_are_loops_and_large_ones_blas_tiles():
     X, Y = sn.Input("X", 1), sn.Input("Y", 1)
-    small = sn.compile(sn.mse(sn.dense(sn.dense(X, 10, sn.relu), 1), Y), inputs=[X],
-                       targets=[Y]).source
-    assert "gemm(" not in small and "z_t6 = X[i, 0] * W1[0, j]" in small
-    # its 10-wide hidden layer is stored batch-minor: the batch loop is innermost
-    assert "# stored batch-minor: t6, t7," in small
-    assert "for j in range(opaque(10)):\n        for i in range(n):" in small
+    small = sn.compile(sn.mse(sn.dense(sn.dense(X, 10, sn.relu), 1), Y), inputs=[X], targets=[Y])
+    p = plan.plan(layout_of(small))
+    assert not [g for g in p.groups if g.split == "call"]
+    assert buffer_of(small, "relu(Z1)") in p.layout.minor  # 10 wide: batch innermost
     X = sn.Input("X", 64)
-    large = sn.compile(sn.mse(sn.dense(sn.dense(X, 32, sn.relu), 1), Y), inputs=[X],
-                       targets=[Y]).source
-    assert "gemm(False, X, False, W1, t" in large
-    assert "gemm(True, X, False, " in large  # a transpose is a BLAS flag, not a view
+    large = sn.compile(sn.mse(sn.dense(sn.dense(X, 32, sn.relu), 1), Y), inputs=[X], targets=[Y])
+    p = plan.plan(layout_of(large))
+    assert sorted(g.instrs[0].note for g in p.groups if g.split == "call") == ["X·W1", "Xᵀ·δ1"]
+    writer = emit.KernelWriter("k", large._programs["loss_and_grad"], p.layout, {})
+    grad = next(g.instrs[0] for g in p.groups if g.instrs[0].note == "Xᵀ·δ1")
+    assert writer.stored_product(grad)[2][:2] == ("X", True)  # a transpose is a BLAS flag
+
+
+def test_a_phase_holds_groups_that_do_not_depend_on_each_other():
+    """δ2·W2ᵀ and A1ᵀ·δ2 both read δ2 and neither the other: one phase; a group that reads a
+    value of the phase before waits for it."""
+    X, Y = sn.Input("X", 64), sn.Input("Y", 48)
+    loss = sn.mse(sn.dense(sn.dense(X, 40, sn.relu), 48), Y)
+    p = plan.plan(layout_of(sn.compile(loss, inputs=[X], targets=[Y])))
+    notes = [{ins.note for k in phase for ins in p.groups[k].instrs} for phase in p.phases]
+    assert any({"δ2·W2ᵀ", "A1ᵀ·δ2"} <= phase for phase in notes)
+    for before, after in zip(p.phases, p.phases[1:]):
+        writes = set().union(*(p.groups[k].writes for k in before))
+        for k in after:
+            assert not (p.groups[k].writes & writes)
 
 
 def test_opaque_is_its_argument_but_not_a_constant_to_llvm():
@@ -265,7 +286,7 @@ def test_opaque_is_its_argument_but_not_a_constant_to_llvm():
 
     assert hidden() == seen() == 10
     # in the optimised IR, LLVM stores the plain constant as the result but not the hidden one,
-    # so it cannot unroll a loop over range(opaque(c)) (numba_backend.Kernel._fused)
+    # so it cannot unroll a loop over range(opaque(c)) (emit.KernelWriter.fused)
     assert "store i64 10, ptr %retptr" in seen.inspect_llvm(seen.signatures[0])
     ir = hidden.inspect_llvm(hidden.signatures[0])
     assert "store i64 10," not in ir and 'asm "", "=r,0"(i64 10)' in ir
@@ -291,6 +312,25 @@ def test_gemm_is_alpha_op_a_op_b_plus_beta_out(dtype, ta, tb):
     expected[:4, :2] = opa @ opb - expected[:4, :2]
     call(ta, a, tb, b, out, 1.0, -1.0, 4, 2, 6)
     np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_gemm_tiles_make_up_the_whole_product(ta, tb):
+    @nb.njit
+    def tiled(ta, a, tb, b, out, m, n, k, rows, cols):
+        for i0 in range(0, m, rows):
+            for j0 in range(0, n, cols):
+                gemm_at(ta, a, tb, b, out, 1.0, 0.0, min(rows, m - i0), min(cols, n - j0), k,
+                        i0, j0)
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((9, 11) if ta else (11, 9))
+    b = rng.standard_normal((13, 9) if tb else (9, 13))
+    out = np.full((12, 14), np.nan)  # larger than the product: the rest is not touched
+    tiled(ta, a, tb, b, out, 11, 13, 9, 4, 5)
+    np.testing.assert_allclose(out[:11, :13], (a.T if ta else a) @ (b.T if tb else b), rtol=1e-12)
+    assert np.isnan(out[11]).all() and np.isnan(out[:, 13]).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

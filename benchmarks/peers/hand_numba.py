@@ -10,7 +10,7 @@ import time
 import numba as nb
 import numpy as np
 
-from codegen.fpmode import FTZ_DAZ, get_fpmode, set_fpmode
+from codegen.intrinsics.fpmode import FTZ_DAZ, get_fpmode, set_fpmode
 
 from ..workloads import timed_rounds
 

@@ -1,6 +1,6 @@
 """``opaque(x)``: the integer ``x``, hidden from LLVM's constant folding.
 
-A batch-minor loop nest (``numba_backend.Kernel._fused``) runs over its few columns outside and
+A batch-minor loop nest (``codegen.numba.emit.KernelWriter.fused``) runs over its few columns outside and
 over the batch inside. With a constant column count, LLVM unrolls the outer loop fully, which
 copies the vectorised inner loop, with its runtime alias checks and remainder loops, once per
 column. The inner loop, which does the work, is the same either way; only the compile pays. Over

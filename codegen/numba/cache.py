@@ -25,10 +25,12 @@ import types
 import warnings
 from pathlib import Path
 
+import numba.core.caching
 import numba.core.errors
 
-from . import files
-from .ir import CodegenError
+from .. import files
+from ..ir import CodegenError
+from . import runtime
 
 
 class CacheWarning(UserWarning):
@@ -153,26 +155,24 @@ def _remove_machine_code(directory: Path, module_name: str) -> None:
             path.unlink()
 
 
-def compile_healing(dispatcher, argtypes) -> None:
-    """``dispatcher.compile(argtypes)``, which loads machine code from numba's cache when it
-    has it. If loading fails (a damaged index or data file: ``UnpicklingError``, ``EOFError``
-    and the like), the module's cached machine code is deleted and it is compiled anew."""
+def compile_kernel(function, cache: bool, **options):
+    """``function`` compiled as a kernel (``runtime.compile_kernel``), loading its machine code
+    from numba's cache when there is some. If loading fails (a damaged index or data file:
+    ``UnpicklingError``, ``EOFError`` and the like), the module's cached machine code is deleted
+    and the kernel compiled anew."""
     try:
-        dispatcher.compile(argtypes)
-        return
+        return runtime.compile_kernel(function, cache, **options)
     except numba.core.errors.NumbaError:
         raise  # the kernel itself does not compile: not a cache problem
     except Exception as err:  # numba does not say which; any failure to load is damage
         damage = err
-    cache = getattr(dispatcher, "_cache", None)
-    path = getattr(cache, "_cache_path", None)
-    if path is not None:
-        _remove_machine_code(Path(path), dispatcher.py_func.__module__)
+    if cache:
+        path = numba.core.caching.FunctionCache(function)._cache_path
+        _remove_machine_code(Path(path), function.__module__)
     try:
-        dispatcher.compile(argtypes)
+        return runtime.compile_kernel(function, cache, **options)
     except numba.core.errors.NumbaError:
         raise
     except Exception as err:
-        raise CodegenError(f"the kernel {dispatcher.py_func.__name__} could not be compiled "
-                           f"after its damaged cache entry was removed ({damage!r}, then "
-                           f"{err!r})") from None
+        raise CodegenError(f"the kernel {function.__name__} could not be compiled after its "
+                           f"damaged cache entry was removed ({damage!r}, then {err!r})") from None

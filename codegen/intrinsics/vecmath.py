@@ -59,7 +59,7 @@ def _exp(dtype, degree: int, ln2_hi: float, ln2_lo: float, overflow: float, unde
     k_min, k_max = F(-2 * (np.finfo(F).maxexp - 2)), F(2 * (np.finfo(F).maxexp - 1))
     half, zero, inf = F(0.5), F(0.0), F(np.inf)
 
-    @nb.njit(error_model="numpy", fastmath={"contract"}, no_cpython_wrapper=True)
+    @nb.njit(cache=True, error_model="numpy", fastmath={"contract"}, no_cpython_wrapper=True)
     def exp(x):
         k = np.floor(x * log2e + half)
         k = k if k > k_min else k_min

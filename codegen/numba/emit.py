@@ -1,0 +1,886 @@
+"""Plan → module source: one kernel per program (``forward``, ``loss``, ``loss_and_grad``) and
+``train_epochs``, each statement under a comment with the formula it computes.
+
+A kernel is a function ``name(blk_addr, tid)`` of its argument block (``runtime.block``) that
+every thread of the team runs: each phase of the plan becomes a loop that claims pieces
+(``rt.claim``/``rt.next``) and a wait for the phase to complete (``rt.wait``). A loop nest is
+the scalar SymPy body after ``sympy.cse`` (``exp`` as ``codegen.intrinsics.vecmath``'s), over
+the piece's rows or columns; a product is ``gemm_at`` on the piece's tile of its output.
+Workspaces are sized for the largest batch; a kernel works on the first ``n`` batch rows and
+never takes a view.
+
+``train_epochs`` runs whole epochs: each step gathers the batch's shuffled rows, computes loss
+and gradients, and updates the parameters. Two decisions per step are taken by the thread that
+completes a phase (its *epilogue*) and read by all after it: whether the loss is finite, and,
+after the update, whether every updated entry is finite and whether to stop (a step limit, or
+``stop`` set by Ctrl-C). A thread that fell behind finds those phases complete and follows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import numpy as np
+import sympy as sp
+
+from ..ir import SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Status, Update, arg_symbols
+from . import runtime
+from .plan import GEMM_PIECE, GEMM_TILE, GEMM_TILES, NEST_PIECE, Group, Layout, Plan, dims, layout, plan
+from .printer import Lines, ScalarPrinter, comment_text, identifier
+
+CODEGEN_VERSION = 19  # bump whenever the generated code changes for the same Program
+FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
+# helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
+JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
+       "no_cpython_wrapper=True)")
+KERNEL_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "reassoc"}}
+UPDATE_PIECE = 16384  # parameter entries updated per piece
+ARRAYS_AT = 16  # the first array's slot in an argument block (runtime.FIRST_ARRAY)
+
+
+def tile(length: int, work: int, target: int, least: int) -> int:
+    """The piece size along an axis of ``length``: about ``work / target`` pieces, none shorter
+    than ``least`` (runtime.tile computes the same for sizes known only at run time)."""
+    pieces = max(1, min(work // target, length // least))
+    return -(-length // pieces)
+
+
+class Entry:
+    """What the runner needs to call one kernel: the order of its argument block, the layout of
+    its workspaces, and its work per batch row (for whether to share it among threads)."""
+
+    def __init__(self, name, scalars, arrays, lay: Layout, work_per_row, work_fixed):
+        self.name = name
+        self.scalars = scalars  # names of the block's scalar slots from 1
+        self.arrays = arrays  # names of the arrays, in block order from ARRAYS_AT
+        self.layout = lay
+        self.length = ARRAYS_AT + 3 * len(arrays)
+        self.work_per_row, self.work_fixed = work_per_row, work_fixed
+
+    def work(self, rows: int) -> int:
+        """Multiply-adds (or entries) the kernel does on ``rows`` batch rows."""
+        return self.work_per_row * rows + self.work_fixed
+
+
+class KernelWriter:
+    """The statements of one program under one layout."""
+
+    def __init__(self, name: str, program: Program, lay: Layout, ident: dict[str, str]):
+        self.name = name
+        self.program = program
+        self.layout = lay
+        self.plan: Plan = plan(lay)
+        self.ident = ident
+        self.minor = lay.minor
+        self.uses: dict[str, int] = {}
+        for ins in program.instrs:
+            for a in ins.args:
+                self.uses[a] = self.uses.get(a, 0) + 1
+        for _, buf in program.outputs:
+            self.uses[buf] = self.uses.get(buf, 0) + 1
+        self.counter = 0  # CSE names
+        self.sizes = 0  # piece-size variables
+
+    def shape(self, name):
+        return self.layout.shape(name)
+
+    # -- phases
+    def phase(self, out: Lines, groups: list[Group], epilogue=None):
+        """One phase: claim pieces of its groups until none are left, then wait for the phase
+        to complete. ``epilogue(out)`` runs once, on the thread that completes it."""
+        for g in groups:
+            for ins in g.instrs:
+                if ins.note:
+                    out.comment(ins.note)
+        counts = [self.count(g, out) for g in groups]
+        out(f"P = {' + '.join(c for c, _ in counts)}")
+        out("p = rt.claim(team, base, P, -1)")
+        with out.block("while p >= 0:"):
+            self.dispatch(out, groups, counts)
+            if epilogue is None:
+                out("p = rt.next(team, base, P, p)")
+            else:
+                with out.block("if rt.finish(team, base, P, p):"):
+                    epilogue(out)
+                    out("rt.publish(team, base, P)")
+                out("p = rt.claim(team, base, P, p)")
+        out("base = rt.wait(team, base, P)")
+
+    def dispatch(self, out: Lines, groups, counts):
+        """The body of piece ``p``: the piece ``q`` of the group it belongs to."""
+        offset = "0"
+        for g, (count, size), head in zip(groups, counts, _branches([c for c, _ in counts])):
+            with out.block(head) if head else contextlib.nullcontext():
+                out("q = p" if offset == "0" else f"q = p - ({offset})")
+                self.piece(out, g, size)
+            offset = count if offset == "0" else f"{offset} + {count}"
+
+    def axis(self, g: Group):
+        """(length, the dimensions whose product is the work, target work per piece, least
+        piece length) of the axis a group's pieces cut, as source text; None for one piece."""
+        if g.split is None:
+            return None
+        if g.split == "call":
+            (r, c), k, _ = self.stored_product(g.instrs[0])
+            length = r if _longer(r, c) else c
+            least = (f"max({GEMM_TILE}, n // {GEMM_TILES})" if length == "n"
+                     else max(GEMM_TILE, int(length) // GEMM_TILES))
+            return length, (r, c, k), GEMM_PIECE, least
+        ins = g.instrs[0]
+        if g.space is not None:
+            r, c = g.space
+        elif ins.op is Op.LOGSUMEXP:
+            r, c = self.shape(ins.args[0])
+        else:  # transpose: rows of its output
+            r, c = self.shape(ins.out)
+        length = r if g.split == "rows" else c
+        return length, (r, c), NEST_PIECE, 16 if length == "n" else 1
+
+    def count(self, g: Group, out: Lines) -> tuple[str, str | None]:
+        """(pieces, piece size) of a group, as source text; computed here when static."""
+        cut = self.axis(g)
+        if cut is None:
+            return "1", None
+        length, factors, target, least = cut
+        fixed = int(np.prod([int(f) for f in factors if f != "n"]))
+        if length != "n" and int(length) < 2 * int(least):  # one piece, whatever the batch
+            return "1", None
+        if "n" not in factors:
+            size = tile(int(length), fixed, target, least)
+            count = -(-int(length) // size)
+            return (str(count), str(size)) if count > 1 else ("1", None)
+        name = f"sz_{self.sizes}"
+        self.sizes += 1
+        work = " * ".join(["n"] * factors.count("n") + [str(fixed)])
+        out(f"{name} = rt.tile({length}, {work}, {target}, {least})")
+        out(f"P_{name} = ({length} + {name} - 1) // {name}")
+        return f"P_{name}", name
+
+    def piece(self, out: Lines, g: Group, size):
+        """Piece ``q`` of group ``g`` (all of it when ``size`` is None)."""
+        span = None
+        if size is not None:
+            length = self.axis(g)[0]
+            out(f"first = q * {size}")
+            out(f"last = min(first + {size}, {length})")
+            span = ("first", "last")
+        ins = g.instrs[0]
+        if g.space is not None:
+            self.fused(g, out, span)
+        elif ins.op is Op.GEMM:
+            self.gemm(ins, out, g.split, span)
+        elif ins.op is Op.LOGSUMEXP:
+            self.logsumexp(ins, out, span)
+        elif ins.op is Op.TRANSPOSE:
+            self.transpose(ins, out, span)
+        else:
+            raise CodegenError(f"the numba backend has no statement for {ins.op}")
+
+    def body(self, out: Lines, stages: Stages, loss_epilogue=None, loss_buffer=None):
+        """A call of every phase of the program (each a stage); the phase that computes
+        ``loss_buffer`` gets the epilogue (train_epochs' finiteness check)."""
+        for phase in self.plan.phases:
+            groups = [self.plan.groups[k] for k in phase]
+            writes = set().union(*(g.writes for g in groups))
+            epilogue = loss_epilogue if loss_buffer in writes else None
+            for line in stages.add(lambda o, groups=groups, epilogue=epilogue:
+                                   self.phase(o, groups, epilogue)):
+                out(line)
+
+    def work(self) -> tuple[int, int]:
+        """(per batch row, fixed) multiply-adds or entries of the program's statements."""
+        per_row = fixed = 0
+        for ins in self.program.instrs:
+            d = [*self.shape(ins.out)]
+            if ins.op is Op.GEMM:
+                d.append(self.layout.inner(ins))
+            elif ins.args:
+                d = [*self.shape(ins.args[0])]
+            size = int(np.prod([int(x) for x in d if x != "n"]))
+            if "n" in d:
+                per_row += size
+            else:
+                fixed += size
+        return per_row, fixed
+
+    # -- statements
+    def at(self, name, i, j):
+        """Buffer ``name``'s entry (i, j), wherever its layout puts it."""
+        x = self.ident[name]
+        return f"{x}[{j}, {i}]" if name in self.minor else f"{x}[{i}, {j}]"
+
+    def entry(self, name, r, c, values):
+        """The entry (i, j) of buffer ``name`` in a loop over r×c, broadcasting 1×c, r×1, 1×1."""
+        if name in values:
+            return values[name]
+        ar, ac = self.shape(name)
+        i = "0" if ar == "1" and r != "1" else "i"
+        j = "0" if ac == "1" and c != "1" else "j"
+        return self.at(name, i, j)
+
+    def fused(self, g: Group, out: Lines, span):
+        """One loop nest over the group's space, restricted to the piece's rows or columns. Over
+        n×c with the batch innermost (``g.minor``: batch-minor workspaces make it contiguous),
+        column sums accumulate in local variables and the column loop's count is ``opaque``
+        (codegen.intrinsics.opaque), so LLVM does not copy the inner loop once per column;
+        otherwise rows are outermost."""
+        group = g.instrs
+        r, c = g.space
+        rows = f"range({span[0]}, {span[1]})" if span and g.split == "rows" else f"range({r})"
+        if span and g.split == "cols":
+            cols = f"range({span[0]}, {span[1]})"
+        elif g.minor and c != "n" and int(c) > 1:
+            cols = f"range(opaque({c}))"
+        else:
+            cols = f"range({c})"
+        values: dict[str, str] = {}  # buffer → local variable holding its entry (i, j)
+        pre, body, post, sums = [], [], [], []  # around the inner loop (batch-minor only)
+        for ins in group:
+            o = self.ident[ins.out]
+            if ins.op is Op.COLSUM:
+                if g.minor:
+                    pre.append(f"acc_{o} = DT(0.0)")
+                    body.append(f"acc_{o} += {self.entry(ins.args[0], r, c, values)}")
+                    post.append(f"{o}[0, j] = acc_{o}")
+                    continue
+                with out.block(f"for j in {cols}:"):
+                    out(f"{o}[0, j] = DT(0.0)")
+                body.append(f"{o}[0, j] += {self.entry(ins.args[0], r, c, values)}")
+                continue
+            if ins.op is Op.ROWSUM:
+                with out.block(f"for i in {rows}:"):
+                    out(f"{self.at(ins.out, 'i', 0)} = DT(0.0)")
+                body.append(f"{self.at(ins.out, 'i', 0)} += {self.entry(ins.args[0], r, c, values)}")
+                continue
+            if self.layout.batch_sum(ins) or self.layout.thin(ins) == "a":
+                self.batch_sum(ins, g.minor, values, (r, c), cols, out, pre, body, post, sums)
+                continue
+            local = f"z_{o}"
+            if ins.op is Op.GEMM:
+                body += self.dot(ins, local)
+            else:
+                body += self.map(ins, local, r, c, values)
+            values[ins.out] = local
+            if self.uses.get(ins.out, 0) > sum(a == ins.out for x in group for a in x.args):
+                body.append(f"{self.at(ins.out, 'i', 'j')} = {local}")  # read after the nest
+        if g.minor:
+            with out.block(f"for j in {cols}:"):
+                for line in pre:
+                    out(line)
+                with out.block(f"for i in {rows}:"):
+                    for line in body:
+                        out(line)
+                for line in sums + post:
+                    out(line)
+            return
+        with out.block(f"for i in {rows}:"), out.block(f"for j in {cols}:"):
+            for line in body:
+                out(line)
+
+    def batch_sum(self, ins, minor, values, space, cols, out, pre, body, post, sums):
+        """An aᵀ·b summed over the batch, in the nest over ``space``: out[p, j] = Σ_i a[i, p]·
+        b[i, j] for each of a's columns p in a small one (over b); out[j, p] = Σ_i a[i, j]·
+        b[i, p] for each of b's in a thin one (over a). The sums are local variables when the
+        batch loop is innermost. A thin product's, over a stored a, are a loop of their own
+        after the inner one, over the column of a that it has just read (from L1): as
+        accumulators of the inner loop they ran slower and compiled slower (measured)."""
+        o, a, b = self.ident[ins.out], *ins.args
+        over_a = self.layout.thin(ins) == "a"
+        here, other = (a, b) if over_a else (b, a)
+        v = self.entry(here, *space, values)
+        k = int(self.shape(other)[1])
+        alpha = "" if ins.alpha == 1 else f" * {ScalarPrinter({SIZE: 'nf'}).doprint(ins.alpha)}"
+
+        def at(p, j):
+            return f"{o}[{j}, {p}]" if over_a else f"{o}[{p}, {j}]"
+
+        if minor and over_a and here not in values:
+            sums.append(f"for k in range(opaque({k})):")
+            sums.append("    acc = DT(0.0)")
+            sums.append(f"    for i in range({space[0]}):")
+            sums.append(f"        acc += {self.at(other, 'i', 'k')} * {v}")
+            sums.append(f"    {at('k', 'j')} = acc{alpha}")
+        elif minor:
+            for p in range(k):
+                pre.append(f"acc_{o}_{p} = DT(0.0)")
+                body.append(f"acc_{o}_{p} += {self.at(other, 'i', p)} * {v}")
+                post.append(f"{at(p, 'j')} = acc_{o}_{p}{alpha}")
+        else:
+            with out.block(f"for j in {cols}:"), out.block(f"for k in range({k}):"):
+                out(f"{at('k', 'j')} = DT(0.0)")
+            body.append(f"for k in range({k}):")
+            body.append(f"    {at('k', 'j')} += {self.at(other, 'i', 'k')} * {v}{alpha}")
+
+    def dot(self, ins, local):
+        """Entry (i, j) of a small product: a balanced sum written out for up to 16 terms."""
+        a, b = ins.args
+        ta, tb = ins.trans
+        inner = self.layout.inner(ins)
+
+        def term(k):
+            return (f"{self.at(a, k, 'i') if ta else self.at(a, 'i', k)} * "
+                    f"{self.at(b, 'j', k) if tb else self.at(b, k, 'j')}")
+
+        if inner != "n" and int(inner) <= 16:
+            lines = [f"{local} = {_tree_sum([term(k) for k in range(int(inner))])}"]
+        else:
+            lines = [f"{local} = DT(0.0)", f"for k in range({inner}):", f"    {local} += {term('k')}"]
+        if ins.alpha != 1:
+            lines.append(f"{local} *= {ScalarPrinter({SIZE: 'nf'}).doprint(ins.alpha)}")
+        return lines
+
+    def map(self, ins, local, r, c, values):
+        syms = arg_symbols(len(ins.args))
+        names = {s: self.entry(a, r, c, values) for s, a in zip(syms, ins.args)} | {SIZE: "nf"}
+        temps, (body,) = sp.cse(ins.body, symbols=sp.numbered_symbols("_c", start=self.counter),
+                                optimizations="basic")
+        self.counter += len(temps)
+        printer = ScalarPrinter(names | {sym: sym.name for sym, _ in temps})
+        try:
+            return [f"{sym} = {printer.doprint(e)}" for sym, e in temps] + [
+                f"{local} = {printer.doprint(body)}"]
+        except Exception as err:  # the strict printer names what it cannot print
+            raise CodegenError(f"the numba backend cannot compute {ins.note or ins.body}: "
+                               f"{str(err).splitlines()[0]}") from None
+
+    def stored_product(self, ins):
+        """((rows, cols) of the output as stored, inner dimension, (a, ta, b, tb) as the BLAS
+        call takes them): a batch-minor output is computed transposed, oᵀ = op(b)ᵀ·op(a)ᵀ, and
+        a batch-minor operand's transpose flag flips."""
+        (a, b), (ta, tb) = ins.args, ins.trans
+        r, c = self.shape(ins.out)
+        if ins.out in self.minor:
+            (a, ta), (b, tb), (r, c) = (b, not tb), (a, not ta), (c, r)
+        ta, tb = ta != (a in self.minor), tb != (b in self.minor)
+        return (r, c), self.layout.inner(ins), (a, ta, b, tb)
+
+    def gemm(self, ins, out: Lines, split, span):
+        if self.layout.small(ins):  # a small product summed over the batch: rows outermost
+            self.small_gemm(ins, out)
+            return
+        (r, c), k, (a, ta, b, tb) = self.stored_product(ins)
+        alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
+        i0 = j0 = "0"
+        if span is not None:
+            if _longer(r, c):
+                r, i0 = "last - first", "first"
+            else:
+                c, j0 = "last - first", "first"
+        out(f"gemm_at({ta}, {self.ident[a]}, {tb}, {self.ident[b]}, {self.ident[ins.out]}, "
+            f"{alpha}, DT(0.0), {r}, {c}, {k}, {i0}, {j0})")
+
+    def small_gemm(self, ins, out: Lines):
+        (a, b), (ta, tb), o = ins.args, ins.trans, ins.out
+        r, c = self.shape(o)
+        with out.block(f"for i in range({r}):"), out.block(f"for j in range({c}):"):
+            out(f"{self.at(o, 'i', 'j')} = DT(0.0)")
+        with out.block(f"for k in range({self.layout.inner(ins)}):"), \
+                out.block(f"for i in range({r}):"):
+            out(f"a_ki = {self.at(a, 'k', 'i') if ta else self.at(a, 'i', 'k')}")
+            with out.block(f"for j in range({c}):"):
+                out(f"{self.at(o, 'i', 'j')} += a_ki * "
+                    f"{self.at(b, 'j', 'k') if tb else self.at(b, 'k', 'j')}")
+        if ins.alpha != 1:
+            alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
+            with out.block(f"for i in range({r}):"), out.block(f"for j in range({c}):"):
+                out(f"{self.at(o, 'i', 'j')} *= {alpha}")
+
+    def logsumexp(self, ins, out: Lines, span):
+        a, o = ins.args[0], ins.out
+        r, c = self.shape(a)
+        rows = f"range({span[0]}, {span[1]})" if span else f"range({r})"
+        with out.block(f"for i in {rows}:"):
+            out(f"top = {self.at(a, 'i', 0)}")
+            with out.block(f"for j in range(1, {c}):"):
+                out(f"top = max(top, {self.at(a, 'i', 'j')})")
+            with out.block("if not math.isfinite(top):"):
+                out("top = DT(0.0)")
+            out("acc = DT(0.0)")
+            with out.block(f"for j in range({c}):"):
+                out(f"acc += vexp({self.at(a, 'i', 'j')} - top)")
+            out(f"{self.at(o, 'i', 0)} = top + math.log(acc)")
+
+    def transpose(self, ins, out: Lines, span):
+        a, o = ins.args[0], ins.out
+        r, c = self.shape(o)
+        rows = f"range({span[0]}, {span[1]})" if span else f"range({r})"
+        with out.block(f"for i in {rows}:"), out.block(f"for j in range({c}):"):
+            out(f"{self.at(o, 'i', 'j')} = {self.at(a, 'j', 'i')}")
+
+
+def _branches(counts) -> list[str | None]:
+    """The heads of an if/elif/else chain choosing, by piece number ``p``, among consecutive
+    ranges of the given sizes (source text); [None] for one range."""
+    if len(counts) == 1:
+        return [None]
+    heads, end = [], "0"
+    for k, count in enumerate(counts[:-1]):
+        end = count if end == "0" else f"{end} + {count}"
+        heads.append(f"{'if' if k == 0 else 'elif'} p < {end}:")
+    return [*heads, "else:"]
+
+
+def _longer(r, c) -> bool:
+    """Whether a product's tiles cut its rows: the longer side (the batch counts as long), so
+    that the operand packed again for every tile is the smaller one."""
+    if r == "n" or c == "n":
+        return r == "n"
+    return int(r) >= int(c)
+
+
+def _tree_sum(terms: list[str]) -> str:
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    return f"({_tree_sum(terms[:half])} + {_tree_sum(terms[half:])})"
+
+
+def _hoist(expr, per_step: set, found: dict) -> sp.Expr:
+    """Replace each maximal non-atomic subexpression that depends only on ``per_step`` symbols
+    by a new symbol recorded in ``found``: it is computed once per step, not once per entry."""
+    if expr.is_number:
+        return expr
+    if expr.free_symbols <= per_step:
+        if expr not in found:
+            found[expr] = sp.Symbol(f"_h{len(found)}", real=True)
+        return found[expr]
+    if expr.is_Atom or not expr.args:
+        return expr
+    return expr.func(*[_hoist(a, per_step, found) for a in expr.args])
+
+
+# ------------------------------------------------------------------------------- kernels
+
+
+class Stages:
+    """A kernel's phases as small jitted functions ("stages") that it calls in order.
+
+    numba's analyses (liveness, reaching definitions) grow faster than linearly with a
+    function's size: an 8-layer network's training kernel as one function took 10 s to
+    compile, 33 s at 16 layers. And the layers of a deep network make the same stages again and
+    again, on other arrays: so a stage takes the block slots of its arrays as an argument, and
+    stages that are the same but for them (and for the names the printer numbered) are compiled
+    once. The formulas a call computes are comments above the call."""
+
+    def __init__(self, prefix: str, slots: dict[str, tuple[int, str]], params: tuple[str, ...],
+                 length: int):
+        self.prefix = prefix
+        self.slots = slots  # local name → (block slot, dtype)
+        self.params = params
+        self.length = length
+        self.defs = Lines()
+        self.known: dict[tuple, str] = {}  # canonical body → the stage's name
+        self.rows: list[list[int]] = []  # the slots of each call: rows of a module constant
+
+    def add(self, write) -> list[str]:
+        """The lines that call a stage whose body ``write(lines)`` emits (a new stage, or one
+        with the same code)."""
+        body = Lines()
+        body.depth = 1
+        write(body)
+        notes = [line.strip() for line in body.lines if line.strip().startswith("#")]
+        code = [line for line in body.lines if not line.strip().startswith("#")]
+        code, arrays = self._canonical(code)
+        key = ("\n".join(code), tuple(self.slots[a][1] for a in arrays))
+        if key not in self.known:
+            self.known[key] = self._define(code, key[1], notes)
+        # the slots as a row of a constant array: a tuple of numbers would be typed by value
+        # (numba's literal types), and compiled again for every call
+        self.rows.append([self.slots[a][0] for a in arrays])
+        row = f"{self.table}[{len(self.rows) - 1}]"
+        return [*notes, f"base = {self.known[key]}({', '.join(self.params)}, {row})"]
+
+    @property
+    def table(self) -> str:
+        return f"{self.prefix.upper()}_SLOTS"
+
+    def emit(self, out: Lines):
+        """The slot table and the stages' definitions."""
+        width = max(map(len, self.rows), default=0) or 1
+        out(f"{self.table} = np.array([")
+        for row in self.rows:
+            out(f"    {row + [-1] * (width - len(row))},")
+        out("], np.int64)")
+        out()
+        out()
+        out.lines += self.defs.lines
+
+    def _canonical(self, lines: list[str]) -> tuple[list[str], list[str]]:
+        """``lines`` with the arrays renamed a0, a1, … in order of first use (and the names
+        derived from them: z_, acc_), and piece sizes and CSE temporaries renumbered from 0."""
+        text = "\n".join(lines)
+        arrays: list[str] = []
+        numbered: dict[str, dict[str, str]] = {"sz": {}, "c": {}}
+
+        def rename(match):
+            token = match.group(0)
+            m = re.fullmatch(r"(z_|acc_)?([A-Za-z_]\w*?)(_\d+)?", token)
+            for prefix, stem, tail in ((m[1] or "", m[2], m[3] or ""), ("", token, "")):
+                if stem in self.slots and (prefix or not tail):
+                    if stem not in arrays:
+                        arrays.append(stem)
+                    return f"{prefix}a{arrays.index(stem)}{tail if prefix else ''}"
+            sized = re.fullmatch(r"(P_)?sz_(\d+)", token)
+            if sized:
+                index = numbered["sz"].setdefault(sized[2], str(len(numbered["sz"])))
+                return f"{sized[1] or ''}sz{index}"
+            temp = re.fullmatch(r"_c(\d+)", token)
+            if temp:
+                return f"_c{numbered['c'].setdefault(temp[1], str(len(numbered['c'])))}"
+            return token
+
+        text = re.sub(r"(?<![\w.])[A-Za-z_]\w*", rename, text)
+        return text.split("\n"), arrays
+
+    def _define(self, code: list[str], dtypes, notes) -> str:
+        name = f"{self.prefix}_{len(self.known)}"
+        used = set(re.findall(r"[A-Za-z_]\w*", "\n".join(code)))
+        d = self.defs
+        d(JIT)
+        with d.block(f"def {name}({', '.join(self.params)}, slots):"):
+            if notes:
+                d.comment(f"first for: {'; '.join(note[2:] for note in notes)}")
+            if dtypes or "blk" in used:
+                d(f"blk = rt.block(blk_addr, {self.length})")
+            for k, dtype in enumerate(dtypes):
+                d(f"a{k} = rt.array(blk, slots[{k}], {dtype})")
+            if "nf" in used:
+                d("nf = DT(n)")
+            if "lo" in used:
+                d("lo = np.int64(0)")
+        d.lines += code
+        d("    return base")
+        d()
+        d()
+        return name
+
+
+def _slots(arrays: list[tuple[str, str]]) -> dict[str, tuple[int, str]]:
+    """Each array's local name → (its slot in the argument block, its dtype)."""
+    return {name: (ARRAYS_AT + 3 * k, dtype) for k, (name, dtype) in enumerate(arrays)}
+
+
+def entry_kernel(out: Lines, writer: KernelWriter) -> Entry:
+    """``name(blk_addr, tid)``: the program on the first ``n`` rows (block slot 1)."""
+    program = writer.program
+    leaves = [b for b in program.buffers if b.role != "temp"]
+    temps = [b for b in program.buffers if b.role == "temp"]
+    arrays = [(writer.ident[b.name], "DT") for b in (*leaves, *temps)]
+    length = ARRAYS_AT + 3 * len(arrays)
+    stages = Stages(f"_{writer.name}", _slots(arrays), ("blk_addr", "team", "base", "n"), length)
+    calls = Lines()
+    calls.depth = 1
+    writer.body(calls, stages)
+    stages.emit(out)
+    with out.block(f"def {writer.name}(blk_addr, tid):"):
+        out(f"blk = rt.block(blk_addr, {length})")
+        out("team = blk[0]")
+        out("n = blk[1]")
+        _layout_note(out, writer)
+        out("base = np.int64(0)")
+    out.lines += calls.lines
+    return Entry(writer.name, ("n",), tuple(b.name for b in (*leaves, *temps)), writer.layout,
+                 *writer.work())
+
+
+def _layout_note(out: Lines, writer: KernelWriter):
+    minor = [writer.ident[b.name] for b in writer.program.buffers if b.name in writer.minor]
+    if minor:
+        out.comment(f"stored batch-minor: {', '.join(minor)}")
+
+
+class TrainWriter:
+    """``train_epochs(blk_addr, tid)``: every minibatch of one or more epochs in one call."""
+
+    SCALARS = ("batch", "t0", "limit")  # block slots 1, 2, 3; runtime's result slots follow
+
+    def __init__(self, grad: KernelWriter, update: Update, loss_buffer: str):
+        self.grad = grad
+        # the same statements, reading the narrow inputs batch-minor as the gather writes them:
+        # over seed002's 10-wide output the nest that reads the labels took 4.4 ms of a 0.078 s
+        # epoch with them n×c (strided), 0.5 ms batch-minor (cycle counters)
+        self.body = KernelWriter("train_epochs", grad.program, grad.layout.gathered(), grad.ident)
+        self.update = update
+        self.loss_buffer = loss_buffer
+        prog = grad.program
+        self.inputs = [b for b in prog.buffers if b.role == "input"]
+        self.params = [b for b in prog.buffers if b.role == "param"]
+        self.temps = [b for b in prog.buffers if b.role == "temp"]
+        self.grad_of = {name: grad.ident[buf] for name, buf in prog.outputs if name != "loss"}
+        self.rule = "; ".join(f"{lhs} ← {rhs}" for lhs, rhs in update.steps)
+        self._split_update()
+
+    def arrays(self) -> list[tuple[str, str, str]]:
+        """(block name, local name, dtype) of every array, in block order."""
+        gi = self.grad.ident
+        out = [("orders", "orders", "np.int64"), ("losses", "losses", "DT"),
+               ("stop", "stop", "np.int64"), ("fbuf", "fbuf", "np.float64")]
+        out += [(f"data/{b.name}", f"d_{gi[b.name]}", "DT") for b in self.inputs]
+        out += [(f"batch/{b.name}", gi[b.name], "DT") for b in self.inputs]
+        out += [(b.name, gi[b.name], "DT") for b in self.params]
+        out += [(f"state/{b.name}/{s}", f"s_{s}_{gi[b.name]}", "DT") for b in self.params
+                for s in self.update.state]
+        out += [(b.name, gi[b.name], "DT") for b in self.temps]
+        return out
+
+    STAGE = ("blk_addr", "team", "base", "n", "e", "s", "start", "t", "batches", "limit")
+
+    def emit(self, out: Lines) -> Entry:
+        self.emit_helpers(out)
+        out()
+        out()
+        arrays = self.arrays()
+        gi = self.grad.ident
+        length = ARRAYS_AT + 3 * len(arrays)
+        slots = _slots([(local, dtype) for _, local, dtype in arrays])
+        self.tables(out, slots)
+        stages = Stages("_train", slots, self.STAGE, length)
+        step = Lines()
+        step.depth = 3  # inside the function and the loops over epochs and batches
+        self.step(step, stages)
+        stages.emit(out)
+        with out.block("def train_epochs(blk_addr, tid):"):
+            out(f"blk = rt.block(blk_addr, {length})")
+            out("team = blk[0]")
+            for k, name in enumerate(self.SCALARS, start=1):
+                out(f"{name} = blk[{k}]")
+            data = f"d_{gi[self.inputs[0].name]}"
+            for local in ("orders", data):
+                out(f"{local} = rt.array(blk, {slots[local][0]}, {slots[local][1]})")
+            out("mode = get_fpmode()  # flush subnormals to zero while training (fpmode)")
+            out("set_fpmode(mode | np.uint32(FTZ_DAZ))")
+            out("lo = np.int64(0)")
+            out(f"rows = {data}.shape[0]")
+            out("batches = (rows + batch - 1) // batch")
+            out("t = t0")
+            out("base = lo")
+            out("going = t0 != limit")
+            with out.block("if not going and tid == 0:"):
+                out(f"rt.record(blk_addr, lo, lo, t, {Status.STOPPED.value})")
+            out("e = lo")
+            with out.block("while going and e < orders.shape[0]:"):
+                out("s = lo")
+                with out.block("while going and s < batches:"):
+                    out.lines += step.lines
+                    out("s += 1")
+                out("e += 1")
+            with out.block("if tid == 0 and blk[rt.STATUS] < 0:"):
+                out(f"rt.record(blk_addr, orders.shape[0], lo, t, {Status.DONE.value})")
+            out("set_fpmode(mode)")
+        work = self.grad.work()
+        return Entry("train_epochs", self.SCALARS, tuple(name for name, _, _ in arrays),
+                     self.body.layout, *work)
+
+    def step(self, out: Lines, stages: Stages):
+        """One step, as calls of its stages: the gather, the loss and gradients, the update."""
+        out("start = s * batch")
+        out("n = min(batch, rows - start)")
+        for line in stages.add(self.gather):
+            out(line)
+        _layout_note(out, self.body)
+        self.body.body(out, stages, self.loss_check, self.loss_buffer)
+        with out.block("if blk[rt.STOPCODE] != 0:"):
+            out("going = False")
+        with out.block("else:"):
+            out("t += 1")
+            for line in stages.add(self.update_stage):
+                out(line)
+            with out.block("if blk[rt.STOPCODE] != 0:"):
+                out("going = False")
+
+    def update_stage(self, out: Lines):
+        """The per-step scalars (in every thread: the clip factor, a scheduled rate, bias
+        corrections) and the update."""
+        if self.update.clip_norm is not None:
+            self.clip(out)
+        out("tf = float(t)")
+        for line in self.step_lines:
+            out(line)
+        self.updates(out)
+
+    def gather(self, out: Lines):
+        """Copy the step's shuffled rows into the input buffers, in pieces of rows."""
+        gi = self.grad.ident
+        total = sum(int(dims(b.shape)[1]) for b in self.inputs)
+        out.comment("the batch: its shuffled rows of the data")
+        out(f"size = rt.tile(n, n * {total}, {NEST_PIECE}, 8)")
+        out("P = (n + size - 1) // size")
+        out("p = rt.claim(team, base, P, -1)")
+        with out.block("while p >= 0:"):
+            with out.block("for r in range(p * size, min(p * size + size, n)):"):
+                out("i = orders[e, start + r]")
+                for b in self.inputs:
+                    with out.block(f"for j in range({dims(b.shape)[1]}):"):
+                        out(f"{self.body.at(b.name, 'r', 'j')} = d_{gi[b.name]}[i, j]")
+            out("p = rt.next(team, base, P, p)")
+        out("base = rt.wait(team, base, P)")
+
+    def loss_check(self, out: Lines):
+        """The epilogue of the phase that computes the loss: record it; stop if not finite."""
+        out(f"loss = {self.body.at(self.loss_buffer, 0, 0)}")
+        out("losses[e, s] = loss")
+        with out.block("if not math.isfinite(loss):"):
+            out(f"rt.record(blk_addr, e, s, t, {Status.LOSS.value})")
+
+    def tables(self, out: Lines, slots):
+        """Module constants the update stage reads its arrays' block slots from: one row per
+        piece of the update (parameter, gradient, states, first and last row), and the
+        gradients' slots for the clip norm. A table and one call, rather than a branch and a
+        call per parameter: numba takes ~50 ms to compile each (measured at 8 layers)."""
+        gi = self.grad.ident
+        out("_UPDATES = np.array([  # parameter, gradient, state slots; first and last row")
+        for p in self.params:
+            x = gi[p.name]
+            rows, cols = (int(d) for d in dims(p.shape))
+            per = max(1, UPDATE_PIECE // cols)
+            arrays = [x, self.grad_of[p.name], *(f"s_{s}_{x}" for s in self.update.state)]
+            for r0 in range(0, rows, per):
+                row = [slots[a][0] for a in arrays] + [r0, min(r0 + per, rows)]
+                out(f"    {row},  # {comment_text(p.name)}")
+        out("], np.int64)")
+        out(f"_GRADIENTS = np.array({[slots[self.grad_of[p.name]][0] for p in self.params]}, "
+            f"np.int64)")
+        out()
+
+    def clip(self, out: Lines):
+        """min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients: one piece, a fixed order."""
+        out.comment("clip: min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients")
+        out("P = 1")
+        out("p = rt.claim(team, base, P, -1)")
+        with out.block("while p >= 0:"):
+            out("sq = 0.0")
+            with out.block("for k in range(_GRADIENTS.shape[0]):"):
+                out("sq += sum_of_squares(rt.array(blk, _GRADIENTS[k], DT))")
+            out("fbuf[0, 0] = sq")
+            out("p = rt.next(team, base, P, p)")
+        out("base = rt.wait(team, base, P)")
+        out(f"clip = min(1.0, {self.update.clip_norm!r} / (math.sqrt(fbuf[0, 0]) + 1e-6))")
+
+    def updates(self, out: Lines):
+        """The update of every parameter, in pieces of rows (``_UPDATES``); its epilogue
+        decides the next step."""
+        k = 2 + len(self.update.state)
+        arrays = ", ".join(f"rt.array(blk, w[{j}], DT)" for j in range(k))
+        out.comment(f"update: {self.rule}")
+        out("P = _UPDATES.shape[0]")
+        out("p = rt.claim(team, base, P, -1)")
+        with out.block("while p >= 0:"):
+            out("w = _UPDATES[p]")
+            out(f"bad = update_entries({', '.join([arrays, *self.hoisted, f'w[{k}]', f'w[{k + 1}]'])})")
+            with out.block("if bad != 0.0:  # NaN: an updated entry is not finite"):
+                out("blk[rt.BAD] = 1")
+            with out.block("if rt.finish(team, base, P, p):"):
+                self.decide(out)
+                out("rt.publish(team, base, P)")
+            out("p = rt.claim(team, base, P, p)")
+        out("base = rt.wait(team, base, P)")
+
+    def decide(self, out: Lines):
+        """The update's epilogue: stop if an updated entry is not finite (the update stays
+        applied: the caller undoes it), or before the next step if the step limit is reached
+        or a stop was asked for (``stop``: Ctrl-C)."""
+        with out.block("if blk[rt.BAD] != 0:"):
+            out(f"rt.record(blk_addr, e, s, t, {Status.UPDATE.value})")
+        with out.block("elif t == limit or stop[0, 0] != 0:"):
+            out("e1, s1 = (e + 1, lo) if s + 1 == batches else (e, s + 1)")
+            with out.block("if e1 < orders.shape[0]:"):
+                out(f"rt.record(blk_addr, e1, s1, t, {Status.STOPPED.value})")
+        out("blk[rt.BAD] = 0")
+
+    def _split_update(self):
+        """Split the update rule into per-step scalar lines (a scheduled lr, bias corrections:
+        in float64, as torch computes them) and the per-entry rule, over hoisted scalars."""
+        sym = UPDATE_SYMBOLS
+        per_step = {sym["t"], sym["clip"]}
+        self.names = {sym["p"]: "p", sym["g"]: "g"}
+        self.names.update({sp.Symbol(s, real=True): f"_st_{s}" for s in self.update.state})
+        step_names = {sym["t"]: "tf", sym["clip"]: "clip"}
+        f64 = ScalarPrinter(step_names, cast="")
+        found: dict = {}
+        self.step_lines, self.entry_steps = [], []
+        for lhs, rhs in self.update.steps:
+            if lhs not in self.names and rhs.free_symbols <= per_step:  # e.g. a scheduled lr
+                step_names[lhs] = f"_u_{lhs.name}"
+                self.step_lines.append(f"_u_{lhs.name} = {f64.doprint(rhs)}")
+                per_step.add(lhs)
+            else:
+                self.names.setdefault(lhs, f"_u_{lhs.name}")  # a per-entry temporary
+                self.entry_steps.append((lhs, _hoist(rhs, per_step, found)))
+        self.step_lines += [f"{h} = DT({f64.doprint(e)})" for e, h in found.items()]
+        self.hoisted = [h.name for h in found.values()]
+        self.names.update({h: h.name for h in found.values()})
+
+    def emit_helpers(self, out: Lines):
+        """``update_entries`` (the rule over rows of one parameter, its gradient and its state;
+        returns 0, or NaN if an updated entry is not finite) and ``sum_of_squares``: compiled
+        once and called for every parameter."""
+        printer = ScalarPrinter(self.names)
+        states = [f"s_{s}" for s in self.update.state]
+        out(JIT)
+        with out.block(f"def update_entries({', '.join(['ps', 'gs', *states, *self.hoisted, 'r0', 'r1'])}):"):
+            out.comment(f"{self.rule}, on rows r0 to r1")
+            out("acc = DT(0.0)")
+            with out.block("for i in range(r0, r1):"), out.block("for j in range(ps.shape[1]):"):
+                out("p = ps[i, j]")
+                out("g = gs[i, j]")
+                for s in self.update.state:
+                    out(f"_st_{s} = s_{s}[i, j]")
+                for lhs, rhs in self.entry_steps:
+                    out(f"{self.names[lhs]} = {printer.doprint(rhs)}")
+                out("ps[i, j] = p")
+                for s in self.update.state:
+                    out(f"s_{s}[i, j] = _st_{s}")
+                finite = " + ".join(["(p - p)", *(f"(_st_{s} - _st_{s})" for s in self.update.state)])
+                out(f"acc += {finite}  # stays 0 while every entry is finite, else NaN")
+            out("return acc")
+        if self.update.clip_norm is not None:
+            out()
+            out()
+            out(JIT)
+            with out.block("def sum_of_squares(x):"):
+                out("acc = 0.0")
+                with out.block("for i in range(x.shape[0]):"), \
+                        out.block("for j in range(x.shape[1]):"):
+                    out("acc += x[i, j] * x[i, j]")
+                out("return acc")
+
+
+def generate(programs: dict[str, Program], update: Update | None, dtype):
+    """The module text for ``programs`` (and ``train_epochs`` when ``update`` is given) and the
+    :class:`Entry` of each kernel."""
+    dtype = np.dtype(dtype)
+    out = Lines()
+    out(f'"""Generated by symnet (codegen version {CODEGEN_VERSION}) for {dtype.name}."""')
+    out()
+    out("import math")
+    out()
+    out("import numba as nb")
+    out("import numpy as np")
+    out()
+    out("from codegen.intrinsics.blas import gemm_at")
+    out("from codegen.intrinsics.fpmode import FTZ_DAZ, get_fpmode, set_fpmode")
+    out("from codegen.intrinsics.opaque import opaque")
+    out(f"from codegen.intrinsics.vecmath import exp{dtype.itemsize * 8} as vexp")
+    out("from codegen.numba import runtime as rt")
+    out()
+    out(f"DT = np.{dtype.name}")
+    out(f"FASTMATH = {FASTMATH}")
+    entries = {}
+    writers = {}
+    for name, prog in programs.items():
+        used: set[str] = set()
+        ident = {b.name: identifier(b.name, used) for b in prog.buffers}
+        writers[name] = KernelWriter(name, prog, layout(prog), ident)
+        out()
+        out()
+        entries[name] = entry_kernel(out, writers[name])
+    if update is not None:
+        out()
+        out()
+        loss = dict(programs["loss_and_grad"].outputs)["loss"]
+        entries["train_epochs"] = TrainWriter(writers["loss_and_grad"], update, loss).emit(out)
+    return out.text(), entries
+
+
+del runtime  # imported for the generated modules' sake (its symbols are registered on import)

@@ -1,0 +1,215 @@
+"""Runs the generated kernels: compiles them (or loads them from numba's cache) on first use,
+keeps their workspaces, fills their argument blocks and calls them through the runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numba.core.errors
+import numpy as np
+
+from ..ir import BATCH, CodegenError, Program, Status, Update
+from . import cache, runtime
+from .emit import ARRAYS_AT, CODEGEN_VERSION, KERNEL_OPTIONS, Entry, generate
+
+# Below this many multiply-adds (or entries) a call runs on the calling thread alone: waking
+# the team costs more than it saves (a kernel's results are the same either way).
+PARALLEL_WORK = 200_000
+
+
+class NumbaRunner:
+    """Every program of a model as a compiled kernel, on workspaces that grow with the largest
+    batch."""
+
+    def __init__(self, programs: dict[str, Program], update: Update | None, dtype="float32"):
+        self.dtype = np.dtype(dtype)
+        self.programs = programs
+        self.update = update
+        self.source, self.entries = generate(programs, update, self.dtype)
+        if os.environ.get("SYMNET_DEBUG"):
+            print(self.source, file=sys.stderr)
+        self.module = cache.load(self.source, f"{CODEGEN_VERSION}\n{_runtime_digest()}")
+        self.compiled: dict[str, tuple] = {}
+        self.work: dict[str, dict[str, np.ndarray]] = {}
+        self.capacity: dict[str, int] = {}
+        self.lock = threading.Lock()  # the workspaces serve one call at a time
+
+    def kernel(self, name: str):
+        """The ``ctypes`` caller of kernel ``name``, compiled (or loaded) on first use."""
+        if name not in self.compiled:
+            with _jit_errors():
+                self.compiled[name] = cache.compile_kernel(
+                    getattr(self.module, name), self.module.CACHE, **KERNEL_OPTIONS)
+        return self.compiled[name][1]
+
+    def cached(self, name: str) -> bool:
+        """Whether kernel ``name``'s machine code came from numba's cache."""
+        return self.compiled[name][0].cache_hits > 0
+
+    def workspace(self, name: str, rows: int) -> dict[str, np.ndarray]:
+        """The workspaces of program ``name`` for up to ``rows`` batch rows."""
+        if self.capacity.get(name, -1) < rows:
+            entry = self.entries[name]
+            self.work[name] = {b.name: _alloc(b.shape, rows, self.dtype, b.name in entry.layout.minor)
+                               for b in self.programs[name].buffers if b.role == "temp"}
+            self.capacity[name] = rows
+        return self.work[name]
+
+    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entry = self.entries[name]
+        program = self.programs[name]
+        n = _batch_rows(program, feeds)
+        kernel = self.kernel(name)
+        with self.lock:
+            arrays = {**feeds, **self.workspace(name, n)}
+            blk = _block(entry, {"n": n}, arrays)
+            runtime.run(kernel, blk, entry.work(n) >= PARALLEL_WORK)
+            return {out: _view(arrays[buf], program.buffer(buf).shape, n).copy()
+                    for out, buf in program.outputs}
+
+    def train(self, data: dict[str, np.ndarray], params: dict[str, np.ndarray],
+              state: dict[str, dict[str, np.ndarray]], orders: np.ndarray, batch_size: int,
+              t0: int, limit: int = -1, stop: np.ndarray | None = None):
+        """Runs the epochs of ``orders`` from step ``t0`` in one call, updating ``params`` and
+        ``state`` in place; returns (per-batch losses, epoch, batch, t, :class:`Status`). It
+        stops before step ``limit + 1`` (-1: no limit) and before the next step once
+        ``stop[0]`` is set, so a call always ends between whole steps. The kernel runs on
+        another thread while the calling thread waits, so that the caller's signal handlers
+        (Ctrl-C) run meanwhile and can set ``stop``."""
+        entry = self.entries["train_epochs"]
+        rows = min(batch_size, len(orders[0]))
+        kernel = self.kernel("train_epochs")
+        stop = np.zeros(1, np.int64) if stop is None else stop
+        batches = -(-len(orders[0]) // batch_size)
+        losses = np.zeros((len(orders), batches), self.dtype)
+        with self.lock:
+            arrays = {"orders": orders, "losses": losses, "stop": stop.reshape(1, 1),
+                      "fbuf": np.zeros((1, 8)), **params, **self.workspace("loss_and_grad", rows),
+                      **self.batch_buffers(rows)}
+            arrays.update({f"data/{k}": v for k, v in data.items()})
+            arrays.update({f"state/{p}/{s}": v for p, st in state.items() for s, v in st.items()})
+            blk = _block(entry, {"batch": batch_size, "t0": t0, "limit": limit}, arrays)
+            blk[runtime.STATUS] = -1
+            parallel = entry.work(rows) >= PARALLEL_WORK
+            _off_this_thread(lambda: runtime.run(kernel, blk, parallel), stop)
+        status = Status(int(blk[runtime.STATUS]))
+        return losses, int(blk[runtime.E]), int(blk[runtime.S]), int(blk[runtime.T]), status
+
+    def batch_buffers(self, rows: int) -> dict[str, np.ndarray]:
+        """The input buffers train_epochs gathers each batch into (narrow ones batch-minor)."""
+        if self.capacity.get("batch", -1) < rows:
+            lay = self.entries["train_epochs"].layout
+            self.work["batch"] = {f"batch/{b.name}": _alloc(b.shape, rows, self.dtype,
+                                                            b.name in lay.minor)
+                                  for b in self.programs["loss_and_grad"].buffers
+                                  if b.role == "input"}
+            self.capacity["batch"] = rows
+        return self.work["batch"]
+
+
+def _block(entry: Entry, scalars: dict[str, int], arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The kernel's argument block: scalars from slot 1, then each array's data pointer and
+    two dimensions (``runtime.array``). The arrays must stay alive while the kernel runs."""
+    blk = np.zeros(entry.length, np.int64)
+    for k, name in enumerate(entry.scalars, start=1):
+        blk[k] = scalars[name]
+    for k, name in enumerate(entry.arrays):
+        a = arrays[name]
+        if not (a.flags.c_contiguous and a.ndim == 2):
+            raise CodegenError(f"the kernel {entry.name} takes C-contiguous 2-D arrays; {name} "
+                               f"is {a.ndim}-D{'' if a.flags.c_contiguous else ', strided'}")
+        at = ARRAYS_AT + 3 * k
+        blk[at:at + 3] = a.ctypes.data, a.shape[0], a.shape[1]
+    return blk
+
+
+def _off_this_thread(call, stop: np.ndarray):
+    """``call()`` (a kernel that watches ``stop``) on a thread of its own, while this one
+    waits: Python runs signal handlers only between its own instructions, so a kernel that
+    runs for seconds on this thread would hold back Ctrl-C until it returns. If the wait is
+    interrupted, the kernel is asked to stop after its step and waited for (a second Ctrl-C
+    does not cut that short: an abandoned kernel would keep the model's arrays in use)."""
+    result: list = []
+
+    def run():
+        try:
+            result.append((True, call()))
+        except BaseException as err:  # raised again on the waiting thread
+            result.append((False, err))
+
+    worker = threading.Thread(target=run, name="symnet-kernel", daemon=True)
+    try:
+        worker.start()
+        worker.join()
+    except BaseException:
+        stop[0] = 1
+        while worker.is_alive():
+            with contextlib.suppress(BaseException):
+                worker.join()
+        raise
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
+
+@contextlib.contextmanager
+def _jit_errors():
+    """numba's typing and lowering errors, as a CodegenError that says where to look."""
+    try:
+        yield
+    except numba.core.errors.NumbaError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CodegenError(f"numba could not compile the generated kernel ({first}); "
+                           f"SYMNET_DEBUG=1 prints its source") from None
+
+
+def warm_up(runner: NumbaRunner) -> bool:
+    """Compile (or load from the disk cache) the kernels that training, evaluation and
+    prediction use; True if all machine code came from the cache. With an update,
+    ``loss_and_grad`` is left to its first direct call: ``train_epochs`` has its statements."""
+    names = [n for n in runner.entries if runner.update is None or n != "loss_and_grad"]
+    for name in names:
+        runner.kernel(name)
+    return all(runner.cached(name) for name in names)
+
+
+def _runtime_digest() -> str:
+    """A hash of the codegen package's source, whose functions and intrinsics the generated
+    kernels compile in: numba's cache checks only the generated module's own file, so without
+    it a change to one of them would load machine code built from the old one."""
+    global _RUNTIME_DIGEST
+    if _RUNTIME_DIGEST is None:
+        text = b"".join(path.read_bytes() for path in runtime_files())
+        _RUNTIME_DIGEST = hashlib.sha256(text).hexdigest()
+    return _RUNTIME_DIGEST
+
+
+def runtime_files() -> list[Path]:
+    return sorted(Path(__file__).parent.parent.rglob("*.py"))
+
+
+_RUNTIME_DIGEST = None
+
+
+def _alloc(shape, rows, dtype, minor=False):
+    """A workspace for up to ``rows`` batch rows, transposed if it is stored batch-minor; a
+    kernel on a smaller batch uses its first n rows (or columns)."""
+    d = tuple(rows if x == BATCH else x for x in shape)
+    return np.zeros(d[::-1] if minor else d, dtype)
+
+
+def _view(work, shape, n):
+    """The part of an output workspace that holds ``n`` batch rows."""
+    return work[tuple(slice(n) if d == BATCH else slice(None) for d in shape)]
+
+
+def _batch_rows(program, feeds):
+    rows = {feeds[b.name].shape[0] for b in program.buffers
+            if b.role != "temp" and b.shape[0] == BATCH}
+    return rows.pop() if rows else 1

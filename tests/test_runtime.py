@@ -1,0 +1,172 @@
+"""The thread team (codegen.numba.runtime): any thread count gives the same numbers bit for bit,
+a kernel takes any number of arrays (a 24-layer network), a busy neighbour changes nothing but
+time, and a forked child gets a team of its own."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba as nb
+import numpy as np
+import pytest
+
+import symnet as sn
+from codegen.numba import runtime as rt
+
+
+@nb.njit(nogil=True)
+def _pieces(blk_addr, tid):
+    """A test kernel: phases of pieces, each piece recording its value and the thread that
+    computed it."""
+    blk = rt.block(blk_addr, 32)
+    team = blk[0]
+    phases, count, work = blk[1], blk[2], blk[3]
+    values = rt.array(blk, 16, np.float64)
+    threads = rt.array(blk, 19, np.int64)
+    base = 0
+    for phase in range(phases):
+        p = rt.claim(team, base, count, -1)
+        while p >= 0:
+            acc = 0.0
+            for i in range(work):
+                acc += np.sqrt(i + p + phase * count + (values[phase - 1, p] if phase else 0.0))
+            values[phase, p] = acc
+            threads[phase, p] = tid
+            p = rt.next(team, base, count, p)
+        base = rt.wait(team, base, count)
+
+
+_KERNEL = rt.compile_kernel(_pieces.py_func, cache=False)[1]
+
+
+def run_pieces(phases=40, count=6, work=3000):
+    values, threads = np.zeros((phases, count)), np.full((phases, count), -1, np.int64)
+    blk = np.zeros(32, np.int64)
+    blk[1:4] = phases, count, work
+    blk[16:19] = values.ctypes.data, phases, count
+    blk[19:22] = threads.ctypes.data, phases, count
+    rt.run(_KERNEL, blk)
+    return values, threads
+
+
+def test_the_team_takes_pieces_on_every_thread_and_computes_them_alike(monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "1")
+    alone, threads = run_pieces()
+    assert (threads == 0).all()
+    for count in ("2", "4"):
+        monkeypatch.setenv("SYMNET_NUM_THREADS", count)
+        values, threads = run_pieces()
+        np.testing.assert_array_equal(values, alone)  # each piece reads the phase before's
+        assert (threads >= 0).all() and len(np.unique(threads)) > 1, threads  # shared
+        assert threads.max() < int(count)
+
+
+def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "3")
+    assert rt.threads() == 3
+    monkeypatch.delenv("SYMNET_NUM_THREADS")
+    assert rt.threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "many")
+    with pytest.warns(UserWarning, match="not a positive integer"):
+        assert rt.threads() == len(os.sched_getaffinity(0))
+
+
+def wide_model(dtype="float32", backend="numba"):
+    # 256-wide layers on batches of 64: every phase has pieces for several threads
+    X, Y = sn.Input("X", 192), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(sn.dense(X, 256, sn.relu), 256, sn.tanh), 3)
+    return sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out,
+                      optimizer=sn.optim.Adam(lr=1e-3), seed=0, backend=backend, dtype=dtype)
+
+
+def data(rows=300):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(rows, 192)), np.eye(3)[rng.integers(0, 3, rows)]
+
+
+def trained(threads, monkeypatch, epochs=3):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", str(threads))
+    model = wide_model()
+    model.fit(*data(), epochs=epochs, batch_size=64, verbose=False)
+    return model
+
+
+def test_one_two_and_four_threads_train_to_the_same_parameters_bit_for_bit(monkeypatch):
+    alone = trained(1, monkeypatch)
+    X = data()[0][:5]
+    for count in (2, 4):
+        other = trained(count, monkeypatch)
+        for k in alone.params:
+            np.testing.assert_array_equal(other.params[k], alone.params[k], err_msg=k)
+            for s in alone._state[k]:
+                np.testing.assert_array_equal(other._state[k][s], alone._state[k][s])
+        np.testing.assert_array_equal(other.predict(X), alone.predict(X))
+        assert other.loss_and_grad(*data(64))[0] == alone.loss_and_grad(*data(64))[0]
+
+
+def test_the_team_computes_what_the_numpy_reference_does(monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    models = [wide_model("float64", backend) for backend in ("numba", "numpy")]
+    for m in models:
+        m.fit(*data(), epochs=2, batch_size=64, verbose=False)
+    for k in models[1].params:
+        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-10,
+                                   atol=1e-12, err_msg=k)
+
+
+def test_a_busy_neighbour_changes_nothing_but_time(monkeypatch):
+    alone = trained(1, monkeypatch)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        for count in (2, 4):
+            other = trained(count, monkeypatch)
+            for k in alone.params:
+                np.testing.assert_array_equal(other.params[k], alone.params[k], err_msg=k)
+    finally:
+        busy.kill()
+
+
+def deep(layers, backend, dtype="float64"):
+    X, Y = sn.Input("X", 12), sn.Input("Y", 4)
+    h = X
+    for k in range(layers):
+        h = sn.dense(h, 16, sn.tanh, name=str(k + 1))
+    loss = sn.softmax_cross_entropy(sn.dense(h, 4, name=str(layers + 1)), Y)
+    return sn.compile(loss, inputs=[X], targets=[Y], optimizer=sn.optim.Adam(lr=1e-3), seed=0,
+                      backend=backend, dtype=dtype)
+
+
+def test_a_24_layer_network_trains_on_the_default_backend():
+    # 50 parameters with 100 Adam states: the kernels used to take each array member as a
+    # ctypes argument (at most 1024); now one argument block of any length
+    models = [deep(24, backend) for backend in ("numba", "numpy")]
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(size=(40, 12)), np.eye(4)[rng.integers(0, 4, 40)]
+    for m in models:
+        m.fit(X, Y, epochs=2, batch_size=16, verbose=False)
+    assert len(models[0].params) == 50
+    for k in models[1].params:
+        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-9,
+                                   atol=1e-12, err_msg=k)
+
+
+def test_a_forked_child_trains_with_a_team_of_its_own(tmp_path):
+    script = textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        sys.path.insert(0, "tests")
+        from test_runtime import data, wide_model
+        os.environ["SYMNET_NUM_THREADS"] = "2"
+        m = wide_model()
+        m.fit(*data(), epochs=1, batch_size=64, verbose=False)  # the parent's team exists
+        pid = os.fork()
+        if pid == 0:
+            m.fit(*data(), epochs=1, batch_size=64, verbose=False)
+            os._exit(0 if np.isfinite(m.params["W1"]).all() else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "0", out.stderr
