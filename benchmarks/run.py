@@ -132,8 +132,6 @@ def pool(runs: list[dict]) -> dict:
         peak_mb=max(r["peak_mb"] for r in ok),
         all_rounds_s=[x for r in ok for x in r["rounds_s"]],  # rounds_s stays the first run's
         epoch_s_per_run=[r["epoch_s"] for r in ok])
-    if "one_thread_share" in pooled:
-        pooled["one_thread_share_per_run"] = [r["one_thread_share"] for r in ok]
     return pooled
 
 
