@@ -104,3 +104,15 @@ def flops_per_epoch(w: Workload, rows: int) -> float:
     pairs = list(zip(w.sizes, w.sizes[1:]))
     per_row = sum(2 * a * b for a, b in pairs) * 3 - 2 * pairs[0][0] * pairs[0][1]
     return per_row * rows * w.steps_per_round
+
+
+def layers(sizes) -> str:
+    """``784-512×3-10``: the layer widths, a run of three or more equal widths as width×count."""
+    parts, i = [], 0
+    while i < len(sizes):
+        j = i
+        while j < len(sizes) and sizes[j] == sizes[i]:
+            j += 1
+        parts += [f"{sizes[i]}×{j - i}"] if j - i >= 3 else [str(sizes[i])] * (j - i)
+        i = j
+    return "-".join(parts)
