@@ -175,3 +175,13 @@ def test_concurrent_table_divides_together_by_one_after_the_other():
     lines = markdown(["seed002", "seed002"], 20, passes).splitlines()
     assert lines[4] == "| 1 | 2.000 (1.000, 1.000) | 2.200 (2.100, 2.200) | 1.10 |"
     assert lines[-1] == "| median | 3.000 | 3.100 | **1.05** |"
+
+
+def test_symnet_bench_passes_load_on(monkeypatch):
+    from benchmarks import run
+
+    seen = []
+    monkeypatch.setattr(run, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["bench", "--workload", "tiny", "--load"]) == 0
+    assert main(["bench", "--workload", "tiny"]) == 0
+    assert seen == [["--workload", "tiny", "--load"], ["--workload", "tiny"]]
