@@ -126,6 +126,7 @@ def markdown(rows: list[dict], checks: dict, threads: list[int], var: str, load:
 
 
 def summarise(name: str, t: int, runs: list[dict]) -> dict:
+    """One (shape, thread count) over all passes: its steady rounds pooled, and any errors."""
     steady = [x for r in runs if "round_s" in r for x in r["round_s"][1:]]
     w = SHAPES[name]
     row = {"shape": name, "sizes": list(w.sizes), "batch": w.batch or "full", "threads": t,
