@@ -2,11 +2,16 @@
 caches, then a table of ratios to symnet.
 
     symnet bench [--workload seed002,tiny] [--peers symnet,numba,torch] [--repeat 3] [--out DIR]
+                 [--load]
     python -m benchmarks.run ...   (the same)
 
 With --repeat N, each workload's peers run N times in turn (A B C A B C ...), and a peer's
 steady epoch time is the median of all its steady epochs: on a machine whose speed drifts (a
 shared host), every peer then meets the slow and the fast periods alike.
+
+With --load, one CPU-bound process (``python -c "while True: pass"``) runs beside the whole run,
+from before the first measured child to the end; results.json's machine info and results.md say
+so.
 
 Results go to DIR/results.json, DIR/results.md and DIR/*.png (default benchmarks/results/).
 A peer that is not installed, or cannot express a workload, is reported as such.
@@ -29,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .busy import DESCRIPTION, busy_neighbour
 from .peers import PEERS
 from .workloads import WORKLOADS, initial_params, load_data
 
 THREADS = {k: "2" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                            "NUMBA_NUM_THREADS")}
+                            "NUMBA_NUM_THREADS", "SYMNET_NUM_THREADS")}
 THREADS["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
 
 
@@ -95,16 +101,21 @@ def child_env(cache_dir: str) -> dict[str, str]:
             "NUMBA_CACHE_DIR": os.path.join(cache_dir, "numba")}
 
 
+def run_child(args: list[str], env: dict[str, str]) -> dict:
+    """``python -m *args`` in a fresh process: the JSON of its last line of output, or
+    ``{"error": its last line of stderr}`` if it failed."""
+    proc = subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["(no output)"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def spawn(workload, peer, cache_dir=None) -> dict:
     """Run one (workload, peer) in a fresh process; ``cache_dir`` reuses JIT caches, else they
     start empty."""
     env = child_env(cache_dir or tempfile.mkdtemp(prefix="symnet-bench-"))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--child", workload, peer],
-                          env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"workload": workload, "peer": peer, "error": last}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    r = run_child(["benchmarks.run", "--child", workload, peer], env)
+    return {"workload": workload, "peer": peer, **r} if "error" in r else r
 
 
 def pool(runs: list[dict]) -> dict:
@@ -121,8 +132,6 @@ def pool(runs: list[dict]) -> dict:
         peak_mb=max(r["peak_mb"] for r in ok),
         all_rounds_s=[x for r in ok for x in r["rounds_s"]],  # rounds_s stays the first run's
         epoch_s_per_run=[r["epoch_s"] for r in ok])
-    if "one_thread_share" in pooled:
-        pooled["one_thread_share_per_run"] = [r["one_thread_share"] for r in ok]
     return pooled
 
 
@@ -184,10 +193,19 @@ def setup_summary(results, peers=("symnet", "numba", "torch", "jax", "jax-scan",
 
 
 def markdown(machine, results) -> str:
-    """results.md: the machine, the two summaries and the full per-workload tables."""
-    return (f"Machine: {machine}\n\nSteady epoch time, s (tiny: ms per 1000 steps):\n\n"
+    """results.md: the machine (and the load beside the run), the two summaries and the full
+    per-workload tables."""
+    load = f"Under load: {machine['load']}.\n\n" if machine.get("load") else ""
+    return (f"Machine: {machine}\n\n{load}Steady epoch time, s (tiny: ms per 1000 steps):\n\n"
             + summary(results) + "\nSetup, s (symnet: cold / warm kernel cache):\n\n"
             + setup_summary(results) + "\n" + table(results))
+
+
+def machine_info() -> dict:
+    """Platform, CPU, core count, Python, and any OPENBLAS_* settings of this environment."""
+    return {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            **{k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}}
 
 
 def cpu_name() -> str:
@@ -250,6 +268,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each workload's peers this many times in turn, and pool them")
+    parser.add_argument("--load", action="store_true",
+                        help="run a CPU-bound process beside the whole run")
     parser.add_argument("--merge", action="store_true",
                         help="keep DIR/results.json's other (workload, peer) results")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -265,21 +285,21 @@ def main(argv=None) -> int:
     missing = {p: available(p) for p in peers}
     repeat = max(args.repeat, 1)
     results = []
-    for workload in workloads:
-        runs = {peer: [] for peer in peers}
-        for _ in range(repeat):
-            for peer in peers:
-                runs[peer].append(measure(workload, peer, missing[peer], first=not runs[peer]))
-        results += [pool(runs[peer]) for peer in peers]
+    with busy_neighbour(args.load):
+        for workload in workloads:
+            runs = {peer: [] for peer in peers}
+            for _ in range(repeat):
+                for peer in peers:
+                    runs[peer].append(measure(workload, peer, missing[peer], first=not runs[peer]))
+            results += [pool(runs[peer]) for peer in peers]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge and (out / "results.json").exists():
         fresh = {(r["workload"], r["peer"]): r for r in results}
         old = json.loads((out / "results.json").read_text())["results"]
         results = [fresh.pop((r["workload"], r["peer"]), r) for r in old] + list(fresh.values())
-    machine = {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
-               "python": platform.python_version(), "threads": 2, "repeat": repeat,
-               **{k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}}
+    machine = {**machine_info(), "threads": 2, "repeat": repeat,
+               "load": DESCRIPTION if args.load else None}
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results},
                                                  indent=1))
     (out / "results.md").write_text(markdown(machine, results))

@@ -71,13 +71,19 @@ def initial_params(w: Workload, seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
+def round_rng(r: int) -> np.random.Generator:
+    """The shuffling generator of measured round ``r``, the same for every peer: each epoch of
+    the round takes its next permutation (symnet: ``fit(..., seed=1 + r)`` draws the same)."""
+    return np.random.default_rng(1 + r)
+
+
 def timed_rounds(w: Workload, rows: int, run_epoch, sync=None) -> list[float]:
     """Seconds of each measured round: ``run_epoch(order)`` for each epoch of the round, with a
-    fresh permutation per epoch (the same seeded sequence for every peer) or the identity;
-    ``sync()`` waits for work a peer dispatches asynchronously."""
-    rng = np.random.default_rng(1)
+    fresh permutation per epoch (from ``round_rng``) or the identity; ``sync()`` waits for work
+    a peer dispatches asynchronously."""
     rounds = []
-    for _ in range(w.epochs):
+    for r in range(w.epochs):
+        rng = round_rng(r)
         begin = time.perf_counter()
         for _ in range(w.steps_per_round):
             run_epoch(rng.permutation(rows) if w.shuffle else np.arange(rows))
@@ -98,3 +104,15 @@ def flops_per_epoch(w: Workload, rows: int) -> float:
     pairs = list(zip(w.sizes, w.sizes[1:]))
     per_row = sum(2 * a * b for a, b in pairs) * 3 - 2 * pairs[0][0] * pairs[0][1]
     return per_row * rows * w.steps_per_round
+
+
+def layers(sizes) -> str:
+    """``784-512×3-10``: the layer widths, a run of three or more equal widths as width×count."""
+    parts, i = [], 0
+    while i < len(sizes):
+        j = i
+        while j < len(sizes) and sizes[j] == sizes[i]:
+            j += 1
+        parts += [f"{sizes[i]}×{j - i}"] if j - i >= 3 else [str(sizes[i])] * (j - i)
+        i = j
+    return "-".join(parts)

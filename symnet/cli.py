@@ -68,6 +68,8 @@ def bench(args) -> int:
     for flag in ("workload", "peers", "out", "repeat"):
         if getattr(args, flag):
             argv += [f"--{flag}", str(getattr(args, flag))]
+    if args.load:
+        argv.append("--load")
     return run.main(argv)
 
 
@@ -102,6 +104,9 @@ def main(argv=None) -> int:
     b.add_argument("--out", help="output directory (default benchmarks/results)")
     b.add_argument("--repeat", type=int, help="run each workload's peers this many times in turn "
                                               "and pool their epochs (default 1)")
+    b.add_argument("--load", action="store_true",
+                   help='run a CPU-bound process (python -c "while True: pass") beside the whole '
+                        "run, and say so in the results")
     b.set_defaults(run=bench)
     args = parser.parse_args(argv)
     return args.run(args)

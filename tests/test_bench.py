@@ -71,3 +71,117 @@ def test_sweep_keeps_the_best_sgemm_rate_of_its_passes(tmp_path, monkeypatch):
     flops = sweep.flops_per_epoch(sweep.workload(first["batch"], first["width"]), sweep.ROWS)
     assert first["roofline_s"] == pytest.approx(flops / 4e9)  # the best of 1e9 and 4e9
     assert first["symnet"] == pytest.approx((0 + points) / 2)  # the median of its two passes
+
+
+def test_a_round_of_symnet_shuffles_as_every_other_peer_does():
+    """fit(seed=1 + r) draws round r's permutations from workloads.round_rng, as the peers'
+    loops do: the same maths from the same start gives the same parameters."""
+    import dataclasses
+
+    import numpy as np
+
+    from benchmarks.peers import numpy_peer, symnet_peer
+    from benchmarks.workloads import WORKLOADS, initial_params
+
+    w = dataclasses.replace(WORKLOADS["seed002"], sizes=(4, 3, 2), batch=5, epochs=2)
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(23, 4)), rng.uniform(size=(23, 2))
+    params0 = {k: v.astype(np.float64) for k, v in initial_params(w).items()}
+    model = symnet_peer.build(w, dtype="float64", backend="numpy")
+    for k, v in params0.items():
+        model.params[k][...] = v
+    for r in range(w.epochs):
+        symnet_peer.fit_round(model, w, X, Y, r)
+    theirs = numpy_peer.train(w, (X, Y), params0)["params"]
+    for k in params0:
+        np.testing.assert_allclose(model.params[k], theirs[k], rtol=1e-10, atol=1e-12)
+
+
+def test_the_busy_neighbour_runs_only_inside_its_block():
+    from benchmarks.busy import busy_neighbour
+
+    with busy_neighbour(False) as none:
+        assert none is None
+    with pytest.raises(KeyError), busy_neighbour() as proc:
+        assert proc.poll() is None  # running
+        raise KeyError("an error inside the run")
+    assert proc.poll() is not None  # killed on the way out
+
+
+def test_results_md_says_the_run_was_under_load():
+    from benchmarks.run import markdown
+
+    results = [{"workload": "tiny", "peer": "numpy", "missing": "not installed"}]
+    assert "Under load: one CPU-bound" in markdown({"load": "one CPU-bound process"}, results)
+    assert "Under load" not in markdown({"load": None}, results)
+
+
+def test_layers_names_runs_of_equal_widths():
+    from benchmarks.workloads import layers
+
+    assert layers((784, 32, 32, 10)) == "784-32-32-10"
+    assert layers((784, *[64] * 8, 10)) == "784-64×8-10"
+
+
+def test_parameters_compared_bit_for_bit():
+    import numpy as np
+
+    from benchmarks.threads import differences, parity
+
+    a = {"W1": np.array([[1.0, 2.0]], np.float32), "b1": np.zeros((1, 2), np.float32)}
+    same = {k: v.copy() for k, v in a.items()}
+    off = {**same, "W1": np.nextafter(a["W1"], np.float32(3))}  # one ulp
+    assert differences(a, same) == [] and differences(a, off) == ["W1"]
+    assert differences(a, {"W1": a["W1"]}) == ["b1"]
+    assert parity({"threads 1 pass 1": a}) == {"identical": None, "compared": 1, "mismatches": []}
+    assert parity({"threads 1 pass 1": a, "threads 2 pass 1": same})["identical"] is True
+    check = parity({"threads 1 pass 1": a, "threads 2 pass 1": same, "threads 4 pass 1": off})
+    assert check["identical"] is False and check["compared"] == 3
+    assert check["mismatches"] == ["threads 4 pass 1 differs from threads 1 pass 1: W1 "
+                                   "(max |Δ| 2.38e-07)"]  # the ulp of 2
+
+
+def test_threads_table_has_a_column_per_count_and_names_a_mismatch():
+    from benchmarks.threads import markdown, summarise
+
+    rows = [summarise("seed002", 1, [{"round_s": [9.0, 1.0, 3.0]}, {"round_s": [9.0, 2.0, 4.0]}]),
+            summarise("seed002", 2, [{"error": "boom"}])]
+    checks = {"seed002": {"identical": False, "compared": 2, "mismatches": ["pass 2 differs"]}}
+    text = markdown(rows, checks, [1, 2], "SYMNET_NUM_THREADS", load=False)
+    lines = text.splitlines()
+    assert lines[2] == "| shape | batch | 1 thread | 2 threads | parameters after 2 rounds |"
+    assert lines[4] == ("| seed002 (784-32-32-10) | 100 | 2.5 (1–4) | error: boom "
+                        "| **DIFFER** in 1 of 2 runs |")
+    assert lines[-1] == "- pass 2 differs" and "Under load" not in text
+
+
+def test_depth_table_reports_a_failed_child_in_its_cells():
+    from benchmarks.depth import markdown
+
+    rows = [{"depth": 8, "backend": "numba", "error": "ctypes.ArgumentError: too many"},
+            {"depth": 8, "backend": "numpy", "setup_s": 0.5, "round_s": [3, 2, 4],
+             "epoch_s": 3.0, "min_s": 2.0, "max_s": 4.0}]
+    assert markdown(rows, ["numba", "numpy"]).splitlines()[-1] == (
+        "| 8 | error: ctypes.ArgumentError: too many |  | 0.50 | 3 (2–4) |")
+
+
+def test_concurrent_table_divides_together_by_one_after_the_other():
+    from benchmarks.concurrent import markdown
+
+    passes = [{"sequential_s": 2.0, "sequential_each_s": [1.0, 1.0], "together_s": 2.2,
+               "together_each_s": [2.1, 2.2], "ratio": 1.1},
+              {"sequential_s": 4.0, "sequential_each_s": [2.0, 2.0], "together_s": 4.0,
+               "together_each_s": [3.9, 4.0], "ratio": 1.0}]
+    lines = markdown(["seed002", "seed002"], 20, passes).splitlines()
+    assert lines[4] == "| 1 | 2.000 (1.000, 1.000) | 2.200 (2.100, 2.200) | 1.10 |"
+    assert lines[-1] == "| median | 3.000 | 3.100 | **1.05** |"
+
+
+def test_symnet_bench_passes_load_on(monkeypatch):
+    from benchmarks import run
+
+    seen = []
+    monkeypatch.setattr(run, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["bench", "--workload", "tiny", "--load"]) == 0
+    assert main(["bench", "--workload", "tiny"]) == 0
+    assert seen == [["--workload", "tiny", "--load"], ["--workload", "tiny"]]

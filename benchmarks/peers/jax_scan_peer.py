@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..workloads import round_rng
 from .jax_common import grads, init_state, make_step
 
 __all__ = ["grads", "train"]
@@ -57,11 +58,10 @@ def train(w, data, params0):
     compiled = run.lower(ps, init_state(w, ps), Xtr, Ytr, order0).compile()
     setup = time.perf_counter() - start
     state = init_state(w, ps)
-    rng = np.random.default_rng(1)
     rounds = []
-    for _ in range(w.epochs):
+    for r in range(w.epochs):
         begin = time.perf_counter()
-        order = jnp.asarray(rng.permutation(rows) if w.shuffle else np.arange(rows))
+        order = jnp.asarray(round_rng(r).permutation(rows) if w.shuffle else np.arange(rows))
         ps, state, _ = compiled(ps, state, Xtr, Ytr, order)
         jax.block_until_ready(ps)
         rounds.append(time.perf_counter() - begin)

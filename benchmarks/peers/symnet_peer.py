@@ -1,14 +1,16 @@
-"""symnet: the workload declared in SymPy, compiled to numba kernels."""
+"""symnet: the workload declared in SymPy, compiled to numba kernels.
+
+A measured round is one ``model.fit`` call, timed around the call as a user waits for it, as
+every other peer's round is its whole loop: an epoch (``epochs=1``) for the minibatch
+workloads, ``w.steps_per_round`` full-batch steps (``epochs=1000``) for tiny.
+"""
 
 from __future__ import annotations
 
 import resource
 import time
 
-import numpy as np
-
 import symnet as sn
-from codegen import pace
 
 ACTIVATIONS = {"sigmoid": sn.sigmoid, "relu": sn.relu, "identity": None}
 OPTIMIZERS = {"adagrad": lambda lr: sn.optim.AdaGrad(lr=lr),
@@ -27,37 +29,45 @@ def build(w, dtype="float32", backend="numba"):
                       optimizer=OPTIMIZERS[w.optimizer](w.lr), backend=backend)
 
 
-def train(w, data, params0):
+def setup(w, data, backend="numba") -> tuple[float, float]:
+    """Seconds from the declaration to the first trained step, on a throwaway model, and the
+    symbolic part of them."""
     Xtr, Ytr = data[:2]
     batch = w.batch or len(Xtr)
     start = time.perf_counter()
-    first = build(w)  # a throwaway model: declaration, compile, JIT and one trained step
+    first = build(w, backend=backend)
     first.fit(Xtr[:batch], Ytr[:batch], epochs=1, batch_size=batch, shuffle=False, verbose=False)
-    setup = time.perf_counter() - start
-    model = build(w)
+    return time.perf_counter() - start, first.symbolic_seconds
+
+
+def fit_round(model, w, Xtr, Ytr, r: int) -> float:
+    """Wall seconds of round ``r``: one ``fit`` call. Its shuffling seed, ``1 + r``, gives the
+    permutations every other peer uses in that round (``workloads.round_rng``)."""
+    start = time.perf_counter()
+    model.fit(Xtr, Ytr, epochs=w.steps_per_round, batch_size=w.batch or len(Xtr),
+              shuffle=w.shuffle, seed=1 + r, verbose=False)
+    return time.perf_counter() - start
+
+
+def measured_model(w, params0, backend="numba"):
+    """The model that is measured, from the shared initial parameters, its kernels loaded (from
+    the cache the throwaway model filled) before the first round, as every JIT peer's are."""
+    model = build(w, backend=backend)
     for k, v in params0.items():
         model.params[k][...] = v
-    epochs = w.epochs * w.steps_per_round
+    model.compile_kernels()
+    return model
+
+
+def train(w, data, params0, backend="numba"):
+    Xtr, Ytr = data[:2]
+    setup_s, symbolic_s = setup(w, data, backend)
+    model = measured_model(w, params0, backend)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    hist = model.fit(Xtr, Ytr, epochs=epochs, batch_size=batch, shuffle=w.shuffle, seed=1,
-                     verbose=False)
-    wall = time.perf_counter() - start
+    rounds = [fit_round(model, w, Xtr, Ytr, r) for r in range(w.epochs)]
     growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    seconds = np.reshape(hist.seconds, (w.epochs, w.steps_per_round)).sum(axis=1)
-    return {"setup_s": setup, "round_s": list(seconds), "params": model.params,
-            "fit_overhead_s": (wall - float(np.sum(seconds))) / w.epochs,
-            "symbolic_s": first.symbolic_seconds, "peak_growth_mb": growth,
-            "one_thread_share": one_thread_share(model, batch)}
-
-
-def one_thread_share(model, batch) -> float | None:
-    """The share of training rows that ran on one thread rather than with the helper
-    (codegen.pace, with ``SYMNET_POOL=auto``); None where nothing chose (the default, or no
-    helper: tiny, or one OpenBLAS thread)."""
-    tune = getattr(model._runner(), "tuning", {}).get(batch)
-    rows = None if tune is None else int(tune[pace.ROWS_H] + tune[pace.ROWS_S])
-    return float(tune[pace.ROWS_S] / rows) if rows else None
+    return {"setup_s": setup_s, "round_s": rounds, "params": model.params,
+            "symbolic_s": symbolic_s, "peak_growth_mb": growth}
 
 
 def grads(w, params, X, Y):
