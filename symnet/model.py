@@ -28,7 +28,7 @@ from .lower import lower
 from .rewrite import simplify_adjoint, simplify_forward
 
 BACKENDS = {"numba": NumbaRunner, "numpy": NumpyBackend}
-SECONDS_PER_CALL = 0.25  # without per-epoch validation, fit runs this much training per kernel call
+SECONDS_PER_CALL = 0.25  # fit showing progress without validation: training per kernel call
 
 
 # The API name sn.compile shadows the builtin inside this module on purpose.
@@ -311,12 +311,14 @@ class Model:
         runner = self._runner()
         hist, best = History(), None
         bar = tqdm(total=epochs, unit="epoch", disable=not verbose, leave=False)
-        per_call = 1
+        # with nothing for Python to do between epochs (no validation, no progress to show),
+        # every epoch runs in one kernel call; else one epoch, or ~0.25 s, per call
+        quiet = val_feeds is None and not verbose
+        per_call = min(epochs, max(1, 2**24 // rows)) if quiet else 1
         with self._lock, contextlib.closing(bar):
             while len(hist.loss) < epochs and not _patience_out(hist, early_stopping):
                 k = min(per_call, epochs - len(hist.loss))
-                orders = np.stack([rng.permutation(rows) if shuffle else np.arange(rows)
-                                   for _ in range(k)])
+                orders = _orders(rng if shuffle else None, k, rows)
                 start = time.perf_counter()
                 with interrupts.deferred(self._stop):  # Ctrl-C: after this call's last step
                     losses, e, s, status = self._train(runner, data, orders, batch_size)
@@ -336,7 +338,7 @@ class Model:
                     if early_stopping is not None and res["loss"] <= min(hist.val_loss):
                         best = self._snapshot()
                         hist.best_epoch = len(hist.loss)
-                else:  # no per-epoch work in Python: run more epochs per call, up to ~0.25 s
+                elif not quiet:  # progress only: run more epochs per call, up to ~0.25 s
                     per_call = int(min(max(1, SECONDS_PER_CALL * k / max(elapsed, 1e-9)),
                                        max(1, 2**24 // rows), 2 * per_call + 1))
                 bar.update(k)
@@ -438,6 +440,17 @@ def _backend_errors(backend):
     except CodegenError as err:
         hint = " Compile with backend='numpy' to train without it." if backend == "numba" else ""
         raise DeclarationError(f"{err}.{hint}") from None
+
+
+def _orders(rng, epochs: int, rows: int) -> np.ndarray:
+    """Each epoch's order of the rows, one epoch a row: ``rng.permutation`` per epoch (the
+    sequence a seed gives), or the rows in order when ``rng`` is None."""
+    if rng is None:
+        return np.tile(np.arange(rows), (epochs, 1))
+    orders = np.empty((epochs, rows), np.int64)
+    for e in range(epochs):
+        orders[e] = rng.permutation(rows)
+    return orders
 
 
 def _patience_out(hist, patience):

@@ -26,14 +26,14 @@ def _pieces(blk_addr, tid):
     threads = rt.array(blk, 19, np.int64)
     base = 0
     for phase in range(phases):
-        p = rt.claim(team, base, count, -1)
+        p = rt.claim(team, base, count, -1, tid)
         while p >= 0:
             acc = 0.0
             for i in range(work):
                 acc += np.sqrt(i + p + phase * count + (values[phase - 1, p] if phase else 0.0))
             values[phase, p] = acc
             threads[phase, p] = tid
-            p = rt.next(team, base, count, p)
+            p = rt.next(team, base, count, p, tid)
         base = rt.wait(team, base, count)
 
 

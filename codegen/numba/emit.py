@@ -35,14 +35,16 @@ FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
        "no_cpython_wrapper=True)")
 KERNEL_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "reassoc"}}
-UPDATE_PIECE = 16384  # parameter entries updated per piece
+UPDATE_PIECE = 65536  # parameter entries updated per piece
 ARRAYS_AT = 16  # the first array's slot in an argument block (runtime.FIRST_ARRAY)
 
 
 def tile(length: int, work: int, target: int, least: int) -> int:
-    """The piece size along an axis of ``length``: about ``work / target`` pieces, none shorter
-    than ``least`` (runtime.tile computes the same for sizes known only at run time)."""
-    pieces = max(1, min(work // target, length // least))
+    """The piece size along an axis of ``length``: about ``work / target`` pieces, a power of
+    two, none shorter than ``least`` (runtime._tile computes the same at run time)."""
+    pieces = 1
+    while 2 * pieces <= work // target and 2 * pieces <= length // least:
+        pieces *= 2
     return -(-length // pieces)
 
 
@@ -95,16 +97,16 @@ class KernelWriter:
                     out.comment(ins.note)
         counts = [self.count(g, out) for g in groups]
         out(f"P = {' + '.join(c for c, _ in counts)}")
-        out("p = rt.claim(team, base, P, -1)")
+        out("p = rt.claim(team, base, P, -1, tid)")
         with out.block("while p >= 0:"):
             self.dispatch(out, groups, counts)
             if epilogue is None:
-                out("p = rt.next(team, base, P, p)")
+                out("p = rt.next(team, base, P, p, tid)")
             else:
                 with out.block("if rt.finish(team, base, P, p):"):
                     epilogue(out)
                     out("rt.publish(team, base, P)")
-                out("p = rt.claim(team, base, P, p)")
+                out("p = rt.claim(team, base, P, p, tid)")
         out("base = rt.wait(team, base, P)")
 
     def dispatch(self, out: Lines, groups, counts):
@@ -125,7 +127,8 @@ class KernelWriter:
             (r, c), k, _ = self.stored_product(g.instrs[0])
             length = r if _longer(r, c) else c
             least = (f"max({GEMM_TILE}, n // {GEMM_TILES})" if length == "n"
-                     else max(GEMM_TILE, int(length) // GEMM_TILES))
+                     else max(GEMM_TILE if int(length) <= 128 else 2 * GEMM_TILE,
+                              int(length) // GEMM_TILES))
             return length, (r, c, k), GEMM_PIECE, least
         ins = g.instrs[0]
         if g.space is not None:
@@ -568,7 +571,8 @@ def entry_kernel(out: Lines, writer: KernelWriter) -> Entry:
     temps = [b for b in program.buffers if b.role == "temp"]
     arrays = [(writer.ident[b.name], "DT") for b in (*leaves, *temps)]
     length = ARRAYS_AT + 3 * len(arrays)
-    stages = Stages(f"_{writer.name}", _slots(arrays), ("blk_addr", "team", "base", "n"), length)
+    stages = Stages(f"_{writer.name}", _slots(arrays), ("blk_addr", "team", "tid", "base", "n"),
+                    length)
     calls = Lines()
     calls.depth = 1
     writer.body(calls, stages)
@@ -624,7 +628,7 @@ class TrainWriter:
         out += [(b.name, gi[b.name], "DT") for b in self.temps]
         return out
 
-    STAGE = ("blk_addr", "team", "base", "n", "e", "s", "start", "t", "batches", "limit")
+    STAGE = ("blk_addr", "team", "tid", "base", "n", "e", "s", "start", "t", "batches", "limit")
 
     def emit(self, out: Lines) -> Entry:
         self.emit_helpers(out)
@@ -706,14 +710,14 @@ class TrainWriter:
         out.comment("the batch: its shuffled rows of the data")
         out(f"size = rt.tile(n, n * {total}, {NEST_PIECE}, 8)")
         out("P = (n + size - 1) // size")
-        out("p = rt.claim(team, base, P, -1)")
+        out("p = rt.claim(team, base, P, -1, tid)")
         with out.block("while p >= 0:"):
             with out.block("for r in range(p * size, min(p * size + size, n)):"):
                 out("i = orders[e, start + r]")
                 for b in self.inputs:
                     with out.block(f"for j in range({dims(b.shape)[1]}):"):
                         out(f"{self.body.at(b.name, 'r', 'j')} = d_{gi[b.name]}[i, j]")
-            out("p = rt.next(team, base, P, p)")
+            out("p = rt.next(team, base, P, p, tid)")
         out("base = rt.wait(team, base, P)")
 
     def loss_check(self, out: Lines):
@@ -729,15 +733,21 @@ class TrainWriter:
         gradients' slots for the clip norm. A table and one call, rather than a branch and a
         call per parameter: numba takes ~50 ms to compile each (measured at 8 layers)."""
         gi = self.grad.ident
-        out("_UPDATES = np.array([  # parameter, gradient, state slots; first and last row")
-        for p in self.params:
+        pieces = []
+        for k, p in enumerate(self.params):
             x = gi[p.name]
             rows, cols = (int(d) for d in dims(p.shape))
             per = max(1, UPDATE_PIECE // cols)
             arrays = [x, self.grad_of[p.name], *(f"s_{s}_{x}" for s in self.update.state)]
             for r0 in range(0, rows, per):
                 row = [slots[a][0] for a in arrays] + [r0, min(r0 + per, rows)]
-                out(f"    {row},  # {comment_text(p.name)}")
+                pieces.append((r0 / rows, k, row, p.name))
+        # in order of where they start in their parameter: a thread's share of the phase
+        # (runtime._claim) then holds the same part of every parameter, the rows whose gradient
+        # it computed (a product's tiles are shared out along the same rows)
+        out("_UPDATES = np.array([  # parameter, gradient, state slots; first and last row")
+        for _, _, row, name in sorted(pieces, key=lambda x: x[:2]):
+            out(f"    {row},  # {comment_text(name)}")
         out("], np.int64)")
         out(f"_GRADIENTS = np.array({[slots[self.grad_of[p.name]][0] for p in self.params]}, "
             f"np.int64)")
@@ -747,13 +757,13 @@ class TrainWriter:
         """min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients: one piece, a fixed order."""
         out.comment("clip: min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients")
         out("P = 1")
-        out("p = rt.claim(team, base, P, -1)")
+        out("p = rt.claim(team, base, P, -1, tid)")
         with out.block("while p >= 0:"):
             out("sq = 0.0")
             with out.block("for k in range(_GRADIENTS.shape[0]):"):
                 out("sq += sum_of_squares(rt.array(blk, _GRADIENTS[k], DT))")
             out("fbuf[0, 0] = sq")
-            out("p = rt.next(team, base, P, p)")
+            out("p = rt.next(team, base, P, p, tid)")
         out("base = rt.wait(team, base, P)")
         out(f"clip = min(1.0, {self.update.clip_norm!r} / (math.sqrt(fbuf[0, 0]) + 1e-6))")
 
@@ -764,7 +774,7 @@ class TrainWriter:
         arrays = ", ".join(f"rt.array(blk, w[{j}], DT)" for j in range(k))
         out.comment(f"update: {self.rule}")
         out("P = _UPDATES.shape[0]")
-        out("p = rt.claim(team, base, P, -1)")
+        out("p = rt.claim(team, base, P, -1, tid)")
         with out.block("while p >= 0:"):
             out("w = _UPDATES[p]")
             out(f"bad = update_entries({', '.join([arrays, *self.hoisted, f'w[{k}]', f'w[{k + 1}]'])})")
@@ -773,7 +783,7 @@ class TrainWriter:
             with out.block("if rt.finish(team, base, P, p):"):
                 self.decide(out)
                 out("rt.publish(team, base, P)")
-            out("p = rt.claim(team, base, P, p)")
+            out("p = rt.claim(team, base, P, p, tid)")
         out("base = rt.wait(team, base, P)")
 
     def decide(self, out: Lines):

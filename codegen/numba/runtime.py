@@ -40,13 +40,19 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
 # The team's control block: int64 slots, the ones written by different threads 64 bytes apart.
-CLAIM = 0  # pieces handed out since the job began (all phases: phase bases are offsets in it)
+THREADS = 0  # the team's size
 FINISHED = 8  # pieces finished
 DONE, SLEEPERS = 16, 17  # pieces whose phase is complete (the futex word); threads asleep on it
 SEQ, FN, BLOCK, IDLE = 24, 25, 26, 27  # the job: its number, kernel, block; workers asleep on SEQ
 ACKS, ACK_SLEEPERS = 32, 33  # workers that have finished the job; the caller asleep on ACKS
-SLOTS = 40
-SPIN = 256  # PAUSE rounds before a wait sleeps: about 10 µs on this project's machine
+CLAIMS = 40  # thread t's share of the phase: pieces handed out from it, at CLAIMS + 8·t
+TAG = 24  # a share's slot holds (the phase's base << TAG) | pieces handed out
+MAX_THREADS = 256
+SLOTS = CLAIMS + 8 * MAX_THREADS
+SPIN = 25_000  # cycles a wait polls before it sleeps (~10 µs)
+POLLS = 32  # polls between two PAUSEs: a virtual CPU that runs many PAUSEs in a row is taken
+# off its core by the hypervisor (pause-loop exiting), which made long spins 2× slower here
+GRACE = 64  # PAUSE rounds (~2 µs) before a thread takes pieces from a share not yet begun
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 _LINUX = sys.platform.startswith("linux")
@@ -144,6 +150,18 @@ def pause(typingctx):
         return context.get_dummy_value()
 
     return types.none(), codegen
+
+
+@intrinsic
+def cycles(typingctx):
+    """The processor's cycle counter (``llvm.readcyclecounter``: x86's RDTSC)."""
+
+    def codegen(context, builder, sig, args):
+        fn = builder.module.declare_intrinsic("llvm.readcyclecounter",
+                                              fnty=ir.FunctionType(_I64, []))
+        return builder.call(fn, [])
+
+    return types.int64(), codegen
 
 
 @intrinsic
@@ -276,19 +294,48 @@ E, S, T, STATUS, STOPCODE, BAD = 8, 9, 10, 11, 12, 13
 
 
 @nb.njit(cache=True, nogil=True)
-def _claim(team, base, count, previous):
+def _claim(team, base, count, previous, tid):
     """The next piece of the phase whose pieces are ``base`` to ``base + count`` of the job
     (counted from 0 here), or -1 when all are taken. Alone (``team == 0``): the one after
-    ``previous``."""
+    ``previous``.
+
+    Thread t first takes the pieces of its own share, the t-th of the team's size, then those
+    left in the others': on a quiet machine each thread computes the same part of every phase,
+    step after step, so the rows it makes and reads stay in its core's cache (seed002's update
+    and small nests took 2.5× as long on two threads when pieces went to whoever came first);
+    when a thread loses its core, the others take its share. A share's slot is tagged with the
+    phase's base, so a thread that fell behind never takes a later phase's piece."""
     if team == 0:
         piece = previous + 1
         return piece if piece < count else -1
-    while True:
-        taken = load(team, CLAIM)
-        if taken >= base + count:
-            return -1
-        if swap_if(team, CLAIM, taken, taken + 1):
-            return taken - base
+    threads = load(team, THREADS)
+    for k in range(threads):
+        owner = tid + k
+        if owner >= threads:
+            owner -= threads
+        first = count * owner // threads
+        size = count * (owner + 1) // threads - first
+        slot = CLAIMS + 8 * owner
+        if owner != tid:  # a share its owner has not begun: give the owner a moment first
+            for _ in range(GRACE):
+                if load(team, slot) >> TAG >= base:
+                    break
+                pause()
+        while size > 0:
+            word = load(team, slot)
+            tag = word >> TAG
+            if tag > base:  # the phase is complete: this thread fell behind
+                return -1
+            if tag < base:  # the first claim from this share in this phase
+                if swap_if(team, slot, word, (base << TAG) | 1):
+                    return first
+                continue
+            taken = word & ((1 << TAG) - 1)
+            if taken >= size:
+                break
+            if swap_if(team, slot, word, word + 1):
+                return first + taken
+    return -1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -311,20 +358,22 @@ def _publish(team, base, count):
 
 
 @nb.njit(cache=True, nogil=True)
-def _next(team, base, count, piece):
+def _next(team, base, count, piece, tid):
     """Finish ``piece`` (publishing the phase if it was the last) and claim another."""
     if _finish(team, base, count, piece):
         _publish(team, base, count)
-    return _claim(team, base, count, piece)
+    return _claim(team, base, count, piece, tid)
 
 
 @nb.njit(cache=True, nogil=True)
 def _wait_for(team, index, sleepers, target):
     """Until ``team[index] >= target``: spin ``SPIN`` rounds, then sleep on the futex, counted in
     ``team[sleepers]`` so that the thread that changes the slot knows to wake it."""
-    for _ in range(SPIN):
-        if load(team, index) >= target:
-            return
+    deadline = cycles() + SPIN
+    while cycles() < deadline:
+        for _ in range(POLLS):
+            if load(team, index) >= target:
+                return
         pause()
     while True:
         add(team, sleepers, 1)
@@ -347,11 +396,12 @@ def _wait(team, base, count):
 
 @nb.njit(cache=True, nogil=True)
 def _tile(length, work, target, least):
-    """The piece size along an axis of ``length``: about ``work / target`` pieces, none shorter
-    than ``least`` (emit.tile computes the same where the sizes are known in advance)."""
-    pieces = min(work // target, length // least)
-    if pieces < 1:
-        pieces = 1
+    """The piece size along an axis of ``length``: about ``work / target`` pieces, a power of
+    two (so that 1, 2, 4 or 8 threads share them evenly), none shorter than ``least``
+    (emit.tile computes the same where the sizes are known in advance)."""
+    pieces = 1
+    while 2 * pieces <= work // target and 2 * pieces <= length // least:
+        pieces *= 2
     return (length + pieces - 1) // pieces
 
 
@@ -379,8 +429,10 @@ _EXPORTED: list = []
 _export(_claim, _finish, _publish, _next, _wait, _tile, _record)
 
 
-def _external(name: str, *args):
-    """(signature, codegen) of an intrinsic that calls the exported ``_name`` with ``args``."""
+def _external(name: str, *args, alone=None):
+    """(signature, codegen) of an intrinsic that calls the exported ``_name`` with ``args``;
+    with ``alone``, a team of 0 (one thread) gets ``alone(builder, values)`` inline instead,
+    with no call: tiny's steps are a few microseconds, of which the calls took a fifth."""
     if not _integers(*args):
         return None
 
@@ -388,39 +440,65 @@ def _external(name: str, *args):
         values = [_as_i64(context, builder, sig, values, i) for i in range(len(args))]
         fnty = ir.FunctionType(_I64, [_I64] * len(values))
         fn = cgutils.get_or_insert_function(builder.module, fnty, f"symnet_rt_{name}")
-        return builder.call(fn, values)
+        if alone is None:
+            return builder.call(fn, values)
+        solo = builder.icmp_signed("==", values[0], ir.Constant(_I64, 0))
+        with builder.if_else(solo) as (then, otherwise):
+            with then:
+                inline = alone(builder, values)
+                inline_block = builder.block
+            with otherwise:
+                called = builder.call(fn, values)
+                called_block = builder.block
+        result = builder.phi(_I64)
+        result.add_incoming(inline, inline_block)
+        result.add_incoming(called, called_block)
+        return result
 
     return types.int64(*args), codegen
 
 
+def _after(builder, values):
+    """Alone: the piece after ``values[3]``, or -1 past ``values[2]`` pieces."""
+    piece = builder.add(values[3], ir.Constant(_I64, 1))
+    return builder.select(builder.icmp_signed("<", piece, values[2]), piece,
+                          ir.Constant(_I64, -1))
+
+
 @intrinsic
-def claim(typingctx, team, base, count, previous):
+def claim(typingctx, team, base, count, previous, tid):
     """See :func:`_claim`."""
-    return _external("claim", team, base, count, previous)
+    return _external("claim", team, base, count, previous, tid, alone=_after)
 
 
 @intrinsic
 def finish(typingctx, team, base, count, piece):
     """See :func:`_finish`."""
-    return _external("finish", team, base, count, piece)
+
+    def last(builder, values):
+        is_last = builder.icmp_signed("==", values[3],
+                                      builder.sub(values[2], ir.Constant(_I64, 1)))
+        return builder.zext(is_last, _I64)
+
+    return _external("finish", team, base, count, piece, alone=last)
 
 
 @intrinsic
 def publish(typingctx, team, base, count):
     """See :func:`_publish`."""
-    return _external("publish", team, base, count)
+    return _external("publish", team, base, count, alone=lambda b, v: ir.Constant(_I64, 0))
 
 
 @intrinsic
-def next(typingctx, team, base, count, piece):  # the name the generated kernels read best
+def next(typingctx, team, base, count, piece, tid):  # the name the generated kernels read best
     """See :func:`_next`."""
-    return _external("next", team, base, count, piece)
+    return _external("next", team, base, count, piece, tid, alone=_after)
 
 
 @intrinsic
 def wait(typingctx, team, base, count):
     """See :func:`_wait`."""
-    return _external("wait", team, base, count)
+    return _external("wait", team, base, count, alone=lambda b, v: b.add(v[1], v[2]))
 
 
 @intrinsic
@@ -471,7 +549,8 @@ def _worker(team, tid):
 def _run(team, fn, blk, workers):
     """The calling thread's side of a job: post it, run the kernel as thread 0, and return once
     every worker has finished it (so the arrays it uses may be freed)."""
-    store(team, CLAIM, 0)
+    for owner in range(load(team, THREADS)):
+        store(team, CLAIMS + 8 * owner, 0)
     store(team, FINISHED, 0)
     store(team, DONE, 0)
     store(team, ACKS, 0)
@@ -498,7 +577,10 @@ class Team:
 
     def __init__(self, threads: int):
         self.threads = threads
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"a team has 1 to {MAX_THREADS} threads, not {threads}")
         self.control = np.zeros(SLOTS, np.int64)
+        self.control[THREADS] = threads
         self.address = self.control.ctypes.data
         self.workers = [threading.Thread(target=_WORKER, args=(self.address, tid), daemon=True,
                                          name=f"symnet-worker-{tid}") for tid in range(1, threads)]
