@@ -14,7 +14,6 @@ import sympy as sp
 from tqdm.auto import tqdm
 
 from codegen.ir import CodegenError, Status
-from codegen.numba import NumbaRunner, warm_up
 from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 
 from . import formulas, interrupts, optim, serialize, validate
@@ -27,7 +26,17 @@ from .grad import _dag, canonical, derive
 from .lower import lower
 from .rewrite import simplify_adjoint, simplify_forward
 
-BACKENDS = {"numba": NumbaRunner, "numpy": NumpyBackend}
+BACKENDS = ("numba", "numpy")
+
+
+def _backend_class(name: str):
+    """The runner of backend ``name``. numba's is imported on first use, so that a model on
+    the numpy backend works wherever numba does not (an unsupported version, say)."""
+    if name == "numpy":
+        return NumpyBackend
+    from codegen.numba import NumbaRunner
+
+    return NumbaRunner
 SECONDS_PER_CALL = 0.25  # fit showing progress without validation: training per kernel call
 
 
@@ -155,7 +164,8 @@ class Model:
         key = np.dtype(dtype or self.dtype).name
         if key not in self._runners:
             with _backend_errors(self.backend):
-                self._runners[key] = BACKENDS[self.backend](self._programs, self._update, key)
+                self._runners[key] = _backend_class(self.backend)(self._programs, self._update,
+                                                                  key)
         return self._runners[key]
 
     def _run(self, name, feeds, dtype=None):
@@ -172,7 +182,13 @@ class Model:
         start = time.perf_counter()
         self._check_params()
         runner = self._runner()
-        self.kernels_cached = warm_up(runner) if self.backend == "numba" else True
+        if self.backend == "numba":
+            from codegen.numba import warm_up
+
+            with _backend_errors(self.backend):
+                self.kernels_cached = warm_up(runner)
+        else:
+            self.kernels_cached = True
         return time.perf_counter() - start
 
     # ------------------------------------------------------------------ parameters

@@ -34,7 +34,7 @@ def _pieces(blk_addr, tid):
             values[phase, p] = acc
             threads[phase, p] = tid
             p = rt.next(team, base, count, p, tid)
-        base = rt.wait(team, base, count)
+        base = rt.wait(team, base, count, tid)
 
 
 _KERNEL = rt.compile_kernel(_pieces.py_func, cache=False)[1]
@@ -170,3 +170,15 @@ def test_a_forked_child_trains_with_a_team_of_its_own(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.strip() == "0", out.stderr
+
+
+def test_an_unsupported_numba_is_named_with_the_supported_range():
+    from codegen.ir import CodegenError
+    from codegen.numba import _check_versions
+
+    _check_versions()  # this environment's
+    with pytest.raises(CodegenError, match=r"runs with numba>=0\.65,<0\.69, and this environment "
+                                           r"has numba 0\.70\.1: pip install"):
+        _check_versions({"numba": "0.70.1", "llvmlite": "0.50.0"})
+    with pytest.raises(CodegenError, match=r"llvmlite>=0\.47,<0\.51"):
+        _check_versions({"numba": "0.66.0", "llvmlite": "0.46.0rc1"})

@@ -1,7 +1,32 @@
 """The numba backend: Programs and an Update → one generated module of kernels that a thread
 team runs (``runtime``), planned once (``plan``), printed (``emit``, ``printer``), cached on
-disk (``cache``) and called (``runner``)."""
+disk (``cache``) and called (``runner``).
 
-from .runner import NumbaRunner, warm_up
+The kernels compile in numba intrinsics and numba's array internals (``populate_array``, its
+cache locator), which change between releases: the backend runs only with the numba and
+llvmlite versions it is tested with (``SUPPORTED``, as pyproject.toml pins them), and says so
+otherwise rather than failing inside numba.
+"""
 
-__all__ = ["NumbaRunner", "warm_up"]
+from importlib.metadata import version
+
+from ..ir import CodegenError
+
+SUPPORTED = {"numba": ((0, 65), (0, 69)), "llvmlite": ((0, 47), (0, 51))}  # [from, to)
+
+
+def _check_versions(found=None):
+    found = found or {name: version(name) for name in SUPPORTED}
+    for name, (low, high) in SUPPORTED.items():
+        release = tuple(int(part) for part in found[name].split(".")[:2] if part.isdigit())
+        if not low <= release < high:
+            wanted = f"{name}>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+            raise CodegenError(f"symnet's numba backend runs with {wanted}, and this environment "
+                               f"has {name} {found[name]}: pip install '{wanted}'")
+
+
+_check_versions()
+
+from .runner import NumbaRunner, warm_up  # noqa: E402 — only once the versions are known good
+
+__all__ = ["SUPPORTED", "NumbaRunner", "warm_up"]

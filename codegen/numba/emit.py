@@ -26,7 +26,7 @@ import sympy as sp
 
 from ..ir import SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Status, Update, arg_symbols
 from . import runtime
-from .plan import GEMM_PIECE, GEMM_TILE, GEMM_TILES, NEST_PIECE, Group, Layout, Plan, dims, layout, plan
+from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, plan
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 
 CODEGEN_VERSION = 19  # bump whenever the generated code changes for the same Program
@@ -35,7 +35,7 @@ FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
        "no_cpython_wrapper=True)")
 KERNEL_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "reassoc"}}
-UPDATE_PIECE = 65536  # parameter entries updated per piece
+UPDATE_PIECE = 4096  # parameter entries updated per piece
 ARRAYS_AT = 16  # the first array's slot in an argument block (runtime.FIRST_ARRAY)
 
 
@@ -107,7 +107,7 @@ class KernelWriter:
                     epilogue(out)
                     out("rt.publish(team, base, P)")
                 out("p = rt.claim(team, base, P, p, tid)")
-        out("base = rt.wait(team, base, P)")
+        out("base = rt.wait(team, base, P, tid)")
 
     def dispatch(self, out: Lines, groups, counts):
         """The body of piece ``p``: the piece ``q`` of the group it belongs to."""
@@ -126,9 +126,8 @@ class KernelWriter:
         if g.split == "call":
             (r, c), k, _ = self.stored_product(g.instrs[0])
             length = r if _longer(r, c) else c
-            least = (f"max({GEMM_TILE}, n // {GEMM_TILES})" if length == "n"
-                     else max(GEMM_TILE if int(length) <= 128 else 2 * GEMM_TILE,
-                              int(length) // GEMM_TILES))
+            least = ("rt.product_least(n)" if length == "n"
+                     else runtime._product_least.py_func(int(length)))
             return length, (r, c, k), GEMM_PIECE, least
         ins = g.instrs[0]
         if g.space is not None:
@@ -718,7 +717,7 @@ class TrainWriter:
                     with out.block(f"for j in range({dims(b.shape)[1]}):"):
                         out(f"{self.body.at(b.name, 'r', 'j')} = d_{gi[b.name]}[i, j]")
             out("p = rt.next(team, base, P, p, tid)")
-        out("base = rt.wait(team, base, P)")
+        out("base = rt.wait(team, base, P, tid)")
 
     def loss_check(self, out: Lines):
         """The epilogue of the phase that computes the loss: record it; stop if not finite."""
@@ -764,7 +763,7 @@ class TrainWriter:
                 out("sq += sum_of_squares(rt.array(blk, _GRADIENTS[k], DT))")
             out("fbuf[0, 0] = sq")
             out("p = rt.next(team, base, P, p, tid)")
-        out("base = rt.wait(team, base, P)")
+        out("base = rt.wait(team, base, P, tid)")
         out(f"clip = min(1.0, {self.update.clip_norm!r} / (math.sqrt(fbuf[0, 0]) + 1e-6))")
 
     def updates(self, out: Lines):
@@ -784,7 +783,7 @@ class TrainWriter:
                 self.decide(out)
                 out("rt.publish(team, base, P)")
             out("p = rt.claim(team, base, P, p, tid)")
-        out("base = rt.wait(team, base, P)")
+        out("base = rt.wait(team, base, P, tid)")
 
     def decide(self, out: Lines):
         """The update's epilogue: stop if an updated entry is not finite (the update stays
@@ -892,5 +891,3 @@ def generate(programs: dict[str, Program], update: Update | None, dtype):
         entries["train_epochs"] = TrainWriter(writers["loss_and_grad"], update, loss).emit(out)
     return out.text(), entries
 
-
-del runtime  # imported for the generated modules' sake (its symbols are registered on import)

@@ -32,9 +32,8 @@ THIN = 16  # and so are products with a side this thin beside a wide one (Layout
 MINOR = 16  # batch-shaped workspaces with at most this many columns are stored batch-minor,
 WIDE = 128  # and so are those with at least this many (layout)
 NEST_PIECE = 8192  # entries of a loop nest per piece (~5–20 µs)
-GEMM_PIECE = 500_000  # multiply-adds of a product per tile (~10 µs at one thread's rate)
-GEMM_TILE = 16  # the thinnest tile (64 beside more than 128); and into at most GEMM_TILES:
-GEMM_TILES = 8  # one-thread tiles of 32 cost OpenBLAS 15 %, of 64 5–10 %, of 128 1–2 % (measured)
+GEMM_PIECE = 500_000  # multiply-adds of a product per tile (~10 µs at one thread's rate);
+# how thin and how many tiles: runtime.product_least
 
 
 def dims(shape) -> tuple[str, str]:

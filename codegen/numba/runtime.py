@@ -9,8 +9,8 @@ thread that loses its core delays the others only by the piece it holds, and whe
 it finds the phases it missed complete and catches up. How a piece is computed does not depend
 on which thread computes it, so results are the same bit for bit for any thread count.
 
-A waiting thread spins for ``SPIN`` rounds of x86 ``PAUSE`` (~10 µs), then sleeps on a futex,
-so that a partner that lost its core gets one back. With one thread (``team == 0``) the phase
+A waiting thread polls for a while (``SPIN``, adapted per thread), then sleeps on a futex, so
+that a partner that lost its core gets one back. With one thread (``team == 0``) the phase
 functions are a local counter: nothing waits and nothing is atomic.
 
 Kernels take one argument block (an int64 array: the team's address, results, scalars, and a
@@ -48,8 +48,12 @@ ACKS, ACK_SLEEPERS = 32, 33  # workers that have finished the job; the caller as
 CLAIMS = 40  # thread t's share of the phase: pieces handed out from it, at CLAIMS + 8·t
 TAG = 24  # a share's slot holds (the phase's base << TAG) | pieces handed out
 MAX_THREADS = 256
-SLOTS = CLAIMS + 8 * MAX_THREADS
-SPIN = 25_000  # cycles a wait polls before it sleeps (~10 µs)
+BUDGETS = CLAIMS + 8 * MAX_THREADS  # thread t's spin budget (cycles) at BUDGETS + 8·t
+SLOTS = BUDGETS + 8 * MAX_THREADS
+SPIN = 25_000  # cycles a wait first polls before it sleeps (~10 µs); then per thread, doubled
+SPIN_MIN, SPIN_MAX = 5_000, 500_000  # after a wait that ended polling, quartered after one
+# that slept: on a quiet machine a thread rarely sleeps between phases (a futex wake-up in this
+# VM costs tens of µs), and when its partner has lost its core it soon gives its own away
 POLLS = 32  # polls between two PAUSEs: a virtual CPU that runs many PAUSEs in a row is taken
 # off its core by the hypervisor (pause-loop exiting), which made long spins 2× slower here
 GRACE = 64  # PAUSE rounds (~2 µs) before a thread takes pieces from a share not yet begun
@@ -366,15 +370,25 @@ def _next(team, base, count, piece, tid):
 
 
 @nb.njit(cache=True, nogil=True)
-def _wait_for(team, index, sleepers, target):
-    """Until ``team[index] >= target``: spin ``SPIN`` rounds, then sleep on the futex, counted in
-    ``team[sleepers]`` so that the thread that changes the slot knows to wake it."""
-    deadline = cycles() + SPIN
+def _wait_for(team, index, sleepers, target, tid):
+    """Until ``team[index] >= target``: poll for thread ``tid``'s spin budget (``SPIN`` for a
+    ``tid`` of -1: a worker waiting for the next job), then sleep on the futex, counted in
+    ``team[sleepers]`` so that the thread that changes the slot knows to wake it. Polls come
+    ``POLLS`` to a PAUSE: a virtual CPU that runs PAUSEs back to back is taken off its core by
+    the hypervisor (pause-loop exiting, which made epochs 2× slower)."""
+    budget = SPIN if tid < 0 else load(team, BUDGETS + 8 * tid)
+    if budget == 0:
+        budget = SPIN
+    deadline = cycles() + budget
     while cycles() < deadline:
         for _ in range(POLLS):
             if load(team, index) >= target:
+                if tid >= 0:
+                    store(team, BUDGETS + 8 * tid, min(SPIN_MAX, 2 * budget))
                 return
         pause()
+    if tid >= 0:
+        store(team, BUDGETS + 8 * tid, max(SPIN_MIN, budget // 4))
     while True:
         add(team, sleepers, 1)
         seen = load(team, index)
@@ -386,11 +400,11 @@ def _wait_for(team, index, sleepers, target):
 
 
 @nb.njit(cache=True, nogil=True)
-def _wait(team, base, count):
+def _wait(team, base, count, tid):
     """Wait until the phase is complete; returns the next phase's base."""
     end = base + count
     if team != 0 and load(team, DONE) < end:
-        _wait_for(team, DONE, SLEEPERS, end)
+        _wait_for(team, DONE, SLEEPERS, end, tid)
     return end
 
 
@@ -403,6 +417,17 @@ def _tile(length, work, target, least):
     while 2 * pieces <= work // target and 2 * pieces <= length // least:
         pieces *= 2
     return (length + pieces - 1) // pieces
+
+
+@nb.njit(cache=True, nogil=True)
+def _product_least(length):
+    """The narrowest tile of a product whose tiles cut an axis of ``length``, and so at most 8
+    tiles. Each tile is a one-thread OpenBLAS call that packs the other operand again: on
+    adam-relu's and wide's products, tiles 32 wide took 15-25 % longer in all than one call,
+    64 wide 5-10 %, 128 wide 1-2 %; below 128 rows, ~25-row tiles were faster than one call
+    (OpenBLAS's small-matrix kernels). Measured on one thread."""
+    tile = 128 if length >= 256 else 64 if length >= 128 else 16
+    return max(tile, length // 8)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -426,7 +451,7 @@ def _export(*functions) -> dict[str, int]:
 
 
 _EXPORTED: list = []
-_export(_claim, _finish, _publish, _next, _wait, _tile, _record)
+_export(_claim, _finish, _publish, _next, _wait, _tile, _product_least, _record)
 
 
 def _external(name: str, *args, alone=None):
@@ -496,15 +521,21 @@ def next(typingctx, team, base, count, piece, tid):  # the name the generated ke
 
 
 @intrinsic
-def wait(typingctx, team, base, count):
+def wait(typingctx, team, base, count, tid):
     """See :func:`_wait`."""
-    return _external("wait", team, base, count, alone=lambda b, v: b.add(v[1], v[2]))
+    return _external("wait", team, base, count, tid, alone=lambda b, v: b.add(v[1], v[2]))
 
 
 @intrinsic
 def tile(typingctx, length, work, target, least):
     """See :func:`_tile`."""
     return _external("tile", length, work, target, least)
+
+
+@intrinsic
+def product_least(typingctx, length):
+    """See :func:`_product_least`."""
+    return _external("product_least", length)
 
 
 @intrinsic
@@ -524,15 +555,7 @@ def _worker(team, tid):
     at job 0, not at the job it sees, which may have been posted before it ran."""
     seen = 0
     while True:
-        for _ in range(SPIN):
-            if load(team, SEQ) != seen:
-                break
-            pause()
-        while load(team, SEQ) == seen:
-            add(team, IDLE, 1)
-            if load(team, SEQ) == seen:
-                sleep_while(team, SEQ, seen)
-            add(team, IDLE, -1)
+        _wait_for(team, SEQ, IDLE, seen + 1, -1)  # jobs are numbered 1, 2, …
         seen = load(team, SEQ)
         fn = load(team, FN)
         if fn != 0:
@@ -562,7 +585,7 @@ def _run(team, fn, blk, workers):
     if fn != 0:
         call(fn, blk, 0)
     if load(team, ACKS) < workers:
-        _wait_for(team, ACKS, ACK_SLEEPERS, workers)
+        _wait_for(team, ACKS, ACK_SLEEPERS, workers, -1)
 
 
 _KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64)
