@@ -85,6 +85,7 @@ class Update:
     steps: tuple[tuple[sp.Symbol, sp.Expr], ...]
     state: tuple[str, ...] = ()
     clip_norm: float | None = None  # scale all gradients by min(1, clip_norm / (‖g‖₂ + 1e-6))
+    notes: tuple[str, ...] = ()  # how each step reads (``p ← p − 0.1·g``), for listings
 
 
 UPDATE_SYMBOLS = {name: sp.Symbol(name, real=True) for name in ("p", "g", "t", "clip")}

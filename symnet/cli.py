@@ -37,7 +37,7 @@ def demo(args) -> int:
     h2 = sn.dense(h1, args.hidden, sn.sigmoid, name="2")
     out = sn.dense(h2, Ytr.shape[1], name="3")
     loss = sn.softmax_cross_entropy(out, Y)
-    model = sn.compile(loss, inputs=[X], targets=[Y], prediction=out,
+    model = sn.compile(loss, inputs=[X], targets=[Y], prediction=sn.softmax(out),
                        optimizer=sn.optim.AdaGrad(lr=args.lr), seed=args.seed, backend=args.backend)
     jit = model.compile_kernels()
     compiled = time.perf_counter()

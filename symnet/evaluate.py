@@ -11,7 +11,7 @@ import sympy as sp
 from . import validate
 from .declare import batch
 from .errors import DataError, DeclarationError, DifferentiationError
-from .functions import Elementwise, RowLogSumExp, as_numeric, x
+from .functions import Elementwise, Entrywise, RowLogSumExp, as_numeric, x
 
 
 def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None, *,
@@ -52,6 +52,8 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
             return memo[e]
         if isinstance(e, sp.MatrixSymbol):
             out = arrays[e]
+        elif isinstance(e, sp.Identity):
+            out = np.eye(size(e.shape[0]), dtype=dtype)
         elif isinstance(e, sp.OneMatrix):
             out = np.ones((size(e.shape[0]), size(e.shape[1])), dtype)
         elif isinstance(e, sp.ZeroMatrix):
@@ -75,6 +77,11 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
             arg = ev(e.arg)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 out = np.broadcast_to(np.asarray(f(arg), dtype=dtype), arg.shape)
+        elif isinstance(e, Entrywise):
+            f = sp.lambdify(e.fn.variables, as_numeric(e.fn.expr), modules=["numpy", "scipy"])
+            args = [ev(a) for a in e.arguments]
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                out = np.broadcast_to(np.asarray(f(*args), dtype=dtype), args[0].shape)
         elif isinstance(e, RowLogSumExp):
             z = ev(e.arg)
             m = z.max(axis=1, keepdims=True)

@@ -53,15 +53,56 @@ class Elementwise(MatrixExpr):
         return Elementwise(self.fn, self.arg.T)
 
     def _sympystr(self, printer):
-        return elementwise_text(self.fn, printer._print(self.arg), latex=False)
+        from .formulas import text  # SymPy's own notation has no entrywise function application
+
+        return text(self)
 
     def _latex(self, printer):
-        return elementwise_text(self.fn, printer._print(self.arg), latex=True)
+        from .formulas import latex
+
+        return latex(self)
 
     def _pretty(self, printer):
         from sympy.printing.pretty.stringpict import prettyForm
 
-        return prettyForm(self._sympystr(sp.printing.str.StrPrinter()))
+        return prettyForm(self._sympystr(printer))
+
+
+class Entrywise(MatrixExpr):
+    """``f.(M1, M2, …)``: a scalar function of several variables applied entry by entry to
+    matrices of one shape. The simplifier builds it where a loss combines functions of several
+    matrices entrywise (binary cross-entropy of a sigmoid), so that SymPy differentiates and
+    simplifies the combination as one scalar function: its adjoint is then σ(Z) − Y."""
+
+    def __new__(cls, fn, *args):
+        if not isinstance(fn, sp.Lambda) or len(fn.variables) != len(args) or len(args) < 2:
+            raise DeclarationError(f"Entrywise needs a sympy.Lambda of one variable per matrix "
+                                   f"(two or more), got {fn!r} for {len(args)} matrices")
+        if not all(getattr(a, "is_Matrix", False) for a in args):
+            raise DeclarationError(f"Entrywise applies to matrix expressions, got {args!r}")
+        if len({tuple(a.shape) for a in args}) != 1:
+            raise DeclarationError(f"Entrywise needs matrices of one shape, got {args!r}")
+        return MatrixExpr.__new__(cls, fn, *args)
+
+    fn = property(lambda self: self.args[0])
+    arguments = property(lambda self: self.args[1:])
+    shape = property(lambda self: self.args[1].shape)
+
+    def _entry(self, i, j, **kwargs):
+        return self.fn(*[a._entry(i, j, **kwargs) for a in self.arguments])
+
+    def _eval_transpose(self):
+        return Entrywise(self.fn, *[a.T for a in self.arguments])
+
+    def _sympystr(self, printer):
+        from .formulas import text
+
+        return text(self)
+
+    def _latex(self, printer):
+        from .formulas import latex
+
+        return latex(self)
 
 
 class RowLogSumExp(MatrixExpr):
@@ -80,43 +121,6 @@ class RowLogSumExp(MatrixExpr):
 
     def _latex(self, printer):
         return rf"\operatorname{{logsumexp}}\left({printer._print(self.arg)}\right)"
-
-    def _pretty(self, printer):
-        from sympy.printing.pretty.stringpict import prettyForm
-
-        return prettyForm(self._sympystr(sp.printing.str.StrPrinter()))
-
-
-def elementwise_text(fn: sp.Lambda, arg_text: str, latex: bool) -> str:
-    """Print ``fn.(arg)`` as text: ``sigmoid(Z1)`` for a named activation, otherwise the scalar
-    body with the matrix in place of the variable and products as Hadamard products:
-    ``A1∘(1 - A1)``."""
-    var = fn.variables[0]
-    body = fn.expr
-    if isinstance(body, ScalarActivation) and body.args == (var,):
-        if latex:
-            return rf"{body.latex_name}\left({arg_text}\right)"
-        return f"{body.func.__name__}({arg_text})"
-    simple = re.fullmatch(r"[\w\\{}^δ]+", arg_text) is not None or is_call(arg_text)
-    holder = sp.Symbol(arg_text if simple else f"({arg_text})")
-    if latex:
-        return sp.latex(body.subs(var, holder), mul_symbol=r"\circ")
-    text = sp.sstr(body.subs(var, holder)).replace("**", "^")
-    text = re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)\*", r"\1·", text)
-    return text.replace("*", "∘")
-
-
-def is_call(text: str, name_optional: bool = False) -> bool:
-    """``name(...)`` (or ``(...)`` with ``name_optional``) whose first parenthesis closes at the
-    end: text that needs no further parentheses."""
-    if not re.fullmatch(r"\w*\(.*\)" if name_optional else r"\w+\(.*\)", text):
-        return False
-    depth = 0
-    for i, ch in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0 and ch == ")":
-            return i == len(text) - 1
-    return False
 
 
 # ------------------------------------------------------------------------------ activations
@@ -140,7 +144,7 @@ class ScalarActivation(sp.Function):
 
     def _latex(self, printer, exp=None):
         text = rf"{self.latex_name}\left({printer._print(self.args[0])}\right)"
-        return text if exp is None else rf"{text}^{{{exp}}}"
+        return text if exp is None else rf"{{{text}}}^{{{exp}}}"
 
 
 @cache
@@ -412,7 +416,7 @@ def logsumexp(z):
 def log_softmax(z):
     """Row-wise log-softmax, Z − logsumexp(Z)·1ᵀ (stable by construction)."""
     _require_matrix(z, "log_softmax")
-    return z - RowLogSumExp(z) * sp.OneMatrix(1, z.shape[1])
+    return _difference(z, RowLogSumExp(z) * sp.OneMatrix(1, z.shape[1]))
 
 
 def softmax(z):
@@ -421,6 +425,12 @@ def softmax(z):
 
 
 # --------------------------------------------------------------------------------- losses
+
+
+def _difference(a, b):
+    """a − b with a kept whole: SymPy's a - b would merge the terms of a layer's X·W + 𝟙·b into
+    the difference, and the layer would lose its name."""
+    return sp.MatAdd(a, -b)
 
 
 def _same_shape(p, y, fname):
@@ -441,13 +451,13 @@ def _shape_text(m):
 def mse(p, y):
     """Mean over all entries of (P − Y)²."""
     _same_shape(p, y, "mse")
-    return mean(square(p - y))
+    return mean(square(_difference(p, y)))
 
 
 def sse(p, y):
     """Per-row sum of squared errors, mean over rows: Σ(P − Y)²/n."""
     _same_shape(p, y, "sse")
-    return sum(square(p - y)) / p.shape[0]
+    return sum(square(_difference(p, y))) / p.shape[0]
 
 
 def cross_entropy(p, y):

@@ -9,6 +9,7 @@ which is what the formulas show and what the lowering compiles.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -17,7 +18,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from . import functions as fn
 from .errors import DeclarationError, DifferentiationError
-from .functions import Elementwise, RowLogSumExp, x
+from .functions import Elementwise, Entrywise, RowLogSumExp, x
 
 LEAVES = (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity)
 
@@ -70,6 +71,27 @@ def vjp_elementwise(node, g):
         yield node.arg, sp.HadamardProduct(g, Elementwise(sp.Lambda(x, d), node.arg))
 
 
+def vjp_entrywise(node, g):
+    variables = node.fn.variables
+    for v, child in zip(variables, node.arguments):
+        partial = entrywise(variables, sp.diff(node.fn.expr, v), node.arguments)
+        if not isinstance(partial, sp.ZeroMatrix):
+            yield child, sp.HadamardProduct(g, partial)
+
+
+def entrywise(variables, body, matrices):
+    """``body`` (a scalar in ``variables``) applied entrywise to ``matrices``, over only the
+    matrices it reads: a constant becomes c·𝟙, one matrix an :class:`Elementwise`."""
+    shape = matrices[0].shape
+    used = [(v, m) for v, m in zip(variables, matrices) if v in body.free_symbols]
+    if not used:
+        return sp.ZeroMatrix(*shape) if body == 0 else body * sp.OneMatrix(*shape)
+    if len(used) == 1:
+        v, m = used[0]
+        return Elementwise(sp.Lambda(x, body.xreplace({v: x})), m)
+    return Entrywise(sp.Lambda(tuple(v for v, _ in used), body), *(m for _, m in used))
+
+
 def vjp_logsumexp(node, g):
     z = node.arg
     yield z, sp.HadamardProduct(g * sp.OneMatrix(1, z.shape[1]), fn.softmax(z))
@@ -82,6 +104,7 @@ VJP = {
     sp.HadamardPower: vjp_hadamard_power,
     sp.Transpose: vjp_transpose,
     Elementwise: vjp_elementwise,
+    Entrywise: vjp_entrywise,
     RowLogSumExp: vjp_logsumexp,
 }
 
@@ -209,8 +232,10 @@ def _dag(roots):
 
 
 def _is_structural(e):
-    """Nodes that are never worth a name: leaves, broadcasts (1·b), transposes, scalar multiples."""
-    if isinstance(e, LEAVES) or isinstance(e, sp.Transpose):
+    """Nodes that are never worth a name: leaves, broadcasts (1·b), transposes, scalar multiples,
+    and logsumexp(Z), which reads better inline (softmax(Z) is shown as such only when its
+    logsumexp is); the lowering computes a repeated one once all the same."""
+    if isinstance(e, LEAVES) or isinstance(e, (sp.Transpose, RowLogSumExp)):
         return True
     if isinstance(e, sp.MatMul):
         _, mats = e.as_coeff_matrices()
@@ -232,9 +257,11 @@ def _is_affine(e, params, parents):
 
 
 def name_forward(loss, prediction, params, taken):
-    """Pick the forward nodes that get a name (pre-activations Z, activations A, shared nodes T,
-    the loss L) and write each as an equation over earlier names."""
-    roots = [loss] + ([prediction] if prediction is not None else [])
+    """Pick the forward nodes that get a name and write each as an equation over earlier names:
+    pre-activations Z1, Z2, … (a layer's X·W + 𝟙·b), activations A1, A2, …, the prediction P,
+    shared intermediates T1, T2, … and the loss L, in the order they are computed, the prediction
+    before the loss. Returns the equations and ``{node: name}``."""
+    roots = ([prediction] if prediction is not None else []) + [loss]
     order, uses, parents = _dag(roots)
     wanted = set()
     for e in order:
@@ -261,6 +288,8 @@ def name_forward(loss, prediction, params, taken):
             continue
         if e == loss:
             label = fresh("L")
+        elif e == prediction:
+            label = fresh("P")
         elif _is_affine(e, params, parents):
             counters["Z"] += 1
             label = fresh(f"Z{counters['Z']}")
@@ -331,6 +360,8 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
     params = list(params)
     forward, names = name_forward(loss, prediction, set(params), taken)
     loss_name = names[loss]
+    pred_name = names.get(prediction) if prediction is not None else None
+    layers = {eq.lhs for eq in forward if eq.label.startswith("Z")} | {pred_name}
     activations = {}
     for eq in forward:
         if isinstance(eq.rhs, Elementwise) and isinstance(eq.rhs.arg, sp.MatrixSymbol):
@@ -343,14 +374,14 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
         if eq.lhs not in contributions:
             continue  # does not influence the loss (e.g. a prediction beside it)
         g = tidy(_sum(contributions.pop(eq.lhs)), activations)
-        if eq.lhs != loss_name and not eq.label.startswith("A"):
+        if eq.lhs in layers:  # a layer's adjoint δ is named; others flow on as expressions
             delta = sp.MatrixSymbol("δ" + eq.label.lstrip("Z"), *eq.lhs.shape)
             backward.append(Equation(delta, g, delta.name))
             g = delta
         for leaf, terms in backprop(eq.rhs, g, wrt).items():
             contributions.setdefault(leaf, []).extend(terms)
     gradients = {}
-    for p in params:
+    for p in sorted(params, key=lambda p: _first_use(p, forward)):
         terms = contributions.get(p)
         if terms is None:
             raise DeclarationError(f"the loss does not depend on the parameter {p}")
@@ -358,3 +389,10 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
         gradients[p] = Equation(grad, tidy(_sum(terms), activations), f"∂L/∂{p.name}")
     pred = names.get(prediction, prediction) if prediction is not None else None
     return Derivation(forward, backward, gradients, loss_name, pred, activations)
+
+
+def _first_use(p, forward):
+    """Layer order: the first equation that reads ``p``, then W before b, W2 before W10."""
+    first = next((i for i, eq in enumerate(forward) if p in eq.rhs.free_symbols), len(forward))
+    return first, [int(t) if t.isascii() and t.isdigit() else t
+                   for t in re.split(r"([0-9]+)", p.name)]

@@ -16,9 +16,10 @@ from codegen.ir import BATCH, SIZE, Buffer, Instr, Op, Program, arg_symbols
 from .declare import batch
 from .errors import DifferentiationError
 from .formulas import text
-from .functions import Elementwise, RowLogSumExp, as_numeric
+from .functions import Elementwise, Entrywise, RowLogSumExp, as_numeric
 
-ELEMENTWISE = (sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, Elementwise, sp.OneMatrix,
+ELEMENTWISE = (sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, Elementwise, Entrywise,
+               sp.OneMatrix,
                sp.ZeroMatrix)
 
 
@@ -141,6 +142,8 @@ class Lowering:
             return self.scalar(e.args[0], args) ** e.args[1]
         if isinstance(e, Elementwise):
             return e.fn(self.scalar(e.arg, args))
+        if isinstance(e, Entrywise):
+            return e.fn(*[self.scalar(a, args) for a in e.arguments])
         if isinstance(e, sp.MatMul):
             coeff, mats = e.as_coeff_matrices()
             c = coeff.subs(batch, SIZE)
@@ -211,6 +214,10 @@ def _split_ones(mats):
 
 def lower(definitions, roots: dict[str, sp.MatrixExpr], leaves) -> Program:
     """Lower the values ``roots`` (output name → expression over ``definitions`` and ``leaves``)."""
+    # SymPy's doit writes a 1×1 ones matrix (a 1×1 weight's broadcast) as Identity(1)
+    one = {sp.Identity(1): sp.OneMatrix(1, 1)}
+    definitions = {k: v.xreplace(one) for k, v in definitions.items()}
+    roots = {k: v.xreplace(one) for k, v in roots.items()}
     low = Lowering(definitions, leaves)
     low.count_uses(list(roots.values()))
     outputs = tuple((name, low.buf(expr)) for name, expr in roots.items())

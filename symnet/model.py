@@ -24,7 +24,7 @@ from .evaluate import evaluate
 from .functions import ScalarActivation
 from .grad import _dag, canonical, derive
 from .lower import lower
-from .rewrite import simplify_adjoint, simplify_forward
+from .rewrite import layer_sums, simplify_adjoint, simplify_forward
 
 BACKENDS = ("numba", "numpy")
 
@@ -93,8 +93,9 @@ class Model:
                                          _bytes_per_entry(self.dtype, self.optimizer))
         self.prediction_expr = _check_prediction(prediction, self.inputs, self.param_symbols)
         self._taken = {s.name for s in data | set(self.param_symbols)}
-        self.stable_loss = simplify_forward(self.loss_expr)
-        pred = simplify_forward(self.prediction_expr) if prediction is not None else None
+        layers = layer_sums(self.loss_expr, self.prediction_expr)
+        self.stable_loss = simplify_forward(self.loss_expr, layers)
+        pred = simplify_forward(self.prediction_expr, layers) if prediction is not None else None
         self.derivation = derive(self.stable_loss, self.param_symbols, prediction=pred,
                                  simplify=simplify_adjoint, taken=self._taken)
         self._raw = None
@@ -132,10 +133,11 @@ class Model:
         """Forward, backprop and gradient equations, and the optimizer's update, as text. With
         ``raw=True`` each backprop equation is followed by its unsimplified chain-rule form."""
         return formulas.as_text(self.derivation, self.raw_derivation() if raw else None,
-                                updates=self.optimizer.describe())
+                                optimizer=self.optimizer)
 
     def latex(self) -> str:
-        return formulas.as_latex(self.derivation)
+        """The derivation and the update as one LaTeX ``aligned`` block (amsmath)."""
+        return formulas.as_latex(self.derivation, optimizer=self.optimizer)
 
     def _repr_latex_(self):
         return f"$${self.latex()}$$"

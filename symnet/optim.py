@@ -66,14 +66,17 @@ class Optimizer:
         return head + [(lhs, rhs.subs(LR, self.lr)) for lhs, rhs in steps]
 
     def update(self) -> Update:
-        return Update(tuple(self.rule()), self.state, self.clip_norm)
+        from .formulas import TextPrinter
+
+        printer = TextPrinter()
+        notes = tuple(printer.assignment(lhs, rhs) for lhs, rhs in self.rule())
+        return Update(tuple(self.rule()), self.state, self.clip_norm, notes)
 
     def describe(self) -> list[str]:
-        lines = [f"{lhs} ← {sp.sstr(rhs, order='none')}" for lhs, rhs in self.rule()]
-        if self.clip_norm is not None:
-            lines.insert(0, f"clip = min(1, {self.clip_norm}/(‖g‖₂ + 1e-6)), ‖g‖₂ over all "
-                            f"gradients")
-        return lines
+        """The update as text, one assignment per line: ``p ← p − 0.1·g``."""
+        from .formulas import TextPrinter, update_lines
+
+        return update_lines(self, TextPrinter())
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

@@ -17,7 +17,7 @@ import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
 from . import functions as fn
-from .functions import Elementwise, ScalarActivation, x
+from .functions import Elementwise, Entrywise, ScalarActivation, x
 
 y = sp.Symbol("y", real=True)
 
@@ -271,7 +271,7 @@ def hadamard_ones(e, ctx):
             if c != 1:
                 coeff *= c
                 a = mats[0] if len(mats) == 1 else sp.MatMul(*mats)
-        if not isinstance(a, sp.OneMatrix):
+        if not isinstance(a, sp.OneMatrix) and a != sp.Identity(1):  # doit's 1×1 ones
             factors.append(a)
     if coeff == 1 and len(factors) == len(e.args):
         return None
@@ -283,49 +283,58 @@ def hadamard_ones(e, ctx):
 
 
 def simplify_scalar(e, ctx):
-    """Simplify the scalar body of an elementwise function (kept only if cheaper)."""
-    if not isinstance(e, Elementwise):
+    """Simplify the scalar body of an entrywise function (kept only if cheaper)."""
+    if not isinstance(e, (Elementwise, Entrywise)):
         return None
     new = _simplified(e.fn)
-    return None if new is None else Elementwise(new, e.arg)
+    return None if new is None else e.func(new, *e.args[1:])
 
 
 @cache
 def _simplified(f: sp.Lambda):
-    body = f(x)
+    body = f.expr
     try:
         new = sp.simplify(body)
     except Exception:  # a body SymPy cannot simplify is kept as it is
         return None
-    return sp.Lambda(x, new) if cost(new) < cost(body) and numerically_safe(body, new) else None
+    better = cost(new) < cost(body) and numerically_safe(body, new)
+    return sp.Lambda(f.variables, new) if better else None
 
 
 def logistic_form(e, ctx):
-    """exp(k·x) → (σ(x)/(1 − σ(x)))ᵏ in an elementwise body, kept when that is no dearer or
+    """exp(k·x) → (σ(x)/(1 − σ(x)))ᵏ in an entrywise body, kept when that is no dearer or
     finite in more places (and never less finite: see :func:`numerically_safe`). swish′ =
     σ(x) + x·e⁻ˣ/(1 + e⁻ˣ)² becomes σ(x)·(1 + x·(1 − σ(x))), finite for every x, where the
-    e⁻ˣ form is NaN below −88 in float32; PyTorch's SiLU backward is this form too."""
-    if not isinstance(e, Elementwise):
+    e⁻ˣ form is NaN below −88 in float32; PyTorch's SiLU backward is this form too. The
+    adjoint of binary cross-entropy, y·e⁻ˣ/(1 + e⁻ˣ) − (1 − y)·eˣ/(1 + eˣ), becomes y − σ(x)."""
+    if not isinstance(e, (Elementwise, Entrywise)):
         return None
     new = _logistic(e.fn)
-    return None if new is None else Elementwise(new, e.arg)
+    return None if new is None else e.func(new, *e.args[1:])
 
 
 @cache
 def _logistic(f: sp.Lambda):
-    body = f(x)
-    powers = {a: sp.simplify(a.args[0] / x) for a in body.atoms(sp.exp)}
-    if not powers or not all(k.is_Integer for k in powers.values()):
+    body = f.expr
+    odds, sigmoids = {}, {}
+    for a in body.atoms(sp.exp):
+        for v in f.variables:
+            k = sp.simplify(a.args[0] / v)
+            if k.is_Integer:
+                s = sigmoids.setdefault(v, sp.Dummy("s", positive=True))  # σ(v), in (0, 1)
+                odds[a] = (s / (1 - s)) ** int(k)
+                break
+        else:
+            return None
+    if not odds:
         return None
-    s = sp.Symbol("s", positive=True)  # σ(x), in (0, 1)
     try:
-        new = sp.factor(sp.cancel(body.subs({a: (s / (1 - s)) ** int(k)
-                                             for a, k in powers.items()})))
+        new = sp.factor(sp.cancel(body.subs(odds)))
     except Exception:  # a body SymPy cannot rewrite is kept as it is
         return None
-    new = new.subs(s, fn.sigmoid.function(x))
+    new = new.subs({s: fn.sigmoid.function(v) for v, s in sigmoids.items()})
     better = cost(new) <= cost(body) or finite_probes(new) > finite_probes(body)
-    return sp.Lambda(x, new) if better and numerically_safe(body, new) else None
+    return sp.Lambda(f.variables, new) if better and numerically_safe(body, new) else None
 
 
 def output_form(e, ctx):
@@ -358,8 +367,7 @@ def factor_scalar(e, ctx):
         c, ms = t.as_coeff_matrices() if isinstance(t, sp.MatMul) else (sp.Integer(1), [t])
         coeffs.append(c)
         mats.append(ms[0] if len(ms) == 1 else sp.MatMul(*ms))
-    number, common = coeffs[0].as_coeff_Mul()
-    common = common * sp.Abs(number)
+    _, common = coeffs[0].as_coeff_Mul()  # the symbolic part (1/n): numbers stay with terms
     if common == 1:
         return None
     ratios = [sp.simplify(c / common) for c in coeffs]
@@ -369,17 +377,171 @@ def factor_scalar(e, ctx):
     return sp.MatMul(common, inner)
 
 
+def fold_numbers(e, ctx):
+    """(x ↦ c·x).(M) → c·M, and a positive number factored out of an entrywise body, so that
+    numbers multiply out: λ/2·(2·W) → λ·W, 1/(2n)·(2·(P − Y)) → (P − Y)/n."""
+    if not isinstance(e, (Elementwise, Entrywise)):
+        return None
+    c, rest = sp.factor_terms(e.fn.expr).as_coeff_Mul()
+    if c == 1 or not c.is_Number:
+        return None
+    if isinstance(e, Elementwise) and rest == e.fn.variables[0]:
+        return sp.MatMul(c, e.arg)
+    if c > 0:
+        return sp.MatMul(c, e.func(sp.Lambda(e.fn.variables, rest), *e.args[1:]))
+    return None
+
+
+def _minus_signs(body) -> int:
+    return sum(1 for t in sp.Add.make_args(body) if t.could_extract_minus_sign())
+
+
+def absorb_sign(e, ctx):
+    """−c·f.(M) → c·(−f).(M) (also summed, −c·sum(f.(M))) when that writes fewer minus signs:
+    −(Y − σ(Z))/n → (σ(Z) − Y)/n."""
+    if not isinstance(e, sp.MatMul):
+        return None
+    c, mats = e.as_coeff_matrices()
+    inner = [i for i, m in enumerate(mats) if not isinstance(m, sp.OneMatrix)]
+    if not c.could_extract_minus_sign() or len(inner) != 1:
+        return None
+    f = mats[inner[0]]
+    if not isinstance(f, (Elementwise, Entrywise)):
+        return None
+    body = f.fn.expr
+    if _minus_signs(-body) >= 1 + _minus_signs(body):
+        return None
+    new = list(mats)
+    new[inner[0]] = f.func(sp.Lambda(f.fn.variables, -body), *f.args[1:])
+    return sp.MatMul(*new) if c == -1 else sp.MatMul(-c, *new)
+
+
+def keep_layers(e, ctx):
+    """:func:`sympy_canonical`, except that a layer's X·W + 𝟙·b inside a larger sum stays one
+    node: Z − Y is not flattened into X·W + 𝟙·b − Y, so that the layer keeps its name Z and the
+    prediction its own, and softmax(Z) reads the Z that the loss reads."""
+    if isinstance(e, sp.MatAdd):
+        kept = {a: sp.MatrixSymbol(f"⟨layer{i}⟩", *a.shape) for i, a in enumerate(e.args)
+                if isinstance(a, sp.MatAdd) and any(_is_product(t) for t in a.args)}
+        if kept:
+            flat = sp.MatAdd(*[kept.get(a, a) for a in e.args]).doit(deep=False)
+            new = flat.xreplace({s: a for a, s in kept.items()})
+            return None if new == e else new
+    return sympy_canonical(e, ctx)
+
+
+def regroup_layers(e, ctx):
+    """X·W + 𝟙·b − Y → (X·W + 𝟙·b) − Y when X·W + 𝟙·b is a layer seen elsewhere in the loss or
+    the prediction (``ctx``): SymPy flattens a user's Z − Y at declaration, this regroups it."""
+    if not isinstance(e, sp.MatAdd) or not ctx:
+        return None
+    terms = set(e.args)
+    for layer in sorted(ctx, key=lambda k: -len(k.args)):
+        inside = set(layer.args)
+        if inside < terms:
+            return sp.MatAdd(layer, *[t for t in e.args if t not in inside])
+    return None
+
+
+def layer_sums(*exprs) -> frozenset:
+    """The sums X·W + 𝟙·b + … in ``exprs``: what :func:`regroup_layers` may regroup."""
+    found = set()
+    for expr in exprs:
+        if expr is None:
+            continue
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.MatAdd) and any(_is_product(t) for t in node.args):
+                found.add(node)
+    return frozenset(found)
+
+
+def _is_product(t):
+    """X·W: a product of matrices none of which is a ones matrix (1·b is a broadcast)."""
+    if not isinstance(t, sp.MatMul):
+        return False
+    _, mats = t.as_coeff_matrices()
+    return len(mats) > 1 and not any(isinstance(m, sp.OneMatrix) for m in mats)
+
+
+def fuse_entrywise(e, ctx):
+    """Σ (Y∘(−softplus(−Z)) + (𝟙 − Y)∘(−softplus(Z))) → Σ f.(Z, Y): an entrywise combination of
+    functions of several matrices, summed by a loss, becomes one function of several variables.
+    SymPy then differentiates and simplifies it as a whole, and the adjoint of binary
+    cross-entropy comes out as σ(Z) − Y. Only where two or more functions meet: a single one
+    (the square of MSE) is differentiated as well without."""
+    if not isinstance(e, sp.MatMul):
+        return None
+    c, mats = e.as_coeff_matrices()
+    ones = [i for i, m in enumerate(mats) if isinstance(m, sp.OneMatrix)]
+    inner = [i for i in range(len(mats)) if i not in ones]
+    if not ones or len(inner) != 1 or not (ones == [0] or ones == [len(mats) - 1]
+                                           or ones == [0, len(mats) - 1]):
+        return None
+    fused = _fused(mats[inner[0]])
+    if fused is None:
+        return None
+    new = list(mats)
+    new[inner[0]] = fused
+    return sp.MatMul(c, *new) if c != 1 else sp.MatMul(*new)
+
+
+def _fused(m):
+    """``m`` as one :class:`Entrywise` over its leaves, or None (see :func:`fuse_entrywise`)."""
+    if isinstance(m, (Elementwise, Entrywise, sp.MatrixSymbol)):
+        return None
+    leaves: dict = {}  # leaf → (dummy variable, how many functions it is inside)
+    calls = 0
+
+    def walk(a, depth):
+        nonlocal calls
+        if isinstance(a, sp.OneMatrix):
+            return sp.Integer(1)
+        if isinstance(a, sp.ZeroMatrix):
+            return sp.Integer(0)
+        if isinstance(a, Elementwise):
+            calls += 1
+            return a.fn(walk(a.arg, depth + 1))
+        if isinstance(a, Entrywise):
+            calls += 1
+            return a.fn(*[walk(b, depth + 1) for b in a.arguments])
+        if isinstance(a, sp.MatAdd) and not any(_is_product(t) for t in a.args):  # not a layer
+            return sp.Add(*[walk(b, depth) for b in a.args])
+        if isinstance(a, sp.HadamardProduct):
+            return sp.Mul(*[walk(b, depth) for b in a.args])
+        if isinstance(a, sp.HadamardPower) and a.args[1].is_number:
+            return walk(a.args[0], depth) ** a.args[1]
+        if isinstance(a, sp.MatMul):
+            coeff, ms = a.as_coeff_matrices()
+            if len(ms) == 1 and coeff.is_number:
+                return coeff * walk(ms[0], depth)
+        var, inside = leaves.get(a, (sp.Dummy(real=True), 0))
+        leaves[a] = (var, inside + depth)
+        return var
+
+    body = walk(m, 0)
+    if len(leaves) < 2 or calls < 2:
+        return None
+    # the matrix inside the most functions (Z, not Y) is x: the variable rules probe
+    order = sorted(leaves, key=lambda a: -leaves[a][1])
+    names = [x] + [sp.Symbol(f"x{i}", real=True) for i in range(1, len(order))]
+    body = body.xreplace({leaves[a][0]: v for a, v in zip(order, names)})
+    return Entrywise(sp.Lambda(tuple(names), body), *order)
+
+
 def _rules(*fns):
     return [Rule(f.__name__, f) for f in fns]
 
 
-FORWARD = _rules(compose_elementwise, stable_log_sigmoid, drop_identity, sympy_canonical)
-ADJOINT = _rules(sympy_canonical, hadamard_ones, constant_elementwise, output_form,
-                 logistic_form, simplify_scalar, drop_identity, factor_scalar)
+FORWARD = _rules(compose_elementwise, stable_log_sigmoid, drop_identity, regroup_layers,
+                 keep_layers, fuse_entrywise, absorb_sign)
+ADJOINT = _rules(sympy_canonical, hadamard_ones, constant_elementwise, fold_numbers, output_form,
+                 logistic_form, simplify_scalar, drop_identity, absorb_sign, factor_scalar)
 
 
-def simplify_forward(expr):
-    return rewrite(expr, FORWARD)
+def simplify_forward(expr, layers=frozenset()):
+    """The declared loss (or prediction) in the form that is differentiated: stable, with the
+    ``layers`` (see :func:`layer_sums`) kept whole."""
+    return rewrite(expr, FORWARD, layers)
 
 
 def simplify_adjoint(expr, activations):

@@ -157,3 +157,16 @@ def test_float64_request_on_a_float32_model_computes_in_float64():
     assert loss32 == pytest.approx(loss64, rel=1e-14)
     for k in g64:
         np.testing.assert_allclose(g32[k], g64[k], rtol=1e-12, atol=1e-15)
+
+
+def test_one_unit_layers_with_penalties_match_finite_differences(xy):
+    """1×1 weights: SymPy writes their 1×1 ones matrices as Identity(1)."""
+    X, Y = xy
+    h = sn.dense(sn.dense(X, 1, sn.sigmoid), 1, sn.tanh)
+    out = sn.dense(h, 3)
+    weights = [w for w in sn.weights(out) if w.name.startswith("W")]
+    loss = sn.binary_cross_entropy(sn.sigmoid(out), Y) + sn.l1(1e-3, *weights) + sn.l2(0.1, *weights)
+    model = compiled(loss, X, Y)
+    Xb, Yb = make_data(kind="prob", seed=3)
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6
+    assert_formulas_are_computed(model, Xb, Yb)

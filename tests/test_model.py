@@ -51,13 +51,13 @@ def test_source_lists_each_statement_under_its_formula():
     stage = src[src.index("# first for: X·W1"):]
     assert "gemm_at(" in stage[:stage.index("return base")]  # X·W1 is a BLAS call
     assert "# X·W1\n" in src  # above the call of that stage
-    assert "# (softmax(Z2) - Y)/n\n" in src
-    assert "def train_epochs(" in src and "# update: p ← -0.5*g + p" in src
+    assert "# (softmax(P) − Y)/n\n" in src
+    assert "def train_epochs(" in src and "# update: p ← p − 0.5·g" in src
     assert "],  # W1\n" in src  # its rows in the update table
 
 
 def test_demo_runs_and_reports(capsys):
     assert main(["demo", "--epochs", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "δ2 = (δ3·W3ᵀ) ∘ (A2∘(1 - A2))" in out
+    assert "δ2 = (δ3·W3ᵀ) ∘ (A2∘(1 − A2))" in out
     assert "test accuracy" in out and "compile" in out

@@ -32,15 +32,15 @@ def rule(name):
 
 def test_compose_elementwise():
     check(rule("compose_elementwise"), sn.log(sp.OneMatrix(n, 3) - sn.sigmoid(Z)),
-          "log(1 - sigmoid(Z))")
+          "log(1 − σ(Z))")
 
 
 def test_stable_log_sigmoid():
     composed = rw.rewrite(sn.log(sp.OneMatrix(n, 3) - sn.sigmoid(Z)), [rule("compose_elementwise")])
-    check(rule("stable_log_sigmoid"), composed, "-softplus(Z)")
+    check(rule("stable_log_sigmoid"), composed, "−softplus(Z)")
     composed = rw.rewrite(sn.log(sn.sigmoid(Z)), [rule("compose_elementwise")])
-    assert text(composed) == "log(sigmoid(Z))"
-    check(rule("stable_log_sigmoid"), composed, "-softplus(-Z)")
+    assert text(composed) == "log(σ(Z))"
+    check(rule("stable_log_sigmoid"), composed, "−softplus(−Z)")
 
 
 def test_stable_log_sigmoid_is_finite_where_the_naive_form_is_not():
@@ -85,11 +85,11 @@ def test_simplify_scalar():
 
 
 @pytest.mark.parametrize("act, expected", [
-    (sn.sigmoid, "A∘(1 - A)"), (sn.tanh, "1 - A^2"), (sn.exp, "A"),
-    (sn.softplus, "1 - exp(-A)"),
+    (sn.sigmoid, "A∘(1 − A)"), (sn.tanh, "1 − A²"), (sn.exp, "A"),
+    (sn.softplus, "1 − exp(−A)"),
     # as cheap, but read off the activation, so the pre-activation Z need not be stored
-    (sn.relu, "Piecewise((1, A > 0), (0, True))"),
-    (sn.leaky_relu(0.1), "Piecewise((1, A > 0), (0.1, True))"),
+    (sn.relu, "[A > 0]"),
+    (sn.leaky_relu(0.1), "[A > 0] + 0.1·[A ≤ 0]"),
 ])
 def test_output_form(act, expected):
     fwd = act(Z)
@@ -107,4 +107,44 @@ def test_output_form_is_not_used_when_no_cheaper_form_exists(act):
 
 
 def test_factor_scalar():
-    check(rule("factor_scalar"), sn.softmax(Z) / n - Y / n, "(softmax(Z) - Y)/n")
+    check(rule("factor_scalar"), sn.softmax(Z) / n - Y / n, "(softmax(Z) − Y)/n")
+
+
+def test_fold_numbers():
+    W = sp.MatrixSymbol("W", 3, 3)
+    penalty_adjoint = sp.MatMul(sp.Float(5e-5), Elementwise(sp.Lambda(x, 2 * x), W))
+    check(rule("sympy_canonical"), rw.rewrite(penalty_adjoint, [rule("fold_numbers")]),
+          "0.0001·W", values={**VALUES, "W": rng.normal(size=(3, 3))})
+    residual = Elementwise(sp.Lambda(x, 2 * x - 2), Z)
+    check(rule("fold_numbers"), residual, "2·(Z − 1)")
+
+
+def test_absorb_sign():
+    from symnet.functions import Entrywise
+
+    y1 = sp.Symbol("x1", real=True)
+    minus = sp.MatMul(-1 / n, Entrywise(sp.Lambda((x, y1), y1 - sn.sigmoid.function(x)), Z, Y))
+    check(rule("absorb_sign"), minus, "(σ(Z) − Y)/n")
+
+
+def test_keep_layers_and_regroup_layers():
+    X, W = sp.MatrixSymbol("X", n, 2), sp.MatrixSymbol("W", 2, 3)
+    b = sp.MatrixSymbol("b", 1, 3)
+    layer = sp.MatAdd(X * W, sp.OneMatrix(n, 1) * b)
+    values = {**VALUES, "X": rng.normal(size=(4, 2)), "W": rng.normal(size=(2, 3)),
+              "b": rng.normal(size=(1, 3))}
+    flat = layer - Y  # SymPy merges the layer into the difference
+    assert text(flat) == "X·W + 𝟙·b − Y"
+    check(rule("regroup_layers"), flat, "X·W + 𝟙·b − Y", ctx=frozenset({layer}), values=values)
+    regrouped = rw.rewrite(flat, [rule("regroup_layers")], frozenset({layer}))
+    assert regrouped.args[0] == layer or layer in regrouped.args
+    kept = check(rule("keep_layers"), regrouped, "X·W + 𝟙·b − Y", values=values)
+    assert layer in kept.args  # still a node of its own: the layer keeps its name
+
+
+def test_fuse_entrywise_turns_binary_cross_entropy_into_one_function():
+    loss = rw.rewrite(sn.binary_cross_entropy(sn.sigmoid(Z), Y),
+                      [r for r in rw.FORWARD if r.name != "fuse_entrywise"])
+    fused = check(rule("fuse_entrywise"), loss,
+                  "−sum(−Y∘softplus(−Z) − (1 − Y)∘softplus(Z))/(3·n)")
+    assert any(type(a).__name__ == "Entrywise" for a in sp.preorder_traversal(fused))

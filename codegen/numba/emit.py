@@ -611,7 +611,7 @@ class TrainWriter:
         self.params = [b for b in prog.buffers if b.role == "param"]
         self.temps = [b for b in prog.buffers if b.role == "temp"]
         self.grad_of = {name: grad.ident[buf] for name, buf in prog.outputs if name != "loss"}
-        self.rule = "; ".join(f"{lhs} ← {rhs}" for lhs, rhs in update.steps)
+        self.rule = "; ".join(update.notes or [f"{lhs} ← {rhs}" for lhs, rhs in update.steps])
         self._split_update()
 
     def arrays(self) -> list[tuple[str, str, str]]:

@@ -1,0 +1,209 @@
+"""What symnet shows means what it computes: every equation's text, LaTeX and MathML are read
+back (tests/formula_reader.py), must group every product alike, and must compute the numbers
+``sn.evaluate`` gives for the equation; the LaTeX must compile with pdflatex."""
+
+import os
+import shutil
+import subprocess
+from functools import cache
+
+import numpy as np
+import pytest
+import sympy as sp
+from conftest import compiled, make_data
+from formula_reader import evaluate, latex_to_text, mathml_to_text, parse
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_gradients import ACTIVATIONS, LOSSES
+
+import symnet as sn
+from symnet import formulas
+from symnet.functions import Elementwise, Entrywise, ScalarActivation, as_numeric, x
+
+REQUIRE_TOOLS = os.environ.get("SYMNET_REQUIRE_TOOLS") == "1"  # set by .ci/run
+
+
+def need(tool, package):
+    if shutil.which(tool) is None:
+        message = f"{tool} is not installed (apt-get install {package})"
+        if REQUIRE_TOOLS:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _teacher():
+    """tanh → relu → sigmoid → softmax cross-entropy with an L2 penalty, Adam with clipping."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.dense(sn.dense(sn.dense(X, 5, sn.tanh), 4, sn.relu), 4, sn.sigmoid)
+    out = sn.dense(h, 3)
+    weights = [w for w in sn.weights(out) if w.name.startswith("W")]
+    loss = sn.softmax_cross_entropy(out, Y) + sn.l2(1e-4, *weights)
+    return loss, X, Y, sn.softmax(out), "onehot"
+
+
+def _declarations():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    for name, act in ACTIVATIONS.items():
+        out = sn.dense(sn.dense(X, 5, act), 3)
+        yield f"act-{name}", (sn.mse(out, Y), X, Y, out, "real")
+    for name, (build, kind) in LOSSES.items():
+        out = sn.dense(sn.dense(X, 5, sn.tanh), 3)
+        yield f"loss-{name}", (build(out, Y), X, Y, out, kind)
+    out = sn.dense(sn.dense(X, 5, sn.elu(0.5)), 3)
+    yield "l1", (sn.mse(out, Y) + sn.l1(1e-3, *sn.weights(out)), X, Y, out, "real")
+    yield "teacher", _teacher()
+
+
+DECLARATIONS = dict(_declarations())
+
+
+@cache
+def network(name):
+    loss, X, Y, prediction, kind = DECLARATIONS[name]
+    model = compiled(loss, X, Y, prediction=prediction)
+    model.optimizer = sn.optim.Adam(1e-3, clip_norm=1.0)  # its update rule is shown too
+    Xb, Yb = make_data(kind=kind, seed=4)
+    return model, Xb * 1.5, Yb
+
+
+def activations_of(model):
+    """The numeric function of every named activation the formulas may call, by text name and
+    by the name its LaTeX reads back as."""
+    found = {}
+    for eq in model.derivation.equations + model.raw_derivation().equations:
+        for node in sp.preorder_traversal(eq.rhs):
+            if isinstance(node, (Elementwise, Entrywise)):
+                found.update({type(a): None for a in sp.preorder_traversal(node.fn.expr)
+                              if isinstance(a, ScalarActivation)})
+    table = Functions()
+    for cls in found:
+        name = formulas.function_name(cls)
+        table[name] = sp.lambdify(x, as_numeric(cls(x)), modules=["numpy", "scipy"])
+        read = latex_to_text(formulas.FormulaLatexPrinter()._call(cls, "x")).split("@")[0]
+        table.latex_names[read.strip()] = name
+    return table
+
+
+class Functions(dict):
+    """Text name → NumPy function; ``latex_names``: the name LaTeX reads back as → text name."""
+
+    def __init__(self):
+        super().__init__()
+        self.latex_names = {}
+
+
+def same_tree(a, b):
+    """Equal syntax trees, numbers compared to rounding (5·10⁻⁵ is 5.000000000000001e-05)."""
+    if a[0] == "num" and b[0] == "num":
+        return np.isclose(a[1], b[1], rtol=1e-12, atol=0)
+    if a[0] != b[0] or len(a) != len(b):
+        return False
+    return all(same_tree(p, q) if isinstance(p, tuple) else p == q for p, q in zip(a[1:], b[1:]))
+
+
+def renamed(tree, names):
+    """``tree`` with its functions called by their text names (lrelu[0.1] → leaky_relu[0.1])."""
+    if tree[0] == "call":
+        return ("call", names.get(tree[1], tree[1]), *[renamed(a, names) for a in tree[2:]])
+    return tuple(renamed(a, names) if isinstance(a, tuple) else a for a in tree)
+
+
+def check_equation(eq, values, functions):
+    shown = formulas.text(eq.rhs)
+    trees = {"text": parse(shown),
+             "latex": renamed(parse(latex_to_text(formulas.latex(eq.rhs)), implicit=True),
+                              functions.latex_names),
+             "mathml": parse(mathml_to_text(formulas.mathml(eq.rhs)))}
+    for form in ("latex", "mathml"):
+        assert same_tree(trees["text"], trees[form]), (
+            f"{eq.label}: the {form} groups differently from the text {shown!r}:\n"
+            f"{trees['text']}\n{trees[form]}")
+    want = sn.evaluate(eq.rhs, values)
+    got = np.broadcast_to(evaluate(trees["text"], values, functions), want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12,
+                               err_msg=f"{eq.label} = {shown} computes something else")
+
+
+def check_model(model, Xb, Yb):
+    values = {"X": Xb, "Y": Yb, "n": Xb.shape[0], **model.params}
+    functions = activations_of(model)
+    for derivation in (model.derivation, model.raw_derivation()):
+        env = dict(values)
+        for eq in derivation.equations:
+            check_equation(eq, env, functions)
+            env[eq.label] = sn.evaluate(eq.rhs, env)
+
+
+@pytest.mark.parametrize("name", DECLARATIONS)
+def test_text_latex_and_mathml_read_back_as_what_is_computed(name):
+    check_model(*network(name))
+
+
+def test_update_rules_read_back_in_every_form():
+    model, _, _ = network("teacher")
+    lines = formulas.update_lines(model.optimizer, formulas.TextPrinter())
+    assert lines[-3:] == ["m ← 0.9·m + 0.1·g", "v ← 0.999·v + 0.001·g²",
+                          "p ← p − 0.001·m/((1 − 0.9ᵗ)·(√v/√(1 − 0.999ᵗ) + 1e-8))"]
+    env = {"m": 0.3, "v": 0.2, "g": -0.5, "p": 1.5, "t": 3.0, "clip": 1.0, "‖g‖₂": 2.0}
+    for lhs, rhs in formulas._update_pairs(model.optimizer):
+        want = float(rhs.subs({sp.Symbol(k, real=True): v for k, v in env.items()})
+                     .subs({sp.Symbol(k): v for k, v in env.items()}))
+        for form, tree in (
+                ("text", parse(formulas.text(rhs).replace("‖g‖₂", "gnorm"))),
+                ("latex", parse(latex_to_text(formulas.latex(rhs)
+                                              .replace(r"\lVert g\rVert_{2}", "gnorm")), True)),
+                ("mathml", parse(mathml_to_text(formulas.mathml(rhs).replace("‖g‖₂", "gnorm"))))):
+            got = evaluate(tree, {**env, "gnorm": env["‖g‖₂"]}, {})
+            assert got == pytest.approx(want, rel=1e-12), (form, lhs, formulas.text(rhs))
+
+
+def pdflatex(tmp_path, blocks):
+    need("pdflatex", "texlive-latex-base")
+    body = "\n".join(f"\\[\n{b}\n\\]\n\\clearpage" for b in blocks)
+    (tmp_path / "f.tex").write_text("\\documentclass{article}\n\\usepackage{amsmath}\n"
+                                    "\\begin{document}\n" + body + "\n\\end{document}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "f.tex"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    log = run.stdout
+    assert run.returncode == 0 and "Undefined control sequence" not in log, log[-3000:]
+    assert (tmp_path / "f.pdf").stat().st_size > 1000
+
+
+def test_latex_of_every_test_network_compiles_with_pdflatex(tmp_path):
+    pdflatex(tmp_path, [network(name)[0].latex() for name in DECLARATIONS])
+
+
+HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "hard_tanh", "swish",
+          "identity"]
+
+
+@st.composite
+def architectures(draw):
+    """A random MLP: 1–3 hidden layers of 1–5 units, any activation, any loss, an optional
+    penalty, the prediction given or not."""
+    X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+    h = X
+    for _ in range(draw(st.integers(1, 3))):
+        h = sn.dense(h, draw(st.integers(1, 5)), ACTIVATIONS[draw(st.sampled_from(HIDDEN))])
+    out = sn.dense(h, 2)
+    loss_name = draw(st.sampled_from(sorted(LOSSES)))
+    build, kind = LOSSES[loss_name]
+    loss = build(out, Y)
+    penalty = draw(st.sampled_from([None, "l1", "l2"]))
+    if penalty:
+        weights = [w for w in sn.weights(out) if w.name.startswith("W")]
+        loss = loss + getattr(sn, penalty)(draw(st.sampled_from([1e-4, 0.01, 2])), *weights)
+    prediction = draw(st.sampled_from([None, out]))
+    return loss, X, Y, prediction, kind
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          derandomize=True)
+@given(architectures())
+def test_random_architectures_read_back_and_compile_with_pdflatex(tmp_path_factory, declaration):
+    loss, X, Y, prediction, kind = declaration
+    model = compiled(loss, X, Y, prediction=prediction)
+    Xb, Yb = make_data(n=4, cols=3, out=2, kind=kind, seed=5)
+    check_model(model, Xb, Yb)
+    if shutil.which("pdflatex") or REQUIRE_TOOLS:
+        pdflatex(tmp_path_factory.mktemp("tex"), [model.latex()])
