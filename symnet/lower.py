@@ -183,7 +183,8 @@ class Lowering:
             out = self.emit(Op.GEMM, shape, [self.buf(a), self.buf(b)], trans=(ta, tb),
                             alpha=alpha if last else sp.Integer(1), note=note if last else "")
             left = sp.MatMul(left, right)
-            self.memo[left] = out
+            if not last or alpha == 1:  # the last GEMM holds alpha·(product), not the product
+                self.memo[left] = out
         return out
 
     def scaled(self, name, alpha, shape, note):

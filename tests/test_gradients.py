@@ -170,3 +170,18 @@ def test_one_unit_layers_with_penalties_match_finite_differences(xy):
     Xb, Yb = make_data(kind="prob", seed=3)
     assert sn.gradcheck(model, Xb, Yb) < 1e-6
     assert_formulas_are_computed(model, Xb, Yb)
+
+
+def test_a_product_and_its_negative_are_two_values(xy):
+    """−X·W and X·W in one program: the GEMM that computes −1·(X·W) must not stand in for X·W
+    (maxout declares both)."""
+    X, Y = xy
+    out = sn.dense(X, 3)
+    W = next(w for w in sn.weights(out) if w.name.startswith("W"))
+    model = compiled(sn.mse(sn.tanh(-X * W), Y) + sn.mse(out, Y), X, Y)
+    Xb, Yb = make_data(kind="real", seed=5)
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6
+    assert_formulas_are_computed(model, Xb, Yb)
+    loss = float(sn.evaluate(model.derivation.expand(model.derivation.loss),
+                             {"X": Xb, "Y": Yb, **model.params})[0, 0])
+    assert model.loss_and_grad(Xb, Yb)[0] == pytest.approx(loss, rel=1e-12)
