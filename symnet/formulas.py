@@ -439,6 +439,9 @@ class Formula:
     def _print_exp(self, e):
         return self._call("exp", self._print(e.args[0]))
 
+    def _print_floor(self, e):  # floor((t − 1)/10), not floor(t/10 − 1/10)
+        return self._call("floor", self._print(sp.together(e.args[0])))
+
     def _print_Min(self, e):
         return self._call("min", self._row(self._comma([self._print(a) for a in e.args])))
 
@@ -708,7 +711,7 @@ class FormulaLatexPrinter(Formula, LatexPrinter):
         return rf"\left|{s}\right|"
 
 
-def _mi(name: str) -> str:
+def mathml_name(name: str) -> str:
     m = re.fullmatch(r"(δ|[A-Za-z])([A-Za-z]?\d+|[A-Za-z]?)('*)", name)
     if m and m.group(2):
         stem, sub, primes = m.groups()
@@ -716,7 +719,7 @@ def _mi(name: str) -> str:
             f"<msub><mi>{stem}</mi><mn>{sub}</mn></msub>"
         return inner + (f"<mo>{primes}</mo>" if primes else "")
     if name.startswith("∂L/∂"):
-        return (f"<mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>{_mi(name[4:])}"
+        return (f"<mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>{mathml_name(name[4:])}"
                 f"</mrow></mfrac>")
     return f"<mi>{html.escape(name)}</mi>"
 
@@ -750,7 +753,7 @@ class FormulaMathMLPrinter(Formula, MathMLPresentationPrinter):
         return f"<mn>{s}</mn>"
 
     def _name(self, name):
-        return _mi(name)
+        return mathml_name(name)
 
     def _ones(self):
         return '<mn mathvariant="bold">1</mn>'

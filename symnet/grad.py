@@ -170,6 +170,7 @@ class Equation:
     lhs: sp.MatrixSymbol
     rhs: sp.MatrixExpr
     label: str  # how the left-hand side is shown: "Z1", "δ2", "∂L/∂W1"
+    rewrites: tuple[str, ...] = ()  # the rules that turned the chain rule into this form
 
 
 @dataclass
@@ -354,8 +355,9 @@ def _sum(terms):
 def derive(loss, params, *, prediction=None, simplify=None, taken=()):
     """Differentiate ``loss`` (1×1) with respect to ``params``.
 
-    ``simplify(expr, activations)`` is applied to every adjoint as it is formed (pass ``None`` for
-    the raw chain-rule form). Returns a :class:`Derivation`.
+    ``simplify(expr, activations, fired)`` is applied to every adjoint as it is formed (pass
+    ``None`` for the raw chain-rule form); the rules it names in ``fired`` are kept with the
+    equation. Returns a :class:`Derivation`.
     """
     params = list(params)
     forward, names = name_forward(loss, prediction, set(params), taken)
@@ -366,17 +368,21 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
     for eq in forward:
         if isinstance(eq.rhs, Elementwise) and isinstance(eq.rhs.arg, sp.MatrixSymbol):
             activations.setdefault(eq.rhs.arg, []).append((eq.lhs, eq.rhs.fn))
-    tidy = simplify or (lambda e, acts: e)
+    def tidy(e):
+        fired: list[str] = []
+        out = simplify(e, activations, fired) if simplify else e
+        return out, tuple(dict.fromkeys(fired))
+
     wrt = set(params) | {eq.lhs for eq in forward}
     contributions = {loss_name: [sp.OneMatrix(1, 1)]}
     backward = []
     for eq in reversed(forward):
         if eq.lhs not in contributions:
             continue  # does not influence the loss (e.g. a prediction beside it)
-        g = tidy(_sum(contributions.pop(eq.lhs)), activations)
+        g, rewrites = tidy(_sum(contributions.pop(eq.lhs)))
         if eq.lhs in layers:  # a layer's adjoint δ is named; others flow on as expressions
             delta = sp.MatrixSymbol("δ" + eq.label.lstrip("Z"), *eq.lhs.shape)
-            backward.append(Equation(delta, g, delta.name))
+            backward.append(Equation(delta, g, delta.name, rewrites))
             g = delta
         for leaf, terms in backprop(eq.rhs, g, wrt).items():
             contributions.setdefault(leaf, []).extend(terms)
@@ -386,7 +392,8 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
         if terms is None:
             raise DeclarationError(f"the loss does not depend on the parameter {p}")
         grad = sp.MatrixSymbol(f"∂L/∂{p.name}", *p.shape)
-        gradients[p] = Equation(grad, tidy(_sum(terms), activations), f"∂L/∂{p.name}")
+        rhs, rewrites = tidy(_sum(terms))
+        gradients[p] = Equation(grad, rhs, f"∂L/∂{p.name}", rewrites)
     pred = names.get(prediction, prediction) if prediction is not None else None
     return Derivation(forward, backward, gradients, loss_name, pred, activations)
 

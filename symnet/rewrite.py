@@ -28,8 +28,9 @@ class Rule:
     apply: Callable
 
 
-def rewrite(expr, rules, ctx=None):
-    """Apply ``rules`` bottom-up until a fixed point."""
+def rewrite(expr, rules, ctx=None, fired=None):
+    """Apply ``rules`` bottom-up until a fixed point; the name of every rule that changed
+    something is appended to ``fired``."""
     memo: dict = {}
 
     def rebuild(e):
@@ -47,6 +48,8 @@ def rewrite(expr, rules, ctx=None):
             for rule in rules:
                 new = rule.apply(out, ctx)
                 if new is not None and new != out:
+                    if fired is not None:
+                        fired.append(rule.name)
                     out = rebuild(new)
                     break
             else:
@@ -444,14 +447,17 @@ def regroup_layers(e, ctx):
 
 
 def layer_sums(*exprs) -> frozenset:
-    """The sums X·W + 𝟙·b + … in ``exprs``: what :func:`regroup_layers` may regroup."""
+    """The sums X·W + 𝟙·b + … in ``exprs``: what :func:`regroup_layers` may regroup. Only the
+    products and broadcasts of a sum make the layer: in X·W + 𝟙·b − Y (MSE without a named
+    prediction) or X·W + 𝟙·b + A (a residual) the layer is X·W + 𝟙·b."""
     found = set()
     for expr in exprs:
         if expr is None:
             continue
         for node in sp.preorder_traversal(expr):
             if isinstance(node, sp.MatAdd) and any(_is_product(t) for t in node.args):
-                found.add(node)
+                terms = [t for t in node.args if isinstance(t, sp.MatMul) and t.args[0] != -1]
+                found.add(sp.MatAdd(*terms) if len(terms) > 1 else node)
     return frozenset(found)
 
 
@@ -538,11 +544,11 @@ ADJOINT = _rules(sympy_canonical, hadamard_ones, constant_elementwise, fold_numb
                  logistic_form, simplify_scalar, drop_identity, absorb_sign, factor_scalar)
 
 
-def simplify_forward(expr, layers=frozenset()):
+def simplify_forward(expr, layers=frozenset(), fired=None):
     """The declared loss (or prediction) in the form that is differentiated: stable, with the
     ``layers`` (see :func:`layer_sums`) kept whole."""
-    return rewrite(expr, FORWARD, layers)
+    return rewrite(expr, FORWARD, layers, fired)
 
 
-def simplify_adjoint(expr, activations):
-    return rewrite(expr, ADJOINT, activations)
+def simplify_adjoint(expr, activations, fired=None):
+    return rewrite(expr, ADJOINT, activations, fired)
