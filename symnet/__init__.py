@@ -1,6 +1,6 @@
 """symnet: a symbolic-differentiation compiler for multilayer perceptrons."""
 
-from . import datasets, functions, interrupts, optim, schedules
+from . import datasets, formulas, functions, interrupts, optim, schedules
 from .declare import Input, batch, dense, parameter, weights
 from .errors import DataError, DeclarationError, DifferentiationError, ShapeError, SymnetError
 from .evaluate import evaluate

@@ -54,6 +54,13 @@ def demo(args) -> int:
           f"kernels {jit:.2f} s ({cache if args.backend == 'numba' else 'numpy backend'})")
     print(f"median epoch {epoch_s:.3f} s ({args.backend} backend); "
           f"total {time.perf_counter() - start:.1f} s")
+    if args.report:
+        try:
+            model.report(args.report, Xte[:200], Yte[:200])
+        except sn.DataError as err:
+            print(f"symnet demo: {err}", file=sys.stderr)
+            return 2
+        print(f"report: {args.report}")
     return 0
 
 
@@ -91,6 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--report", metavar="PATH",
+                   help="also write an HTML report (derivation, checks, training curves, "
+                        "generated code) to PATH, e.g. out.html")
     p.set_defaults(run=demo)
     b = sub.add_parser("bench", help="benchmark symnet against PyTorch, JAX, autograd, PyTensor, "
                                      "NumPy, a hand-written numba kernel and scikit-learn",

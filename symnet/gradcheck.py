@@ -22,36 +22,47 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
     _check_arguments(model, eps, max_entries, seed, floor)
     with model._lock:  # it swaps the model's parameters for float64 copies meanwhile
         model._check_params()
-        return _gradcheck(model, X, Y, eps, max_entries, np.random.default_rng(seed), floor)
+        live = dict(model.params)  # the user's arrays, untouched: float64 copies are perturbed
+        feeds = model._feeds(X, Y, dtype="float64")  # once, not per perturbation
+        try:
+            for k in model.params:
+                model.params[k] = live[k].astype(np.float64)
+            errors = parameter_errors(lambda: model._loss_and_grad(feeds, "float64"),
+                                      model.params, eps, max_entries, seed, floor)
+        finally:
+            model.params.update(live)
+    return max(errors.values(), default=0.0)
 
 
-def _gradcheck(model, X, Y, eps, max_entries, rng, floor) -> float:
-    live = dict(model.params)  # the user's arrays, untouched: float64 copies are perturbed
-    feeds = model._feeds(X, Y, dtype="float64")  # once, not per perturbation
-    try:
-        for k in model.params:
-            model.params[k] = live[k].astype(np.float64)
-        _, grads = model._loss_and_grad(feeds, "float64")
+def parameter_errors(loss_and_grad, params, eps=1e-5, max_entries=30, seed=0,
+                     floor=1e-4) -> dict[str, float]:
+    """``{name: max relative error}`` of each parameter's gradient (see :func:`gradcheck`).
+
+    ``loss_and_grad()`` returns (loss, {name: gradient}) at the current values of ``params``,
+    float64 arrays that are perturbed in place and restored.
+    """
+    rng = np.random.default_rng(seed)
+    _, grads = loss_and_grad()
+    errors = {}
+    for name, value in params.items():
+        flat = value.reshape(-1)
+        picks = np.arange(flat.size)
+        if flat.size > max_entries:
+            picks = rng.choice(flat.size, max_entries, replace=False)
         worst = 0.0
-        for name, value in model.params.items():
-            flat = value.reshape(-1)
-            picks = np.arange(flat.size)
-            if flat.size > max_entries:
-                picks = rng.choice(flat.size, max_entries, replace=False)
-            for i in picks:
-                old = flat[i]
-                flat[i] = old + eps
-                up, _ = model._loss_and_grad(feeds, "float64")
-                flat[i] = old - eps
-                down, _ = model._loss_and_grad(feeds, "float64")
-                flat[i] = old
-                numeric = (up - down) / (2 * eps)
-                analytic = grads[name].reshape(-1)[i]
-                scale = max(abs(numeric) + abs(analytic), floor)
-                worst = max(worst, abs(numeric - analytic) / scale)
-        return worst
-    finally:
-        model.params.update(live)
+        for i in picks:
+            old = flat[i]
+            flat[i] = old + eps
+            up, _ = loss_and_grad()
+            flat[i] = old - eps
+            down, _ = loss_and_grad()
+            flat[i] = old
+            numeric = (up - down) / (2 * eps)
+            analytic = grads[name].reshape(-1)[i]
+            scale = max(abs(numeric) + abs(analytic), floor)
+            worst = max(worst, abs(numeric - analytic) / scale)
+        errors[name] = float(worst)
+    return errors
 
 
 def _check_arguments(model, eps, max_entries, seed, floor):

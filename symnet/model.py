@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
-from tqdm.auto import tqdm
 
 from codegen.ir import CodegenError, Status
 from codegen.numpy_backend import NumpyBackend, NumpyUpdater
@@ -70,6 +70,14 @@ class History:
         except KeyError:
             raise AttributeError(name) from None
 
+    def plot(self):
+        """The training curves as a matplotlib Figure: loss and val_loss per epoch, val_accuracy
+        on a second axis, the kept epoch of early stopping marked. Needs matplotlib
+        (``pip install "symnet[plots]"``)."""
+        from .report import history_figure
+
+        return history_figure(self)
+
 
 class Model:
     """A compiled network: live parameters, derived formulas, and programs that compute them."""
@@ -94,8 +102,12 @@ class Model:
         self.prediction_expr = _check_prediction(prediction, self.inputs, self.param_symbols)
         self._taken = {s.name for s in data | set(self.param_symbols)}
         layers = layer_sums(self.loss_expr, self.prediction_expr)
-        self.stable_loss = simplify_forward(self.loss_expr, layers)
-        pred = simplify_forward(self.prediction_expr, layers) if prediction is not None else None
+        fired = {"loss": [], "prediction": []}
+        self.stable_loss = simplify_forward(self.loss_expr, layers, fired["loss"])
+        pred = (simplify_forward(self.prediction_expr, layers, fired["prediction"])
+                if prediction is not None else None)
+        # the rules that turned the declared loss and prediction into the differentiated form
+        self.forward_rewrites = {k: tuple(dict.fromkeys(v)) for k, v in fired.items()}
         self.derivation = derive(self.stable_loss, self.param_symbols, prediction=pred,
                                  simplify=simplify_adjoint, taken=self._taken)
         self._raw = None
@@ -111,6 +123,7 @@ class Model:
         self._lock = threading.RLock()  # one call at a time uses the kernels' workspaces
         self._stop = np.zeros(1, np.int64)  # set by Ctrl-C during fit: stop after this step
         self._runners = {}
+        self.history = None  # the History of the last fit
         self._runner(self.dtype)  # generate (and for numba, import) the kernels now
 
     # ------------------------------------------------------------------ formulas
@@ -138,6 +151,32 @@ class Model:
     def latex(self) -> str:
         """The derivation and the update as one LaTeX ``aligned`` block (amsmath)."""
         return formulas.as_latex(self.derivation, optimizer=self.optimizer)
+
+    def explain(self, X, Y=None):
+        """Every equation of the derivation with its shape, the raw chain-rule form, the rewrites
+        that simplified it and, for every gradient, the max relative error against float64 central
+        differences on this batch. ``str()`` of the result is text; in a notebook it shows as a
+        table of MathML formulas."""
+        from .explain import explain
+
+        feeds = self._feeds(X, Y, dtype="float64")
+        with self._lock:  # the parameters of one moment, not of a fit running beside it
+            self._check_params()
+            return explain(self, feeds, _rows(feeds))
+
+    def report(self, path, X=None, Y=None) -> None:
+        """Write one self-contained HTML page to ``path``: the model's summary, the derivation
+        as MathML with shapes and rewrites (checked against central differences on X, Y when
+        given), the training curves of the last ``fit`` and the generated kernel source. It
+        loads nothing from the network."""
+        from .report import write
+
+        write(self, path, X, Y)
+
+    def __repr__(self):
+        from .report import summary
+
+        return summary(self)
 
     def _repr_latex_(self):
         return f"$${self.latex()}$$"
@@ -328,6 +367,7 @@ class Model:
         sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
         runner = self._runner()
         hist, best = History(), None
+        tqdm = _progress_bar()
         bar = tqdm(total=epochs, unit="epoch", disable=not verbose, leave=False)
         # with nothing for Python to do between epochs (no validation, no progress to show),
         # every epoch runs in one kernel call; else one epoch, or ~0.25 s, per call
@@ -366,6 +406,7 @@ class Model:
                     tqdm.write(_epoch_line(len(hist.loss), epochs, hist))
             if best is not None:
                 self._restore(best)
+        self.history = hist
         return hist
 
     def _train(self, runner, data, orders, batch_size):
@@ -441,8 +482,7 @@ class Model:
         if found is None:
             return "every line of the update rule is finite when recomputed with NumPy"
         name, k = found
-        lhs, rhs = self._update.steps[k]
-        return f"for {name}, {lhs} ← {sp.sstr(rhs, order='none')} is not finite"
+        return f"for {name}, {self._update.notes[k]} is not finite"
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
@@ -458,6 +498,21 @@ def _backend_errors(backend):
     except CodegenError as err:
         hint = " Compile with backend='numpy' to train without it." if backend == "numba" else ""
         raise DeclarationError(f"{err}.{hint}") from None
+
+
+def _progress_bar():
+    """tqdm's notebook widget inside a Jupyter kernel that has ipywidgets, else the console bar.
+    Chosen when fit runs, not on import: ``tqdm.auto`` warns on import in a kernel without
+    ipywidgets (TqdmWarning), in every notebook that imports symnet."""
+    if "ipykernel" in sys.modules:
+        try:
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm
+            return tqdm
+        except ImportError:
+            pass
+    from tqdm.std import tqdm
+    return tqdm
 
 
 def _orders(rng, epochs: int, rows: int) -> np.ndarray:
