@@ -25,7 +25,7 @@ def xml(fragment: str):
 
 
 @pytest.mark.parametrize("name", DECLARATIONS)
-def test_explain_shows_every_equation_with_shape_raw_form_rewrites_and_check(name):
+def test_explain_shows_every_equation_with_shape_raw_form_rewrites_and_check(name, tmp_path):
     model, Xb, Yb = network(name)
     ex = model.explain(Xb, Yb)
     shown = str(ex)
@@ -49,6 +49,10 @@ def test_explain_shows_every_equation_with_shape_raw_form_rewrites_and_check(nam
     html = ex._repr_html_()
     assert html.count("<math") >= len(d.equations)
     xml(html)
+    model.report(tmp_path / "report.html", Xb, Yb)  # and the report of the same network
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(page)
+    assert page.count("<math") >= len(d.equations) and f"{ex.max_error:.1e}" in page
 
 
 def test_explain_names_the_rules_of_the_bce_adjoint():
