@@ -109,7 +109,7 @@ def explain(model, feeds, rows: int) -> Explanation:
             lines.append(Line(title, eq.label, eq.rhs, shape(eq.lhs), chain, rewrites,
                               errors.get(names.get(eq.lhs))))
     printer = formulas.FormulaMathMLPrinter()
-    update_mathml = [f"{printer._print(lhs)}<mo>←</mo>{printer._print(rhs)}"
+    update_mathml = [printer.assignment(lhs, rhs)
                      for lhs, rhs in formulas._update_pairs(model.optimizer)]
     return Explanation(lines, formulas.update_lines(model.optimizer, TextPrinter()), update_mathml,
                        rows)

@@ -290,19 +290,19 @@ class Formula:
 
     def _scaled(self, c, body, level, product=False):
         """``c·body``, ``body/d`` or ``−body`` for a scalar coefficient c (numbers and n)."""
-        if c == 1:
+        if _is_one(c):
             return body
         if c.could_extract_minus_sign():
             inner = self._scaled(-c, body, level, product)
-            return self._minus(inner if (c == -1 and level > NEG) or (c != -1 and level >= PRODUCT)
+            return self._minus(inner if (_is_one(-c) and level > NEG) or (c != -1 and level >= PRODUCT)
                                else self._group(inner))
         num, den = sp.fraction(sp.together(c))
-        if num != 1:
+        if not _is_one(num):
             if level < PRODUCT or (level == PRODUCT and not product):
                 body = self._group(body)
             body = self._row([self._print(num), self._op("·"), body])
             level = PRODUCT
-        if den == 1:
+        if _is_one(den):
             return body
         return self._frac(body, level, self._print_scalar_product(den), self._prec(den))
 
@@ -329,8 +329,8 @@ class Formula:
             else:
                 num.append(f)
         cn, cd = sp.fraction(c)
-        top = ([cn] if cn != 1 else []) + sorted(num, key=self._is_matrix)
-        bottom = ([cd] if cd != 1 else []) + sorted(den, key=self._is_matrix)
+        top = ([] if _is_one(cn) and num else [cn]) + sorted(num, key=self._is_matrix)
+        bottom = ([cd] if not _is_one(cd) else []) + sorted(den, key=self._is_matrix)
         if not bottom:
             return self._factors(top)
         top = top or [sp.Integer(1)]
@@ -508,9 +508,14 @@ class Formula:
     # -- update rules
     def assignment(self, lhs, rhs) -> str:
         """``lhs ← rhs``: one step of an optimizer's update, entry by entry."""
+        return self._row([self._print(lhs), self._relation("←"), self.assigned(lhs, rhs)])
+
+    def assigned(self, lhs, rhs) -> str:
+        """The right-hand side of ``lhs ← rhs``, the assigned variable's own term first
+        (``m ← 0.9·m + 0.1·g``)."""
         self._assigned = lhs
         try:
-            return self._row([self._print(lhs), self._relation("←"), self._print(rhs)])
+            return self._print(rhs)
         finally:
             self._assigned = None
 
@@ -525,6 +530,12 @@ def _own_method(printer: type, node: type):
             if issubclass(owner, Formula) and name in owner.__dict__:
                 return owner.__dict__[name]
     return Formula._print_Basic
+
+
+def _is_one(c) -> bool:
+    """1, or the float 1.0 (SymPy ≥ 1.13 no longer counts Float(1.0) == 1): ``lr=1.0`` shows
+    ``p − delta``, not ``p − 1·delta``."""
+    return c == 1 or (c.is_Float and float(c) == 1.0)
 
 
 def _negated(t):
@@ -847,7 +858,7 @@ def as_latex(d: Derivation, optimizer=None) -> str:
         rows.append(r"\text{Update:} & \\")
         printer = FormulaLatexPrinter()
         for lhs, rhs in _update_pairs(optimizer):
-            rows.append(rf"{printer._print(lhs)} &\leftarrow {printer._print(rhs)} \\")
+            rows.append(rf"{printer._print(lhs)} &\leftarrow {printer.assigned(lhs, rhs)} \\")
     return "\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}"
 
 

@@ -207,3 +207,14 @@ def test_random_architectures_read_back_and_compile_with_pdflatex(tmp_path_facto
     check_model(model, Xb, Yb)
     if shutil.which("pdflatex") or REQUIRE_TOOLS:
         pdflatex(tmp_path_factory.mktemp("tex"), [model.latex()])
+
+
+def test_update_rules_put_the_assigned_variable_first_and_drop_a_unit_rate_in_every_form():
+    adam = sn.optim.Adam(1e-2)
+    assert adam.describe()[0] == "m ← 0.9·m + 0.1·g"
+    model, _, _ = network("teacher")
+    assert r"m &\leftarrow 0.9 m + 0.1 g \\" in formulas.as_latex(model.derivation, adam)
+    printer = formulas.FormulaMathMLPrinter()
+    m, rhs = formulas._update_pairs(adam)[0]
+    assert mathml_to_text(printer.assignment(m, rhs)).replace(" ", "") == "m←0.9·m+0.1·g"
+    assert sn.optim.AdaDelta().describe()[-1] == "p ← p − delta"  # lr=1.0, not "1·delta"
