@@ -34,7 +34,7 @@ def layers(model) -> list[Layer]:
     d = model.derivation
     params = set(model.param_symbols)
     used = set()
-    acts = {a: eq for eq in d.forward for a in [eq.lhs]}
+    defined = {eq.lhs: eq for eq in d.forward}
     out = []
     for eq in d.forward:
         own = sorted((p for p in eq.rhs.free_symbols if p in params and p not in used),
@@ -42,8 +42,8 @@ def layers(model) -> list[Layer]:
         if not own:
             continue
         used.update(own)
-        activation = ", ".join(f"{acts[a].label} = {text(acts[a].rhs)}"
-                               for a, _ in d.activations.get(eq.lhs, []) if a in acts)
+        activation = ", ".join(f"{defined[a].label} = {text(defined[a].rhs)}"
+                               for a, _ in d.activations.get(eq.lhs, []) if a in defined)
         out.append(Layer(eq.label, text(eq.rhs), shape(eq.lhs), activation,
                          tuple((p.name, shape(p)) for p in own),
                          sum(int(p.shape[0]) * int(p.shape[1]) for p in own)))
@@ -155,6 +155,9 @@ def write(model, path, X=None, Y=None) -> None:
     if not isinstance(path, (str, os.PathLike)):
         raise DataError(f"report(path) takes a file name such as 'report.html', got "
                         f"{type(path).__name__} {path!r}")
+    if X is None and Y is not None:
+        raise DataError("report(path, X, Y) checks the gradients on X and Y: pass the inputs "
+                        "X as well, or neither")
     if X is not None:
         feeds = model._feeds(X, Y, dtype="float64")
         with model._lock:

@@ -139,6 +139,8 @@ def test_report_before_fit_and_without_data(tmp_path):
     assert "Not trained yet" in page and "<svg" not in page and "check (" not in page
     with pytest.raises(sn.DataError, match="file name"):
         model.report(3)
+    with pytest.raises(sn.DataError, match="pass the inputs"):
+        model.report(tmp_path / "r.html", Y=np.ones((2, 3)))
     with pytest.raises(sn.DataError, match="cannot write the report"):
         model.report(tmp_path / "missing" / "r.html")
 
