@@ -466,15 +466,24 @@ def cross_entropy(p, y):
     return -sum(sp.HadamardProduct(y, log(p))) / p.shape[0]
 
 
-def softmax_cross_entropy(z, y):
+def softmax_cross_entropy(z, y, label_smoothing=0.0):
     """Cross-entropy of softmax(Z) against targets Y whose rows sum to 1 (one-hot or
     probabilities), mean over rows: (Σ logsumexp(Z) − Σ Y∘Z)/n.
 
     This equals −Σ Y∘log softmax(Z)/n for such targets (as ``torch.nn.functional.cross_entropy``)
     and is stable for any logits; its adjoint with respect to Z is (softmax(Z) − Y)/n.
+    ``label_smoothing=ε`` trains against (1 − ε)·Y + ε/k for k classes, as torch's argument of
+    that name: the loss gains ε/k·Σ Z and the adjoint is (softmax(Z) − (1 − ε)·Y − ε/k)/n.
     """
     _same_shape(z, y, "softmax_cross_entropy")
-    return (sum(RowLogSumExp(z)) - sum(sp.HadamardProduct(y, z))) / z.shape[0]
+    eps = validate.number(label_smoothing, "label_smoothing", low=0, below=1, example=0.1,
+                          where="softmax_cross_entropy")
+    n, k = z.shape
+    if eps == 0:
+        return (sum(RowLogSumExp(z)) - sum(sp.HadamardProduct(y, z))) / n
+    eps = sp.Rational(repr(eps))  # 0.1 as 1/10: the formulas show 9/10 and 1/30, not 0.0333…
+    return (sum(RowLogSumExp(z)) - (1 - eps) * sum(sp.HadamardProduct(y, z))
+            - eps / k * sum(z)) / n
 
 
 def binary_cross_entropy(p, y):

@@ -367,3 +367,10 @@ def test_gradcheck_leaves_the_users_arrays_in_model_params(model):
     for k, v in model.params.items():
         assert v is arrays[k]
         np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, float("nan"), "0.1"])
+def test_label_smoothing_outside_0_to_1_is_refused(eps):
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    with pytest.raises(sn.DeclarationError, match="label_smoothing"):
+        sn.softmax_cross_entropy(sn.dense(X, 3), Y, label_smoothing=eps)

@@ -85,3 +85,19 @@ def test_prelu_swish_hardtanh_sse():
         return ((h @ p["W4"] + p["b4"] - Y) ** 2).sum(1).mean()
 
     compare(model, *make_data(kind="real"), ref)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.25])
+def test_label_smoothing_matches_torch_cross_entropy(eps):
+    X, Y = sn.Input("X", 6), sn.Input("Y", 4)
+    out = sn.dense(sn.dense(X, 5, sn.tanh), 4)
+    model = compiled(sn.softmax_cross_entropy(out, Y, label_smoothing=eps), X, Y,
+                     prediction=sn.softmax(out))
+
+    def ref(p, X, Y):
+        z = torch.tanh(X @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
+        return F.cross_entropy(z, Y.argmax(1), label_smoothing=eps)
+
+    compare(model, *make_data(n=7, cols=6, out=4), ref)
+    smoothed = {0.1: "9·Y/10 − 𝟙/40", 0.25: "3·Y/4 − 𝟙/16"}[eps]  # (1 − ε)·Y and ε/k
+    assert f"  δ2 = (softmax(Z2) − {smoothed})/n\n" in model.formulas()
