@@ -21,7 +21,8 @@ from . import init as initialisers
 from .declare import batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
-from .functions import ScalarActivation
+from .functions import Elementwise, ScalarActivation
+from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive
 from .lower import lower
 from .rewrite import layer_sums, simplify_adjoint, simplify_forward
@@ -257,7 +258,7 @@ class Model:
                     f"this call needs the targets {[t.name for t in self.targets]} too: pass "
                     f"them after the inputs, e.g. model.loss_and_grad(X, Y)")
             for sym, arr in zip(self.targets, _arrays(Y, self.targets, "targets")):
-                feeds[sym.name] = _as_data(arr, sym, dtype)
+                feeds[sym.name] = _as_data(_one_hot(arr, sym), sym, dtype)
         elif need_targets and Y is not None:
             raise DataError(f"this model has no targets (its loss reads only "
                             f"{[s.name for s in self.inputs]}), but targets were passed; call it "
@@ -322,7 +323,9 @@ class Model:
                                for chunk in _chunks(inputs, batch_size)])
 
     def evaluate(self, X, Y, batch_size: int = 4096) -> dict:
-        """``{"loss": mean loss}``, plus ``"accuracy"`` (argmax agreement) when Y has ≥ 2 columns."""
+        """``{"loss": mean loss}``, plus ``"accuracy"``: argmax agreement when Y has ≥ 2 columns,
+        and for one column of 0/1 targets and a prediction σ(Z), agreement at the threshold 0.5.
+        Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
         return self._evaluate(self._feeds(X, Y), batch_size)
@@ -335,7 +338,16 @@ class Model:
         if target is not None and target.shape[1] >= 2 and "forward" in self._programs:
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
+        elif target is not None and self._binary_classifier() and np.isin(target, (0, 1)).all():
+            pred = self._predict(feeds, batch_size)
+            result["accuracy"] = float(np.mean((pred > 0.5) == (target > 0.5)))
         return result
+
+    def _binary_classifier(self) -> bool:
+        """One target column and a prediction σ(Z): a probability, thresholded at 0.5."""
+        pred = self.prediction_expr
+        return (len(self.targets) == 1 and int(self.targets[0].shape[1]) == 1
+                and isinstance(pred, Elementwise) and isinstance(pred.fn.expr, _sigmoid.function))
 
     def fit(self, X, Y=None, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
             validation_data=None, early_stopping: int | None = None, verbose: bool = True,
@@ -740,6 +752,32 @@ def _param_array(value, name, shape, dtype):
                             f"in row {row}, column {col}; write finite values into it "
                             f"(model.params[{name!r}][...] = value)")
     return value
+
+
+def _one_hot(arr, sym):
+    """Integer class labels of shape (n,) as the one-hot rows of a target of k ≥ 2 columns
+    (anything else is returned as it is, for :func:`_as_data` to check)."""
+    k = int(sym.shape[1])
+    if k < 2 or not isinstance(arr, (np.ndarray, list, tuple)):
+        return arr
+    try:
+        a = np.asarray(arr)
+    except (ValueError, TypeError):
+        return arr  # ragged: _as_data names it
+    if a.ndim != 1:
+        return arr
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind in "fc":
+            raise DataError(f"{sym.name} has {k} columns, one per class: pass integer class labels "
+                            f"0…{k - 1} of shape (n,), or one row per example of shape (n, {k}) "
+                            f"(one-hot or probabilities); got a 1-D array of {a.dtype} values")
+        return arr
+    outside = (a < 0) | (a >= k)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise DataError(f"{sym.name}: the class label {a[row]} in row {row} is outside 0…{k - 1}; "
+                        f"the model has {k} classes, one per column of {sym.name}")
+    return np.eye(k)[a]
 
 
 def _as_data(arr, sym, dtype):

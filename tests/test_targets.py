@@ -1,0 +1,75 @@
+"""Targets as practitioners pass them: integer class labels of shape (n,), and accuracy for a
+one-column sigmoid classifier."""
+
+import numpy as np
+import pytest
+
+import symnet as sn
+
+
+def classifier(k=3, backend="numpy"):
+    X, Y = sn.Input("X", 4), sn.Input("Y", k)
+    out = sn.dense(sn.dense(X, 6, sn.relu), k)
+    return sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                      prediction=sn.softmax(out), optimizer=sn.optim.Adam(0.05), seed=2,
+                      backend=backend)
+
+
+def data(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    return X, (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_integer_labels_train_and_evaluate_as_their_one_hot_rows(backend):
+    X, labels = data()
+    a, b = classifier(backend=backend), classifier(backend=backend)
+    ha = a.fit(X, labels, epochs=3, batch_size=16, validation_data=(X[:20], labels[:20]),
+               verbose=False)
+    hb = b.fit(X, np.eye(3)[labels], epochs=3, batch_size=16,
+               validation_data=(X[:20], np.eye(3)[labels[:20]]), verbose=False)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    assert ha.val_accuracy == hb.val_accuracy and ha.loss == hb.loss
+    assert a.evaluate(X, list(labels)) == b.evaluate(X, np.eye(3)[labels])
+    loss, grads = a.loss_and_grad(X[:5], labels[:5].astype(np.int32))
+    assert loss == b.loss_and_grad(X[:5], np.eye(3)[labels[:5]])[0]
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 1, 3]), r"class label 3 in row 2 is outside 0…2"),
+    (np.array([0, -1, 2]), r"class label -1 in row 1 is outside 0…2"),
+    (np.array([0.0, 1.0, 2.0]), r"integer class labels 0…2 of shape \(n,\)"),
+])
+def test_labels_that_are_not_classes_are_refused(labels, message):
+    model = classifier()
+    with pytest.raises(sn.DataError, match=message):
+        model.evaluate(np.zeros((3, 4)), labels)
+
+
+def binary(prediction_is_probability=True):
+    X, Y = sn.Input("X", 4), sn.Input("Y", 1)
+    out = sn.dense(sn.dense(X, 5, sn.tanh), 1)
+    if prediction_is_probability:
+        return sn.compile(sn.binary_cross_entropy(sn.sigmoid(out), Y), inputs=[X], targets=[Y],
+                          prediction=sn.sigmoid(out), optimizer=sn.optim.Adam(0.05),
+                          backend="numpy")
+    return sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, backend="numpy")
+
+
+def test_a_sigmoid_classifier_reports_accuracy_at_the_threshold_one_half():
+    X, labels = data(n=80, seed=3)
+    y = (labels > 0).astype(float)
+    model = binary()
+    hist = model.fit(X, y, epochs=4, validation_data=(X[:30], y[:30]), verbose=False)
+    assert len(hist.val_accuracy) == 4
+    result = model.evaluate(X, y)
+    expected = np.mean((model.predict(X)[:, 0] > 0.5) == (y > 0.5))
+    assert result["accuracy"] == pytest.approx(expected)
+    assert "accuracy" not in model.evaluate(X, 0.3 * y)  # targets that are not classes
+
+
+def test_a_regression_with_zero_one_targets_reports_no_accuracy():
+    X, labels = data()
+    assert "accuracy" not in binary(prediction_is_probability=False).evaluate(X, labels > 0)
