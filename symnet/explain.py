@@ -101,7 +101,7 @@ def explain(model, feeds, rows: int) -> Explanation:
             rewrites = eq.rewrites
             if eq.lhs == d.loss:
                 rewrites = model.forward_rewrites.get("loss", ())
-            elif d.prediction is not None and eq.lhs == d.prediction:
+            elif eq.lhs in d.predictions:
                 rewrites = model.forward_rewrites.get("prediction", ())
             chain = raw_of.get(eq.label)
             if chain is not None and text(chain) == text(eq.rhs):

@@ -181,8 +181,13 @@ class Derivation:
     backward: list[Equation]
     gradients: dict[sp.MatrixSymbol, Equation]
     loss: sp.MatrixSymbol
-    prediction: sp.MatrixExpr | None
+    predictions: tuple  # the names (or expressions) of what predict returns, in order
     activations: dict[sp.MatrixSymbol, tuple[sp.MatrixSymbol, sp.Lambda]] = field(default_factory=dict)
+
+    @property
+    def prediction(self):
+        """The first (usually only) prediction, or None."""
+        return self.predictions[0] if self.predictions else None
 
     @property
     def equations(self) -> list[Equation]:
@@ -257,12 +262,12 @@ def _is_affine(e, params, parents):
     return _is_weighted(e, params) and not any(isinstance(p, sp.MatAdd) for p in parents[e])
 
 
-def name_forward(loss, prediction, params, taken):
+def name_forward(loss, predictions, params, taken):
     """Pick the forward nodes that get a name and write each as an equation over earlier names:
-    pre-activations Z1, Z2, … (a layer's X·W + 𝟙·b), activations A1, A2, …, the prediction P,
-    shared intermediates T1, T2, … and the loss L, in the order they are computed, the prediction
-    before the loss. Returns the equations and ``{node: name}``."""
-    roots = ([prediction] if prediction is not None else []) + [loss]
+    pre-activations Z1, Z2, … (a layer's X·W + 𝟙·b), activations A1, A2, …, the prediction P (or
+    P1, P2, … for several), shared intermediates T1, T2, … and the loss L, in the order they are
+    computed, the predictions before the loss. Returns the equations and ``{node: name}``."""
+    roots = [*predictions, loss]
     order, uses, parents = _dag(roots)
     wanted = set()
     for e in order:
@@ -289,8 +294,8 @@ def name_forward(loss, prediction, params, taken):
             continue
         if e == loss:
             label = fresh("L")
-        elif e == prediction:
-            label = fresh("P")
+        elif e in predictions:
+            label = fresh("P" if len(predictions) == 1 else f"P{predictions.index(e) + 1}")
         elif _is_affine(e, params, parents):
             counters["Z"] += 1
             label = fresh(f"Z{counters['Z']}")
@@ -360,10 +365,12 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
     equation. Returns a :class:`Derivation`.
     """
     params = list(params)
-    forward, names = name_forward(loss, prediction, set(params), taken)
+    predictions = (() if prediction is None else tuple(prediction)
+                   if isinstance(prediction, (list, tuple)) else (prediction,))
+    forward, names = name_forward(loss, predictions, set(params), taken)
     loss_name = names[loss]
-    pred_name = names.get(prediction) if prediction is not None else None
-    layers = {eq.lhs for eq in forward if eq.label.startswith("Z")} | {pred_name}
+    predictions = tuple(names.get(p, p) for p in predictions)
+    layers = {eq.lhs for eq in forward if eq.label.startswith("Z")} | set(predictions)
     activations = {}
     for eq in forward:
         if isinstance(eq.rhs, Elementwise) and isinstance(eq.rhs.arg, sp.MatrixSymbol):
@@ -394,8 +401,7 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
         grad = sp.MatrixSymbol(f"∂L/∂{p.name}", *p.shape)
         rhs, rewrites = tidy(_sum(terms))
         gradients[p] = Equation(grad, rhs, f"∂L/∂{p.name}", rewrites)
-    pred = names.get(prediction, prediction) if prediction is not None else None
-    return Derivation(forward, backward, gradients, loss_name, pred, activations)
+    return Derivation(forward, backward, gradients, loss_name, predictions, activations)
 
 
 def _first_use(p, forward):

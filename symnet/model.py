@@ -100,13 +100,15 @@ class Model:
         self.loss_expr = _check_loss(loss, data)
         self.param_symbols = _parameters(self.loss_expr, data,
                                          _bytes_per_entry(self.dtype, self.optimizer))
-        self.prediction_expr = _check_prediction(prediction, self.inputs, self.param_symbols)
+        # predict returns a tuple for prediction=[P1, P2, …], an array for prediction=P
+        self.prediction_exprs = _check_predictions(prediction, self.inputs, self.param_symbols)
+        self._several = isinstance(prediction, (list, tuple))
         self._taken = {s.name for s in data | set(self.param_symbols)}
-        layers = layer_sums(self.loss_expr, self.prediction_expr)
+        layers = layer_sums(self.loss_expr, *self.prediction_exprs)
         fired = {"loss": [], "prediction": []}
         self.stable_loss = simplify_forward(self.loss_expr, layers, fired["loss"])
-        pred = (simplify_forward(self.prediction_expr, layers, fired["prediction"])
-                if prediction is not None else None)
+        pred = tuple(simplify_forward(p, layers, fired["prediction"])
+                     for p in self.prediction_exprs)
         # the rules that turned the declared loss and prediction into the differentiated form
         self.forward_rewrites = {k: tuple(dict.fromkeys(v)) for k, v in fired.items()}
         self.derivation = derive(self.stable_loss, self.param_symbols, prediction=pred,
@@ -127,6 +129,11 @@ class Model:
         self.history = None  # the History of the last fit
         self._runner(self.dtype)  # generate (and for numba, import) the kernels now
 
+    @property
+    def prediction_expr(self):
+        """The (first) prediction in canonical form, or None."""
+        return self.prediction_exprs[0] if self.prediction_exprs else None
+
     # ------------------------------------------------------------------ formulas
     @property
     def gradients(self) -> dict:
@@ -137,9 +144,9 @@ class Model:
     def raw_derivation(self):
         """The derivation before simplification: the plain chain rule."""
         if self._raw is None:
-            pred = self.derivation.prediction
             self._raw = derive(self.stable_loss, self.param_symbols,
-                               prediction=self.derivation.expand(pred) if pred is not None else None,
+                               prediction=tuple(map(self.derivation.expand,
+                                                    self.derivation.predictions)),
                                taken=self._taken)
         return self._raw
 
@@ -197,9 +204,10 @@ class Model:
         roots = {"loss": d.loss, **{p.name: eq.lhs for p, eq in d.gradients.items()}}
         programs = {"loss_and_grad": lower(defs, roots, leaves)}
         programs["loss"] = lower(defs, {"loss": d.loss}, leaves)
-        if d.prediction is not None:
+        if d.predictions:
             pred_leaves = {s: r for s, r in leaves.items() if s not in self.targets}
-            programs["forward"] = lower(defs, {"prediction": d.prediction}, pred_leaves)
+            programs["forward"] = lower(defs, dict(zip(_prediction_outputs(len(d.predictions)),
+                                                       d.predictions)), pred_leaves)
         return programs
 
     def _runner(self, dtype=None):
@@ -310,17 +318,24 @@ class Model:
         return float(out.pop("loss")[0, 0]), out
 
     def predict(self, X, batch_size: int = 4096):
-        """The value of ``prediction`` for every row of X."""
+        """The value of ``prediction`` for every row of X; for ``prediction=[P1, P2, …]`` a tuple
+        of their values."""
         if "forward" not in self._programs:
             raise DeclarationError("this model was compiled without prediction=; nothing to predict")
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
-        return self._predict(self._feeds(X, need_targets=False), batch_size)
+        values = self._predict_all(self._feeds(X, need_targets=False), batch_size)
+        return tuple(values) if self._several else values[0]
+
+    def _predict_all(self, feeds, batch_size) -> list[np.ndarray]:
+        inputs = {s.name: feeds[s.name] for s in self.inputs}
+        chunks = [self._run("forward", chunk) for chunk in _chunks(inputs, batch_size)]
+        return [np.concatenate([c[name] for c in chunks])
+                for name in _prediction_outputs(len(self.prediction_exprs))]
 
     def _predict(self, feeds, batch_size):
-        inputs = {s.name: feeds[s.name] for s in self.inputs}
-        return np.concatenate([self._run("forward", chunk)["prediction"]
-                               for chunk in _chunks(inputs, batch_size)])
+        """The first prediction: what evaluate's accuracy compares with the targets."""
+        return self._predict_all(feeds, batch_size)[0]
 
     def evaluate(self, X, Y, batch_size: int = 4096) -> dict:
         """``{"loss": mean loss}``, plus ``"accuracy"``: argmax agreement when Y has ≥ 2 columns,
@@ -335,10 +350,13 @@ class Model:
                     for chunk in _chunks(feeds, batch_size))
         result = {"loss": total / _rows(feeds)}
         target = feeds[self.targets[0].name] if self.targets else None
-        if target is not None and target.shape[1] >= 2 and "forward" in self._programs:
+        first = self.prediction_expr
+        if first is None or target is None or first.shape[1] != target.shape[1]:
+            return result
+        if target.shape[1] >= 2:
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
-        elif target is not None and self._binary_classifier() and np.isin(target, (0, 1)).all():
+        elif self._binary_classifier() and np.isin(target, (0, 1)).all():
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean((pred > 0.5) == (target > 0.5)))
         return result
@@ -658,11 +676,31 @@ def _bytes_per_entry(dtype, optimizer):
     return dtype.itemsize * (2 + len(optimizer.state)) + 8
 
 
-def _check_prediction(prediction, inputs, params):
-    """The prediction in canonical form (None when not given): a matrix expression with one row
-    per input row, computed from the inputs and parameters only."""
+def _prediction_outputs(count: int) -> list[str]:
+    """The forward program's output names: ``prediction``, or ``prediction1``, … for several."""
+    return ["prediction"] if count == 1 else [f"prediction{i + 1}" for i in range(count)]
+
+
+def _check_predictions(prediction, inputs, params) -> tuple:
+    """The predictions in canonical form: () when not given, one for an expression, one per
+    item of a list or tuple."""
     if prediction is None:
-        return None
+        return ()
+    if not isinstance(prediction, (list, tuple)):
+        return (_check_prediction(prediction, inputs, params),)
+    if not prediction:
+        raise DeclarationError("prediction=[] names nothing to predict; pass the network's "
+                               "output (prediction=out), a list of outputs, or leave it out")
+    exprs = tuple(_check_prediction(p, inputs, params) for p in prediction)
+    if len(set(exprs)) < len(exprs):
+        raise DeclarationError("prediction lists the same expression twice; list each output "
+                               "once")
+    return exprs
+
+
+def _check_prediction(prediction, inputs, params):
+    """One prediction in canonical form: a matrix expression with one row per input row,
+    computed from the inputs and parameters only."""
     if not isinstance(prediction, sp.MatrixExpr):
         raise DeclarationError(f"prediction must be a matrix expression such as the network's "
                                f"output (prediction=out), got {validate.describe(prediction)}")

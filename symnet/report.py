@@ -69,10 +69,10 @@ def summary(model) -> str:
             cells = [f"{c:<{w}}" for c, w in zip(row[:4], widths)] + [f"{row[4]:>{widths[4]}}"]
             rows.append(("    " + "   ".join(cells)).rstrip())
     d = model.derivation
-    if d.prediction is not None:
-        pred = next((eq for eq in d.forward if eq.lhs == d.prediction), None)
-        rows.append(f"  prediction: {pred.label} = {text(pred.rhs)}" if pred is not None
-                    else f"  prediction: {text(d.prediction)}")
+    defined = {eq.lhs: eq for eq in d.forward}
+    for p in d.predictions:
+        rows.append(f"  prediction: {defined[p].label} = {text(defined[p].rhs)}" if p in defined
+                    else f"  prediction: {text(p)}")
     loss = next(eq for eq in d.forward if eq.lhs == d.loss)
     rows.append(f"  loss: L = {text(loss.rhs)}")
     rows.append(f"  optimizer: {model.optimizer!r}")

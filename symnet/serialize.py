@@ -401,7 +401,9 @@ def save_model(model, path) -> None:
     meta = {
         "format": FORMAT, "version": FORMAT_VERSION, "symnet": _version(),
         "loss": encode(model.loss_expr),
-        "prediction": encode(model.prediction_expr),
+        # one expression, or {"several": [...]} for prediction=[P1, P2, …]
+        "prediction": ({"several": [encode(p) for p in model.prediction_exprs]}
+                       if model._several else encode(model.prediction_expr)),
         "inputs": [encode(s) for s in model.inputs],
         "targets": [encode(s) for s in model.targets],
         "optimizer": encode_optimizer(model.optimizer),
@@ -521,8 +523,19 @@ def _declaration(meta) -> dict:
     return {"loss": decode(meta["loss"]),
             "inputs": [decode(s) for s in meta["inputs"]],
             "targets": [decode(s) for s in meta["targets"]],
-            "prediction": decode(meta["prediction"]),
+            "prediction": _prediction(meta["prediction"]),
             "optimizer": decode_optimizer(meta["optimizer"])}
+
+
+def _prediction(data):
+    """The declared prediction: one expression (or None), or a list for ``{"several": [...]}``."""
+    if not isinstance(data, dict):
+        return decode(data)
+    several = data.get("several")
+    if set(data) != {"several"} or not isinstance(several, list) or not 1 <= len(several) <= 256:
+        raise DataError(f"its prediction is {_short(data)}; expected an expression or "
+                        f"{{'several': [expressions]}}")
+    return [decode(p) for p in several]
 
 
 def _check_memory(declaration, dtype):

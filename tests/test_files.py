@@ -197,6 +197,11 @@ BAD_META = {
                                                                    ["Integer", "5"],
                                                                    ["Integer", "3"]]]},
         "its MatMul node cannot be built"),
+    "several predictions, none given": (lambda m: {**m, "prediction": {"several": []}},
+                                        r"expected an expression or \{'several'"),
+    "several predictions beside other keys": (
+        lambda m: {**m, "prediction": {"several": [m["prediction"]], "code": "x"}},
+        r"expected an expression or \{'several'"),
     "optimizer class from elsewhere": (setting_optimizer(**{"class": "os.system"}),
                                        "optimizer 'os.system' is not one of sn.optim's"),
     "optimizer base class": (setting_optimizer(**{"class": "Optimizer"}), "is not one of"),

@@ -1,5 +1,5 @@
-"""Targets as practitioners pass them: integer class labels of shape (n,), and accuracy for a
-one-column sigmoid classifier."""
+"""Targets and predictions as practitioners pass them: integer class labels of shape (n,),
+accuracy for a one-column sigmoid classifier, and several predictions at once."""
 
 import numpy as np
 import pytest
@@ -73,3 +73,52 @@ def test_a_sigmoid_classifier_reports_accuracy_at_the_threshold_one_half():
 def test_a_regression_with_zero_one_targets_reports_no_accuracy():
     X, labels = data()
     assert "accuracy" not in binary(prediction_is_probability=False).evaluate(X, labels > 0)
+
+
+# ------------------------------------------------------------------- several predictions
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_several_predictions_come_back_as_a_tuple_and_survive_save_and_load(backend, tmp_path):
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 5, sn.tanh), 3)
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                       prediction=[sn.softmax(out), out], seed=1, backend=backend)
+    Xb, labels = data(n=9)
+    probabilities, logits = model.predict(Xb)
+    assert probabilities.shape == logits.shape == (9, 3)
+    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5)
+    shown = model.formulas()
+    assert "  P2 = A1·W2 + 𝟙·b2\n" in shown and "  P1 = softmax(P2)\n" in shown
+    accuracy = model.evaluate(Xb, labels)["accuracy"]  # from the first prediction
+    assert accuracy == pytest.approx(np.mean(probabilities.argmax(1) == labels))
+    model.save(tmp_path / "m.npz")
+    loaded = sn.load(tmp_path / "m.npz").predict(Xb)
+    assert isinstance(loaded, tuple) and len(loaded) == 2
+    for a, b in zip(loaded, (probabilities, logits)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_list_of_one_prediction_still_returns_a_tuple():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(X, 3)
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=[out],
+                       backend="numpy")
+    (values,) = model.predict(np.ones((2, 4)))
+    assert values.shape == (2, 3)
+
+
+@pytest.mark.parametrize("prediction, message", [
+    ([], r"prediction=\[\] names nothing"),
+    ("twice", "the same expression twice"),
+    ([3], "prediction must be a matrix expression"),
+])
+def test_bad_prediction_lists_are_refused(prediction, message):
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(X, 3)
+    if prediction == "twice":
+        prediction = [out, out]
+    with pytest.raises(sn.DeclarationError, match=message):
+        sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=prediction,
+                   backend="numpy")
