@@ -125,9 +125,10 @@ def _natural_key(text: str):
 
 def _term_key(term):
     """A sum's terms in reading order: X·W1 + 𝟙·b1, Xᵀ·δ1 + 0.0001·W1 (a numeric multiple, such
-    as a penalty, after the terms it is added to)."""
+    as a penalty, after the terms it is added to), A1·W2 + 𝟙·b2 + A1 (a residual's skip after
+    the layer's products)."""
     c = term.as_coeff_matrices()[0] if isinstance(term, sp.MatMul) else sp.Integer(1)
-    return c.is_Number and c != 1, _natural_key(text(term))
+    return c.is_Number and c != 1, isinstance(term, sp.MatrixSymbol), _natural_key(text(term))
 
 
 class Formula:

@@ -447,18 +447,26 @@ def regroup_layers(e, ctx):
 
 
 def layer_sums(*exprs) -> frozenset:
-    """The sums X·W + 𝟙·b + … in ``exprs``: what :func:`regroup_layers` may regroup. Only the
-    products and broadcasts of a sum make the layer: in X·W + 𝟙·b − Y (MSE without a named
-    prediction) or X·W + 𝟙·b + A (a residual) the layer is X·W + 𝟙·b."""
+    """The sums X·W + 𝟙·b + … in ``exprs``: what :func:`regroup_layers` may regroup. A matrix
+    subtracted from a sum is not part of its layer: in X·W + 𝟙·b − Y (MSE without a named
+    prediction) the layer is X·W + 𝟙·b, while a residual X·W + 𝟙·b + A is a layer whole."""
     found = set()
     for expr in exprs:
         if expr is None:
             continue
         for node in sp.preorder_traversal(expr):
             if isinstance(node, sp.MatAdd) and any(_is_product(t) for t in node.args):
-                terms = [t for t in node.args if isinstance(t, sp.MatMul) and t.args[0] != -1]
+                terms = [t for t in node.args if not _subtracted_matrix(t)]
                 found.add(sp.MatAdd(*terms) if len(terms) > 1 else node)
     return frozenset(found)
+
+
+def _subtracted_matrix(t) -> bool:
+    """−Y: a matrix symbol with the coefficient −1."""
+    if not isinstance(t, sp.MatMul):
+        return False
+    c, mats = t.as_coeff_matrices()
+    return c == -1 and len(mats) == 1 and isinstance(mats[0], sp.MatrixSymbol)
 
 
 def _is_product(t):

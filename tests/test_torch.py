@@ -101,3 +101,23 @@ def test_label_smoothing_matches_torch_cross_entropy(eps):
     compare(model, *make_data(n=7, cols=6, out=4), ref)
     smoothed = {0.1: "9·Y/10 − 𝟙/40", 0.25: "3·Y/4 − 𝟙/16"}[eps]  # (1 − ε)·Y and ε/k
     assert f"  δ2 = (softmax(Z2) − {smoothed})/n\n" in model.formulas()
+
+
+def test_a_residual_connection_matches_torch_and_reads_as_the_textbook():
+    """relu(A1·W2 + 𝟙·b2 + A1): the skip joins the layer's sum, and its adjoint adds δ2 to the
+    product's δ2·W2ᵀ."""
+    X, Y = sn.Input("X", 6), sn.Input("Y", 4)
+    h = sn.dense(X, 5, sn.tanh)
+    out = sn.dense(sn.relu(sn.dense(h, 5) + h), 4)
+    model = compiled(sn.softmax_cross_entropy(out, Y), X, Y, prediction=sn.softmax(out))
+
+    def ref(p, X, Y):
+        a1 = torch.tanh(X @ p["W1"] + p["b1"])
+        a2 = torch.relu(a1 @ p["W2"] + p["b2"] + a1)
+        return F.cross_entropy(a2 @ p["W3"] + p["b3"], Y.argmax(1))
+
+    compare(model, *make_data(n=7, cols=6, out=4), ref)
+    shown = model.formulas()
+    for line in ("  Z2 = A1·W2 + 𝟙·b2 + A1\n", "  A2 = relu(Z2)\n",
+                 "  δ2 = (δ3·W3ᵀ) ∘ [A2 > 0]\n", "  δ1 = (δ2·W2ᵀ + δ2) ∘ (1 − A1²)\n"):
+        assert line in shown, shown
