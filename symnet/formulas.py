@@ -26,7 +26,7 @@ from sympy.printing.mathml import MathMLPresentationPrinter
 from sympy.printing.str import StrPrinter
 
 from .functions import Elementwise, Entrywise, RowLogSumExp, ScalarActivation
-from .grad import Derivation, Equation
+from .grad import Derivation
 
 # Binding strength of what a node prints as: a part is parenthesised inside a tighter context.
 SUM, NEG, PRODUCT, POWER, ATOM = 10, 15, 20, 30, 40
@@ -84,8 +84,9 @@ def _reduction(mats):
     return ("colsum" if left else "rowsum"), inner
 
 
-def _split_ones(mats):
-    """𝟙ₐₓᵦ → 𝟙ₐₓ₁·𝟙₁ₓᵦ, so that the sums and broadcasts a ones matrix makes are visible."""
+def split_ones(mats):
+    """𝟙ₐₓᵦ → 𝟙ₐₓ₁·𝟙₁ₓᵦ, so that the sums and broadcasts a ones matrix makes are visible (to the
+    printers here and to the lowering, which computes them)."""
     out = []
     for m in mats:
         if isinstance(m, sp.OneMatrix) and m.shape[0] != 1 and m.shape[1] != 1:
@@ -263,7 +264,7 @@ class Formula:
     # -- products
     def _print_MatMul(self, e):
         c, mats = e.as_coeff_matrices()
-        split = _split_ones(mats)
+        split = split_ones(mats)
         if (len(split) > 2 and _is_ones(split[-1], rows=1) and _is_ones(split[-2], cols=1)
                 and not isinstance(split[-3], sp.OneMatrix)):  # M·𝟙ₘₓₘ = rowsum(M)·𝟙
             return self._scaled(c, self._join([sp.MatMul(*split[:-1]), split[-1]], "·"), PRODUCT)
@@ -305,10 +306,7 @@ class Formula:
             level = PRODUCT
         if _is_one(den):
             return body
-        return self._frac(body, level, self._print_scalar_product(den), self._prec(den))
-
-    def _print_scalar_product(self, e):
-        return self._print(e)
+        return self._frac(body, level, self._print(den), self._prec(den))
 
     def _print_HadamardProduct(self, e):
         parts = []
@@ -862,6 +860,3 @@ def as_latex(d: Derivation, optimizer=None) -> str:
             rows.append(rf"{printer._print(lhs)} &\leftarrow {printer.assigned(lhs, rhs)} \\")
     return "\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}"
 
-
-def equation_text(eq: Equation) -> str:
-    return f"{eq.label} = {text(eq.rhs)}"

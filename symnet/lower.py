@@ -15,7 +15,7 @@ from codegen.ir import BATCH, SIZE, Buffer, Instr, Op, Program, arg_symbols
 
 from .declare import batch
 from .errors import DifferentiationError
-from .formulas import text
+from .formulas import split_ones, text
 from .functions import Elementwise, Entrywise, RowLogSumExp, as_numeric
 
 ELEMENTWISE = (sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, Elementwise, Entrywise,
@@ -163,7 +163,7 @@ class Lowering:
 
     def matmul(self, e) -> str:
         coeff, mats = e.as_coeff_matrices()
-        mats = _split_ones(mats)
+        mats = split_ones(mats)
         alpha = coeff.subs(batch, SIZE)
         note = self.note(e)
         if isinstance(mats[0], sp.OneMatrix) and len(mats) > 1:  # 1ᵀ·M: column sums
@@ -200,17 +200,6 @@ def _product(mats):
 
 def _operand(m):
     return (m.arg, True) if isinstance(m, sp.Transpose) else (m, False)
-
-
-def _split_ones(mats):
-    """1ₐₓᵦ → 1ₐₓ₁·1₁ₓᵦ, so that sums and broadcasts by ones matrices are visible."""
-    out = []
-    for m in mats:
-        if isinstance(m, sp.OneMatrix) and m.shape[0] != 1 and m.shape[1] != 1:
-            out += [sp.OneMatrix(m.shape[0], 1), sp.OneMatrix(1, m.shape[1])]
-        else:
-            out.append(m)
-    return out
 
 
 def lower(definitions, roots: dict[str, sp.MatrixExpr], leaves) -> Program:
