@@ -233,7 +233,7 @@ def test_the_cache_key_covers_every_codegen_module_the_kernels_compile_in(monkey
     assert imported <= files | {"codegen.numba"}
     assert "codegen.numba.runtime" in files
     first = m._runner().module.__name__
-    monkeypatch.setattr(runner, "_RUNTIME_DIGEST", "a changed codegen module")
+    monkeypatch.setattr(runner, "_runtime_digest", lambda: "a changed codegen module")
     assert runner.NumbaRunner(m._programs, m._update, "float32").module.__name__ != first
 
 

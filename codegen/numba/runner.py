@@ -4,6 +4,7 @@ keeps their workspaces, fills their argument blocks and calls them through the r
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import sys
@@ -196,22 +197,18 @@ def warm_up(runner: NumbaRunner) -> bool:
     return all(runner.cached(name) for name in names)
 
 
+@functools.cache
 def _runtime_digest() -> str:
     """A hash of the codegen package's source, whose functions and intrinsics the generated
     kernels compile in: numba's cache checks only the generated module's own file, so without
     it a change to one of them would load machine code built from the old one."""
-    global _RUNTIME_DIGEST
-    if _RUNTIME_DIGEST is None:
-        text = b"".join(path.read_bytes() for path in runtime_files())
-        _RUNTIME_DIGEST = hashlib.sha256(text).hexdigest()
-    return _RUNTIME_DIGEST
+    text = b"".join(path.read_bytes() for path in runtime_files())
+    return hashlib.sha256(text).hexdigest()
 
 
 def runtime_files() -> list[Path]:
     return sorted(Path(__file__).parent.parent.rglob("*.py"))
 
-
-_RUNTIME_DIGEST = None
 
 
 def _alloc(shape, rows, dtype, minor=False):
