@@ -24,7 +24,22 @@ x = sp.Symbol("x", real=True)
 # ----------------------------------------------------------------------------- matrix nodes
 
 
-class Elementwise(MatrixExpr):
+class _Shown:
+    """Printed by symnet's formula printers, in str() and LaTeX alike: SymPy's own notation has
+    no entrywise function application."""
+
+    def _sympystr(self, printer):
+        from .formulas import text
+
+        return text(self)
+
+    def _latex(self, printer):
+        from .formulas import latex
+
+        return latex(self)
+
+
+class Elementwise(_Shown, MatrixExpr):
     """``fn.(M)``: the scalar function ``fn`` (a one-argument ``Lambda``) applied to every entry of M.
 
     SymPy's own ``ElementwiseApplyFunction`` rewrites itself on construction and prints as
@@ -52,23 +67,13 @@ class Elementwise(MatrixExpr):
     def _eval_transpose(self):
         return Elementwise(self.fn, self.arg.T)
 
-    def _sympystr(self, printer):
-        from .formulas import text  # SymPy's own notation has no entrywise function application
-
-        return text(self)
-
-    def _latex(self, printer):
-        from .formulas import latex
-
-        return latex(self)
-
     def _pretty(self, printer):
         from sympy.printing.pretty.stringpict import prettyForm
 
         return prettyForm(self._sympystr(printer))
 
 
-class Entrywise(MatrixExpr):
+class Entrywise(_Shown, MatrixExpr):
     """``f.(M1, M2, …)``: a scalar function of several variables applied entry by entry to
     matrices of one shape. The simplifier builds it where a loss combines functions of several
     matrices entrywise (binary cross-entropy of a sigmoid), so that SymPy differentiates and
@@ -93,16 +98,6 @@ class Entrywise(MatrixExpr):
 
     def _eval_transpose(self):
         return Entrywise(self.fn, *[a.T for a in self.arguments])
-
-    def _sympystr(self, printer):
-        from .formulas import text
-
-        return text(self)
-
-    def _latex(self, printer):
-        from .formulas import latex
-
-        return latex(self)
 
 
 class RowLogSumExp(MatrixExpr):
