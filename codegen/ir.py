@@ -17,7 +17,8 @@ class CodegenError(Exception):
 
 class Op(Enum):
     GEMM = "gemm"  # out = alpha · op(a) · op(b), op = transpose or not
-    MAP = "map"  # out = body(args...) entrywise; args broadcast as NumPy does (1×m, n×1, 1×1)
+    MAP = "map"  # out = body(args...) entrywise; args broadcast as NumPy does (1×m, n×1, 1×1);
+    # a MAP into a "state" buffer updates it in place, after every other instruction
     ROWSUM = "rowsum"  # out (r×1) = Σ_j a[:, j]
     COLSUM = "colsum"  # out (1×c) = Σ_i a[i, :]
     LOGSUMEXP = "logsumexp"  # out (r×1) = log Σ_j exp(a[:, j]), computed stably
@@ -37,7 +38,7 @@ class Status(IntEnum):
 class Buffer:
     name: str
     shape: tuple[Dim, Dim]
-    role: str = "temp"  # "input" | "param" | "temp"
+    role: str = "temp"  # "input" | "param" | "state" (kept between calls) | "temp"
 
 
 @dataclass(frozen=True)

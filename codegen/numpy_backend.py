@@ -27,6 +27,9 @@ class NumpyRunner:
         with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
             for i, ins in enumerate(self.program.instrs):
                 env[ins.out] = self._step(i, ins, env, n)
+        for b in self.program.buffers:
+            if b.role == "state" and env[b.name] is not feeds[b.name]:
+                feeds[b.name][...] = env[b.name]  # updated in place
         return {name: env[buf] for name, buf in self.program.outputs}
 
     def _step(self, i, ins, env, n):
@@ -120,9 +123,12 @@ class NumpyBackend:
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runners[name].run(feeds)
 
-    def train(self, data, params, state, orders, batch_size, t0, limit=-1, stop=None):
+    def train(self, data, params, state, orders, batch_size, t0, limit=-1, stop=None,
+              running=None):
         """Same contract as :meth:`NumbaRunner.train`: (per-batch losses, epoch, batch, step,
         :class:`Status`)."""
+        program = "train" if "train" in self.runners else "loss_and_grad"
+        running = running or {}
         rows = len(orders[0])
         losses = np.zeros((len(orders), -(-rows // batch_size)))
         t = t0
@@ -131,7 +137,8 @@ class NumpyBackend:
                 if t == limit or (stop is not None and stop[0]):
                     return losses, e, s, t, Status.STOPPED
                 idx = order[start:start + batch_size]
-                out = self.run("loss_and_grad", {**{k: v[idx] for k, v in data.items()}, **params})
+                out = self.run(program, {**{k: v[idx] for k, v in data.items()}, **params,
+                                         **running})
                 losses[e, s] = loss = out.pop("loss")[0, 0]
                 if not np.isfinite(loss):
                     return losses, e, s, t, Status.LOSS

@@ -29,7 +29,7 @@ from . import runtime
 from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, plan
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 
-CODEGEN_VERSION = 19  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 20  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
@@ -37,6 +37,7 @@ JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_w
 KERNEL_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "reassoc"}}
 UPDATE_PIECE = 4096  # parameter entries updated per piece
 ARRAYS_AT = 16  # the first array's slot in an argument block (runtime.FIRST_ARRAY)
+TRAIN = "train"  # the program of a training step, when it differs from loss_and_grad
 
 
 def tile(length: int, work: int, target: int, least: int) -> int:
@@ -264,8 +265,9 @@ class KernelWriter:
             else:
                 body += self.map(ins, local, r, c, values)
             values[ins.out] = local
-            if self.uses.get(ins.out, 0) > sum(a == ins.out for x in group for a in x.args):
-                body.append(f"{self.at(ins.out, 'i', 'j')} = {local}")  # read after the nest
+            if (self.uses.get(ins.out, 0) > sum(a == ins.out for x in group for a in x.args)
+                    or self.program.buffer(ins.out).role == "state"):  # read after the nest
+                body.append(f"{self.at(ins.out, 'i', 'j')} = {local}")
         if g.minor:
             with out.block(f"for j in {cols}:"):
                 for line in pre:
@@ -609,6 +611,7 @@ class TrainWriter:
         prog = grad.program
         self.inputs = [b for b in prog.buffers if b.role == "input"]
         self.params = [b for b in prog.buffers if b.role == "param"]
+        self.states = [b for b in prog.buffers if b.role == "state"]
         self.temps = [b for b in prog.buffers if b.role == "temp"]
         self.grad_of = {name: grad.ident[buf] for name, buf in prog.outputs if name != "loss"}
         self.rule = "; ".join(update.notes or [f"{lhs} ← {rhs}" for lhs, rhs in update.steps])
@@ -621,7 +624,7 @@ class TrainWriter:
                ("stop", "stop", "np.int64"), ("fbuf", "fbuf", "np.float64")]
         out += [(f"data/{b.name}", f"d_{gi[b.name]}", "DT") for b in self.inputs]
         out += [(f"batch/{b.name}", gi[b.name], "DT") for b in self.inputs]
-        out += [(b.name, gi[b.name], "DT") for b in self.params]
+        out += [(b.name, gi[b.name], "DT") for b in self.params + self.states]
         out += [(f"state/{b.name}/{s}", f"s_{s}_{gi[b.name]}", "DT") for b in self.params
                 for s in self.update.state]
         out += [(b.name, gi[b.name], "DT") for b in self.temps]
@@ -881,13 +884,16 @@ def generate(programs: dict[str, Program], update: Update | None, dtype):
         used: set[str] = set()
         ident = {b.name: identifier(b.name, used) for b in prog.buffers}
         writers[name] = KernelWriter(name, prog, layout(prog), ident)
+        if name == TRAIN:
+            continue  # its statements run inside train_epochs only
         out()
         out()
         entries[name] = entry_kernel(out, writers[name])
     if update is not None:
         out()
         out()
-        loss = dict(programs["loss_and_grad"].outputs)["loss"]
-        entries["train_epochs"] = TrainWriter(writers["loss_and_grad"], update, loss).emit(out)
+        step = TRAIN if TRAIN in programs else "loss_and_grad"
+        loss = dict(programs[step].outputs)["loss"]
+        entries["train_epochs"] = TrainWriter(writers[step], update, loss).emit(out)
     return out.text(), entries
 

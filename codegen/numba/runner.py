@@ -16,7 +16,7 @@ import numpy as np
 
 from ..ir import BATCH, CodegenError, Program, Status, Update
 from . import cache, runtime
-from .emit import ARRAYS_AT, CODEGEN_VERSION, KERNEL_OPTIONS, Entry, generate
+from .emit import ARRAYS_AT, CODEGEN_VERSION, KERNEL_OPTIONS, TRAIN, Entry, generate
 
 # Below this many multiply-adds (or entries) a call runs on the calling thread alone: waking
 # the team costs more than it saves (a kernel's results are the same either way).
@@ -56,7 +56,7 @@ class NumbaRunner:
     def workspace(self, name: str, rows: int) -> dict[str, np.ndarray]:
         """The workspaces of program ``name`` for up to ``rows`` batch rows."""
         if self.capacity.get(name, -1) < rows:
-            entry = self.entries[name]
+            entry = self.entries["train_epochs" if name == TRAIN else name]
             self.work[name] = {b.name: _alloc(b.shape, rows, self.dtype, b.name in entry.layout.minor)
                                for b in self.programs[name].buffers if b.role == "temp"}
             self.capacity[name] = rows
@@ -76,9 +76,10 @@ class NumbaRunner:
 
     def train(self, data: dict[str, np.ndarray], params: dict[str, np.ndarray],
               state: dict[str, dict[str, np.ndarray]], orders: np.ndarray, batch_size: int,
-              t0: int, limit: int = -1, stop: np.ndarray | None = None):
+              t0: int, limit: int = -1, stop: np.ndarray | None = None,
+              running: dict[str, np.ndarray] | None = None):
         """Runs the epochs of ``orders`` from step ``t0`` in one call, updating ``params`` and
-        ``state`` in place; returns (per-batch losses, epoch, batch, t, :class:`Status`). It
+        ``state`` (and batch norm's ``running`` statistics) in place; returns (per-batch losses, epoch, batch, t, :class:`Status`). It
         stops before step ``limit + 1`` (-1: no limit) and before the next step once
         ``stop[0]`` is set, so a call always ends between whole steps. The kernel runs on
         another thread while the calling thread waits, so that the caller's signal handlers
@@ -91,7 +92,8 @@ class NumbaRunner:
         losses = np.zeros((len(orders), batches), self.dtype)
         with self.lock:
             arrays = {"orders": orders, "losses": losses, "stop": stop.reshape(1, 1),
-                      "fbuf": np.zeros((1, 8)), **params, **self.workspace("loss_and_grad", rows),
+                      "fbuf": np.zeros((1, 8)), **params, **(running or {}),
+                      **self.workspace(TRAIN if TRAIN in self.programs else "loss_and_grad", rows),
                       **self.batch_buffers(rows)}
             arrays.update({f"data/{k}": v for k, v in data.items()})
             arrays.update({f"state/{p}/{s}": v for p, st in state.items() for s, v in st.items()})
