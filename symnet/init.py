@@ -3,9 +3,13 @@ the activation that follows each weight."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import sympy as sp
 
 from .errors import DeclarationError
+from .functions import Standardized
 
 
 def gaussian(rng, shape, std=0.01):
@@ -39,11 +43,44 @@ def auto(rng, shape, activation: str | None):
     return xavier(rng, shape)
 
 
+def roles(expr) -> dict:
+    """Each parameter's role, read from where ``expr`` uses it: broadcast down the rows as 𝟙·p,
+    it is a bias (added), a norm's gain γ (multiplying a normalised X̂) or a PReLU slope
+    (multiplying anything else); every other parameter is a weight. Read from the expression
+    itself, the roles hold for raw SymPy declarations and for loaded models alike."""
+    found = {}
+    for e in sp.preorder_traversal(expr):
+        if isinstance(e, sp.HadamardProduct):
+            norm = any(isinstance(a, Standardized) for a in e.args)
+            for a in e.args:
+                p = _broadcast(a)
+                if p is not None:
+                    found[p] = "gain" if norm else "slope"
+        elif isinstance(e, sp.MatMul):
+            mats = e.as_coeff_matrices()[1]
+            for left, right in itertools.pairwise(mats):
+                if isinstance(left, sp.OneMatrix) and isinstance(right, sp.MatrixSymbol):
+                    found.setdefault(right, "bias")
+    return found
+
+
+def _broadcast(m):
+    """p for 𝟙·p, else None."""
+    if isinstance(m, sp.MatMul):
+        c, mats = m.as_coeff_matrices()
+        if c == 1 and len(mats) == 2 and isinstance(mats[0], sp.OneMatrix) \
+                and isinstance(mats[1], sp.MatrixSymbol):
+            return mats[1]
+    return None
+
+
 def initial_value(rng, name, shape, role, activation, scheme="auto"):
-    """The initial value of one parameter: biases 0, PReLU slopes 0.25 (as PyTorch), weights by
-    ``scheme``."""
+    """The initial value of one parameter: biases and shifts 0, gains 1, PReLU slopes 0.25 (as
+    PyTorch), weights by ``scheme``."""
     if role == "bias":
         return np.zeros(shape)
+    if role == "gain":
+        return np.ones(shape)
     if role == "slope":
         return np.full(shape, 0.25)
     if scheme == "auto":
