@@ -11,7 +11,7 @@ import sympy as sp
 from . import validate
 from .declare import batch
 from .errors import DataError, DeclarationError, DifferentiationError
-from .functions import Elementwise, Entrywise, RowLogSumExp, as_numeric, x
+from .functions import Elementwise, Entrywise, RowLogSumExp, Standardized, as_numeric, x
 
 
 def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None, *,
@@ -82,6 +82,8 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
             args = [ev(a) for a in e.arguments]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 out = np.broadcast_to(np.asarray(f(*args), dtype=dtype), args[0].shape)
+        elif isinstance(e, Standardized):
+            out = ev(e.as_entrywise())
         elif isinstance(e, RowLogSumExp):
             z = ev(e.arg)
             m = z.max(axis=1, keepdims=True)

@@ -25,7 +25,7 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.mathml import MathMLPresentationPrinter
 from sympy.printing.str import StrPrinter
 
-from .functions import Elementwise, Entrywise, RowLogSumExp, ScalarActivation
+from .functions import Elementwise, Entrywise, RowLogSumExp, ScalarActivation, Standardized
 from .grad import Derivation
 
 # Binding strength of what a node prints as: a part is parenthesised inside a tighter context.
@@ -196,6 +196,8 @@ class Formula:
             return self._prec(self._slotted(e))
         if isinstance(e, Entrywise):
             return self._prec(self._slotted(e))
+        if isinstance(e, Standardized):
+            return self._prec(e.as_entrywise())
         if isinstance(e, sp.Mul):
             return NEG if e.could_extract_minus_sign() else PRODUCT
         if isinstance(e, sp.Pow):
@@ -426,6 +428,9 @@ class Formula:
     def _print_Entrywise(self, e):
         return self._print(self._slotted(e))
 
+    def _print_Standardized(self, e):  # (Z1 − 𝟙·μ1)/(𝟙·σ1)
+        return self._print(e.as_entrywise())
+
     def _print_RowLogSumExp(self, e):
         return self._call("logsumexp", self._print(e.arg))
 
@@ -637,15 +642,23 @@ class TextPrinter(Formula, StrPrinter):
         return f"|{s}|"
 
 
+# a stem and a subscript: Z1, δN1, μ1, X̂1, gamma1 (a norm's gain), W2'
+_SUBSCRIPTED = re.compile(r"(δ|μ|σ|X̂|gamma|beta|[A-Za-z])([A-Za-z]?\d+|[A-Za-z]?)('*)")
+LATEX_STEMS = {"δ": r"\delta", "μ": r"\mu", "σ": r"\sigma", "X̂": r"\hat{X}", "gamma": r"\gamma",
+               "beta": r"\beta"}
+MATHML_STEMS = {"X̂": "<mover><mi>X</mi><mo>^</mo></mover>", "gamma": "<mi>γ</mi>",
+                "beta": "<mi>β</mi>"}
+
+
 def latex_name(name: str) -> str:
     """Z1 → Z_{1}, δ2 → \\delta_{2}, δT1 → \\delta_{T1}, ∂L/∂W1 → \\frac{\\partial L}{\\partial
     W_{1}}, square_avg → \\mathit{square\\_avg}."""
     if name.startswith("∂L/∂"):
         return rf"\frac{{\partial L}}{{\partial {latex_name(name[4:])}}}"
-    m = re.fullmatch(r"(δ|[A-Za-z])([A-Za-z]?\d+|[A-Za-z]?)('*)", name)
+    m = _SUBSCRIPTED.fullmatch(name)
     if m:
         stem, sub, primes = m.groups()
-        stem = r"\delta" if stem == "δ" else stem
+        stem = LATEX_STEMS.get(stem, stem)
         return stem + (f"_{{{sub}}}" if sub else "") + primes
     special = {"π": r"\pi", "∞": r"\infty", "‖g‖₂": r"\lVert g\rVert_{2}"}
     if name in special:
@@ -722,11 +735,12 @@ class FormulaLatexPrinter(Formula, LatexPrinter):
 
 
 def mathml_name(name: str) -> str:
-    m = re.fullmatch(r"(δ|[A-Za-z])([A-Za-z]?\d+|[A-Za-z]?)('*)", name)
+    m = _SUBSCRIPTED.fullmatch(name)
     if m and m.group(2):
         stem, sub, primes = m.groups()
-        inner = f"<msub><mi>{stem}</mi><mi>{sub}</mi></msub>" if not sub.isdigit() else \
-            f"<msub><mi>{stem}</mi><mn>{sub}</mn></msub>"
+        stem = MATHML_STEMS.get(stem, f"<mi>{stem}</mi>")
+        inner = f"<msub>{stem}<mi>{sub}</mi></msub>" if not sub.isdigit() else \
+            f"<msub>{stem}<mn>{sub}</mn></msub>"
         return inner + (f"<mo>{primes}</mo>" if primes else "")
     if name.startswith("∂L/∂"):
         return (f"<mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>{mathml_name(name[4:])}"

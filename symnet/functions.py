@@ -12,6 +12,7 @@ from functools import cache
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
+from sympy.core.symbol import Str
 from sympy.matrices.expressions import MatrixExpr
 
 from . import validate
@@ -116,6 +117,62 @@ class RowLogSumExp(MatrixExpr):
 
     def _latex(self, printer):
         return rf"\operatorname{{logsumexp}}\left({printer._print(self.arg)}\right)"
+
+
+class Standardized(_Shown, MatrixExpr):
+    """``X̂ = (Z − μ)/σ`` with Z's own statistics broadcast along the axis they were taken over:
+    μ and σ are 1×k for each column over the batch (batch norm) or n×1 for each row (layer
+    norm). ``label`` names the block (μ1, σ1, X̂1); ``eps`` is inside σ = √(var + eps);
+    ``momentum`` (batch norm only, else 0) weighs each step's statistics in the running ones.
+
+    Because μ and σ are known to be Z's statistics, the VJP rule of this one node gives Z's
+    adjoint in closed form, instead of a sum of chain-rule terms through μ, σ and their powers.
+    """
+
+    def __new__(cls, z, mu, sigma, label, eps, momentum):
+        for m in (z, mu, sigma):
+            if not getattr(m, "is_Matrix", False):
+                raise DeclarationError(f"Standardized takes matrix expressions, got {m!r}")
+        rows, cols = z.shape
+        if mu.shape != sigma.shape or mu.shape not in ((1, cols), (rows, 1)):
+            raise ShapeError(f"the statistics of a {_shape_text(z)} matrix are 1×{cols} or "
+                             f"{rows}×1, got μ {_shape_text(mu)} and σ {_shape_text(sigma)}")
+        label = label if isinstance(label, Str) else Str(str(label))
+        return MatrixExpr.__new__(cls, z, mu, sigma, label, sp.Float(eps), sp.Float(momentum))
+
+    z = property(lambda self: self.args[0])
+    mu = property(lambda self: self.args[1])
+    sigma = property(lambda self: self.args[2])
+    label = property(lambda self: self.args[3].name)
+    eps = property(lambda self: self.args[4])
+    momentum = property(lambda self: self.args[5])
+    shape = property(lambda self: self.args[0].shape)
+
+    @property
+    def over_batch(self) -> bool:
+        """Column statistics over the batch (batch norm), rather than row statistics."""
+        return self.mu.shape[0] == 1 and self.z.shape[0] != 1
+
+    def broadcast(self, m):
+        """A statistic (or one of its shape) spread over Z's shape: 𝟙·μ or μ·𝟙ᵀ."""
+        rows, cols = self.shape
+        if self.over_batch:
+            return sp.MatMul(sp.OneMatrix(rows, 1), m)
+        return sp.MatMul(m, sp.OneMatrix(1, cols))
+
+    def as_entrywise(self):
+        """The same values as an :class:`Entrywise` of Z and the broadcast statistics."""
+        a, b, c = sp.symbols("z mu sigma", real=True)
+        return Entrywise(sp.Lambda((a, b, c), (a - b) / c), self.z, self.broadcast(self.mu),
+                         self.broadcast(self.sigma))
+
+    def _entry(self, i, j, **kwargs):
+        return self.as_entrywise()._entry(i, j, **kwargs)
+
+    def doit(self, **hints):
+        """Itself: SymPy's deep ``doit`` (run by every ``*`` of matrices) would merge the
+        𝟙·μ inside σ into 𝟙ₙₓₙ·Z/n, and μ could no longer be named."""
+        return self
 
 
 # ------------------------------------------------------------------------------ activations

@@ -18,7 +18,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from . import functions as fn
 from .errors import DeclarationError, DifferentiationError
-from .functions import Elementwise, Entrywise, RowLogSumExp, x
+from .functions import Elementwise, Entrywise, RowLogSumExp, Standardized, x
 
 LEAVES = (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity)
 
@@ -97,6 +97,45 @@ def vjp_logsumexp(node, g):
     yield z, sp.HadamardProduct(g * sp.OneMatrix(1, z.shape[1]), fn.softmax(z))
 
 
+def vjp_standardized(node, g):
+    """Z's adjoint in closed form, μ and σ being Z's own statistics (CS231n's
+    ``batchnorm_backward_alt``): over the batch of n rows,
+    dZ = 𝟙·(1/σ)/n ∘ (n·G − 𝟙·𝟙ᵀG − X̂ ∘ 𝟙·𝟙ᵀ(G∘X̂)); over each row of k columns the same with
+    row sums and k. A factor 𝟙·c of G (the gain γ) is the same down each column, so over the
+    batch it moves out of the sums: 𝟙·(c/σ)/n ∘ (…) of the rest of G."""
+    rows, cols = node.shape
+    gain, g = _column_factor(g, rows, cols) if node.over_batch else (None, g)
+    count = rows if node.over_batch else cols
+
+    def spread(m):  # the sums along the statistics' axis, broadcast back: 𝟙·𝟙ᵀ·M or M·𝟙·𝟙ᵀ
+        if node.over_batch:
+            return sp.MatMul(sp.OneMatrix(rows, 1), sp.OneMatrix(1, rows), m)
+        return sp.MatMul(m, sp.OneMatrix(cols, 1), sp.OneMatrix(1, cols))
+
+    inner = sp.MatAdd(sp.MatMul(count, g), -spread(g),
+                      -sp.HadamardProduct(node, spread(sp.HadamardProduct(g, node))))
+    if gain is None:
+        over = Elementwise(sp.Lambda(x, 1 / x), node.sigma)
+    else:
+        c, s = sp.symbols("c s", real=True)
+        over = Entrywise(sp.Lambda((c, s), c / s), gain, node.sigma)
+    yield node.z, sp.HadamardProduct(sp.MatMul(1 / count, node.broadcast(over)), inner)
+
+
+def _column_factor(g, rows, cols):
+    """``(c, G')`` for an adjoint G = G' ∘ 𝟙·c with c of one row, else ``(None, G)``."""
+    if not isinstance(g, sp.HadamardProduct):
+        return None, g
+    for i, a in enumerate(g.args):
+        if isinstance(a, sp.MatMul):
+            coeff, mats = a.as_coeff_matrices()
+            if (coeff == 1 and len(mats) == 2 and mats[0] == sp.OneMatrix(rows, 1)
+                    and mats[1].shape == (1, cols)):
+                rest = g.args[:i] + g.args[i + 1:]
+                return mats[1], rest[0] if len(rest) == 1 else sp.HadamardProduct(*rest)
+    return None, g
+
+
 VJP = {
     sp.MatMul: vjp_matmul,
     sp.MatAdd: vjp_matadd,
@@ -106,6 +145,7 @@ VJP = {
     Elementwise: vjp_elementwise,
     Entrywise: vjp_entrywise,
     RowLogSumExp: vjp_logsumexp,
+    Standardized: vjp_standardized,
 }
 
 
@@ -270,14 +310,17 @@ def name_forward(loss, predictions, params, taken):
     roots = [*predictions, loss]
     order, uses, parents = _dag(roots)
     wanted = set()
+    labels = _block_labels(order, parents)
     for e in order:
-        layer = isinstance(e, Elementwise) and _is_affine(e.arg, params, parents)
+        layer = isinstance(e, Elementwise) and (_is_affine(e.arg, params, parents)
+                                                or labels.get(e.arg, "").startswith("N"))
         if layer or _is_affine(e, params, parents) or (uses[e] > 1 and not _is_structural(e)):
             wanted.add(e)
     for r in roots:
         if not isinstance(r, LEAVES):
             wanted.add(r)
 
+    wanted |= set(labels)
     names: dict = {}
     counters = {"Z": 0, "T": 0}
     used = set(taken)
@@ -294,12 +337,14 @@ def name_forward(loss, predictions, params, taken):
             continue
         if e == loss:
             label = fresh("L")
+        elif e in labels:
+            label = fresh(labels[e])
         elif e in predictions:
             label = fresh("P" if len(predictions) == 1 else f"P{predictions.index(e) + 1}")
         elif _is_affine(e, params, parents):
             counters["Z"] += 1
             label = fresh(f"Z{counters['Z']}")
-        elif (isinstance(e, Elementwise) and e.arg in names and names[e.arg].name.startswith("Z")
+        elif (isinstance(e, Elementwise) and e.arg in names and names[e.arg].name[0] in "ZN"
               and "A" + names[e.arg].name[1:] not in used):
             label = fresh("A" + names[e.arg].name[1:])
         else:
@@ -313,6 +358,23 @@ def name_forward(loss, predictions, params, taken):
             rhs = e.func(*[_substitute(a, names) for a in e.args])
             equations.append(Equation(names[e], rhs, names[e].name))
     return equations, names
+
+
+def _block_labels(order, parents) -> dict:
+    """The names of a normalisation block's parts: its statistics μ1 and σ1, the normalised X̂1
+    and the block's output N1 = X̂1 ∘ 𝟙·γ1 + 𝟙·β1, a layer with an adjoint δN1 of its own."""
+    labels = {}
+    for e in order:
+        if isinstance(e, Standardized):
+            k = e.label
+            labels.setdefault(e.mu, f"μ{k}")
+            labels.setdefault(e.sigma, f"σ{k}")
+            labels.setdefault(e, f"X̂{k}")
+            for scaled in parents[e]:
+                for out in parents.get(scaled, ()):
+                    if isinstance(scaled, sp.HadamardProduct) and isinstance(out, sp.MatAdd):
+                        labels.setdefault(out, f"N{k}")
+    return labels
 
 
 def _substitute(e, names):
@@ -370,7 +432,7 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
     forward, names = name_forward(loss, predictions, set(params), taken)
     loss_name = names[loss]
     predictions = tuple(names.get(p, p) for p in predictions)
-    layers = {eq.lhs for eq in forward if eq.label.startswith("Z")} | set(predictions)
+    layers = {eq.lhs for eq in forward if eq.label[0] in "ZN"} | set(predictions)
     activations = {}
     for eq in forward:
         if isinstance(eq.rhs, Elementwise) and isinstance(eq.rhs.arg, sp.MatrixSymbol):
@@ -388,10 +450,12 @@ def derive(loss, params, *, prediction=None, simplify=None, taken=()):
             continue  # does not influence the loss (e.g. a prediction beside it)
         g, rewrites = tidy(_sum(contributions.pop(eq.lhs)))
         if eq.lhs in layers:  # a layer's adjoint δ is named; others flow on as expressions
-            delta = sp.MatrixSymbol("δ" + eq.label.lstrip("Z"), *eq.lhs.shape)
+            delta = sp.MatrixSymbol("δ" + eq.label.removeprefix("Z"), *eq.lhs.shape)
             backward.append(Equation(delta, g, delta.name, rewrites))
             g = delta
-        for leaf, terms in backprop(eq.rhs, g, wrt).items():
+        for leaf, terms in backprop(eq.rhs, g, wrt).items():  # a rule that reads its own
+            # node's value (X̂ in batch norm's) reads it by the equation's name
+            terms = [t.xreplace({eq.rhs: eq.lhs}) for t in terms]
             contributions.setdefault(leaf, []).extend(terms)
     gradients = {}
     for p in sorted(params, key=lambda p: _first_use(p, forward)):

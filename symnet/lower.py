@@ -16,11 +16,10 @@ from codegen.ir import BATCH, SIZE, Buffer, Instr, Op, Program, arg_symbols
 from .declare import batch
 from .errors import DifferentiationError
 from .formulas import split_ones, text
-from .functions import Elementwise, Entrywise, RowLogSumExp, as_numeric
+from .functions import Elementwise, Entrywise, RowLogSumExp, Standardized, as_numeric
 
 ELEMENTWISE = (sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, Elementwise, Entrywise,
-               sp.OneMatrix,
-               sp.ZeroMatrix)
+               Standardized, sp.OneMatrix, sp.ZeroMatrix)
 
 
 def dim(d) -> int | str:
@@ -41,15 +40,26 @@ def _is_elementwise(e) -> bool:
 
 
 def _broadcast(mats):
-    """The broadcast operand of 1ₙₓ₁·b (1×m) or v (n×1)·1₁ₓₘ, else None."""
-    if len(mats) != 2:
+    """The broadcast operand of 1ₙₓ₁·b (b of one row, such as colsum(G) = 1ᵀ·G) or
+    v·1₁ₓₘ (v of one column), else None."""
+    mats = split_ones(mats)
+    if len(mats) < 2:
         return None
-    a, b = mats
-    if isinstance(a, sp.OneMatrix) and a.shape[1] == 1 and not isinstance(b, sp.OneMatrix):
-        return b if b.shape[0] == 1 else None
-    if isinstance(b, sp.OneMatrix) and b.shape[0] == 1 and not isinstance(a, sp.OneMatrix):
-        return a if a.shape[1] == 1 else None
+    first, rest = mats[0], _product(mats[1:])
+    if _ones_column(first) and rest.shape[0] == 1 and not isinstance(rest, sp.OneMatrix):
+        return rest
+    last, rest = mats[-1], _product(mats[:-1])
+    if _ones_row(last) and rest.shape[1] == 1 and not isinstance(rest, sp.OneMatrix):
+        return rest
     return None
+
+
+def _ones_column(m):
+    return isinstance(m, sp.OneMatrix) and m.shape[1] == 1
+
+
+def _ones_row(m):
+    return isinstance(m, sp.OneMatrix) and m.shape[0] == 1
 
 
 class Lowering:
@@ -123,6 +133,13 @@ class Lowering:
         self.memo[e] = out
         return out
 
+    def assign(self, state: sp.MatrixSymbol, value: sp.MatrixExpr) -> None:
+        """``state ← value`` entrywise, in place: one MAP whose output is the state leaf."""
+        args: list[str] = []
+        body = as_numeric(self.scalar(value, args))
+        self.instrs.append(Instr(Op.MAP, state.name, tuple(args), body=body,
+                                 note=f"{state.name} ← {text(value)}"))
+
     def note(self, e):
         return text(e)
 
@@ -144,6 +161,8 @@ class Lowering:
             return e.fn(self.scalar(e.arg, args))
         if isinstance(e, Entrywise):
             return e.fn(*[self.scalar(a, args) for a in e.arguments])
+        if isinstance(e, Standardized):  # its statistics are stored, and broadcast by the MAP
+            return self.scalar(e.as_entrywise(), args)
         if isinstance(e, sp.MatMul):
             coeff, mats = e.as_coeff_matrices()
             c = coeff.subs(batch, SIZE)
@@ -202,15 +221,20 @@ def _operand(m):
     return (m.arg, True) if isinstance(m, sp.Transpose) else (m, False)
 
 
-def lower(definitions, roots: dict[str, sp.MatrixExpr], leaves) -> Program:
-    """Lower the values ``roots`` (output name → expression over ``definitions`` and ``leaves``)."""
+def lower(definitions, roots: dict[str, sp.MatrixExpr], leaves, assigns=None) -> Program:
+    """Lower the values ``roots`` (output name → expression over ``definitions`` and ``leaves``),
+    then ``assigns``: ``{state leaf: new value}``, written in place after the roots (batch
+    norm's running statistics)."""
     # SymPy's doit writes a 1×1 ones matrix (a 1×1 weight's broadcast) as Identity(1)
     one = {sp.Identity(1): sp.OneMatrix(1, 1)}
     definitions = {k: v.xreplace(one) for k, v in definitions.items()}
     roots = {k: v.xreplace(one) for k, v in roots.items()}
+    assigns = {k: v.xreplace(one) for k, v in (assigns or {}).items()}
     low = Lowering(definitions, leaves)
-    low.count_uses(list(roots.values()))
+    low.count_uses([*roots.values(), *assigns.values()])
     outputs = tuple((name, low.buf(expr)) for name, expr in roots.items())
+    for state, value in assigns.items():
+        low.assign(state, value)
     used = {a for ins in low.instrs for a in ins.args} | {ins.out for ins in low.instrs}
     used |= {b for _, b in outputs}
     buffers = tuple(b for b in low.buffers.values() if b.role != "temp" or b.name in used)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import re
 import sys
 import threading
@@ -18,6 +17,7 @@ from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 
 from . import formulas, interrupts, optim, serialize, validate
 from . import init as initialisers
+from .blocks import batch_norms as _batch_norms
 from .declare import batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
@@ -114,6 +114,7 @@ class Model:
         self.derivation = derive(self.stable_loss, self.param_symbols, prediction=pred,
                                  simplify=simplify_adjoint, taken=self._taken)
         self._raw = None
+        self._norms = _batch_norms(self.derivation)
         self._programs = self._lower()
         self._update = self.optimizer.update()
         self.symbolic_seconds = time.perf_counter() - start
@@ -122,6 +123,10 @@ class Model:
         self.params = self._initial_params(init_rng, init)
         self._state = {p: {s: np.zeros_like(v) for s in self._update.state}
                        for p, v in self.params.items()}
+        # batch norm's running mean (starts at 0) and variance (at 1): model state, not parameters
+        self.running = {s.name: np.full((1, int(s.shape[1])), float(s.name.startswith("running_var")),
+                                        self.dtype)
+                        for norm in self._norms for s in norm.running}
         self._steps = 0  # the updates applied so far: Adam's bias correction and schedules read it
         self._lock = threading.RLock()  # one call at a time uses the kernels' workspaces
         self._stop = np.zeros(1, np.int64)  # set by Ctrl-C during fit: stop after this step
@@ -197,12 +202,21 @@ class Model:
 
     # ------------------------------------------------------------------ programs
     def _lower(self):
+        """The programs: ``loss_and_grad`` on the batch's statistics; ``train`` (with batch
+        norm) the same, and the running statistics updated in place; ``loss`` (evaluate,
+        validation) and ``forward`` (predict) on the running statistics."""
         d = self.derivation
         leaves = {s: "input" for s in [*self.inputs, *self.targets]}
         leaves.update({p: "param" for p in self.param_symbols})
         defs = d.definitions()
         roots = {"loss": d.loss, **{p.name: eq.lhs for p, eq in d.gradients.items()}}
         programs = {"loss_and_grad": lower(defs, roots, leaves)}
+        running = {s: "state" for norm in self._norms for s in norm.running}
+        if running:
+            assigns = {s: value for norm in self._norms for s, value in norm.updates(defs)}
+            programs["train"] = lower(defs, roots, {**leaves, **running}, assigns)
+        defs = {**defs, **{norm.xhat: norm.at_prediction() for norm in self._norms}}
+        leaves.update(running)
         programs["loss"] = lower(defs, {"loss": d.loss}, leaves)
         if d.predictions:
             pred_leaves = {s: r for s, r in leaves.items() if s not in self.targets}
@@ -221,7 +235,8 @@ class Model:
     def _run(self, name, feeds, dtype=None):
         dtype = np.dtype(dtype or self.dtype)
         with self._lock:
-            params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in self.params.items()}
+            params = {k: np.ascontiguousarray(v, dtype=dtype)
+                      for k, v in {**self.params, **self.running}.items()}
             with _backend_errors(self.backend):
                 return self._runner(dtype).run(name, {**feeds, **params})
 
@@ -244,11 +259,11 @@ class Model:
     # ------------------------------------------------------------------ parameters
     def _initial_params(self, rng, scheme):
         acts = _activation_of_weights(self.derivation)
-        broadcast = _broadcast_rows(self.loss_expr)
+        roles = initialisers.roles(self.loss_expr)
         out = {}
         for p in self.param_symbols:
             shape = (int(p.shape[0]), int(p.shape[1]))
-            role = _role(p, broadcast)
+            role = roles.get(p, "weight")
             value = initialisers.initial_value(rng, p.name, shape, role, acts.get(p), scheme)
             out[p.name] = np.ascontiguousarray(value, dtype=self.dtype)
         return out
@@ -393,6 +408,12 @@ class Model:
         val_feeds = self._validation_feeds(validation_data)
         data = {k: feeds[k] for k in [s.name for s in (*self.inputs, *self.targets)]}
         rows = _rows(feeds)
+        if self._norms and (rows - 1) % batch_size == 0:
+            fix = (f"pass batch_size={next(b for b in range(batch_size + 1, rows + 1) if (rows - 1) % b)}"
+                   if rows > 1 else "train on at least 2 rows")
+            raise DataError(f"batch norm normalises each column over the batch, and with {rows} "
+                            f"rows in batches of {batch_size} a batch has 1 row, whose variance "
+                            f"is 0 (torch refuses it too); {fix}")
         rng = np.random.default_rng(seed) if seed is not None else self._shuffle_rng
         sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
         runner = self._runner()
@@ -447,11 +468,13 @@ class Model:
         (replays compute the same numbers: the kernels are deterministic)."""
         before = self._snapshot()
         losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
-                                               batch_size, self._steps, stop=self._stop)
+                                               batch_size, self._steps, stop=self._stop,
+                                               running=self.running)
         if status is Status.UPDATE:
             self._restore(before)
             _, e, s, t, replayed = runner.train(data, self.params, self._state, orders,
-                                                batch_size, self._steps, limit=t - 1)
+                                                batch_size, self._steps, limit=t - 1,
+                                                running=self.running)
             if replayed is not Status.STOPPED:  # cannot happen: the kernels are deterministic
                 raise DataError(f"replaying the steps before a non-finite update ended with "
                                 f"{replayed.name}, not at that update")
@@ -462,14 +485,16 @@ class Model:
     def _snapshot(self):
         return ({k: v.copy() for k, v in self.params.items()},
                 {k: {s: v.copy() for s, v in st.items()} for k, st in self._state.items()},
-                self._steps)
+                {k: v.copy() for k, v in self.running.items()}, self._steps)
 
     def _restore(self, snapshot):
-        params, state, self._steps = snapshot
+        params, state, running, self._steps = snapshot
         for k, v in params.items():
             self.params[k][...] = v
             for s, sv in state[k].items():
                 self._state[k][s][...] = sv
+        for k, v in running.items():
+            self.running[k][...] = v
 
     def _not_finite(self, status, epoch, batch, data, order, batch_size, loss):
         """The error for a step whose loss or update was not finite (the update was undone). It
@@ -718,25 +743,6 @@ def _check_prediction(prediction, inputs, params):
             f"the prediction uses {sorted(map(str, stray))}, which are not inputs or "
             f"parameters of the loss; predict() gets only the inputs")
     return expr
-
-
-def _broadcast_rows(expr) -> set:
-    """The parameters added to every row, as 𝟙·b: biases (and PReLU slopes), not weights — even
-    when a weight has one row because its layer has one input."""
-    found = set()
-    for e in sp.preorder_traversal(expr):
-        if isinstance(e, sp.MatMul):
-            mats = e.as_coeff_matrices()[1]
-            for left, right in itertools.pairwise(mats):
-                if isinstance(left, sp.OneMatrix) and isinstance(right, sp.MatrixSymbol):
-                    found.add(right)
-    return found
-
-
-def _role(p, broadcast):
-    if p in broadcast:
-        return "slope" if re.fullmatch(r"a\w*", p.name) else "bias"
-    return "weight"
 
 
 def _activation_of_weights(d):

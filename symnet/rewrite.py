@@ -254,11 +254,21 @@ def drop_identity(e, ctx):
 def sympy_canonical(e, ctx):
     """SymPy's own canonical form of products, sums and transposes: 1·A → A, 0 + A → A,
     (Aᵀ)ᵀ → A, (AB)ᵀ → BᵀAᵀ, 1ₙₓ₁·1₁ₓₘ → 1ₙₓₘ."""
+    if isinstance(e, sp.MatMul) and any(_is_statistic(a) for a in e.args):
+        return None  # 𝟙·μ with μ = colsum(Z)/n: merged into 𝟙ₙₓₙ·Z/n, μ could not be named
     if isinstance(e, (sp.MatMul, sp.MatAdd, sp.Transpose)):
         new = e.doit(deep=False)
         # −(XW + 1b) stays a multiple of one node: distributing would split a shared subtree
         return None if isinstance(e, sp.MatMul) and isinstance(new, sp.MatAdd) else new
     return None
+
+
+def _is_statistic(m) -> bool:
+    """A scaled column or row sum, colsum(Z)/n or rowsum(Z)/k, as a factor of a product."""
+    if not isinstance(m, sp.MatMul):
+        return False
+    c, mats = m.as_coeff_matrices()
+    return c != 1 and len(mats) == 2 and any(isinstance(a, sp.OneMatrix) for a in mats)
 
 
 def hadamard_ones(e, ctx):
@@ -422,10 +432,12 @@ def absorb_sign(e, ctx):
 def keep_layers(e, ctx):
     """:func:`sympy_canonical`, except that a layer's X·W + 𝟙·b inside a larger sum stays one
     node: Z − Y is not flattened into X·W + 𝟙·b − Y, so that the layer keeps its name Z and the
-    prediction its own, and softmax(Z) reads the Z that the loss reads."""
+    prediction its own, and softmax(Z) reads the Z that the loss reads. Likewise Z − 𝟙·μ keeps
+    the statistic μ = colsum(Z)/n whole, for μ to be named."""
     if isinstance(e, sp.MatAdd):
         kept = {a: sp.MatrixSymbol(f"⟨layer{i}⟩", *a.shape) for i, a in enumerate(e.args)
-                if isinstance(a, sp.MatAdd) and any(_is_product(t) for t in a.args)}
+                if (isinstance(a, sp.MatAdd) and any(_is_product(t) for t in a.args))
+                or (isinstance(a, sp.MatMul) and any(_is_statistic(f) for f in a.args))}
         if kept:
             flat = sp.MatAdd(*[kept.get(a, a) for a in e.args]).doit(deep=False)
             new = flat.xreplace({s: a for a, s in kept.items()})

@@ -1,7 +1,8 @@
 """The model file: the declaration as plain data beside the arrays, for ``model.save`` / ``sn.load``.
 
-A file is an ``.npz`` archive: ``meta`` holds the declaration as JSON, ``param/{P}`` and
-``state/{P}/{s}`` the parameters and the optimizer state. An expression becomes nested JSON
+A file is an ``.npz`` archive: ``meta`` holds the declaration as JSON, ``param/{P}``,
+``state/{P}/{s}`` and ``running/{R}`` the parameters, the optimizer state and batch norm's
+running statistics. An expression becomes nested JSON
 lists ``[node type, *arguments]``; only the node types in :data:`NODES` (and the activations of
 :mod:`symnet.functions`) are accepted back, so loading a file never runs code from it: no pickle,
 no ``eval``, ``sympify`` or ``parse_expr``. Loading also never trusts a size in the file: the
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
+from sympy.core.symbol import Str
 from sympy.functions.elementary.piecewise import ExprCondPair
 
 from codegen.files import NotARegularFile, atomic_write
@@ -34,7 +36,7 @@ from . import functions as fn
 from . import optim
 from .declare import batch
 from .errors import DataError, SymnetError
-from .functions import Elementwise, RowLogSumExp, ScalarActivation
+from .functions import Elementwise, RowLogSumExp, ScalarActivation, Standardized
 from .schedules import Schedule
 
 _SYMPY = [sp.Tuple, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.Abs, sp.Max, sp.Min, sp.sqrt, sp.sin,
@@ -42,7 +44,7 @@ _SYMPY = [sp.Tuple, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.Abs, sp.Max, sp.M
           sp.ceiling, sp.Heaviside, log1p, sp.Piecewise, ExprCondPair, sp.StrictLessThan,
           sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Eq, sp.Ne, sp.And, sp.Or, sp.Not,
           sp.Lambda, sp.MatMul, sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, sp.Transpose,
-          sp.OneMatrix, sp.ZeroMatrix, sp.Identity, Elementwise, RowLogSumExp]
+          sp.OneMatrix, sp.ZeroMatrix, sp.Identity, Elementwise, RowLogSumExp, Standardized]
 NODES = {cls.__name__: cls for cls in _SYMPY if isinstance(cls, type)}
 ASSUMPTIONS = ("real", "integer", "positive", "nonnegative")
 BUILTIN = {a.name: a.function for a in (fn.sigmoid, fn.tanh, fn.relu, fn.softplus, fn.hard_sigmoid,
@@ -75,6 +77,9 @@ def encode(e) -> list:
     if isinstance(e, sp.Symbol):
         _saveable_name(e.name, "symbol")
         return ["Symbol", e.name, [a for a in ASSUMPTIONS if e.assumptions0.get(a)]]
+    if isinstance(e, Str):  # a normalisation block's name
+        _saveable_label(e.name)
+        return ["Str", e.name]
     if e is sp.true or e is sp.false:
         return ["Boolean", bool(e)]
     if e.is_Integer:
@@ -98,6 +103,17 @@ def encode(e) -> list:
         raise DataError(f"cannot save an expression containing {name} ({e}): symnet stores only "
                         f"the node types it can load back safely")
     return [name, *(encode(a) for a in e.args)]
+
+
+def _saveable_label(label):
+    if not (isinstance(label, str) and re.fullmatch(r"\w{1,64}", label)):
+        raise DataError(f"cannot save the block name {label!r}: it must be letters, digits and "
+                        f"underscores (e.g. '1'); rename the block")
+
+
+def _str(label, sub):
+    _saveable_label(label)
+    return Str(label)
 
 
 def _saveable_name(name, what):
@@ -280,7 +296,7 @@ def _known_activation(name, definition):
 
 _LEAVES = {"MatrixSymbol": (3, _matrix_symbol), "Symbol": (2, _symbol), "Boolean": (1, _boolean),
            "Integer": (1, _integer), "Rational": (2, _rational), "Float": (1, _float),
-           "Constant": (1, _constant), "Activation": (5, _activation)}
+           "Constant": (1, _constant), "Activation": (5, _activation), "Str": (1, _str)}
 
 
 def _check_power(base, exp):
@@ -412,6 +428,7 @@ def save_model(model, path) -> None:
     arrays = {"meta": np.array(json.dumps(meta))}
     arrays.update({f"param/{k}": v for k, v in model.params.items()})
     arrays.update({f"state/{k}/{s}": v for k, st in model._state.items() for s, v in st.items()})
+    arrays.update({f"running/{k}": v for k, v in model.running.items()})
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except NotARegularFile as err:
@@ -442,6 +459,8 @@ def load_model(path, backend: str | None = None):
                 _read_into(archive, f"param/{k}", value)
                 for s, state in model._state[k].items():
                     _read_into(archive, f"state/{k}/{s}", state)
+            for k, value in model.running.items():
+                _read_into(archive, f"running/{k}", value)
     model._steps = meta["steps"]
     return model
 
@@ -559,8 +578,9 @@ def _check_memory(declaration, dtype):
 def _read_into(archive, key, into):
     """Fill ``into`` with the stored array ``key``, which must have its shape, be real and
     finite. Nothing is read before its header matches."""
-    what = f"the optimizer state {key[len('state/'):]}" if key.startswith("state/") else \
-        f"the parameter {key[len('param/'):]}"
+    kind, _, name = key.partition("/")
+    what = {"state": "the optimizer state", "running": "the running statistic"}.get(
+        kind, "the parameter") + f" {name}"
 
     def accept(shape, dtype):
         if shape != into.shape:
