@@ -19,7 +19,7 @@ RELATIONS = {">", "<", "≥", "≤", "=", "≠"}
 TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<number>\d+(?:\.\d+)?(?:e-?\d+)?)
-  | (?P<name>[A-Za-zδσπ∞][A-Za-z0-9_']*(?:\[[-0-9.e]+\](?=\s*[(@]))?)
+  | (?P<name>[A-Za-zδσμπ∞][\u0302A-Za-z0-9_']*(?:\[[-0-9.e]+\](?=\s*[(@]))?)
   | (?P<sup>[⁰¹²³⁴⁵⁶⁷⁸⁹⁻ᵗ]+)
   | (?P<op>[-+−·∘/()\[\]|ᵀ^,√><≥≤=≠∧∨¬𝟙@])
 """, re.VERBOSE)
@@ -209,7 +209,8 @@ def fold(tree):
 LATEX_WORDS = {r"\circ": "∘", r"\cdot": "·", r"\sigma": "σ", r"\tanh": "tanh", r"\exp": "exp",
                r"\log": "log", r"\min": "min", r"\max": "max", r"\geq": "≥", r"\leq": "≤",
                r"\neq": "≠", r"\wedge": "∧", r"\vee": "∨", r"\neg": "¬", r"\pi": "π",
-               r"\infty": "∞", r"\delta": "δ", r"\sin": "sin", r"\cos": "cos", r"\top": "⊤"}
+               r"\infty": "∞", r"\delta": "δ", r"\sin": "sin", r"\cos": "cos", r"\top": "⊤",
+               r"\mu": "μ", r"\gamma": "gamma", r"\beta": "beta"}
 
 
 LATEX_CALLS = {r"\sigma", r"\tanh", r"\exp", r"\log", r"\min", r"\max", r"\sin", r"\cos"}
@@ -265,6 +266,9 @@ def latex_to_text(tex: str) -> str:
                     pos += 1
                     out.append(f"[{group().strip()}]")
                 out.append("@")
+            elif tex.startswith(r"\hat", pos):  # \hat{X}_{1} → X̂1
+                pos += 4
+                out.append(" " + group().strip() + "\u0302")
             elif tex.startswith(r"\mathit", pos):
                 pos += 7
                 out.append(" " + group().replace("\\_", "_").replace(" ", ""))
@@ -277,8 +281,10 @@ def latex_to_text(tex: str) -> str:
                 elif word in (r"\,", r"\ "):
                     out.append(" ")
                 else:
-                    out.append(" " + LATEX_WORDS.get(word, word[1:])
-                               + ("@" if word in LATEX_CALLS or word not in LATEX_WORDS else ""))
+                    name = tex.startswith("_", pos)  # \sigma_{1} is a name (σ1), \sigma( a call
+                    out.append(" " + LATEX_WORDS.get(word, word[1:]) + (
+                        "@" if not name and (word in LATEX_CALLS or word not in LATEX_WORDS)
+                        else ""))
             elif ch == "_":
                 pos += 1
                 out.append(group().replace(" ", ""))  # W_{1} → W1: part of the name
@@ -302,6 +308,7 @@ def latex_to_text(tex: str) -> str:
     return re.sub(r"\s+", " ", convert(tex)).strip()
 
 
+MATHML_NAMES = {"γ": "gamma", "β": "beta"}  # a norm's gain and shift, gamma1 and beta1 in text
 MATHML_OPS = {"\u2061": "@", "\u2062": " · ", "−": " − ", "-": " − "}
 
 
@@ -314,7 +321,10 @@ def mathml_to_text(markup: str) -> str:
         if tag in ("root", "mrow", "math", "mstyle"):
             return " ".join(conv(c) for c in el)
         if tag == "mi":
-            return " " + el.text + " "
+            return " " + MATHML_NAMES.get(el.text, el.text) + " "
+        if tag == "mover":  # X̂
+            base, accent = list(el)
+            return " " + conv(base).strip() + "\u0302 "
         if tag == "mn":
             if el.get("mathvariant") == "bold" and el.text == "1":
                 return " 𝟙 "

@@ -52,6 +52,9 @@ def _declarations():
     out = sn.dense(sn.dense(X, 5, sn.elu(0.5)), 3)
     yield "l1", (sn.mse(out, Y) + sn.l1(1e-3, *sn.weights(out)), X, Y, out, "real")
     yield "teacher", _teacher()
+    for name, norm in (("batch_norm", sn.batch_norm), ("layer_norm", sn.layer_norm)):
+        out = sn.dense(sn.relu(norm(sn.dense(X, 5, name="1"), "1")), 3, name="2")
+        yield f"block-{name}", (sn.softmax_cross_entropy(out, Y), X, Y, out, "onehot")
 
 
 DECLARATIONS = dict(_declarations())
@@ -179,12 +182,17 @@ HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "hard_tanh
 
 @st.composite
 def architectures(draw):
-    """A random MLP: 1–3 hidden layers of 1–5 units, any activation, any loss, an optional
-    penalty, the prediction given or not."""
+    """A random MLP: 1–3 hidden layers of 1–5 units, any activation, each with or without a
+    batch or layer norm, any loss, an optional penalty, the prediction given or not."""
     X, Y = sn.Input("X", 3), sn.Input("Y", 2)
     h = X
-    for _ in range(draw(st.integers(1, 3))):
-        h = sn.dense(h, draw(st.integers(1, 5)), ACTIVATIONS[draw(st.sampled_from(HIDDEN))])
+    for k in range(1, draw(st.integers(1, 3)) + 1):
+        act = ACTIVATIONS[draw(st.sampled_from(HIDDEN))]
+        norm = draw(st.sampled_from([None, sn.batch_norm, sn.layer_norm]))
+        if norm is None:
+            h = sn.dense(h, draw(st.integers(1, 5)), act, name=str(k))
+        else:  # a norm between the layer and its activation
+            h = act(norm(sn.dense(h, draw(st.integers(2, 5)), name=str(k)), str(k)))
     out = sn.dense(h, 2)
     loss_name = draw(st.sampled_from(sorted(LOSSES)))
     build, kind = LOSSES[loss_name]

@@ -1,0 +1,208 @@
+"""Batch norm and layer norm: the formulas, and the numbers against PyTorch in float64."""
+
+import numpy as np
+import pytest
+from conftest import assert_formulas_are_computed, compiled, make_data
+
+import symnet as sn
+from symnet.formulas import text
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def bn_net(momentum=0.1, eps=1e-5):
+    """4 → dense 5 → batch norm → relu → dense 3, softmax cross-entropy."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.relu(sn.batch_norm(sn.dense(X, 5, name="1"), "1", eps=eps, momentum=momentum))
+    out = sn.dense(h, 3, name="2")
+    return sn.softmax_cross_entropy(out, Y), X, Y, out
+
+
+def ln_net():
+    """4 → dense 6 → layer norm → tanh → dense 3, softmax cross-entropy."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.tanh(sn.layer_norm(sn.dense(X, 6, name="1"), "1"))
+    out = sn.dense(h, 3, name="2")
+    return sn.softmax_cross_entropy(out, Y), X, Y, out
+
+
+def perturbed(model, seed=1):
+    """Gains and shifts away from their initial 1 and 0, so that every term shows."""
+    rng = np.random.default_rng(seed)
+    for k, v in model.params.items():
+        if k.startswith(("gamma", "beta")):
+            v[...] += rng.normal(0, 0.3, v.shape)
+    return model
+
+
+def torch_bn(p, X, rm, rv, training, momentum=0.1, eps=1e-5):
+    z = X @ p["W1"] + p["b1"]
+    h = torch.relu(F.batch_norm(z, rm, rv, p["gamma1"][0], p["beta1"][0], training=training,
+                                momentum=momentum, eps=eps))
+    return h @ p["W2"] + p["b2"]
+
+
+def tensors(params):
+    return {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+
+
+# ---------------------------------------------------------------------------- formulas
+
+
+def test_batch_norm_formulas_name_the_statistics_and_give_the_closed_form_adjoint():
+    loss, X, Y, out = bn_net()
+    lines = compiled(loss, X, Y, prediction=out).formulas()
+    for line in ("μ1  = colsum(Z1)/n",
+                 "σ1  = √(colsum((Z1 − 𝟙·μ1)²)/n + 1e-5)",
+                 "X̂1 = (Z1 − 𝟙·μ1)/(𝟙·σ1)",
+                 "N1  = (𝟙·gamma1) ∘ X̂1 + 𝟙·beta1",
+                 "A1  = relu(N1)",
+                 "δN1 = (δP·W2ᵀ) ∘ [A1 > 0]",
+                 # CS231n's batchnorm_backward_alt: γ/(n·σ) ∘ (n·G − 𝟙·colsum(G) − X̂∘𝟙·colsum(G∘X̂))
+                 "δ1  = (𝟙·(gamma1/σ1)) ∘ (n·δN1 − (𝟙·colsum(X̂1 ∘ δN1)) ∘ X̂1 − 𝟙·colsum(δN1))/n",
+                 "∂L/∂gamma1 = colsum(δN1 ∘ X̂1)",
+                 "∂L/∂beta1  = colsum(δN1)"):
+        assert line in lines, line
+    assert "^" not in lines and all(len(row) < 100 for row in lines.splitlines())
+
+
+def test_layer_norm_formulas_are_the_row_wise_twin():
+    loss, X, Y, out = ln_net()
+    lines = compiled(loss, X, Y, prediction=out).formulas()
+    for line in ("μ1  = rowsum(Z1)/6",
+                 "σ1  = √(rowsum((Z1 − μ1·𝟙)²)/6 + 1e-5)",
+                 "X̂1 = (Z1 − μ1·𝟙)/(σ1·𝟙)",
+                 "δ1  = ((1/σ1)·𝟙) ∘ (6·((𝟙·gamma1) ∘ δN1) − (rowsum((𝟙·gamma1) ∘ X̂1 ∘ δN1)·𝟙) ∘ X̂1"
+                 " − rowsum((𝟙·gamma1) ∘ δN1)·𝟙)/6"):
+        assert line in lines, line
+
+
+def test_the_norm_rule_is_what_the_lowering_computes():
+    """sn.evaluate of each shown gradient (the closed form, expanded) equals loss_and_grad."""
+    for net in (bn_net, ln_net):
+        loss, X, Y, out = net()
+        model = perturbed(compiled(loss, X, Y, prediction=out))
+        assert_formulas_are_computed(model, *make_data(n=7))
+
+
+def test_latex_names_the_statistics():
+    loss, X, Y, out = bn_net()
+    latex = compiled(loss, X, Y, prediction=out).latex()
+    for name in (r"\mu_{1}", r"\sigma_{1}", r"\hat{X}_{1}", r"\gamma_{1}", r"\delta_{N1}"):
+        assert name in latex, name
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("net", [bn_net, ln_net])
+def test_loss_and_every_gradient_match_torch(net):
+    loss, X, Y, out = net()
+    model = perturbed(compiled(loss, X, Y, prediction=out))
+    Xb, Yb = make_data(n=9)
+    value, grads = model.loss_and_grad(Xb, Yb)
+    p = tensors(model.params)
+    if net is bn_net:
+        logits = torch_bn(p, torch.tensor(Xb), None, None, training=True)
+    else:
+        z = torch.tensor(Xb) @ p["W1"] + p["b1"]
+        h = torch.tanh(F.layer_norm(z, (6,), p["gamma1"][0], p["beta1"][0], eps=1e-5))
+        logits = h @ p["W2"] + p["b2"]
+    t_loss = F.cross_entropy(logits, torch.tensor(Yb).argmax(1))
+    t_loss.backward()
+    assert value == pytest.approx(t_loss.item(), rel=1e-12)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, p[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_training_updates_the_running_statistics_as_torch_and_predict_uses_them(backend):
+    """Three epochs of SGD in batches of 6 (the last has 2 rows): the parameters, torch's
+    running mean and unbiased variance after every step, and eval-mode predictions."""
+    loss, X, Y, out = bn_net(momentum=0.3)
+    model = sn.compile(loss, inputs=[X], targets=[Y], prediction=out, dtype="float64", seed=0,
+                       backend=backend, optimizer=sn.optim.SGD(lr=0.1))
+    perturbed(model)
+    Xd, Yd = make_data(n=20, seed=3)
+    p = tensors(model.params)
+    rm, rv = torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
+    opt = torch.optim.SGD(p.values(), lr=0.1)
+    for _ in range(3):
+        for start in range(0, 20, 6):
+            xb, yb = torch.tensor(Xd[start:start + 6]), torch.tensor(Yd[start:start + 6])
+            opt.zero_grad()
+            F.cross_entropy(torch_bn(p, xb, rm, rv, True, momentum=0.3), yb.argmax(1)).backward()
+            opt.step()
+    model.fit(Xd, Yd, epochs=3, batch_size=6, shuffle=False, verbose=False)
+    for k, v in model.params.items():
+        np.testing.assert_allclose(v, p[k].detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(model.running["running_mean1"][0], rm.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(model.running["running_var1"][0], rv.numpy(), rtol=1e-9)
+    with torch.no_grad():
+        expected = torch_bn(p, torch.tensor(Xd), rm, rv, training=False).numpy()
+    np.testing.assert_allclose(model.predict(Xd), expected, rtol=1e-9, atol=1e-12)
+    # one row at a time gives each row its own prediction, as the whole batch does
+    np.testing.assert_allclose(model.predict(Xd[:1]), expected[:1], rtol=1e-9, atol=1e-12)
+    t_loss = F.cross_entropy(torch.tensor(expected), torch.tensor(Yd).argmax(1)).item()
+    assert model.evaluate(Xd, Yd)["loss"] == pytest.approx(t_loss, rel=1e-9)
+
+
+def test_kernels_and_reference_agree_in_float32():
+    """(SGD: b1's gradient is 0 up to rounding, which Adam would scale up to steps of lr.)"""
+    loss, X, Y, out = bn_net()
+    Xd, Yd = make_data(n=30, seed=4)
+    models = [sn.compile(loss, inputs=[X], targets=[Y], prediction=out, seed=0, backend=b,
+                         optimizer=sn.optim.SGD(lr=0.1)) for b in ("numpy", "numba")]
+    for m in models:
+        m.fit(Xd, Yd, epochs=2, batch_size=8, verbose=False)
+    for k in models[0].running:
+        np.testing.assert_allclose(models[0].running[k], models[1].running[k], rtol=1e-4,
+                                   atol=1e-5)
+    np.testing.assert_allclose(models[0].predict(Xd), models[1].predict(Xd), rtol=1e-3,
+                               atol=1e-4)
+
+
+def test_gains_start_at_one_and_shifts_at_zero():
+    loss, X, Y, out = bn_net()
+    params = compiled(loss, X, Y, prediction=out).params
+    assert (params["gamma1"] == 1).all() and (params["beta1"] == 0).all()
+
+
+def test_running_statistics_are_saved_and_loaded(tmp_path):
+    loss, X, Y, out = bn_net()
+    model = compiled(loss, X, Y, prediction=out)
+    Xd, Yd = make_data(n=12)
+    model.fit(Xd, Yd, epochs=2, batch_size=4, verbose=False)
+    model.save(tmp_path / "m.npz")
+    loaded = sn.load(tmp_path / "m.npz")
+    for k, v in model.running.items():
+        np.testing.assert_array_equal(loaded.running[k], v)
+    np.testing.assert_array_equal(loaded.predict(Xd), model.predict(Xd))
+    assert loaded.formulas() == model.formulas()
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_a_one_row_batch_in_training_is_refused_with_a_batch_size_that_works():
+    loss, X, Y, out = bn_net()
+    model = compiled(loss, X, Y, prediction=out)
+    Xd, Yd = make_data(n=9)
+    with pytest.raises(sn.DataError, match=r"a batch has 1 row.*batch_size=5"):
+        model.fit(Xd, Yd, batch_size=4, verbose=False)
+    with pytest.raises(sn.DataError, match="at least 2 rows"):
+        model.fit(Xd[:1], Yd[:1], verbose=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eps": 0}, "eps must be a finite real number > 0"),
+    ({"momentum": 1.5}, "momentum must be a finite real number ≥ 0 and ≤ 1"),
+    ({"name": "1"}, "beta1 already exists"),
+])
+def test_bad_block_arguments(kwargs, message):
+    X = sn.Input("X", 4)
+    z = sn.batch_norm(sn.dense(X, 5, name="1"), "1")
+    args = {"name": "2", **kwargs}
+    with pytest.raises(sn.DeclarationError, match=message):
+        sn.batch_norm(z, **args)
