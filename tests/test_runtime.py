@@ -105,6 +105,27 @@ def test_one_two_and_four_threads_train_to_the_same_parameters_bit_for_bit(monke
         assert other.loss_and_grad(*data(64))[0] == alone.loss_and_grad(*data(64))[0]
 
 
+def test_norms_train_to_the_same_numbers_on_one_two_and_four_threads(monkeypatch):
+    """Batch norm's column statistics and running updates, layer norm's row statistics."""
+    X, Y = sn.Input("X", 192), sn.Input("Y", 3)
+    h = sn.relu(sn.batch_norm(sn.dense(X, 256, name="1"), "1"))
+    h = sn.tanh(sn.layer_norm(sn.dense(h, 256, name="2"), "2"))
+    out = sn.dense(h, 3, name="3")
+    runs = []
+    for count in (1, 2, 4):
+        monkeypatch.setenv("SYMNET_NUM_THREADS", str(count))
+        model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                           prediction=out, optimizer=sn.optim.Adam(lr=1e-3), seed=0)
+        model.fit(*data(), epochs=2, batch_size=64, verbose=False)
+        runs.append(model)
+    alone = runs[0]
+    for other in runs[1:]:
+        for k in (*alone.params, *alone.running):
+            got = other.params.get(k, other.running.get(k))
+            np.testing.assert_array_equal(got, alone.params.get(k, alone.running.get(k)), k)
+        np.testing.assert_array_equal(other.predict(data()[0]), alone.predict(data()[0]))
+
+
 def test_the_team_computes_what_the_numpy_reference_does(monkeypatch):
     monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
     models = [wide_model("float64", backend) for backend in ("numba", "numpy")]
