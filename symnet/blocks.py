@@ -60,7 +60,8 @@ def _affine(xhat, name):
     gamma = parameter(f"gamma{name}", 1, int(cols))
     beta = parameter(f"beta{name}", 1, int(cols))
     ones = sp.OneMatrix(rows, 1)
-    return sp.MatAdd(sp.HadamardProduct(xhat, sp.MatMul(ones, gamma)), sp.MatMul(ones, beta))
+    # in SymPy's canonical order, which any later doit (a ``*`` or ``/`` of the user's) keeps
+    return sp.MatAdd(sp.HadamardProduct(xhat, sp.MatMul(ones, gamma)), sp.MatMul(ones, beta)).doit()
 
 
 def _block(z, name, eps, what):

@@ -337,10 +337,10 @@ def name_forward(loss, predictions, params, taken):
             continue
         if e == loss:
             label = fresh("L")
-        elif e in labels:
-            label = fresh(labels[e])
         elif e in predictions:
             label = fresh("P" if len(predictions) == 1 else f"P{predictions.index(e) + 1}")
+        elif e in labels:
+            label = fresh(labels[e])
         elif _is_affine(e, params, parents):
             counters["Z"] += 1
             label = fresh(f"Z{counters['Z']}")
@@ -372,7 +372,8 @@ def _block_labels(order, parents) -> dict:
             labels.setdefault(e, f"X̂{k}")
             for scaled in parents[e]:
                 for out in parents.get(scaled, ()):
-                    if isinstance(scaled, sp.HadamardProduct) and isinstance(out, sp.MatAdd):
+                    if (isinstance(scaled, sp.HadamardProduct) and isinstance(out, sp.MatAdd)
+                            and len(out.args) == 2):  # X̂ ∘ 𝟙·γ + 𝟙·β
                         labels.setdefault(out, f"N{k}")
     return labels
 

@@ -17,7 +17,7 @@ import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
 from . import functions as fn
-from .functions import Elementwise, Entrywise, ScalarActivation, x
+from .functions import Elementwise, Entrywise, ScalarActivation, Standardized, x
 
 y = sp.Symbol("y", real=True)
 
@@ -263,6 +263,13 @@ def sympy_canonical(e, ctx):
     return None
 
 
+def _is_norm_output(m) -> bool:
+    """X̂ ∘ 𝟙·γ + 𝟙·β: a normalisation block's output."""
+    return isinstance(m, sp.MatAdd) and any(
+        isinstance(t, sp.HadamardProduct) and any(isinstance(f, Standardized) for f in t.args)
+        for t in m.args)
+
+
 def _is_statistic(m) -> bool:
     """A scaled column or row sum, colsum(Z)/n or rowsum(Z)/k, as a factor of a product."""
     if not isinstance(m, sp.MatMul):
@@ -432,12 +439,14 @@ def absorb_sign(e, ctx):
 def keep_layers(e, ctx):
     """:func:`sympy_canonical`, except that a layer's X·W + 𝟙·b inside a larger sum stays one
     node: Z − Y is not flattened into X·W + 𝟙·b − Y, so that the layer keeps its name Z and the
-    prediction its own, and softmax(Z) reads the Z that the loss reads. Likewise Z − 𝟙·μ keeps
-    the statistic μ = colsum(Z)/n whole, for μ to be named."""
+    prediction its own, and softmax(Z) reads the Z that the loss reads. Likewise a norm's
+    output X̂ ∘ 𝟙·γ + 𝟙·β stays whole in N − Y, and Z − 𝟙·μ keeps the statistic μ = colsum(Z)/n
+    whole, for N and μ to be named."""
     if isinstance(e, sp.MatAdd):
         kept = {a: sp.MatrixSymbol(f"⟨layer{i}⟩", *a.shape) for i, a in enumerate(e.args)
                 if (isinstance(a, sp.MatAdd) and any(_is_product(t) for t in a.args))
-                or (isinstance(a, sp.MatMul) and any(_is_statistic(f) for f in a.args))}
+                or (isinstance(a, sp.MatMul) and any(_is_statistic(f) for f in a.args))
+                or _is_norm_output(a)}
         if kept:
             flat = sp.MatAdd(*[kept.get(a, a) for a in e.args]).doit(deep=False)
             new = flat.xreplace({s: a for a, s in kept.items()})
@@ -459,7 +468,8 @@ def regroup_layers(e, ctx):
 
 
 def layer_sums(*exprs) -> frozenset:
-    """The sums X·W + 𝟙·b + … in ``exprs``: what :func:`regroup_layers` may regroup. A matrix
+    """The sums X·W + 𝟙·b + … (and norm outputs X̂ ∘ 𝟙·γ + 𝟙·β) in ``exprs``: what
+    :func:`regroup_layers` may regroup. A matrix
     subtracted from a sum is not part of its layer: in X·W + 𝟙·b − Y (MSE without a named
     prediction) the layer is X·W + 𝟙·b, while a residual X·W + 𝟙·b + A is a layer whole."""
     found = set()
@@ -470,6 +480,8 @@ def layer_sums(*exprs) -> frozenset:
             if isinstance(node, sp.MatAdd) and any(_is_product(t) for t in node.args):
                 terms = [t for t in node.args if not _subtracted_matrix(t)]
                 found.add(sp.MatAdd(*terms) if len(terms) > 1 else node)
+            elif _is_norm_output(node):
+                found.add(node)
     return frozenset(found)
 
 

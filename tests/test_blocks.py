@@ -206,3 +206,15 @@ def test_bad_block_arguments(kwargs, message):
     args = {"name": "2", **kwargs}
     with pytest.raises(sn.DeclarationError, match=message):
         sn.batch_norm(z, **args)
+
+
+def test_a_norm_as_the_prediction_keeps_its_name_in_the_loss():
+    """mse(N, Y) flattens N − Y at declaration; the block is regrouped, and P named, as a layer."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.batch_norm(sn.dense(X, 3, name="1"), "1")
+    model = compiled(sn.mse(out, Y), X, Y, prediction=out)
+    lines = model.formulas()
+    for line in ("P   = (𝟙·gamma1) ∘ X̂1 + 𝟙·beta1", "L   = sum((P − Y)²)/(3·n)",
+                 "δ1 = (𝟙·(gamma1/σ1)) ∘ (n·δP − (𝟙·colsum(X̂1 ∘ δP)) ∘ X̂1 − 𝟙·colsum(δP))/n"):
+        assert line in lines, line
+    assert_formulas_are_computed(perturbed(model), *make_data(n=6, kind="real"))
