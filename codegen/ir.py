@@ -99,6 +99,23 @@ def arg_symbols(k: int) -> list[sp.Symbol]:
 
 SIZE = sp.Symbol(BATCH, integer=True, positive=True)
 
+# What a MAP body may read besides its arguments: the row and column of the entry it computes,
+# and the random stream's key, the model's seed and the training step (``Keep``).
+ROW, COL = sp.Symbol("i", integer=True, nonnegative=True), sp.Symbol("j", integer=True, nonnegative=True)
+SEED, STEP = sp.Symbol("seed", integer=True), sp.Symbol("step", integer=True)
+
+
+class Keep(sp.Function):
+    """``Keep(SEED, STEP, stream, ROW, COL, p)``: 1 with probability 1 − p, else 0, for the entry
+    (ROW, COL) that the MAP computes, drawn from mask ``stream`` of a counter-based generator
+    (``codegen.intrinsics.random.keep``): the same bits on every backend and thread count."""
+
+    nargs = 6
+
+    @classmethod
+    def of(cls, stream: int, p: float) -> Keep:
+        return cls(SEED, STEP, sp.Integer(stream), ROW, COL, sp.Float(p))
+
 
 def describe(ins: Instr) -> str:
     if ins.op is Op.GEMM:

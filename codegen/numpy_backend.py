@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from .ir import BATCH, SIZE, UPDATE_SYMBOLS, Op, Program, Status, Update, arg_symbols
+from .intrinsics import random
+from .ir import BATCH, COL, ROW, SEED, SIZE, STEP, UPDATE_SYMBOLS, Op, Program, Status, Update, arg_symbols
 
 
 class NumpyRunner:
@@ -15,12 +16,15 @@ class NumpyRunner:
         self.program = program
         self.dtype = np.dtype(dtype)
         self._maps = {
-            i: sp.lambdify([*arg_symbols(len(ins.args)), SIZE], ins.body, modules=["numpy", "scipy"])
+            i: sp.lambdify([*arg_symbols(len(ins.args)), SIZE, ROW, COL, SEED, STEP], ins.body,
+                           modules=[{"Keep": random.keep}, "numpy", "scipy"])
             for i, ins in enumerate(program.instrs) if ins.op is Op.MAP
         }
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], seed: int = 0, step: int = 0) -> dict[str, np.ndarray]:
+        """The outputs on ``feeds``; dropout masks are those of ``seed`` at training ``step``."""
         env = dict(feeds)
+        self._key = (seed, step)
         rows = {v.shape[0] for b in self.program.buffers if b.role == "input" and b.shape[0] == BATCH
                 for v in [feeds[b.name]]}
         n = rows.pop() if rows else 1
@@ -40,7 +44,9 @@ class NumpyRunner:
             return out if ins.alpha == 1 else out * self.dtype.type(float(ins.alpha.subs(SIZE, n)))
         if ins.op is Op.MAP:
             shape = self._shape(ins.out, n)
-            value = np.asarray(self._maps[i](*args, self.dtype.type(n)), dtype=self.dtype)
+            rows, cols = (np.arange(d, dtype=np.uint64) for d in shape)
+            value = np.asarray(self._maps[i](*args, self.dtype.type(n), rows[:, None], cols[None, :],
+                                             *self._key), dtype=self.dtype)
             return np.array(np.broadcast_to(value, shape)) if value.shape != shape else value
         (a,) = args
         if ins.op is Op.ROWSUM:
@@ -120,11 +126,12 @@ class NumpyBackend:
         self.updater = NumpyUpdater(update) if update is not None else None
         self.source = "\n\n".join(f"## {name}\n{prog.listing()}" for name, prog in programs.items())
 
-    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.runners[name].run(feeds)
+    def run(self, name: str, feeds: dict[str, np.ndarray], seed: int = 0,
+            step: int = 0) -> dict[str, np.ndarray]:
+        return self.runners[name].run(feeds, seed, step)
 
     def train(self, data, params, state, orders, batch_size, t0, limit=-1, stop=None,
-              running=None):
+              running=None, seed=0):
         """Same contract as :meth:`NumbaRunner.train`: (per-batch losses, epoch, batch, step,
         :class:`Status`)."""
         program = "train" if "train" in self.runners else "loss_and_grad"
@@ -138,7 +145,7 @@ class NumpyBackend:
                     return losses, e, s, t, Status.STOPPED
                 idx = order[start:start + batch_size]
                 out = self.run(program, {**{k: v[idx] for k, v in data.items()}, **params,
-                                         **running})
+                                         **running}, seed, t)
                 losses[e, s] = loss = out.pop("loss")[0, 0]
                 if not np.isfinite(loss):
                     return losses, e, s, t, Status.LOSS

@@ -24,12 +24,25 @@ import re
 import numpy as np
 import sympy as sp
 
-from ..ir import SIZE, UPDATE_SYMBOLS, CodegenError, Op, Program, Status, Update, arg_symbols
+from ..ir import (
+    COL,
+    ROW,
+    SEED,
+    SIZE,
+    STEP,
+    UPDATE_SYMBOLS,
+    CodegenError,
+    Op,
+    Program,
+    Status,
+    Update,
+    arg_symbols,
+)
 from . import runtime
 from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, plan
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 
-CODEGEN_VERSION = 20  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 21  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
@@ -337,6 +350,7 @@ class KernelWriter:
     def map(self, ins, local, r, c, values):
         syms = arg_symbols(len(ins.args))
         names = {s: self.entry(a, r, c, values) for s, a in zip(syms, ins.args)} | {SIZE: "nf"}
+        names |= {ROW: "i", COL: "j", SEED: "seed", STEP: "t"}  # the nest's loop indices
         temps, (body,) = sp.cse(ins.body, symbols=sp.numbered_symbols("_c", start=self.counter),
                                 optimizations="basic")
         self.counter += len(temps)
@@ -565,15 +579,19 @@ def _slots(arrays: list[tuple[str, str]]) -> dict[str, tuple[int, str]]:
     return {name: (ARRAYS_AT + 3 * k, dtype) for k, (name, dtype) in enumerate(arrays)}
 
 
+ENTRY_SCALARS = ("n", "seed", "t")  # block slots 1, 2, 3: rows, and the dropout masks' key
+ENTRY_STAGE = ("blk_addr", "team", "tid", "base", *ENTRY_SCALARS)
+
+
 def entry_kernel(out: Lines, writer: KernelWriter) -> Entry:
-    """``name(blk_addr, tid)``: the program on the first ``n`` rows (block slot 1)."""
+    """``name(blk_addr, tid)``: the program on the first ``n`` rows (block slot 1), with the
+    dropout masks of step ``t`` (slots 2, 3)."""
     program = writer.program
     leaves = [b for b in program.buffers if b.role != "temp"]
     temps = [b for b in program.buffers if b.role == "temp"]
     arrays = [(writer.ident[b.name], "DT") for b in (*leaves, *temps)]
     length = ARRAYS_AT + 3 * len(arrays)
-    stages = Stages(f"_{writer.name}", _slots(arrays), ("blk_addr", "team", "tid", "base", "n"),
-                    length)
+    stages = Stages(f"_{writer.name}", _slots(arrays), ENTRY_STAGE, length)
     calls = Lines()
     calls.depth = 1
     writer.body(calls, stages)
@@ -581,12 +599,13 @@ def entry_kernel(out: Lines, writer: KernelWriter) -> Entry:
     with out.block(f"def {writer.name}(blk_addr, tid):"):
         out(f"blk = rt.block(blk_addr, {length})")
         out("team = blk[0]")
-        out("n = blk[1]")
+        for k, name in enumerate(ENTRY_SCALARS, start=1):
+            out(f"{name} = blk[{k}]")
         _layout_note(out, writer)
         out("base = np.int64(0)")
     out.lines += calls.lines
-    return Entry(writer.name, ("n",), tuple(b.name for b in (*leaves, *temps)), writer.layout,
-                 *writer.work())
+    return Entry(writer.name, ENTRY_SCALARS, tuple(b.name for b in (*leaves, *temps)),
+                 writer.layout, *writer.work())
 
 
 def _layout_note(out: Lines, writer: KernelWriter):
@@ -598,7 +617,7 @@ def _layout_note(out: Lines, writer: KernelWriter):
 class TrainWriter:
     """``train_epochs(blk_addr, tid)``: every minibatch of one or more epochs in one call."""
 
-    SCALARS = ("batch", "t0", "limit")  # block slots 1, 2, 3; runtime's result slots follow
+    SCALARS = ("batch", "t0", "limit", "seed")  # block slots 1-4; runtime's results from 8
 
     def __init__(self, grad: KernelWriter, update: Update, loss_buffer: str):
         self.grad = grad
@@ -630,7 +649,8 @@ class TrainWriter:
         out += [(b.name, gi[b.name], "DT") for b in self.temps]
         return out
 
-    STAGE = ("blk_addr", "team", "tid", "base", "n", "e", "s", "start", "t", "batches", "limit")
+    STAGE = ("blk_addr", "team", "tid", "base", "n", "e", "s", "start", "t", "batches", "limit",
+             "seed")
 
     def emit(self, out: Lines) -> Entry:
         self.emit_helpers(out)
@@ -873,6 +893,7 @@ def generate(programs: dict[str, Program], update: Update | None, dtype):
     out("from codegen.intrinsics.blas import gemm_at")
     out("from codegen.intrinsics.fpmode import FTZ_DAZ, get_fpmode, set_fpmode")
     out("from codegen.intrinsics.opaque import opaque")
+    out("from codegen.intrinsics.random import keep")
     out(f"from codegen.intrinsics.vecmath import exp{dtype.itemsize * 8} as vexp")
     out("from codegen.numba import runtime as rt")
     out()

@@ -31,6 +31,14 @@ class ScalarPrinter(PythonCodePrinter):
             return self.names[expr]
         raise CodegenError(f"the kernel has no value for the symbol {expr.name!r}")
 
+    def _print_Keep(self, expr):
+        """A dropout mask's entry: the key as integers, p in float64 on every dtype (the
+        reference backend compares in float64 too)."""
+        seed, step, stream, row, col, p = expr.args
+        key = ", ".join([self._print(seed), self._print(step), str(int(stream)), self._print(row),
+                         self._print(col), repr(float(p))])
+        return f"keep({key})"
+
     def _print_Integer(self, expr):
         return self._number(f"{int(expr)}.0")
 

@@ -62,14 +62,17 @@ class NumbaRunner:
             self.capacity[name] = rows
         return self.work[name]
 
-    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, name: str, feeds: dict[str, np.ndarray], seed: int = 0,
+            step: int = 0) -> dict[str, np.ndarray]:
+        """The outputs of program ``name`` on ``feeds``; dropout masks are those of ``seed`` at
+        training ``step``."""
         entry = self.entries[name]
         program = self.programs[name]
         n = _batch_rows(program, feeds)
         kernel = self.kernel(name)
         with self.lock:
             arrays = {**feeds, **self.workspace(name, n)}
-            blk = self.blocks.fill(entry, {"n": n}, arrays)
+            blk = self.blocks.fill(entry, {"n": n, "seed": seed, "t": step}, arrays)
             runtime.run(kernel, blk, entry.work(n) >= PARALLEL_WORK)
             return {out: _view(arrays[buf], program.buffer(buf).shape, n).copy()
                     for out, buf in program.outputs}
@@ -77,9 +80,11 @@ class NumbaRunner:
     def train(self, data: dict[str, np.ndarray], params: dict[str, np.ndarray],
               state: dict[str, dict[str, np.ndarray]], orders: np.ndarray, batch_size: int,
               t0: int, limit: int = -1, stop: np.ndarray | None = None,
-              running: dict[str, np.ndarray] | None = None):
-        """Runs the epochs of ``orders`` from step ``t0`` in one call, updating ``params`` and
-        ``state`` (and batch norm's ``running`` statistics) in place; returns (per-batch losses, epoch, batch, t, :class:`Status`). It
+              running: dict[str, np.ndarray] | None = None, seed: int = 0):
+        """Runs the epochs of ``orders`` from step ``t0`` in one call, updating ``params``,
+        ``state`` and batch norm's ``running`` statistics in place, with the dropout masks of
+        ``seed``; returns (per-batch losses,
+        epoch, batch, t, :class:`Status`). It
         stops before step ``limit + 1`` (-1: no limit) and before the next step once
         ``stop[0]`` is set, so a call always ends between whole steps. The kernel runs on
         another thread while the calling thread waits, so that the caller's signal handlers
@@ -97,7 +102,8 @@ class NumbaRunner:
                       **self.batch_buffers(rows)}
             arrays.update({f"data/{k}": v for k, v in data.items()})
             arrays.update({f"state/{p}/{s}": v for p, st in state.items() for s, v in st.items()})
-            blk = self.blocks.fill(entry, {"batch": batch_size, "t0": t0, "limit": limit}, arrays)
+            blk = self.blocks.fill(entry, {"batch": batch_size, "t0": t0, "limit": limit,
+                                           "seed": seed}, arrays)
             blk[runtime.STATUS] = -1
             blk[runtime.STOPCODE] = blk[runtime.BAD] = 0
             parallel = entry.work(rows) >= PARALLEL_WORK
