@@ -1,7 +1,7 @@
 """symnet: a symbolic-differentiation compiler for multilayer perceptrons."""
 
 from . import datasets, formulas, functions, interrupts, optim, schedules
-from .blocks import batch_norm, layer_norm
+from .blocks import batch_norm, dropout, layer_norm
 from .declare import Input, batch, dense, parameter, weights
 from .errors import DataError, DeclarationError, DifferentiationError, ShapeError, SymnetError
 from .evaluate import evaluate

@@ -1,5 +1,5 @@
-"""Normalisation blocks: batch norm and layer norm, as in ``torch.nn.BatchNorm1d`` and
-``torch.nn.LayerNorm``.
+"""Blocks between layers: batch norm and layer norm, as ``torch.nn.BatchNorm1d`` and
+``torch.nn.LayerNorm``, and dropout, as ``torch.nn.Dropout``.
 
 Each block is an ordinary SymPy expression, X̂ ∘ 𝟙·γ + 𝟙·β, around one :class:`Standardized`
 node that holds the statistics μ and σ as expressions of Z: the formulas name them, the
@@ -16,7 +16,7 @@ import sympy as sp
 from . import validate
 from .declare import parameter
 from .errors import DeclarationError, ShapeError
-from .functions import Elementwise, Standardized, _require_matrix, x
+from .functions import Dropout, DropoutMask, Elementwise, Standardized, _require_matrix, x
 
 
 def batch_norm(z, name, eps=1e-5, momentum=0.1):
@@ -47,6 +47,19 @@ def layer_norm(z, name, eps=1e-5):
     centred = sp.MatAdd(z, sp.MatMul(-1, mu, sp.OneMatrix(1, cols), evaluate=False))
     var = sp.MatMul(sp.Rational(1, cols), sp.HadamardPower(centred, 2), ones, evaluate=False)
     return _affine(Standardized(z, mu, _root(var, eps), name, eps, 0), name)
+
+
+def dropout(a, p):
+    """Inverted dropout, ``A ∘ M/(1 − p)``, as ``torch.nn.Dropout(p)``: in training each entry of
+    A is zeroed with probability p and the rest scaled by 1/(1 − p); a fresh mask M every step,
+    drawn inside the kernel from the model's seed (a run reproduces bit for bit, on any thread
+    count); the identity in ``predict`` and ``evaluate``. ``p = 0`` returns A."""
+    _require_matrix(a, "sn.dropout")
+    p = validate.number(p, "p", low=0, below=1, example=0.2, where="sn.dropout")
+    if p == 0:
+        return a
+    streams = {m.stream for m in sp.preorder_traversal(a) if isinstance(m, DropoutMask)}
+    return Dropout(a, DropoutMask(*a.shape, p, max(streams, default=0) + 1))
 
 
 def _root(var, eps):

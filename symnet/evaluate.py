@@ -11,7 +11,7 @@ import sympy as sp
 from . import validate
 from .declare import batch
 from .errors import DataError, DeclarationError, DifferentiationError
-from .functions import Elementwise, Entrywise, RowLogSumExp, Standardized, as_numeric, x
+from .functions import Dropout, DropoutMask, Elementwise, Entrywise, RowLogSumExp, Standardized, as_numeric, x
 
 
 def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None, *,
@@ -23,9 +23,15 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
     contain none (such as ``OneMatrix(n, 3)``)."""
     _check_arguments(expr, values, batch_size)
     symbols = {s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)}
+    symbols |= {m for m in sp.preorder_traversal(expr) if isinstance(m, DropoutMask)}
     missing = sorted(s.name for s in symbols if s.name not in values)
     if missing:
-        raise DataError(f"sn.evaluate: no value given for {missing}")
+        masks = [m for m in missing if any(isinstance(s, DropoutMask) and s.name == m
+                                           for s in symbols)]
+        raise DataError(f"sn.evaluate: no value given for {missing}"
+                        + (f"; {masks[0]} is a dropout mask, drawn in the kernel at every step: "
+                           f"pass a 0/1 array of its shape as values[{masks[0]!r}]"
+                           if masks else ""))
     dtype = np.dtype(dtype)
     arrays = {s: validate.real_array(values[s.name], s.name).astype(dtype) for s in symbols}
     rows = {a.shape[0] for s, a in arrays.items() if s.shape[0] == batch}
@@ -50,7 +56,7 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
     def ev(e):
         if e in memo:
             return memo[e]
-        if isinstance(e, sp.MatrixSymbol):
+        if isinstance(e, (sp.MatrixSymbol, DropoutMask)):
             out = arrays[e]
         elif isinstance(e, sp.Identity):
             out = np.eye(size(e.shape[0]), dtype=dtype)
@@ -82,7 +88,7 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
             args = [ev(a) for a in e.arguments]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 out = np.broadcast_to(np.asarray(f(*args), dtype=dtype), args[0].shape)
-        elif isinstance(e, Standardized):
+        elif isinstance(e, (Standardized, Dropout)):
             out = ev(e.as_entrywise())
         elif isinstance(e, RowLogSumExp):
             z = ev(e.arg)

@@ -25,7 +25,15 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.mathml import MathMLPresentationPrinter
 from sympy.printing.str import StrPrinter
 
-from .functions import Elementwise, Entrywise, RowLogSumExp, ScalarActivation, Standardized
+from .functions import (
+    Dropout,
+    DropoutMask,
+    Elementwise,
+    Entrywise,
+    RowLogSumExp,
+    ScalarActivation,
+    Standardized,
+)
 from .grad import Derivation
 
 # Binding strength of what a node prints as: a part is parenthesised inside a tighter context.
@@ -165,7 +173,7 @@ class Formula:
         if isinstance(e, sp.Symbol) and e in self._slots:
             return self._prec(self._slots[e])
         if isinstance(e, (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity, sp.Symbol,
-                          RowLogSumExp, Iverson, sp.Abs)):
+                          RowLogSumExp, Iverson, sp.Abs, DropoutMask)):
             return ATOM
         if isinstance(e, sp.Number):
             if e.could_extract_minus_sign():
@@ -198,6 +206,8 @@ class Formula:
             return self._prec(self._slotted(e))
         if isinstance(e, Standardized):
             return self._prec(e.as_entrywise())
+        if isinstance(e, Dropout):
+            return PRODUCT
         if isinstance(e, sp.Mul):
             return NEG if e.could_extract_minus_sign() else PRODUCT
         if isinstance(e, sp.Pow):
@@ -430,6 +440,14 @@ class Formula:
 
     def _print_Standardized(self, e):  # (Z1 − 𝟙·μ1)/(𝟙·σ1)
         return self._print(e.as_entrywise())
+
+    def _print_Dropout(self, e):  # A1 ∘ M1/0.8: the kept share 1 − p as a number, not 1.25·…
+        kept = sp.Float(1 - e.mask.p)
+        return self._frac(self._print(sp.HadamardProduct(e.arg, e.mask)), PRODUCT,
+                          self._print(kept), self._prec(kept))
+
+    def _print_DropoutMask(self, e):
+        return self._name(e.name)
 
     def _print_RowLogSumExp(self, e):
         return self._call("logsumexp", self._print(e.arg))

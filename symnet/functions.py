@@ -175,6 +175,48 @@ class Standardized(_Shown, MatrixExpr):
         return self
 
 
+class DropoutMask(MatrixExpr):
+    """``M{stream}``: the mask of one dropout, each entry 1 with probability 1 − p and else 0,
+    drawn anew at every training step inside the kernel (``codegen.intrinsics.random``)."""
+
+    def __new__(cls, rows, cols, p, stream):
+        return MatrixExpr.__new__(cls, sp.sympify(rows), sp.sympify(cols), sp.Float(p),
+                                  sp.Integer(stream))
+
+    shape = property(lambda self: (self.args[0], self.args[1]))
+    p = property(lambda self: self.args[2])
+    stream = property(lambda self: int(self.args[3]))
+    name = property(lambda self: f"M{self.stream}")
+
+    def _sympystr(self, printer):
+        return self.name
+
+    def doit(self, **hints):
+        return self
+
+
+class Dropout(_Shown, MatrixExpr):
+    """Inverted dropout, ``A ∘ M/(1 − p)``; the identity in ``predict`` and ``evaluate``."""
+
+    def __new__(cls, arg, mask):
+        if not isinstance(mask, DropoutMask) or tuple(arg.shape) != tuple(mask.shape):
+            raise DeclarationError(f"Dropout takes a matrix and a DropoutMask of its shape, got "
+                                   f"{arg!r} and {mask!r}")
+        return MatrixExpr.__new__(cls, arg, mask)
+
+    arg = property(lambda self: self.args[0])
+    mask = property(lambda self: self.args[1])
+    shape = property(lambda self: self.args[0].shape)
+
+    def as_entrywise(self):
+        """The same values as an :class:`Entrywise` of A and M."""
+        a, m = sp.symbols("a m", real=True)
+        return Entrywise(sp.Lambda((a, m), a * m / (1 - self.mask.p)), self.arg, self.mask)
+
+    def _entry(self, i, j, **kwargs):
+        return self.as_entrywise()._entry(i, j, **kwargs)
+
+
 # ------------------------------------------------------------------------------ activations
 
 

@@ -18,9 +18,9 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from . import functions as fn
 from .errors import DeclarationError, DifferentiationError
-from .functions import Elementwise, Entrywise, RowLogSumExp, Standardized, x
+from .functions import Dropout, DropoutMask, Elementwise, Entrywise, RowLogSumExp, Standardized, x
 
-LEAVES = (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity)
+LEAVES = (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity, DropoutMask)
 
 
 # ------------------------------------------------------------------------------ VJP rules
@@ -136,6 +136,11 @@ def _column_factor(g, rows, cols):
     return None, g
 
 
+def vjp_dropout(node, g):
+    """G ∘ M/(1 − p): the adjoint passes where the activation did, scaled alike."""
+    yield node.arg, Dropout(g, node.mask)
+
+
 VJP = {
     sp.MatMul: vjp_matmul,
     sp.MatAdd: vjp_matadd,
@@ -146,6 +151,7 @@ VJP = {
     Entrywise: vjp_entrywise,
     RowLogSumExp: vjp_logsumexp,
     Standardized: vjp_standardized,
+    Dropout: vjp_dropout,
 }
 
 
@@ -361,10 +367,13 @@ def name_forward(loss, predictions, params, taken):
 
 
 def _block_labels(order, parents) -> dict:
-    """The names of a normalisation block's parts: its statistics μ1 and σ1, the normalised X̂1
-    and the block's output N1 = X̂1 ∘ 𝟙·γ1 + 𝟙·β1, a layer with an adjoint δN1 of its own."""
+    """The names of the blocks' parts: a dropout's output D1 = A1 ∘ M1/(1 − p); a norm's
+    statistics μ1 and σ1, the normalised X̂1 and the block's output N1 = X̂1 ∘ 𝟙·γ1 + 𝟙·β1, a
+    layer with an adjoint δN1 of its own."""
     labels = {}
     for e in order:
+        if isinstance(e, Dropout):
+            labels.setdefault(e, f"D{e.mask.stream}")
         if isinstance(e, Standardized):
             k = e.label
             labels.setdefault(e.mu, f"μ{k}")

@@ -11,15 +11,15 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
-from codegen.ir import BATCH, SIZE, Buffer, Instr, Op, Program, arg_symbols
+from codegen.ir import BATCH, SIZE, Buffer, Instr, Keep, Op, Program, arg_symbols
 
 from .declare import batch
 from .errors import DifferentiationError
 from .formulas import split_ones, text
-from .functions import Elementwise, Entrywise, RowLogSumExp, Standardized, as_numeric
+from .functions import Dropout, DropoutMask, Elementwise, Entrywise, RowLogSumExp, Standardized, as_numeric
 
 ELEMENTWISE = (sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, Elementwise, Entrywise,
-               Standardized, sp.OneMatrix, sp.ZeroMatrix)
+               Standardized, Dropout, DropoutMask, sp.OneMatrix, sp.ZeroMatrix)
 
 
 def dim(d) -> int | str:
@@ -161,8 +161,10 @@ class Lowering:
             return e.fn(self.scalar(e.arg, args))
         if isinstance(e, Entrywise):
             return e.fn(*[self.scalar(a, args) for a in e.arguments])
-        if isinstance(e, Standardized):  # its statistics are stored, and broadcast by the MAP
+        if isinstance(e, (Standardized, Dropout)):  # statistics broadcast by the MAP
             return self.scalar(e.as_entrywise(), args)
+        if isinstance(e, DropoutMask):  # drawn where it is read, forward and backward alike
+            return Keep.of(e.stream, float(e.p))
         if isinstance(e, sp.MatMul):
             coeff, mats = e.as_coeff_matrices()
             c = coeff.subs(batch, SIZE)

@@ -21,7 +21,7 @@ from .blocks import batch_norms as _batch_norms
 from .declare import batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
-from .functions import Elementwise, ScalarActivation
+from .functions import Dropout, Elementwise, ScalarActivation
 from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive
 from .lower import lower
@@ -118,15 +118,15 @@ class Model:
         self._programs = self._lower()
         self._update = self.optimizer.update()
         self.symbolic_seconds = time.perf_counter() - start
-        init_rng, self._shuffle_rng = (np.random.default_rng(s)
-                                       for s in np.random.SeedSequence(seed).spawn(2))
+        init_seq, shuffle_seq, dropout_seq = np.random.SeedSequence(seed).spawn(3)
+        init_rng, self._shuffle_rng = map(np.random.default_rng, (init_seq, shuffle_seq))
+        self.dropout_seed = int(dropout_seq.generate_state(1)[0])  # keys every dropout mask
         self.params = self._initial_params(init_rng, init)
         self._state = {p: {s: np.zeros_like(v) for s in self._update.state}
                        for p, v in self.params.items()}
         # batch norm's running mean (starts at 0) and variance (at 1): model state, not parameters
-        self.running = {s.name: np.full((1, int(s.shape[1])), float(s.name.startswith("running_var")),
-                                        self.dtype)
-                        for norm in self._norms for s in norm.running}
+        self.running = {s.name: np.full((1, int(s.shape[1])), start, self.dtype)
+                        for norm in self._norms for s, start in zip(norm.running, (0.0, 1.0))}
         self._steps = 0  # the updates applied so far: Adam's bias correction and schedules read it
         self._lock = threading.RLock()  # one call at a time uses the kernels' workspaces
         self._stop = np.zeros(1, np.int64)  # set by Ctrl-C during fit: stop after this step
@@ -204,7 +204,8 @@ class Model:
     def _lower(self):
         """The programs: ``loss_and_grad`` on the batch's statistics; ``train`` (with batch
         norm) the same, and the running statistics updated in place; ``loss`` (evaluate,
-        validation) and ``forward`` (predict) on the running statistics."""
+        validation) and ``forward`` (predict) on the running statistics, with dropout the
+        identity."""
         d = self.derivation
         leaves = {s: "input" for s in [*self.inputs, *self.targets]}
         leaves.update({p: "param" for p in self.param_symbols})
@@ -216,6 +217,7 @@ class Model:
             assigns = {s: value for norm in self._norms for s, value in norm.updates(defs)}
             programs["train"] = lower(defs, roots, {**leaves, **running}, assigns)
         defs = {**defs, **{norm.xhat: norm.at_prediction() for norm in self._norms}}
+        defs = {k: _without_dropout(v) for k, v in defs.items()}
         leaves.update(running)
         programs["loss"] = lower(defs, {"loss": d.loss}, leaves)
         if d.predictions:
@@ -237,8 +239,9 @@ class Model:
         with self._lock:
             params = {k: np.ascontiguousarray(v, dtype=dtype)
                       for k, v in {**self.params, **self.running}.items()}
-            with _backend_errors(self.backend):
-                return self._runner(dtype).run(name, {**feeds, **params})
+            with _backend_errors(self.backend):  # dropout: the masks of the next step
+                return self._runner(dtype).run(name, {**feeds, **params}, self.dropout_seed,
+                                               self._steps)
 
     def compile_kernels(self) -> float:
         """JIT-compile the kernels that fit, evaluate and predict use now instead of on first use
@@ -469,12 +472,12 @@ class Model:
         before = self._snapshot()
         losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
                                                batch_size, self._steps, stop=self._stop,
-                                               running=self.running)
+                                               running=self.running, seed=self.dropout_seed)
         if status is Status.UPDATE:
             self._restore(before)
             _, e, s, t, replayed = runner.train(data, self.params, self._state, orders,
                                                 batch_size, self._steps, limit=t - 1,
-                                                running=self.running)
+                                                running=self.running, seed=self.dropout_seed)
             if replayed is not Status.STOPPED:  # cannot happen: the kernels are deterministic
                 raise DataError(f"replaying the steps before a non-finite update ended with "
                                 f"{replayed.name}, not at that update")
@@ -743,6 +746,12 @@ def _check_prediction(prediction, inputs, params):
             f"the prediction uses {sorted(map(str, stray))}, which are not inputs or "
             f"parameters of the loss; predict() gets only the inputs")
     return expr
+
+
+def _without_dropout(expr):
+    """``expr`` as predict computes it: every dropout A ∘ M/(1 − p) is A."""
+    drops = {e for e in sp.preorder_traversal(expr) if isinstance(e, Dropout)}
+    return expr.xreplace({d: d.arg for d in drops}) if drops else expr
 
 
 def _activation_of_weights(d):

@@ -36,7 +36,7 @@ from . import functions as fn
 from . import optim
 from .declare import batch
 from .errors import DataError, SymnetError
-from .functions import Elementwise, RowLogSumExp, ScalarActivation, Standardized
+from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp, ScalarActivation, Standardized
 from .schedules import Schedule
 
 _SYMPY = [sp.Tuple, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.Abs, sp.Max, sp.Min, sp.sqrt, sp.sin,
@@ -44,7 +44,8 @@ _SYMPY = [sp.Tuple, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.Abs, sp.Max, sp.M
           sp.ceiling, sp.Heaviside, log1p, sp.Piecewise, ExprCondPair, sp.StrictLessThan,
           sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Eq, sp.Ne, sp.And, sp.Or, sp.Not,
           sp.Lambda, sp.MatMul, sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, sp.Transpose,
-          sp.OneMatrix, sp.ZeroMatrix, sp.Identity, Elementwise, RowLogSumExp, Standardized]
+          sp.OneMatrix, sp.ZeroMatrix, sp.Identity, Elementwise, RowLogSumExp, Standardized,
+          Dropout, DropoutMask]
 NODES = {cls.__name__: cls for cls in _SYMPY if isinstance(cls, type)}
 ASSUMPTIONS = ("real", "integer", "positive", "nonnegative")
 BUILTIN = {a.name: a.function for a in (fn.sigmoid, fn.tanh, fn.relu, fn.softplus, fn.hard_sigmoid,
