@@ -1,11 +1,11 @@
-"""Batch norm and layer norm: the formulas, and the numbers against PyTorch in float64."""
+"""Batch norm, layer norm and dropout: the formulas, and the numbers against PyTorch in float64."""
 
 import numpy as np
 import pytest
 from conftest import assert_formulas_are_computed, compiled, make_data
 
 import symnet as sn
-from symnet.formulas import text
+from codegen.intrinsics.random import keep
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -218,3 +218,109 @@ def test_a_norm_as_the_prediction_keeps_its_name_in_the_loss():
                  "δ1 = (𝟙·(gamma1/σ1)) ∘ (n·δP − (𝟙·colsum(X̂1 ∘ δP)) ∘ X̂1 − 𝟙·colsum(δP))/n"):
         assert line in lines, line
     assert_formulas_are_computed(perturbed(model), *make_data(n=6, kind="real"))
+
+
+# ---------------------------------------------------------------------------- dropout
+
+
+def dropout_net(p=0.25):
+    """4 → relu 6 → dropout p → tanh 5 → dropout 0.5 → 3, softmax cross-entropy."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.dropout(sn.relu(sn.dense(X, 6, name="1")), p)
+    h = sn.dropout(sn.tanh(sn.dense(h, 5, name="2")), 0.5)
+    out = sn.dense(h, 3, name="3")
+    return sn.softmax_cross_entropy(out, Y), X, Y, out
+
+
+def dropout_model(backend="numpy", seed=0, dtype="float64"):
+    loss, X, Y, out = dropout_net()
+    return sn.compile(loss, inputs=[X], targets=[Y], prediction=out, dtype=dtype, seed=seed,
+                      backend=backend, optimizer=sn.optim.SGD(lr=0.1))
+
+
+def mask(model, stream, p, shape):
+    """Mask ``stream`` of the model's next step, drawn as the kernels draw it."""
+    rows, cols = (np.arange(d, dtype=np.uint64) for d in shape)
+    with np.errstate(over="ignore"):
+        return keep(model.dropout_seed, model._steps, stream, rows[:, None], cols[None, :], p)
+
+
+def test_dropout_formulas_show_the_mask_and_its_scale():
+    lines = dropout_model().formulas()
+    for line in ("D1 = A1 ∘ M1/0.75", "Z2 = D1·W2 + 𝟙·b2", "D2 = A2 ∘ M2/0.5",
+                 "δ2 = ((δP·W3ᵀ) ∘ M2/0.5) ∘ (1 − A2²)", "δ1 = ((δ2·W2ᵀ) ∘ M1/0.75) ∘ [A1 > 0]",
+                 "∂L/∂W2 = D1ᵀ·δ2"):
+        assert line in lines, line
+
+
+def test_dropout_gradients_match_torch_on_the_same_masks():
+    model = dropout_model()
+    Xb, Yb = make_data(n=9)
+    value, grads = model.loss_and_grad(Xb, Yb)
+    m1, m2 = (torch.tensor(mask(model, k, p, (9, w))) for k, p, w in ((1, 0.25, 6), (2, 0.5, 5)))
+    assert 0 < m1.mean() < 1 and 0 < m2.mean() < 1  # some dropped, some kept
+    p = tensors(model.params)
+    h = torch.relu(torch.tensor(Xb) @ p["W1"] + p["b1"]) * m1 / 0.75
+    h = torch.tanh(h @ p["W2"] + p["b2"]) * m2 / 0.5
+    t_loss = F.cross_entropy(h @ p["W3"] + p["b3"], torch.tensor(Yb).argmax(1))
+    t_loss.backward()
+    assert value == pytest.approx(t_loss.item(), rel=1e-12)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, p[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6  # the same masks for every evaluation of a step
+
+
+def test_dropout_is_the_identity_in_predict_and_evaluate():
+    model = dropout_model()
+    Xb, Yb = make_data(n=9)
+    p = {k: torch.tensor(v) for k, v in model.params.items()}
+    h = torch.tanh(torch.relu(torch.tensor(Xb) @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"])
+    logits = (h @ p["W3"] + p["b3"]).numpy()
+    np.testing.assert_allclose(model.predict(Xb), logits, rtol=1e-12)
+    t_loss = F.cross_entropy(torch.tensor(logits), torch.tensor(Yb).argmax(1)).item()
+    assert model.evaluate(Xb, Yb)["loss"] == pytest.approx(t_loss, rel=1e-12)
+
+
+def test_dropout_draws_a_fresh_mask_every_step_and_reproduces_bit_for_bit():
+    Xd, Yd = make_data(n=40, seed=2)
+    runs = []
+    for backend, seed in (("numpy", 0), ("numba", 0), ("numba", 0), ("numba", 1)):
+        model = dropout_model(backend, seed)
+        before = model.loss_and_grad(Xd[:8], Yd[:8])[0]
+        model.fit(Xd, Yd, epochs=2, batch_size=8, shuffle=False, verbose=False)
+        runs.append(model)
+    numpy_run, first, again, other = runs
+    for k in first.params:
+        np.testing.assert_array_equal(again.params[k], first.params[k])
+        np.testing.assert_allclose(numpy_run.params[k], first.params[k], rtol=1e-12, atol=1e-14)
+    assert any(not np.array_equal(other.params[k], first.params[k]) for k in first.params)
+    # step 10's masks differ from step 0's
+    assert not np.array_equal(mask(first, 1, 0.25, (8, 6)), mask(dropout_model(), 1, 0.25, (8, 6)))
+    assert first.loss_and_grad(Xd[:8], Yd[:8])[0] != before
+    kept = mask(first, 1, 0.25, (4000, 50)).mean()
+    assert kept == pytest.approx(0.75, abs=0.01)
+
+
+@pytest.mark.parametrize("p", [1, 1.5, -0.1])
+def test_a_dropout_rate_outside_0_to_1_is_refused(p):
+    with pytest.raises(sn.DeclarationError, match=r"p must be a finite real number ≥ 0 and < 1"):
+        sn.dropout(sn.Input("X", 3), p)
+
+
+def test_dropout_of_zero_is_the_input_and_evaluate_asks_for_a_mask():
+    X = sn.Input("X", 3)
+    assert sn.dropout(X, 0) == X
+    model = dropout_model()
+    with pytest.raises(sn.DataError, match=r"M1 is a dropout mask.*values\['M1'\]"):
+        sn.evaluate(model.gradients[next(iter(model.gradients))], {"X": np.ones((2, 4)),
+                                                                   "Y": np.ones((2, 3)),
+                                                                   **model.params})
+
+
+def test_dropout_models_save_and_load(tmp_path):
+    model = dropout_model()
+    model.save(tmp_path / "m.npz")
+    loaded = sn.load(tmp_path / "m.npz")
+    assert loaded.formulas() == model.formulas()
+    X = make_data(n=5)[0]
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))

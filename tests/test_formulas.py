@@ -18,7 +18,7 @@ from test_gradients import ACTIVATIONS, LOSSES
 
 import symnet as sn
 from symnet import formulas
-from symnet.functions import Elementwise, Entrywise, ScalarActivation, as_numeric, x
+from symnet.functions import DropoutMask, Elementwise, Entrywise, ScalarActivation, as_numeric, x
 
 REQUIRE_TOOLS = os.environ.get("SYMNET_REQUIRE_TOOLS") == "1"  # set by .ci/run
 
@@ -55,6 +55,8 @@ def _declarations():
     for name, norm in (("batch_norm", sn.batch_norm), ("layer_norm", sn.layer_norm)):
         out = sn.dense(sn.relu(norm(sn.dense(X, 5, name="1"), "1")), 3, name="2")
         yield f"block-{name}", (sn.softmax_cross_entropy(out, Y), X, Y, out, "onehot")
+    out = sn.dense(sn.dropout(sn.dense(X, 5, sn.tanh), 0.3), 3)
+    yield "block-dropout", (sn.softmax_cross_entropy(out, Y), X, Y, out, "onehot")
 
 
 DECLARATIONS = dict(_declarations())
@@ -129,6 +131,11 @@ def check_equation(eq, values, functions):
 
 def check_model(model, Xb, Yb):
     values = {"X": Xb, "Y": Yb, "n": Xb.shape[0], **model.params}
+    rng = np.random.default_rng(0)
+    for eq in model.derivation.equations:  # dropout masks: any 0/1 matrices of their shapes
+        for m in sp.preorder_traversal(eq.rhs):
+            if isinstance(m, DropoutMask) and m.name not in values:
+                values[m.name] = rng.integers(0, 2, (Xb.shape[0], int(m.shape[1])))
     functions = activations_of(model)
     for derivation in (model.derivation, model.raw_derivation()):
         env = dict(values)
@@ -182,8 +189,8 @@ HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "hard_tanh
 
 @st.composite
 def architectures(draw):
-    """A random MLP: 1–3 hidden layers of 1–5 units, any activation, each with or without a
-    batch or layer norm, any loss, an optional penalty, the prediction given or not."""
+    """A random MLP: 1–3 hidden layers of 1–5 units, any activation, each with a batch or layer
+    norm or a dropout or neither, any loss, an optional penalty, the prediction given or not."""
     X, Y = sn.Input("X", 3), sn.Input("Y", 2)
     h = X
     for k in range(1, draw(st.integers(1, 3)) + 1):
@@ -191,6 +198,7 @@ def architectures(draw):
         norm = draw(st.sampled_from([None, sn.batch_norm, sn.layer_norm]))
         if norm is None:
             h = sn.dense(h, draw(st.integers(1, 5)), act, name=str(k))
+            h = sn.dropout(h, draw(st.sampled_from([0, 0.5])))
         else:  # a norm between the layer and its activation
             h = act(norm(sn.dense(h, draw(st.integers(2, 5)), name=str(k)), str(k)))
     out = sn.dense(h, 2)

@@ -105,10 +105,11 @@ def test_one_two_and_four_threads_train_to_the_same_parameters_bit_for_bit(monke
         assert other.loss_and_grad(*data(64))[0] == alone.loss_and_grad(*data(64))[0]
 
 
-def test_norms_train_to_the_same_numbers_on_one_two_and_four_threads(monkeypatch):
-    """Batch norm's column statistics and running updates, layer norm's row statistics."""
+def test_blocks_train_to_the_same_numbers_on_one_two_and_four_threads(monkeypatch):
+    """Batch norm's column statistics and running updates, dropout's masks (drawn by whichever
+    thread computes a piece), layer norm's row statistics."""
     X, Y = sn.Input("X", 192), sn.Input("Y", 3)
-    h = sn.relu(sn.batch_norm(sn.dense(X, 256, name="1"), "1"))
+    h = sn.dropout(sn.relu(sn.batch_norm(sn.dense(X, 256, name="1"), "1")), 0.2)
     h = sn.tanh(sn.layer_norm(sn.dense(h, 256, name="2"), "2"))
     out = sn.dense(h, 3, name="3")
     runs = []
