@@ -425,6 +425,7 @@ def save_model(model, path) -> None:
         "targets": [encode(s) for s in model.targets],
         "optimizer": encode_optimizer(model.optimizer),
         "dtype": model.dtype.name, "backend": model.backend, "steps": model._steps,
+        "dropout_seed": model.dropout_seed,  # training on after a load draws the same masks
     }
     arrays = {"meta": np.array(json.dumps(meta))}
     arrays.update({f"param/{k}": v for k, v in model.params.items()})
@@ -463,6 +464,7 @@ def load_model(path, backend: str | None = None):
             for k, value in model.running.items():
                 _read_into(archive, f"running/{k}", value)
     model._steps = meta["steps"]
+    model.dropout_seed = meta.get("dropout_seed", model.dropout_seed)
     return model
 
 
@@ -532,6 +534,9 @@ def _check_meta(meta, backends) -> dict:
         "loss": (lambda v: isinstance(v, list), "an expression"),
         "optimizer": (lambda v: isinstance(v, dict), "an optimizer"),
     }
+    if "dropout_seed" in meta:  # written since dropout; older files draw new masks
+        checks["dropout_seed"] = (lambda v: isinstance(v, int) and not isinstance(v, bool)
+                                  and 0 <= v < 2**63, "a non-negative integer")
     for key, (ok, expected) in checks.items():
         if not ok(meta[key]):
             raise DataError(f"its {key} is {_short(meta[key])}; expected {expected}")

@@ -322,5 +322,9 @@ def test_dropout_models_save_and_load(tmp_path):
     model.save(tmp_path / "m.npz")
     loaded = sn.load(tmp_path / "m.npz")
     assert loaded.formulas() == model.formulas()
-    X = make_data(n=5)[0]
+    X, Y = make_data(n=10)
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    for m in (model, loaded):  # training on draws the same masks
+        m.fit(X, Y, epochs=1, batch_size=5, shuffle=False, verbose=False)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(loaded.params[k], v)
