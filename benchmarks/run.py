@@ -43,13 +43,17 @@ THREADS = {k: "2" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_
 THREADS["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
 
 
-def metric(w, params, X, Y):
-    """Test accuracy (classification) or final training loss, by one NumPy forward pass."""
+def metric(w, params, X, Y, running=None):
+    """Test accuracy (classification) or final training loss, by one NumPy forward pass: batch
+    norm on the ``running`` statistics, dropout the identity."""
     h = X.astype(np.float64)
     L = len(w.sizes) - 1
     for k in range(1, L + 1):
         h = h @ params[f"W{k}"].astype(np.float64) + params[f"b{k}"]
         if k < L:
+            if w.norm:
+                mean, var = running[f"running_mean{k}"], running[f"running_var{k}"]
+                h = (h - mean) / np.sqrt(var + 1e-5) * params[f"gamma{k}"] + params[f"beta{k}"]
             h = np.maximum(h, 0) if w.activation == "relu" else 1 / (1 + np.exp(-h))
         elif w.output == "sigmoid":
             h = 1 / (1 + np.exp(-h))
@@ -61,14 +65,17 @@ def metric(w, params, X, Y):
 def grad_agreement(w, peer, data, params):
     """Max relative difference of the peer's float64 gradients from symnet's on one batch."""
     if not hasattr(peer, "grads"):
-        return None
+        return None  # (with dropout, on the loss without it: the peers' masks differ)
     from .peers import symnet_peer
 
     B = min(w.batch or len(data[0]), 64)
     X, Y = (a[:B].astype(np.float64) for a in data[:2])
     p64 = {k: v.astype(np.float64) for k, v in params.items()}
     ours, theirs = symnet_peer.grads(w, p64, X, Y), peer.grads(w, p64, X, Y)
-    return max(float(np.max(np.abs(ours[k] - theirs[k])) / (np.max(np.abs(ours[k])) + 1e-30))
+    # a bias before a batch norm has a gradient of 0 up to rounding: against 1e-6 of the
+    # largest gradient, not against its own rounding noise
+    floor = 1e-6 * max(float(np.max(np.abs(g))) for g in ours.values())
+    return max(float(np.max(np.abs(ours[k] - theirs[k])) / max(np.max(np.abs(ours[k])), floor))
                for k in ours)
 
 
@@ -84,9 +91,10 @@ def run_one(workload: str, peer_name: str) -> dict:
     result = peer.train(w, data, params0)
     rounds = result.pop("round_s")
     params = result.pop("params")
+    running = result.pop("running", None)
     out = {"workload": workload, "peer": peer_name, **result,
            "first_epoch_s": rounds[0], "epoch_s": statistics.median(rounds[1:]),
-           "rounds_s": rounds, "metric": metric(w, params, *data[2:]),
+           "rounds_s": rounds, "metric": metric(w, params, *data[2:], running),
            "metric_name": "test accuracy" if w.classification else "final loss",
            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if peer_name != "symnet":

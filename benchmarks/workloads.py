@@ -24,10 +24,21 @@ class Workload:
     epochs: int  # measured rounds (the first, then the steady ones)
     steps_per_round: int = 1  # full-batch workloads: steps per measured round
     shuffle: bool = True
+    norm: bool = False  # batch norm (torch.nn.BatchNorm1d's defaults) before each hidden activation
+    dropout: tuple[float, ...] = ()  # per hidden layer, after its activation (0: none)
 
     @property
     def classification(self) -> bool:
         return self.data == "fashion-mnist"
+
+    @property
+    def blocks(self) -> bool:
+        """Batch norm or dropout: what only symnet, PyTorch and JAX express here."""
+        return self.norm or any(self.dropout)
+
+    def rate(self, k: int) -> float:
+        """Hidden layer ``k``'s dropout rate (k from 1)."""
+        return self.dropout[k - 1] if k <= len(self.dropout) else 0.0
 
 
 WORKLOADS = {
@@ -40,8 +51,15 @@ WORKLOADS = {
                  0.01, 512, "he", "fashion-mnist", epochs=4),
         Workload("tiny", (1, 10, 1), "relu", "identity", "mse", "adam", 1e-3, None, "he", "line",
                  epochs=4, steps_per_round=1000, shuffle=False),
+        Workload("bn-dropout", (784, 256, 128, 10), "relu", "identity", "softmax_ce", "adam", 1e-3,
+                 128, "he", "fashion-mnist", epochs=4, norm=True, dropout=(0.2, 0.0)),
     ]
 }
+
+
+def without_blocks(w: Workload) -> str | None:
+    """``applicable(w)`` of the peers that implement the plain MLP only."""
+    return "not applicable: this peer has no batch norm or dropout" if w.blocks else None
 
 
 def load_data(w: Workload):
@@ -58,7 +76,8 @@ def load_data(w: Workload):
 
 
 def initial_params(w: Workload, seed: int = 0) -> dict[str, np.ndarray]:
-    """``{"W1": …, "b1": …, …}``: weights by the workload's scheme, zero biases."""
+    """``{"W1": …, "b1": …, …}``: weights by the workload's scheme, zero biases; with batch
+    norm its gains ``gamma{k}`` at 1 and shifts ``beta{k}`` at 0."""
     rng = np.random.default_rng(seed)
     params = {}
     for k, (fan_in, fan_out) in enumerate(zip(w.sizes, w.sizes[1:]), start=1):
@@ -68,6 +87,9 @@ def initial_params(w: Workload, seed: int = 0) -> dict[str, np.ndarray]:
             W = rng.normal(0, np.sqrt(2 / fan_in), (fan_in, fan_out))
         params[f"W{k}"] = W.astype(np.float32)
         params[f"b{k}"] = np.zeros((1, fan_out), np.float32)
+        if w.norm and k < len(w.sizes) - 1:
+            params[f"gamma{k}"] = np.ones((1, fan_out), np.float32)
+            params[f"beta{k}"] = np.zeros((1, fan_out), np.float32)
     return params
 
 

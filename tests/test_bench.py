@@ -1,7 +1,9 @@
 """`symnet bench` end to end on the smallest workload with the peers that need no extra."""
 
+import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from symnet.cli import main
@@ -185,3 +187,26 @@ def test_symnet_bench_passes_load_on(monkeypatch):
     assert main(["bench", "--workload", "tiny", "--load"]) == 0
     assert main(["bench", "--workload", "tiny"]) == 0
     assert seen == [["--workload", "tiny", "--load"], ["--workload", "tiny"]]
+
+
+def test_the_blocks_workload_agrees_with_torch_and_jax_and_the_plain_peers_decline_it():
+    """bn-dropout: the float64 gradients of batch norm (dropout off: the masks differ) agree
+    with torch's and JAX's; the biases before a norm, whose gradient is rounding noise, do not
+    count against it. The NumPy metric reads the running statistics."""
+    from benchmarks.run import grad_agreement, metric
+    from benchmarks.workloads import WORKLOADS, initial_params
+
+    w = WORKLOADS["bn-dropout"]
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(0, 1, (40, 784)), np.eye(10)[rng.integers(0, 10, 40)])
+    params = initial_params(w)
+    peers = ["torch_peer"] + (["jax_common"] if importlib.util.find_spec("jax") else [])
+    for name in peers:
+        peer = importlib.import_module(f"benchmarks.peers.{name}")
+        assert grad_agreement(w, peer, data, params) < 1e-8, name
+    for name in ("hand_numba", "numpy_peer", "sklearn_peer"):
+        peer = importlib.import_module(f"benchmarks.peers.{name}")
+        assert "not applicable" in peer.applicable(w), name
+    running = {f"running_{s}{k}": np.full((1, w.sizes[k]), v) for k in (1, 2)
+               for s, v in (("mean", 0.0), ("var", 1.0))}
+    assert 0 <= metric(w, params, *data, running) <= 1

@@ -8,8 +8,10 @@ import time
 import autograd
 import autograd.numpy as anp
 
-from ..workloads import minibatches, timed_rounds
+from ..workloads import minibatches, timed_rounds, without_blocks
 from .numpy_peer import Optimizer
+
+applicable = without_blocks  # the plain MLP only
 
 
 def loss_fn(w):

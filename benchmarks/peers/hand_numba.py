@@ -12,7 +12,9 @@ import numpy as np
 
 from codegen.intrinsics.fpmode import FTZ_DAZ, get_fpmode, set_fpmode
 
-from ..workloads import timed_rounds
+from ..workloads import timed_rounds, without_blocks
+
+applicable = without_blocks  # the plain MLP only
 
 
 def make_epoch(w):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..workloads import minibatches, timed_rounds
-from .jax_common import grads, init_state, make_step
+from .jax_common import grads, init_state, make_step, running_of
 
 __all__ = ["grads", "train"]
 
@@ -30,4 +30,5 @@ def train(w, data, params0):
 
     rounds = timed_rounds(w, len(Xtr), run_epoch, sync=lambda: jax.block_until_ready(carry[0]))
     return {"setup_s": setup, "round_s": rounds,
-            "params": {k: np.asarray(v) for k, v in carry[0].items()}}
+            "params": {k: np.asarray(v) for k, v in carry[0].items()},
+            "running": running_of(carry[1])}

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..workloads import round_rng
-from .jax_common import grads, init_state, make_step
+from .jax_common import grads, init_state, make_step, running_of
 
 __all__ = ["grads", "train"]
 
@@ -66,4 +66,4 @@ def train(w, data, params0):
         jax.block_until_ready(ps)
         rounds.append(time.perf_counter() - begin)
     return {"setup_s": setup, "round_s": rounds,
-            "params": {k: np.asarray(v) for k, v in ps.items()}}
+            "params": {k: np.asarray(v) for k, v in ps.items()}, "running": running_of(state)}

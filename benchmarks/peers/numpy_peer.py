@@ -6,7 +6,9 @@ import time
 
 import numpy as np
 
-from ..workloads import minibatches, timed_rounds
+from ..workloads import minibatches, timed_rounds, without_blocks
+
+applicable = without_blocks  # the plain MLP only
 
 
 def act(w, z, last):

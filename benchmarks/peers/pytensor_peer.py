@@ -18,7 +18,9 @@ import numpy as np  # noqa: E402
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
-from ..workloads import minibatches, timed_rounds  # noqa: E402
+from ..workloads import minibatches, timed_rounds, without_blocks  # noqa: E402
+
+applicable = without_blocks  # the plain MLP only
 
 MODE = None  # pytensor's default: FAST_RUN with the C backend
 

@@ -15,6 +15,8 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 
 def applicable(w):
+    if w.blocks:
+        return "not applicable: scikit-learn's MLP has no batch norm or dropout"
     if w.optimizer == "adagrad" or w.output == "sigmoid":
         return "not applicable: scikit-learn's MLP has no AdaGrad and no sigmoid output with SSE"
     return None

@@ -18,11 +18,13 @@ OPTIMIZERS = {"adagrad": lambda lr: sn.optim.AdaGrad(lr=lr),
               "sgd_momentum": lambda lr: sn.optim.SGD(lr=lr, momentum=0.9)}
 
 
-def build(w, dtype="float32", backend="numba"):
+def build(w, dtype="float32", backend="numba", dropout=True):
     X, Y = sn.Input("X", w.sizes[0]), sn.Input("Y", w.sizes[-1])
     h = X
     for k, units in enumerate(w.sizes[1:-1], start=1):
-        h = sn.dense(h, units, ACTIVATIONS[w.activation], name=str(k))
+        z = sn.dense(h, units, name=str(k))
+        h = ACTIVATIONS[w.activation](sn.batch_norm(z, str(k)) if w.norm else z)
+        h = sn.dropout(h, w.rate(k) if dropout else 0)
     out = sn.dense(h, w.sizes[-1], ACTIVATIONS[w.output], name=str(len(w.sizes) - 1))
     loss = {"sse": sn.sse, "mse": sn.mse, "softmax_ce": sn.softmax_cross_entropy}[w.loss](out, Y)
     return sn.compile(loss, inputs=[X], targets=[Y], prediction=out, dtype=dtype, seed=0,
@@ -67,11 +69,11 @@ def train(w, data, params0, backend="numba"):
     rounds = [fit_round(model, w, Xtr, Ytr, r) for r in range(w.epochs)]
     growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     return {"setup_s": setup_s, "round_s": rounds, "params": model.params,
-            "symbolic_s": symbolic_s, "peak_growth_mb": growth}
+            "running": model.running, "symbolic_s": symbolic_s, "peak_growth_mb": growth}
 
 
 def grads(w, params, X, Y):
-    model = build(w, dtype="float64", backend="numpy")
+    model = build(w, dtype="float64", backend="numpy", dropout=False)  # the peers' masks differ
     for k, v in params.items():
         model.params[k][...] = v
     return model.loss_and_grad(X, Y)[1]

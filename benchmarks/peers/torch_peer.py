@@ -9,17 +9,30 @@ import torch
 from ..workloads import minibatches, timed_rounds
 
 
-def build(w, params, dtype=torch.float32):
+def build(w, params, dtype=torch.float32, dropout=True):
+    """The parameters as tensors and the training loss; ``running``, the batch norms' running
+    statistics (torch.nn.BatchNorm1d's buffers), is updated by every loss evaluation."""
     ps = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in params.items()}
     L = len(w.sizes) - 1
     act = torch.relu if w.activation == "relu" else torch.sigmoid
+    F = torch.nn.functional
+    running = {}
+    for k in range(1, L):
+        if w.norm:
+            running[f"running_mean{k}"] = torch.zeros(w.sizes[k], dtype=dtype)
+            running[f"running_var{k}"] = torch.ones(w.sizes[k], dtype=dtype)
 
     def loss_fn(X, Y):
         h = X
         for k in range(1, L + 1):
             h = h @ ps[f"W{k}"] + ps[f"b{k}"]
             if k < L:
+                if w.norm:
+                    h = F.batch_norm(h, running[f"running_mean{k}"], running[f"running_var{k}"],
+                                     ps[f"gamma{k}"][0], ps[f"beta{k}"][0], training=True)
                 h = act(h)
+                if dropout and w.rate(k):
+                    h = F.dropout(h, w.rate(k))
             elif w.output == "sigmoid":
                 h = torch.sigmoid(h)
         if w.loss == "sse":
@@ -28,6 +41,7 @@ def build(w, params, dtype=torch.float32):
             return torch.nn.functional.mse_loss(h, Y)
         return torch.nn.functional.cross_entropy(h, Y)  # Y one-hot: probabilities as targets
 
+    loss_fn.running = running
     return ps, loss_fn
 
 
@@ -64,10 +78,11 @@ def train(w, data, params0):
 
     rounds = timed_rounds(w, len(Xtr), run_epoch)
     return {"setup_s": setup, "round_s": rounds,
-            "params": {k: v.detach().numpy() for k, v in ps.items()}}
+            "params": {k: v.detach().numpy() for k, v in ps.items()},
+            "running": {k: v.numpy()[None] for k, v in loss_fn.running.items()}}
 
 
 def grads(w, params, X, Y):
-    ps, loss_fn = build(w, params, torch.float64)
+    ps, loss_fn = build(w, params, torch.float64, dropout=False)
     loss_fn(torch.from_numpy(X), torch.from_numpy(Y)).backward()
     return {k: v.grad.numpy() for k, v in ps.items()}
