@@ -118,9 +118,11 @@ RESERVED = {"np", "nb", "math", "rt", "DT", "FASTMATH", "CACHE", "n", "nf", "i",
 
 
 def identifier(name: str, used: set[str]) -> str:
-    """``name`` if it is a free Python identifier the module does not use itself, else a fresh
-    ``_b{k}``; recorded in ``used``."""
-    ok = name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
+    """``name`` if it is a free ASCII Python identifier the module does not use itself, else a
+    fresh ``_b{k}`` (the stage functions rename arrays by ASCII patterns: an input named ω or α
+    kept its name and was read as an undefined global); recorded in ``used``."""
+    ok = name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
+    ok = ok and name not in RESERVED
     ok = ok and not name.startswith(("_", "s_", "d_", "z_", "acc_", "P_", "sz_"))
     out = name if ok and name not in used else f"_b{len(used)}"
     used.add(out)
