@@ -397,6 +397,29 @@ def factor_scalar(e, ctx):
     return sp.MatMul(common, inner)
 
 
+def factor_hadamard(e, ctx):
+    """F∘A − F∘B → F∘(A − B) for an entrywise factor F of every term: a weighted loss's
+    (ω̃·𝟙) ∘ softmax(Z) − (ω̃·𝟙) ∘ Y → (ω̃·𝟙) ∘ (softmax(Z) − Y)."""
+    if not isinstance(e, sp.MatAdd):
+        return None
+    terms = []
+    for t in e.args:
+        c, ms = t.as_coeff_matrices() if isinstance(t, sp.MatMul) else (sp.Integer(1), [t])
+        if len(ms) != 1 or not isinstance(ms[0], sp.HadamardProduct):
+            return None
+        terms.append((c, list(ms[0].args)))
+    common = set(terms[0][1]).intersection(*(set(f) for _, f in terms[1:]))
+    if not common:
+        return None
+    factor = min(common, key=sp.default_sort_key)
+    rest = []
+    for c, factors in terms:
+        factors.remove(factor)
+        inner = factors[0] if len(factors) == 1 else sp.HadamardProduct(*factors)
+        rest.append(inner if c == 1 else sp.MatMul(c, inner))
+    return sp.HadamardProduct(factor, sp.MatAdd(*rest))
+
+
 def fold_numbers(e, ctx):
     """(x ↦ c·x).(M) → c·M, and a positive number factored out of an entrywise body, so that
     numbers multiply out: λ/2·(2·W) → λ·W, 1/(2n)·(2·(P − Y)) → (P − Y)/n."""
@@ -573,7 +596,8 @@ def _rules(*fns):
 FORWARD = _rules(compose_elementwise, stable_log_sigmoid, drop_identity, regroup_layers,
                  keep_layers, fuse_entrywise, absorb_sign)
 ADJOINT = _rules(sympy_canonical, hadamard_ones, constant_elementwise, fold_numbers, output_form,
-                 logistic_form, simplify_scalar, drop_identity, absorb_sign, factor_scalar)
+                 logistic_form, simplify_scalar, drop_identity, absorb_sign, factor_scalar,
+                 factor_hadamard)
 
 
 def simplify_forward(expr, layers=frozenset(), fired=None):
