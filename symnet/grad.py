@@ -19,6 +19,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from . import functions as fn
 from .errors import DeclarationError, DifferentiationError
 from .functions import Dropout, DropoutMask, Elementwise, Entrywise, RowLogSumExp, Standardized, x
+from .weighting import scaled_weights
 
 LEAVES = (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity, DropoutMask)
 
@@ -367,11 +368,14 @@ def name_forward(loss, predictions, params, taken):
 
 
 def _block_labels(order, parents) -> dict:
-    """The names of the blocks' parts: a dropout's output D1 = A1 ∘ M1/(1 − p); a norm's
+    """The names of the blocks' parts (and of a weighted loss's scaled weights ω̃): a dropout's
+    output D1 = A1 ∘ M1/(1 − p); a norm's
     statistics μ1 and σ1, the normalised X̂1 and the block's output N1 = X̂1 ∘ 𝟙·γ1 + 𝟙·β1, a
     layer with an adjoint δN1 of its own."""
     labels = {}
     for e in order:
+        if e == scaled_weights():
+            labels.setdefault(e, "ω̃")
         if isinstance(e, Dropout):
             labels.setdefault(e, f"D{e.mask.stream}")
         if isinstance(e, Standardized):

@@ -15,7 +15,7 @@ import sympy as sp
 from codegen.ir import CodegenError, Status
 from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 
-from . import formulas, interrupts, optim, serialize, validate
+from . import formulas, interrupts, optim, serialize, validate, weighting
 from . import init as initialisers
 from .blocks import batch_norms as _batch_norms
 from .declare import batch
@@ -115,7 +115,8 @@ class Model:
                                  simplify=simplify_adjoint, taken=self._taken)
         self._raw = None
         self._norms = _batch_norms(self.derivation)
-        self._programs = self._lower()
+        self._programs = self._lower(self.derivation, self._norms)
+        self._weighted = None  # (derivation, programs, runners) of fit(sample_weight=...)
         self._update = self.optimizer.update()
         self.symbolic_seconds = time.perf_counter() - start
         init_seq, shuffle_seq, dropout_seq = np.random.SeedSequence(seed).spawn(3)
@@ -155,9 +156,13 @@ class Model:
                                taken=self._taken)
         return self._raw
 
-    def formulas(self, raw: bool = False) -> str:
+    def formulas(self, raw: bool = False, weighted: bool = False) -> str:
         """Forward, backprop and gradient equations, and the optimizer's update, as text. With
-        ``raw=True`` each backprop equation is followed by its unsimplified chain-rule form."""
+        ``raw=True`` each backprop equation is followed by its unsimplified chain-rule form;
+        with ``weighted=True`` they are those of ``fit(sample_weight=...)``, whose batch means
+        weigh each row by ω."""
+        if weighted:
+            return formulas.as_text(self._weighted_variant()[0], optimizer=self.optimizer)
         return formulas.as_text(self.derivation, self.raw_derivation() if raw else None,
                                 optimizer=self.optimizer)
 
@@ -201,22 +206,23 @@ class Model:
         return self._runner(self.dtype).source
 
     # ------------------------------------------------------------------ programs
-    def _lower(self):
+    def _lower(self, d, norms, weights=()):
         """The programs: ``loss_and_grad`` on the batch's statistics; ``train`` (with batch
         norm) the same, and the running statistics updated in place; ``loss`` (evaluate,
         validation) and ``forward`` (predict) on the running statistics, with dropout the
-        identity."""
-        d = self.derivation
-        leaves = {s: "input" for s in [*self.inputs, *self.targets]}
+        identity. With ``weights`` (the input ω of a weighted derivation), the first two only."""
+        leaves = {s: "input" for s in [*self.inputs, *self.targets, *weights]}
         leaves.update({p: "param" for p in self.param_symbols})
         defs = d.definitions()
         roots = {"loss": d.loss, **{p.name: eq.lhs for p, eq in d.gradients.items()}}
         programs = {"loss_and_grad": lower(defs, roots, leaves)}
-        running = {s: "state" for norm in self._norms for s in norm.running}
+        running = {s: "state" for norm in norms for s in norm.running}
         if running:
-            assigns = {s: value for norm in self._norms for s, value in norm.updates(defs)}
+            assigns = {s: value for norm in norms for s, value in norm.updates(defs)}
             programs["train"] = lower(defs, roots, {**leaves, **running}, assigns)
-        defs = {**defs, **{norm.xhat: norm.at_prediction() for norm in self._norms}}
+        if weights:
+            return programs
+        defs = {**defs, **{norm.xhat: norm.at_prediction() for norm in norms}}
         defs = {k: _without_dropout(v) for k, v in defs.items()}
         leaves.update(running)
         programs["loss"] = lower(defs, {"loss": d.loss}, leaves)
@@ -226,13 +232,25 @@ class Model:
                                                        d.predictions)), pred_leaves)
         return programs
 
-    def _runner(self, dtype=None):
+    def _runner(self, dtype=None, weighted=False):
+        """The backend's runner of the model's programs in ``dtype``, or of the weighted ones."""
+        programs, runners = (self._weighted_variant()[1:] if weighted
+                             else (self._programs, self._runners))
         key = np.dtype(dtype or self.dtype).name
-        if key not in self._runners:
+        if key not in runners:
             with _backend_errors(self.backend):
-                self._runners[key] = _backend_class(self.backend)(self._programs, self._update,
-                                                                  key)
-        return self._runners[key]
+                runners[key] = _backend_class(self.backend)(programs, self._update, key)
+        return runners[key]
+
+    def _weighted_variant(self):
+        """``(derivation, programs, runners)`` of the loss whose batch means weigh each row by
+        the input ω (:mod:`symnet.weighting`); derived and lowered on first use."""
+        if self._weighted is None:
+            d = derive(weighting.weighted(self.stable_loss), self.param_symbols,
+                       prediction=tuple(map(self.derivation.expand, self.derivation.predictions)),
+                       simplify=simplify_adjoint, taken=self._taken | {weighting.OMEGA.name})
+            self._weighted = (d, self._lower(d, _batch_norms(d), [weighting.OMEGA]), {})
+        return self._weighted
 
     def _run(self, name, feeds, dtype=None):
         dtype = np.dtype(dtype or self.dtype)
@@ -379,6 +397,16 @@ class Model:
             result["accuracy"] = float(np.mean((pred > 0.5) == (target > 0.5)))
         return result
 
+    def _class_labels(self, feeds):
+        """Each row's class, for ``class_weight``: the argmax of a k ≥ 2 column target, the 0/1
+        of one column; None for other targets."""
+        if len(self.targets) != 1:
+            return None
+        target = feeds[self.targets[0].name]
+        if target.shape[1] >= 2:
+            return target.argmax(1)
+        return target[:, 0].astype(np.int64) if np.isin(target, (0, 1)).all() else None
+
     def _binary_classifier(self) -> bool:
         """One target column and a prediction σ(Z): a probability, thresholded at 0.5."""
         pred = self.prediction_expr
@@ -387,13 +415,16 @@ class Model:
 
     def fit(self, X, Y=None, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
             validation_data=None, early_stopping: int | None = None, verbose: bool = True,
-            seed: int | None = None) -> History:
+            seed: int | None = None, sample_weight=None, class_weight=None) -> History:
         """Train with the model's optimizer; returns the per-epoch :class:`History`.
 
         The backend runs whole epochs per call: without ``validation_data`` several epochs at a
         time (``seconds`` is then their mean). ``early_stopping=patience`` stops once the
         validation loss has not fallen for ``patience`` epochs and restores the parameters (and
         optimizer state) of the best epoch. ``seed`` overrides the model's shuffling generator.
+        ``sample_weight`` (one weight ≥ 0 per row) and ``class_weight`` (``{class: weight}`` or
+        ``"balanced"``) make each batch's loss the weighted mean Σωℓ/Σω, as torch's ``weight=``;
+        ``formulas(weighted=True)`` shows that derivation. Validation stays unweighted.
         """
         epochs = validate.integer(epochs, "epochs", low=0, error=DataError)
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
@@ -411,6 +442,10 @@ class Model:
         val_feeds = self._validation_feeds(validation_data)
         data = {k: feeds[k] for k in [s.name for s in (*self.inputs, *self.targets)]}
         rows = _rows(feeds)
+        weighted = sample_weight is not None or class_weight is not None
+        if weighted:
+            w = weighting.row_weights(rows, self._class_labels(feeds), sample_weight, class_weight)
+            data[weighting.OMEGA.name] = w.astype(self.dtype).reshape(rows, 1)
         if self._norms and (rows - 1) % batch_size == 0:
             fix = (f"pass batch_size={next(b for b in range(batch_size + 1, rows + 1) if (rows - 1) % b)}"
                    if rows > 1 else "train on at least 2 rows")
@@ -419,7 +454,7 @@ class Model:
                             f"is 0 (torch refuses it too); {fix}")
         rng = np.random.default_rng(seed) if seed is not None else self._shuffle_rng
         sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
-        runner = self._runner()
+        runner = self._runner(weighted=weighted)
         hist, best = History(), None
         tqdm = _progress_bar()
         bar = tqdm(total=epochs, unit="epoch", disable=not verbose, leave=False)
