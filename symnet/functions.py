@@ -325,6 +325,7 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
     definition = sp.Lambda(x, expr.subs(var, x))
     stable = definition if numeric is None else sp.Lambda(x, numeric.subs(var, x))
     attrs = dict(definition=definition, numeric=stable, nargs=1,
+                 family=name.partition("[")[0],  # leaky_relu for leaky_relu[0.1]: what init reads
                  latex_name=latex or rf"\operatorname{{{_latex_escape(name)}}}")
     function = type(name, (ScalarActivation,), attrs)
     derivative(function)  # refuse non-differentiable functions at declaration

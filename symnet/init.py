@@ -9,7 +9,7 @@ import numpy as np
 import sympy as sp
 
 from .errors import DeclarationError
-from .functions import Standardized
+from .functions import ScalarActivation, Standardized
 
 
 def gaussian(rng, shape, std=0.01):
@@ -62,6 +62,38 @@ def roles(expr) -> dict:
                 if isinstance(left, sp.OneMatrix) and isinstance(right, sp.MatrixSymbol):
                     found.setdefault(right, "bias")
     return found
+
+
+def activations(derivation) -> dict:
+    """``{parameter: activation family}``: the activation (``"relu"``, ``"leaky_relu"``, …) of
+    the layer each parameter feeds, read through a batch or layer norm between the layer and
+    its activation; None for an affine layer."""
+    defs = derivation.definitions()
+
+    def layer_of(s):  # N1 → X̂1 → Z1: the pre-activation a norm normalised
+        rhs = defs.get(s)
+        if isinstance(rhs, sp.MatAdd):
+            inner = [a for t in rhs.args if isinstance(t, sp.HadamardProduct) for a in t.args
+                     if isinstance(defs.get(a), Standardized)]
+            if inner:
+                return layer_of(inner[0])
+        if isinstance(rhs, Standardized):
+            return layer_of(rhs.z)
+        return s
+
+    act_of = {}
+    for eq in derivation.forward:
+        rhs = eq.rhs
+        if hasattr(rhs, "fn") and isinstance(rhs.arg, sp.MatrixSymbol):
+            body = rhs.fn.expr
+            if isinstance(body, ScalarActivation):
+                act_of[layer_of(rhs.arg)] = type(body).family
+    out = {}
+    for eq in derivation.forward:
+        for s in eq.rhs.free_symbols:
+            if isinstance(s, sp.MatrixSymbol) and s not in out:
+                out[s] = act_of.get(eq.lhs)
+    return out
 
 
 def _broadcast(m):

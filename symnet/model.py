@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from .blocks import batch_norms as _batch_norms
 from .declare import batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
-from .functions import Dropout, Elementwise, ScalarActivation
+from .functions import Dropout, Elementwise
 from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive
 from .lower import lower
@@ -279,7 +278,7 @@ class Model:
 
     # ------------------------------------------------------------------ parameters
     def _initial_params(self, rng, scheme):
-        acts = _activation_of_weights(self.derivation)
+        acts = initialisers.activations(self.derivation)
         roles = initialisers.roles(self.loss_expr)
         out = {}
         for p in self.param_symbols:
@@ -787,23 +786,6 @@ def _without_dropout(expr):
     """``expr`` as predict computes it: every dropout A ∘ M/(1 − p) is A."""
     drops = {e for e in sp.preorder_traversal(expr) if isinstance(e, Dropout)}
     return expr.xreplace({d: d.arg for d in drops}) if drops else expr
-
-
-def _activation_of_weights(d):
-    """The name of the activation applied to the layer each weight feeds (None: affine)."""
-    act_of = {}
-    for eq in d.forward:
-        rhs = eq.rhs
-        if hasattr(rhs, "fn") and isinstance(rhs.arg, sp.MatrixSymbol):
-            body = rhs.fn.expr
-            if isinstance(body, ScalarActivation):
-                act_of[rhs.arg] = re.sub(r"\[.*", "", type(body).__name__)
-    out = {}
-    for eq in d.forward:
-        for s in eq.rhs.free_symbols:
-            if isinstance(s, sp.MatrixSymbol) and s not in out:
-                out[s] = act_of.get(eq.lhs)
-    return out
 
 
 def _dtype(dtype, what="dtype", error=DeclarationError):

@@ -328,3 +328,15 @@ def test_dropout_models_save_and_load(tmp_path):
         m.fit(X, Y, epochs=1, batch_size=5, shuffle=False, verbose=False)
     for k, v in model.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)
+
+
+def test_auto_init_reads_the_activation_through_a_norm():
+    """He-normal for a layer whose batch norm feeds a relu, as for a relu layer; the family of a
+    parametrised activation (leaky_relu[0.1]) is recorded with it, not parsed from its name."""
+    X, Y = sn.Input("X", 50), sn.Input("Y", 3)
+    for act in (sn.relu, sn.leaky_relu(0.1)):
+        out = sn.dense(act(sn.batch_norm(sn.dense(X, 400, name="1"), "1")), 3, name="2")
+        w = compiled(sn.softmax_cross_entropy(out, Y), X, Y).params["W1"]
+        assert w.std() == pytest.approx(np.sqrt(2 / 50), rel=0.05)
+        assert abs(w.mean()) < 0.01  # normal, not Xavier-uniform's ±√(6/450)
+    assert type(sn.leaky_relu(0.1)(X).fn.expr).family == "leaky_relu"
