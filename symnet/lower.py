@@ -223,15 +223,22 @@ def _operand(m):
     return (m.arg, True) if isinstance(m, sp.Transpose) else (m, False)
 
 
+def _canonical(e):
+    """``e`` with SymPy's doit's 1×1 ones matrix (a 1×1 weight's broadcast), Identity(1), as
+    the ones matrix it is, and the factors of every Hadamard product in one order: δ∘X̂ and
+    X̂∘δ (batch norm's adjoint and its gain's gradient) are then one buffer, and one sum."""
+    e = e.xreplace({sp.Identity(1): sp.OneMatrix(1, 1)})
+    return e.replace(sp.HadamardProduct,
+                     lambda *args: sp.HadamardProduct(*sorted(args, key=sp.default_sort_key)))
+
+
 def lower(definitions, roots: dict[str, sp.MatrixExpr], leaves, assigns=None) -> Program:
     """Lower the values ``roots`` (output name → expression over ``definitions`` and ``leaves``),
     then ``assigns``: ``{state leaf: new value}``, written in place after the roots (batch
     norm's running statistics)."""
-    # SymPy's doit writes a 1×1 ones matrix (a 1×1 weight's broadcast) as Identity(1)
-    one = {sp.Identity(1): sp.OneMatrix(1, 1)}
-    definitions = {k: v.xreplace(one) for k, v in definitions.items()}
-    roots = {k: v.xreplace(one) for k, v in roots.items()}
-    assigns = {k: v.xreplace(one) for k, v in (assigns or {}).items()}
+    definitions = {k: _canonical(v) for k, v in definitions.items()}
+    roots = {k: _canonical(v) for k, v in roots.items()}
+    assigns = {k: _canonical(v) for k, v in (assigns or {}).items()}
     low = Lowering(definitions, leaves)
     low.count_uses([*roots.values(), *assigns.values()])
     outputs = tuple((name, low.buf(expr)) for name, expr in roots.items())
