@@ -577,6 +577,12 @@ class Model:
         return f"for {name}, {self._update.notes[k]} is not finite"
 
     # ------------------------------------------------------------------ persistence
+    def __reduce__(self):
+        """Pickled as the bytes of its model file (:mod:`symnet.serialize`), never as code or
+        compiled kernels: unpickling checks and compiles the declaration as ``sn.load`` does."""
+        with self._lock:
+            return serialize.from_bytes, (serialize.to_bytes(self), self.backend)
+
     def save(self, path) -> None:
         """Write the declaration, parameters, optimizer state and step count to one ``.npz``
         file, atomically (the format and its guarantees: :mod:`symnet.serialize`)."""

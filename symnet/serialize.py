@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import json
 import math
 import os
@@ -415,6 +416,30 @@ def save_model(model, path) -> None:
     """Write ``model``'s declaration, parameters, optimizer state and step count to ``path``,
     atomically (see :func:`codegen.files.atomic_write`: a symlink stays a symlink and the file
     keeps its permissions)."""
+    arrays = _arrays(model)
+    try:
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except NotARegularFile as err:
+        raise DataError(f"cannot save the model to {path}: {err}, and saving would replace it. "
+                        f"Pass the path of a regular file, such as 'model.npz'.") from None
+
+
+def to_bytes(model) -> bytes:
+    """The model file of ``model``, as bytes (what a pickle of a Model holds)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **_arrays(model))
+    return buffer.getvalue()
+
+
+def from_bytes(data: bytes, backend: str | None = None):
+    """The model whose file :func:`to_bytes` made: the checks of :func:`load_model` apply."""
+    if not isinstance(data, bytes):
+        raise DataError(f"a pickled symnet model holds the bytes of a model file, got "
+                        f"{type(data).__name__}")
+    return _load(io.BytesIO(data), "the pickled model", backend)
+
+
+def _arrays(model) -> dict[str, np.ndarray]:
     meta = {
         "format": FORMAT, "version": FORMAT_VERSION, "symnet": _version(),
         "loss": encode(model.loss_expr),
@@ -431,11 +456,7 @@ def save_model(model, path) -> None:
     arrays.update({f"param/{k}": v for k, v in model.params.items()})
     arrays.update({f"state/{k}/{s}": v for k, st in model._state.items() for s, v in st.items()})
     arrays.update({f"running/{k}": v for k, v in model.running.items()})
-    try:
-        atomic_write(path, lambda f: np.savez(f, **arrays))
-    except NotARegularFile as err:
-        raise DataError(f"cannot save the model to {path}: {err}, and saving would replace it. "
-                        f"Pass the path of a regular file, such as 'model.npz'.") from None
+    return arrays
 
 
 def load_model(path, backend: str | None = None):
@@ -445,12 +466,17 @@ def load_model(path, backend: str | None = None):
     compiled model has, each only after its header matched the declared shape: an array the
     declaration does not name is never read, however large.
     """
-    from .model import BACKENDS, compile  # model.py imports this module to save and load
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no model file at {path}")
-    with _archive(path) as archive:
+    return _load(path, path, backend)
+
+
+def _load(source, path, backend):
+    """The model in the archive ``source`` (a path or a binary file), named ``path`` in errors."""
+    from .model import BACKENDS, compile  # model.py imports this module to save and load
+
+    with _archive(source, path) as archive:
         with _about(path):
             meta = _check_meta(_read_meta(archive), BACKENDS)
             declaration = _declaration(meta)
@@ -477,9 +503,9 @@ def _about(path):
         raise DataError(f"{path}: {err}") from None
 
 
-def _archive(path) -> zipfile.ZipFile:
+def _archive(source, path) -> zipfile.ZipFile:
     try:
-        return zipfile.ZipFile(path)
+        return zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         raise DataError(f"{path} is not a readable symnet model (truncated or not an .npz "
                         f"file): {err}") from None
