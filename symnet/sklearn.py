@@ -1,0 +1,262 @@
+"""scikit-learn estimators: :class:`SymnetClassifier` and :class:`SymnetRegressor`.
+
+Each ``fit`` declares an MLP (``hidden`` layers of ``activation``, optional batch norm and
+dropout), compiles it with symnet and trains it; the compiled model is ``model_``, so
+``est.model_.formulas()`` shows the estimator's maths. They follow scikit-learn's estimator
+contract (``check_estimator`` passes every check), pickle through symnet's data-only model file,
+and run in ``GridSearchCV`` on any joblib backend, Dask's included.
+
+``sample_weight`` are frequency weights, as scikit-learn defines them: a row of weight k trains
+as k copies of the row (integer weights are applied as repetitions, and rows of weight 0 are
+left out), and fractional weights weigh each row's loss in its batch's weighted mean. Training
+sees the rows in an order fixed by their values and ``random_state``, not by their order in X,
+so that repeated rows and weights give the same model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.model_selection import ParameterGrid, train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
+
+from . import functions as fn
+from . import optim
+from .blocks import batch_norm, dropout
+from .declare import Input, dense, weights
+from .model import compile
+
+ACTIVATIONS = {"relu": fn.relu, "tanh": fn.tanh, "logistic": fn.sigmoid, "sigmoid": fn.sigmoid,
+               "identity": fn.identity, "elu": fn.elu(), "gelu": fn.gelu, "swish": fn.swish,
+               "softplus": fn.softplus, "leaky_relu": fn.leaky_relu()}
+OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSProp,
+              "adagrad": optim.AdaGrad, "sgd": lambda lr: optim.SGD(lr, momentum=0.9,
+                                                                      nesterov=True)}
+PATIENCE = 10  # epochs without a better validation loss before early stopping (scikit-learn's)
+
+
+class _SymnetMLP(BaseEstimator):
+    """What both estimators share: the parameters, the network, fit and partial_fit."""
+
+    def __init__(self, hidden=(100,), activation="relu", optimizer="adam", learning_rate=1e-3,
+                 batch_size=32, epochs=200, alpha=0.0, dropout=0.0, batch_norm=False,
+                 early_stopping=False, validation_fraction=0.1, random_state=None,
+                 dtype="float32", verbose=False):
+        self.hidden = hidden
+        self.activation = activation
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.alpha = alpha
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # -- the network
+    def _check_params(self):
+        for name, table in (("activation", ACTIVATIONS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in table:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {sorted(table)}")
+        hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else self.hidden
+        if not all(isinstance(u, (int, np.integer)) and u >= 1 for u in hidden):
+            raise ValueError(f"hidden must be a tuple of layer widths ≥ 1 such as (100,), got "
+                             f"{self.hidden!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got "
+                             f"{self.validation_fraction!r}")
+        return tuple(int(u) for u in hidden)
+
+    def _model(self, n_in, n_out, seed):
+        hidden = self._check_params()
+        X, Y = Input("X", n_in), Input("Y", n_out)
+        h = X
+        for k, units in enumerate(hidden, start=1):
+            z = dense(h, units, name=str(k))
+            if self.batch_norm:
+                z = batch_norm(z, str(k))
+            h = dropout(ACTIVATIONS[self.activation](z), self.dropout)
+        out = dense(h, n_out, name=str(len(hidden) + 1))
+        loss, prediction = self._loss(out, Y)
+        if self.alpha:
+            loss = loss + fn.l2(self.alpha, *weights(out))
+        return compile(loss, inputs=[X], targets=[Y], prediction=prediction,
+                       optimizer=OPTIMIZERS[self.optimizer](self.learning_rate), dtype=self.dtype,
+                       seed=seed)
+
+    # -- training
+    def fit(self, X, y, sample_weight=None):
+        """Train a new network on X, y (``sample_weight``: frequency weights, see the module)."""
+        X, Y, w = self._data(X, y, sample_weight, reset=True)
+        self._start(X.shape[1], Y.shape[1])
+        self._train(X, Y, w, self.epochs, self.early_stopping)
+        return self
+
+    def partial_fit(self, X, y, sample_weight=None, **kwargs):
+        """One more epoch on X, y (the first call starts a new network)."""
+        first = not hasattr(self, "model_")
+        X, Y, w = self._data(X, y, sample_weight, reset=first, **kwargs)
+        if first:
+            self._start(X.shape[1], Y.shape[1])
+        self._train(X, Y, w, 1, False)
+        return self
+
+    def _start(self, n_in, n_out):
+        rng = check_random_state(self.random_state)
+        self._seed = int(rng.randint(2**31 - 1))
+        self.model_ = self._model(n_in, n_out, self._seed)
+        self.loss_curve_ = []
+        self.validation_scores_ = [] if self.early_stopping else None
+        self.n_iter_ = 0
+
+    def _train(self, X, Y, w, epochs, early_stopping):
+        X, Y, w = _canonical_rows(X, Y, w)
+        validation = None
+        if early_stopping and len(X) >= 4:
+            arrays = (X, Y) if w is None else (X, Y, w)
+            split = train_test_split(*arrays, test_size=self.validation_fraction,
+                                     random_state=self._seed)
+            X, Xv, Y, Yv = split[:4]
+            w = split[4] if w is not None else None
+            validation = (Xv, Yv)
+        fractional = w is not None
+        batch = _batch_size(len(X), self.batch_size, self.batch_norm)
+        hist = self.model_.fit(X, Y, epochs=epochs, batch_size=batch, verbose=self.verbose,
+                               validation_data=validation,
+                               early_stopping=PATIENCE if validation else None,
+                               seed=self._seed + self.n_iter_,
+                               sample_weight=w if fractional else None)
+        self.loss_curve_ += hist.loss
+        if validation is not None:
+            self.validation_scores_ += hist.val_loss
+        self.n_iter_ += len(hist.loss)
+
+    def _data(self, X, y, sample_weight, reset, **kwargs):
+        """Checked float arrays X, the target matrix Y, and weights (integer weights applied
+        as repetitions, leaving None; fractional ones returned per row)."""
+        X, y = validate_data(self, X, y, reset=reset, dtype=np.float64,
+                             **self._validation_options())
+        Y = self._targets(y, reset, **kwargs)
+        if sample_weight is None:
+            return X, Y, None
+        w = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if w.sum() <= 0:
+            raise ValueError("every sample_weight is 0; at least one row must weigh more")
+        if np.array_equal(w, np.round(w)):  # frequency weights: k copies of each row
+            counts = w.astype(np.int64)
+            return X.repeat(counts, axis=0), Y.repeat(counts, axis=0), None
+        keep = w > 0
+        return X[keep], Y[keep], w[keep]
+
+
+class SymnetClassifier(ClassifierMixin, _SymnetMLP):
+    """An MLP classifier compiled by symnet: softmax cross-entropy over the classes."""
+
+    def _validation_options(self):
+        return {}
+
+    def _targets(self, y, reset, classes=None):
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if reset:
+            self.classes_ = np.unique(y if classes is None else classes)
+            if len(self.classes_) < 2:
+                raise ValueError(f"Classifier can't train when only one class is present: "
+                                 f"{self.classes_.tolist()}")
+        unknown = np.setdiff1d(y, self.classes_)
+        if unknown.size:
+            raise ValueError(f"y has classes {unknown.tolist()} that are not among classes_ "
+                             f"{self.classes_.tolist()}")
+        return np.eye(len(self.classes_))[np.searchsorted(self.classes_, y)]
+
+    def _loss(self, out, Y):
+        return fn.softmax_cross_entropy(out, Y), fn.softmax(out)
+
+    def predict_proba(self, X):
+        """The probability of each class (columns in the order of ``classes_``)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.model_.predict(X).astype(np.float64)
+
+    def predict(self, X):
+        check_is_fitted(self)
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        return tags
+
+
+class SymnetRegressor(RegressorMixin, _SymnetMLP):
+    """An MLP regressor compiled by symnet: mean squared error, one output per target column."""
+
+    def _validation_options(self):
+        return {"multi_output": True, "y_numeric": True}
+
+    def _targets(self, y, reset):
+        y = np.asarray(y, dtype=np.float64)
+        if reset:
+            self._one_output = y.ndim == 1
+        Y = y.reshape(len(y), -1)
+        if not reset and Y.shape[1] != self.model_.targets[0].shape[1]:
+            raise ValueError(f"y has {Y.shape[1]} columns; the network was fitted with "
+                             f"{self.model_.targets[0].shape[1]}")
+        return Y
+
+    def _loss(self, out, Y):
+        return fn.mse(out, Y), out
+
+    def predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        out = self.model_.predict(X).astype(np.float64)
+        return out[:, 0] if self._one_output else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+def _canonical_rows(X, Y, w):
+    """The rows in the order of their values (X, then Y, then the weights): the model trains
+    the same on any permutation of them."""
+    keys = [X[:, j] for j in range(X.shape[1])] + [Y[:, j] for j in range(Y.shape[1])]
+    if w is not None:
+        keys.append(w)
+    order = np.lexsort(keys[::-1])
+    return X[order], Y[order], None if w is None else w[order]
+
+
+def _batch_size(rows: int, batch: int, norm: bool) -> int:
+    """``batch`` rows (at most all of them); with batch norm, the next size that leaves no
+    1-row batch, whose variance would be 0."""
+    batch = max(1, min(int(batch), rows))
+    if norm and rows > 1:
+        while (rows - 1) % batch == 0:
+            batch += 1
+    return batch
+
+
+def warm_up(estimator, X, y, param_grid=None) -> int:
+    """Compile into the kernel cache the kernels of every configuration of ``param_grid``
+    (scikit-learn's grid format) of ``estimator`` (a symnet estimator, or a Pipeline ending in
+    one) on data shaped as X, y; returns how many configurations were compiled. Run it once
+    before a search fans out, with ``SYMNET_CACHE_DIR`` on a file system the workers share: each
+    worker then loads the machine code instead of compiling it."""
+    grid = list(ParameterGrid(param_grid or {}))
+    for params in grid:
+        est = clone(estimator).set_params(**params)
+        last = est.steps[-1] if hasattr(est, "steps") else None
+        est.set_params(**{f"{last[0]}__epochs" if last else "epochs": 0})
+        est.fit(X, y)
+        (last[1] if last else est).model_.compile_kernels()
+    return len(grid)
+

@@ -1,0 +1,162 @@
+"""symnet.sklearn: scikit-learn's estimator checks, pickling, searches on Dask, and a kernel
+cache shared by concurrent processes."""
+
+import os
+import pickle
+import pickletools
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+
+import symnet as sn
+from symnet.sklearn import SymnetClassifier, SymnetRegressor, warm_up
+
+
+@pytest.mark.parametrize("estimator", [SymnetClassifier(), SymnetRegressor()],
+                         ids=lambda e: type(e).__name__)
+def test_every_estimator_check_passes(estimator):
+    results = check_estimator(estimator, on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results
+              if r["status"] == "failed"]
+    assert not failed
+    skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
+    assert skipped <= {"check_array_api_input"}  # needs SCIPY_ARRAY_API and array-api-strict
+
+
+def digits(rows=300):
+    X, y = load_digits(return_X_y=True)
+    return X[:rows], y[:rows]
+
+
+def test_the_estimator_shows_its_maths_and_encodes_any_labels():
+    X, y = digits()
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                      "nine"])[y]
+    est = make_pipeline(StandardScaler(), SymnetClassifier(hidden=(32,), epochs=40,
+                                                           batch_norm=True, dropout=0.1,
+                                                           random_state=0)).fit(X, names)
+    clf = est[-1]
+    assert est.score(X, names) > 0.9
+    assert set(clf.classes_) == set(names) and clf.predict_proba(X[:3]).shape == (3, 10)
+    assert len(clf.loss_curve_) == clf.n_iter_ == 40
+    text = " ".join(clf.model_.formulas().split())  # equations without their alignment
+    for line in ("X̂1 = (Z1 − 𝟙·μ1)/(𝟙·σ1)", "D1 = A1 ∘ M1/0.9", "P = softmax(Z2)"):
+        assert line in text, line
+
+
+def test_integer_sample_weights_are_repetitions():
+    X, y = digits(120)
+    w = np.random.default_rng(0).integers(0, 3, len(y))
+    a = SymnetClassifier(hidden=(8,), epochs=5, random_state=1).fit(X, y, sample_weight=w)
+    b = SymnetClassifier(hidden=(8,), epochs=5, random_state=1).fit(X.repeat(w, 0), y.repeat(w))
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_partial_fit_trains_on_and_early_stopping_keeps_the_best_epoch():
+    X, y = digits()
+    est = SymnetClassifier(hidden=(16,), random_state=0)
+    est.partial_fit(X, y, classes=np.arange(10))
+    first = est.score(X, y)
+    for _ in range(5):
+        est.partial_fit(X, y)
+    assert est.n_iter_ == 6 and est.score(X, y) > first
+    stopped = SymnetRegressor(hidden=(8,), epochs=500, early_stopping=True, random_state=0)
+    stopped.fit(X, y.astype(float))
+    assert stopped.n_iter_ < 500 and len(stopped.validation_scores_) == stopped.n_iter_
+
+
+def test_a_pickled_model_is_data_predicts_the_same_and_trains_on():
+    X, y = digits(100)
+    Y = np.eye(10)[y]
+    Xs, Ys = sn.Input("X", 64), sn.Input("Y", 10)
+    out = sn.dense(sn.dropout(sn.relu(sn.batch_norm(sn.dense(Xs, 16, name="1"), "1")), 0.2), 10)
+    model = sn.compile(sn.softmax_cross_entropy(out, Ys), inputs=[Xs], targets=[Ys],
+                       prediction=out, optimizer=sn.optim.Adam(lr=1e-2), seed=0)
+    model.fit(X, Y, epochs=2, batch_size=16, verbose=False)
+    blob = pickle.dumps(model)
+    globals_ = {arg for op, arg, _ in pickletools.genops(blob) if op.name == "GLOBAL"}
+    globals_ |= {f"{a} {b}" for a, b in _stack_globals(blob)}
+    assert globals_ <= {"symnet.serialize from_bytes"}, globals_
+    copy = pickle.loads(blob)
+    np.testing.assert_array_equal(copy.predict(X), model.predict(X))
+    for m in (model, copy):
+        m.fit(X, Y, epochs=1, batch_size=16, verbose=False, seed=3)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(copy.params[k], v)
+
+
+def _stack_globals(blob):
+    """The (module, name) pairs of STACK_GLOBAL opcodes: the two strings pushed before each."""
+    strings, found = [], []
+    for op, arg, _ in pickletools.genops(blob):
+        if isinstance(arg, str):
+            strings.append(arg)
+        if op.name == "STACK_GLOBAL":
+            found.append(tuple(strings[-2:]))
+    return found
+
+
+def test_a_pickled_estimator_predicts_the_same():
+    X, y = digits(100)
+    est = SymnetRegressor(hidden=(8,), epochs=3, random_state=0).fit(X, y.astype(float))
+    copy = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(copy.predict(X), est.predict(X))
+
+
+def test_a_grid_search_on_a_dask_cluster_scores_as_one_process():
+    distributed = pytest.importorskip("distributed")
+    import joblib
+
+    X, y = digits(300)
+    grid = {"symnetclassifier__hidden": [(16,), (32,)],
+            "symnetclassifier__learning_rate": [1e-3, 1e-2]}
+    pipe = make_pipeline(StandardScaler(), SymnetClassifier(epochs=5, random_state=0))
+    assert warm_up(pipe, X, y, grid) == 4
+    alone = GridSearchCV(pipe, grid, cv=3, n_jobs=1).fit(X, y)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster), joblib.parallel_backend("dask"):
+        spread = GridSearchCV(pipe, grid, cv=3, n_jobs=-1).fit(X, y)
+    np.testing.assert_array_equal(spread.cv_results_["mean_test_score"],
+                                  alone.cv_results_["mean_test_score"])
+
+
+COMPILE = textwrap.dedent("""
+    import hashlib, sys
+    import numpy as np
+    import symnet as sn
+    X, Y = sn.Input("X", 12), sn.Input("Y", 3)
+    out = sn.dense(sn.relu(sn.batch_norm(sn.dense(X, 24, name="1"), "1")), 3, name="2")
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                       prediction=out, seed=0)
+    model.compile_kernels()
+    rng = np.random.default_rng(0)
+    Xd, Yd = rng.normal(size=(64, 12)), np.eye(3)[rng.integers(0, 3, 64)]
+    model.fit(Xd, Yd, epochs=2, batch_size=16, verbose=False)
+    print(model.kernels_cached, hashlib.sha256(model.predict(Xd).tobytes()).hexdigest())
+""")
+
+
+def test_four_processes_compile_one_model_into_one_empty_cache(tmp_path):
+    env = {**os.environ, "SYMNET_CACHE_DIR": str(tmp_path / "cache"),
+           "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    procs = [subprocess.Popen([sys.executable, "-c", COMPILE], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-2000:]
+    digests = {out.split()[-1] for out, _ in outputs}
+    assert len(digests) == 1  # the same numbers from every process
+    again = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    cached, digest = again.stdout.split()[-2:]
+    assert cached == "True" and digest in digests  # a fifth process loads what they stored
