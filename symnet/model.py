@@ -118,10 +118,17 @@ class Model:
         self._weighted = None  # (derivation, programs, runners) of fit(sample_weight=...)
         self._update = self.optimizer.update()
         self.symbolic_seconds = time.perf_counter() - start
+        self._init = init
+        self._runners = {}
+        self._start(seed)
+        self._runner(self.dtype)  # generate (and for numba, import) the kernels now
+
+    def _start(self, seed):
+        """Fresh parameters (from ``seed``), optimizer state, running statistics and generators."""
         init_seq, shuffle_seq, dropout_seq = np.random.SeedSequence(seed).spawn(3)
         init_rng, self._shuffle_rng = map(np.random.default_rng, (init_seq, shuffle_seq))
         self.dropout_seed = int(dropout_seq.generate_state(1)[0])  # keys every dropout mask
-        self.params = self._initial_params(init_rng, init)
+        self.params = self._initial_params(init_rng, self._init)
         self._state = {p: {s: np.zeros_like(v) for s in self._update.state}
                        for p, v in self.params.items()}
         # batch norm's running mean (starts at 0) and variance (at 1): model state, not parameters
@@ -130,9 +137,17 @@ class Model:
         self._steps = 0  # the updates applied so far: Adam's bias correction and schedules read it
         self._lock = threading.RLock()  # one call at a time uses the kernels' workspaces
         self._stop = np.zeros(1, np.int64)  # set by Ctrl-C during fit: stop after this step
-        self._runners = {}
         self.history = None  # the History of the last fit
-        self._runner(self.dtype)  # generate (and for numba, import) the kernels now
+
+    def fresh(self, seed=None) -> Model:
+        """A new model of the same declaration, initialised from ``seed`` as ``sn.compile(...,
+        seed=seed)`` would, that shares this one's derivation and compiled kernels: restarts
+        and the folds of a search skip the symbolic work and the kernel loading."""
+        seed = validate.seed(seed)
+        new = object.__new__(Model)  # not copy.copy: that would go through __reduce__
+        new.__dict__.update(self.__dict__)
+        new._start(seed)
+        return new
 
     @property
     def prediction_expr(self):

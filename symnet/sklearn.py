@@ -15,6 +15,9 @@ so that repeated rows and weights give the same model.
 
 from __future__ import annotations
 
+import collections
+import threading
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.model_selection import ParameterGrid, train_test_split
@@ -35,6 +38,9 @@ OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSProp
               "adagrad": optim.AdaGrad, "sgd": lambda lr: optim.SGD(lr, momentum=0.9,
                                                                       nesterov=True)}
 PATIENCE = 10  # epochs without a better validation loss before early stopping (scikit-learn's)
+RECENT_MODELS = 16  # compiled configurations kept per process
+_RECENT: collections.OrderedDict = collections.OrderedDict()  # configuration → compiled model
+_RECENT_LOCK = threading.Lock()
 
 
 class _SymnetMLP(BaseEstimator):
@@ -74,7 +80,24 @@ class _SymnetMLP(BaseEstimator):
         return tuple(int(u) for u in hidden)
 
     def _model(self, n_in, n_out, seed):
+        """A model of this configuration, from the process's recent ones when it has one of
+        it (``Model.fresh``: new parameters, the same kernels); the folds of a search and its
+        refit then skip the symbolic work and the kernel loading."""
         hidden = self._check_params()
+        key = (type(self).__name__, hidden, self.activation, self.optimizer,
+               float(self.learning_rate), float(self.alpha), float(self.dropout),
+               bool(self.batch_norm), str(self.dtype), n_in, n_out)
+        with _RECENT_LOCK:
+            template = _RECENT.pop(key, None)
+        if template is None:
+            template = self._compile(hidden, n_in, n_out)
+        with _RECENT_LOCK:
+            _RECENT[key] = template
+            while len(_RECENT) > RECENT_MODELS:
+                _RECENT.popitem(last=False)
+        return template.fresh(seed)
+
+    def _compile(self, hidden, n_in, n_out):
         X, Y = Input("X", n_in), Input("Y", n_out)
         h = X
         for k, units in enumerate(hidden, start=1):
@@ -87,8 +110,7 @@ class _SymnetMLP(BaseEstimator):
         if self.alpha:
             loss = loss + fn.l2(self.alpha, *weights(out))
         return compile(loss, inputs=[X], targets=[Y], prediction=prediction,
-                       optimizer=OPTIMIZERS[self.optimizer](self.learning_rate), dtype=self.dtype,
-                       seed=seed)
+                       optimizer=OPTIMIZERS[self.optimizer](self.learning_rate), dtype=self.dtype)
 
     # -- training
     def fit(self, X, y, sample_weight=None):
