@@ -160,3 +160,23 @@ def test_four_processes_compile_one_model_into_one_empty_cache(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     cached, digest = again.stdout.split()[-2:]
     assert cached == "True" and digest in digests  # a fifth process loads what they stored
+
+
+def test_fresh_is_a_new_model_of_the_same_declaration_sharing_its_kernels():
+    X, y = digits(64)
+    Y = np.eye(10)[y]
+    Xs, Ys = sn.Input("X", 64), sn.Input("Y", 10)
+    out = sn.dense(sn.relu(sn.dense(Xs, 8, name="1")), 10, name="2")
+    loss = sn.softmax_cross_entropy(out, Ys)
+    first = sn.compile(loss, inputs=[Xs], targets=[Ys], prediction=out, seed=0)
+    first.fit(X, Y, epochs=2, batch_size=16, verbose=False)
+    again = first.fresh(seed=5)
+    declared = sn.compile(loss, inputs=[Xs], targets=[Ys], prediction=out, seed=5)
+    for k, v in declared.params.items():  # initialised as compile(seed=5) would
+        np.testing.assert_array_equal(again.params[k], v)
+        assert again.params[k] is not first.params[k]
+    assert again._runners is first._runners and again._steps == 0
+    again.fit(X, Y, epochs=2, batch_size=16, verbose=False)
+    declared.fit(X, Y, epochs=2, batch_size=16, verbose=False)
+    for k, v in declared.params.items():
+        np.testing.assert_array_equal(again.params[k], v)
