@@ -79,8 +79,10 @@ class Update:
     """An optimizer step: scalar assignments applied in order to every entry of every parameter.
 
     The right-hand sides use the symbols ``p`` (the entry), ``g`` (its gradient), ``t`` (the step,
-    1 for the first update), ``clip`` (the global gradient-norm scale, when ``clip_norm`` is set)
-    and the state variables named in ``state``, which persist between steps and start at 0.
+    1 for the first update), ``clip`` (the global gradient-norm scale, when ``clip_norm`` is set),
+    ``rate`` (the learning rate, given with each training call: models that differ only in it
+    share their kernels) and the state variables named in ``state``, which persist between steps
+    and start at 0.
     """
 
     steps: tuple[tuple[sp.Symbol, sp.Expr], ...]
@@ -89,7 +91,7 @@ class Update:
     notes: tuple[str, ...] = ()  # how each step reads (``p ← p − 0.1·g``), for listings
 
 
-UPDATE_SYMBOLS = {name: sp.Symbol(name, real=True) for name in ("p", "g", "t", "clip")}
+UPDATE_SYMBOLS = {name: sp.Symbol(name, real=True) for name in ("p", "g", "t", "clip", "rate")}
 
 
 def arg_symbols(k: int) -> list[sp.Symbol]:

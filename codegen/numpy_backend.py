@@ -75,17 +75,18 @@ class NumpyUpdater:
         self.names = [s.name for s in symbols]
         self.fns = [(lhs.name, sp.lambdify(symbols, rhs, "numpy")) for lhs, rhs in update.steps]
 
-    def step(self, params: dict, grads: dict, state: dict, t: int):
+    def step(self, params: dict, grads: dict, state: dict, t: int, rate: float = 0.0):
         """One update of every parameter (in place), with ``state[param][variable]`` arrays."""
         clip = self._clip(grads)
         for name, value in params.items():
             with np.errstate(all="ignore"):  # a non-finite result is the caller's to report
-                env = self._assign(value, grads[name], state[name], t, clip)
+                env = self._assign(value, grads[name], state[name], t, clip, rate)
             value[...] = env["p"]
             for s in self.update.state:
                 state[name][s][...] = env[s]
 
-    def first_non_finite(self, params: dict, grads: dict, state: dict, t: int):
+    def first_non_finite(self, params: dict, grads: dict, state: dict, t: int,
+                         rate: float = 0.0):
         """``(parameter name, index into update.steps)`` of the first assignment of step ``t``
         whose value is not finite, or None; nothing is written. (What a failed update is
         blamed on.)"""
@@ -93,7 +94,7 @@ class NumpyUpdater:
         with np.errstate(all="ignore"):
             for name, value in params.items():
                 values = []
-                self._assign(value, grads[name], state[name], t, clip, values)
+                self._assign(value, grads[name], state[name], t, clip, rate, values)
                 for k, v in enumerate(values):
                     if not np.isfinite(v).all():
                         return name, k
@@ -105,11 +106,11 @@ class NumpyUpdater:
         norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
         return min(1.0, self.update.clip_norm / (norm + 1e-6))
 
-    def _assign(self, value, grad, state, t, clip, record=None) -> dict:
+    def _assign(self, value, grad, state, t, clip, rate, record=None) -> dict:
         """The rule's assignments on one parameter, in order; returns the final values by name
         (and appends each assigned value to ``record``)."""
         env = dict.fromkeys(self.names, 0.0)
-        env.update({"p": value, "g": grad, "t": float(t), "clip": clip, **state})
+        env.update({"p": value, "g": grad, "t": float(t), "clip": clip, "rate": rate, **state})
         for lhs, f in self.fns:
             env[lhs] = np.asarray(f(*[env[k] for k in self.names]), dtype=value.dtype)
             if record is not None:
@@ -131,7 +132,7 @@ class NumpyBackend:
         return self.runners[name].run(feeds, seed, step)
 
     def train(self, data, params, state, orders, batch_size, t0, limit=-1, stop=None,
-              running=None, seed=0):
+              running=None, seed=0, rate=0.0):
         """Same contract as :meth:`NumbaRunner.train`: (per-batch losses, epoch, batch, step,
         :class:`Status`)."""
         program = "train" if "train" in self.runners else "loss_and_grad"
@@ -150,7 +151,7 @@ class NumpyBackend:
                 if not np.isfinite(loss):
                     return losses, e, s, t, Status.LOSS
                 t += 1
-                self.updater.step(params, out, state, t)
+                self.updater.step(params, out, state, t, rate)
                 if not all(np.isfinite(a).all() for a in _updated(params, state)):
                     return losses, e, s, t, Status.UPDATE
         return losses, len(orders), 0, t, Status.DONE

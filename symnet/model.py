@@ -139,13 +139,23 @@ class Model:
         self._stop = np.zeros(1, np.int64)  # set by Ctrl-C during fit: stop after this step
         self.history = None  # the History of the last fit
 
-    def fresh(self, seed=None) -> Model:
+    def fresh(self, seed=None, optimizer=None) -> Model:
         """A new model of the same declaration, initialised from ``seed`` as ``sn.compile(...,
         seed=seed)`` would, that shares this one's derivation and compiled kernels: restarts
-        and the folds of a search skip the symbolic work and the kernel loading."""
+        and the folds of a search skip the symbolic work and the kernel loading. ``optimizer``
+        may replace the model's by one that differs in its learning rate only (the kernels
+        read the rate at run time)."""
         seed = validate.seed(seed)
+        if optimizer is not None and (not isinstance(optimizer, optim.Optimizer)
+                                      or optimizer.update() != self._update):
+            raise DeclarationError(
+                f"fresh(optimizer=...) shares the compiled kernels, so the optimizer may differ "
+                f"from {self.optimizer!r} only in its learning rate; got {optimizer!r}. Compile "
+                f"a new model for another optimizer.")
         new = object.__new__(Model)  # not copy.copy: that would go through __reduce__
         new.__dict__.update(self.__dict__)
+        if optimizer is not None:
+            new.optimizer = optimizer
         new._start(seed)
         return new
 
@@ -521,12 +531,14 @@ class Model:
         before = self._snapshot()
         losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
                                                batch_size, self._steps, stop=self._stop,
-                                               running=self.running, seed=self.dropout_seed)
+                                               running=self.running, seed=self.dropout_seed,
+                                               rate=self.optimizer.rate)
         if status is Status.UPDATE:
             self._restore(before)
             _, e, s, t, replayed = runner.train(data, self.params, self._state, orders,
                                                 batch_size, self._steps, limit=t - 1,
-                                                running=self.running, seed=self.dropout_seed)
+                                                running=self.running, seed=self.dropout_seed,
+                                                rate=self.optimizer.rate)
             if replayed is not Status.STOPPED:  # cannot happen: the kernels are deterministic
                 raise DataError(f"replaying the steps before a non-finite update ended with "
                                 f"{replayed.name}, not at that update")
@@ -585,11 +597,17 @@ class Model:
         _, grads = self._loss_and_grad(batch_data)
         params = {k: v.copy() for k, v in self.params.items()}
         state = {k: {s: v.copy() for s, v in st.items()} for k, st in self._state.items()}
-        found = NumpyUpdater(self._update).first_non_finite(params, grads, state, self._steps + 1)
+        found = NumpyUpdater(self._update).first_non_finite(params, grads, state, self._steps + 1,
+                                                            self.optimizer.rate)
         if found is None:
             return "every line of the update rule is finite when recomputed with NumPy"
         name, k = found
-        return f"for {name}, {self._update.notes[k]} is not finite"
+        # the kernels' rule has one more line, lr ← rate; the rule as shown has the number
+        added = (optim.LR, optim.RATE)
+        if added in self._update.steps and k > self._update.steps.index(added):
+            k -= 1
+        shown = [formulas.TextPrinter().assignment(lhs, rhs) for lhs, rhs in self.optimizer.rule()]
+        return f"for {name}, {shown[k]} is not finite"
 
     # ------------------------------------------------------------------ persistence
     def __reduce__(self):

@@ -17,7 +17,7 @@ from . import validate
 from .errors import DeclarationError
 from .schedules import Schedule
 
-p, g, t, clip = (UPDATE_SYMBOLS[k] for k in ("p", "g", "t", "clip"))
+p, g, t, clip, RATE = (UPDATE_SYMBOLS[k] for k in ("p", "g", "t", "clip", "rate"))
 LR = sp.Symbol("lr", real=True)
 
 
@@ -57,20 +57,32 @@ class Optimizer:
     def steps(self) -> list[tuple[sp.Symbol, sp.Expr]]:
         raise NotImplementedError
 
-    def rule(self) -> list[tuple[sp.Symbol, sp.Expr]]:
-        """The full rule: gradient clipping, the learning rate, then the optimizer's steps."""
+    def rule(self, runtime_rate: bool = False) -> list[tuple[sp.Symbol, sp.Expr]]:
+        """The full rule: gradient clipping, the learning rate, then the optimizer's steps. A
+        numeric learning rate is written into the rule, or with ``runtime_rate`` read from the
+        run-time value ``rate`` (what the kernels compute: a sweep over learning rates then
+        reuses one set of kernels)."""
         head = [(g, clip * g)] if self.clip_norm is not None else []
         steps = self.steps()
         if isinstance(self.lr, Schedule):
             return head + [(LR, self.lr.expr)] + steps
+        if runtime_rate:
+            return head + [(LR, RATE)] + steps
         return head + [(lhs, rhs.subs(LR, self.lr)) for lhs, rhs in steps]
 
+    @property
+    def rate(self) -> float:
+        """The run-time value of ``rate`` in :meth:`update`'s rule (0 with a schedule)."""
+        return 0.0 if isinstance(self.lr, Schedule) else float(self.lr)
+
     def update(self) -> Update:
+        """The rule the kernels compute, with a numeric learning rate as the run-time ``rate``."""
         from .formulas import TextPrinter
 
         printer = TextPrinter()
-        notes = tuple(printer.assignment(lhs, rhs) for lhs, rhs in self.rule())
-        return Update(tuple(self.rule()), self.state, self.clip_norm, notes)
+        rule = self.rule(runtime_rate=True)
+        notes = tuple(printer.assignment(lhs, rhs) for lhs, rhs in rule)
+        return Update(tuple(rule), self.state, self.clip_norm, notes)
 
     def describe(self) -> list[str]:
         """The update as text, one assignment per line: ``p ← p − 0.1·g``."""

@@ -84,20 +84,20 @@ class _SymnetMLP(BaseEstimator):
         it (``Model.fresh``: new parameters, the same kernels); the folds of a search and its
         refit then skip the symbolic work and the kernel loading."""
         hidden = self._check_params()
-        key = (type(self).__name__, hidden, self.activation, self.optimizer,
-               float(self.learning_rate), float(self.alpha), float(self.dropout),
-               bool(self.batch_norm), str(self.dtype), n_in, n_out)
+        optimizer = OPTIMIZERS[self.optimizer](self.learning_rate)
+        key = (type(self).__name__, hidden, self.activation, self.optimizer, float(self.alpha),
+               float(self.dropout), bool(self.batch_norm), str(self.dtype), n_in, n_out)
         with _RECENT_LOCK:
             template = _RECENT.pop(key, None)
         if template is None:
-            template = self._compile(hidden, n_in, n_out)
+            template = self._compile(hidden, n_in, n_out, optimizer)
         with _RECENT_LOCK:
             _RECENT[key] = template
             while len(_RECENT) > RECENT_MODELS:
                 _RECENT.popitem(last=False)
-        return template.fresh(seed)
+        return template.fresh(seed, optimizer)  # the learning rate is a kernel input
 
-    def _compile(self, hidden, n_in, n_out):
+    def _compile(self, hidden, n_in, n_out, optimizer):
         X, Y = Input("X", n_in), Input("Y", n_out)
         h = X
         for k, units in enumerate(hidden, start=1):
@@ -110,7 +110,7 @@ class _SymnetMLP(BaseEstimator):
         if self.alpha:
             loss = loss + fn.l2(self.alpha, *weights(out))
         return compile(loss, inputs=[X], targets=[Y], prediction=prediction,
-                       optimizer=OPTIMIZERS[self.optimizer](self.learning_rate), dtype=self.dtype)
+                       optimizer=optimizer, dtype=self.dtype)
 
     # -- training
     def fit(self, X, y, sample_weight=None):

@@ -240,3 +240,24 @@ def test_load_never_runs_code_from_the_file(tmp_path):
         sn.load(tmp_path / "evil.npz")
     with zipfile.ZipFile(tmp_path / "m.npz") as z:
         assert all(name.endswith(".npy") for name in z.namelist())
+
+
+def test_models_that_differ_in_learning_rate_share_their_kernels():
+    """The rate is a run-time input of the kernels: a sweep over it compiles once, and a
+    fresh model may take another rate (not another optimizer)."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 5, sn.tanh), 3)
+    loss = sn.softmax_cross_entropy(out, Y)
+    a, b = (sn.compile(loss, inputs=[X], targets=[Y], seed=0, optimizer=sn.optim.Adam(lr=lr))
+            for lr in (1e-3, 5e-2))
+    assert a.source == b.source
+    assert "p ← p − 0.05·m/" in b.formulas() and "0.05" not in b.source
+    rng = np.random.default_rng(0)
+    Xd, Yd = rng.normal(size=(20, 4)), np.eye(3)[rng.integers(0, 3, 20)]
+    c = a.fresh(seed=0, optimizer=sn.optim.Adam(lr=5e-2))
+    for m in (b, c):
+        m.fit(Xd, Yd, epochs=3, batch_size=5, shuffle=False, verbose=False)
+    for k, v in b.params.items():
+        np.testing.assert_array_equal(c.params[k], v)
+    with pytest.raises(sn.DeclarationError, match="only in its learning rate"):
+        a.fresh(optimizer=sn.optim.SGD(lr=0.1))

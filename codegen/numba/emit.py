@@ -42,7 +42,7 @@ from . import runtime
 from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, plan
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 
-CODEGEN_VERSION = 21  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 22  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
@@ -721,6 +721,7 @@ class TrainWriter:
         if self.update.clip_norm is not None:
             self.clip(out)
         out("tf = float(t)")
+        out("rate = fbuf[0, 1]  # the learning rate, given with the call")
         for line in self.step_lines:
             out(line)
         self.updates(out)
@@ -824,10 +825,10 @@ class TrainWriter:
         """Split the update rule into per-step scalar lines (a scheduled lr, bias corrections:
         in float64, as torch computes them) and the per-entry rule, over hoisted scalars."""
         sym = UPDATE_SYMBOLS
-        per_step = {sym["t"], sym["clip"]}
+        per_step = {sym["t"], sym["clip"], sym["rate"]}
         self.names = {sym["p"]: "p", sym["g"]: "g"}
         self.names.update({sp.Symbol(s, real=True): f"_st_{s}" for s in self.update.state})
-        step_names = {sym["t"]: "tf", sym["clip"]: "clip"}
+        step_names = {sym["t"]: "tf", sym["clip"]: "clip", sym["rate"]: "rate"}
         f64 = ScalarPrinter(step_names, cast="")
         found: dict = {}
         self.step_lines, self.entry_steps = [], []

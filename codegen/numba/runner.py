@@ -80,10 +80,10 @@ class NumbaRunner:
     def train(self, data: dict[str, np.ndarray], params: dict[str, np.ndarray],
               state: dict[str, dict[str, np.ndarray]], orders: np.ndarray, batch_size: int,
               t0: int, limit: int = -1, stop: np.ndarray | None = None,
-              running: dict[str, np.ndarray] | None = None, seed: int = 0):
+              running: dict[str, np.ndarray] | None = None, seed: int = 0, rate: float = 0.0):
         """Runs the epochs of ``orders`` from step ``t0`` in one call, updating ``params``,
-        ``state`` and batch norm's ``running`` statistics in place, with the dropout masks of
-        ``seed``; returns (per-batch losses,
+        ``state`` and batch norm's ``running`` statistics in place, with the learning rate
+        ``rate`` and the dropout masks of ``seed``; returns (per-batch losses,
         epoch, batch, t, :class:`Status`). It
         stops before step ``limit + 1`` (-1: no limit) and before the next step once
         ``stop[0]`` is set, so a call always ends between whole steps. The kernel runs on
@@ -96,8 +96,10 @@ class NumbaRunner:
         batches = -(-len(orders[0]) // batch_size)
         losses = np.zeros((len(orders), batches), self.dtype)
         with self.lock:
+            fbuf = np.zeros((1, 8))  # [0, 0]: the clip norm's sum; [0, 1]: the rate
+            fbuf[0, 1] = rate
             arrays = {"orders": orders, "losses": losses, "stop": stop.reshape(1, 1),
-                      "fbuf": np.zeros((1, 8)), **params, **(running or {}),
+                      "fbuf": fbuf, **params, **(running or {}),
                       **self.workspace(TRAIN if TRAIN in self.programs else "loss_and_grad", rows),
                       **self.batch_buffers(rows)}
             arrays.update({f"data/{k}": v for k, v in data.items()})
