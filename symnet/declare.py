@@ -8,6 +8,7 @@ import sympy as sp
 
 from . import validate
 from .errors import DeclarationError, ShapeError
+from .init import roles
 
 #: The number of rows of a minibatch; every input has ``batch`` rows.
 batch = sp.Symbol("n", integer=True, positive=True)
@@ -77,12 +78,15 @@ def _next_layer_name(x) -> str:
 
 
 def weights(expr) -> list[sp.MatrixSymbol]:
-    """The weight matrices of a network expression (``W…`` parameters), for ``sn.l2``/``sn.l1``."""
+    """The weight matrices of a network expression, for ``sn.l2``/``sn.l1``: its parameters (no
+    batch rows) that are not a bias, a norm's gain or shift, or a PReLU slope, read from where
+    the expression uses them (``init.roles``), whatever their names."""
     if not getattr(expr, "is_Matrix", False) or not isinstance(expr, sp.Basic):
         raise DeclarationError(f"sn.weights takes a network expression such as the output of "
                                f"sn.dense, e.g. sn.weights(out), got {validate.describe(expr)}")
-    return sorted((s for s in expr.free_symbols
-                   if isinstance(s, sp.MatrixSymbol) and s.name.startswith("W")),
+    other = roles(expr)
+    return sorted((s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)
+                   and s.shape[0] != batch and s not in other),
                   key=lambda s: _natural_key(s.name))
 
 

@@ -340,3 +340,15 @@ def test_auto_init_reads_the_activation_through_a_norm():
         assert w.std() == pytest.approx(np.sqrt(2 / 50), rel=0.05)
         assert abs(w.mean()) < 0.01  # normal, not Xavier-uniform's ±√(6/450)
     assert type(sn.leaky_relu(0.1)(X).fn.expr).family == "leaky_relu"
+
+
+def test_weights_are_found_by_their_role_not_their_name():
+    """sn.weights (what sn.l2 penalises) leaves out biases, gains, shifts and slopes, and finds
+    a raw SymPy weight whatever its name."""
+    import sympy as sp
+
+    X = sn.Input("X", 4)
+    K = sp.MatrixSymbol("K", 4, 5)
+    h = sn.batch_norm(X * K, "1")
+    out = sn.dense(sn.dropout(sn.relu(h), 0.2), 3, sn.prelu, name="2")
+    assert sn.weights(out) == [K, sp.MatrixSymbol("W2", 5, 3)]
