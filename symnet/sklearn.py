@@ -147,13 +147,11 @@ class _SymnetMLP(BaseEstimator):
             X, Xv, Y, Yv = split[:4]
             w = split[4] if w is not None else None
             validation = (Xv, Yv)
-        fractional = w is not None
         batch = _batch_size(len(X), self.batch_size, self.batch_norm)
         hist = self.model_.fit(X, Y, epochs=epochs, batch_size=batch, verbose=self.verbose,
                                validation_data=validation,
                                early_stopping=PATIENCE if validation else None,
-                               seed=self._seed + self.n_iter_,
-                               sample_weight=w if fractional else None)
+                               seed=self._seed + self.n_iter_, sample_weight=w)
         self.loss_curve_ += hist.loss
         if validation is not None:
             self.validation_scores_ += hist.val_loss
