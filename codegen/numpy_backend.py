@@ -24,19 +24,18 @@ class NumpyRunner:
     def run(self, feeds: dict[str, np.ndarray], seed: int = 0, step: int = 0) -> dict[str, np.ndarray]:
         """The outputs on ``feeds``; dropout masks are those of ``seed`` at training ``step``."""
         env = dict(feeds)
-        self._key = (seed, step)
         rows = {v.shape[0] for b in self.program.buffers if b.role == "input" and b.shape[0] == BATCH
                 for v in [feeds[b.name]]}
         n = rows.pop() if rows else 1
         with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
             for i, ins in enumerate(self.program.instrs):
-                env[ins.out] = self._step(i, ins, env, n)
+                env[ins.out] = self._step(i, ins, env, n, (seed, step))
         for b in self.program.buffers:
             if b.role == "state" and env[b.name] is not feeds[b.name]:
                 feeds[b.name][...] = env[b.name]  # updated in place
         return {name: env[buf] for name, buf in self.program.outputs}
 
-    def _step(self, i, ins, env, n):
+    def _step(self, i, ins, env, n, key):
         args = [env[a] for a in ins.args]
         if ins.op is Op.GEMM:
             a, b = (m.T if t else m for m, t in zip(args, ins.trans))
@@ -46,7 +45,7 @@ class NumpyRunner:
             shape = self._shape(ins.out, n)
             rows, cols = (np.arange(d, dtype=np.uint64) for d in shape)
             value = np.asarray(self._maps[i](*args, self.dtype.type(n), rows[:, None], cols[None, :],
-                                             *self._key), dtype=self.dtype)
+                                             *key), dtype=self.dtype)
             return np.array(np.broadcast_to(value, shape)) if value.shape != shape else value
         (a,) = args
         if ins.op is Op.ROWSUM:

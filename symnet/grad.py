@@ -372,9 +372,9 @@ def _block_labels(order, parents) -> dict:
     output D1 = A1 ∘ M1/(1 − p); a norm's
     statistics μ1 and σ1, the normalised X̂1 and the block's output N1 = X̂1 ∘ 𝟙·γ1 + 𝟙·β1, a
     layer with an adjoint δN1 of its own."""
-    labels = {}
+    labels, weights = {}, scaled_weights()
     for e in order:
-        if e == scaled_weights():
+        if e == weights:
             labels.setdefault(e, "ω̃")
         if isinstance(e, Dropout):
             labels.setdefault(e, f"D{e.mask.stream}")
