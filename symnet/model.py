@@ -371,7 +371,11 @@ class Model:
         if dtype is not None:
             dtype = _dtype(dtype, "loss_and_grad(dtype=...)", DataError)
         self._check_params()
-        return self._loss_and_grad(self._feeds(X, Y, dtype=dtype), dtype)
+        feeds = self._feeds(X, Y, dtype=dtype)
+        if self._norms and _rows(feeds) < 2:
+            raise DataError("batch norm normalises each column over the batch, and a 1-row batch "
+                            "has no variance (torch refuses it too); pass at least 2 rows")
+        return self._loss_and_grad(feeds, dtype)
 
     def _loss_and_grad(self, feeds, dtype=None):
         out = self._run("loss_and_grad", feeds, dtype)
@@ -471,11 +475,14 @@ class Model:
             w = weighting.row_weights(rows, self._class_labels(feeds), sample_weight, class_weight)
             data[weighting.OMEGA.name] = w.astype(self.dtype).reshape(rows, 1)
         if self._norms and (rows - 1) % batch_size == 0:
-            fix = (f"pass batch_size={next(b for b in range(batch_size + 1, rows + 1) if (rows - 1) % b)}"
-                   if rows > 1 else "train on at least 2 rows")
+            if rows == 1:
+                raise DataError("batch norm normalises each column over the batch, and a 1-row "
+                                "batch has no variance (torch refuses it too); train on at least "
+                                "2 rows")
+            fix = next(b for b in range(batch_size + 1, rows + 1) if (rows - 1) % b)
             raise DataError(f"batch norm normalises each column over the batch, and with {rows} "
                             f"rows in batches of {batch_size} a batch has 1 row, whose variance "
-                            f"is 0 (torch refuses it too); {fix}")
+                            f"is 0 (torch refuses it too); pass batch_size={fix}")
         rng = np.random.default_rng(seed) if seed is not None else self._shuffle_rng
         sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
         runner = self._runner(weighted=weighted)

@@ -29,6 +29,7 @@ from . import functions as fn
 from . import optim
 from .blocks import batch_norm, dropout
 from .declare import Input, dense, weights
+from .errors import DataError, DeclarationError
 from .model import compile
 
 ACTIVATIONS = {"relu": fn.relu, "tanh": fn.tanh, "logistic": fn.sigmoid, "sigmoid": fn.sigmoid,
@@ -69,13 +70,14 @@ class _SymnetMLP(BaseEstimator):
     def _check_params(self):
         for name, table in (("activation", ACTIVATIONS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in table:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {sorted(table)}")
+                raise DeclarationError(f"{name}={getattr(self, name)!r} is not one of "
+                                       f"{sorted(table)}")
         hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else self.hidden
         if not all(isinstance(u, (int, np.integer)) and u >= 1 for u in hidden):
-            raise ValueError(f"hidden must be a tuple of layer widths ≥ 1 such as (100,), got "
+            raise DeclarationError(f"hidden must be a tuple of layer widths ≥ 1 such as (100,), got "
                              f"{self.hidden!r}")
         if not 0 <= self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got "
+            raise DeclarationError(f"validation_fraction must be in [0, 1), got "
                              f"{self.validation_fraction!r}")
         return tuple(int(u) for u in hidden)
 
@@ -165,9 +167,9 @@ class _SymnetMLP(BaseEstimator):
         Y = self._targets(y, reset, **kwargs)
         if sample_weight is None:
             return X, Y, None
-        w = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if w.sum() <= 0:
-            raise ValueError("every sample_weight is 0; at least one row must weigh more")
+            raise DataError("every sample_weight is 0; at least one row must weigh more")
         if np.array_equal(w, np.round(w)):  # frequency weights: k copies of each row
             counts = w.astype(np.int64)
             return X.repeat(counts, axis=0), Y.repeat(counts, axis=0), None

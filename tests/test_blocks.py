@@ -191,8 +191,10 @@ def test_a_one_row_batch_in_training_is_refused_with_a_batch_size_that_works():
     Xd, Yd = make_data(n=9)
     with pytest.raises(sn.DataError, match=r"a batch has 1 row.*batch_size=5"):
         model.fit(Xd, Yd, batch_size=4, verbose=False)
-    with pytest.raises(sn.DataError, match="at least 2 rows"):
+    with pytest.raises(sn.DataError, match="a 1-row batch has no variance.*at least 2 rows"):
         model.fit(Xd[:1], Yd[:1], verbose=False)
+    with pytest.raises(sn.DataError, match="a 1-row batch has no variance"):
+        model.loss_and_grad(Xd[:1], Yd[:1])
 
 
 @pytest.mark.parametrize("kwargs, message", [

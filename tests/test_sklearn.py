@@ -180,3 +180,11 @@ def test_fresh_is_a_new_model_of_the_same_declaration_sharing_its_kernels():
     declared.fit(X, Y, epochs=2, batch_size=16, verbose=False)
     for k, v in declared.params.items():
         np.testing.assert_array_equal(again.params[k], v)
+
+
+def test_bad_estimator_input_is_named():
+    X, y = digits(40)
+    with pytest.raises(ValueError, match="Negative values in data passed to"):
+        SymnetClassifier(epochs=1).fit(X, y, sample_weight=np.r_[-1.0, np.ones(39)])
+    with pytest.raises(sn.DeclarationError, match=r"activation='rleu' is not one of"):
+        SymnetClassifier(activation="rleu").fit(X, y)
