@@ -37,6 +37,8 @@ def _backend_class(name: str):
     from codegen.numba import NumbaRunner
 
     return NumbaRunner
+ONE_ROW = ("batch norm normalises each column over the batch, and a 1-row batch has no variance "
+           "(torch refuses it too)")
 SECONDS_PER_CALL = 0.25  # fit showing progress without validation: training per kernel call
 
 
@@ -373,8 +375,7 @@ class Model:
         self._check_params()
         feeds = self._feeds(X, Y, dtype=dtype)
         if self._norms and _rows(feeds) < 2:
-            raise DataError("batch norm normalises each column over the batch, and a 1-row batch "
-                            "has no variance (torch refuses it too); pass at least 2 rows")
+            raise DataError(f"{ONE_ROW}; pass at least 2 rows")
         return self._loss_and_grad(feeds, dtype)
 
     def _loss_and_grad(self, feeds, dtype=None):
@@ -476,9 +477,7 @@ class Model:
             data[weighting.OMEGA.name] = w.astype(self.dtype).reshape(rows, 1)
         if self._norms and (rows - 1) % batch_size == 0:
             if rows == 1:
-                raise DataError("batch norm normalises each column over the batch, and a 1-row "
-                                "batch has no variance (torch refuses it too); train on at least "
-                                "2 rows")
+                raise DataError(f"{ONE_ROW}; train on at least 2 rows")
             fix = next(b for b in range(batch_size + 1, rows + 1) if (rows - 1) % b)
             raise DataError(f"batch norm normalises each column over the batch, and with {rows} "
                             f"rows in batches of {batch_size} a batch has 1 row, whose variance "
