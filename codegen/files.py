@@ -1,4 +1,4 @@
-"""Atomic file replacement, shared by ``model.save`` and the kernel cache.
+"""Atomic file replacement, shared by ``model.save`` and the caches, and where the caches live.
 
 A file is written to a temporary file beside it and renamed over it, so a reader sees the old
 file or the whole new one, never a part. The temporary file is ``.{name}.XXXXXXXX.tmp`` and holds
@@ -21,6 +21,14 @@ from typing import BinaryIO
 
 class NotARegularFile(OSError):
     """The path names something other than a regular file (a directory, device, fifo, socket)."""
+
+
+def cache_dir() -> Path:
+    """``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else ``~/.cache/symnet``."""
+    if os.environ.get("SYMNET_CACHE_DIR"):
+        return Path(os.environ["SYMNET_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "symnet"
 
 
 def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:

@@ -17,6 +17,7 @@ import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
 from . import functions as fn
+from . import memo
 from .functions import Elementwise, Entrywise, ScalarActivation, Standardized, x
 
 y = sp.Symbol("y", real=True)
@@ -104,6 +105,16 @@ def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
     activation, and the argument need not be stored.
     """
     f, d = forward(x), deriv(x)
+    return memo.remembered("output-form", _question(f, d), lambda: _search_output_derivative(f, d))
+
+
+def _question(*exprs) -> str:
+    """The text that determines a search on ``exprs``: each as written and with its named
+    activations defined (two activations of one name may differ)."""
+    return "\n".join(sp.srepr(t) for e in exprs for t in (e, definition(e)))
+
+
+def _search_output_derivative(f, d):
     f_def, d_def = definition(f), definition(d)
     candidates = []
     for direct in (d.subs(f, y), d_def.subs(f_def, y), d_def.subs(x, y)):
@@ -133,13 +144,15 @@ def _values(e: sp.Expr, dtype):
     """``e`` (a body in x, named activations in their numeric forms) at :data:`PROBES` in
     ``dtype``, or None if NumPy cannot compute it."""
     e = fn.as_numeric(e).subs({s: 3 for s in e.free_symbols - {x}})  # n: any batch size
-    try:
-        f = sp.lambdify(x, e, modules=["numpy", "scipy"])
-        probes = np.array(PROBES, dtype)
-        with np.errstate(all="ignore"):
-            return np.broadcast_to(np.asarray(f(probes), dtype=dtype), probes.shape)
-    except Exception:  # a function NumPy lacks: no numeric verdict
-        return None
+    probes = np.array(PROBES, dtype)
+    for modules in (["numpy"], ["numpy", "scipy"]):  # SciPy (erf) only when NumPy lacks one
+        try:
+            f = sp.lambdify(x, e, modules=modules)
+            with np.errstate(all="ignore"):
+                return np.broadcast_to(np.asarray(f(probes), dtype=dtype), probes.shape)
+        except Exception:  # a function this module set lacks
+            continue
+    return None  # no numeric verdict
 
 
 def finite_probes(e: sp.Expr) -> int:
@@ -312,6 +325,10 @@ def simplify_scalar(e, ctx):
 
 @cache
 def _simplified(f: sp.Lambda):
+    return memo.remembered("simplified", _question(f), lambda: _search_simplified(f))
+
+
+def _search_simplified(f: sp.Lambda):
     body = f.expr
     try:
         new = sp.simplify(body)

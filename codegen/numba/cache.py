@@ -29,20 +29,13 @@ import numba.core.caching
 import numba.core.errors
 
 from .. import files
+from ..files import cache_dir
 from ..ir import CodegenError
 from . import runtime
 
 
 class CacheWarning(UserWarning):
     """The kernel cache location cannot be used; kernels are compiled elsewhere."""
-
-
-def cache_dir() -> Path:
-    """``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else ``~/.cache/symnet``."""
-    if os.environ.get("SYMNET_CACHE_DIR"):
-        return Path(os.environ["SYMNET_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "symnet"
 
 
 _usable: dict[Path, str | None] = {}  # location → None if writable, else why not

@@ -1,0 +1,76 @@
+"""symnet.memo: slow symbolic searches answered once per cache directory, never wrongly."""
+
+import sympy as sp
+
+import symnet as sn
+from symnet import memo, rewrite
+from symnet.functions import derivative, x
+
+
+def counting(answer):
+    calls = []
+
+    def search():
+        calls.append(1)
+        return answer
+
+    return search, calls
+
+
+def test_an_answer_is_searched_once_and_read_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
+    search, calls = counting(sp.Lambda(x, x * (1 - x)))
+    first = memo.remembered("test", "q", search)
+    again = memo.remembered("test", "q", search)
+    assert first == again == sp.Lambda(x, x * (1 - x))
+    assert len(calls) == 1
+    none, calls = counting(None)
+    assert memo.remembered("test", "nothing", none) is None
+    assert memo.remembered("test", "nothing", none) is None
+    assert len(calls) == 1
+
+
+def test_damaged_or_foreign_files_are_searched_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
+    search, calls = counting(sp.Integer(7))
+    memo.remembered("test", "q", search)
+    (path,) = (tmp_path / "derivations").iterdir()
+    path.write_text(path.read_text()[:-3] + "((")  # truncated mid-expression
+    assert memo.remembered("test", "q", search) == 7
+    path.write_text("test 1\nanother question\nInteger(8)")  # a hash collision's file
+    assert memo.remembered("test", "q", search) == 7
+    assert len(calls) == 3
+    assert memo.remembered("test", "q", search) == 7  # repaired by the last search
+    assert len(calls) == 3
+
+
+def test_what_text_cannot_hold_is_not_remembered(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
+    search, calls = counting(sn.sigmoid.function(x))  # a named activation's class
+    assert memo.remembered("test", "q", search) == sn.sigmoid.function(x)
+    assert memo.remembered("test", "q", search) == sn.sigmoid.function(x)
+    assert len(calls) == 2
+
+
+def test_an_unwritable_location_only_costs_the_search(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(blocker / "cache"))
+    search, calls = counting(sp.Integer(3))
+    assert memo.remembered("test", "q", search) == 3
+    assert memo.remembered("test", "q", search) == 3
+    assert len(calls) == 2
+
+
+def test_two_activations_of_one_name_get_their_own_output_forms(monkeypatch, tmp_path):
+    """The question holds the definitions: a remembered form of one "f" never serves another."""
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
+    forms = []
+    for definition in (1 / (1 + sp.exp(-x)), sp.tanh(x)):
+        f = sn.activation("f", definition, x).function
+        rewrite.output_derivative.cache_clear()
+        forms.append(rewrite.output_derivative(sp.Lambda(x, f(x)), derivative(f)))
+    assert forms == [sp.Lambda(x, x * (1 - x)), sp.Lambda(x, 1 - x**2)]
+    rewrite.output_derivative.cache_clear()
+    f = sn.activation("f", 1 / (1 + sp.exp(-x)), x).function
+    assert rewrite.output_derivative(sp.Lambda(x, f(x)), derivative(f)) == forms[0]
