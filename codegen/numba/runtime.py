@@ -59,6 +59,7 @@ POLLS = 32  # polls between two PAUSEs: a virtual CPU that runs many PAUSEs in a
 GRACE = 64  # PAUSE rounds (~2 µs) before a thread takes pieces from a share not yet begun
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
+I64 = np.int64  # a constant passed as I64(k) is an int64, not a literal numba compiles a callee for
 _LINUX = sys.platform.startswith("linux")
 _FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower())
 _FUTEX_WAIT, _FUTEX_WAKE = 128, 129  # FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE
@@ -362,14 +363,6 @@ def _publish(team, base, count):
 
 
 @nb.njit(cache=True, nogil=True)
-def _next(team, base, count, piece, tid):
-    """Finish ``piece`` (publishing the phase if it was the last) and claim another."""
-    if _finish(team, base, count, piece):
-        _publish(team, base, count)
-    return _claim(team, base, count, piece, tid)
-
-
-@nb.njit(cache=True, nogil=True)
 def _wait_for(team, index, sleepers, target, tid):
     """Until ``team[index] >= target``: poll for thread ``tid``'s spin budget (``SPIN`` for a
     ``tid`` of -1: a worker waiting for the next job), then sleep on the futex, counted in
@@ -404,7 +397,7 @@ def _wait(team, base, count, tid):
     """Wait until the phase is complete; returns the next phase's base."""
     end = base + count
     if team != 0 and load(team, DONE) < end:
-        _wait_for(team, DONE, SLEEPERS, end, tid)
+        _wait_for(team, I64(DONE), I64(SLEEPERS), end, tid)
     return end
 
 
@@ -451,29 +444,36 @@ def _export(*functions) -> dict[str, int]:
 
 
 _EXPORTED: list = []
-_export(_claim, _finish, _publish, _next, _wait, _tile, _product_least, _record)
+_export(_claim, _finish, _publish, _wait, _tile, _product_least, _record)
 
 
-def _external(name: str, *args, alone=None):
-    """(signature, codegen) of an intrinsic that calls the exported ``_name`` with ``args``;
-    with ``alone``, a team of 0 (one thread) gets ``alone(builder, values)`` inline instead,
-    with no call: tiny's steps are a few microseconds, of which the calls took a fifth."""
+def _call(builder, name: str, values):
+    """A call of the exported ``_name``."""
+    fnty = ir.FunctionType(_I64, [_I64] * len(values))
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, f"symnet_rt_{name}"),
+                        values)
+
+
+def _external(name: str, *args, alone=None, calls=None):
+    """(signature, codegen) of an intrinsic that calls the exported ``_name`` with ``args``
+    (or does ``calls(builder, values)``); with ``alone``, a team of 0 (one thread) gets
+    ``alone(builder, values)`` inline instead, with no call: tiny's steps are a few
+    microseconds, of which the calls took a fifth."""
     if not _integers(*args):
         return None
+    calls = calls or (lambda builder, values: _call(builder, name, values))
 
     def codegen(context, builder, sig, values):
         values = [_as_i64(context, builder, sig, values, i) for i in range(len(args))]
-        fnty = ir.FunctionType(_I64, [_I64] * len(values))
-        fn = cgutils.get_or_insert_function(builder.module, fnty, f"symnet_rt_{name}")
         if alone is None:
-            return builder.call(fn, values)
+            return calls(builder, values)
         solo = builder.icmp_signed("==", values[0], ir.Constant(_I64, 0))
         with builder.if_else(solo) as (then, otherwise):
             with then:
                 inline = alone(builder, values)
                 inline_block = builder.block
             with otherwise:
-                called = builder.call(fn, values)
+                called = calls(builder, values)
                 called_block = builder.block
         result = builder.phi(_I64)
         result.add_incoming(inline, inline_block)
@@ -514,10 +514,21 @@ def publish(typingctx, team, base, count):
     return _external("publish", team, base, count, alone=lambda b, v: ir.Constant(_I64, 0))
 
 
+def _finish_and_claim(builder, values):
+    """Finish the piece (publishing the phase if it was the last) and claim another: three
+    calls, so that no exported function compiles the other three into it again."""
+    team, base, count, piece, _ = values
+    last = _call(builder, "finish", [team, base, count, piece])
+    with builder.if_then(builder.icmp_signed("!=", last, ir.Constant(_I64, 0))):
+        _call(builder, "publish", [team, base, count])
+    return _call(builder, "claim", values)
+
+
 @intrinsic
 def next(typingctx, team, base, count, piece, tid):  # the name the generated kernels read best
-    """See :func:`_next`."""
-    return _external("next", team, base, count, piece, tid, alone=_after)
+    """Finish ``piece`` (publishing the phase if it was the last) and claim another."""
+    return _external("next", team, base, count, piece, tid, alone=_after,
+                     calls=_finish_and_claim)
 
 
 @intrinsic
@@ -555,7 +566,7 @@ def _worker(team, tid):
     at job 0, not at the job it sees, which may have been posted before it ran."""
     seen = 0
     while True:
-        _wait_for(team, SEQ, IDLE, seen + 1, -1)  # jobs are numbered 1, 2, …
+        _wait_for(team, I64(SEQ), I64(IDLE), seen + 1, I64(-1))  # jobs are numbered 1, 2, …
         seen = load(team, SEQ)
         fn = load(team, FN)
         if fn != 0:
@@ -585,7 +596,7 @@ def _run(team, fn, blk, workers):
     if fn != 0:
         call(fn, blk, 0)
     if load(team, ACKS) < workers:
-        _wait_for(team, ACKS, ACK_SLEEPERS, workers, -1)
+        _wait_for(team, I64(ACKS), I64(ACK_SLEEPERS), workers, I64(-1))
 
 
 _KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64)
