@@ -19,6 +19,7 @@ after the update, whether every updated entry is finite and whether to stop (a s
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 
 import numpy as np
@@ -351,12 +352,12 @@ class KernelWriter:
         syms = arg_symbols(len(ins.args))
         names = {s: self.entry(a, r, c, values) for s, a in zip(syms, ins.args)} | {SIZE: "nf"}
         names |= {ROW: "i", COL: "j", SEED: "seed", STEP: "t"}  # the nest's loop indices
-        temps, (body,) = sp.cse(ins.body, symbols=sp.numbered_symbols("_c", start=self.counter),
-                                optimizations="basic")
+        temps, body = _cse(ins.body)
+        names |= {sym: f"_c{self.counter + k}" for k, (sym, _) in enumerate(temps)}
         self.counter += len(temps)
-        printer = ScalarPrinter(names | {sym: sym.name for sym, _ in temps})
+        printer = ScalarPrinter(names)
         try:
-            return [f"{sym} = {printer.doprint(e)}" for sym, e in temps] + [
+            return [f"{names[sym]} = {printer.doprint(e)}" for sym, e in temps] + [
                 f"{local} = {printer.doprint(body)}"]
         except Exception as err:  # the strict printer names what it cannot print
             raise CodegenError(f"the numba backend cannot compute {ins.note or ins.body}: "
@@ -445,6 +446,14 @@ def _longer(r, c) -> bool:
     if r == "n" or c == "n":
         return r == "n"
     return int(r) >= int(c)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cse(body: sp.Expr):
+    """``sympy.cse`` of a MAP body: (temporaries, body). Each kernel of a module prints the same
+    bodies again, and cse was half of generating a module (0.1 s a model)."""
+    temps, (out,) = sp.cse(body, symbols=sp.numbered_symbols("_cse"), optimizations="basic")
+    return temps, out
 
 
 def _tree_sum(terms: list[str]) -> str:
