@@ -2,7 +2,7 @@
 
 from . import datasets, formulas, functions, interrupts, optim, schedules
 from .blocks import batch_norm, dropout, layer_norm
-from .declare import Input, batch, dense, parameter, weights
+from .declare import Constant, Input, batch, dense, parameter, weights
 from .errors import DataError, DeclarationError, DifferentiationError, ShapeError, SymnetError
 from .evaluate import evaluate
 from .functions import (

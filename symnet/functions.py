@@ -614,18 +614,21 @@ def _weights(args, fname):
 
 
 def l2(lam, *weights):
-    """(lam/2)·Σ‖W‖²_F over the given weights (never biases)."""
+    """(lam/2)·Σ‖W‖²_F over the given weights (never biases); ``lam`` a number, or a 1×1
+    ``sn.Constant`` read at run time."""
     lam = _coefficient(lam, "l2")
     return sp.MatAdd(*[sum(square(w)) for w in _weights(weights, "l2")]) * (lam / 2)
 
 
 def l1(lam, *weights):
-    """lam·Σ|W| over the given weights (never biases)."""
+    """lam·Σ|W| over the given weights (never biases); ``lam`` a number or a 1×1 ``sn.Constant``."""
     lam = _coefficient(lam, "l1")
     return sp.MatAdd(*[sum(abs(w)) for w in _weights(weights, "l1")]) * lam
 
 
 def _coefficient(lam, fname):
+    if isinstance(lam, sp.MatrixSymbol) and lam.shape == (1, 1):
+        return lam  # a constant: its value is the model's, checked at compile
     lam = validate.number(lam, "lam", low=0, example=1e-4, where=f"sn.{fname}")
     return sp.Float(lam) if isinstance(lam, float) else sp.Integer(lam)
 

@@ -44,17 +44,19 @@ SECONDS_PER_CALL = 0.25  # fit showing progress without validation: training per
 
 # The API name sn.compile shadows the builtin inside this module on purpose.
 def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype="float32",
-            seed=None, init="auto", backend="numba") -> Model:
+            seed=None, init="auto", backend="numba", constants=None) -> Model:
     """Differentiate ``loss`` symbolically, simplify, lower and build a trainable :class:`Model`.
 
     ``inputs`` and ``targets`` are the data matrices (``sn.Input``); every other MatrixSymbol of
     the loss is a parameter. ``prediction`` is what ``predict`` returns. ``backend="numba"``
     generates and jit-compiles kernels (on first use, cached on disk); ``"numpy"`` interprets the
     same programs and is the reference. ``seed`` fixes the initial parameters and the shuffling
-    of every ``fit``, so a run is reproducible bit for bit.
+    of every ``fit``, so a run is reproducible bit for bit. ``constants`` (``{symbol: value}``,
+    symbols made by ``sn.Constant``) are coefficients the kernels read at run time, such as an
+    L2 penalty's: ``model.constants[name][...] = value`` changes one without compiling again.
     """
     return Model(loss, inputs=inputs, targets=targets, prediction=prediction, optimizer=optimizer,
-                 dtype=dtype, seed=seed, init=init, backend=backend)
+                 dtype=dtype, seed=seed, init=init, backend=backend, constants=constants)
 
 
 @dataclass
@@ -84,7 +86,8 @@ class History:
 class Model:
     """A compiled network: live parameters, derived formulas, and programs that compute them."""
 
-    def __init__(self, loss, *, inputs, targets, prediction, optimizer, dtype, seed, init, backend):
+    def __init__(self, loss, *, inputs, targets, prediction, optimizer, dtype, seed, init, backend,
+                 constants=None):
         start = time.perf_counter()
         self.inputs = _symbols(inputs, "inputs")
         self.targets = _symbols(targets, "targets", taken=self.inputs)
@@ -98,6 +101,8 @@ class Model:
                 f"optimizer must be one of sn.optim's optimizers such as sn.optim.SGD(lr=0.1), "
                 f"got {optimizer!r}")
         data = set(self.inputs) | set(self.targets)
+        self._constant_symbols, self.constants = _constants(constants, data, self.dtype)
+        data |= set(self._constant_symbols)
         self.loss_expr = _check_loss(loss, data)
         self.param_symbols = _parameters(self.loss_expr, data,
                                          _bytes_per_entry(self.dtype, self.optimizer))
@@ -156,6 +161,7 @@ class Model:
                 f"a new model for another optimizer.")
         new = object.__new__(Model)  # not copy.copy: that would go through __reduce__
         new.__dict__.update(self.__dict__)
+        new.constants = {k: v.copy() for k, v in self.constants.items()}
         if optimizer is not None:
             new.optimizer = optimizer
         new._start(seed)
@@ -239,6 +245,7 @@ class Model:
         identity. With ``weights`` (the input ω of a weighted derivation), the first two only."""
         leaves = {s: "input" for s in [*self.inputs, *self.targets, *weights]}
         leaves.update({p: "param" for p in self.param_symbols})
+        leaves.update({c: "state" for c in self._constant_symbols})  # read, never written
         defs = d.definitions()
         roots = {"loss": d.loss, **{p.name: eq.lhs for p, eq in d.gradients.items()}}
         programs = {"loss_and_grad": lower(defs, roots, leaves)}
@@ -282,7 +289,7 @@ class Model:
         dtype = np.dtype(dtype or self.dtype)
         with self._lock:
             params = {k: np.ascontiguousarray(v, dtype=dtype)
-                      for k, v in {**self.params, **self.running}.items()}
+                      for k, v in {**self.params, **self._kept()}.items()}
             with _backend_errors(self.backend):  # dropout: the masks of the next step
                 return self._runner(dtype).run(name, {**feeds, **params}, self.dropout_seed,
                                                self._steps)
@@ -537,13 +544,13 @@ class Model:
         before = self._snapshot()
         losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
                                                batch_size, self._steps, stop=self._stop,
-                                               running=self.running, seed=self.dropout_seed,
+                                               running=self._kept(), seed=self.dropout_seed,
                                                rate=self.optimizer.rate)
         if status is Status.UPDATE:
             self._restore(before)
             _, e, s, t, replayed = runner.train(data, self.params, self._state, orders,
                                                 batch_size, self._steps, limit=t - 1,
-                                                running=self.running, seed=self.dropout_seed,
+                                                running=self._kept(), seed=self.dropout_seed,
                                                 rate=self.optimizer.rate)
             if replayed is not Status.STOPPED:  # cannot happen: the kernels are deterministic
                 raise DataError(f"replaying the steps before a non-finite update ended with "
@@ -551,6 +558,10 @@ class Model:
             status = Status.UPDATE
         self._steps = t
         return losses, e, s, status
+
+    def _kept(self):
+        """The arrays of the programs' state leaves: running statistics and constants."""
+        return {**self.running, **self.constants}
 
     def _snapshot(self):
         return ({k: v.copy() for k, v in self.params.items()},
@@ -775,6 +786,34 @@ def _parameters(loss, data, bytes_per_entry):
     validate.fits_in_memory({p.name: (int(p.shape[0]), int(p.shape[1])) for p in params},
                             bytes_per_entry)
     return params
+
+
+def _constants(constants, data, dtype) -> tuple[list, dict[str, np.ndarray]]:
+    """``compile``'s ``{symbol: value}``: the symbols, and their values as arrays of their shapes."""
+    if constants is None:
+        return [], {}
+    if not isinstance(constants, dict):
+        raise DeclarationError(f"constants must be a dict such as {{sn.Constant('alpha'): 1e-4}}, "
+                               f"got {validate.describe(constants)}")
+    arrays = {}
+    for symbol, value in constants.items():
+        if symbol in data or getattr(symbol, "name", None) in arrays:
+            raise DeclarationError(f"constants: {symbol.name} is listed twice (as an input, "
+                                   f"target or constant); give each matrix its own name")
+        if not isinstance(symbol, sp.MatrixSymbol) or not all(d.is_Integer for d in symbol.shape):
+            raise DeclarationError(f"constants: {symbol!r} is not a matrix of fixed shape; make "
+                                   f"it with sn.Constant(name)")
+        validate.identifier(symbol.name, "constants")
+        shape = tuple(int(d) for d in symbol.shape)
+        try:
+            array = np.array(np.broadcast_to(np.asarray(value, dtype=np.float64), shape), dtype)
+        except (TypeError, ValueError):
+            raise DeclarationError(f"constants: the value of {symbol.name} must be a number or an "
+                                   f"array of shape {shape[0]}×{shape[1]}, got {value!r}") from None
+        if not np.isfinite(array).all():
+            raise DeclarationError(f"constants: the value of {symbol.name} is not finite: {value!r}")
+        arrays[symbol.name] = array
+    return list(constants), arrays
 
 
 def _bytes_per_entry(dtype, optimizer):

@@ -291,22 +291,30 @@ def _is_statistic(m) -> bool:
     return c != 1 and len(mats) == 2 and any(isinstance(a, sp.OneMatrix) for a in mats)
 
 
+def transpose_1x1(e, ctx):
+    """cᵀ → c for a 1×1 c (an ``sn.Constant`` coefficient): ∂/∂W of (alpha/2)·sum(W²) reads
+    (𝟙·alpha·𝟙ᵀ) ∘ W, not (𝟙·alphaᵀ·𝟙ᵀ/2) ∘ (2·W)."""
+    if isinstance(e, sp.Transpose) and e.arg.shape == (1, 1):
+        return e.arg
+    return None
+
+
 def hadamard_ones(e, ctx):
-    """1 ∘ A → A, 0 ∘ A → 0, (c·A) ∘ B → c·(A ∘ B)."""
+    """1 ∘ A → A, 0 ∘ A → 0, (c·A) ∘ B → c·(A ∘ B), (A/c) ∘ (c·B) → A ∘ B."""
     if not isinstance(e, sp.HadamardProduct):
         return None
     if any(isinstance(a, sp.ZeroMatrix) for a in e.args):
         return sp.ZeroMatrix(*e.shape)
-    coeff, factors = sp.Integer(1), []
+    coeff, factors, moved = sp.Integer(1), [], False
     for a in e.args:
         if isinstance(a, sp.MatMul):
             c, mats = a.as_coeff_matrices()
-            if c != 1:
-                coeff *= c
+            if c != 1:  # moved out, even when the coefficients cancel: (A/2) ∘ (2·B) → A ∘ B
+                coeff, moved = coeff * c, True
                 a = mats[0] if len(mats) == 1 else sp.MatMul(*mats)
         if not isinstance(a, sp.OneMatrix) and a != sp.Identity(1):  # doit's 1×1 ones
             factors.append(a)
-    if coeff == 1 and len(factors) == len(e.args):
+    if not moved and len(factors) == len(e.args):
         return None
     if not factors:
         rest = sp.OneMatrix(*e.shape)
@@ -612,9 +620,9 @@ def _rules(*fns):
 
 FORWARD = _rules(compose_elementwise, stable_log_sigmoid, drop_identity, regroup_layers,
                  keep_layers, fuse_entrywise, absorb_sign)
-ADJOINT = _rules(sympy_canonical, hadamard_ones, constant_elementwise, fold_numbers, output_form,
-                 logistic_form, simplify_scalar, drop_identity, absorb_sign, factor_scalar,
-                 factor_hadamard)
+ADJOINT = _rules(sympy_canonical, transpose_1x1, hadamard_ones, constant_elementwise,
+                 fold_numbers, output_form, logistic_form, simplify_scalar, drop_identity,
+                 absorb_sign, factor_scalar, factor_hadamard)
 
 
 def simplify_forward(expr, layers=frozenset(), fired=None):

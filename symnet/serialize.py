@@ -1,8 +1,8 @@
 """The model file: the declaration as plain data beside the arrays, for ``model.save`` / ``sn.load``.
 
 A file is an ``.npz`` archive: ``meta`` holds the declaration as JSON, ``param/{P}``,
-``state/{P}/{s}`` and ``running/{R}`` the parameters, the optimizer state and batch norm's
-running statistics. An expression becomes nested JSON
+``state/{P}/{s}``, ``running/{R}`` and ``constant/{C}`` the parameters, the optimizer state,
+batch norm's running statistics and the constants' values. An expression becomes nested JSON
 lists ``[node type, *arguments]``; only the node types in :data:`NODES` (and the activations of
 :mod:`symnet.functions`) are accepted back, so loading a file never runs code from it: no pickle,
 no ``eval``, ``sympify`` or ``parse_expr``. Loading also never trusts a size in the file: the
@@ -448,6 +448,7 @@ def _arrays(model) -> dict[str, np.ndarray]:
                        if model._several else encode(model.prediction_expr)),
         "inputs": [encode(s) for s in model.inputs],
         "targets": [encode(s) for s in model.targets],
+        "constants": [encode(s) for s in model._constant_symbols],
         "optimizer": encode_optimizer(model.optimizer),
         "dtype": model.dtype.name, "backend": model.backend, "steps": model._steps,
         "dropout_seed": model.dropout_seed,  # training on after a load draws the same masks
@@ -456,6 +457,7 @@ def _arrays(model) -> dict[str, np.ndarray]:
     arrays.update({f"param/{k}": v for k, v in model.params.items()})
     arrays.update({f"state/{k}/{s}": v for k, st in model._state.items() for s, v in st.items()})
     arrays.update({f"running/{k}": v for k, v in model.running.items()})
+    arrays.update({f"constant/{k}": v for k, v in model.constants.items()})
     return arrays
 
 
@@ -489,6 +491,8 @@ def _load(source, path, backend):
                     _read_into(archive, f"state/{k}/{s}", state)
             for k, value in model.running.items():
                 _read_into(archive, f"running/{k}", value)
+            for k, value in model.constants.items():
+                _read_into(archive, f"constant/{k}", value)
     model._steps = meta["steps"]
     model.dropout_seed = meta.get("dropout_seed", model.dropout_seed)
     return model
@@ -560,6 +564,8 @@ def _check_meta(meta, backends) -> dict:
         "loss": (lambda v: isinstance(v, list), "an expression"),
         "optimizer": (lambda v: isinstance(v, dict), "an optimizer"),
     }
+    if "constants" in meta:  # written since constants; older files have none
+        checks["constants"] = (lambda v: isinstance(v, list), "a list")
     if "dropout_seed" in meta:  # written since dropout; older files draw new masks
         checks["dropout_seed"] = (lambda v: isinstance(v, int) and not isinstance(v, bool)
                                   and 0 <= v < 2**63, "a non-negative integer")
@@ -574,6 +580,8 @@ def _declaration(meta) -> dict:
     return {"loss": decode(meta["loss"]),
             "inputs": [decode(s) for s in meta["inputs"]],
             "targets": [decode(s) for s in meta["targets"]],
+            # values are read after compiling, as the parameters are
+            "constants": {decode(s): 0.0 for s in meta.get("constants", [])},
             "prediction": _prediction(meta["prediction"]),
             "optimizer": decode_optimizer(meta["optimizer"])}
 
@@ -592,7 +600,7 @@ def _prediction(data):
 def _check_memory(declaration, dtype):
     """Refuse parameters (and their optimizer state) that together exceed this machine's memory,
     before compile allocates them."""
-    data = {*declaration["inputs"], *declaration["targets"]}
+    data = {*declaration["inputs"], *declaration["targets"], *declaration["constants"]}
     loss = declaration["loss"]
     symbols = getattr(loss, "free_symbols", set())
     params = [s for s in symbols if isinstance(s, sp.MatrixSymbol) and s not in data
@@ -611,7 +619,8 @@ def _read_into(archive, key, into):
     """Fill ``into`` with the stored array ``key``, which must have its shape, be real and
     finite. Nothing is read before its header matches."""
     kind, _, name = key.partition("/")
-    what = {"state": "the optimizer state", "running": "the running statistic"}.get(
+    what = {"state": "the optimizer state", "running": "the running statistic",
+            "constant": "the constant"}.get(
         kind, "the parameter") + f" {name}"
 
     def accept(shape, dtype):

@@ -28,7 +28,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 from . import functions as fn
 from . import optim
 from .blocks import batch_norm, dropout
-from .declare import Input, dense, weights
+from .declare import Constant, Input, dense, weights
 from .errors import DataError, DeclarationError
 from .model import compile
 
@@ -38,6 +38,7 @@ ACTIVATIONS = {"relu": fn.relu, "tanh": fn.tanh, "logistic": fn.sigmoid, "sigmoi
 OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSProp,
               "adagrad": optim.AdaGrad, "sgd": lambda lr: optim.SGD(lr, momentum=0.9,
                                                                       nesterov=True)}
+ALPHA = Constant("alpha")  # the L2 penalty's coefficient, read by the kernels at run time
 PATIENCE = 10  # epochs without a better validation loss before early stopping (scikit-learn's)
 RECENT_MODELS = 16  # compiled configurations kept per process
 _RECENT: collections.OrderedDict = collections.OrderedDict()  # configuration → compiled model
@@ -76,6 +77,9 @@ class _SymnetMLP(BaseEstimator):
         if not all(isinstance(u, (int, np.integer)) and u >= 1 for u in hidden):
             raise DeclarationError(f"hidden must be a tuple of layer widths ≥ 1 such as (100,), got "
                              f"{self.hidden!r}")
+        if not (isinstance(self.alpha, (int, float, np.integer, np.floating))
+                and 0 <= self.alpha < np.inf):
+            raise DeclarationError(f"alpha must be a number ≥ 0 such as 1e-4, got {self.alpha!r}")
         if not 0 <= self.validation_fraction < 1:
             raise DeclarationError(f"validation_fraction must be in [0, 1), got "
                              f"{self.validation_fraction!r}")
@@ -87,7 +91,7 @@ class _SymnetMLP(BaseEstimator):
         refit then skip the symbolic work and the kernel loading."""
         hidden = self._check_params()
         optimizer = OPTIMIZERS[self.optimizer](self.learning_rate)
-        key = (type(self).__name__, hidden, self.activation, self.optimizer, float(self.alpha),
+        key = (type(self).__name__, hidden, self.activation, self.optimizer,
                float(self.dropout), bool(self.batch_norm), str(self.dtype), n_in, n_out)
         with _RECENT_LOCK:
             template = _RECENT.pop(key, None)
@@ -97,7 +101,9 @@ class _SymnetMLP(BaseEstimator):
             _RECENT[key] = template
             while len(_RECENT) > RECENT_MODELS:
                 _RECENT.popitem(last=False)
-        return template.fresh(seed, optimizer)  # the learning rate is a kernel input
+        model = template.fresh(seed, optimizer)  # the learning rate is a kernel input
+        model.constants[ALPHA.name][...] = self.alpha  # and so is the penalty
+        return model
 
     def _compile(self, hidden, n_in, n_out, optimizer):
         X, Y = Input("X", n_in), Input("Y", n_out)
@@ -109,10 +115,9 @@ class _SymnetMLP(BaseEstimator):
             h = dropout(ACTIVATIONS[self.activation](z), self.dropout)
         out = dense(h, n_out, name=str(len(hidden) + 1))
         loss, prediction = self._loss(out, Y)
-        if self.alpha:
-            loss = loss + fn.l2(self.alpha, *weights(out))
+        loss = loss + fn.l2(ALPHA, *weights(out))  # alpha = 0 too: one kernel for every alpha
         return compile(loss, inputs=[X], targets=[Y], prediction=prediction,
-                       optimizer=optimizer, dtype=self.dtype)
+                       optimizer=optimizer, dtype=self.dtype, constants={ALPHA: self.alpha})
 
     # -- training
     def fit(self, X, y, sample_weight=None):
