@@ -795,9 +795,9 @@ def _constants(constants, data, dtype) -> tuple[list, dict[str, np.ndarray]]:
     if not isinstance(constants, dict):
         raise DeclarationError(f"constants must be a dict such as {{sn.Constant('alpha'): 1e-4}}, "
                                f"got {validate.describe(constants)}")
-    arrays = {}
+    arrays, taken = {}, {s.name for s in data}
     for symbol, value in constants.items():
-        if symbol in data or getattr(symbol, "name", None) in arrays:
+        if getattr(symbol, "name", None) in taken | set(arrays):
             raise DeclarationError(f"constants: {symbol.name} is listed twice (as an input, "
                                    f"target or constant); give each matrix its own name")
         if not isinstance(symbol, sp.MatrixSymbol) or not all(d.is_Integer for d in symbol.shape):

@@ -25,16 +25,16 @@ def kernel_cache(tmp_path_factory):
         yield
 
 
-def compiled(loss, X, Y, prediction=None, seed=0, backend="numpy"):
+def compiled(loss, X, Y, prediction=None, seed=0, backend="numpy", constants=None):
     """A float64 model; the numpy reference backend unless a test is about the kernels."""
     return sn.compile(loss, inputs=[X], targets=[Y], prediction=prediction, dtype="float64",
-                      seed=seed, backend=backend)
+                      seed=seed, backend=backend, constants=constants)
 
 
 def assert_formulas_are_computed(model, Xb, Yb):
     """sn.evaluate of every shown gradient equals what loss_and_grad computes."""
     _, grads = model.loss_and_grad(Xb, Yb)
-    values = {"X": Xb, "Y": Yb, **model.params}
+    values = {"X": Xb, "Y": Yb, **model.params, **model.constants}
     for p, expr in model.gradients.items():
         np.testing.assert_allclose(sn.evaluate(expr, values), grads[p.name], rtol=1e-9,
                                    atol=1e-12, err_msg=f"gradient of {p}")

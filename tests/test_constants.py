@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import sympy as sp
+from conftest import assert_formulas_are_computed
 
 import symnet as sn
 from symnet import serialize
@@ -30,8 +31,10 @@ def data(rows=12):
     return rng.normal(size=(rows, 4)), np.eye(3)[rng.integers(0, 3, rows)]
 
 
-def test_the_formulas_name_the_constant():
-    lines = penalised(None).formulas()
+def test_the_formulas_name_the_constant_and_compute_what_is_shown():
+    model = penalised(None)
+    assert_formulas_are_computed(model, *data())
+    lines = model.formulas()
     for line in ("L  = (sum(logsumexp(P)) − sum(P ∘ Y))/n + (sum(W1²) + sum(W2²))·alpha/2",
                  "∂L/∂W1 = (𝟙·alpha·𝟙) ∘ W1 + Xᵀ·δ1"):
         assert line in lines, line

@@ -52,6 +52,9 @@ def _declarations():
     out = sn.dense(sn.dense(X, 5, sn.elu(0.5)), 3)
     yield "l1", (sn.mse(out, Y) + sn.l1(1e-3, *sn.weights(out)), X, Y, out, "real")
     yield "teacher", _teacher()
+    out = sn.dense(sn.dense(X, 5, sn.relu), 3)
+    loss = sn.softmax_cross_entropy(out, Y) + sn.l2(ALPHA, *sn.weights(out))
+    yield "l2-constant", (loss, X, Y, out, "onehot")
     for name, norm in (("batch_norm", sn.batch_norm), ("layer_norm", sn.layer_norm)):
         out = sn.dense(sn.relu(norm(sn.dense(X, 5, name="1"), "1")), 3, name="2")
         yield f"block-{name}", (sn.softmax_cross_entropy(out, Y), X, Y, out, "onehot")
@@ -59,13 +62,15 @@ def _declarations():
     yield "block-dropout", (sn.softmax_cross_entropy(out, Y), X, Y, out, "onehot")
 
 
+ALPHA = sn.Constant("alpha")
 DECLARATIONS = dict(_declarations())
 
 
 @cache
 def network(name):
     loss, X, Y, prediction, kind = DECLARATIONS[name]
-    model = compiled(loss, X, Y, prediction=prediction)
+    model = compiled(loss, X, Y, prediction=prediction,
+                     constants={ALPHA: 0.3} if ALPHA in loss.free_symbols else None)
     model.optimizer = sn.optim.Adam(1e-3, clip_norm=1.0)  # its update rule is shown too
     Xb, Yb = make_data(kind=kind, seed=4)
     return model, Xb * 1.5, Yb
@@ -130,7 +135,7 @@ def check_equation(eq, values, functions):
 
 
 def check_model(model, Xb, Yb):
-    values = {"X": Xb, "Y": Yb, "n": Xb.shape[0], **model.params}
+    values = {"X": Xb, "Y": Yb, "n": Xb.shape[0], **model.params, **model.constants}
     rng = np.random.default_rng(0)
     for eq in model.derivation.equations:  # dropout masks: any 0/1 matrices of their shapes
         for m in sp.preorder_traversal(eq.rhs):
@@ -218,7 +223,8 @@ def architectures(draw):
 @given(architectures())
 def test_random_architectures_read_back_and_compile_with_pdflatex(tmp_path_factory, declaration):
     loss, X, Y, prediction, kind = declaration
-    model = compiled(loss, X, Y, prediction=prediction)
+    model = compiled(loss, X, Y, prediction=prediction,
+                     constants={ALPHA: 0.3} if ALPHA in loss.free_symbols else None)
     Xb, Yb = make_data(n=4, cols=3, out=2, kind=kind, seed=5)
     check_model(model, Xb, Yb)
     if shutil.which("pdflatex") or REQUIRE_TOOLS:
