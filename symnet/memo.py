@@ -4,23 +4,26 @@ The search for an activation's output form (``rewrite.output_derivative``: σ′
 solving y = σ(x)) takes 0.1–0.3 s of SymPy for sigmoid, softplus, swish or GELU, in every new
 process, out of a warm setup of about 0.6 s. Its answer depends only on the question, so it is
 kept in the cache directory (``codegen.files.cache_dir``, ``derivations/``): one file per
-question, named by its hash, holding the question and the answer's ``srepr``, written
-atomically. A file whose question differs, that does not parse, or that cannot be read is
-ignored and the search runs; an answer whose ``srepr`` does not read back as itself (a
-user-defined class) and an unwritable location are not remembered.
+question, named by its hash, holding the question and the answer in the model file's data-only
+expression format (``serialize.encode``: reading it back runs no code), written atomically. A
+file whose question differs, that does not decode, or that cannot be read is ignored and the
+search runs; an answer that does not decode as itself (a user-defined activation's class) and an
+unwritable location are not remembered.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 
 import sympy as sp
 
 from codegen.files import atomic_write, cache_dir
 
-VERSION = "1"  # bump when a search changes what it answers
-NONE = "None"
+from .serialize import decode, encode
+
+VERSION = "2"  # bump when a search changes what it answers
 
 
 def remembered(kind: str, question: str, search: Callable[[], sp.Basic | None]):
@@ -31,15 +34,16 @@ def remembered(kind: str, question: str, search: Callable[[], sp.Basic | None]):
     try:
         stored = path.read_text(encoding="utf-8")
         if stored.startswith(asked):
-            text = stored[len(asked):]
-            return None if text == NONE else sp.sympify(text)
+            data = json.loads(stored[len(asked):])
+            return None if data is None else decode(data)
     except Exception:  # absent, unreadable or damaged: search again
         pass
     answer = search()
-    text = NONE if answer is None else sp.srepr(answer)
     try:
-        if answer is not None and sp.sympify(text) != answer:
-            return answer  # not representable as text
+        data = None if answer is None else encode(answer)
+        if answer is not None and decode(data) != answer:
+            return answer  # not representable in the data-only format
+        text = json.dumps(data)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write((asked + text).encode("utf-8")))
     except Exception:  # an unwritable cache costs the next process the search, nothing else

@@ -35,21 +35,26 @@ def test_damaged_or_foreign_files_are_searched_again(monkeypatch, tmp_path):
     search, calls = counting(sp.Integer(7))
     memo.remembered("test", "q", search)
     (path,) = (tmp_path / "derivations").iterdir()
-    path.write_text(path.read_text()[:-3] + "((")  # truncated mid-expression
+    path.write_text(path.read_text()[:-3])  # truncated
     assert memo.remembered("test", "q", search) == 7
-    path.write_text("test 1\nanother question\nInteger(8)")  # a hash collision's file
+    path.write_text(f"test {memo.VERSION}\nanother question\n8")  # a hash collision's file
     assert memo.remembered("test", "q", search) == 7
     assert len(calls) == 3
     assert memo.remembered("test", "q", search) == 7  # repaired by the last search
     assert len(calls) == 3
 
 
-def test_what_text_cannot_hold_is_not_remembered(monkeypatch, tmp_path):
+def test_what_the_data_format_cannot_hold_is_not_remembered(monkeypatch, tmp_path):
     monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
-    search, calls = counting(sn.sigmoid.function(x))  # a named activation's class
-    assert memo.remembered("test", "q", search) == sn.sigmoid.function(x)
-    assert memo.remembered("test", "q", search) == sn.sigmoid.function(x)
+    mine = sn.activation("mine", x**3 + x, x).function(x)  # decodes as another class
+    search, calls = counting(mine)
+    assert memo.remembered("test", "q", search) == mine
+    assert memo.remembered("test", "q", search) == mine
     assert len(calls) == 2
+    builtin, calls = counting(sn.sigmoid.function(x) * (1 - x))  # symnet's own: kept
+    memo.remembered("test", "b", builtin)
+    assert memo.remembered("test", "b", builtin) == sn.sigmoid.function(x) * (1 - x)
+    assert len(calls) == 1
 
 
 def test_an_unwritable_location_only_costs_the_search(monkeypatch, tmp_path):
