@@ -40,13 +40,14 @@ def _pieces(blk_addr, tid):
 _KERNEL = rt.compile_kernel(_pieces.py_func, cache=False)[1]
 
 
-def run_pieces(phases=40, count=6, work=3000):
+def run_pieces(phases=40, count=6, work=3000, step_work=None):
+    """(values, the thread of each piece); ``step_work`` is the work run() is told of."""
     values, threads = np.zeros((phases, count)), np.full((phases, count), -1, np.int64)
     blk = np.zeros(32, np.int64)
     blk[1:4] = phases, count, work
     blk[16:19] = values.ctypes.data, phases, count
     blk[19:22] = threads.ctypes.data, phases, count
-    rt.run(_KERNEL, blk)
+    rt.run(_KERNEL, blk, step_work)
     return values, threads
 
 
@@ -60,6 +61,32 @@ def test_the_team_takes_pieces_on_every_thread_and_computes_them_alike(monkeypat
         np.testing.assert_array_equal(values, alone)  # each piece reads the phase before's
         assert (threads >= 0).all() and len(np.unique(threads)) > 1, threads  # shared
         assert threads.max() < int(count)
+
+
+def test_while_threads_wait_for_cores_small_steps_run_alone_until_the_team_is_tried_again(
+        monkeypatch):
+    """A team call whose threads were on a core for half its time (a busy neighbour) sends
+    small steps to the calling thread alone, large ones still to the team, for RETRY seconds;
+    a call with its threads on their cores, or a short one, decides nothing new."""
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    load = rt._Load()
+    monkeypatch.setattr(rt, "_load", load)
+    reference, _ = run_pieces()
+    small, large = rt.PARALLEL_WORK, rt.ALONE_UNDER_LOAD
+    load.record(cpu=0.1, wall=0.1, count=2)
+    assert load.contended()
+    values, threads = run_pieces(step_work=small)
+    assert (threads == 0).all()
+    np.testing.assert_array_equal(values, reference)
+    _, threads = run_pieces(step_work=large)
+    assert set(np.unique(threads)) == {0, 1}
+    load.record(cpu=0.001, wall=0.001, count=2)  # too short to judge
+    assert load.contended()
+    monkeypatch.setattr(rt.time, "monotonic", lambda: load.until + 1)  # RETRY has passed
+    _, threads = run_pieces(step_work=small)
+    assert set(np.unique(threads)) == {0, 1}
+    load.record(cpu=0.19, wall=0.1, count=2)
+    assert not load.contended()
 
 
 def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):

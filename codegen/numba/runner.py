@@ -18,10 +18,6 @@ from ..ir import BATCH, CodegenError, Program, Status, Update
 from . import cache, runtime
 from .emit import ARRAYS_AT, CODEGEN_VERSION, KERNEL_OPTIONS, TRAIN, Entry, generate
 
-# Below this many multiply-adds (or entries) a call runs on the calling thread alone: waking
-# the team costs more than it saves (a kernel's results are the same either way).
-PARALLEL_WORK = 200_000
-
 
 class NumbaRunner:
     """Every program of a model as a compiled kernel, on workspaces that grow with the largest
@@ -73,7 +69,7 @@ class NumbaRunner:
         with self.lock:
             arrays = {**feeds, **self.workspace(name, n)}
             blk = self.blocks.fill(entry, {"n": n, "seed": seed, "t": step}, arrays)
-            runtime.run(kernel, blk, entry.work(n) >= PARALLEL_WORK)
+            runtime.run(kernel, blk, entry.work(n))
             return {out: _view(arrays[buf], program.buffer(buf).shape, n).copy()
                     for out, buf in program.outputs}
 
@@ -108,8 +104,8 @@ class NumbaRunner:
                                            "seed": seed}, arrays)
             blk[runtime.STATUS] = -1
             blk[runtime.STOPCODE] = blk[runtime.BAD] = 0
-            parallel = entry.work(rows) >= PARALLEL_WORK
-            _off_this_thread(lambda: runtime.run(kernel, blk, parallel), stop)
+            work = entry.work(rows)  # per step
+            _off_this_thread(lambda: runtime.run(kernel, blk, work), stop)
         status = Status(int(blk[runtime.STATUS]))
         return losses, int(blk[runtime.E]), int(blk[runtime.S]), int(blk[runtime.T]), status
 
