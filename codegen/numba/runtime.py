@@ -18,7 +18,8 @@ data pointer and two dimensions per array, see :func:`array`) and the thread's n
 kernel takes any number of arrays; they are compiled as C callbacks (``numba.cfunc``). The team
 is ``threads() - 1`` worker threads that sleep between kernels, plus the thread that calls
 :func:`run`. ``SYMNET_NUM_THREADS`` sets the thread count (default: the cores this process may
-run on, ``os.sched_getaffinity``).
+run on, ``os.sched_getaffinity``). :func:`run` gives a call to the calling thread alone when it
+is too small to share, or small enough while the team's threads wait for cores (:class:`_Load`).
 """
 
 from __future__ import annotations
