@@ -127,9 +127,10 @@ def _errors(model, feeds) -> dict[str, float]:
 
     reference = NumpyBackend({"loss_and_grad": model._programs["loss_and_grad"]}, None, "float64")
     params = {k: np.array(v, dtype=np.float64) for k, v in model.params.items()}
+    constants = {k: np.array(v, dtype=np.float64) for k, v in model.constants.items()}
 
     def loss_and_grad():
-        out = reference.run("loss_and_grad", {**feeds, **params})
+        out = reference.run("loss_and_grad", {**feeds, **params, **constants})
         return float(out.pop("loss")[0, 0]), out
 
     return parameter_errors(loss_and_grad, params)

@@ -599,7 +599,7 @@ class Model:
     def _formula_culprit(self, batch_data) -> str | None:
         """``label = formula`` of the first equation of the derivation that is not finite on
         this batch in the model's dtype, or None."""
-        values = {**batch_data, **self.params}
+        values = {**batch_data, **self.params, **self.constants}
         with np.errstate(all="ignore"):
             for eq in self.derivation.equations:
                 value = evaluate(eq.rhs, values, dtype=self.dtype)

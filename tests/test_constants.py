@@ -114,3 +114,27 @@ def test_bad_constants_are_declaration_errors(constants, message):
     loss = sn.softmax_cross_entropy(out, Y) + sn.l2(ALPHA, *sn.weights(out))
     with pytest.raises(sn.DeclarationError, match=message):
         sn.compile(loss, inputs=[X], targets=[Y], constants=constants, backend="numpy")
+
+
+def test_an_l1_coefficient_may_be_a_constant_too():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.tanh(sn.dense(X, 5, name="1")), 3, name="2")
+    lam = sn.Constant("lam")
+    model = sn.compile(sn.mse(out, Y) + sn.l1(lam, *sn.weights(out)), inputs=[X], targets=[Y],
+                       dtype="float64", seed=0, backend="numpy", constants={lam: 0.2})
+    X, Y = data()
+    assert_formulas_are_computed(model, X, Y)
+    assert sn.gradcheck(model, X, Y) < 1e-6
+    loss = model.loss_and_grad(X, Y)[0]
+    model.constants["lam"][...] = 0.0
+    penalty = 0.2 * sum(np.abs(model.params[w]).sum() for w in ("W1", "W2"))
+    assert loss - model.loss_and_grad(X, Y)[0] == pytest.approx(penalty, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_model_with_a_constant_explains_itself_and_names_what_overflows(backend):
+    model = penalised(None, backend, dtype="float32", optimizer=sn.optim.SGD(lr=1e38))
+    X, Y = data()
+    assert "alpha" in str(model.explain(X, Y))
+    with pytest.raises(sn.DataError, match="not finite"):
+        model.fit(X, Y, epochs=2, batch_size=4, verbose=False)
