@@ -41,26 +41,34 @@ _KERNEL = rt.compile_kernel(_pieces.py_func, cache=False)[1]
 
 
 def run_pieces(phases=40, count=6, work=3000, step_work=None):
-    """(values, the thread of each piece); ``step_work`` is the work run() is told of."""
+    """(values, the thread of each piece, the team's address or 0 alone); ``step_work`` is the
+    work run() is told of."""
     values, threads = np.zeros((phases, count)), np.full((phases, count), -1, np.int64)
     blk = np.zeros(32, np.int64)
     blk[1:4] = phases, count, work
     blk[16:19] = values.ctypes.data, phases, count
     blk[19:22] = threads.ctypes.data, phases, count
     rt.run(_KERNEL, blk, step_work)
-    return values, threads
+    return values, threads, int(blk[0])
 
 
 def test_the_team_takes_pieces_on_every_thread_and_computes_them_alike(monkeypatch):
+    """Which threads take pieces depends on which get a core: on a busy machine one thread may
+    take them all, so sharing is asked of one of a few runs, equal numbers of every run."""
     monkeypatch.setenv("SYMNET_NUM_THREADS", "1")
-    alone, threads = run_pieces()
-    assert (threads == 0).all()
+    alone, threads, team = run_pieces()
+    assert (threads == 0).all() and team == 0
     for count in ("2", "4"):
         monkeypatch.setenv("SYMNET_NUM_THREADS", count)
-        values, threads = run_pieces()
-        np.testing.assert_array_equal(values, alone)  # each piece reads the phase before's
-        assert (threads >= 0).all() and len(np.unique(threads)) > 1, threads  # shared
-        assert threads.max() < int(count)
+        shared = False
+        for _ in range(10):
+            values, threads, team = run_pieces()
+            np.testing.assert_array_equal(values, alone)  # each piece reads the phase before's
+            assert team != 0 and (threads >= 0).all() and threads.max() < int(count)
+            shared = shared or len(np.unique(threads)) > 1
+            if shared:
+                break
+        assert shared, threads
 
 
 def test_while_threads_wait_for_cores_small_steps_run_alone_until_the_team_is_tried_again(
@@ -71,20 +79,19 @@ def test_while_threads_wait_for_cores_small_steps_run_alone_until_the_team_is_tr
     monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
     load = rt._Load()
     monkeypatch.setattr(rt, "_load", load)
-    reference, _ = run_pieces()
+    reference, _, _ = run_pieces()
     small, large = rt.PARALLEL_WORK, rt.ALONE_UNDER_LOAD
     load.record(cpu=0.1, wall=0.1, count=2)
     assert load.contended()
-    values, threads = run_pieces(step_work=small)
-    assert (threads == 0).all()
+    values, threads, team = run_pieces(step_work=small)
+    assert team == 0 and (threads == 0).all()
     np.testing.assert_array_equal(values, reference)
-    _, threads = run_pieces(step_work=large)
-    assert set(np.unique(threads)) == {0, 1}
+    assert run_pieces(step_work=large)[2] != 0
+    load.record(cpu=0.1, wall=0.1, count=2)  # whatever that call measured
     load.record(cpu=0.001, wall=0.001, count=2)  # too short to judge
     assert load.contended()
     monkeypatch.setattr(rt.time, "monotonic", lambda: load.until + 1)  # RETRY has passed
-    _, threads = run_pieces(step_work=small)
-    assert set(np.unique(threads)) == {0, 1}
+    assert run_pieces(step_work=small)[2] != 0
     load.record(cpu=0.19, wall=0.1, count=2)
     assert not load.contended()
 
