@@ -649,6 +649,11 @@ def threads() -> int:
             pass
         warnings.warn(f"SYMNET_NUM_THREADS={text!r} is not a positive integer; using the "
                       f"cores this process may run on", stacklevel=3)
+    return cores()
+
+
+def cores() -> int:
+    """The cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -671,8 +676,9 @@ MEASURED = 0.02  # seconds: shorter team calls are not judged
 
 class _Load:
     """Whether the team's last judged call found its threads waiting for cores: its process
-    CPU time against wall time × threads. A measure of this process only, so it holds in a
-    container, where ``/proc/loadavg`` counts the host's tasks."""
+    CPU time against wall time × the cores its threads could have had (more threads than cores
+    is not by itself a wait). A measure of this process only, so it holds in a container, where
+    ``/proc/loadavg`` counts the host's tasks."""
 
     def __init__(self):
         self.until = 0.0
@@ -706,7 +712,8 @@ def run(kernel, blk: np.ndarray, work: int | None = None) -> None:
         blk[0] = team.address
         cpu, wall = time.process_time(), time.perf_counter()
         team.run(ctypes.cast(kernel, ctypes.c_void_p).value, blk.ctypes.data)
-        _load.record(time.process_time() - cpu, time.perf_counter() - wall, count)
+        _load.record(time.process_time() - cpu, time.perf_counter() - wall,
+                     min(count, cores()))
     finally:
         _lock.release()
 
