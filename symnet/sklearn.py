@@ -26,7 +26,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
 from . import functions as fn
-from . import optim
+from . import optim, validate
 from .blocks import batch_norm, dropout
 from .declare import Constant, Input, dense, weights
 from .errors import DataError, DeclarationError
@@ -77,9 +77,7 @@ class _SymnetMLP(BaseEstimator):
         if not all(isinstance(u, (int, np.integer)) and u >= 1 for u in hidden):
             raise DeclarationError(f"hidden must be a tuple of layer widths ≥ 1 such as (100,), got "
                              f"{self.hidden!r}")
-        if not (isinstance(self.alpha, (int, float, np.integer, np.floating))
-                and 0 <= self.alpha < np.inf):
-            raise DeclarationError(f"alpha must be a number ≥ 0 such as 1e-4, got {self.alpha!r}")
+        validate.number(self.alpha, "alpha", low=0, example=1e-4, where=type(self).__name__)
         if not 0 <= self.validation_fraction < 1:
             raise DeclarationError(f"validation_fraction must be in [0, 1), got "
                              f"{self.validation_fraction!r}")
