@@ -37,6 +37,8 @@ def _backend_class(name: str):
     from codegen.numba import NumbaRunner
 
     return NumbaRunner
+
+
 ONE_ROW = ("batch norm normalises each column over the batch, and a 1-row batch has no variance "
            "(torch refuses it too)")
 SECONDS_PER_CALL = 0.25  # fit showing progress without validation: training per kernel call
