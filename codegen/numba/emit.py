@@ -43,7 +43,7 @@ from . import runtime
 from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, plan
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 
-CODEGEN_VERSION = 22  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 23  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
@@ -481,7 +481,8 @@ def _hoist(expr, per_step: set, found: dict) -> sp.Expr:
 
 
 class Stages:
-    """A kernel's phases as small jitted functions ("stages") that it calls in order.
+    """A kernel's phases as functions of their own ("stages", ``runtime.stage``) that it calls
+    in order.
 
     numba's analyses (liveness, reaching definitions) grow faster than linearly with a
     function's size: an 8-layer network's training kernel as one function took 10 s to
@@ -564,7 +565,7 @@ class Stages:
         name = f"{self.prefix}_{len(self.known)}"
         used = set(re.findall(r"[A-Za-z_]\w*", "\n".join(code)))
         d = self.defs
-        d(JIT)
+        d("@STAGE")
         with d.block(f"def {name}({', '.join(self.params)}, slots):"):
             if notes:
                 d.comment(f"first for: {'; '.join(note[2:] for note in notes)}")
@@ -909,6 +910,7 @@ def generate(programs: dict[str, Program], update: Update | None, dtype):
     out()
     out(f"DT = np.{dtype.name}")
     out(f"FASTMATH = {FASTMATH}")
+    out("STAGE = rt.stage(error_model='numpy', fastmath=FASTMATH)")
     entries = {}
     writers = {}
     for name, prog in programs.items():

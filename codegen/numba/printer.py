@@ -109,7 +109,7 @@ class Lines:
 
 
 # Names the generated modules use themselves; a buffer may not take one of them.
-RESERVED = {"np", "nb", "math", "rt", "DT", "FASTMATH", "CACHE", "n", "nf", "i", "j", "k", "e",
+RESERVED = {"np", "nb", "math", "rt", "DT", "FASTMATH", "STAGE", "CACHE", "n", "nf", "i", "j", "k", "e",
             "s", "r", "t", "t0", "p", "q", "a_ki", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
             "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
             "start", "orders", "gemm", "gemm_at", "update_entries", "sum_of_squares", "ps", "gs",
