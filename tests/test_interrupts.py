@@ -148,3 +148,25 @@ def test_sigint_handlers_of_the_caller_are_kept_and_called_after_the_step(monkey
         assert len(hist.loss) == 3
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_short_training_call_runs_on_the_calling_thread_a_long_one_beside_it(monkeypatch):
+    # the long call's kernel runs on a thread of its own, so that Ctrl-C's handler can run on
+    # the caller's meanwhile; a short one is not worth starting a thread for
+    from codegen.numba import runner, runtime
+
+    X, Y = data()
+    m = model("numba")
+    seen = []
+    run = runtime.run
+    monkeypatch.setattr(runtime, "run", lambda *args: (seen.append(threading.current_thread()),
+                                                      run(*args))[1])
+    m.fit(X, Y, epochs=2, batch_size=40, verbose=False)
+    monkeypatch.setattr(runner, "SHORT_CALL", 0.0)
+    m.fit(X, Y, epochs=2, batch_size=40, verbose=False)
+    assert seen[0] is threading.current_thread()
+    assert seen[1] is not threading.current_thread() and seen[1].name == "symnet-kernel"
+    reference = model("numba")
+    reference.fit(X, Y, epochs=4, batch_size=40, verbose=False)
+    for k in reference.params:
+        np.testing.assert_array_equal(m.params[k], reference.params[k])
