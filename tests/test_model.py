@@ -48,9 +48,9 @@ def test_sigmoid_weights_get_xavier_times_four():
 
 def test_source_lists_each_statement_under_its_formula():
     src = digits_model().source
-    stage = src[src.index("# first for: X·W1"):]
+    call = src[src.index("# X·W1\n"):].splitlines()[1]  # the call under the formula
+    stage = src[src.index(f"def {call.split('= ')[1].split('(')[0]}("):]
     assert "gemm_at(" in stage[:stage.index("return base")]  # X·W1 is a BLAS call
-    assert "# X·W1\n" in src  # above the call of that stage
     assert "# (softmax(P) − Y)/n\n" in src
     # the learning rate is read at run time: the source is the same for every rate
     assert "def train_epochs(" in src and "# update: lr ← rate; p ← p − g·lr" in src
