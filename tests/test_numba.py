@@ -20,7 +20,7 @@ import symnet.model
 from codegen.intrinsics import vecmath
 from codegen.intrinsics.blas import gemm, gemm_at
 from codegen.intrinsics.opaque import opaque
-from codegen.ir import Op
+from codegen.ir import BATCH, Op
 from codegen.numba import emit, plan, runner
 
 
@@ -166,6 +166,24 @@ def test_blas_products_on_a_short_batch_use_the_first_rows_of_the_workspaces():
     for m in models:  # batches of 10, 10 and 3 rows
         m.fit(Xb, Yb, epochs=2, batch_size=10, verbose=False)
     assert_same_params(*models)
+
+
+def test_a_workspace_starts_far_from_every_other_array():
+    """A vectorised loop that writes one array takes its scalar copy, whose sums round
+    differently, when the written array starts just above one it reads: a workspace's data
+    starts ``GUARD`` bytes into its own allocation, so the numbers do not depend on where the
+    allocator put the arrays."""
+    arrays = []
+    for k in range(40):  # workspaces among other small arrays, as a model's lie in memory
+        arrays.append(("workspace", runner._alloc((BATCH, 3 + k % 5), 16, np.float32,
+                                                   minor=k % 2)))
+        arrays.append(("other", np.zeros((16, 3), np.float32)))
+    for kind, w in arrays:
+        if kind != "workspace":
+            continue
+        assert w.ctypes.data % 64 == 0 and w.flags.c_contiguous and w.flags.writeable
+        for _, a in arrays:
+            assert not 0 < w.ctypes.data - a.ctypes.data < runner.GUARD
 
 
 def test_train_epochs_gathers_narrow_inputs_batch_minor():
