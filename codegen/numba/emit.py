@@ -555,7 +555,7 @@ class Stages:
         d = self.defs
         d("@STAGE")
         with d.block(f"def {name}({', '.join(self.params)}, slots):"):
-            d("# a0 = op(a1)·op(a2) in tiles along its longer side, as slots[3:] say "
+            d("# a2 = op(a0)·op(a1), in tiles of one side of a2, as slots[3:] say "
               "(Stages.product)")
             d(f"blk = rt.block(blk_addr, {self.length})")
             for k in range(3):

@@ -109,12 +109,12 @@ class Lines:
 
 
 # Names the generated modules use themselves; a buffer may not take one of them.
-RESERVED = {"np", "nb", "math", "rt", "DT", "FASTMATH", "STAGE", "CACHE", "n", "nf", "i", "j", "k", "e",
-            "s", "r", "t", "t0", "p", "q", "a_ki", "mode", "get_fpmode", "set_fpmode", "FTZ_DAZ",
-            "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch", "batches",
-            "start", "orders", "gemm", "gemm_at", "update_entries", "sum_of_squares", "ps", "gs",
-            "v", "vexp", "r0", "r1", "lo", "first", "last", "opaque", "blk", "blk_addr", "tid", "team",
-            "base", "going", "limit", "stop", "fbuf", "bad", "size", "count"}
+RESERVED = {"np", "nb", "math", "rt", "DT", "FASTMATH", "STAGE", "CACHE", "n", "nf", "i", "j", "k",
+            "e", "s", "r", "t", "t0", "p", "q", "a_ki", "mode", "get_fpmode", "set_fpmode",
+            "FTZ_DAZ", "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch",
+            "batches", "start", "orders", "gemm", "gemm_at", "update_entries", "sum_of_squares",
+            "ps", "gs", "v", "vexp", "r0", "r1", "lo", "first", "last", "opaque", "blk", "blk_addr",
+            "tid", "team", "base", "going", "limit", "stop", "fbuf", "bad", "size", "count"}
 
 
 def identifier(name: str, used: set[str]) -> str:
