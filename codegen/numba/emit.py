@@ -63,6 +63,24 @@ def tile(length: int, work: int, target: int, least: int) -> int:
     return -(-length // pieces)
 
 
+@contextlib.contextmanager
+def pieces(out: Lines, epilogue=None):
+    """The loop of a phase of ``P`` pieces (``P`` set before it): the lines written inside the
+    ``with`` compute piece ``p``; threads claim pieces until none are left, then wait for the
+    phase to complete. ``epilogue(out)`` runs once, on the thread that completes it."""
+    out("p = rt.claim(team, base, P, -1, tid)")
+    with out.block("while p >= 0:"):
+        yield
+        if epilogue is None:
+            out("p = rt.next(team, base, P, p, tid)")
+        else:
+            with out.block("if rt.finish(team, base, P, p):"):
+                epilogue(out)
+                out("rt.publish(team, base, P)")
+            out("p = rt.claim(team, base, P, p, tid)")
+    out("base = rt.wait(team, base, P, tid)")
+
+
 class Entry:
     """What the runner needs to call one kernel: the order of its argument block, the layout of
     its workspaces, and its work per batch row (for whether to share it among threads)."""
@@ -112,17 +130,8 @@ class KernelWriter:
                     out.comment(ins.note)
         counts = [self.count(g, out) for g in groups]
         out(f"P = {' + '.join(c for c, _ in counts)}")
-        out("p = rt.claim(team, base, P, -1, tid)")
-        with out.block("while p >= 0:"):
+        with pieces(out, epilogue):
             self.dispatch(out, groups, counts)
-            if epilogue is None:
-                out("p = rt.next(team, base, P, p, tid)")
-            else:
-                with out.block("if rt.finish(team, base, P, p):"):
-                    epilogue(out)
-                    out("rt.publish(team, base, P)")
-                out("p = rt.claim(team, base, P, p, tid)")
-        out("base = rt.wait(team, base, P, tid)")
 
     def dispatch(self, out: Lines, groups, counts):
         """The body of piece ``p``: the piece ``q`` of the group it belongs to."""
@@ -567,16 +576,13 @@ class Stages:
             d("length = r if slots[8] != 0 else c")
             d(f"size = rt.tile(length, r * c * k, {GEMM_PIECE}, rt.product_least(length))")
             d("P = (length + size - 1) // size")
-            d("p = rt.claim(team, base, P, -1, tid)")
-            with d.block("while p >= 0:"):
+            with pieces(d):
                 d("first = p * size")
                 d("last = min(first + size, length)")
                 with d.block("if slots[8] != 0:"):
                     d("gemm_at(ta, a0, tb, a1, a2, DT(1.0), DT(0.0), last - first, c, k, first, 0)")
                 with d.block("else:"):
                     d("gemm_at(ta, a0, tb, a1, a2, DT(1.0), DT(0.0), r, last - first, k, 0, first)")
-                d("p = rt.next(team, base, P, p, tid)")
-            d("base = rt.wait(team, base, P, tid)")
             d("return base")
         d()
         d()
@@ -805,15 +811,11 @@ class TrainWriter:
         out.comment("the batch: its shuffled rows of the data")
         out(f"size = rt.tile(n, n * {total}, {NEST_PIECE}, 8)")
         out("P = (n + size - 1) // size")
-        out("p = rt.claim(team, base, P, -1, tid)")
-        with out.block("while p >= 0:"):
-            with out.block("for r in range(p * size, min(p * size + size, n)):"):
-                out("i = orders[e, start + r]")
-                for b in self.inputs:
-                    with out.block(f"for j in range({dims(b.shape)[1]}):"):
-                        out(f"{self.body.at(b.name, 'r', 'j')} = d_{gi[b.name]}[i, j]")
-            out("p = rt.next(team, base, P, p, tid)")
-        out("base = rt.wait(team, base, P, tid)")
+        with pieces(out), out.block("for r in range(p * size, min(p * size + size, n)):"):
+            out("i = orders[e, start + r]")
+            for b in self.inputs:
+                with out.block(f"for j in range({dims(b.shape)[1]}):"):
+                    out(f"{self.body.at(b.name, 'r', 'j')} = d_{gi[b.name]}[i, j]")
 
     def loss_check(self, out: Lines):
         """The epilogue of the phase that computes the loss: record it; stop if not finite."""
@@ -852,14 +854,11 @@ class TrainWriter:
         """min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients: one piece, a fixed order."""
         out.comment("clip: min(1, clip_norm / (‖g‖₂ + 1e-6)) over all gradients")
         out("P = 1")
-        out("p = rt.claim(team, base, P, -1, tid)")
-        with out.block("while p >= 0:"):
+        with pieces(out):
             out("sq = 0.0")
             with out.block("for k in range(_GRADIENTS.shape[0]):"):
                 out("sq += sum_of_squares(rt.array(blk, _GRADIENTS[k], DT))")
             out("fbuf[0, 0] = sq")
-            out("p = rt.next(team, base, P, p, tid)")
-        out("base = rt.wait(team, base, P, tid)")
         out(f"clip = min(1.0, {self.update.clip_norm!r} / (math.sqrt(fbuf[0, 0]) + 1e-6))")
 
     def updates(self, out: Lines):
@@ -869,17 +868,11 @@ class TrainWriter:
         arrays = ", ".join(f"rt.array(blk, w[{j}], DT)" for j in range(k))
         out.comment(f"update: {self.rule}")
         out("P = _UPDATES.shape[0]")
-        out("p = rt.claim(team, base, P, -1, tid)")
-        with out.block("while p >= 0:"):
+        with pieces(out, self.decide):
             out("w = _UPDATES[p]")
             out(f"bad = update_entries({', '.join([arrays, *self.hoisted, f'w[{k}]', f'w[{k + 1}]'])})")
             with out.block("if bad != 0.0:  # NaN: an updated entry is not finite"):
                 out("blk[rt.BAD] = 1")
-            with out.block("if rt.finish(team, base, P, p):"):
-                self.decide(out)
-                out("rt.publish(team, base, P)")
-            out("p = rt.claim(team, base, P, p, tid)")
-        out("base = rt.wait(team, base, P, tid)")
 
     def decide(self, out: Lines):
         """The update's epilogue: stop if an updated entry is not finite (the update stays
