@@ -2,6 +2,7 @@
 a kernel takes any number of arrays (a 24-layer network), a busy neighbour changes nothing but
 time, and a forked child gets a team of its own."""
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import symnet as sn
+from codegen.numba import protocol
 from codegen.numba import runtime as rt
 
 
@@ -105,6 +107,21 @@ def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):
     monkeypatch.setenv("SYMNET_NUM_THREADS", "many")
     with pytest.warns(UserWarning, match="not a positive integer"):
         assert rt.threads() == len(os.sched_getaffinity(0))
+
+
+def test_the_kernels_piece_sizes_are_the_ones_the_emitter_computes():
+    """The protocol's tile and product_least (LLVM IR, called by kernels whose sizes are known
+    only at run time) agree with the Python the emitter uses at compile time."""
+    tile = ctypes.CFUNCTYPE(*[ctypes.c_int64] * 5)(rt._ADDRESSES["tile"])
+    least = ctypes.CFUNCTYPE(*[ctypes.c_int64] * 2)(rt._ADDRESSES["product_least"])
+    for length in (1, 7, 16, 100, 127, 128, 255, 256, 1000, 60_000):
+        assert least(length) == protocol.product_least(length)
+        for work in (0, 1, 5_000, 65_536, 10**6, 10**9):
+            for target, smallest in ((4096, 8), (65_536, 16), (1, 1)):
+                assert tile(length, work, target, smallest) == protocol.tile(
+                    length, work, target, smallest), (length, work, target, smallest)
+    assert protocol.tile(1000, 10**9, 4096, 8) == 16  # 64 pieces: a power of two, none under 8
+    assert protocol.product_least(1000) == 128 and protocol.product_least(100) == 16
 
 
 def wide_model(dtype="float32", backend="numba"):

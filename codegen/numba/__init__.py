@@ -1,6 +1,6 @@
 """The numba backend: Programs and an Update → one generated module of kernels that a thread
-team runs (``runtime``), planned once (``plan``), printed (``emit``, ``printer``), cached on
-disk (``cache``) and called (``runner``).
+team runs (``runtime``, its protocol written in LLVM IR in ``protocol``), planned once
+(``plan``), printed (``emit``, ``printer``), cached on disk (``cache``) and called (``runner``).
 
 The kernels compile in numba intrinsics and numba's array internals (``populate_array``, its
 cache locator), which change between releases: the backend runs only with the numba and

@@ -39,9 +39,9 @@ from ..ir import (
     Update,
     arg_symbols,
 )
-from . import runtime
 from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, plan
 from .printer import Lines, ScalarPrinter, comment_text, identifier
+from .protocol import product_least, tile
 
 CODEGEN_VERSION = 23  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
@@ -52,15 +52,6 @@ KERNEL_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "reassoc"}}
 UPDATE_PIECE = 4096  # parameter entries updated per piece
 ARRAYS_AT = 16  # the first array's slot in an argument block (runtime.FIRST_ARRAY)
 TRAIN = "train"  # the program of a training step, when it differs from loss_and_grad
-
-
-def tile(length: int, work: int, target: int, least: int) -> int:
-    """The piece size along an axis of ``length``: about ``work / target`` pieces, a power of
-    two, none shorter than ``least`` (runtime._tile computes the same at run time)."""
-    pieces = 1
-    while 2 * pieces <= work // target and 2 * pieces <= length // least:
-        pieces *= 2
-    return -(-length // pieces)
 
 
 @contextlib.contextmanager
@@ -151,7 +142,7 @@ class KernelWriter:
             (r, c), k, _ = self.stored_product(g.instrs[0])
             length = r if _longer(r, c) else c
             least = ("rt.product_least(n)" if length == "n"
-                     else runtime._product_least.py_func(int(length)))
+                     else product_least(int(length)))
             return length, (r, c, k), GEMM_PIECE, least
         ins = g.instrs[0]
         if g.space is not None:
@@ -840,7 +831,7 @@ class TrainWriter:
                 row = [slots[a][0] for a in arrays] + [r0, min(r0 + per, rows)]
                 pieces.append((r0 / rows, k, row, p.name))
         # in order of where they start in their parameter: a thread's share of the phase
-        # (runtime._claim) then holds the same part of every parameter, the rows whose gradient
+        # (runtime's claim) then holds the same part of every parameter, the rows whose gradient
         # it computed (a product's tiles are shared out along the same rows)
         out("_UPDATES = np.array([  # parameter, gradient, state slots; first and last row")
         for _, _, row, name in sorted(pieces, key=lambda x: x[:2]):

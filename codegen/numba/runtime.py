@@ -17,9 +17,10 @@ Kernels take one argument block (an int64 array: the team's address, results, sc
 data pointer and two dimensions per array, see :func:`array`) and the thread's number, so a
 kernel takes any number of arrays; they are compiled as C callbacks (``numba.cfunc``). The team
 is ``threads() - 1`` worker threads that sleep between kernels, plus the thread that calls
-:func:`run`. ``SYMNET_NUM_THREADS`` sets the thread count (default: the cores this process may
-run on, ``os.sched_getaffinity``). :func:`run` gives a call to the calling thread alone when it
-is too small to share, or small enough while the team's threads wait for cores (:class:`_Load`).
+:func:`run`; the protocol they follow is written in LLVM IR (:mod:`.protocol`).
+``SYMNET_NUM_THREADS`` sets the thread count (default: the cores this process may run on,
+``os.sched_getaffinity``). :func:`run` gives a call to the calling thread alone when it is too
+small to share, or small enough while the team's threads wait for cores (:class:`_Load`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,11 @@ from __future__ import annotations
 import ctypes
 import inspect
 import os
-import platform
-import sys
 import threading
 import time
 import warnings
 import weakref
 
-import llvmlite.binding as llvm
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -45,35 +43,10 @@ from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
-# The team's control block: int64 slots, the ones written by different threads 64 bytes apart.
-THREADS = 0  # the team's size
-FINISHED = 8  # pieces finished
-DONE, SLEEPERS = 16, 17  # pieces whose phase is complete (the futex word); threads asleep on it
-SEQ, FN, BLOCK, IDLE = 24, 25, 26, 27  # the job: its number, kernel, block; workers asleep on SEQ
-ACKS, ACK_SLEEPERS = 32, 33  # workers that have finished the job; the caller asleep on ACKS
-CLAIMS = 40  # thread t's share of the phase: pieces handed out from it, at CLAIMS + 8·t
-TAG = 24  # a share's slot holds (the phase's base << TAG) | pieces handed out
-MAX_THREADS = 256
-BUDGETS = CLAIMS + 8 * MAX_THREADS  # thread t's spin budget (cycles) at BUDGETS + 8·t
-SLOTS = BUDGETS + 8 * MAX_THREADS
-SPIN = 25_000  # cycles a wait first polls before it sleeps (~10 µs); then per thread, doubled
-SPIN_MIN, SPIN_MAX = 5_000, 500_000  # after a wait that ended polling, quartered after one
-# that slept: on a quiet machine a thread rarely sleeps between phases (a futex wake-up in this
-# VM costs tens of µs), and when its partner has lost its core it soon gives its own away
-POLLS = 32  # polls between two PAUSEs: a virtual CPU that runs many PAUSEs in a row is taken
-# off its core by the hypervisor (pause-loop exiting), which made long spins 2× slower here
-GRACE = 64  # PAUSE rounds (~2 µs) before a thread takes pieces from a share not yet begun
+from . import protocol
+from .protocol import BAD, MAX_THREADS, SLOTS, STATUS, STOPCODE, THREADS, E, S, T  # noqa: F401
 
-_I32, _I64 = ir.IntType(32), ir.IntType(64)
-I64 = np.int64  # a constant passed as I64(k) is an int64, not a literal numba compiles a callee for
-_LINUX = sys.platform.startswith("linux")
-_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower())
-_FUTEX_WAIT, _FUTEX_WAKE = 128, 129  # FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-
-_libc = ctypes.CDLL(None)
-llvm.add_symbol("symnet_syscall", ctypes.cast(_libc.syscall, ctypes.c_void_p).value)
-llvm.add_symbol("symnet_usleep", ctypes.cast(_libc.usleep, ctypes.c_void_p).value)
+_I64 = ir.IntType(64)
 
 
 # ------------------------------------------------------------------------------ intrinsics
@@ -83,155 +56,8 @@ def _as_i64(context, builder, sig, args, i):
     return context.cast(builder, args[i], sig.args[i], types.int64)
 
 
-def _slot(builder, team, index):
-    """A pointer to the int64 slot ``index`` of the control block at address ``team``."""
-    return builder.inttoptr(builder.add(team, builder.mul(index, ir.Constant(_I64, 8))),
-                            _I64.as_pointer())
-
-
 def _integers(*args):
     return all(isinstance(a, types.Integer) for a in args)
-
-
-@intrinsic
-def load(typingctx, team, index):
-    """``team[index]``, an acquiring load."""
-    if not _integers(team, index):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _slot(builder, *(_as_i64(context, builder, sig, args, i) for i in (0, 1)))
-        return builder.load_atomic(ptr, "acquire", 8)
-
-    return types.int64(team, index), codegen
-
-
-@intrinsic
-def store(typingctx, team, index, value):
-    """``team[index] = value``, a releasing store, ordered with every other atomic operation."""
-    if not _integers(team, index, value):
-        return None
-
-    def codegen(context, builder, sig, args):
-        team_, index_, value_ = (_as_i64(context, builder, sig, args, i) for i in range(3))
-        builder.store_atomic(value_, _slot(builder, team_, index_), "seq_cst", 8)
-        return context.get_dummy_value()
-
-    return types.none(team, index, value), codegen
-
-
-@intrinsic
-def add(typingctx, team, index, value):
-    """``team[index] += value``, atomically; returns the value before."""
-    if not _integers(team, index, value):
-        return None
-
-    def codegen(context, builder, sig, args):
-        team_, index_, value_ = (_as_i64(context, builder, sig, args, i) for i in range(3))
-        return builder.atomic_rmw("add", _slot(builder, team_, index_), value_, "seq_cst")
-
-    return types.int64(team, index, value), codegen
-
-
-@intrinsic
-def swap_if(typingctx, team, index, expected, value):
-    """``team[index] = value`` if it holds ``expected`` (compare and swap); whether it did."""
-    if not _integers(team, index, expected, value):
-        return None
-
-    def codegen(context, builder, sig, args):
-        team_, index_, expected_, value_ = (_as_i64(context, builder, sig, args, i)
-                                            for i in range(4))
-        pair = builder.cmpxchg(_slot(builder, team_, index_), expected_, value_, "seq_cst",
-                               "seq_cst")
-        return builder.extract_value(pair, 1)
-
-    return types.boolean(team, index, expected, value), codegen
-
-
-@intrinsic
-def pause(typingctx):
-    """x86's PAUSE, in a spin loop: the core knows the thread is waiting (nothing elsewhere)."""
-
-    def codegen(context, builder, sig, args):
-        if _X86:
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                "llvm.x86.sse2.pause")
-            builder.call(fn, [])
-        return context.get_dummy_value()
-
-    return types.none(), codegen
-
-
-@intrinsic
-def cycles(typingctx):
-    """The processor's cycle counter (``llvm.readcyclecounter``: x86's RDTSC)."""
-
-    def codegen(context, builder, sig, args):
-        fn = builder.module.declare_intrinsic("llvm.readcyclecounter",
-                                              fnty=ir.FunctionType(_I64, []))
-        return builder.call(fn, [])
-
-    return types.int64(), codegen
-
-
-@intrinsic
-def sleep_while(typingctx, team, index, value):
-    """Sleep until ``team[index]`` (its low 32 bits) may no longer be ``value``: a futex wait
-    (Linux), else a 50 µs nap. It may return early; callers check again."""
-    if not _integers(team, index, value):
-        return None
-
-    def codegen(context, builder, sig, args):
-        team_, index_, value_ = (_as_i64(context, builder, sig, args, i) for i in range(3))
-        if _LINUX and _FUTEX is not None:
-            fnty = ir.FunctionType(_I64, [_I64], var_arg=True)
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "symnet_syscall")
-            word = builder.ptrtoint(_slot(builder, team_, index_), _I64)
-            low = builder.and_(value_, ir.Constant(_I64, 0xFFFFFFFF))
-            builder.call(fn, [ir.Constant(_I64, _FUTEX), word, ir.Constant(_I64, _FUTEX_WAIT),
-                              low, ir.Constant(_I64, 0)])
-        else:
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [_I32]),
-                                                "symnet_usleep")
-            builder.call(fn, [ir.Constant(_I32, 50)])
-        return context.get_dummy_value()
-
-    return types.none(team, index, value), codegen
-
-
-@intrinsic
-def wake(typingctx, team, index):
-    """Wake every thread asleep on ``team[index]`` (a futex wake; nothing off Linux)."""
-    if not _integers(team, index):
-        return None
-
-    def codegen(context, builder, sig, args):
-        team_, index_ = (_as_i64(context, builder, sig, args, i) for i in range(2))
-        if _LINUX and _FUTEX is not None:
-            fnty = ir.FunctionType(_I64, [_I64], var_arg=True)
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "symnet_syscall")
-            word = builder.ptrtoint(_slot(builder, team_, index_), _I64)
-            builder.call(fn, [ir.Constant(_I64, _FUTEX), word, ir.Constant(_I64, _FUTEX_WAKE),
-                              ir.Constant(_I64, 2**31 - 1)])
-        return context.get_dummy_value()
-
-    return types.none(team, index), codegen
-
-
-@intrinsic
-def call(typingctx, fn, block, tid):
-    """Call the kernel at address ``fn`` with its argument block and a thread number."""
-    if not _integers(fn, block, tid):
-        return None
-
-    def codegen(context, builder, sig, args):
-        fn_, block_, tid_ = (_as_i64(context, builder, sig, args, i) for i in range(3))
-        kernel = builder.inttoptr(fn_, ir.FunctionType(ir.VoidType(), [_I64, _I64]).as_pointer())
-        builder.call(kernel, [block_, tid_])
-        return context.get_dummy_value()
-
-    return types.none(fn, block, tid), codegen
 
 
 def _element(dtype):
@@ -294,174 +120,24 @@ def array(typingctx, blk, at, dtype):
 
 # --------------------------------------------------------------------------- phases
 #
-# Each function below is compiled once, as a C function whose address is given to LLVM under a
-# fixed name (as codegen.intrinsics.blas does for the GEMMs), and the kernels call it through an
-# intrinsic of the same name: numba types a call of a jitted helper at ~1 ms, and compiles its
-# body into every kernel again, while an external call costs a few nanoseconds.
+# The protocol's functions (.protocol, LLVM IR) are compiled once per process, as C functions
+# whose addresses LLVM knows by name (as codegen.intrinsics.blas does for the GEMMs); the
+# kernels call them through the intrinsics below: numba types a call of a jitted helper at
+# ~1 ms and compiles its body into every kernel again, while an external call costs a few
+# nanoseconds.
 
-# Argument block slots after the team's address (0) and the kernel's scalars: train_epochs'
-# results, written once per call by the thread that decides them (see record), and its flags.
-E, S, T, STATUS, STOPCODE, BAD = 8, 9, 10, 11, 12, 13
-
-
-@nb.njit(cache=True, nogil=True)
-def _claim(team, base, count, previous, tid):
-    """The next piece of the phase whose pieces are ``base`` to ``base + count`` of the job
-    (counted from 0 here), or -1 when all are taken. Alone (``team == 0``): the one after
-    ``previous``.
-
-    Thread t first takes the pieces of its own share, the t-th of the team's size, then those
-    left in the others': on a quiet machine each thread computes the same part of every phase,
-    step after step, so the rows it makes and reads stay in its core's cache (seed002's update
-    and small nests took 2.5× as long on two threads when pieces went to whoever came first);
-    when a thread loses its core, the others take its share. A share's slot is tagged with the
-    phase's base, so a thread that fell behind never takes a later phase's piece."""
-    if team == 0:
-        piece = previous + 1
-        return piece if piece < count else -1
-    threads = load(team, THREADS)
-    for k in range(threads):
-        owner = tid + k
-        if owner >= threads:
-            owner -= threads
-        first = count * owner // threads
-        size = count * (owner + 1) // threads - first
-        slot = CLAIMS + 8 * owner
-        if owner != tid:  # a share its owner has not begun: give the owner a moment first
-            for _ in range(GRACE):
-                if load(team, slot) >> TAG >= base:
-                    break
-                pause()
-        while size > 0:
-            word = load(team, slot)
-            tag = word >> TAG
-            if tag > base:  # the phase is complete: this thread fell behind
-                return -1
-            if tag < base:  # the first claim from this share in this phase
-                if swap_if(team, slot, word, (base << TAG) | 1):
-                    return first
-                continue
-            taken = word & ((1 << TAG) - 1)
-            if taken >= size:
-                break
-            if swap_if(team, slot, word, word + 1):
-                return first + taken
-    return -1
-
-
-@nb.njit(cache=True, nogil=True)
-def _finish(team, base, count, piece):
-    """Record that ``piece`` is computed; 1 for the thread that finished the phase's last
-    piece, which must then run the phase's epilogue, if any, and ``publish`` it."""
-    if team == 0:
-        return 1 if piece == count - 1 else 0
-    return 1 if add(team, FINISHED, 1) + 1 == base + count else 0
-
-
-@nb.njit(cache=True, nogil=True)
-def _publish(team, base, count):
-    """The phase is complete: let the threads that wait for it go on."""
-    if team != 0:
-        store(team, DONE, base + count)
-        if load(team, SLEEPERS) > 0:
-            wake(team, DONE)
-    return 0
-
-
-@nb.njit(cache=True, nogil=True)
-def _wait_for(team, index, sleepers, target, tid):
-    """Until ``team[index] >= target``: poll for thread ``tid``'s spin budget (``SPIN`` for a
-    ``tid`` of -1: a worker waiting for the next job), then sleep on the futex, counted in
-    ``team[sleepers]`` so that the thread that changes the slot knows to wake it. Polls come
-    ``POLLS`` to a PAUSE: a virtual CPU that runs PAUSEs back to back is taken off its core by
-    the hypervisor (pause-loop exiting, which made epochs 2× slower)."""
-    budget = SPIN if tid < 0 else load(team, BUDGETS + 8 * tid)
-    if budget == 0:
-        budget = SPIN
-    deadline = cycles() + budget
-    while cycles() < deadline:
-        for _ in range(POLLS):
-            if load(team, index) >= target:
-                if tid >= 0:
-                    store(team, BUDGETS + 8 * tid, min(SPIN_MAX, 2 * budget))
-                return
-        pause()
-    if tid >= 0:
-        store(team, BUDGETS + 8 * tid, max(SPIN_MIN, budget // 4))
-    while True:
-        add(team, sleepers, 1)
-        seen = load(team, index)
-        if seen < target:
-            sleep_while(team, index, seen)
-        add(team, sleepers, -1)
-        if load(team, index) >= target:
-            return
-
-
-@nb.njit(cache=True, nogil=True)
-def _wait(team, base, count, tid):
-    """Wait until the phase is complete; returns the next phase's base."""
-    end = base + count
-    if team != 0 and load(team, DONE) < end:
-        _wait_for(team, I64(DONE), I64(SLEEPERS), end, tid)
-    return end
-
-
-@nb.njit(cache=True, nogil=True)
-def _tile(length, work, target, least):
-    """The piece size along an axis of ``length``: about ``work / target`` pieces, a power of
-    two (so that 1, 2, 4 or 8 threads share them evenly), none shorter than ``least``
-    (emit.tile computes the same where the sizes are known in advance)."""
-    pieces = 1
-    while 2 * pieces <= work // target and 2 * pieces <= length // least:
-        pieces *= 2
-    return (length + pieces - 1) // pieces
-
-
-@nb.njit(cache=True, nogil=True)
-def _product_least(length):
-    """The narrowest tile of a product whose tiles cut an axis of ``length``, and so at most 8
-    tiles. Each tile is a one-thread OpenBLAS call that packs the other operand again: on
-    adam-relu's and wide's products, tiles 32 wide took 15-25 % longer in all than one call,
-    64 wide 5-10 %, 128 wide 1-2 %; below 128 rows, ~25-row tiles were faster than one call
-    (OpenBLAS's small-matrix kernels). Measured on one thread."""
-    tile = 128 if length >= 256 else 64 if length >= 128 else 16
-    return max(tile, length // 8)
-
-
-@nb.njit(cache=True, nogil=True)
-def _record(blk_addr, epoch, batch, step, status):
-    """End training at (epoch, batch) after ``step`` steps with ``status``; every thread sees it
-    (``blk[STOPCODE]``) once the phase whose epilogue records it is complete."""
-    for index, value in ((E, epoch), (S, batch), (T, step), (STATUS, status), (STOPCODE, 1)):
-        store(blk_addr, index, value)
-    return 0
-
-
-def _export(*functions) -> dict[str, int]:
-    """Compile each function (int64 arguments, an int64 result) as a C function and give LLVM
-    its address as ``symnet_rt<name>``."""
-    for function in functions:
-        py = function.py_func
-        nargs = py.__code__.co_argcount
-        compiled = nb.cfunc(types.int64(*[types.int64] * nargs), cache=True, nopython=True)(py)
-        llvm.add_symbol(f"symnet_rt{py.__name__}", compiled.address)
-        _EXPORTED.append(compiled)  # the machine code must stay loaded
-
-
-_EXPORTED: list = []
-_export(_claim, _finish, _publish, _wait, _tile, _product_least, _record)
+_ADDRESSES = protocol.build()
 
 
 def _call(builder, name: str, values):
-    """A call of the exported ``_name``."""
+    """A call of the protocol's ``name``."""
     fnty = ir.FunctionType(_I64, [_I64] * len(values))
     return builder.call(cgutils.get_or_insert_function(builder.module, fnty, f"symnet_rt_{name}"),
                         values)
 
 
 def _external(name: str, *args, alone=None, calls=None):
-    """(signature, codegen) of an intrinsic that calls the exported ``_name`` with ``args``
+    """(signature, codegen) of an intrinsic that calls the protocol's ``name`` with ``args``
     (or does ``calls(builder, values)``); with ``alone``, a team of 0 (one thread) gets
     ``alone(builder, values)`` inline instead, with no call: tiny's steps are a few
     microseconds, of which the calls took a fifth."""
@@ -498,13 +174,13 @@ def _after(builder, values):
 
 @intrinsic
 def claim(typingctx, team, base, count, previous, tid):
-    """See :func:`_claim`."""
+    """See :func:`.protocol._claim`."""
     return _external("claim", team, base, count, previous, tid, alone=_after)
 
 
 @intrinsic
 def finish(typingctx, team, base, count, piece):
-    """See :func:`_finish`."""
+    """See :func:`.protocol._finish`."""
 
     def last(builder, values):
         is_last = builder.icmp_signed("==", values[3],
@@ -516,13 +192,13 @@ def finish(typingctx, team, base, count, piece):
 
 @intrinsic
 def publish(typingctx, team, base, count):
-    """See :func:`_publish`."""
+    """See :func:`.protocol._publish`."""
     return _external("publish", team, base, count, alone=lambda b, v: ir.Constant(_I64, 0))
 
 
 def _finish_and_claim(builder, values):
     """Finish the piece (publishing the phase if it was the last) and claim another: three
-    calls, so that no exported function compiles the other three into it again."""
+    calls, so that no protocol function has the other three compiled into it again."""
     team, base, count, piece, _ = values
     last = _call(builder, "finish", [team, base, count, piece])
     with builder.if_then(builder.icmp_signed("!=", last, ir.Constant(_I64, 0))):
@@ -539,25 +215,25 @@ def next(typingctx, team, base, count, piece, tid):  # the name the generated ke
 
 @intrinsic
 def wait(typingctx, team, base, count, tid):
-    """See :func:`_wait`."""
+    """See :func:`.protocol._wait`."""
     return _external("wait", team, base, count, tid, alone=lambda b, v: b.add(v[1], v[2]))
 
 
 @intrinsic
 def tile(typingctx, length, work, target, least):
-    """See :func:`_tile`."""
+    """See :func:`.protocol._tile`."""
     return _external("tile", length, work, target, least)
 
 
 @intrinsic
 def product_least(typingctx, length):
-    """See :func:`_product_least`."""
+    """See :func:`.protocol._product_least`."""
     return _external("product_least", length)
 
 
 @intrinsic
 def record(typingctx, blk_addr, epoch, batch, step, status):
-    """See :func:`_record`."""
+    """See :func:`.protocol._record`."""
     return _external("record", blk_addr, epoch, batch, step, status)
 
 
@@ -566,49 +242,10 @@ def record(typingctx, blk_addr, epoch, batch, step, status):
 _SIGNATURE = types.void(types.int64, types.int64)
 
 
-@nb.cfunc(_SIGNATURE, cache=True, nopython=True)
-def _worker(team, tid):
-    """A worker's life: run every job the team is given, until a job with no kernel. It starts
-    at job 0, not at the job it sees, which may have been posted before it ran."""
-    seen = 0
-    while True:
-        _wait_for(team, I64(SEQ), I64(IDLE), seen + 1, I64(-1))  # jobs are numbered 1, 2, …
-        seen = load(team, SEQ)
-        fn = load(team, FN)
-        if fn != 0:
-            call(fn, load(team, BLOCK), tid)
-        add(team, ACKS, 1)
-        if load(team, ACK_SLEEPERS) > 0:
-            wake(team, ACKS)
-        if fn == 0:
-            return
-
-
-@nb.cfunc(types.void(types.int64, types.int64, types.int64, types.int64), cache=True,
-          nopython=True)
-def _run(team, fn, blk, workers):
-    """The calling thread's side of a job: post it, run the kernel as thread 0, and return once
-    every worker has finished it (so the arrays it uses may be freed)."""
-    for owner in range(load(team, THREADS)):
-        store(team, CLAIMS + 8 * owner, 0)
-    store(team, FINISHED, 0)
-    store(team, DONE, 0)
-    store(team, ACKS, 0)
-    store(team, FN, fn)
-    store(team, BLOCK, blk)
-    add(team, SEQ, 1)
-    if load(team, IDLE) > 0:
-        wake(team, SEQ)
-    if fn != 0:
-        call(fn, blk, 0)
-    if load(team, ACKS) < workers:
-        _wait_for(team, I64(ACKS), I64(ACK_SLEEPERS), workers, I64(-1))
-
-
 _KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64)
 _RUN = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)(
-    _run.address)
-_WORKER = _KERNEL(_worker.address)
+    _ADDRESSES["run"])
+_WORKER = _KERNEL(_ADDRESSES["worker"])
 
 
 class Team:
