@@ -32,6 +32,7 @@ class Status(IntEnum):
     LOSS = 1  # the loss of this step was not finite; its update was not applied
     UPDATE = 2  # the update of this step made a parameter or state entry non-finite; applied
     STOPPED = 3  # stopped before this step: the step limit was reached or a stop was asked for
+    DATA = 4  # this step's batch has a non-finite entry; nothing of the step was computed
 
 
 @dataclass(frozen=True)

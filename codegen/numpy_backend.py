@@ -144,8 +144,10 @@ class NumpyBackend:
                 if t == limit or (stop is not None and stop[0]):
                     return losses, e, s, t, Status.STOPPED
                 idx = order[start:start + batch_size]
-                out = self.run(program, {**{k: v[idx] for k, v in data.items()}, **params,
-                                         **running}, seed, t)
+                batch = {k: v[idx] for k, v in data.items()}
+                if not all(np.isfinite(v).all() for v in batch.values()):
+                    return losses, e, s, t, Status.DATA
+                out = self.run(program, {**batch, **params, **running}, seed, t)
                 losses[e, s] = loss = out.pop("loss")[0, 0]
                 if not np.isfinite(loss):
                     return losses, e, s, t, Status.LOSS

@@ -325,19 +325,20 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ data
-    def _feeds(self, X, Y=None, need_targets=True, dtype=None):
-        """Check the data arrays and convert them to ``dtype`` (default: the model's)."""
+    def _feeds(self, X, Y=None, need_targets=True, dtype=None, finite=True):
+        """Check the data arrays and convert them to ``dtype`` (default: the model's); with
+        ``finite``, check too that every entry is finite in it."""
         dtype = np.dtype(dtype or self.dtype)
         feeds = {}
         for sym, arr in zip(self.inputs, _arrays(X, self.inputs, "inputs")):
-            feeds[sym.name] = _as_data(arr, sym, dtype)
+            feeds[sym.name] = _as_data(arr, sym, dtype, finite)
         if need_targets and self.targets:
             if Y is None:
                 raise DataError(
                     f"this call needs the targets {[t.name for t in self.targets]} too: pass "
                     f"them after the inputs, e.g. model.loss_and_grad(X, Y)")
             for sym, arr in zip(self.targets, _arrays(Y, self.targets, "targets")):
-                feeds[sym.name] = _as_data(_one_hot(arr, sym), sym, dtype)
+                feeds[sym.name] = _as_data(_one_hot(arr, sym), sym, dtype, finite)
         elif need_targets and Y is not None:
             raise DataError(f"this model has no targets (its loss reads only "
                             f"{[s.name for s in self.inputs]}), but targets were passed; call it "
@@ -476,7 +477,9 @@ class Model:
             early_stopping = validate.integer(early_stopping, "early_stopping", low=1,
                                               error=DataError, where="fit (a patience in epochs)")
         self._check_params()
-        feeds = self._feeds(X, Y)
+        # the runner checks the rows it trains on as it copies each batch, and stops before a
+        # batch with a non-finite entry (Status.DATA); class weights count the labels first
+        feeds = self._feeds(X, Y, finite=class_weight is not None)
         val_feeds = self._validation_feeds(validation_data)
         data = {k: feeds[k] for k in [s.name for s in (*self.inputs, *self.targets)]}
         rows = _rows(feeds)
@@ -492,6 +495,7 @@ class Model:
                             f"rows in batches of {batch_size} a batch has 1 row, whose variance "
                             f"is 0 (torch refuses it too); pass batch_size={fix}")
         rng = np.random.default_rng(seed) if seed is not None else self._shuffle_rng
+        drawn = rng.bit_generator.state  # given back if the data turns out not to be finite
         sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
         runner = self._runner(weighted=weighted)
         hist, best = History(), None
@@ -511,6 +515,11 @@ class Model:
                 elapsed = time.perf_counter() - start
                 if status is Status.STOPPED:  # Ctrl-C, whose handler did not raise
                     break
+                if status is Status.DATA:  # in the first call, which _train undid
+                    rng.bit_generator.state = drawn
+                    self._feeds(X, Y)  # names the first non-finite entry
+                    raise DataError(f"batch {s + 1} of epoch {len(hist.loss) + e + 1} has a "
+                                    f"non-finite value; clean or impute the data first")
                 if status in (Status.LOSS, Status.UPDATE):
                     raise self._not_finite(status, len(hist.loss) + e + 1, s, data, orders[e],
                                            batch_size, losses[e, s])
@@ -542,12 +551,16 @@ class Model:
         equal to the updates applied: returns (losses, epoch, batch, :class:`Status`). A step
         whose update made a parameter non-finite is undone: the parameters and optimizer state
         from before the call are restored and the call is replayed up to the step before it
-        (replays compute the same numbers: the kernels are deterministic)."""
+        (replays compute the same numbers: the kernels are deterministic). A call that found a
+        batch with a non-finite entry is undone whole."""
         before = self._snapshot()
         losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
                                                batch_size, self._steps, stop=self._stop,
                                                running=self._kept(), seed=self.dropout_seed,
                                                rate=self.optimizer.rate)
+        if status is Status.DATA:  # a batch with a non-finite entry: as if nothing ran
+            self._restore(before)
+            return losses, e, s, status
         if status is Status.UPDATE:
             self._restore(before)
             _, e, s, t, replayed = runner.train(data, self.params, self._state, orders,
@@ -936,7 +949,7 @@ def _one_hot(arr, sym):
     return np.eye(k)[a]
 
 
-def _as_data(arr, sym, dtype):
+def _as_data(arr, sym, dtype, finite=True):
     name, cols = sym.name, int(sym.shape[1])
     a = validate.real_array(arr, name)
     if a.ndim == 0:
@@ -955,6 +968,8 @@ def _as_data(arr, sym, dtype):
                         f"example")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(a, dtype=dtype)
+        if not finite:
+            return converted
         # one pass, the exact search only when it fails (also when finite values overflow the
         # sum): Fashion-MNIST's training images took 16 ms to check entry by entry, 7 ms to sum
         finite = np.isfinite(converted.sum())

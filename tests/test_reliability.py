@@ -336,6 +336,43 @@ def test_nan_in_row_17_fails_before_the_first_update(model):
         np.testing.assert_array_equal(v, before[k])
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("where, value, message", [
+    ("X", np.nan, r"X has a non-finite value \(nan\) in row 37, column 1"),
+    ("X", -np.inf, r"X has a non-finite value \(-inf\) in row 37, column 1"),
+    ("X", 1e300, r"X has the value 1e\+300 in row 37, column 1, too large for float32"),
+    ("Y", np.inf, r"Y has a non-finite value \(inf\) in row 37, column 1")])
+def test_a_non_finite_entry_anywhere_in_the_data_fails_fit_as_if_it_never_ran(
+        where, value, message, backend, threads, monkeypatch):
+    """fit leaves the check of its data to the backend, which stops before the first batch
+    with a non-finite entry, wherever the shuffle puts it: the error names the entry, and
+    parameters, optimizer state, step counter and shuffling generator are those from before
+    the call (here after a call that trained)."""
+    monkeypatch.setenv("SYMNET_NUM_THREADS", threads)
+    data = {"X": _x(40), "Y": _y(40)}
+
+    def adam_model():
+        X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+        out = sn.dense(sn.dense(X, 5, sn.tanh), 3)
+        return sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], seed=0,
+                          backend=backend, dtype="float32", optimizer=sn.optim.Adam(lr=1e-2))
+
+    model, twin = adam_model(), adam_model()
+    for m in (model, twin):
+        m.fit(data["X"], data["Y"], epochs=2, batch_size=8, verbose=False)
+    spoiled = {**data, where: _with(data[where], 37, value)}
+    with pytest.raises(sn.DataError, match=message):
+        model.fit(spoiled["X"], spoiled["Y"], epochs=3, batch_size=8, verbose=False)
+    assert model._steps == twin._steps == 10
+    for m in (model, twin):  # the same next epochs: the same parameters, state and shuffles
+        m.fit(data["X"], data["Y"], epochs=2, batch_size=8, verbose=False)
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], twin.params[k])
+        for s in model._state[k]:
+            np.testing.assert_array_equal(model._state[k][s], twin._state[k][s])
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_a_failed_step_leaves_the_parameters_of_the_step_before(backend):
     def build():

@@ -43,7 +43,7 @@ from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, pla
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 from .protocol import product_least, tile
 
-CODEGEN_VERSION = 23  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 24  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
@@ -773,16 +773,19 @@ class TrainWriter:
         out("n = min(batch, rows - start)")
         for line in stages.add(self.gather):
             out(line)
-        _layout_note(out, self.body)
-        self.body.body(out, stages, self.loss_check, self.loss_buffer)
         with out.block("if blk[rt.STOPCODE] != 0:"):
             out("going = False")
         with out.block("else:"):
-            out("t += 1")
-            for line in stages.add(self.update_stage):
-                out(line)
+            _layout_note(out, self.body)
+            self.body.body(out, stages, self.loss_check, self.loss_buffer)
             with out.block("if blk[rt.STOPCODE] != 0:"):
                 out("going = False")
+            with out.block("else:"):
+                out("t += 1")
+                for line in stages.add(self.update_stage):
+                    out(line)
+                with out.block("if blk[rt.STOPCODE] != 0:"):
+                    out("going = False")
 
     def update_stage(self, out: Lines):
         """The per-step scalars (in every thread: the clip factor, a scheduled rate, bias
@@ -796,17 +799,33 @@ class TrainWriter:
         self.updates(out)
 
     def gather(self, out: Lines):
-        """Copy the step's shuffled rows into the input buffers, in pieces of rows."""
+        """Copy the step's shuffled rows into the input buffers, in pieces of rows, and stop
+        before the step if one of them is not finite (``data_check``). ``fit`` leaves the check
+        of its data to this copy, which reads every row anyway: its own pass over
+        Fashion-MNIST's images took 7 ms of every call, a twelfth of a seed002 epoch."""
         gi = self.grad.ident
         total = sum(int(dims(b.shape)[1]) for b in self.inputs)
         out.comment("the batch: its shuffled rows of the data")
         out(f"size = rt.tile(n, n * {total}, {NEST_PIECE}, 8)")
         out("P = (n + size - 1) // size")
-        with pieces(out), out.block("for r in range(p * size, min(p * size + size, n)):"):
-            out("i = orders[e, start + r]")
-            for b in self.inputs:
-                with out.block(f"for j in range({dims(b.shape)[1]}):"):
-                    out(f"{self.body.at(b.name, 'r', 'j')} = d_{gi[b.name]}[i, j]")
+        with pieces(out, self.data_check):
+            out("bad = DT(0)")
+            with out.block("for r in range(p * size, min(p * size + size, n)):"):
+                out("i = orders[e, start + r]")
+                for b in self.inputs:
+                    with out.block(f"for j in range({dims(b.shape)[1]}):"):
+                        out(f"v = d_{gi[b.name]}[i, j]")
+                        out(f"{self.body.at(b.name, 'r', 'j')} = v")
+                        out("bad += v * DT(0)  # NaN once an entry is not finite")
+            with out.block("if bad != 0:"):
+                out("blk[rt.BAD] = 1")
+
+    def data_check(self, out: Lines):
+        """The gather's epilogue: stop before the step if an entry of its batch is not
+        finite."""
+        with out.block("if blk[rt.BAD] != 0:"):
+            out(f"rt.record(blk_addr, e, s, t, {Status.DATA.value})")
+            out("blk[rt.BAD] = 0")
 
     def loss_check(self, out: Lines):
         """The epilogue of the phase that computes the loss: record it; stop if not finite."""

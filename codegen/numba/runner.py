@@ -79,13 +79,13 @@ class NumbaRunner:
               running: dict[str, np.ndarray] | None = None, seed: int = 0, rate: float = 0.0):
         """Runs the epochs of ``orders`` from step ``t0`` in one call, updating ``params``,
         ``state`` and batch norm's ``running`` statistics in place, with the learning rate
-        ``rate`` and the dropout masks of ``seed``; returns (per-batch losses,
-        epoch, batch, t, :class:`Status`). It
-        stops before step ``limit + 1`` (-1: no limit) and before the next step once
-        ``stop[0]`` is set, so a call always ends between whole steps. The kernel runs on
-        another thread while the calling thread waits, so that the caller's signal handlers
-        (Ctrl-C) run meanwhile and can set ``stop``; a call estimated to end within
-        ``SHORT_CALL`` seconds runs on the calling thread."""
+        ``rate`` and the dropout masks of ``seed``; returns (per-batch losses, epoch, batch, t,
+        :class:`Status`). It stops before step ``limit + 1`` (-1: no limit), before a step whose
+        batch has a non-finite entry (``Status.DATA``: the data is checked nowhere else) and
+        before the next step once ``stop[0]`` is set, so a call always ends between whole steps.
+        The kernel runs on another thread while the calling thread waits, so that the caller's
+        signal handlers (Ctrl-C) run meanwhile and can set ``stop``; a call estimated to end
+        within ``SHORT_CALL`` seconds runs on the calling thread."""
         entry = self.entries["train_epochs"]
         rows = min(batch_size, len(orders[0]))
         kernel = self.kernel("train_epochs")
