@@ -444,7 +444,8 @@ def build() -> dict[str, int]:
     for function in module.functions:
         if function.is_declaration or function.linkage == "internal":
             continue
-        name = function.name.removeprefix("symnet_rt_")
-        addresses[name] = library.get_pointer_to_function(function.name)
+        address = library.get_pointer_to_function(function.name)
+        llvm.add_symbol(function.name, address)  # for kernels loaded from numba's cache too
+        addresses[function.name.removeprefix("symnet_rt_")] = address
     _LIBRARIES.append(library)
     return addresses

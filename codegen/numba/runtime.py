@@ -44,6 +44,8 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
 from . import protocol
+
+# BAD, E, S, STATUS, STOPCODE, T: argument block slots the runner and the kernels read (rt.BAD)
 from .protocol import BAD, MAX_THREADS, SLOTS, STATUS, STOPCODE, THREADS, E, S, T  # noqa: F401
 
 _I64 = ir.IntType(64)
