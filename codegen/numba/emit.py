@@ -43,7 +43,7 @@ from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, pla
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 from .protocol import product_least, tile
 
-CODEGEN_VERSION = 24  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 25  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
@@ -773,19 +773,16 @@ class TrainWriter:
         out("n = min(batch, rows - start)")
         for line in stages.add(self.gather):
             out(line)
-        with out.block("if blk[rt.STOPCODE] != 0:"):
-            out("going = False")
-        with out.block("else:"):
+        out("going = blk[rt.STOPCODE] == 0  # each stage's epilogue may stop the step")
+        with out.block("if going:"):
             _layout_note(out, self.body)
             self.body.body(out, stages, self.loss_check, self.loss_buffer)
-            with out.block("if blk[rt.STOPCODE] != 0:"):
-                out("going = False")
-            with out.block("else:"):
-                out("t += 1")
-                for line in stages.add(self.update_stage):
-                    out(line)
-                with out.block("if blk[rt.STOPCODE] != 0:"):
-                    out("going = False")
+            out("going = blk[rt.STOPCODE] == 0")
+        with out.block("if going:"):
+            out("t += 1")
+            for line in stages.add(self.update_stage):
+                out(line)
+            out("going = blk[rt.STOPCODE] == 0")
 
     def update_stage(self, out: Lines):
         """The per-step scalars (in every thread: the clip factor, a scheduled rate, bias
