@@ -21,7 +21,7 @@ from codegen.intrinsics import vecmath
 from codegen.intrinsics.blas import gemm, gemm_at
 from codegen.intrinsics.opaque import opaque
 from codegen.ir import BATCH, Op
-from codegen.numba import emit, plan, runner
+from codegen.numba import emit, plan, protocol, runner
 
 
 def networks():
@@ -268,6 +268,41 @@ def test_tiny_products_are_loops_and_large_ones_blas_tiles():
     writer = emit.KernelWriter("k", large._programs["loss_and_grad"], p.layout, {})
     grad = next(g.instrs[0] for g in p.groups if g.instrs[0].note == "Xᵀ·δ1")
     assert writer.stored_product(grad)[2][:2] == ("X", True)  # a transpose is a BLAS flag
+
+
+def test_a_products_tiles_cut_its_longer_side_which_the_batch_may_decide_at_run_time():
+    """Tiles cut the longer side of a product's output, so that the operand each tile packs
+    again is the smaller one. Beside the batch the kernel decides when it knows the batch:
+    X·W1 (a phase of its own) and δ2·W2ᵀ (beside A1ᵀ·δ2), stored 160×n, are cut along the batch
+    in batches of 200 rows and along their 160 rows in batches of 100, with the numbers of the
+    numpy reference."""
+    assert emit.cut_rows("1024", "512") is True and emit.cut_rows("784", "1024") is False
+    assert emit.cut_rows("n", "160") == "n >= 160" and emit.cut_rows("160", "n") == "n <= 160"
+    X, Y = sn.Input("X", 64), sn.Input("Y", 3)
+    loss = sn.softmax_cross_entropy(sn.dense(sn.dense(sn.dense(X, 160, sn.relu), 160, sn.relu),
+                                             3), Y)
+    models = both(loss, X, Y, sn.optim.SGD(lr=0.1, momentum=0.9))
+    p = plan.plan(layout_of(models[0]))
+    writer = emit.KernelWriter("k", models[0]._programs["loss_and_grad"], p.layout, {})
+    for note in ("X·W1", "δ2·W2ᵀ"):
+        group = next(g for g in p.groups if g.instrs[0].note == note)
+        assert writer.stored_product(group.instrs[0])[0] == ("160", "n")
+        assert writer.axis(group)[0] == "max(n, 160)"
+    assert writer.lone_product([next(g for g in p.groups if g.instrs[0].note == "X·W1")])
+    assert any({"δ2·W2ᵀ", "A1ᵀ·δ2"} <= {p.groups[k].instrs[0].note for k in phase}
+               for phase in p.phases)
+    for rows in (200, 100):  # two tiles either way (protocol.tile)
+        assert protocol.tile(max(rows, 160), rows * 160 * 64, plan.GEMM_PIECE,
+                             protocol.product_least(max(rows, 160))) == max(rows, 160) // 2
+    Xb, Yb = make_data(n=400, cols=64, out=3, seed=4)
+    for rows in (200, 100):
+        (l1, g1), (l2, g2) = (m.loss_and_grad(Xb[:rows], Yb[:rows]) for m in models)
+        assert l1 == pytest.approx(l2, rel=1e-10)
+        for k in g1:
+            np.testing.assert_allclose(g1[k], g2[k], rtol=1e-10, atol=1e-12, err_msg=k)
+        for m in models:
+            m.fit(Xb, Yb, epochs=1, batch_size=rows, verbose=False)
+        assert_same_params(*models)
 
 
 def test_a_phase_holds_groups_that_do_not_depend_on_each_other():

@@ -121,7 +121,8 @@ def test_the_kernels_piece_sizes_are_the_ones_the_emitter_computes():
                 assert tile(length, work, target, smallest) == protocol.tile(
                     length, work, target, smallest), (length, work, target, smallest)
     assert protocol.tile(1000, 10**9, 4096, 8) == 16  # 64 pieces: a power of two, none under 8
-    assert protocol.product_least(1000) == 128 and protocol.product_least(100) == 16
+    assert protocol.product_least(1000) == 250  # 4 tiles: each packs the other operand again
+    assert protocol.product_least(300) == 128 and protocol.product_least(60) == 16
 
 
 def wide_model(dtype="float32", backend="numba"):

@@ -43,7 +43,7 @@ from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, pla
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 from .protocol import product_least, tile
 
-CODEGEN_VERSION = 25  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 26  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
@@ -140,9 +140,12 @@ class KernelWriter:
             return None
         if g.split == "call":
             (r, c), k, _ = self.stored_product(g.instrs[0])
-            length = r if _longer(r, c) else c
-            least = ("rt.product_least(n)" if length == "n"
-                     else product_least(int(length)))
+            rows = cut_rows(r, c)
+            if isinstance(rows, str):  # the longer of the batch and a fixed length
+                length = f"max(n, {c if r == 'n' else r})"
+                return length, (r, c, k), GEMM_PIECE, f"rt.product_least({length})"
+            length = r if rows else c
+            least = "rt.product_least(n)" if length == "n" else product_least(int(length))
             return length, (r, c, k), GEMM_PIECE, least
         ins = g.instrs[0]
         if g.space is not None:
@@ -161,7 +164,7 @@ class KernelWriter:
             return "1", None
         length, factors, target, least = cut
         fixed = int(np.prod([int(f) for f in factors if f != "n"]))
-        if length != "n" and int(length) < 2 * int(least):  # one piece, whatever the batch
+        if length.isdigit() and int(length) < 2 * int(least):  # one piece, whatever the batch
             return "1", None
         if "n" not in factors:
             size = tile(int(length), fixed, target, least)
@@ -218,7 +221,7 @@ class KernelWriter:
         ins = groups[0].instrs[0]
         (r, c), k, (a, ta, b, tb) = self.stored_product(ins)
         sizes = [-1 if d == "n" else int(d) for d in (r, c, k)]
-        return ins.note, (a, b, ins.out), [int(ta), int(tb), *sizes, int(_longer(r, c))]
+        return ins.note, (a, b, ins.out), [int(ta), int(tb), *sizes]
 
     def work(self) -> tuple[int, int]:
         """(per batch row, fixed) multiply-adds or entries of the program's statements."""
@@ -395,14 +398,23 @@ class KernelWriter:
             return
         (r, c), k, (a, ta, b, tb) = self.stored_product(ins)
         alpha = ScalarPrinter({SIZE: "nf"}).doprint(ins.alpha)
-        i0 = j0 = "0"
-        if span is not None:
-            if _longer(r, c):
-                r, i0 = "last - first", "first"
-            else:
-                c, j0 = "last - first", "first"
-        out(f"gemm_at({ta}, {self.ident[a]}, {tb}, {self.ident[b]}, {self.ident[ins.out]}, "
-            f"{alpha}, DT(0.0), {r}, {c}, {k}, {i0}, {j0})")
+
+        def call(r, c, i0="0", j0="0"):
+            out(f"gemm_at({ta}, {self.ident[a]}, {tb}, {self.ident[b]}, {self.ident[ins.out]}, "
+                f"{alpha}, DT(0.0), {r}, {c}, {k}, {i0}, {j0})")
+
+        rows = None if span is None else cut_rows(r, c)
+        if rows is None:
+            call(r, c)
+        elif isinstance(rows, str):
+            with out.block(f"if {rows}:"):
+                call("last - first", c, i0="first")
+            with out.block("else:"):
+                call(r, "last - first", j0="first")
+        elif rows:
+            call("last - first", c, i0="first")
+        else:
+            call(r, "last - first", j0="first")
 
     def small_gemm(self, ins, out: Lines):
         (a, b), (ta, tb), o = ins.args, ins.trans, ins.out
@@ -455,12 +467,14 @@ def _branches(counts) -> list[str | None]:
     return [*heads, "else:"]
 
 
-def _longer(r, c) -> bool:
-    """Whether a product's tiles cut its rows: the longer side (the batch counts as long), so
-    that the operand packed again for every tile is the smaller one."""
-    if r == "n" or c == "n":
-        return r == "n"
-    return int(r) >= int(c)
+def cut_rows(r: str, c: str) -> bool | str:
+    """Whether a product's tiles cut the rows of its r×c output: the longer side, so that the
+    operand packed again for every tile is the smaller one (cutting wide's 512-row batch rather
+    than its 1024-wide layers took 4 % longer). With the batch on one side and a fixed length
+    on the other, the source of the test the kernel makes at run time."""
+    if (r == "n") == (c == "n"):
+        return r == "n" or int(r) >= int(c)
+    return f"n >= {c}" if r == "n" else f"n <= {r}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -537,9 +551,10 @@ class Stages:
     def product(self, note: str, arrays, numbers: list[int]) -> list[str]:
         """The lines that call the stage shared by every phase that is one tiled product
         ``arrays[2] = op(arrays[0])·op(arrays[1])``; ``numbers``: whether a and b are transposed,
-        the output's rows, columns and the inner dimension as stored (-1: the batch), and
-        whether its tiles cut rows. The products of seed002's training step were four stages
-        of their own, with the same code but for these numbers (0.1 s of compile each)."""
+        the output's rows, columns and the inner dimension as stored (-1: the batch); its tiles
+        cut the longer side (:func:`cut_rows`). The products of seed002's training step were
+        four stages of their own, with the same code but for these numbers (0.1 s of compile
+        each)."""
         if any(self.slots[x][1] != "DT" for x in arrays):
             raise CodegenError(f"the numba backend multiplies only arrays of the network's "
                                f"dtype, not in {note}")
@@ -555,7 +570,7 @@ class Stages:
         d = self.defs
         d("@STAGE")
         with d.block(f"def {name}({', '.join(self.params)}, slots):"):
-            d("# a2 = op(a0)·op(a1), in tiles of one side of a2, as slots[3:] say "
+            d("# a2 = op(a0)·op(a1), in tiles of a2's longer side; the sizes as slots[3:] say "
               "(Stages.product)")
             d(f"blk = rt.block(blk_addr, {self.length})")
             for k in range(3):
@@ -564,13 +579,14 @@ class Stages:
             d("tb = slots[4] != 0")
             for k, dim in enumerate("rck", start=5):
                 d(f"{dim} = n if slots[{k}] < 0 else slots[{k}]")
-            d("length = r if slots[8] != 0 else c")
+            d("rows = r >= c  # the longer side (cut_rows)")
+            d("length = r if rows else c")
             d(f"size = rt.tile(length, r * c * k, {GEMM_PIECE}, rt.product_least(length))")
             d("P = (length + size - 1) // size")
             with pieces(d):
                 d("first = p * size")
                 d("last = min(first + size, length)")
-                with d.block("if slots[8] != 0:"):
+                with d.block("if rows:"):
                     d("gemm_at(ta, a0, tb, a1, a2, DT(1.0), DT(0.0), last - first, c, k, first, 0)")
                 with d.block("else:"):
                     d("gemm_at(ta, a0, tb, a1, a2, DT(1.0), DT(0.0), r, last - first, k, 0, first)")

@@ -342,13 +342,14 @@ def _tile(module):
 
 
 def product_least(length: int) -> int:
-    """The narrowest tile of a product whose tiles cut an axis of ``length``, and so at most 8
+    """The narrowest tile of a product whose tiles cut an axis of ``length``, and so at most 4
     tiles. Each tile is a one-thread OpenBLAS call that packs the other operand again: on
     adam-relu's and wide's products, tiles 32 wide took 15-25 % longer in all than one call,
-    64 wide 5-10 %, 128 wide 1-2 %; below 128 rows, ~25-row tiles were faster than one call
-    (OpenBLAS's small-matrix kernels). Measured on one thread."""
+    64 wide 5-10 %, 128 wide 1-2 %, and wide's five products took 4 % longer in 8 tiles than in
+    4; below 128 rows, ~25-row tiles were faster than one call (OpenBLAS's small-matrix
+    kernels). Measured on one thread."""
     least = 128 if length >= 256 else 64 if length >= 128 else 16
-    return max(least, length // 8)
+    return max(least, length // 4)
 
 
 def _product_least(module):
@@ -357,8 +358,8 @@ def _product_least(module):
     (length,) = w.args
     least = w.select(w.at_least(length, i64(256)), i64(128),
                      w.select(w.at_least(length, i64(128)), i64(64), i64(16)))
-    eighth = w.sdiv(length, i64(8))
-    w.ret(w.select(w.less(least, eighth), eighth, least))
+    quarter = w.sdiv(length, i64(4))
+    w.ret(w.select(w.less(least, quarter), quarter, least))
 
 
 def _record(module):
