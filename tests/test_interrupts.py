@@ -21,10 +21,14 @@ import symnet as sn
 # T steps are the same however the steps were split between calls and interrupts, and a clean
 # model trained for T epochs must equal the interrupted one bit for bit.
 CHILD = textwrap.dedent("""
-    import json, os, sys, threading, time
+    import json, os, signal, sys, threading, time
     from pathlib import Path
     import numpy as np
     import symnet as sn
+
+    # a process started by a background job of a shell without job control inherits SIGINT
+    # ignored, and Python then raises no KeyboardInterrupt: Ctrl-C is what this child tests
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     backend, flag = sys.argv[1], Path(sys.argv[2])
     rng = np.random.default_rng(0)
