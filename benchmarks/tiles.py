@@ -34,7 +34,8 @@ WAYS = ("kernels", "batch side", "8 tiles", "one call")
 
 
 def products(name: str) -> list[tuple]:
-    """(note, ta, tb, r, c, k) of each product the shape's kernels tile, sizes as numbers."""
+    """(note, ta, tb, r, c, k, batch_rows) of each product the shape's kernels tile, sizes as
+    numbers; ``batch_rows``: whether the batch is its rows (None: neither side is)."""
     from codegen.numba import emit, plan
 
     from .peers import symnet_peer
@@ -48,8 +49,9 @@ def products(name: str) -> list[tuple]:
     for g in p.groups:
         if g.split == "call":
             (r, c), k, (_, ta, _, tb) = writer.stored_product(g.instrs[0])
+            batch_rows = (r == "n") if "n" in (r, c) else None
             r, c, k = (w.batch if d == "n" else int(d) for d in (r, c, k))
-            found.append((g.instrs[0].note, ta, tb, r, c, k))
+            found.append((g.instrs[0].note, ta, tb, r, c, k, batch_rows))
     return found
 
 
@@ -93,16 +95,14 @@ def main(argv=None) -> int:
 
     rng = np.random.default_rng(0)
     for name in args.shapes.split(","):
-        batch = SHAPES[name].batch
         print(f"\n{name}: ms of one thread per step, median (min–max) of {args.repeat} passes\n")
         print(f"| product (stored r×c, inner k) | {' | '.join(WAYS)} |")
         print("|---" * (len(WAYS) + 1) + "|")
         totals = {way: [0.0] * args.repeat for way in WAYS}
-        for note, ta, tb, r, c, k in products(name):
+        for note, ta, tb, r, c, k, batch_rows in products(name):
             a = rng.standard_normal((k, r) if ta else (r, k)).astype(np.float32)
             b = rng.standard_normal((c, k) if tb else (k, c)).astype(np.float32)
             out = np.empty((r, c), np.float32)
-            batch_rows = None if batch not in (r, c) or r == c else r == batch
             grids = {way: grid(way, r, c, k, batch_rows) for way in WAYS}
             tiled(ta, a, tb, b, out, r, c, k, 1, 1, 1)
             times = {way: [] for way in WAYS}
