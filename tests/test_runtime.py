@@ -107,6 +107,28 @@ def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):
     monkeypatch.setenv("SYMNET_NUM_THREADS", "many")
     with pytest.warns(UserWarning, match="not a positive integer"):
         assert rt.threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "1000")
+    with pytest.warns(UserWarning, match="more than a team's 256 threads; using 256"):
+        assert rt.threads() == protocol.MAX_THREADS
+
+
+def test_a_team_that_could_not_be_made_leaves_no_closed_team_behind(monkeypatch):
+    """Changing the thread count closes the old team before making the new one; when making it
+    fails, the closed team must not stay in use: the next kernel would wait forever for its
+    workers, which have ended."""
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "3")
+    values = run_pieces()[0]
+
+    def fails(threads):
+        raise MemoryError("no threads left")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rt, "Team", fails)
+        with pytest.raises(MemoryError):
+            rt._team_of(2)
+    assert rt._team is None
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    assert np.array_equal(run_pieces()[0], values)
 
 
 def test_the_kernels_piece_sizes_are_the_ones_the_emitter_computes():

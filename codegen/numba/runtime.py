@@ -281,18 +281,23 @@ _lock = threading.Lock()  # one kernel at a time has the team; others run alone 
 
 
 def threads() -> int:
-    """``SYMNET_NUM_THREADS``, or the cores this process may run on."""
+    """``SYMNET_NUM_THREADS``, or the cores this process may run on; at most ``MAX_THREADS``
+    (the control block's size)."""
     text = os.environ.get("SYMNET_NUM_THREADS", "").strip()
     if text:
         try:
             count = int(text)
-            if count >= 1:
-                return count
         except ValueError:
-            pass
+            count = 0
+        if 1 <= count <= MAX_THREADS:
+            return count
+        if count > MAX_THREADS:
+            warnings.warn(f"SYMNET_NUM_THREADS={text} is more than a team's {MAX_THREADS} "
+                          f"threads; using {MAX_THREADS}", stacklevel=3)
+            return MAX_THREADS
         warnings.warn(f"SYMNET_NUM_THREADS={text!r} is not a positive integer; using the "
                       f"cores this process may run on", stacklevel=3)
-    return cores()
+    return min(cores(), MAX_THREADS)
 
 
 def cores() -> int:
@@ -365,8 +370,9 @@ def _team_of(count: int) -> Team:
     """The team of ``count`` threads, made (anew, if the count changed) on first use."""
     global _team
     if _team is None or _team.threads != count:
-        if _team is not None:
-            _team.close()
+        old, _team = _team, None  # a closed team is never kept, even if the new one fails
+        if old is not None:
+            old.close()
         _team = Team(count)
     return _team
 
