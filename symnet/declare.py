@@ -29,15 +29,20 @@ def parameter(name: str, rows: int, cols: int) -> sp.MatrixSymbol:
     return sp.MatrixSymbol(name, rows, cols)
 
 
+class ConstantSymbol(sp.MatrixSymbol):
+    """The MatrixSymbol :func:`Constant` makes: ``compile`` then knows that it is not a
+    parameter, and asks for its value when ``constants=`` leaves it out."""
+
+
 def Constant(name: str, rows: int = 1, cols: int = 1) -> sp.MatrixSymbol:
     """A coefficient the kernels read at run time (its value given by ``sn.compile(...,
     constants={symbol: value})``, changed through ``model.constants``): a MatrixSymbol that is
     neither data nor a parameter, 1×1 unless told, usable where a number is, as in
-    ``sn.l2(alpha, *weights)``. Left out of ``constants=``, it would be a parameter."""
+    ``sn.l2(alpha, *weights)``."""
     _check_name(name, "Constant")
     rows = _check_units(rows, "rows", f"sn.Constant({name!r}, rows, cols)")
     cols = _check_units(cols, "cols", f"sn.Constant({name!r}, rows, cols)")
-    return sp.MatrixSymbol(name, rows, cols)
+    return ConstantSymbol(name, rows, cols)
 
 
 def affine(inp, units: int, name) -> sp.MatrixExpr:

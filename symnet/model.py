@@ -17,7 +17,7 @@ from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 from . import formulas, interrupts, optim, serialize, validate, weighting
 from . import init as initialisers
 from .blocks import batch_norms as _batch_norms
-from .declare import batch
+from .declare import ConstantSymbol, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
 from .functions import Dropout, Elementwise
@@ -111,6 +111,7 @@ class Model:
         # predict returns a tuple for prediction=[P1, P2, …], an array for prediction=P
         self.prediction_exprs = _check_predictions(prediction, self.inputs, self.param_symbols)
         self._several = isinstance(prediction, (list, tuple))
+        _check_constants_used(self._constant_symbols, self.loss_expr, self.prediction_exprs)
         self._taken = {s.name for s in data | set(self.param_symbols)}
         layers = layer_sums(self.loss_expr, *self.prediction_exprs)
         fired = {"loss": [], "prediction": []}
@@ -372,6 +373,10 @@ class Model:
                                 f"model (those are {sorted(declared)}); remove them")
             for name, shape in declared.items():
                 self.params[name] = _param_array(self.params.get(name), name, shape, self.dtype)
+            for symbol in self._constant_symbols:
+                name, shape = symbol.name, (int(symbol.shape[0]), int(symbol.shape[1]))
+                self.constants[name] = _param_array(self.constants.get(name), name, shape,
+                                                    self.dtype, "constants")
 
     # ------------------------------------------------------------------ API
     # Each public method validates its arrays once (``_feeds``) and hands the checked feeds to a
@@ -794,6 +799,11 @@ def _parameters(loss, data, bytes_per_entry):
     order, _, _ = _dag([loss])
     params = [e for e in order if isinstance(e, sp.MatrixSymbol) and e not in data]
     for p in params:
+        if isinstance(p, ConstantSymbol):
+            raise DeclarationError(
+                f"{p.name} is an sn.Constant, whose value the kernels read at run time, but "
+                f"constants= does not give it; pass sn.compile(..., constants={{{p.name}: "
+                f"value}})")
         if not (p.shape[0].is_Integer and p.shape[1].is_Integer):
             raise DeclarationError(
                 f"{p.name} ({p.shape[0]}×{p.shape[1]}) is not an input or target, so it is a "
@@ -829,6 +839,17 @@ def _constants(constants, data, dtype) -> tuple[list, dict[str, np.ndarray]]:
             raise DeclarationError(f"constants: the value of {symbol.name} is not finite: {value!r}")
         arrays[symbol.name] = array
     return list(constants), arrays
+
+
+def _check_constants_used(symbols, loss, predictions):
+    """Every constant given to ``compile`` appears in the loss or a prediction: one that does
+    not is most likely another symbol than the one the loss uses."""
+    used = set().union(*(e.free_symbols for e in (loss, *predictions)))
+    for symbol in symbols:
+        if symbol not in used:
+            raise DeclarationError(f"constants: {symbol.name} appears in neither the loss nor the "
+                                   f"prediction; remove it from constants=, or pass the symbol "
+                                   f"the loss uses")
 
 
 def _bytes_per_entry(dtype, optimizer):
@@ -899,27 +920,27 @@ def _dtype(dtype, what="dtype", error=DeclarationError):
     return dt
 
 
-def _param_array(value, name, shape, dtype):
-    """``model.params[name]`` checked before a kernel reads it: an array of the declared shape,
-    real and finite, converted to ``dtype`` (C-contiguous, writeable) when it is not."""
-    fix = f"write into the array instead of replacing it: model.params[{name!r}][...] = value"
+def _param_array(value, name, shape, dtype, where="params"):
+    """``model.params[name]`` (or ``model.constants[name]``) checked before a kernel reads it:
+    an array of the declared shape, real and finite, converted to ``dtype`` (C-contiguous,
+    writeable) when it is not."""
+    entry = f"model.{where}[{name!r}]"
+    fix = f"write into the array instead of replacing it: {entry}[...] = value"
     if value is None:
-        raise DataError(f"model.params has no {name!r}; put back an array of shape {shape}, e.g. "
-                        f"model.params[{name!r}] = np.zeros({shape})")
+        raise DataError(f"model.{where} has no {name!r}; put back an array of shape {shape}, "
+                        f"e.g. {entry} = np.zeros({shape})")
     if not isinstance(value, np.ndarray) or value.shape != shape:
-        raise DataError(f"model.params[{name!r}] is {validate.describe(value)}, but {name} is "
+        raise DataError(f"{entry} is {validate.describe(value)}, but {name} is "
                         f"{shape[0]}×{shape[1]}; {fix}")
     if value.dtype.kind not in "biuf":
-        raise DataError(f"model.params[{name!r}] has dtype {value.dtype}, but parameters are real "
-                        f"numbers; {fix}")
+        raise DataError(f"{entry} has dtype {value.dtype}, but {where} are real numbers; {fix}")
     value = np.require(value, dtype=dtype, requirements=["C", "A", "W"])
     if not np.isfinite(value.sum(dtype=np.float64)):  # one pass; exact search only on failure
         bad = np.argwhere(~np.isfinite(value))
         if len(bad):
             row, col = bad[0]
-            raise DataError(f"model.params[{name!r}] has a non-finite value ({value[row, col]}) "
-                            f"in row {row}, column {col}; write finite values into it "
-                            f"(model.params[{name!r}][...] = value)")
+            raise DataError(f"{entry} has a non-finite value ({value[row, col]}) in row {row}, "
+                            f"column {col}; write finite values into it ({entry}[...] = value)")
     return value
 
 

@@ -102,7 +102,7 @@ def _decay(weight_decay):
 class SGD(Optimizer):
     """p ← p − lr·g, with optional (Nesterov) momentum and weight decay, as torch.optim.SGD."""
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
+    def __init__(self, lr=1e-3, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
         self.momentum = _fraction(self, "momentum", momentum, 0.9)
         self.nesterov = validate.flag(nesterov, "nesterov", where="SGD")

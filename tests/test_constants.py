@@ -107,6 +107,8 @@ def test_constants_are_saved_loaded_and_pickled(tmp_path):
     ({ALPHA: float("nan")}, "alpha is not finite"),
     ({ALPHA: "big"}, "must be a number or an array of shape 1×1"),
     ({sn.Input("X", 4): 1.0}, "listed twice"),
+    (None, r"alpha is an sn.Constant.*constants=\{alpha: value\}"),  # else a parameter
+    ({ALPHA: 1.0, sn.Constant("beta"): 1.0}, "beta appears in neither the loss nor"),
 ])
 def test_bad_constants_are_declaration_errors(constants, message):
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
@@ -138,3 +140,24 @@ def test_a_model_with_a_constant_explains_itself_and_names_what_overflows(backen
     assert "alpha" in str(model.explain(X, Y))
     with pytest.raises(sn.DataError, match="not finite"):
         model.fit(X, Y, epochs=2, batch_size=4, verbose=False)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("value, message", [
+    (0.5, r"model.constants\['alpha'\] is 0.5, but alpha is 1×1.*\[\.\.\.\] = value"),
+    (np.full((1, 1), np.inf), r"model.constants\['alpha'\] has a non-finite value \(inf\)"),
+    (None, "model.constants has no 'alpha'")])
+def test_a_replaced_constant_is_named_with_the_fix_before_a_kernel_reads_it(backend, value,
+                                                                            message):
+    model = penalised(None, backend=backend)
+    if value is None:
+        del model.constants["alpha"]
+    else:
+        model.constants["alpha"] = value
+    with pytest.raises(sn.DataError, match=message):
+        model.fit(*data(), epochs=1)
+    model.constants["alpha"] = np.array([[2]])  # another dtype: converted, and kept live
+    model.fit(*data(), epochs=1)
+    assert model.constants["alpha"].dtype == np.float64
+    model.constants["alpha"][...] = 0.1
+    assert model.constants["alpha"] == 0.1
