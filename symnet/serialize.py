@@ -416,12 +416,18 @@ def save_model(model, path) -> None:
     """Write ``model``'s declaration, parameters, optimizer state and step count to ``path``,
     atomically (see :func:`codegen.files.atomic_write`: a symlink stays a symlink and the file
     keeps its permissions)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"save(path) takes a file name such as 'model.npz', got "
+                        f"{type(path).__name__} {path!r}")
     arrays = _arrays(model)
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except NotARegularFile as err:
         raise DataError(f"cannot save the model to {path}: {err}, and saving would replace it. "
                         f"Pass the path of a regular file, such as 'model.npz'.") from None
+    except OSError as err:
+        raise DataError(f"cannot save the model to {path!s}: {err.strerror or err}; pass a path "
+                        f"in a writable directory") from None
 
 
 def to_bytes(model) -> bytes:

@@ -448,6 +448,19 @@ def test_save_refuses_a_device_a_directory_and_a_fifo(saved, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo"]
 
 
+def test_save_to_a_missing_directory_or_not_a_path_is_a_data_error(saved, tmp_path):
+    (tmp_path / "file").write_text("")
+    for path, reason in [(tmp_path / "missing" / "m.npz", "No such file or directory"),
+                         (tmp_path / "file" / "m.npz", "Not a directory")]:
+        with pytest.raises(sn.DataError, match=f"cannot save the model to {path}: {reason}; "
+                                               f"pass a path in a writable directory"):
+            saved[0].save(path)
+    with pytest.raises(sn.DataError, match="save\\(path\\) takes a file name such as "
+                                           "'model.npz', got int 3"):
+        saved[0].save(3)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
 def test_save_removes_temporary_files_of_killed_saves_but_not_a_live_one(saved, tmp_path):
     path = tmp_path / "m.npz"
     orphans = [tmp_path / f".m.npz.{tag}.tmp" for tag in ("k1ll3d00", "abcdefgh")]
