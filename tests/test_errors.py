@@ -43,6 +43,19 @@ def test_bad_units(units):
         sn.dense(sn.Input("X", 4), units)
 
 
+@pytest.mark.parametrize("activation, message", [
+    (np.tanh, r"the activation numpy.tanh failed on the matrix expression X·W1 \+ 𝟙·b1 "
+              r"\(TypeError: "),
+    (sp.tanh, r"the activation sympy.functions.elementary.hyperbolic.tanh must give a matrix "
+              r"expression of the shape of X·W1 \+ 𝟙·b1, elementwise, got tanh\("),
+    (lambda z: z.T, r"must give a matrix expression of the shape of X·W1 \+ 𝟙·b1"),
+])
+def test_an_activation_that_does_not_act_on_matrix_expressions_is_named(activation, message):
+    with pytest.raises(sn.DeclarationError, match=message + r".*use one of symnet's, such as "
+                                                            r"sn.tanh"):
+        sn.dense(sn.Input("X", 4), 3, activation)
+
+
 @pytest.mark.parametrize("f", [sp.floor, sp.sign])
 def test_non_differentiable_activation(f):
     x = sp.Symbol("x")
