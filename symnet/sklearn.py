@@ -78,6 +78,13 @@ class _SymnetMLP(BaseEstimator):
             raise DeclarationError(f"hidden must be a tuple of layer widths ≥ 1 such as (100,), got "
                              f"{self.hidden!r}")
         validate.number(self.alpha, "alpha", low=0, example=1e-4, where=type(self).__name__)
+        batch = self.batch_size
+        if not (isinstance(batch, str) and batch == "auto") and (
+                isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer))
+                or batch < 1):
+            raise DeclarationError(f"{type(self).__name__}: batch_size must be a positive integer "
+                                   f"or 'auto' (200 rows at most), got "
+                                   f"{validate.describe(batch)}; pass e.g. batch_size=32")
         if not 0 <= self.validation_fraction < 1:
             raise DeclarationError(f"validation_fraction must be in [0, 1), got "
                              f"{self.validation_fraction!r}")
@@ -260,10 +267,10 @@ def _canonical_rows(X, Y, w):
     return X[order], Y[order], None if w is None else w[order]
 
 
-def _batch_size(rows: int, batch: int, norm: bool) -> int:
-    """``batch`` rows (at most all of them); with batch norm, the next size that leaves no
-    1-row batch, whose variance would be 0."""
-    batch = max(1, min(int(batch), rows))
+def _batch_size(rows: int, batch: int | str, norm: bool) -> int:
+    """``batch`` rows (at most all of them; ``"auto"``: 200, as scikit-learn's MLP); with batch
+    norm, the next size that leaves no 1-row batch, whose variance would be 0."""
+    batch = max(1, min(200 if batch == "auto" else int(batch), rows))
     if norm and rows > 1:
         while (rows - 1) % batch == 0:
             batch += 1

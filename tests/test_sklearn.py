@@ -188,3 +188,18 @@ def test_bad_estimator_input_is_named():
         SymnetClassifier(epochs=1).fit(X, y, sample_weight=np.r_[-1.0, np.ones(39)])
     with pytest.raises(sn.DeclarationError, match=r"activation='rleu' is not one of"):
         SymnetClassifier(activation="rleu").fit(X, y)
+    for batch_size, got in [(0, "got 0"), (-5, "got -5"), ("big", "got 'big'"), (2.5, "got 2.5")]:
+        with pytest.raises(sn.DeclarationError, match=rf"SymnetClassifier: batch_size must be a "
+                                                      rf"positive integer or 'auto' \(200 rows "
+                                                      rf"at most\), {got}; pass e.g."):
+            SymnetClassifier(batch_size=batch_size).fit(X, y)
+
+
+def test_batch_size_auto_is_scikit_learns_200_rows_at_most():
+    X, y = digits(260)
+    auto = SymnetClassifier(batch_size="auto", epochs=2, random_state=0).fit(X, y)
+    rows = SymnetClassifier(batch_size=200, epochs=2, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(auto.predict_proba(X), rows.predict_proba(X))
+    few = SymnetClassifier(batch_size="auto", epochs=2, random_state=0).fit(X[:50], y[:50])
+    full = SymnetClassifier(batch_size=50, epochs=2, random_state=0).fit(X[:50], y[:50])
+    np.testing.assert_array_equal(few.predict_proba(X), full.predict_proba(X))
