@@ -510,14 +510,18 @@ class Model:
         # every epoch runs in one kernel call; else one epoch, or ~0.25 s, per call
         quiet = val_feeds is None and not verbose
         per_call = min(epochs, max(1, 2**24 // rows)) if quiet else 1
-        with self._lock, contextlib.closing(bar):
+        with self._lock, contextlib.closing(bar), _kept_history(self, hist):
             while len(hist.loss) < epochs and not _patience_out(hist, early_stopping):
                 k = min(per_call, epochs - len(hist.loss))
                 orders = _orders(rng if shuffle else None, k, rows)
                 start = time.perf_counter()
                 with interrupts.deferred(self._stop):  # Ctrl-C: after this call's last step
                     losses, e, s, status = self._train(runner, data, orders, batch_size)
-                elapsed = time.perf_counter() - start
+                    elapsed = time.perf_counter() - start
+                    if status is Status.STOPPED:  # the epochs it ended, before the interrupt
+                        hist.history["loss"].extend(
+                            (losses[:e].astype(np.float64) @ sizes / rows).tolist())
+                        hist.history["seconds"].extend([elapsed / k] * e)
                 if status is Status.STOPPED:  # Ctrl-C, whose handler did not raise
                     break
                 if status is Status.DATA:  # in the first call, which _train undid
@@ -692,6 +696,18 @@ def _orders(rng, epochs: int, rows: int) -> np.ndarray:
     for e in range(epochs):
         orders[e] = rng.permutation(rows)
     return orders
+
+
+@contextlib.contextmanager
+def _kept_history(model, hist):
+    """A fit that ends in an exception (Ctrl-C, a step that was not finite) after it ran
+    epochs leaves their History as ``model.history``."""
+    try:
+        yield
+    except BaseException:
+        if hist.loss:
+            model.history = hist
+        raise
 
 
 def _patience_out(hist, patience):

@@ -130,6 +130,35 @@ def test_two_threads_fitting_one_model_lose_no_steps(backend):
         np.testing.assert_array_equal(shared.params[k], reference.params[k])
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_an_interrupted_fit_leaves_the_history_of_the_epochs_it_ended(backend):
+    # one kernel call of many epochs (quiet), interrupted in the middle: model.history has
+    # every epoch the call ended, as many as the step counter says, and their losses
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored
+    X, Y = data()
+    m = model(backend)
+    m.fit(X, Y, epochs=2, batch_size=10, verbose=False)
+    before, steps = m.history, m._steps
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    train = m._train
+
+    def interrupted_train(*args):  # Ctrl-C once the kernel runs, not while fit shuffles
+        timer.start()
+        return train(*args)
+
+    m._train = interrupted_train
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(X, Y, epochs=10**5, batch_size=10, verbose=False)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert m.history is not before
+    assert len(m.history.loss) == (m._steps - steps) // 4 >= 1
+    assert np.isfinite(m.history.loss).all() and len(m.history.seconds) == len(m.history.loss)
+    assert m.history.loss[-1] < m.history.loss[0]
+
+
 def test_sigint_handlers_of_the_caller_are_kept_and_called_after_the_step(monkeypatch):
     # a handler of the user's own (not raising) is called once the training call has ended,
     # and fit then returns what it trained; the handler is in place again afterwards
