@@ -490,7 +490,9 @@ class Model:
         rows = _rows(feeds)
         weighted = sample_weight is not None or class_weight is not None
         if weighted:
-            w = weighting.row_weights(rows, self._class_labels(feeds), sample_weight, class_weight)
+            classes = max(2, int(self.targets[0].shape[1])) if len(self.targets) == 1 else None
+            w = weighting.row_weights(rows, self._class_labels(feeds), sample_weight, class_weight,
+                                      classes)
             data[weighting.OMEGA.name] = w.astype(self.dtype).reshape(rows, 1)
         if self._norms and (rows - 1) % batch_size == 0:
             if rows == 1:

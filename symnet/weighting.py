@@ -50,10 +50,12 @@ def weighted(loss, omega=OMEGA):
     return walk(loss)
 
 
-def row_weights(rows: int, labels, sample_weight=None, class_weight=None) -> np.ndarray:
+def row_weights(rows: int, labels, sample_weight=None, class_weight=None,
+                classes: int | None = None) -> np.ndarray:
     """The weight of each training row: ``sample_weight`` times the weight of its class.
     ``class_weight`` is ``{class: weight}`` (absent classes weigh 1) or ``"balanced"``
-    (n / (classes · count), as scikit-learn); ``labels`` are the rows' classes (or None)."""
+    (n / (classes · count), as scikit-learn); ``labels`` are the rows' classes (or None), of
+    the numbers 0 to ``classes`` − 1."""
     w = np.ones(rows)
     if sample_weight is not None:
         w = validate.real_array(sample_weight, "sample_weight").astype(np.float64)
@@ -65,7 +67,7 @@ def row_weights(rows: int, labels, sample_weight=None, class_weight=None) -> np.
         if labels is None:
             raise DataError("class_weight weighs classes: it needs a classification target (k ≥ 2 "
                             "columns, or one 0/1 column); use sample_weight for this model")
-        w = w * _class_weights(class_weight, labels)
+        w = w * _class_weights(class_weight, labels, classes)
     if not np.isfinite(w).all() or (w < 0).any():
         bad = int(np.flatnonzero(~np.isfinite(w) | (w < 0))[0])
         raise DataError(f"the weight of row {bad} is {w[bad]}; weights must be finite and ≥ 0")
@@ -75,7 +77,7 @@ def row_weights(rows: int, labels, sample_weight=None, class_weight=None) -> np.
     return w
 
 
-def _class_weights(class_weight, labels) -> np.ndarray:
+def _class_weights(class_weight, labels, count=None) -> np.ndarray:
     classes, counts = np.unique(labels, return_counts=True)
     if isinstance(class_weight, str):
         if class_weight != "balanced":
@@ -87,10 +89,13 @@ def _class_weights(class_weight, labels) -> np.ndarray:
         for c, v in class_weight.items():
             table[c] = validate.number(v, f"class_weight[{c!r}]", low=0, error=DataError,
                                        example=2.0)
-        unknown = sorted(set(table) - set(classes.tolist()), key=str)
-        if unknown and not all(isinstance(c, (int, np.integer)) for c in unknown):
+        unknown = sorted((c for c in set(table) - set(classes.tolist())  # absent, or no class
+                          if not (isinstance(c, (int, np.integer)) and not isinstance(c, bool)
+                                  and (count is None or 0 <= c < count))), key=str)
+        if unknown:
+            numbers = f"0…{count - 1}" if count else "0…k−1"
             raise DataError(f"class_weight names the classes {unknown}, which are not class "
-                            f"numbers 0…k−1 of the targets")
+                            f"numbers {numbers} of the targets")
     else:
         raise DataError(f"class_weight must be a dict {{class: weight}} or 'balanced', got "
                         f"{validate.describe(class_weight)}")

@@ -119,6 +119,8 @@ def test_a_weighted_mse_is_the_weighted_mean_of_row_errors():
     ({"sample_weight": np.zeros(30)}, "every row has weight 0"),
     ({"class_weight": "even"}, "a dict {class: weight} or 'balanced'"),
     ({"class_weight": {"cat": 2.0}}, r"names the classes \['cat'\]"),
+    ({"class_weight": {7: 2.0, 2: 1.5}}, r"names the classes \[7\], which are not class "
+                                         r"numbers 0…2 of the targets"),
     ({"class_weight": {1: -2.0}}, r"class_weight\[1\] must be a finite real number ≥ 0"),
 ])
 def test_bad_weights_are_named(kwargs, message):
