@@ -402,6 +402,10 @@ class Model:
         of their values."""
         if "forward" not in self._programs:
             raise DeclarationError("this model was compiled without prediction=; nothing to predict")
+        if isinstance(batch_size, (np.ndarray, list, tuple)):
+            raise DataError(f"predict takes the inputs only, and got "
+                            f"{validate.describe(batch_size)} as batch_size; to score predictions "
+                            f"against targets, call evaluate(X, Y)")
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
         values = self._predict_all(self._feeds(X, need_targets=False), batch_size)

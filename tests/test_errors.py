@@ -233,6 +233,15 @@ def test_validation_data_that_is_not_a_pair_says_how_to_pass_it(model):
         model.fit(X, Y, validation_data=X, verbose=False)
 
 
+def test_targets_passed_to_predict_are_named_with_evaluate_as_the_fix(model):
+    X, Y = make_data(out=3, kind="real")
+    with pytest.raises(sn.DataError, match=r"predict takes the inputs only, and got an array of "
+                                           r"shape \(5, 3\) and dtype float64 as batch_size; to "
+                                           r"score predictions against targets, call "
+                                           r"evaluate\(X, Y\)"):
+        model.predict(X, Y)
+
+
 def test_non_finite_learning_rate_names_the_optimizer_and_argument():
     with pytest.raises(sn.DeclarationError, match=r"SGD: lr must be a finite real number > 0, "
                                                   r"got nan"):
