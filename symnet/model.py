@@ -196,7 +196,8 @@ class Model:
         ``raw=True`` each backprop equation is followed by its unsimplified chain-rule form;
         with ``weighted=True`` they are those of ``fit(sample_weight=...)``, whose batch means
         weigh each row by ω."""
-        if weighted:
+        raw = validate.flag(raw, "raw", where="formulas")
+        if validate.flag(weighted, "weighted", where="formulas"):
             return formulas.as_text(self._weighted_variant()[0], optimizer=self.optimizer)
         return formulas.as_text(self.derivation, self.raw_derivation() if raw else None,
                                 optimizer=self.optimizer)

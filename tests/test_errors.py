@@ -242,6 +242,13 @@ def test_targets_passed_to_predict_are_named_with_evaluate_as_the_fix(model):
         model.predict(X, Y)
 
 
+def test_formulas_options_are_true_or_false(model):
+    for option in ("raw", "weighted"):
+        with pytest.raises(sn.DeclarationError, match=f"formulas: {option} must be True or False, "
+                                                      f"got 'yes'"):
+            model.formulas(**{option: "yes"})
+
+
 def test_non_finite_learning_rate_names_the_optimizer_and_argument():
     with pytest.raises(sn.DeclarationError, match=r"SGD: lr must be a finite real number > 0, "
                                                   r"got nan"):
