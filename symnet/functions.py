@@ -445,7 +445,8 @@ class _PReLU:
             )
         if tuple(slope.shape) != (1, arg.shape[1]):
             raise ShapeError(
-                f"prelu slope {slope} is {_shape_text(slope)} but {arg} has {arg.shape[1]} columns;"
+                f"prelu slope {slope} is {_shape_text(slope)} but {_text(arg)} has {arg.shape[1]} "
+                f"columns;"
                 f" the slope must be 1×{arg.shape[1]}"
             )
         ones = sp.OneMatrix(arg.shape[0], 1)
@@ -539,7 +540,7 @@ def _same_shape(p, y, fname):
     _require_matrix(y, fname)
     if tuple(p.shape) != tuple(y.shape):
         raise ShapeError(
-            f"{fname}: the prediction {p} is {_shape_text(p)} but the target {y} is "
+            f"{fname}: the prediction {_text(p)} is {_shape_text(p)} but the target {_text(y)} is "
             f"{_shape_text(y)}; they must have the same shape (is the last layer's width the "
             f"number of target columns?)"
         )
@@ -547,6 +548,13 @@ def _same_shape(p, y, fname):
 
 def _shape_text(m):
     return f"{m.shape[0]}×{m.shape[1]}"
+
+
+def _text(e) -> str:
+    """``e`` as ``model.formulas()`` writes it, for error messages."""
+    from .formulas import text  # not at the top: formulas imports this module
+
+    return text(e)
 
 
 def mse(p, y):

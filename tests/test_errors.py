@@ -18,7 +18,8 @@ def net():
 
 def test_shape_mismatch_of_loss_names_both_shapes():
     X, Y, out = net()
-    with pytest.raises(sn.ShapeError, match=r"is n×3 but the target Z is n×2"):
+    with pytest.raises(sn.ShapeError, match=r"mse: the prediction tanh\(X·W1 \+ 𝟙·b1\)·W2 "
+                                            r"\+ 𝟙·b2 is n×3 but the target Z is n×2"):
         sn.mse(out, sn.Input("Z", 2))
 
 
