@@ -88,15 +88,15 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
 
     fix = ("use one of symnet's, such as sn.tanh or sn.leaky_relu(0.1), or declare your own "
            "with sn.activation(name, expr, var)")
-    name = getattr(activation, "__qualname__", None) or getattr(activation, "__name__", "")
-    name = f"{getattr(activation, '__module__', None) or type(activation).__module__}.{name}"
+    function = getattr(activation, "__qualname__", None) or getattr(activation, "__name__", "")
+    function = f"{getattr(activation, '__module__', None) or type(activation).__module__}.{function}"
     try:
         out = activation(z)
     except Exception as err:  # a NumPy or SymPy function, which cannot take a matrix expression
-        raise DeclarationError(f"dense: the activation {name} failed on the matrix "
+        raise DeclarationError(f"dense: the activation {function} failed on the matrix "
                                f"expression {text(z)} ({type(err).__name__}: {err}); {fix}") from err
     if not (isinstance(out, sp.MatrixExpr) and out.shape == z.shape):
-        raise DeclarationError(f"dense: the activation {name} must give a matrix "
+        raise DeclarationError(f"dense: the activation {function} must give a matrix "
                                f"expression of the shape of {text(z)}, elementwise, got "
                                f"{validate.describe(out)}; {fix}")
     return out

@@ -445,9 +445,8 @@ class _PReLU:
             )
         if tuple(slope.shape) != (1, arg.shape[1]):
             raise ShapeError(
-                f"prelu slope {slope} is {_shape_text(slope)} but {_text(arg)} has {arg.shape[1]} "
-                f"columns;"
-                f" the slope must be 1×{arg.shape[1]}"
+                f"prelu slope {slope} is {_shape_text(slope)} but {_text(arg)} has "
+                f"{arg.shape[1]} columns; the slope must be 1×{arg.shape[1]}"
             )
         ones = sp.OneMatrix(arg.shape[0], 1)
         return relu(arg) - sp.HadamardProduct(ones * slope, relu(-arg))
