@@ -13,6 +13,7 @@ arrays the declaration names are read, each after its header matched the declara
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import io
@@ -426,8 +427,13 @@ def save_model(model, path) -> None:
         raise DataError(f"cannot save the model to {path}: {err}, and saving would replace it. "
                         f"Pass the path of a regular file, such as 'model.npz'.") from None
     except OSError as err:
-        raise DataError(f"cannot save the model to {path!s}: {err.strerror or err}; pass a path "
-                        f"in a writable directory") from None
+        fix = {errno.ENOENT: "pass a path in an existing directory",
+               errno.ENOTDIR: "pass a path in an existing directory",
+               errno.EACCES: "pass a path in a writable directory",
+               errno.EPERM: "pass a path in a writable directory",
+               errno.EROFS: "pass a path in a writable directory"}.get(
+                   err.errno, "a file that was there is unchanged")
+        raise DataError(f"cannot save the model to {path!s}: {err.strerror or err}; {fix}") from None
 
 
 def to_bytes(model) -> bytes:
