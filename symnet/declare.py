@@ -68,11 +68,12 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
         name = _next_layer_name(x)
     name = str(name)
     taken = {s.name for s in x.free_symbols if isinstance(s, sp.MatrixSymbol)}
-    clash = {f"W{name}", f"b{name}", f"a{name}"} & taken
+    owns_more = activation is not None and hasattr(activation, "dense")  # prelu's slope a{name}
+    clash = {f"W{name}", f"b{name}", *([f"a{name}"] if owns_more else [])} & taken
     if clash:
         raise DeclarationError(
-            f"dense(name={name!r}): the parameter {sorted(clash)[0]} already exists in the input "
-            f"expression; give this layer another name"
+            f"dense(name={name!r}): the layer's parameter {sorted(clash)[0]} would take a name "
+            f"the input expression already uses; give this layer another name"
         )
     if activation is not None and hasattr(activation, "dense"):
         return activation.dense(x, units, name)  # layers that own extra parameters

@@ -570,10 +570,11 @@ class Model:
         (replays compute the same numbers: the kernels are deterministic). A call that found a
         batch with a non-finite entry is undone whole."""
         before = self._snapshot()
-        losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
-                                               batch_size, self._steps, stop=self._stop,
-                                               running=self._kept(), seed=self.dropout_seed,
-                                               rate=self.optimizer.rate)
+        with _backend_errors(self.backend):  # the training kernel compiles on its first call
+            losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
+                                                   batch_size, self._steps, stop=self._stop,
+                                                   running=self._kept(), seed=self.dropout_seed,
+                                                   rate=self.optimizer.rate)
         if status is Status.DATA:  # a batch with a non-finite entry: as if nothing ran
             self._restore(before)
             return losses, e, s, status

@@ -57,6 +57,18 @@ def test_an_activation_that_does_not_act_on_matrix_expressions_is_named(activati
         sn.dense(sn.Input("X", 4), 3, activation)
 
 
+def test_a_layer_whose_parameter_names_are_taken_is_refused_and_only_then():
+    h = sn.dense(sn.Input("X", 3), 4, name="1")
+    with pytest.raises(sn.DeclarationError, match=r"dense\(name='1'\): the layer's parameter W1 "
+                                                  r"would take a name the input expression "
+                                                  r"already uses"):
+        sn.dense(h, 4, name="1")
+    a1 = sn.Input("a1", 5)  # prelu's slope would be a1; another activation's layer has none
+    assert str(sn.dense(a1, 4, sn.tanh, name="1")) == "tanh(a1·W1 + 𝟙·b1)"
+    with pytest.raises(sn.DeclarationError, match="the layer's parameter a1 would take"):
+        sn.dense(a1, 4, sn.prelu, name="1")
+
+
 @pytest.mark.parametrize("f", [sp.floor, sp.sign])
 def test_non_differentiable_activation(f):
     x = sp.Symbol("x")

@@ -60,6 +60,43 @@ def assert_same_params(a, b, rtol=1e-10, atol=1e-12):
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=rtol, atol=atol, err_msg=k)
 
 
+def test_matrices_named_as_the_kernels_own_variables_train_as_on_numpy():
+    """The stages rename arrays by their names, so a matrix named as one of the kernel's own
+    variables (its piece count P, the update's row w, ...) took that variable over; such names
+    are reserved and the matrix gets another in the generated code. Every name a stage assigns
+    is reserved or made by the emitter."""
+    from codegen.numba.printer import RESERVED
+
+    X, Y, rate = sn.Input("P", 5), sn.Input("w", 3), sn.Constant("rate")
+    h = sn.tanh(X * sp.MatrixSymbol("c", 5, 4) + sp.OneMatrix(sn.batch, 1) * sp.MatrixSymbol("x", 1, 4))
+    out = h * sp.MatrixSymbol("seed", 4, 3)
+    numba_model, numpy_model = both(sn.softmax_cross_entropy(out, Y) + sn.l2(rate, *sn.weights(out)),
+                                    X, Y, sn.optim.Adam(lr=1e-2), constants={rate: 1e-3})
+    data = make_data(n=12, cols=5, out=3)
+    for model in (numba_model, numpy_model):
+        model.fit(*data, epochs=3, batch_size=5, verbose=False)
+    assert_same_params(numba_model, numpy_model)
+    made = r"(a|z_a|acc_a|P_sz|sz|_c|_h|_st_|_u_|_b|d_)\w*"
+    assigned = set(re.findall(r"^ +([A-Za-z_]\w*) = ", numba_model.source, re.M))
+    assert {v for v in assigned if not re.fullmatch(made, v)} <= RESERVED
+
+
+def test_a_kernel_numba_cannot_compile_is_a_declaration_error_in_fit_too(monkeypatch):
+    """fit compiles the training kernel on its first call; what numba refuses there is named
+    with the fallback, as in compile_kernels and loss_and_grad."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    model = sn.compile(sn.mse(sn.dense(X, 3), Y), inputs=[X], targets=[Y], seed=0)
+
+    def refuses(*args, **kwargs):
+        raise nb.core.errors.TypingError("no implementation for this")
+
+    monkeypatch.setattr(runner.cache, "compile_kernel", refuses)
+    with pytest.raises(sn.DeclarationError, match=r"numba could not compile the generated kernel "
+                                                  r"\(no implementation for this\).*Compile with "
+                                                  r"backend='numpy' to train without it"):
+        model.fit(*make_data(n=6), epochs=1, verbose=False)
+
+
 @pytest.mark.parametrize("name", NETWORKS)
 def test_numba_kernels_equal_the_numpy_reference(name, monkeypatch):
     loss, opt = NETWORKS[name]

@@ -114,7 +114,11 @@ RESERVED = {"np", "nb", "math", "rt", "DT", "FASTMATH", "STAGE", "CACHE", "n", "
             "FTZ_DAZ", "tf", "g", "acc", "top", "sq", "clip", "loss", "losses", "rows", "batch",
             "batches", "start", "orders", "gemm", "gemm_at", "update_entries", "sum_of_squares",
             "ps", "gs", "v", "vexp", "r0", "r1", "lo", "first", "last", "opaque", "blk", "blk_addr",
-            "tid", "team", "base", "going", "limit", "stop", "fbuf", "bad", "size", "count"}
+            "tid", "team", "base", "going", "limit", "stop", "fbuf", "bad", "size", "count",
+            "P", "c", "ta", "tb", "length", "w", "x", "rate", "seed", "slots", "e1", "s1", "keep",
+            "forward", "loss_and_grad", "train_epochs", "exp32", "cache", "codegen", "numba",
+            "numpy", "runtime", "fastmath", "error_model", "no_cfunc_wrapper",
+            "no_cpython_wrapper"}
 
 
 def identifier(name: str, used: set[str]) -> str:
