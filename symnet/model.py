@@ -499,6 +499,16 @@ class Model:
             w = weighting.row_weights(rows, self._class_labels(feeds), sample_weight, class_weight,
                                       classes)
             data[weighting.OMEGA.name] = w.astype(self.dtype).reshape(rows, 1)
+            # rows of weight 0 are left out (as the estimators do), so that no batch weighs 0
+            # and divides its loss by 0; ``ids`` maps the rows trained on to those of the data
+            ids = np.flatnonzero(data[weighting.OMEGA.name][:, 0] > 0)
+            if len(ids) == 0:
+                raise DataError("every row's weight is 0 in the model's dtype, so there is nothing "
+                                "to train on; give some rows a positive weight")
+            if len(ids) < rows:
+                data, rows = {k: v[ids] for k, v in data.items()}, len(ids)
+        else:
+            ids = None
         if self._norms and (rows - 1) % batch_size == 0:
             if rows == 1:
                 raise DataError(f"{ONE_ROW}; train on at least 2 rows")
@@ -538,7 +548,7 @@ class Model:
                                     f"non-finite value; clean or impute the data first")
                 if status in (Status.LOSS, Status.UPDATE):
                     raise self._not_finite(status, len(hist.loss) + e + 1, s, data, orders[e],
-                                           batch_size, losses[e, s])
+                                           batch_size, losses[e, s], ids)
                 hist.history["loss"].extend((losses.astype(np.float64) @ sizes / rows).tolist())
                 hist.history["seconds"].extend([elapsed / k] * k)
                 if val_feeds is not None:
@@ -609,13 +619,15 @@ class Model:
         for k, v in running.items():
             self.running[k][...] = v
 
-    def _not_finite(self, status, epoch, batch, data, order, batch_size, loss):
+    def _not_finite(self, status, epoch, batch, data, order, batch_size, loss, ids=None):
         """The error for a step whose loss or update was not finite (the update was undone). It
         names the first formula, in the order ``formulas()`` shows them, whose value on that
         batch is not finite in the model's dtype, as the kernels compute it; for an update
-        whose formulas are all finite, the first line of the update rule that is not."""
+        whose formulas are all finite, the first line of the update rule that is not. ``ids``:
+        the rows of the user's data that ``data``'s are (None: the same)."""
         idx = order[batch * batch_size:(batch + 1) * batch_size]
-        rows = f"rows {', '.join(map(str, idx[:5]))}{', …' if len(idx) > 5 else ''} of the data"
+        shown = idx if ids is None else ids[idx]
+        rows = f"rows {', '.join(map(str, shown[:5]))}{', …' if len(idx) > 5 else ''} of the data"
         where = f"in epoch {epoch}, batch {batch + 1} ({rows})"
         tail = ("Parameters and optimizer state are those from before this step. A smaller "
                 "learning rate, clip_norm= or scaled inputs usually help.")

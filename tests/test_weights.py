@@ -129,6 +129,28 @@ def test_bad_weights_are_named(kwargs, message):
         classifier().fit(X, y, verbose=False, **kwargs)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_rows_of_weight_0_are_left_out_so_that_no_batch_weighs_0(backend):
+    """A batch of rows of weight 0 only divided its loss by 0 (a NaN step); such rows add
+    nothing to any batch mean, and fit leaves them out as the estimators do."""
+    X, y, w = data()
+    w[:4] = 0.0  # the first batch of 4, unshuffled
+    w[10] = 0.0
+    with_zeros, without = classifier(backend), classifier(backend)
+    with_zeros.fit(X, y, epochs=2, batch_size=4, shuffle=False, verbose=False, sample_weight=w)
+    kept = w > 0
+    without.fit(X[kept], y[kept], epochs=2, batch_size=4, shuffle=False, verbose=False,
+                sample_weight=w[kept])
+    for k, v in without.params.items():
+        np.testing.assert_array_equal(with_zeros.params[k], v)
+    assert with_zeros.history.loss == without.history.loss
+    Xs, Ys = sn.Input("X", 4), sn.Input("Y", 3)
+    single = sn.compile(sn.softmax_cross_entropy(sn.dense(Xs, 3), Ys), inputs=[Xs], targets=[Ys],
+                        backend="numpy", dtype="float32")
+    with pytest.raises(sn.DataError, match="every row's weight is 0 in the model's dtype"):
+        single.fit(X, y, sample_weight=np.full(30, 1e-60), verbose=False)  # 0 in float32
+
+
 def test_class_weights_need_classes():
     X, Y = sn.Input("X", 4), sn.Input("Y", 1)
     out = sn.dense(X, 1)
