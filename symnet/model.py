@@ -678,8 +678,8 @@ class Model:
             return serialize.from_bytes, (serialize.to_bytes(self), self.backend)
 
     def save(self, path) -> None:
-        """Write the declaration, parameters, optimizer state and step count to one ``.npz``
-        file, atomically (the format and its guarantees: :mod:`symnet.serialize`)."""
+        """Write the declaration, parameters, optimizer state, step count and shuffling state
+        to one ``.npz`` file, atomically (the format and its guarantees: :mod:`symnet.serialize`)."""
         serialize.save_model(self, path)
 
 

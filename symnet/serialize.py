@@ -1,6 +1,8 @@
 """The model file: the declaration as plain data beside the arrays, for ``model.save`` / ``sn.load``.
 
-A file is an ``.npz`` archive: ``meta`` holds the declaration as JSON, ``param/{P}``,
+A file is an ``.npz`` archive: ``meta`` holds the declaration as JSON (with the step count, the
+dropout seed and the shuffling generator's state, so that a loaded model trains on as the saved
+one would have), ``param/{P}``,
 ``state/{P}/{s}``, ``running/{R}`` and ``constant/{C}`` the parameters, the optimizer state,
 batch norm's running statistics and the constants' values. An expression becomes nested JSON
 lists ``[node type, *arguments]``; only the node types in :data:`NODES` (and the activations of
@@ -414,9 +416,9 @@ def _schedule(data) -> Schedule:
 
 
 def save_model(model, path) -> None:
-    """Write ``model``'s declaration, parameters, optimizer state and step count to ``path``,
-    atomically (see :func:`codegen.files.atomic_write`: a symlink stays a symlink and the file
-    keeps its permissions)."""
+    """Write ``model``'s declaration, parameters, optimizer state, step count and shuffling
+    state to ``path``, atomically (see :func:`codegen.files.atomic_write`: a symlink stays a
+    symlink and the file keeps its permissions)."""
     if not isinstance(path, (str, os.PathLike)):
         raise DataError(f"save(path) takes a file name such as 'model.npz', got "
                         f"{type(path).__name__} {path!r}")
@@ -464,6 +466,7 @@ def _arrays(model) -> dict[str, np.ndarray]:
         "optimizer": encode_optimizer(model.optimizer),
         "dtype": model.dtype.name, "backend": model.backend, "steps": model._steps,
         "dropout_seed": model.dropout_seed,  # training on after a load draws the same masks
+        "shuffle": _shuffle_state(model),  # ... and shuffles the epochs the same way
     }
     arrays = {"meta": np.array(json.dumps(meta))}
     arrays.update({f"param/{k}": v for k, v in model.params.items()})
@@ -507,7 +510,28 @@ def _load(source, path, backend):
                 _read_into(archive, f"constant/{k}", value)
     model._steps = meta["steps"]
     model.dropout_seed = meta.get("dropout_seed", model.dropout_seed)
+    if "shuffle" in meta:
+        shuffle = meta["shuffle"]
+        model._shuffle_rng.bit_generator.state = {
+            "bit_generator": "PCG64", "state": {"state": shuffle["state"], "inc": shuffle["inc"]},
+            "has_uint32": shuffle["has_uint32"], "uinteger": shuffle["uinteger"]}
     return model
+
+
+def _shuffle_state(model) -> dict:
+    """The state of the model's shuffling generator (a PCG64) as plain integers."""
+    state = model._shuffle_rng.bit_generator.state
+    return {"state": state["state"]["state"], "inc": state["state"]["inc"],
+            "has_uint32": state["has_uint32"], "uinteger": state["uinteger"]}
+
+
+def _is_shuffle_state(v) -> bool:
+    def whole(x, end):
+        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < end
+
+    return (isinstance(v, dict) and set(v) == {"state", "inc", "has_uint32", "uinteger"}
+            and whole(v["state"], 2**128) and whole(v["inc"], 2**128) and v["inc"] % 2 == 1
+            and whole(v["has_uint32"], 2) and whole(v["uinteger"], 2**32))
 
 
 @contextlib.contextmanager
@@ -581,6 +605,8 @@ def _check_meta(meta, backends) -> dict:
     if "dropout_seed" in meta:  # written since dropout; older files draw new masks
         checks["dropout_seed"] = (lambda v: isinstance(v, int) and not isinstance(v, bool)
                                   and 0 <= v < 2**63, "a non-negative integer")
+    if "shuffle" in meta:  # written since the shuffle state is saved; older files shuffle afresh
+        checks["shuffle"] = (_is_shuffle_state, "a PCG64 generator's state")
     for key, (ok, expected) in checks.items():
         if not ok(meta[key]):
             raise DataError(f"its {key} is {_short(meta[key])}; expected {expected}")

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -38,8 +39,7 @@ def small_model(backend="numpy", activation=sn.tanh, optimizer=None):
 
 
 def trained(model, epochs=2):
-    """``model`` after ``epochs`` epochs in a fixed order (the shuffling generator is not part
-    of a saved model)."""
+    """``model`` after ``epochs`` epochs in a fixed order."""
     X, Y = make_data(20)
     model.fit(X, Y, epochs=epochs, batch_size=5, shuffle=False, verbose=False)
     return model
@@ -126,6 +126,10 @@ MEMORY = serialize.physical_memory()
 BAD_META = {
     **{f"no {key}": (without(key), rf"lacks the entries \['{key}'\]")
        for key in serialize.META_KEYS},
+    "shuffle state of another generator": (
+        setting("shuffle", {"state": 1, "inc": 2, "has_uint32": 0, "uinteger": 0}),
+        "shuffle is .*; expected a PCG64 generator's state"),
+    "shuffle state as text": (setting("shuffle", "seed 0"), "expected a PCG64 generator's state"),
     "steps negative": (setting("steps", -1), "steps is -1; expected a non-negative integer"),
     "steps fractional": (setting("steps", 2.5), "steps is 2.5"),
     "steps a boolean": (setting("steps", True), "steps is True"),
@@ -390,6 +394,20 @@ def test_round_trip_keeps_parameters_optimizer_state_steps_and_predictions(activ
     for m in (model, loaded):  # Adam's moments, its step count and the schedule came back
         trained(m, epochs=1)
     assert_same(model, loaded)
+
+
+def test_a_loaded_or_unpickled_model_shuffles_on_as_the_saved_one(tmp_path):
+    X, Y = make_data(20)
+    model = small_model()
+    model.fit(X, Y, epochs=1, batch_size=5, verbose=False)  # the generator has moved on
+    model.save(tmp_path / "m.npz")
+    copies = [sn.load(tmp_path / "m.npz"), sn.load(tmp_path / "m.npz"),
+              pickle.loads(pickle.dumps(model))]
+    for m in (model, *copies):
+        m.fit(X, Y, epochs=2, batch_size=5, verbose=False)
+    for m in copies:
+        assert_same(model, m)
+        assert m.history.loss == model.history.loss
 
 
 def test_round_trip_on_the_numba_backend(tmp_path):
