@@ -660,8 +660,9 @@ class TextPrinter(Formula, StrPrinter):
         return f"|{s}|"
 
 
-# a stem and a subscript: Z1, δN1, μ1, X̂1, gamma1 (a norm's gain), W2'
-_SUBSCRIPTED = re.compile(r"(δ|μ|σ|X̂|gamma|beta|[A-Za-z])([A-Za-z]?\d+|[A-Za-z]?)('*)")
+# a stem and a subscript: Z1, δN1, δP, μ1, X̂1, gamma1 (a norm's gain), W2'; only δ's subscript
+# may start with a letter (δP is P's adjoint), so that lr, wd or ab are names, not l_r
+_SUBSCRIPTED = re.compile(r"(δ|μ|σ|X̂|gamma|beta|[A-Za-z])((?<=δ)[A-Za-z]?\d*|\d*)('*)")
 LATEX_STEMS = {"δ": r"\delta", "μ": r"\mu", "σ": r"\sigma", "X̂": r"\hat{X}", "gamma": r"\gamma",
                "beta": r"\beta"}
 MATHML_STEMS = {"X̂": "<mover><mi>X</mi><mo>^</mo></mover>", "gamma": "<mi>γ</mi>",

@@ -240,3 +240,18 @@ def test_update_rules_put_the_assigned_variable_first_and_drop_a_unit_rate_in_ev
     m, rhs = formulas._update_pairs(adam)[0]
     assert mathml_to_text(printer.assignment(m, rhs)).replace(" ", "") == "m←0.9·m+0.1·g"
     assert sn.optim.AdaDelta().describe()[-1] == "p ← p − delta"  # lr=1.0, not "1·delta"
+
+
+def test_a_name_of_letters_is_one_symbol_and_only_an_adjoint_takes_a_letter_subscript():
+    """lr (a schedule's rate) read as l with subscript r in LaTeX and MathML; δP is P's adjoint."""
+    for name, latex, mathml in [
+            ("lr", r"\mathit{lr}", "<mi>lr</mi>"), ("wd", r"\mathit{wd}", "<mi>wd</mi>"),
+            ("δP", r"\delta_{P}", "<msub><mi>δ</mi><mi>P</mi></msub>"),
+            ("δN1", r"\delta_{N1}", "<msub><mi>δ</mi><mi>N1</mi></msub>"),
+            ("W2", "W_{2}", "<msub><mi>W</mi><mn>2</mn></msub>")]:
+        assert (formulas.latex_name(name), formulas.mathml_name(name)) == (latex, mathml)
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    model = compiled(sn.mse(sn.dense(X, 3), Y), X, Y)
+    model.optimizer = sn.optim.SGD(lr=sn.schedules.exponential(0.5, 0.9))  # shown, not run
+    assert r"\mathit{lr} &\leftarrow 0.5 {0.9}^{" in model.latex()
+    assert r"p &\leftarrow p - g \mathit{lr}" in model.latex()
