@@ -91,14 +91,17 @@ def cosine(lr: float, total: int, lr_min: float = 0.0, every: int = 1) -> Schedu
 
 
 def warmup(lr: float, steps: int, after: Schedule | None = None) -> Schedule:
-    """A linear ramp lr·t/steps over the first ``steps`` steps, then ``after`` (default: lr)."""
+    """A linear ramp lr·t/steps over the first ``steps`` steps, reaching lr at step ``steps``,
+    then ``after`` from its own first step (default: lr), as torch's SequentialLR of a LinearLR
+    and ``after``'s scheduler."""
     if after is not None and not isinstance(after, Schedule):
         raise DeclarationError(f"schedule: warmup(after=...) must be a schedule such as "
                                f"sn.schedules.cosine(0.1, 1000), or None, got "
                                f"{validate.describe(after)}")
     lr_, steps = _positive("lr", lr), _count("steps", steps)
     rest = after.expr if after is not None else sp.Float(lr_)
-    return Schedule("warmup", sp.Piecewise((lr_ * t / steps, t < steps), (rest, True)), lr)
+    return Schedule("warmup", sp.Piecewise((lr_ * t / steps, t <= steps),
+                                           (rest.subs(t, t - steps), True)), lr)
 
 
 def cyclic(lr: float, max_lr: float, step_size: int) -> Schedule:

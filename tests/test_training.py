@@ -84,6 +84,10 @@ def test_clip_norm_matches_torch_clip_grad_norm():
      lambda t: lambda o: t.optim.lr_scheduler.ExponentialLR(o, gamma=0.7)),
     (lambda: sn.schedules.cosine(0.1, total=5, lr_min=0.01),  # held at lr_min from step 6
      lambda t: lambda o: t.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5, eta_min=0.01)),
+    (lambda: sn.schedules.warmup(0.1, 3, after=sn.schedules.exponential(0.1, 0.5)),
+     lambda t: lambda o: t.optim.lr_scheduler.SequentialLR(
+         o, [t.optim.lr_scheduler.LinearLR(o, start_factor=1 / 3, total_iters=2),
+             t.optim.lr_scheduler.ExponentialLR(o, 0.5)], milestones=[3])),
     (lambda: sn.schedules.cyclic(0.01, 0.1, step_size=2),
      lambda t: lambda o: t.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, step_size_up=2,
                                                        cycle_momentum=False)),
@@ -102,7 +106,7 @@ def test_schedules_match_torch_schedulers(schedule, scheduler):
 
 def test_schedule_values_and_formula():
     s = sn.schedules.warmup(0.1, steps=4, after=sn.schedules.inverse_time(0.1, decay=0.5))
-    assert [s(t) for t in (1, 2, 4, 5)] == pytest.approx([0.025, 0.05, 0.1 / 2.5, 0.1 / 3])
+    assert [s(t) for t in (1, 2, 4, 5, 6)] == pytest.approx([0.025, 0.05, 0.1, 0.1, 0.1 / 1.5])
     e = sn.schedules.natural_exponential(0.1, decay=0.5, every=10)
     assert e(10) == pytest.approx(0.1) and e(11) == pytest.approx(0.1 * np.exp(-0.5))
     model = tanh_model(sn.optim.SGD(lr=sn.schedules.exponential(0.1, 0.5, every=10)))
