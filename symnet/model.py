@@ -807,6 +807,12 @@ def _arrays(data, symbols, what):
     return list(data)
 
 
+# names the formulas use for their own notation: a matrix of the same name would read as these
+NOTATION = {"n": "the batch's row count", "t": "the optimizer's step count",
+            "g": "the gradient in the update rule", "p": "the parameter in the update rule",
+            "lr": "the learning rate", "L": "the loss"}
+
+
 def _check_loss(loss, data):
     if not isinstance(loss, sp.MatrixExpr) or tuple(loss.shape) != (1, 1):
         shape = getattr(loss, "shape", None)
@@ -824,6 +830,9 @@ def _check_loss(loss, data):
                     f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "
                     f"{b.shape[0]}×{b.shape[1]}; give each parameter its own name")
             names[s.name] = s
+    for name in sorted(set(names) & set(NOTATION)):
+        raise DeclarationError(f"the matrix {name} would read as {NOTATION[name]} in the formulas "
+                               f"(model.formulas(), latex(), explain()); give it another name")
     if not any(d in loss.free_symbols for d in data):
         raise DeclarationError("the loss uses none of the inputs or targets")
     return loss

@@ -69,6 +69,18 @@ def test_a_layer_whose_parameter_names_are_taken_is_refused_and_only_then():
         sn.dense(a1, 4, sn.prelu, name="1")
 
 
+@pytest.mark.parametrize("name, meaning", [("n", "the batch's row count"), ("L", "the loss"),
+                                           ("lr", "the learning rate"),
+                                           ("g", "the gradient in the update rule")])
+def test_a_matrix_named_as_the_formulas_notation_is_refused(name, meaning):
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    c = sn.Constant(name)
+    loss = sn.mse(sn.dense(X, 3), Y) + sn.l2(c, sp.MatrixSymbol("W1", 4, 3))
+    with pytest.raises(sn.DeclarationError, match=f"the matrix {name} would read as {meaning} in "
+                                                  f"the formulas"):
+        sn.compile(loss, inputs=[X], targets=[Y], constants={c: 1.0}, backend="numpy")
+
+
 @pytest.mark.parametrize("f", [sp.floor, sp.sign])
 def test_non_differentiable_activation(f):
     x = sp.Symbol("x")
