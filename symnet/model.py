@@ -830,9 +830,11 @@ def _check_loss(loss, data):
                     f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "
                     f"{b.shape[0]}×{b.shape[1]}; give each parameter its own name")
             names[s.name] = s
-    for name in sorted(set(names) & set(NOTATION)):
-        raise DeclarationError(f"the matrix {name} would read as {NOTATION[name]} in the formulas "
-                               f"(model.formulas(), latex(), explain()); give it another name")
+    taken = sorted(set(names) & set(NOTATION))
+    if taken:
+        raise DeclarationError(f"the matrix {taken[0]} would read as {NOTATION[taken[0]]} in the "
+                               f"formulas (model.formulas(), latex(), explain()); give it another "
+                               f"name")
     if not any(d in loss.free_symbols for d in data):
         raise DeclarationError("the loss uses none of the inputs or targets")
     return loss
