@@ -428,8 +428,15 @@ def elu(alpha: float = 1.0) -> Activation:
                       latex=rf"\operatorname{{elu}}_{{{alpha}}}")
 
 
+# min(x, 0), prelu's negative side: a function of Z itself, so that a prelu layer computes its
+# product once (as relu(−Z), −Z was a second layer of its own, with its own product)
+relu_min = activation("relu_min", sp.Piecewise((x, x < 0), (0, True)), x,
+                      latex=r"\operatorname{relu_{min}}")
+
+
 class _PReLU:
-    """Parametric ReLU with a learnable slope per unit: relu(Z) − (1·a)∘relu(−Z).
+    """Parametric ReLU with a learnable slope per unit: relu(Z) + (1·a)∘relu_min(Z), where
+    relu_min(z) = min(z, 0).
 
     Used in ``sn.dense(x, units, sn.prelu, name=k)`` it creates the (1×units) slope ``a{k}``.
     """
@@ -449,7 +456,7 @@ class _PReLU:
                 f"{arg.shape[1]} columns; the slope must be 1×{arg.shape[1]}"
             )
         ones = sp.OneMatrix(arg.shape[0], 1)
-        return relu(arg) - sp.HadamardProduct(ones * slope, relu(-arg))
+        return relu(arg) + sp.HadamardProduct(ones * slope, relu_min(arg))
 
     def dense(self, inp, units, name):
         from .declare import affine, parameter
