@@ -447,14 +447,16 @@ class Model:
         return result
 
     def _class_labels(self, feeds):
-        """Each row's class, for ``class_weight``: the argmax of a k ≥ 2 column target, the 0/1
-        of one column; None for other targets."""
+        """(each row's class, the number of classes), for ``class_weight``: the argmax of a
+        k ≥ 2 column target, the 0/1 of one column; (None, None) for other targets."""
         if len(self.targets) != 1:
-            return None
+            return None, None
         target = feeds[self.targets[0].name]
         if target.shape[1] >= 2:
-            return target.argmax(1)
-        return target[:, 0].astype(np.int64) if np.isin(target, (0, 1)).all() else None
+            return target.argmax(1), target.shape[1]
+        if np.isin(target, (0, 1)).all():
+            return target[:, 0].astype(np.int64), 2
+        return None, None
 
     def _binary_classifier(self) -> bool:
         """One target column and a prediction σ(Z): a probability, thresholded at 0.5."""
@@ -495,9 +497,8 @@ class Model:
         rows = _rows(feeds)
         weighted = sample_weight is not None or class_weight is not None
         if weighted:
-            classes = max(2, int(self.targets[0].shape[1])) if len(self.targets) == 1 else None
-            w = weighting.row_weights(rows, self._class_labels(feeds), sample_weight, class_weight,
-                                      classes)
+            w = weighting.row_weights(rows, *self._class_labels(feeds), sample_weight=sample_weight,
+                                      class_weight=class_weight)
             data[weighting.OMEGA.name] = w.astype(self.dtype).reshape(rows, 1)
             # rows of weight 0 are left out (as the estimators do), so that no batch weighs 0
             # and divides its loss by 0; ``ids`` maps the rows trained on to those of the data

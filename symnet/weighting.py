@@ -50,8 +50,8 @@ def weighted(loss, omega=OMEGA):
     return walk(loss)
 
 
-def row_weights(rows: int, labels, sample_weight=None, class_weight=None,
-                classes: int | None = None) -> np.ndarray:
+def row_weights(rows: int, labels, classes: int | None, sample_weight=None,
+                class_weight=None) -> np.ndarray:
     """The weight of each training row: ``sample_weight`` times the weight of its class.
     ``class_weight`` is ``{class: weight}`` (absent classes weigh 1) or ``"balanced"``
     (n / (classes · count), as scikit-learn); ``labels`` are the rows' classes (or None), of
