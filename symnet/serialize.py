@@ -466,7 +466,7 @@ def _arrays(model) -> dict[str, np.ndarray]:
         "optimizer": encode_optimizer(model.optimizer),
         "dtype": model.dtype.name, "backend": model.backend, "steps": model._steps,
         "dropout_seed": model.dropout_seed,  # training on after a load draws the same masks
-        "shuffle": _shuffle_state(model),  # ... and shuffles the epochs the same way
+        "shuffle": model._shuffle_rng.bit_generator.state,  # ... and shuffles the same way
     }
     arrays = {"meta": np.array(json.dumps(meta))}
     arrays.update({f"param/{k}": v for k, v in model.params.items()})
@@ -511,27 +511,22 @@ def _load(source, path, backend):
     model._steps = meta["steps"]
     model.dropout_seed = meta.get("dropout_seed", model.dropout_seed)
     if "shuffle" in meta:
-        shuffle = meta["shuffle"]
-        model._shuffle_rng.bit_generator.state = {
-            "bit_generator": "PCG64", "state": {"state": shuffle["state"], "inc": shuffle["inc"]},
-            "has_uint32": shuffle["has_uint32"], "uinteger": shuffle["uinteger"]}
+        model._shuffle_rng.bit_generator.state = meta["shuffle"]
     return model
 
 
-def _shuffle_state(model) -> dict:
-    """The state of the model's shuffling generator (a PCG64) as plain integers."""
-    state = model._shuffle_rng.bit_generator.state
-    return {"state": state["state"]["state"], "inc": state["state"]["inc"],
-            "has_uint32": state["has_uint32"], "uinteger": state["uinteger"]}
-
-
 def _is_shuffle_state(v) -> bool:
+    """``v`` is the state of a PCG64 generator (``bit_generator.state``), numbers in range."""
     def whole(x, end):
         return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < end
 
-    return (isinstance(v, dict) and set(v) == {"state", "inc", "has_uint32", "uinteger"}
-            and whole(v["state"], 2**128) and whole(v["inc"], 2**128) and v["inc"] % 2 == 1
-            and whole(v["has_uint32"], 2) and whole(v["uinteger"], 2**32))
+    inner = v.get("state") if isinstance(v, dict) else None
+    return (isinstance(inner, dict) and set(v) == {"bit_generator", "state", "has_uint32",
+                                                   "uinteger"}
+            and v["bit_generator"] == "PCG64" and set(inner) == {"state", "inc"}
+            and whole(inner["state"], 2**128) and whole(inner["inc"], 2**128)
+            and inner["inc"] % 2 == 1 and whole(v["has_uint32"], 2)
+            and whole(v["uinteger"], 2**32))
 
 
 @contextlib.contextmanager

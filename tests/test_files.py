@@ -127,9 +127,13 @@ BAD_META = {
     **{f"no {key}": (without(key), rf"lacks the entries \['{key}'\]")
        for key in serialize.META_KEYS},
     "shuffle state of another generator": (
-        setting("shuffle", {"state": 1, "inc": 2, "has_uint32": 0, "uinteger": 0}),
+        setting("shuffle", {"bit_generator": "MT19937", "state": {"state": 1, "inc": 3},
+                            "has_uint32": 0, "uinteger": 0}),
         "shuffle is .*; expected a PCG64 generator's state"),
     "shuffle state as text": (setting("shuffle", "seed 0"), "expected a PCG64 generator's state"),
+    "shuffle state with an even increment": (
+        setting("shuffle", {"bit_generator": "PCG64", "state": {"state": 1, "inc": 2},
+                            "has_uint32": 0, "uinteger": 0}), "expected a PCG64 generator's state"),
     "steps negative": (setting("steps", -1), "steps is -1; expected a non-negative integer"),
     "steps fractional": (setting("steps", 2.5), "steps is 2.5"),
     "steps a boolean": (setting("steps", True), "steps is True"),
