@@ -8,6 +8,7 @@ import sympy as sp
 
 from . import validate
 from .errors import DeclarationError, ShapeError
+from .functions import formula_text
 from .init import roles
 
 #: The number of rows of a minibatch; every input has ``batch`` rows.
@@ -85,8 +86,6 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
             f"dense: activation must be callable like sn.sigmoid or sn.leaky_relu(0.1), "
             f"got {activation!r}"
         )
-    from .formulas import text  # not at the top: formulas imports this module (through grad)
-
     fix = ("use one of symnet's, such as sn.tanh or sn.leaky_relu(0.1), or declare your own "
            "with sn.activation(name, expr, var)")
     function = getattr(activation, "__qualname__", None) or getattr(activation, "__name__", "")
@@ -95,11 +94,12 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
         out = activation(z)
     except Exception as err:  # a NumPy or SymPy function, which cannot take a matrix expression
         raise DeclarationError(f"dense: the activation {function} failed on the matrix "
-                               f"expression {text(z)} ({type(err).__name__}: {err}); {fix}") from err
+                               f"expression {formula_text(z)} ({type(err).__name__}: {err}); "
+                               f"{fix}") from err
     if not (isinstance(out, sp.MatrixExpr) and out.shape == z.shape):
         raise DeclarationError(f"dense: the activation {function} must give a matrix "
-                               f"expression of the shape of {text(z)}, elementwise, got "
-                               f"{validate.describe(out)}; {fix}")
+                               f"expression of the shape of {formula_text(z)}, elementwise, "
+                               f"got {validate.describe(out)}; {fix}")
     return out
 
 

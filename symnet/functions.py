@@ -452,7 +452,7 @@ class _PReLU:
             )
         if tuple(slope.shape) != (1, arg.shape[1]):
             raise ShapeError(
-                f"prelu slope {slope} is {_shape_text(slope)} but {_text(arg)} has "
+                f"prelu slope {slope} is {_shape_text(slope)} but {formula_text(arg)} has "
                 f"{arg.shape[1]} columns; the slope must be 1×{arg.shape[1]}"
             )
         ones = sp.OneMatrix(arg.shape[0], 1)
@@ -546,9 +546,9 @@ def _same_shape(p, y, fname):
     _require_matrix(y, fname)
     if tuple(p.shape) != tuple(y.shape):
         raise ShapeError(
-            f"{fname}: the prediction {_text(p)} is {_shape_text(p)} but the target {_text(y)} is "
-            f"{_shape_text(y)}; they must have the same shape (is the last layer's width the "
-            f"number of target columns?)"
+            f"{fname}: the prediction {formula_text(p)} is {_shape_text(p)} but the target "
+            f"{formula_text(y)} is {_shape_text(y)}; they must have the same shape (is the last "
+            f"layer's width the number of target columns?)"
         )
 
 
@@ -556,7 +556,7 @@ def _shape_text(m):
     return f"{m.shape[0]}×{m.shape[1]}"
 
 
-def _text(e) -> str:
+def formula_text(e) -> str:
     """``e`` as ``model.formulas()`` writes it, for error messages."""
     from .formulas import text  # not at the top: formulas imports this module
 
