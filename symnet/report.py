@@ -7,12 +7,11 @@ from __future__ import annotations
 import datetime
 import html
 import io
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__
+from . import __version__, validate
 from .errors import DataError
 from .explain import STYLE, Explanation, explain, html_table, shape
 from .formulas import text
@@ -152,9 +151,7 @@ table.summary td { padding: 0.1em 0.8em 0.1em 0; vertical-align: baseline; }
 
 def write(model, path, X=None, Y=None) -> None:
     """Write ``model``'s report to ``path`` (see :meth:`Model.report`)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise DataError(f"report(path) takes a file name such as 'report.html', got "
-                        f"{type(path).__name__} {path!r}")
+    validate.file_name(path, "report(path)", "report.html")
     if X is None and Y is not None:
         raise DataError("report(path, X, Y) checks the gradients on X and Y: pass the inputs "
                         "X as well, or neither")

@@ -37,7 +37,7 @@ from codegen.files import NotARegularFile, atomic_write
 from codegen.ir import UPDATE_SYMBOLS
 
 from . import functions as fn
-from . import optim
+from . import optim, validate
 from .declare import batch
 from .errors import DataError, SymnetError
 from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp, ScalarActivation, Standardized
@@ -419,9 +419,7 @@ def save_model(model, path) -> None:
     """Write ``model``'s declaration, parameters, optimizer state, step count and shuffling
     state to ``path``, atomically (see :func:`codegen.files.atomic_write`: a symlink stays a
     symlink and the file keeps its permissions)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise DataError(f"save(path) takes a file name such as 'model.npz', got "
-                        f"{type(path).__name__} {path!r}")
+    validate.file_name(path, "save(path)", "model.npz")
     arrays = _arrays(model)
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))

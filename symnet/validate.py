@@ -107,6 +107,14 @@ def flag(value, name: str, *, error: type = DeclarationError, where: str = "") -
     return bool(value)
 
 
+def file_name(path, call: str, example: str) -> None:
+    """``path`` must name a file (a str or os.PathLike): ``call`` is what was called with it,
+    e.g. ``"save(path)"``, and ``example`` a file name for the message."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"{call} takes a file name such as {example!r}, got "
+                        f"{type(path).__name__} {path!r}")
+
+
 def choice(value, name: str, options, *, error: type = DeclarationError):
     """``value`` if it equals one of ``options`` (of the same type: ``["numba"]`` is not
     ``"numba"``); works for unhashable values."""
