@@ -537,9 +537,7 @@ class Model:
                     losses, e, s, status = self._train(runner, data, orders, batch_size)
                     elapsed = time.perf_counter() - start
                     if status is Status.STOPPED:  # the epochs it ended, before the interrupt
-                        hist.history["loss"].extend(
-                            (losses[:e].astype(np.float64) @ sizes / rows).tolist())
-                        hist.history["seconds"].extend([elapsed / k] * e)
+                        _record(hist, losses[:e], sizes, rows, elapsed / k)
                 if status is Status.STOPPED:  # Ctrl-C, whose handler did not raise
                     break
                 if status is Status.DATA:  # in the first call, which _train undid
@@ -550,8 +548,7 @@ class Model:
                 if status in (Status.LOSS, Status.UPDATE):
                     raise self._not_finite(status, len(hist.loss) + e + 1, s, data, orders[e],
                                            batch_size, losses[e, s], ids)
-                hist.history["loss"].extend((losses.astype(np.float64) @ sizes / rows).tolist())
-                hist.history["seconds"].extend([elapsed / k] * k)
+                _record(hist, losses, sizes, rows, elapsed / k)
                 if val_feeds is not None:
                     res = self._evaluate(val_feeds)
                     hist.history["val_loss"].append(res["loss"])
@@ -717,6 +714,13 @@ def _orders(rng, epochs: int, rows: int) -> np.ndarray:
     for e in range(epochs):
         orders[e] = rng.permutation(rows)
     return orders
+
+
+def _record(hist, losses, sizes, rows, seconds):
+    """Each epoch's (a row of ``losses``) loss, the mean of its batches' losses weighed by their
+    ``sizes`` in ``rows``, and ``seconds`` each, into ``hist``."""
+    hist.history["loss"].extend((losses.astype(np.float64) @ sizes / rows).tolist())
+    hist.history["seconds"].extend([seconds] * len(losses))
 
 
 @contextlib.contextmanager
