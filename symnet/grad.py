@@ -369,9 +369,11 @@ def name_forward(loss, predictions, params, taken):
 
 def _block_labels(order, parents) -> dict:
     """The names of the blocks' parts (and of a weighted loss's scaled weights ω̃): a dropout's
-    output D1 = A1 ∘ M1/(1 − p); a norm's
-    statistics μ1 and σ1, the normalised X̂1 and the block's output N1 = X̂1 ∘ 𝟙·γ1 + 𝟙·β1, a
-    layer with an adjoint δN1 of its own."""
+    output D1 = A1 ∘ M1/(1 − p); a norm's statistics μ1 and σ1, the normalised X̂1 and the
+    block's output N1 = X̂1 ∘ 𝟙·γ1 + 𝟙·β1, a layer with an adjoint δN1 of its own. SymPy
+    flattens a residual connection's sum into the block's, so N1 then includes the skip term
+    (N1 = X̂1 ∘ 𝟙·γ1 + 𝟙·β1 + A0), as a plain residual layer's Z does; a sum that also has a
+    product x·W is a layer's pre-activation and is named Z instead."""
     labels, weights = {}, scaled_weights()
     for e in order:
         if e == weights:
@@ -386,9 +388,17 @@ def _block_labels(order, parents) -> dict:
             for scaled in parents[e]:
                 for out in parents.get(scaled, ()):
                     if (isinstance(scaled, sp.HadamardProduct) and isinstance(out, sp.MatAdd)
-                            and len(out.args) == 2):  # X̂ ∘ 𝟙·γ + 𝟙·β
-                        labels.setdefault(out, f"N{k}")
+                            and not any(_is_product(t) for t in out.args)):
+                        labels.setdefault(out, f"N{k}")  # X̂ ∘ 𝟙·γ + 𝟙·β (+ a skip connection)
     return labels
+
+
+def _is_product(e):
+    """x·W: a product of matrices that is not a broadcast 𝟙·b."""
+    if not isinstance(e, sp.MatMul):
+        return False
+    _, mats = e.as_coeff_matrices()
+    return len(mats) > 1 and not any(isinstance(m, sp.OneMatrix) for m in mats)
 
 
 def _substitute(e, names):

@@ -222,6 +222,33 @@ def test_a_norm_as_the_prediction_keeps_its_name_in_the_loss():
     assert_formulas_are_computed(perturbed(model), *make_data(n=6, kind="real"))
 
 
+def test_a_norm_inside_a_residual_connection_is_named_as_a_layer_and_matches_torch():
+    """relu(N2 + A1), as a ResNet block: SymPy flattens the skip into the norm's sum, which is
+    named N2 with the skip term, so that A2, δN2 and ∂L/∂W3 = A2ᵀ·δ3 read as without it."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.relu(sn.dense(X, 5, name="1"))
+    r = sn.relu(sn.batch_norm(sn.dense(h, 5, name="2"), "2") + h)
+    out = sn.dense(r, 3, name="3")
+    model = perturbed(compiled(sn.softmax_cross_entropy(out, Y), X, Y, prediction=out))
+    lines = model.formulas()
+    for line in ("N2  = (𝟙·gamma2) ∘ X̂2 + 𝟙·beta2 + A1", "A2  = relu(N2)", "P   = A2·W3 + 𝟙·b3",
+                 "δN2 = (δP·W3ᵀ) ∘ [A2 > 0]", "δ1  = (δ2·W2ᵀ + δN2) ∘ [A1 > 0]",
+                 "∂L/∂W3     = A2ᵀ·δP", "∂L/∂gamma2 = colsum(δN2 ∘ X̂2)"):
+        assert line in lines, lines
+    Xb, Yb = make_data(n=9)
+    value, grads = model.loss_and_grad(Xb, Yb)
+    p = tensors(model.params)
+    a1 = torch.relu(torch.tensor(Xb) @ p["W1"] + p["b1"])
+    n2 = F.batch_norm(a1 @ p["W2"] + p["b2"], None, None, p["gamma2"][0], p["beta2"][0],
+                      training=True, eps=1e-5)
+    t_loss = F.cross_entropy(torch.relu(n2 + a1) @ p["W3"] + p["b3"], torch.tensor(Yb).argmax(1))
+    t_loss.backward()
+    assert value == pytest.approx(t_loss.item(), rel=1e-12)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, p[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+    assert_formulas_are_computed(model, Xb, Yb)
+
+
 # ---------------------------------------------------------------------------- dropout
 
 
