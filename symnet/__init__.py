@@ -1,5 +1,7 @@
 """symnet: a symbolic-differentiation compiler for multilayer perceptrons."""
 
+from codegen import notices
+
 from . import datasets, formulas, functions, interrupts, optim, schedules
 from .blocks import batch_norm, dropout, layer_norm
 from .declare import Constant, Input, batch, dense, parameter, weights
@@ -43,3 +45,5 @@ from .gradcheck import gradcheck
 from .model import History, Model, compile, load
 
 __version__ = "0.1.0"
+
+notices.hide(__name__)  # the kernels' warnings name the user's line, not symnet's

@@ -91,8 +91,9 @@ def test_an_unwritable_cache_location_compiles_elsewhere_with_one_warning(own_ca
     blocker.write_text("")
     monkeypatch.setenv("SYMNET_CACHE_DIR", str(blocker / "kernels"))  # a path under a file
     monkeypatch.setattr(cache, "_fallback", [])
-    with pytest.warns(cache.CacheWarning, match="cannot be written.*Not a directory"):
+    with pytest.warns(cache.CacheWarning, match="cannot be written.*Not a directory") as seen:
         model = build()
+    assert seen[0].filename == __file__  # build's sn.compile, not a line of symnet or codegen
     assert trained(model)
     where = Path(model._runner().module.__file__)
     assert where.parent == cache._fallback[0] and where.parent.exists()

@@ -108,8 +108,9 @@ def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):
     with pytest.warns(UserWarning, match="not a positive integer"):
         assert rt.threads() == len(os.sched_getaffinity(0))
     monkeypatch.setenv("SYMNET_NUM_THREADS", "1000")
-    with pytest.warns(UserWarning, match="more than a team's 256 threads; using 256"):
+    with pytest.warns(UserWarning, match="more than a team's 256 threads; using 256") as seen:
         assert rt.threads() == protocol.MAX_THREADS
+    assert seen[0].filename == __file__  # the caller's line, not codegen's
 
 
 def test_a_team_that_could_not_be_made_leaves_no_closed_team_behind(monkeypatch):

@@ -22,7 +22,6 @@ import os
 import sys
 import tempfile
 import types
-import warnings
 from pathlib import Path
 
 import numba.core.caching
@@ -31,6 +30,7 @@ import numba.core.errors
 from .. import files
 from ..files import cache_dir
 from ..ir import CodegenError
+from ..notices import warn
 from . import runtime
 
 
@@ -69,10 +69,9 @@ def location(preferred: Path | None = None) -> Path | None:
         except OSError:
             _fallback.append(None)
         where = _fallback[0] or "memory"
-        warnings.warn(f"the kernel cache {preferred} cannot be written ({_usable[preferred]}); "
-                      f"kernels are compiled in {where} for this process and not kept. Set "
-                      f"SYMNET_CACHE_DIR to a writable directory to keep them.", CacheWarning,
-                      stacklevel=4)
+        warn(f"the kernel cache {preferred} cannot be written ({_usable[preferred]}); kernels "
+             f"are compiled in {where} for this process and not kept. Set SYMNET_CACHE_DIR to a "
+             f"writable directory to keep them.", CacheWarning)
     return _fallback[0]
 
 
@@ -111,8 +110,8 @@ def _stored(path: Path, source: str) -> Path | None:
     try:
         _write(path, source)
     except OSError as err:
-        warnings.warn(f"cannot write the kernel module {path} ({err.strerror or err}); it is "
-                      f"compiled in memory and not kept", CacheWarning, stacklevel=5)
+        warn(f"cannot write the kernel module {path} ({err.strerror or err}); it is compiled "
+             f"in memory and not kept", CacheWarning)
         return None
     return path
 

@@ -30,7 +30,6 @@ import inspect
 import os
 import threading
 import time
-import warnings
 import weakref
 
 import numba as nb
@@ -43,6 +42,7 @@ from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
+from ..notices import warn
 from . import protocol
 
 # BAD, E, S, STATUS, STOPCODE, T: argument block slots the runner and the kernels read (rt.BAD)
@@ -292,11 +292,11 @@ def threads() -> int:
         if 1 <= count <= MAX_THREADS:
             return count
         if count > MAX_THREADS:
-            warnings.warn(f"SYMNET_NUM_THREADS={text} is more than a team's {MAX_THREADS} "
-                          f"threads; using {MAX_THREADS}", stacklevel=3)
+            warn(f"SYMNET_NUM_THREADS={text} is more than a team's {MAX_THREADS} threads; "
+                 f"using {MAX_THREADS}")
             return MAX_THREADS
-        warnings.warn(f"SYMNET_NUM_THREADS={text!r} is not a positive integer; using the "
-                      f"cores this process may run on", stacklevel=3)
+        warn(f"SYMNET_NUM_THREADS={text!r} is not a positive integer; using the cores this "
+             f"process may run on")
     return min(cores(), MAX_THREADS)
 
 
