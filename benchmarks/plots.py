@@ -16,6 +16,8 @@ def plot_results(results, out: Path) -> list[Path]:
     ok = [r for r in results if "epoch_s" in r]
     workloads = list(dict.fromkeys(r["workload"] for r in ok))
     paths = []
+    if not workloads:  # every peer missing or failed: nothing to draw
+        return paths
     fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 3.6),
                              squeeze=False)
     for ax, workload in zip(axes[0], workloads):

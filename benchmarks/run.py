@@ -13,7 +13,8 @@ With --load, one CPU-bound process (``python -c "while True: pass"``) runs besid
 from before the first measured child to the end; results.json's machine info and results.md say
 so.
 
-Results go to DIR/results.json, DIR/results.md and DIR/*.png (default benchmarks/results/).
+Results go to DIR/results.json, DIR/results.md and DIR/*.png (default ./symnet-bench, so that
+a run never overwrites the committed results in benchmarks/results/: pass --out for those).
 A peer that is not installed, or cannot express a workload, is reported as such.
 """
 
@@ -268,16 +269,27 @@ def measure(workload, peer, missing, first=True) -> dict:
     return r
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+def _repeat(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", default=",".join(WORKLOADS))
-    parser.add_argument("--peers", default=",".join(PEERS))
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--repeat", type=int, default=1,
+    parser.add_argument("--workload", default=",".join(WORKLOADS),
+                        help=f"comma-separated, default all: {', '.join(WORKLOADS)}")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma-separated, default all: {', '.join(PEERS)}")
+    parser.add_argument("--out", default="symnet-bench", metavar="DIR",
+                        help="output directory (default ./symnet-bench; the committed results "
+                             "are benchmarks/results)")
+    parser.add_argument("--repeat", type=_repeat, default=1,
                         help="run each workload's peers this many times in turn, and pool them")
     parser.add_argument("--load", action="store_true",
-                        help="run a CPU-bound process beside the whole run")
+                        help='run a CPU-bound process (python -c "while True: pass") beside the '
+                             "whole run, and say so in the results")
     parser.add_argument("--merge", action="store_true",
                         help="keep DIR/results.json's other (workload, peer) results")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -291,7 +303,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown workload or peer {unknown}; workloads {list(WORKLOADS)}, "
                      f"peers {list(PEERS)}")
     missing = {p: available(p) for p in peers}
-    repeat = max(args.repeat, 1)
+    repeat = args.repeat
     results = []
     with busy_neighbour(args.load):
         for workload in workloads:

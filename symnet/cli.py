@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 15}
 
@@ -21,6 +23,16 @@ def load(data):
 
 
 def demo(args) -> int:
+    import symnet as sn
+
+    try:
+        return _demo(args)
+    except sn.SymnetError as err:  # e.g. a learning rate so large that the loss overflows
+        print(f"symnet demo: {err}", file=sys.stderr)
+        return 2
+
+
+def _demo(args) -> int:
     import symnet as sn
 
     start = time.perf_counter()
@@ -42,7 +54,7 @@ def demo(args) -> int:
     jit = model.compile_kernels()
     compiled = time.perf_counter()
     print("Derived formulas\n" + model.formulas() + "\n")
-    epochs = args.epochs or DEFAULT_EPOCHS.get(args.data, 15)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS.get(args.data, 15)
     hist = model.fit(Xtr, Ytr, epochs=epochs, batch_size=args.batch_size,
                      validation_data=(Xte, Yte), verbose=not args.quiet)
     result = model.evaluate(Xte, Yte)
@@ -64,20 +76,48 @@ def demo(args) -> int:
     return 0
 
 
-def bench(args) -> int:
+def bench(argv: list[str]) -> int:
+    """``symnet bench ARGS``: ``python -m benchmarks.run ARGS`` (its options and help)."""
     try:
         from benchmarks import run
     except ImportError as err:
         print(f"symnet bench needs the benchmarks package of a symnet checkout ({err})",
               file=sys.stderr)
         return 2
-    argv = []
-    for flag in ("workload", "peers", "out", "repeat"):
-        if getattr(args, flag):
-            argv += [f"--{flag}", str(getattr(args, flag))]
-    if args.load:
-        argv.append("--load")
-    return run.main(argv)
+    return run.main(argv, prog="symnet bench")
+
+
+def _number(kind, least: str, test):
+    """An argparse type: ``kind`` of the text, which ``test`` must accept (``least`` says how)."""
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {least}")
+        return value
+    return convert
+
+
+POSITIVE = _number(int, "a positive integer", lambda v: v >= 1)
+NATURAL = _number(int, "a non-negative integer", lambda v: v >= 0)
+RATE = _number(float, "a positive finite number", lambda v: 0 < v < float("inf"))
+
+
+def _writable(text: str) -> str:
+    """An argparse type for an output file: its directory must exist and be writable, so that
+    a mistyped path fails before training rather than after it."""
+    path = Path(text).expanduser().absolute()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory; name a file in it, e.g. "
+                                         f"{path / 'report.html'}")
+    where = path.parent
+    if not where.is_dir():
+        raise argparse.ArgumentTypeError(f"the directory {where} does not exist")
+    if not os.access(where, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the directory {where} is not writable")
+    return text
 
 
 def main(argv=None) -> int:
@@ -90,35 +130,26 @@ def main(argv=None) -> int:
                    help="digits (bundled, default), fashion-mnist (from "
                         "/usr/share/datasets/fashion-mnist) or a directory of MNIST-format IDX "
                         "files")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=POSITIVE, default=None,
                    help="default: 30 on digits, 15 on Fashion-MNIST and IDX directories")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=POSITIVE, default=100)
+    p.add_argument("--hidden", type=POSITIVE, default=32, help="units of each hidden layer")
+    p.add_argument("--lr", type=RATE, default=0.1, help="AdaGrad's learning rate")
+    p.add_argument("--seed", type=NATURAL, default=0)
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.add_argument("--report", metavar="PATH",
+    p.add_argument("--report", metavar="PATH", type=_writable,
                    help="also write an HTML report (derivation, checks, training curves, "
                         "generated code) to PATH, e.g. out.html")
-    p.set_defaults(run=demo)
-    b = sub.add_parser("bench", help="benchmark symnet against PyTorch, JAX, autograd, PyTensor, "
-                                     "NumPy, a hand-written numba kernel and scikit-learn",
-                       description="Run every (workload, peer) in its own process and write a "
-                                   "table, JSON and plots. Peers come from pip install -e "
-                                   "'.[bench]'; a missing one is reported as missing.")
-    b.add_argument("--workload", help="comma-separated, default all: seed002, adam-relu, wide, "
-                                      "tiny")
-    b.add_argument("--peers", help="comma-separated, default all: symnet, numba, numpy, torch, "
-                                   "jax, jax-scan, autograd, pytensor, pytensor-numba, sklearn")
-    b.add_argument("--out", help="output directory (default benchmarks/results)")
-    b.add_argument("--repeat", type=int, help="run each workload's peers this many times in turn "
-                                              "and pool their epochs (default 1)")
-    b.add_argument("--load", action="store_true",
-                   help='run a CPU-bound process (python -c "while True: pass") beside the whole '
-                        "run, and say so in the results")
-    b.set_defaults(run=bench)
-    args = parser.parse_args(argv)
+    p.set_defaults(run=demo, parser=p)
+    sub.add_parser("bench", add_help=False,  # its options and help are benchmarks.run's
+                   help="benchmark symnet against PyTorch, JAX, autograd, PyTensor, NumPy, a "
+                        "hand-written numba kernel and scikit-learn (symnet bench --help)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return bench(rest)
+    if rest:
+        args.parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)
 
 

@@ -183,10 +183,37 @@ def test_symnet_bench_passes_load_on(monkeypatch):
     from benchmarks import run
 
     seen = []
-    monkeypatch.setattr(run, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(run, "main", lambda argv, prog: seen.append((argv, prog)) or 0)
     assert main(["bench", "--workload", "tiny", "--load"]) == 0
     assert main(["bench", "--workload", "tiny"]) == 0
-    assert seen == [["--workload", "tiny", "--load"], ["--workload", "tiny"]]
+    assert seen == [(["--workload", "tiny", "--load"], "symnet bench"),
+                    (["--workload", "tiny"], "symnet bench")]
+
+
+def test_symnet_bench_checks_its_options_and_keeps_the_committed_results(capsys, monkeypatch,
+                                                                          tmp_path):
+    """Its help and errors are benchmarks.run's under its own name; --repeat must be positive;
+    and by default it writes to ./symnet-bench, never over benchmarks/results."""
+    from benchmarks import run
+
+    for argv, message in ((["--repeat", "0"], "--repeat: '0' is not a positive integer"),
+                          (["--workload", "nope"], "unknown workload or peer ['nope']")):
+        with pytest.raises(SystemExit) as stop:
+            main(["bench", *argv])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "symnet bench: error:" in err and message in err, err
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "usage: symnet bench" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run, "measure", lambda workload, peer, missing, first: {
+        "workload": workload, "peer": peer, "missing": "not installed here"})
+    monkeypatch.setattr(run, "pool", lambda runs: runs[0])
+    monkeypatch.setattr(run, "table", lambda results: "")
+    monkeypatch.setattr(run, "markdown", lambda machine, results: "the table")
+    assert main(["bench", "--workload", "tiny", "--peers", "numpy"]) == 0
+    assert (tmp_path / "symnet-bench" / "results.md").read_text() == "the table"
 
 
 def test_the_blocks_workload_agrees_with_torch_and_jax_and_the_plain_peers_decline_it():

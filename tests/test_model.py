@@ -62,3 +62,28 @@ def test_demo_runs_and_reports(capsys):
     out = capsys.readouterr().out
     assert "δ2 = (δ3·W3ᵀ) ∘ (A2∘(1 − A2))" in out
     assert "test accuracy" in out and "compile" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs: '0' is not a positive integer"),
+    (["--batch-size", "-5"], "--batch-size: '-5' is not a positive integer"),
+    (["--hidden", "0"], "--hidden: '0' is not a positive integer"),
+    (["--lr", "nan"], "--lr: 'nan' is not a positive finite number"),
+    (["--seed", "-1"], "--seed: '-1' is not a non-negative integer"),
+    (["--report", "/no/such/dir/out.html"], "--report: the directory /no/such/dir does not exist"),
+    (["--report", "."], "is a directory; name a file in it"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_demo_refuses_bad_options_before_it_trains(argv, message, capsys):
+    """A usage error (exit code 2), not a traceback after the kernels have compiled."""
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "symnet demo: error:" in err and message in err, err
+
+
+def test_a_demo_that_diverges_ends_with_the_error_and_no_traceback(capsys):
+    assert main(["demo", "--backend", "numpy", "--hidden", "8", "--epochs", "1", "--quiet",
+                 "--lr", "1e40"]) == 2
+    assert "symnet demo: the update in epoch 1" in capsys.readouterr().err
