@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import statistics
 import sys
@@ -122,6 +123,8 @@ def _writable(text: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="symnet", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"symnet {importlib.metadata.version('symnet')}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="derive, show and train a 3-layer sigmoid MLP",
                        description="Declare the classic 3-layer sigmoid network, print the "

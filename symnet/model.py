@@ -63,8 +63,9 @@ def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype=
 
 @dataclass
 class History:
-    """Per-epoch training record: ``loss``, ``val_loss``, ``val_accuracy``, ``seconds``; with
-    early stopping, ``best_epoch`` is the epoch whose parameters the model kept."""
+    """Per-epoch training record: ``loss``, ``val_loss``, ``val_accuracy`` (classification) or
+    ``val_r2`` (regression, once validated), ``seconds``; with early stopping, ``best_epoch`` is
+    the epoch whose parameters the model kept."""
 
     history: dict = field(default_factory=lambda: {"loss": [], "val_loss": [], "val_accuracy": [],
                                                    "seconds": []})
@@ -423,8 +424,10 @@ class Model:
         return self._predict_all(feeds, batch_size)[0]
 
     def evaluate(self, X, Y, batch_size: int = 4096) -> dict:
-        """``{"loss": mean loss}``, plus ``"accuracy"``: argmax agreement when Y has ≥ 2 columns,
-        and for one column of 0/1 targets and a prediction σ(Z), agreement at the threshold 0.5.
+        """``{"loss": mean loss}``, plus ``"accuracy"``: argmax agreement when Y has ≥ 2 columns
+        of class distributions (one-hot or probabilities), and for one column of 0/1 targets and
+        a prediction σ(Z), agreement at the threshold 0.5; for other targets of the prediction's
+        shape ``"r2"``, R² averaged over the columns.
         Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
@@ -438,12 +441,14 @@ class Model:
         first = self.prediction_expr
         if first is None or target is None or first.shape[1] != target.shape[1]:
             return result
-        if target.shape[1] >= 2:
+        if target.shape[1] >= 2 and _distributions(target):
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
         elif self._binary_classifier() and np.isin(target, (0, 1)).all():
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean((pred > 0.5) == (target > 0.5)))
+        if "accuracy" not in result:  # a regression: R², as scikit-learn's r2_score
+            result["r2"] = _r2(target, self._predict(feeds, batch_size))
         return result
 
     def _class_labels(self, feeds):
@@ -554,6 +559,8 @@ class Model:
                     hist.history["val_loss"].append(res["loss"])
                     if "accuracy" in res:
                         hist.history["val_accuracy"].append(res["accuracy"])
+                    if "r2" in res:
+                        hist.history.setdefault("val_r2", []).append(res["r2"])
                     if early_stopping is not None and res["loss"] <= min(hist.val_loss):
                         best = self._snapshot()
                         hist.best_epoch = len(hist.loss)
@@ -996,12 +1003,31 @@ def _param_array(value, name, shape, dtype, where="params"):
     return value
 
 
+def _distributions(target) -> bool:
+    """Rows that are class distributions (one-hot or probabilities, ≥ 0 and summing to 1), whose
+    argmax is a class; other targets of several columns are a regression's."""
+    return bool((target >= 0).all() and np.allclose(target.sum(axis=1, dtype=np.float64), 1,
+                                                     rtol=0, atol=1e-4))
+
+
+def _r2(target, pred) -> float:
+    """R² of each column, 1 − Σ(y − p)²/Σ(y − ȳ)², averaged over the columns (a constant column:
+    1 when predicted exactly, else 0), as ``sklearn.metrics.r2_score``."""
+    y, p = np.asarray(target, np.float64), np.asarray(pred, np.float64)
+    residual = ((y - p) ** 2).sum(axis=0)
+    total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    constant = total == 0
+    scores = np.where(constant, (residual == 0).astype(np.float64),
+                      1 - residual / np.where(constant, 1, total))
+    return float(scores.mean())
+
+
 def _one_hot(arr, sym):
     """Integer class labels of shape (n,) as the one-hot rows of a target of k ≥ 2 columns
     (anything else is returned as it is, for :func:`_as_data` to check)."""
     k = int(sym.shape[1])
-    if k < 2 or not isinstance(arr, (np.ndarray, list, tuple)):
-        return arr
+    if k < 2 or not (isinstance(arr, (np.ndarray, list, tuple)) or hasattr(arr, "__array__")):
+        return arr  # (pandas Series and the like have __array__)
     try:
         a = np.asarray(arr)
     except (ValueError, TypeError):

@@ -7,8 +7,9 @@ contract (``check_estimator`` passes every check), pickle through symnet's data-
 and run in ``GridSearchCV`` on any joblib backend, Dask's included.
 
 ``sample_weight`` are frequency weights, as scikit-learn defines them: a row of weight k trains
-as k copies of the row (integer weights are applied as repetitions, and rows of weight 0 are
-left out), and fractional weights weigh each row's loss in its batch's weighted mean. Training
+as k copies of the row (whole-number weights, within 1e-6, are applied as repetitions, up to
+100 times the rows, and rows of weight 0 are left out), and fractional weights weigh each row's
+loss in its batch's weighted mean, which no common factor changes. Training
 sees the rows in an order fixed by their values and ``random_state``, not by their order in X,
 so that repeated rows and weights give the same model.
 """
@@ -39,6 +40,8 @@ OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSProp
               "adagrad": optim.AdaGrad, "sgd": lambda lr: optim.SGD(lr, momentum=0.9,
                                                                       nesterov=True)}
 ALPHA = Constant("alpha")  # the L2 penalty's coefficient, read by the kernels at run time
+INTEGRAL = 1e-6  # weights this close to whole numbers are whole: rounding must not switch rule
+MAX_REPEATS = 100  # whole-number weights may make at most this many times the rows
 PATIENCE = 10  # epochs without a better validation loss before early stopping (scikit-learn's)
 RECENT_MODELS = 16  # compiled configurations kept per process
 _RECENT: collections.OrderedDict = collections.OrderedDict()  # configuration → compiled model
@@ -69,25 +72,34 @@ class _SymnetMLP(BaseEstimator):
 
     # -- the network
     def _check_params(self):
+        where = type(self).__name__
         for name, table in (("activation", ACTIVATIONS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in table:
-                raise DeclarationError(f"{name}={getattr(self, name)!r} is not one of "
+                raise DeclarationError(f"{where}: {name}={getattr(self, name)!r} is not one of "
                                        f"{sorted(table)}")
         hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else self.hidden
-        if not all(isinstance(u, (int, np.integer)) and u >= 1 for u in hidden):
-            raise DeclarationError(f"hidden must be a tuple of layer widths ≥ 1 such as (100,), got "
-                             f"{self.hidden!r}")
-        validate.number(self.alpha, "alpha", low=0, example=1e-4, where=type(self).__name__)
+        if (isinstance(hidden, (str, bytes)) or not isinstance(hidden, (tuple, list))
+                or not all(isinstance(u, (int, np.integer)) and not isinstance(u, bool) and u >= 1
+                           for u in hidden)):
+            raise DeclarationError(f"{where}: hidden must be a tuple of layer widths ≥ 1 such as "
+                                   f"(100,), got {validate.describe(self.hidden)}")
+        validate.number(self.learning_rate, "learning_rate", above=0, example=1e-3, where=where)
+        validate.number(self.alpha, "alpha", low=0, example=1e-4, where=where)
+        validate.number(self.dropout, "dropout", low=0, below=1, example=0.2, where=where)
+        for flag in ("batch_norm", "early_stopping"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise DeclarationError(f"{where}: {flag} must be True or False, got "
+                                       f"{validate.describe(getattr(self, flag))}")
         batch = self.batch_size
         if not (isinstance(batch, str) and batch == "auto") and (
                 isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer))
                 or batch < 1):
-            raise DeclarationError(f"{type(self).__name__}: batch_size must be a positive integer "
-                                   f"or 'auto' (200 rows at most), got "
-                                   f"{validate.describe(batch)}; pass e.g. batch_size=32")
-        if not 0 <= self.validation_fraction < 1:
-            raise DeclarationError(f"validation_fraction must be in [0, 1), got "
-                             f"{self.validation_fraction!r}")
+            raise DeclarationError(f"{where}: batch_size must be a positive integer or 'auto' "
+                                   f"(200 rows at most), got {validate.describe(batch)}; pass "
+                                   f"e.g. batch_size=32")
+        if self.early_stopping:
+            validate.number(self.validation_fraction, "validation_fraction", above=0, below=1,
+                            example=0.1, where=f"{where} with early_stopping=True")
         return tuple(int(u) for u in hidden)
 
     def _model(self, n_in, n_out, seed):
@@ -127,15 +139,16 @@ class _SymnetMLP(BaseEstimator):
     # -- training
     def fit(self, X, y, sample_weight=None):
         """Train a new network on X, y (``sample_weight``: frequency weights, see the module)."""
+        self._check_params()
         X, Y, w = self._data(X, y, sample_weight, reset=True)
         self._start(X.shape[1], Y.shape[1])
         self._train(X, Y, w, self.epochs, self.early_stopping)
         return self
 
-    def partial_fit(self, X, y, sample_weight=None, **kwargs):
+    def _partial_fit(self, X, y, sample_weight, **targets):
         """One more epoch on X, y (the first call starts a new network)."""
         first = not hasattr(self, "model_")
-        X, Y, w = self._data(X, y, sample_weight, reset=first, **kwargs)
+        X, Y, w = self._data(X, y, sample_weight, reset=first, **targets)
         if first:
             self._start(X.shape[1], Y.shape[1])
         self._train(X, Y, w, 1, False)
@@ -147,6 +160,7 @@ class _SymnetMLP(BaseEstimator):
         self.model_ = self._model(n_in, n_out, self._seed)
         self.loss_curve_ = []
         self.validation_scores_ = [] if self.early_stopping else None
+        self.validation_loss_ = [] if self.early_stopping else None
         self.n_iter_ = 0
 
     def _train(self, X, Y, w, epochs, early_stopping):
@@ -166,7 +180,8 @@ class _SymnetMLP(BaseEstimator):
                                seed=self._seed + self.n_iter_, sample_weight=w)
         self.loss_curve_ += hist.loss
         if validation is not None:
-            self.validation_scores_ += hist.val_loss
+            self.validation_scores_ += self._scores(hist)
+            self.validation_loss_ += hist.val_loss
         self.n_iter_ += len(hist.loss)
 
     def _data(self, X, y, sample_weight, reset, **kwargs):
@@ -175,23 +190,83 @@ class _SymnetMLP(BaseEstimator):
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float64,
                              **self._validation_options())
         Y = self._targets(y, reset, **kwargs)
+        for name, a in (("X", X), ("y", Y)):  # named by their rows in the caller's data:
+            _check_range(a, name, np.dtype(self.dtype))  # training reorders and repeats rows
         if sample_weight is None:
             return X, Y, None
         w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if w.sum() <= 0:
             raise DataError("every sample_weight is 0; at least one row must weigh more")
-        if np.array_equal(w, np.round(w)):  # frequency weights: k copies of each row
-            counts = w.astype(np.int64)
+        counts = np.round(w)
+        if np.allclose(w, counts, rtol=0, atol=INTEGRAL):  # frequency weights: k copies of each
+            total = counts.sum()
+            if total > MAX_REPEATS * len(w):
+                raise DataError(f"sample_weight: whole-number weights are applied as that many "
+                                f"copies of each row, and these ({len(w)} rows, weights up to "
+                                f"{w.max():.4g}) would make {total:.4g} rows; divide them by a "
+                                f"common factor, e.g. sample_weight / sample_weight.max()")
+            counts = counts.astype(np.int64)
             return X.repeat(counts, axis=0), Y.repeat(counts, axis=0), None
         keep = w > 0
         return X[keep], Y[keep], w[keep]
 
 
+PARAMETERS = """
+    Parameters
+    ----------
+    hidden : tuple of int, default (100,)
+        The widths of the hidden layers (an int for one layer).
+    activation : {'relu', 'tanh', 'logistic', 'sigmoid', 'identity', 'elu', 'gelu', 'swish',
+        'softplus', 'leaky_relu'}, default 'relu'
+    optimizer : {'adam', 'adamw', 'rmsprop', 'adagrad', 'sgd'}, default 'adam'
+        'sgd' is SGD with Nesterov momentum 0.9; the others have torch's defaults.
+    learning_rate : float > 0, default 1e-3
+    batch_size : int ≥ 1 or 'auto', default 32
+        Rows per step, at most all of them; 'auto' is scikit-learn's min(200, rows).
+    epochs : int ≥ 0, default 200
+    alpha : float ≥ 0, default 0.0
+        L2 penalty alpha/2·Σ‖W‖² on the weight matrices (not on the biases).
+    dropout : float in [0, 1), default 0.0
+        Dropout after every hidden activation, during training only.
+    batch_norm : bool, default False
+        Batch norm between every hidden layer and its activation.
+    early_stopping : bool, default False
+        Hold out ``validation_fraction`` of the rows; stop when their loss has not fallen for
+        10 epochs, and keep the best epoch's parameters.
+    validation_fraction : float in (0, 1), default 0.1
+    random_state : int, RandomState or None, default None
+        Seeds the initial weights, the shuffling and the dropout masks.
+    dtype : {'float32', 'float64'}, default 'float32'
+    verbose : bool, default False
+        Progress bars, one per ``fit``.
+
+    Attributes
+    ----------
+    model_ : symnet.Model
+        The compiled network: ``model_.formulas()`` shows its derivation.
+    loss_curve_ : list of float
+        The training loss of every epoch.
+    validation_scores_ : list of float or None
+        With early stopping, the held-out rows' score of every epoch, as scikit-learn's MLP:
+        accuracy (classifier) or R² (regressor); higher is better.
+    validation_loss_ : list of float or None
+        With early stopping, the held-out rows' loss of every epoch (the L2 penalty included).
+    n_iter_ : int
+        Epochs trained.
+"""
+
+
 class SymnetClassifier(ClassifierMixin, _SymnetMLP):
-    """An MLP classifier compiled by symnet: softmax cross-entropy over the classes."""
+    """An MLP classifier compiled by symnet: softmax cross-entropy over the classes; ``classes_``
+    are the labels in the order of ``predict_proba``'s columns."""
 
     def _validation_options(self):
         return {}
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One more epoch on X, y (the first call starts a new network; ``classes``, every
+        class the network will see, may be given then)."""
+        return self._partial_fit(X, y, sample_weight, classes=classes)
 
     def _targets(self, y, reset, classes=None):
         y = column_or_1d(y, warn=True)
@@ -201,6 +276,10 @@ class SymnetClassifier(ClassifierMixin, _SymnetMLP):
             if len(self.classes_) < 2:
                 raise ValueError(f"Classifier can't train when only one class is present: "
                                  f"{self.classes_.tolist()}")
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"classes={np.unique(classes).tolist()} is not classes_ "
+                             f"{self.classes_.tolist()} of the first call; the network has one "
+                             f"output per class, so every call must name the same classes")
         unknown = np.setdiff1d(y, self.classes_)
         if unknown.size:
             raise ValueError(f"y has classes {unknown.tolist()} that are not among classes_ "
@@ -214,7 +293,11 @@ class SymnetClassifier(ClassifierMixin, _SymnetMLP):
         """The probability of each class (columns in the order of ``classes_``)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self.model_.predict(X).astype(np.float64)
+        probs = self.model_.predict(X).astype(np.float64)
+        return probs / probs.sum(axis=1, keepdims=True)  # float32's sums are 1 only to ~1e-7
+
+    def _scores(self, hist):
+        return list(hist.val_accuracy)
 
     def predict(self, X):
         check_is_fitted(self)
@@ -231,6 +314,13 @@ class SymnetRegressor(RegressorMixin, _SymnetMLP):
 
     def _validation_options(self):
         return {"multi_output": True, "y_numeric": True}
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One more epoch on X, y (the first call starts a new network)."""
+        return self._partial_fit(X, y, sample_weight)
+
+    def _scores(self, hist):
+        return list(hist.history.get("val_r2", []))
 
     def _targets(self, y, reset):
         y = np.asarray(y, dtype=np.float64)
@@ -255,6 +345,22 @@ class SymnetRegressor(RegressorMixin, _SymnetMLP):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+SymnetClassifier.__doc__ += PARAMETERS
+SymnetRegressor.__doc__ += PARAMETERS
+
+
+def _check_range(a, name, dtype):
+    """Every value of ``a`` within ``dtype``'s range, else a DataError naming the first other."""
+    big = np.finfo(dtype).max
+    over = np.abs(a) > big
+    if over.any():
+        row, col = np.argwhere(over)[0]
+        raise DataError(f"{name} has the value {a[row, col]:.4g} in row {row}"
+                        f"{f', column {col}' if a.shape[1] > 1 else ''}, too large for "
+                        f"{dtype.name} (at most {big:.4g}); scale the data, or pass "
+                        f"dtype='float64'")
 
 
 def _canonical_rows(X, Y, w):

@@ -154,6 +154,9 @@ _REAL_KINDS = "biuf"  # bool, signed and unsigned integers, floats: converted to
 def real_array(value, name: str) -> np.ndarray:
     """``value`` as a NumPy array of real numbers (any real dtype, not yet converted), or a
     DataError saying why it is not one: ragged rows, complex values, text or objects."""
+    if hasattr(value, "toarray") and hasattr(value, "nnz"):  # a scipy.sparse matrix or array
+        raise DataError(f"{name} is a sparse matrix; symnet trains on dense arrays: pass "
+                        f"{name}.toarray()")
     try:
         a = np.asarray(value)
     except ValueError:

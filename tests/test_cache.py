@@ -91,6 +91,8 @@ def test_an_unwritable_cache_location_compiles_elsewhere_with_one_warning(own_ca
     blocker.write_text("")
     monkeypatch.setenv("SYMNET_CACHE_DIR", str(blocker / "kernels"))  # a path under a file
     monkeypatch.setattr(cache, "_fallback", [])
+    at_exit = []
+    monkeypatch.setattr(cache.atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)))
     with pytest.warns(cache.CacheWarning, match="cannot be written.*Not a directory") as seen:
         model = build()
     assert seen[0].filename == __file__  # build's sn.compile, not a line of symnet or codegen
@@ -100,6 +102,9 @@ def test_an_unwritable_cache_location_compiles_elsewhere_with_one_warning(own_ca
     with warnings_as_errors():  # the second model: no second warning
         other = build()
         other.predict(data()[0])
+    for f, args, kwargs in at_exit:  # what the end of the process runs: "not kept"
+        f(*args, **kwargs)
+    assert not where.parent.exists()
 
 
 def test_a_full_disk_compiles_in_memory_and_leaves_no_temporary_file(own_cache, monkeypatch):

@@ -251,6 +251,15 @@ def test_complex_data_says_to_pass_the_real_part(model):
         model.fit(X + 1j, Y, verbose=False)
 
 
+def test_a_sparse_matrix_says_to_make_it_dense(model):
+    import scipy.sparse
+
+    X, Y = make_data(out=3, kind="real")
+    with pytest.raises(sn.DataError, match=r"X is a sparse matrix; symnet trains on dense "
+                                           r"arrays: pass X\.toarray\(\)"):
+        model.fit(scipy.sparse.csr_matrix(X), Y, verbose=False)
+
+
 def test_validation_data_that_is_not_a_pair_says_how_to_pass_it(model):
     X, Y = make_data(out=3, kind="real")
     with pytest.raises(sn.DataError, match=r"validation_data must be the tuple \(X_val, Y_val\), "

@@ -58,6 +58,12 @@ def test_integer_sample_weights_are_repetitions():
     a = SymnetClassifier(hidden=(8,), epochs=5, random_state=1).fit(X, y, sample_weight=w)
     b = SymnetClassifier(hidden=(8,), epochs=5, random_state=1).fit(X.repeat(w, 0), y.repeat(w))
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    # whole numbers up to rounding are whole: 1e-9 more must not switch to the weighted mean
+    c = SymnetClassifier(hidden=(8,), epochs=5, random_state=1).fit(X, y, sample_weight=w + 1e-9)
+    np.testing.assert_array_equal(a.predict_proba(X), c.predict_proba(X))
+    with pytest.raises(sn.DataError, match=r"would make 1.2e\+11 rows; divide them by a common "
+                                           r"factor"):  # not NumPy's MemoryError
+        SymnetClassifier(epochs=1).fit(X, y, sample_weight=np.full(len(y), 1e9))
 
 
 def test_partial_fit_trains_on_and_early_stopping_keeps_the_best_epoch():
@@ -71,6 +77,38 @@ def test_partial_fit_trains_on_and_early_stopping_keeps_the_best_epoch():
     stopped = SymnetRegressor(hidden=(8,), epochs=500, early_stopping=True, random_state=0)
     stopped.fit(X, y.astype(float))
     assert stopped.n_iter_ < 500 and len(stopped.validation_scores_) == stopped.n_iter_
+    with pytest.raises(ValueError, match=r"classes=\[0, 1, .*, 11\] is not classes_"):
+        est.partial_fit(X, y, classes=np.arange(12))  # one output per class: cannot change
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        est.partial_fit(X, y, foo=1)
+
+
+def test_validation_scores_are_scikit_learns_scores_and_the_losses_are_kept_beside_them():
+    """As MLPClassifier's and MLPRegressor's: accuracy and R² of the held-out rows, higher is
+    better; validation_loss_ has the loss (the L2 penalty included)."""
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import train_test_split
+
+    X, y = digits()
+    for est in (SymnetClassifier(hidden=(16,), epochs=8, early_stopping=True, random_state=0),
+                SymnetRegressor(hidden=(16,), epochs=8, early_stopping=True, alpha=1e-3,
+                                random_state=0)):
+        est.fit(X, y)
+        assert len(est.validation_scores_) == len(est.validation_loss_) == est.n_iter_
+        assert est.validation_scores_[-1] > est.validation_scores_[0]  # training improves it
+        assert est.validation_loss_[-1] < est.validation_loss_[0]
+    # the kept (lowest-loss) epoch's score is the R² of the rows early stopping held out
+    order = np.lexsort(np.c_[X, y].T[::-1])  # the estimator's canonical order of the rows
+    _, Xv, _, yv = train_test_split(X[order], y[order], test_size=0.1, random_state=est._seed)
+    kept = int(np.argmin(est.validation_loss_))
+    assert est.validation_scores_[kept] == pytest.approx(r2_score(yv, est.predict(Xv)), rel=1e-9)
+
+
+def test_predict_proba_rows_sum_to_one_in_float64():
+    X, y = digits()
+    probs = SymnetClassifier(hidden=(16,), epochs=3, random_state=0).fit(X, y).predict_proba(X)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=0, atol=4e-16)
+    np.random.default_rng(0).choice(10, p=probs[0])  # NumPy's check: atol 1e-8 on the sum
 
 
 def test_a_pickled_model_is_data_predicts_the_same_and_trains_on():
@@ -193,6 +231,33 @@ def test_bad_estimator_input_is_named():
                                                       rf"positive integer or 'auto' \(200 rows "
                                                       rf"at most\), {got}; pass e.g."):
             SymnetClassifier(batch_size=batch_size).fit(X, y)
+    for params, message in [
+            ({"hidden": None}, "hidden must be a tuple of layer widths ≥ 1 such as \\(100,\\), "
+                               "got None"),
+            ({"learning_rate": -1}, "learning_rate must be a finite real number > 0, got -1; "
+                                    "pass e.g. learning_rate="),
+            ({"dropout": 1.0}, "dropout must be a finite real number ≥ 0 and < 1, got 1.0; pass "
+                               "e.g. dropout="),
+            ({"batch_norm": "yes"}, "batch_norm must be True or False, got 'yes'"),
+            ({"early_stopping": True, "validation_fraction": 0},
+             "with early_stopping=True: validation_fraction must be a finite real number > 0 and "
+             "< 1, got 0")]:
+        with pytest.raises(sn.DeclarationError, match=message):
+            SymnetClassifier(**params).fit(X, y)
+
+
+def test_data_errors_name_the_callers_rows():
+    """Training reorders and repeats the rows; an error names the row of the caller's data."""
+    X, y = digits(60)
+    X = X.astype(np.float64)
+    X[37, 9] = 1e39
+    with pytest.raises(sn.DataError, match=r"X has the value 1e\+39 in row 37, column 9, too "
+                                           r"large for float32 .*pass dtype='float64'"):
+        SymnetClassifier(epochs=1).fit(X, y)
+    X[37, 9] = 0
+    big = np.arange(60) * 1e38
+    with pytest.raises(sn.DataError, match=r"y has the value 4e\+38 in row 4, too large"):
+        SymnetRegressor(epochs=1).fit(X, big)
 
 
 def test_batch_size_auto_is_scikit_learns_200_rows_at_most():

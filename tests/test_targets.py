@@ -37,6 +37,35 @@ def test_integer_labels_train_and_evaluate_as_their_one_hot_rows(backend):
     assert loss == b.loss_and_grad(X[:5], np.eye(3)[labels[:5]])[0]
 
 
+def test_labels_in_a_pandas_series_are_class_labels():
+    pd = pytest.importorskip("pandas")
+    X, labels = data()
+    a, b = classifier(), classifier()
+    a.fit(X, pd.Series(labels), epochs=2, batch_size=16, verbose=False)
+    b.fit(X, labels, epochs=2, batch_size=16, verbose=False)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    assert a.evaluate(pd.DataFrame(X), pd.Series(labels)) == b.evaluate(X, labels)
+
+
+def test_a_regression_is_scored_by_r2_as_scikit_learn_scores_it():
+    """evaluate and the validation history give R² (averaged over the outputs) where accuracy
+    does not apply."""
+    from sklearn.metrics import r2_score
+
+    X, labels = data()
+    Y = np.c_[X[:, 0] - 2 * X[:, 1], X[:, 2] ** 2]
+    Xs, Ys = sn.Input("X", 4), sn.Input("Y", 2)
+    out = sn.dense(sn.dense(Xs, 6, sn.tanh), 2)
+    model = sn.compile(sn.mse(out, Ys), inputs=[Xs], targets=[Ys], prediction=out, seed=0,
+                       optimizer=sn.optim.Adam(0.05), backend="numpy")
+    hist = model.fit(X, Y, epochs=3, batch_size=16, validation_data=(X[:20], Y[:20]),
+                     verbose=False)
+    assert hist.val_r2[-1] == pytest.approx(r2_score(Y[:20], model.predict(X[:20])), rel=1e-6)
+    assert model.evaluate(X, Y)["r2"] == pytest.approx(r2_score(Y, model.predict(X)), rel=1e-6)
+    assert "r2" not in classifier().evaluate(X, labels)
+
+
 @pytest.mark.parametrize("labels, message", [
     (np.array([0, 1, 3]), r"class label 3 in row 2 is outside 0…2"),
     (np.array([0, -1, 2]), r"class label -1 in row 1 is outside 0…2"),

@@ -14,11 +14,13 @@ warning, instead of failing.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib.util
 import linecache
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -68,6 +70,8 @@ def location(preferred: Path | None = None) -> Path | None:
             _fallback.append(Path(tempfile.mkdtemp(prefix="symnet-kernels-")))
         except OSError:
             _fallback.append(None)
+        else:  # "not kept": removed when the process ends
+            atexit.register(shutil.rmtree, _fallback[0], ignore_errors=True)
         where = _fallback[0] or "memory"
         warn(f"the kernel cache {preferred} cannot be written ({_usable[preferred]}); kernels "
              f"are compiled in {where} for this process and not kept. Set SYMNET_CACHE_DIR to a "
