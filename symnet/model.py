@@ -20,7 +20,7 @@ from .blocks import batch_norms as _batch_norms
 from .declare import ConstantSymbol, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
-from .functions import Dropout, Elementwise
+from .functions import Dropout, Elementwise, RowLogSumExp
 from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive
 from .lower import lower
@@ -125,6 +125,7 @@ class Model:
                                  simplify=simplify_adjoint, taken=self._taken)
         self._raw = None
         self._norms = _batch_norms(self.derivation)
+        self._distributions = _distribution_targets(self.loss_expr, self.targets)
         self._programs = self._lower(self.derivation, self._norms)
         self._weighted = None  # (derivation, programs, runners) of fit(sample_weight=...)
         self._update = self.optimizer.update()
@@ -342,6 +343,8 @@ class Model:
                     f"them after the inputs, e.g. model.loss_and_grad(X, Y)")
             for sym, arr in zip(self.targets, _arrays(Y, self.targets, "targets")):
                 feeds[sym.name] = _as_data(_one_hot(arr, sym), sym, dtype, check_finite)
+                if sym in self._distributions:
+                    _check_distributions(feeds[sym.name], sym.name)
         elif need_targets and Y is not None:
             raise DataError(f"this model has no targets (its loss reads only "
                             f"{[s.name for s in self.inputs]}), but targets were passed; call it "
@@ -1001,6 +1004,33 @@ def _param_array(value, name, shape, dtype, where="params"):
             raise DataError(f"{entry} has a non-finite value ({value[row, col]}) in row {row}, "
                             f"column {col}; write finite values into it ({entry}[...] = value)")
     return value
+
+
+def _distribution_targets(loss, targets) -> frozenset:
+    """The targets a softmax cross-entropy reads as class distributions: Y of Σ Y∘Z beside
+    logsumexp(Z). That loss, Σ logsumexp(Z) − Σ Y∘Z, is −Σ Y∘log softmax(Z) only for rows of Y
+    that sum to 1."""
+    nodes = set(sp.preorder_traversal(loss))
+    logits = {n.args[0] for n in nodes if isinstance(n, RowLogSumExp)}
+    return frozenset(t for n in nodes if isinstance(n, sp.HadamardProduct) and len(n.args) == 2
+                     for t in targets if t in n.args and (set(n.args) - {t}) & logits)
+
+
+def _check_distributions(a, name):
+    """Rows of ``a`` that are class distributions (≥ 0, summing to 1 within 1e-3), else a
+    DataError naming the first other row."""
+    fix = (f"softmax_cross_entropy's targets are one-hot rows or probabilities, each row ≥ 0 "
+           f"and summing to 1: pass integer class labels or np.eye(k)[labels], or normalise the "
+           f"rows; for several labels per row, use binary_cross_entropy(sn.sigmoid(Z), {name})")
+    negative = np.argwhere(a < 0)
+    if len(negative):
+        row, col = negative[0]
+        raise DataError(f"{name} has the negative value {a[row, col]:.4g} in row {row}, column "
+                        f"{col}; {fix}")
+    sums = a.sum(axis=1, dtype=np.float64)
+    off = np.flatnonzero(np.abs(sums - 1) > 1e-3)
+    if len(off):
+        raise DataError(f"row {off[0]} of {name} sums to {sums[off[0]]:.4g}; {fix}")
 
 
 def _distributions(target) -> bool:

@@ -48,6 +48,26 @@ def test_labels_in_a_pandas_series_are_class_labels():
     assert a.evaluate(pd.DataFrame(X), pd.Series(labels)) == b.evaluate(X, labels)
 
 
+def test_softmax_cross_entropy_refuses_targets_that_are_not_class_distributions():
+    """Its loss Σ logsumexp(Z) − Σ Y∘Z is the cross-entropy (torch's) only for rows summing to
+    1: for several labels per row it would silently train another loss."""
+    X, labels = data()
+    model, one_hot = classifier(), np.eye(3)[labels]
+    fix = r"one-hot rows or probabilities, each row ≥ 0 and summing to 1"
+    with pytest.raises(sn.DataError, match=rf"row 0 of Y sums to 2; softmax_cross_entropy's "
+                                           rf"targets are {fix}"):
+        model.fit(X, 2 * one_hot, verbose=False)
+    several = one_hot.copy()
+    several[7, :] = 1
+    with pytest.raises(sn.DataError, match=r"row 7 of Y sums to 3;.*binary_cross_entropy"):
+        model.evaluate(X, several)
+    negative = one_hot - 0.25 * (np.arange(3) == 2) + 0.25 * (np.arange(3) == 0)
+    with pytest.raises(sn.DataError, match=r"Y has the negative value -0.25 in row 0, column 2"):
+        model.fit(X, one_hot, validation_data=(X, negative), verbose=False)
+    soft = 0.8 * one_hot + 0.2 / 3  # probabilities train
+    model.fit(X, soft.astype(np.float32), epochs=1, verbose=False)
+
+
 def test_a_regression_is_scored_by_r2_as_scikit_learn_scores_it():
     """evaluate and the validation history give R² (averaged over the outputs) where accuracy
     does not apply."""
