@@ -1022,13 +1022,14 @@ def _check_distributions(a, name):
     fix = (f"softmax_cross_entropy's targets are one-hot rows or probabilities, each row ≥ 0 "
            f"and summing to 1: pass integer class labels or np.eye(k)[labels], or normalise the "
            f"rows; for several labels per row, use binary_cross_entropy(sn.sigmoid(Z), {name})")
-    negative = np.argwhere(a < 0)
-    if len(negative):
-        row, col = negative[0]
-        raise DataError(f"{name} has the negative value {a[row, col]:.4g} in row {row}, column "
-                        f"{col}; {fix}")
-    sums = a.sum(axis=1, dtype=np.float64)
-    off = np.flatnonzero(np.abs(sums - 1) > 1e-3)
+    with np.errstate(invalid="ignore"):  # non-finite rows are the finiteness check's to name
+        negative = np.argwhere((a < 0) & np.isfinite(a))
+        if len(negative):
+            row, col = negative[0]
+            raise DataError(f"{name} has the negative value {a[row, col]:.4g} in row {row}, "
+                            f"column {col}; {fix}")
+        sums = a.sum(axis=1, dtype=np.float64)
+        off = np.flatnonzero(np.isfinite(sums) & (np.abs(sums - 1) > 1e-3))
     if len(off):
         raise DataError(f"row {off[0]} of {name} sums to {sums[off[0]]:.4g}; {fix}")
 
