@@ -95,6 +95,14 @@ class Update:
 UPDATE_SYMBOLS = {name: sp.Symbol(name, real=True) for name in ("p", "g", "t", "clip", "rate")}
 
 
+def floor_quotient(arg: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """A floor's argument as (numerator, denominator), for the backends to divide as written:
+    SymPy stores (t − 1)/3 as t/3 − 1/3, which at t = 7 is 1.9999999999999998 in floating point,
+    while a quotient whose value is an integer is exact, and so is the floor of a schedule's
+    period count."""
+    return sp.fraction(sp.together(arg))
+
+
 def arg_symbols(k: int) -> list[sp.Symbol]:
     """The scalar symbols a0, a1, … that stand for the entries of a MAP's arguments."""
     return [sp.Symbol(f"a{i}", real=True) for i in range(k)]

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
 
 from .intrinsics import random
-from .ir import BATCH, COL, ROW, SEED, SIZE, STEP, UPDATE_SYMBOLS, Op, Program, Status, Update, arg_symbols
+from .ir import (
+    BATCH,
+    COL,
+    ROW,
+    SEED,
+    SIZE,
+    STEP,
+    UPDATE_SYMBOLS,
+    Op,
+    Program,
+    Status,
+    Update,
+    arg_symbols,
+    floor_quotient,
+)
 
 
 class NumpyRunner:
@@ -64,6 +79,13 @@ class NumpyRunner:
         return tuple(n if d == BATCH else d for d in self.program.buffer(name).shape)
 
 
+class _Printer(NumPyPrinter):
+    def _print_floor(self, expr):
+        num, den = floor_quotient(expr.args[0])
+        return (f"{self._module_format('numpy.floor')}({self.parenthesize(num, 50)} / "
+                f"{self.parenthesize(den, 50)})")
+
+
 class NumpyUpdater:
     """Applies an :class:`Update` with NumPy, whole arrays at a time."""
 
@@ -72,7 +94,10 @@ class NumpyUpdater:
         symbols = [*UPDATE_SYMBOLS.values(), *(sp.Symbol(s, real=True) for s in update.state)]
         symbols += [lhs for lhs, _ in update.steps if lhs not in symbols]  # temporaries, e.g. lr
         self.names = [s.name for s in symbols]
-        self.fns = [(lhs.name, sp.lambdify(symbols, rhs, "numpy")) for lhs, rhs in update.steps]
+        printer = _Printer({"fully_qualified_modules": False, "inline": True,
+                            "allow_unknown_functions": True})  # lambdify's own settings
+        self.fns = [(lhs.name, sp.lambdify(symbols, rhs, "numpy", printer=printer))
+                    for lhs, rhs in update.steps]
 
     def step(self, params: dict, grads: dict, state: dict, t: int, rate: float = 0.0):
         """One update of every parameter (in place), with ``state[param][variable]`` arrays."""

@@ -104,6 +104,24 @@ def test_schedules_match_torch_schedulers(schedule, scheduler):
         np.testing.assert_allclose(model.params[k], theirs[k], rtol=0, atol=1e-10, err_msg=k)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_decay_periods_start_on_the_step_they_should_on_both_backends(backend):
+    """SymPy stores ⌊(t − 1)/3⌋ as ⌊t/3 − 1/3⌋, which is 1.9999999999999998 at t = 7: the
+    backends divide the quotient as written, so that every period starts on time (the numpy
+    backend used the previous period's rate at steps 7, 10, 13, …)."""
+    X, W = sn.Input("X", 2), sn.parameter("W", 2, 1)
+    for schedule, periods in [(sn.schedules.step(1.0, 3, 0.5), lambda t: (t - 1) // 3),
+                              (sn.schedules.exponential(1.0, 0.5, every=7), lambda t: (t - 1) // 7)]:
+        model = sn.compile(sn.sum(X * W) / sn.batch, inputs=[X], dtype="float64", seed=0,
+                           backend=backend, optimizer=sn.optim.SGD(lr=schedule))
+        steps = []
+        for _ in range(45):
+            before = model.params["W"][0, 0]
+            model.fit(np.ones((4, 2)), epochs=1, batch_size=4, verbose=False)
+            steps.append(before - model.params["W"][0, 0])  # ∂L/∂W = 1: the step is the rate
+        assert steps == pytest.approx([0.5 ** periods(t) for t in range(1, 46)], rel=1e-12)
+
+
 def test_schedule_values_and_formula():
     s = sn.schedules.warmup(0.1, steps=4, after=sn.schedules.inverse_time(0.1, decay=0.5))
     assert [s(t) for t in (1, 2, 4, 5, 6)] == pytest.approx([0.025, 0.05, 0.1, 0.1, 0.1 / 1.5])

@@ -9,7 +9,7 @@ import keyword
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from ..ir import CodegenError
+from ..ir import CodegenError, floor_quotient
 
 
 class ScalarPrinter(PythonCodePrinter):
@@ -62,6 +62,10 @@ class ScalarPrinter(PythonCodePrinter):
             prod = " * ".join([b] * abs(int(e)))
             return f"({prod})" if e > 0 else f"({self._number('1.0')} / ({prod}))"
         return f"{b} ** {self.parenthesize(e, 1000)}"
+
+    def _print_floor(self, expr):
+        num, den = floor_quotient(expr.args[0])
+        return f"math.floor({self.parenthesize(num, 50)} / {self.parenthesize(den, 50)})"
 
     def _print_exp(self, expr):
         return f"vexp({self._print(expr.args[0])})"  # codegen.intrinsics.vecmath: vectorisable
