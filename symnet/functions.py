@@ -249,6 +249,32 @@ def derivative(func) -> sp.Lambda:
     return sp.Lambda(x, d)
 
 
+def _stable_logistic(e: sp.Expr) -> sp.Expr:
+    """exp(u)/(exp(u) + 1) as σ(u) and log(exp(u) + 1) as softplus(u), whose numeric forms give
+    the same values without overflow (at u = 710 the quotient is inf/inf in float64, at u = 89
+    in float32): a derivative SymPy writes with them, mish's for one, stays finite. Only what is
+    computed changes; the formulas keep SymPy's form, which its simplifications work on."""
+    def plus_one(b):  # u of exp(u) + 1, else None
+        if isinstance(b, sp.Add) and len(b.args) == 2 and sp.S.One in b.args:
+            other = b.args[0] if b.args[1] == 1 else b.args[1]
+            return other.args[0] if isinstance(other, sp.exp) else None
+        return None
+
+    def quotient(m):
+        factors = list(m.args)
+        for f in m.args:
+            u = plus_one(f.base) if f.is_Pow and f.exp == -1 else None
+            if u is not None and sp.exp(u) in factors:
+                factors.remove(f)
+                factors.remove(sp.exp(u))
+                factors.append(sigmoid.function(u))
+        return sp.Mul(*factors)
+
+    e = e.replace(lambda a: isinstance(a, sp.log) and plus_one(a.args[0]) is not None,
+                  lambda a: softplus.function(plus_one(a.args[0])))
+    return e.replace(lambda a: a.is_Mul, quotient)
+
+
 def check_differentiable(d: sp.Expr, what: str, f: sp.Expr | None = None) -> None:
     """Refuse a derivative SymPy could not evaluate, or one that is zero almost everywhere (of
     ``f``, when given: a step function, whose gradient would never flow)."""
@@ -303,8 +329,10 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
                numeric: sp.Expr | None = None) -> Activation:
     """Make an elementwise activation from any scalar SymPy expression ``expr`` in ``var``.
 
-    ``numeric`` is an optional numerically stable form of the same function used for computing;
-    the derivative always comes from ``sympy.diff`` of ``expr``.
+    ``numeric`` is an optional numerically stable form of the same function used for computing
+    it; the derivative always comes from ``sympy.diff`` of ``expr`` and is computed with its
+    logistic pieces, eᶻ/(eᶻ + 1) and log(eᶻ + 1), as σ and softplus. A function with a removable
+    singularity (sinc at 0) must say its value there: write it as a ``sp.Piecewise``.
 
     >>> gelu = activation("gelu", x/2*(1 + sp.erf(x/sp.sqrt(2))), x)
     """
@@ -649,8 +677,9 @@ def _coefficient(lam, fname):
 
 def as_numeric(body: sp.Expr) -> sp.Expr:
     """Replace every named activation in a scalar body by its numerically stable definition,
-    leaving only functions a code printer knows."""
-    return body.replace(
+    leaving only functions a code printer knows (logistic pieces first become σ and softplus,
+    :func:`_stable_logistic`)."""
+    return _stable_logistic(body).replace(
         lambda e: isinstance(e, ScalarActivation),
         lambda e: type(e).numeric(e.args[0]),
     )

@@ -17,7 +17,9 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
     for ordinary gradients, absolute (scaled by ``floor``) for gradients near zero, where the
     rounding noise of a difference quotient (~1e-11 at eps=1e-5) would swamp a relative error.
     Everything runs in float64 whatever the model's dtype. At most ``max_entries`` randomly
-    chosen entries of each parameter are perturbed (all of them if it is smaller).
+    chosen entries of each parameter are perturbed (all of them if it is smaller). A gradient
+    entry or difference quotient that is not finite counts as an error of inf; a loss that is not
+    finite is a DataError.
     """
     _check_arguments(model, eps, max_entries, seed, floor)
     with model._lock:  # it swaps the model's parameters for float64 copies meanwhile
@@ -42,7 +44,11 @@ def parameter_errors(loss_and_grad, params, eps=1e-5, max_entries=30, seed=0,
     float64 arrays that are perturbed in place and restored.
     """
     rng = np.random.default_rng(seed)
-    _, grads = loss_and_grad()
+    loss, grads = loss_and_grad()
+    if not np.isfinite(loss):
+        raise DataError(f"the loss is {loss} at these parameters and data, so there is no "
+                        f"gradient to check; check at a point where it is finite (other rows, "
+                        f"or parameters from before the step that made it {loss})")
     errors = {}
     for name, value in params.items():
         flat = value.reshape(-1)
@@ -59,6 +65,9 @@ def parameter_errors(loss_and_grad, params, eps=1e-5, max_entries=30, seed=0,
             flat[i] = old
             numeric = (up - down) / (2 * eps)
             analytic = grads[name].reshape(-1)[i]
+            if not (np.isfinite(numeric) and np.isfinite(analytic)):
+                worst = np.inf  # e.g. a derivative formula that overflows where the loss does not
+                continue
             scale = max(abs(numeric) + abs(analytic), floor)
             worst = max(worst, abs(numeric - analytic) / scale)
         errors[name] = float(worst)

@@ -90,6 +90,42 @@ def test_swish_gradient_is_finite_for_any_pre_activation(dtype):
                                atol=1e-30)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, z", [("float64", 710.0), ("float32", 89.0)])
+def test_a_custom_activations_logistic_pieces_are_computed_without_overflow(backend, dtype, z):
+    """Mish written as x·tanh(log(1 + eˣ)): SymPy's derivative has eᶻ/(eᶻ + 1), inf/inf from
+    z = 710 in float64 (89 in float32); it is computed as σ(z), and log(eᶻ + 1) as softplus."""
+    mish = sn.activation("mish_e", x * sp.tanh(sp.log(1 + sp.exp(x))), x)
+    X, Y = sn.Input("X", 1), sn.Input("Y", 1)
+    W = sp.MatrixSymbol("W", 1, 1)
+    model = sn.compile(sn.mse(mish(X * W), Y), inputs=[X], targets=[Y], dtype=dtype,
+                       backend=backend, seed=0)
+    assert "exp(Z1)/(exp(Z1) + 1)" in model.formulas()  # shown as SymPy derives it
+    model.params["W"][...] = 1.0
+    loss, grads = model.loss_and_grad(np.array([[z], [-z], [0.5]]), np.zeros((3, 1)))
+    torch = pytest.importorskip("torch")
+    w = torch.ones(1, 1, dtype=torch.float64, requires_grad=True)
+    zs = torch.tensor([[z], [-z], [0.5]], dtype=torch.float64) @ w
+    (torch.nn.functional.mish(zs) ** 2).mean().backward()
+    np.testing.assert_allclose(grads["W"], w.grad.numpy(), rtol=1e-5)
+
+
+def test_gradcheck_counts_a_non_finite_gradient_as_an_infinite_error():
+    """max(0.0, nan) is 0.0: a NaN gradient used to pass as perfect."""
+    sqrt = sn.activation("sqrt_a", sp.sqrt(x), x)
+    X, Y = sn.Input("X", 1), sn.Input("Y", 1)
+    W = sp.MatrixSymbol("W", 1, 1)
+    model = sn.compile(sn.mse(sqrt(X * W), Y), inputs=[X], targets=[Y], dtype="float64",
+                       backend="numpy", seed=0)
+    model.params["W"][...] = 1.0
+    with pytest.raises(sn.DataError, match="the loss is nan at these parameters and data, so "
+                                           "there is no gradient to check"):
+        sn.gradcheck(model, np.array([[-1.0], [0.5]]), np.zeros((2, 1)))
+    # a finite loss whose analytic gradient is not: √z at z = 0
+    assert sn.gradcheck(model, np.array([[0.0], [0.5]]), np.zeros((2, 1))) == np.inf
+    assert sn.gradcheck(model, np.array([[0.3], [0.5]]), np.zeros((2, 1))) < 1e-6
+
+
 def test_logistic_form_writes_exponentials_through_the_sigmoid():
     Z = sp.MatrixSymbol("Z", sn.batch, 3)
     swish_prime = Elementwise(sp.Lambda(x, sp.diff(sn.swish.function(x), x)), Z)
