@@ -194,15 +194,27 @@ def unique_nodes(expr):
 
 def computable(expr, what: str) -> None:
     """Refuse what a real-valued kernel cannot compute: non-real or non-finite constants
-    (``I``, ``oo``, ``zoo``, ``nan``), Piecewise functions without an otherwise branch, matrices
-    with a zero dimension and matrix names that are not identifiers."""
+    (``I``, ``oo``, ``zoo``, ``nan``), Piecewise functions without an otherwise branch,
+    unevaluated integrals, sums, products, limits and derivatives, matrices with a zero
+    dimension and matrix names that are not identifiers."""
     for e in unique_nodes(expr):
         if isinstance(e, MatrixExpr):
             _matrix_leaf(e, what)
         elif isinstance(e, sp.Piecewise):
             _otherwise(e, what)
+        elif isinstance(e, (sp.Integral, sp.Sum, sp.Product, sp.Limit, sp.Derivative)):
+            _unevaluated(e, expr, what)
         elif isinstance(e, sp.Expr) and not isinstance(e, sp.Lambda) and e.is_number:
             _real_constant(e, expr, what)
+
+
+def _unevaluated(e, expr, what):
+    """An integral, sum, product, limit or derivative SymPy has not evaluated: kernels compute
+    closed forms, and neither backend can compute these entry by entry."""
+    kind = type(e).__name__.lower()  # (not evaluated here: an integral may take SymPy minutes)
+    raise DeclarationError(f"{what} contains the unevaluated {kind} {e}, which the kernels cannot "
+                           f"compute entry by entry; pass a closed form instead: SymPy's "
+                           f"{kind}.doit() finds one for many (in {_short(expr)})")
 
 
 def _real_constant(c, expr, what):

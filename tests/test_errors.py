@@ -88,6 +88,20 @@ def test_non_differentiable_activation(f):
         sn.activation("bad", f(x), x)
 
 
+@pytest.mark.parametrize("kind, make", [
+    ("integral", lambda x, y: sp.Integral(sp.exp(-y**2), (y, 0, x))),
+    ("sum", lambda x, y: sp.Sum(x**y / sp.factorial(y), (y, 0, 5))),
+])
+def test_an_unevaluated_integral_or_sum_is_refused_where_it_is_declared(kind, make):
+    """The numba backend could not compile one, and the numpy backend crashed inside SciPy's
+    quad with arrays of them."""
+    x, y = sp.symbols("x y")
+    with pytest.raises(sn.DeclarationError, match=rf"activation 'ig' contains the unevaluated "
+                                                  rf"{kind} .*pass a closed form instead: "
+                                                  rf"SymPy's {kind}\.doit\(\) finds one"):
+        sn.activation("ig", make(x, y), x)
+
+
 def test_non_differentiable_function_via_applyfunc():
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
     W = sp.MatrixSymbol("W", 4, 3)
