@@ -297,8 +297,10 @@ def _is_structural(e):
 
 
 def _is_weighted(e, params):
-    """x·W with a parameter W (not a broadcast 1·b)."""
-    return (isinstance(e, sp.MatMul) and any(m in params for m in e.args)
+    """x·W with a parameter W, or x·Wᵀ (a tied weight), not a broadcast 1·b."""
+    return (isinstance(e, sp.MatMul)
+            and any(m in params or (isinstance(m, sp.Transpose) and m.arg in params)
+                    for m in e.args)
             and not any(isinstance(m, sp.OneMatrix) for m in e.args))
 
 

@@ -103,6 +103,34 @@ def test_label_smoothing_matches_torch_cross_entropy(eps):
     assert f"  δ2 = (softmax(Z2) − {smoothed})/n\n" in model.formulas()
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_tied_autoencoder_matches_torch_and_names_its_decoder_layer(backend):
+    """The decoder's X·Wᵀ is a layer of its own (Z2, δ2), so W's gradient is the textbook sum
+    of the encoder's and the decoder's parts, not σ(…) written out six times."""
+    import sympy as sp
+
+    X = sn.Input("X", 6)
+    W, b, c = sp.MatrixSymbol("W", 6, 3), sp.MatrixSymbol("b", 1, 3), sp.MatrixSymbol("c", 1, 6)
+    one = sp.OneMatrix(sn.batch, 1)
+    P = sn.sigmoid(sn.tanh(X * W + one * b) * W.T + one * c)
+    model = sn.compile(sn.mse(P, X), inputs=[X], targets=[], prediction=P, dtype="float64",
+                       seed=0, backend=backend)
+    shown = model.formulas()
+    for line in ("  Z2 = A1·Wᵀ + 𝟙·c\n", "  P  = σ(Z2)\n", "  δ2 = δP ∘ (P∘(1 − P))\n",
+                 "  δ1 = (δ2·W) ∘ (1 − A1²)\n", "  ∂L/∂W = Xᵀ·δ1 + δ2ᵀ·A1\n"):
+        assert line in shown, shown
+    Xb = make_data(n=7, cols=6)[0]
+    loss, grads = model.loss_and_grad(Xb)
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
+    x = torch.tensor(Xb)
+    recon = torch.sigmoid(torch.tanh(x @ p["W"] + p["b"]) @ p["W"].T + p["c"])
+    t_loss = F.mse_loss(recon, x)
+    t_loss.backward()
+    assert loss == pytest.approx(t_loss.item(), rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], p[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+
+
 def test_a_residual_connection_matches_torch_and_reads_as_the_textbook():
     """relu(A1·W2 + 𝟙·b2 + A1): the skip joins the layer's sum, and its adjoint adds δ2 to the
     product's δ2·W2ᵀ."""
