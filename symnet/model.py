@@ -428,9 +428,10 @@ class Model:
 
     def evaluate(self, X, Y, batch_size: int = 4096) -> dict:
         """``{"loss": mean loss}``, plus ``"accuracy"``: argmax agreement when Y has ≥ 2 columns
-        of class distributions (one-hot or probabilities), and for one column of 0/1 targets and
-        a prediction σ(Z), agreement at the threshold 0.5; for other targets of the prediction's
-        shape ``"r2"``, R² averaged over the columns.
+        of class distributions (one-hot or probabilities), and for other 0/1 targets of a
+        prediction σ(Z) (one column, or several labels per row) the share of labels right at the
+        threshold 0.5; for other targets of the prediction's shape ``"r2"``, R² averaged over the
+        columns.
         Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
@@ -447,7 +448,7 @@ class Model:
         if target.shape[1] >= 2 and _distributions(target):
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
-        elif self._binary_classifier() and np.isin(target, (0, 1)).all():
+        elif self._sigmoid_prediction() and np.isin(target, (0, 1)).all():  # label by label
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean((pred > 0.5) == (target > 0.5)))
         if "accuracy" not in result:  # a regression: R², as scikit-learn's r2_score
@@ -466,11 +467,11 @@ class Model:
             return target[:, 0].astype(np.int64), 2
         return None, None
 
-    def _binary_classifier(self) -> bool:
-        """One target column and a prediction σ(Z): a probability, thresholded at 0.5."""
+    def _sigmoid_prediction(self) -> bool:
+        """One target and a prediction σ(Z): a probability per label, thresholded at 0.5."""
         pred = self.prediction_expr
-        return (len(self.targets) == 1 and int(self.targets[0].shape[1]) == 1
-                and isinstance(pred, Elementwise) and isinstance(pred.fn.expr, _sigmoid.function))
+        return (len(self.targets) == 1 and isinstance(pred, Elementwise)
+                and isinstance(pred.fn.expr, _sigmoid.function))
 
     def fit(self, X, Y=None, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
             validation_data=None, early_stopping: int | None = None, verbose: bool = True,

@@ -86,6 +86,18 @@ def test_a_regression_is_scored_by_r2_as_scikit_learn_scores_it():
     assert "r2" not in classifier().evaluate(X, labels)
 
 
+def test_several_labels_per_row_of_a_sigmoid_are_scored_label_by_label():
+    X, labels = data()
+    Y = np.c_[X[:, 0] > 0, X[:, 1] > 0, X[:, 2] > 0].astype(np.float64)  # 0 to 3 labels a row
+    Xs, Ys = sn.Input("X", 4), sn.Input("Y", 3)
+    z = sn.dense(sn.dense(Xs, 6, sn.tanh), 3)
+    model = sn.compile(sn.binary_cross_entropy(sn.sigmoid(z), Ys), inputs=[Xs], targets=[Ys],
+                       prediction=sn.sigmoid(z), seed=0, backend="numpy")
+    result = model.evaluate(X, Y)
+    assert "r2" not in result
+    assert result["accuracy"] == pytest.approx(np.mean((model.predict(X) > 0.5) == Y))
+
+
 @pytest.mark.parametrize("labels, message", [
     (np.array([0, 1, 3]), r"class label 3 in row 2 is outside 0…2"),
     (np.array([0, -1, 2]), r"class label -1 in row 1 is outside 0…2"),
