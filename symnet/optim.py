@@ -91,7 +91,7 @@ class Optimizer:
         return update_lines(self, TextPrinter())
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "state")  # derived
         return f"{type(self).__name__}({args})"
 
 

@@ -131,6 +131,15 @@ def test_schedule_values_and_formula():
     assert "lr ← 0.1·0.5^(floor((t − 1)/10))" in model.formulas()
 
 
+def test_an_optimizers_repr_is_the_call_that_makes_it():
+    """repr(model) shows it; its state variables (SGD's buf) are not arguments."""
+    for opt in (sn.optim.SGD(lr=0.1, momentum=0.9, nesterov=True), sn.optim.Adam(3e-4),
+                sn.optim.RMSProp(centered=True, momentum=0.5), sn.optim.AdaGrad(lr_decay=0.1),
+                sn.optim.AdamW(weight_decay=0.05, clip_norm=1.0), sn.optim.AdaDelta()):
+        again = eval(repr(opt), vars(sn.optim))
+        assert repr(again) == repr(opt) and again.state == opt.state, repr(opt)
+
+
 def test_hyperparameters_out_of_range_are_refused():
     for bad in [lambda: sn.optim.RMSProp(alpha=1.0), lambda: sn.optim.AdaDelta(rho=-0.1),
                 lambda: sn.optim.AdamW(betas=(0.9,)), lambda: sn.optim.SGD(clip_norm=0),
