@@ -320,10 +320,15 @@ def name_forward(loss, predictions, params, taken):
     order, uses, parents = _dag(roots)
     wanted = set()
     labels = _block_labels(order, parents)
+    compound = _compound_activations(order, uses, params, parents)
+    parts = {t for c in compound for t in _activation_terms(c)}
     for e in order:
         layer = isinstance(e, Elementwise) and (_is_affine(e.arg, params, parents)
                                                 or labels.get(e.arg, "").startswith("N"))
-        if layer or _is_affine(e, params, parents) or (uses[e] > 1 and not _is_structural(e)):
+        if e in parts and uses[e] == 1:
+            continue  # relu(Z) of prelu's relu(Z) + (𝟙·a)∘relu_min(Z): named as the whole
+        if (layer or e in compound or _is_affine(e, params, parents)
+                or (uses[e] > 1 and not _is_structural(e))):
             wanted.add(e)
     for r in roots:
         if not isinstance(r, LEAVES):
@@ -356,6 +361,8 @@ def name_forward(loss, predictions, params, taken):
         elif (isinstance(e, Elementwise) and e.arg in names and names[e.arg].name[0] in "ZN"
               and "A" + names[e.arg].name[1:] not in used):
             label = fresh("A" + names[e.arg].name[1:])
+        elif e in compound and compound[e] in names and "A" + names[compound[e]].name[1:] not in used:
+            label = fresh("A" + names[compound[e]].name[1:])
         else:
             counters["T"] += 1
             label = fresh(f"T{counters['T']}")
@@ -367,6 +374,44 @@ def name_forward(loss, predictions, params, taken):
             rhs = e.func(*[_substitute(a, names) for a in e.args])
             equations.append(Equation(names[e], rhs, names[e].name))
     return equations, names
+
+
+def _activation_terms(e):
+    """The elementwise functions of a sum's terms: f.(Z) itself, or f.(Z) of (𝟙·a) ∘ f.(Z)."""
+    found = []
+    for t in e.args:
+        if isinstance(t, sp.HadamardProduct):
+            found += [a for a in t.args if isinstance(a, Elementwise)]
+        elif isinstance(t, Elementwise):
+            found.append(t)
+    return found
+
+
+def _compound_activations(order, uses, params, parents) -> dict:
+    """``{sum: Z}`` for an activation made of several functions of one pre-activation Z, such as
+    prelu's relu(Z) + (𝟙·a) ∘ relu_min(Z): every term is f.(Z), or f.(Z) scaled entrywise by a
+    broadcast parameter 𝟙·a. The sum is the layer's A, and its parts need no names."""
+    def broadcast(m):
+        return (isinstance(m, sp.MatMul) and any(isinstance(f, sp.OneMatrix) for f in m.args)
+                and all(isinstance(f, sp.OneMatrix) or f in params for f in m.args))
+
+    found = {}
+    for e in order:
+        if not isinstance(e, sp.MatAdd) or _is_affine(e, params, parents):
+            continue
+        pre = set()
+        for t in e.args:
+            fs = [t] if isinstance(t, Elementwise) else (
+                [a for a in t.args if isinstance(a, Elementwise)]
+                if isinstance(t, sp.HadamardProduct)
+                and all(isinstance(a, Elementwise) or broadcast(a) for a in t.args) else None)
+            if not fs:
+                pre = None
+                break
+            pre |= {f.arg for f in fs}
+        if pre and len(pre) == 1 and _is_affine(next(iter(pre)), params, parents):
+            found[e] = next(iter(pre))
+    return found
 
 
 def _block_labels(order, parents) -> dict:

@@ -259,13 +259,14 @@ def test_a_name_of_letters_is_one_symbol_and_only_an_adjoint_takes_a_letter_subs
 
 def test_a_prelu_layer_computes_its_product_once_and_keeps_its_number():
     """prelu was relu(Z) − (𝟙·a)∘relu(−Z): −Z became a layer of its own, whose product A1·W2
-    was computed (and back-propagated) a second time, and the next layers' numbers moved on."""
+    was computed (and back-propagated) a second time, and the next layers' numbers moved on.
+    Its two functions of Z2 are one activation, A2."""
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
     h = sn.dense(sn.dense(X, 5, sn.tanh), 6, sn.prelu)
     model = compiled(sn.softmax_cross_entropy(sn.dense(h, 3), Y), X, Y)
     lines = model.formulas()
-    for line in ("Z2 = A1·W2 + 𝟙·b2", "A2 = relu(Z2)", "T1 = relu_min(Z2)",
-                 "Z3 = ((𝟙·a2) ∘ T1 + A2)·W3 + 𝟙·b3", "∂L/∂W2 = A1ᵀ·δ2",
+    for line in ("Z2 = A1·W2 + 𝟙·b2", "A2 = (𝟙·a2) ∘ relu_min(Z2) + relu(Z2)",  # one activation
+                 "Z3 = A2·W3 + 𝟙·b3", "∂L/∂W2 = A1ᵀ·δ2", "∂L/∂W3 = A2ᵀ·δ3",
                  "δ1 = (δ2·W2ᵀ) ∘ (1 − A1²)"):
         assert line in lines, line
     assert lines.count("A1·W2") == 1
