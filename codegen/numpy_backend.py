@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.special
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
@@ -24,6 +25,17 @@ from .ir import (
 )
 
 
+def _lambertw(z, k=0, tol=1e-8):
+    """SciPy's lambertw is complex-valued; the kernels compute real numbers: its real values,
+    and NaN where it has none (below −1/e)."""
+    w = scipy.special.lambertw(z, k, tol)
+    return np.where(w.imag == 0, w.real, np.nan)
+
+
+# SciPy functions lambdify would call, in their real-valued form
+REAL_FUNCTIONS = {"lambertw": _lambertw}
+
+
 class NumpyRunner:
     """Runs a :class:`Program` instruction by instruction with NumPy, in ``dtype``."""
 
@@ -32,7 +44,7 @@ class NumpyRunner:
         self.dtype = np.dtype(dtype)
         self._maps = {
             i: sp.lambdify([*arg_symbols(len(ins.args)), SIZE, ROW, COL, SEED, STEP], ins.body,
-                           modules=[{"Keep": random.keep}, "numpy", "scipy"])
+                           modules=[{"Keep": random.keep, **REAL_FUNCTIONS}, "numpy", "scipy"])
             for i, ins in enumerate(program.instrs) if ins.op is Op.MAP
         }
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 import sympy as sp
 
+from codegen.numpy_backend import REAL_FUNCTIONS
+
 from . import validate
 from .declare import batch
 from .errors import DataError, DeclarationError, DifferentiationError
@@ -79,12 +81,12 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
         elif isinstance(e, sp.Transpose):
             out = ev(e.arg).T
         elif isinstance(e, Elementwise):
-            f = sp.lambdify(x, as_numeric(e.body()), modules=["numpy", "scipy"])
+            f = sp.lambdify(x, as_numeric(e.body()), modules=[REAL_FUNCTIONS, "numpy", "scipy"])
             arg = ev(e.arg)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 out = np.broadcast_to(np.asarray(f(arg), dtype=dtype), arg.shape)
         elif isinstance(e, Entrywise):
-            f = sp.lambdify(e.fn.variables, as_numeric(e.fn.expr), modules=["numpy", "scipy"])
+            f = sp.lambdify(e.fn.variables, as_numeric(e.fn.expr), modules=[REAL_FUNCTIONS, "numpy", "scipy"])
             args = [ev(a) for a in e.arguments]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 out = np.broadcast_to(np.asarray(f(*args), dtype=dtype), args[0].shape)

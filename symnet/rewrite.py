@@ -16,6 +16,8 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
+from codegen.numpy_backend import REAL_FUNCTIONS
+
 from . import functions as fn
 from . import memo
 from .functions import Elementwise, Entrywise, ScalarActivation, Standardized, x
@@ -145,7 +147,7 @@ def _values(e: sp.Expr, dtype):
     ``dtype``, or None if NumPy cannot compute it."""
     e = fn.as_numeric(e).subs({s: 3 for s in e.free_symbols - {x}})  # n: any batch size
     probes = np.array(PROBES, dtype)
-    for modules in (["numpy"], ["numpy", "scipy"]):  # SciPy (erf) only when NumPy lacks one
+    for modules in (["numpy"], [REAL_FUNCTIONS, "numpy", "scipy"]):  # SciPy (erf) if need be
         try:
             f = sp.lambdify(x, e, modules=modules)
             with np.errstate(all="ignore"):

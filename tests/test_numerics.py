@@ -110,6 +110,23 @@ def test_a_custom_activations_logistic_pieces_are_computed_without_overflow(back
     np.testing.assert_allclose(grads["W"], w.grad.numpy(), rtol=1e-5)
 
 
+def test_a_scipy_function_with_complex_values_is_computed_as_real_without_warnings():
+    """LambertW: SciPy's lambertw returns complex numbers, which the numpy backend cast to real
+    with a ComplexWarning per call; its real values are taken, NaN where it has none."""
+    import warnings
+
+    lw = sn.activation("lambert", sp.LambertW(sp.exp(x)), x)  # the Wright omega function
+    X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+    out = sn.dense(sn.dense(X, 4, lw), 2)
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], dtype="float64",
+                       backend="numpy", seed=0)
+    Xb, Yb = np.linspace(-2, 2, 15).reshape(5, 3), np.zeros((5, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, _ = model.loss_and_grad(Xb, Yb)
+        assert np.isfinite(loss) and sn.gradcheck(model, Xb, Yb) < 1e-6
+
+
 def test_gradcheck_counts_a_non_finite_gradient_as_an_infinite_error():
     """max(0.0, nan) is 0.0: a NaN gradient used to pass as perfect."""
     sqrt = sn.activation("sqrt_a", sp.sqrt(x), x)
