@@ -121,10 +121,17 @@ def _writable(text: str) -> str:
     return text
 
 
+def _version() -> str:
+    """The installed distribution's version, without importing symnet (SymPy, numba: seconds)."""
+    try:
+        return importlib.metadata.version("symnet")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "(not installed)"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="symnet", description=__doc__)
-    parser.add_argument("--version", action="version",
-                        version=f"symnet {importlib.metadata.version('symnet')}")
+    parser.add_argument("--version", action="version", version=f"symnet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="derive, show and train a 3-layer sigmoid MLP",
                        description="Declare the classic 3-layer sigmoid network, print the "
