@@ -83,6 +83,12 @@ def test_demo_refuses_bad_options_before_it_trains(argv, message, capsys):
     assert "symnet demo: error:" in err and message in err, err
 
 
+def test_the_version_is_printed_without_importing_symnet(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"symnet {sn.__version__}\n"
+
+
 def test_a_demo_that_diverges_ends_with_the_error_and_no_traceback(capsys):
     assert main(["demo", "--backend", "numpy", "--hidden", "8", "--epochs", "1", "--quiet",
                  "--lr", "1e40"]) == 2
