@@ -83,7 +83,7 @@ def test_demo_refuses_bad_options_before_it_trains(argv, message, capsys):
     assert "symnet demo: error:" in err and message in err, err
 
 
-def test_the_version_is_printed_without_importing_symnet(capsys):
+def test_symnet_version_prints_the_installed_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out == f"symnet {sn.__version__}\n"
