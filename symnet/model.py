@@ -508,13 +508,10 @@ class Model:
         if weighted:
             w = weighting.row_weights(rows, *self._class_labels(feeds), sample_weight=sample_weight,
                                       class_weight=class_weight)
-            data[weighting.OMEGA.name] = w.astype(self.dtype).reshape(rows, 1)
+            data[weighting.OMEGA.name] = _scaled_weights(w, self.dtype).reshape(rows, 1)
             # rows of weight 0 are left out (as the estimators do), so that no batch weighs 0
             # and divides its loss by 0; ``ids`` maps the rows trained on to those of the data
-            ids = np.flatnonzero(data[weighting.OMEGA.name][:, 0] > 0)
-            if len(ids) == 0:
-                raise DataError("every row's weight is 0 in the model's dtype, so there is nothing "
-                                "to train on; give some rows a positive weight")
+            ids = np.flatnonzero(data[weighting.OMEGA.name][:, 0] > 0)  # not empty: Σω > 0
             if len(ids) < rows:
                 data, rows = {k: v[ids] for k, v in data.items()}, len(ids)
         else:
@@ -1005,6 +1002,17 @@ def _param_array(value, name, shape, dtype, where="params"):
             raise DataError(f"{entry} has a non-finite value ({value[row, col]}) in row {row}, "
                             f"column {col}; write finite values into it ({entry}[...] = value)")
     return value
+
+
+def _scaled_weights(w, dtype) -> np.ndarray:
+    """Row weights in the model's dtype, scaled to at most 1, which leaves every batch's Σωℓ/Σω
+    as it is: weights of 1e38 (whose batch sums overflow float32) or 1e-40 (subnormal, flushed
+    to 0 by the kernels) train as in float64. A positive weight below eps² of the largest is
+    raised to eps²: beside a larger weight in its batch it still adds nothing, and a batch of
+    only such rows stays a mean instead of 0/0."""
+    floor = np.finfo(dtype).eps ** 2
+    scaled = w / w.max()
+    return np.where(scaled > 0, np.maximum(scaled, floor), 0).astype(dtype)
 
 
 def _distribution_targets(loss, targets) -> frozenset:
