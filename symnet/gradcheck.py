@@ -17,9 +17,10 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
     for ordinary gradients, absolute (scaled by ``floor``) for gradients near zero, where the
     rounding noise of a difference quotient (~1e-11 at eps=1e-5) would swamp a relative error.
     Everything runs in float64 whatever the model's dtype. At most ``max_entries`` randomly
-    chosen entries of each parameter are perturbed (all of them if it is smaller). A gradient
-    entry or difference quotient that is not finite counts as an error of inf; a loss that is not
-    finite is a DataError.
+    chosen entries of each parameter are perturbed (all of them if it is smaller). An entry that
+    disagrees is measured again with steps of eps/10 and eps/100, and counts its smallest error,
+    so that a step across a kink (relu at 0) does not fail a correct gradient. A gradient entry
+    that is not finite counts as an error of inf; a loss that is not finite is a DataError.
     """
     _check_arguments(model, eps, max_entries, seed, floor)
     with model._lock:  # it swaps the model's parameters for float64 copies meanwhile
@@ -57,21 +58,36 @@ def parameter_errors(loss_and_grad, params, eps=1e-5, max_entries=30, seed=0,
             picks = rng.choice(flat.size, max_entries, replace=False)
         worst = 0.0
         for i in picks:
-            old = flat[i]
-            flat[i] = old + eps
-            up, _ = loss_and_grad()
-            flat[i] = old - eps
-            down, _ = loss_and_grad()
-            flat[i] = old
-            numeric = (up - down) / (2 * eps)
             analytic = grads[name].reshape(-1)[i]
-            if not (np.isfinite(numeric) and np.isfinite(analytic)):
-                worst = np.inf  # e.g. a derivative formula that overflows where the loss does not
-                continue
-            scale = max(abs(numeric) + abs(analytic), floor)
-            worst = max(worst, abs(numeric - analytic) / scale)
+            error = np.inf
+            for step in (eps, eps / 10, eps / 100):  # the next only if this one disagrees
+                numeric = _difference(loss_and_grad, flat, i, step)
+                if np.isfinite(numeric) and np.isfinite(analytic):
+                    scale = max(abs(numeric) + abs(analytic), floor)
+                    error = min(error, abs(numeric - analytic) / scale)
+                if error < RETRY:
+                    break
+            worst = max(worst, error)  # inf: a gradient that overflows where the loss does not
         errors[name] = float(worst)
     return errors
+
+
+# An entry whose error at eps is above this is measured again at eps/10 and eps/100, and its
+# smallest error counts: a step of ±eps across a kink (relu at a pre-activation within eps of 0,
+# as 5.6e-6 in a batch of 500 digits) gave a correct gradient an error of 1.7e-2, where a smaller
+# step that does not cross it agrees; a wrong gradient disagrees at every step.
+RETRY = 1e-6
+
+
+def _difference(loss_and_grad, flat, i, step):
+    """The central difference quotient of the loss in entry ``i`` of ``flat``."""
+    old = flat[i]
+    flat[i] = old + step
+    up, _ = loss_and_grad()
+    flat[i] = old - step
+    down, _ = loss_and_grad()
+    flat[i] = old
+    return (up - down) / (2 * step)
 
 
 def _check_arguments(model, eps, max_entries, seed, floor):

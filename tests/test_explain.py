@@ -82,6 +82,19 @@ def test_the_check_finds_a_wrong_gradient():
     assert parameter_errors(loss_and_grad(1.01), params)["W"] == pytest.approx(0.005, rel=0.01)
 
 
+def test_a_step_across_a_kink_does_not_fail_a_correct_gradient():
+    """relu(W) summed, with an entry 3e-6 from the kink: a step of ±1e-5 crosses it and the
+    difference quotient is off by a third; a smaller step agrees. A wrong gradient still fails."""
+    params = {"W": np.array([[3e-6, -0.5, 0.8]])}
+
+    def loss_and_grad(scale):
+        W = params["W"]
+        return lambda: (float(np.maximum(W, 0).sum()), {"W": scale * (W > 0).astype(float)})
+
+    assert parameter_errors(loss_and_grad(1.0), params)["W"] < 1e-9
+    assert parameter_errors(loss_and_grad(1.01), params)["W"] == pytest.approx(0.005, rel=0.01)
+
+
 def test_explain_refuses_bad_data_with_a_symnet_error():
     model, Xb, Yb = network("teacher")
     with pytest.raises(sn.DataError, match="targets"):
