@@ -382,6 +382,11 @@ class Model:
                 name, shape = symbol.name, (int(symbol.shape[0]), int(symbol.shape[1]))
                 self.constants[name] = _param_array(self.constants.get(name), name, shape,
                                                     self.dtype, "constants")
+            for norm in self._norms:
+                for symbol in norm.running:
+                    name, shape = symbol.name, (1, int(symbol.shape[1]))
+                    self.running[name] = _running_array(self.running.get(name), name, shape,
+                                                        self.dtype)
 
     # ------------------------------------------------------------------ API
     # Each public method validates its arrays once (``_feeds``) and hands the checked feeds to a
@@ -1060,6 +1065,18 @@ def _r2(target, pred) -> float:
     scores = np.where(constant, (residual == 0).astype(np.float64),
                       1 - residual / np.where(constant, 1, total))
     return float(scores.mean())
+
+
+def _running_array(value, name, shape, dtype):
+    """A running statistic checked as a parameter is (:func:`_param_array`); a variance must
+    also be ≥ 0, or prediction would take the square root of a negative number."""
+    value = _param_array(value, name, shape, dtype, where="running")
+    if name.startswith("running_var") and (value < 0).any():
+        col = int(np.flatnonzero(value[0] < 0)[0])
+        raise DataError(f"model.running[{name!r}] has the negative variance {value[0, col]} in "
+                        f"column {col}; a variance is ≥ 0: write one into it "
+                        f"(model.running[{name!r}][...] = value)")
+    return value
 
 
 def _one_hot(arr, sym):

@@ -672,6 +672,9 @@ def _read_into(archive, key, into):
         raise DataError(f"{what} has {bad} NaN or infinite entries (of {value.size}) in "
                         f"{into.dtype}; a model whose parameters diverged cannot be loaded. "
                         f"Retrain it, or save it before its loss stopped being finite.")
+    if name.startswith("running_var") and (value < 0).any():
+        raise DataError(f"{what} has negative entries, and a variance is ≥ 0; the file is "
+                        f"damaged")
     into[...] = value
 
 

@@ -182,6 +182,34 @@ def test_running_statistics_are_saved_and_loaded(tmp_path):
     assert loaded.formulas() == model.formulas()
 
 
+def test_running_statistics_are_checked_as_parameters_are(tmp_path):
+    """A NaN or negative running variance predicted finite, wrong probabilities (relu zeroed
+    the NaN); it is refused where it is read, written into the model or loaded from a file."""
+    loss, X, Y, out = bn_net()
+    model = compiled(loss, X, Y, prediction=out)
+    Xd = make_data(n=6)[0]
+    model.running["running_var1"][0, 2] = np.nan
+    with pytest.raises(sn.DataError, match=r"model.running\['running_var1'\] has a non-finite "
+                                           r"value \(nan\) in row 0, column 2"):
+        model.predict(Xd)
+    model.running["running_var1"][0, 2] = -1.0
+    with pytest.raises(sn.DataError, match=r"model.running\['running_var1'\] has the negative "
+                                           r"variance -1.0 in column 2; a variance is ≥ 0"):
+        model.predict(Xd)
+    model.running["running_var1"] = [1.0]  # replaced, not written into
+    with pytest.raises(sn.DataError, match=r"running_var1 is 1×5; write into the array"):
+        model.predict(Xd)
+    model.running["running_var1"] = np.ones((1, 5))
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as archive:
+        arrays = dict(archive)
+    arrays["running/running_var1"] = -np.ones((1, 5))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(sn.DataError, match="the running statistic running_var1 has negative "
+                                           "entries, and a variance is ≥ 0"):
+        sn.load(tmp_path / "bad.npz")
+
+
 # ---------------------------------------------------------------------------- errors
 
 
