@@ -486,7 +486,8 @@ class Model:
         The backend runs whole epochs per call: without ``validation_data`` several epochs at a
         time (``seconds`` is then their mean). ``early_stopping=patience`` stops once the
         validation loss has not fallen for ``patience`` epochs and restores the parameters (and
-        optimizer state) of the best epoch. ``seed`` overrides the model's shuffling generator.
+        optimizer state) of the best epoch. ``seed`` shuffles this call's epochs with a
+        generator of its own, leaving the model's as it was for the next call without one.
         ``sample_weight`` (one weight ≥ 0 per row) and ``class_weight`` (``{class: weight}`` or
         ``"balanced"``) make each batch's loss the weighted mean Σωℓ/Σω, as torch's ``weight=``;
         ``formulas(weighted=True)`` shows that derivation. Validation stays unweighted.

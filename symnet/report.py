@@ -108,6 +108,9 @@ def history_figure(history):
     if values.size and values.max() > 10 * values.min():
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator  # (matplotlib is there: the figure is made)
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     ax.set_ylabel("loss")
     handles, labels = ax.get_legend_handles_labels()
     if history.val_accuracy:

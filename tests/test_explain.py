@@ -198,6 +198,8 @@ def test_history_plot_draws_the_curves_and_marks_the_kept_epoch():
     assert kept and kept[0].get_xdata()[0] == model.history.best_epoch
     loss = next(line for line in fig.axes[0].get_lines() if line.get_label() == "loss")
     np.testing.assert_array_equal(loss.get_ydata(), model.history.loss)
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) >= 2 and np.array_equal(ticks, np.round(ticks))  # whole epochs only
 
 
 def test_history_plot_without_matplotlib_says_what_to_install(monkeypatch):
