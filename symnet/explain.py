@@ -55,9 +55,10 @@ class Explanation:
             lines = [ln for ln in self.lines if ln.section == title]
             if not lines:
                 continue
-            width = max(len(ln.label) for ln in lines)
-            main = [f"  {ln.label:<{width}} = {text(ln.rhs)}" for ln in lines]
-            column = max((len(m) for m in main if len(m) <= 64), default=64) + 3
+            width = max(formulas.width(ln.label) for ln in lines)
+            main = [f"  {formulas.pad(ln.label, width)} = {text(ln.rhs)}" for ln in lines]
+            column = max((formulas.width(m) for m in main if formulas.width(m) <= 64),
+                         default=64) + 3
             head = f"{title}:"
             if title == "Gradients":
                 head = f"{head:<{column}}shape     check ({self.rows} rows)"
@@ -65,9 +66,9 @@ class Explanation:
                 head = f"{head:<{column}}shape"
             out.append(head)
             for ln, m in zip(lines, main):
-                row = f"{m:<{column - 1}} {ln.shape}"
+                row = f"{formulas.pad(m, column - 1)} {ln.shape}"
                 if ln.error is not None:
-                    row = f"{row:<{column + 9}} {ln.error:.1e}"
+                    row = f"{formulas.pad(row, column + 9)} {ln.error:.1e}"
                 out.append(row)
                 indent = " " * (width + 5)
                 if ln.raw is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
@@ -861,6 +862,17 @@ def _update_pairs(optimizer):
     return pairs
 
 
+def width(s: str) -> int:
+    """The columns ``s`` takes on a terminal: X̂ is X and a combining circumflex, one column."""
+    return sum(not unicodedata.combining(c) for c in s)
+
+
+def pad(s: str, columns: int) -> str:
+    """``s`` followed by spaces to ``columns`` terminal columns (``str.ljust`` counts code
+    points, so a column of X̂1, μ1 and N1 came out one column short on the X̂ row)."""
+    return s + " " * max(0, columns - width(s))
+
+
 def as_text(d: Derivation, raw: Derivation | None = None, optimizer=None) -> str:
     """The derivation as aligned text; with ``raw``, each backprop and gradient equation is
     followed by its unsimplified chain-rule form."""
@@ -868,12 +880,12 @@ def as_text(d: Derivation, raw: Derivation | None = None, optimizer=None) -> str
     lines = []
     for title, eqs in sections(d):
         lines.append(f"{title}:")
-        width = max((len(eq.label) for eq in eqs), default=0)
+        columns = max((width(eq.label) for eq in eqs), default=0)
         for eq in eqs:
-            lines.append(f"  {eq.label:<{width}} = {text(eq.rhs)}")
+            lines.append(f"  {pad(eq.label, columns)} = {text(eq.rhs)}")
             r = raw_of.get(eq.label)
             if r is not None and text(r.rhs) != text(eq.rhs):
-                lines.append(f"  {'':<{width}}   raw: {text(r.rhs)}")
+                lines.append(f"  {'':<{columns}}   raw: {text(r.rhs)}")
     if optimizer is not None:
         lines.append("Update:")
         lines.extend(f"  {u}" for u in update_lines(optimizer, TextPrinter()))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, validate
+from . import __version__, formulas, validate
 from .errors import DataError
 from .explain import STYLE, Explanation, explain, html_table, shape
 from .formulas import text
@@ -62,10 +62,11 @@ def summary(model) -> str:
     if found:
         table = [(f"{ly.label} = {ly.formula}", ly.shape, ly.activation,
                   ", ".join(f"{n} {s}" for n, s in ly.params), f"{ly.count:,}") for ly in found]
-        widths = [max(len(row[i]) for row in table) for i in range(5)]
+        widths = [max(formulas.width(row[i]) for row in table) for i in range(5)]
         rows.append("  layers:")
         for row in table:
-            cells = [f"{c:<{w}}" for c, w in zip(row[:4], widths)] + [f"{row[4]:>{widths[4]}}"]
+            cells = [formulas.pad(c, w) for c, w in zip(row[:4], widths)] + [
+                f"{row[4]:>{widths[4]}}"]
             rows.append(("    " + "   ".join(cells)).rstrip())
     d = model.derivation
     defined = {eq.lhs: eq for eq in d.forward}

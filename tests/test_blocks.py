@@ -53,11 +53,11 @@ def tensors(params):
 def test_batch_norm_formulas_name_the_statistics_and_give_the_closed_form_adjoint():
     loss, X, Y, out = bn_net()
     lines = compiled(loss, X, Y, prediction=out).formulas()
-    for line in ("μ1  = colsum(Z1)/n",
-                 "σ1  = √(colsum((Z1 − 𝟙·μ1)²)/n + 1e-5)",
+    for line in ("μ1 = colsum(Z1)/n",
+                 "σ1 = √(colsum((Z1 − 𝟙·μ1)²)/n + 1e-5)",
                  "X̂1 = (Z1 − 𝟙·μ1)/(𝟙·σ1)",
-                 "N1  = (𝟙·gamma1) ∘ X̂1 + 𝟙·beta1",
-                 "A1  = relu(N1)",
+                 "N1 = (𝟙·gamma1) ∘ X̂1 + 𝟙·beta1",
+                 "A1 = relu(N1)",
                  "δN1 = (δP·W2ᵀ) ∘ [A1 > 0]",
                  # CS231n's batchnorm_backward_alt: γ/(n·σ) ∘ (n·G − 𝟙·colsum(G) − X̂∘𝟙·colsum(G∘X̂))
                  "δ1  = (𝟙·(gamma1/σ1)) ∘ (n·δN1 − (𝟙·colsum(X̂1 ∘ δN1)) ∘ X̂1 − 𝟙·colsum(δN1))/n",
@@ -65,13 +65,18 @@ def test_batch_norm_formulas_name_the_statistics_and_give_the_closed_form_adjoin
                  "∂L/∂beta1  = colsum(δN1)"):
         assert line in lines, line
     assert "^" not in lines and all(len(row) < 100 for row in lines.splitlines())
+    forward = lines.split("Backprop:")[0].splitlines()[1:]  # "=" in one column, X̂1's too
+    assert len({sn.formulas.width(row.split(" = ")[0]) for row in forward}) == 1, forward
+    rows = repr(compiled(loss, X, Y, prediction=out)).splitlines()
+    layers = rows[rows.index("  layers:") + 1:rows.index("  layers:") + 3]
+    assert len({sn.formulas.width(row.split("n×")[0]) for row in layers}) == 1, layers
 
 
 def test_layer_norm_formulas_are_the_row_wise_twin():
     loss, X, Y, out = ln_net()
     lines = compiled(loss, X, Y, prediction=out).formulas()
-    for line in ("μ1  = rowsum(Z1)/6",
-                 "σ1  = √(rowsum((Z1 − μ1·𝟙)²)/6 + 1e-5)",
+    for line in ("μ1 = rowsum(Z1)/6",
+                 "σ1 = √(rowsum((Z1 − μ1·𝟙)²)/6 + 1e-5)",
                  "X̂1 = (Z1 − μ1·𝟙)/(σ1·𝟙)",
                  "δ1  = ((1/σ1)·𝟙) ∘ (6·((𝟙·gamma1) ∘ δN1) − (rowsum((𝟙·gamma1) ∘ X̂1 ∘ δN1)·𝟙) ∘ X̂1"
                  " − rowsum((𝟙·gamma1) ∘ δN1)·𝟙)/6"):
@@ -244,7 +249,7 @@ def test_a_norm_as_the_prediction_keeps_its_name_in_the_loss():
     out = sn.batch_norm(sn.dense(X, 3, name="1"), "1")
     model = compiled(sn.mse(out, Y), X, Y, prediction=out)
     lines = model.formulas()
-    for line in ("P   = (𝟙·gamma1) ∘ X̂1 + 𝟙·beta1", "L   = sum((P − Y)²)/(3·n)",
+    for line in ("P  = (𝟙·gamma1) ∘ X̂1 + 𝟙·beta1", "L  = sum((P − Y)²)/(3·n)",
                  "δ1 = (𝟙·(gamma1/σ1)) ∘ (n·δP − (𝟙·colsum(X̂1 ∘ δP)) ∘ X̂1 − 𝟙·colsum(δP))/n"):
         assert line in lines, line
     assert_formulas_are_computed(perturbed(model), *make_data(n=6, kind="real"))
@@ -259,7 +264,7 @@ def test_a_norm_inside_a_residual_connection_is_named_as_a_layer_and_matches_tor
     out = sn.dense(r, 3, name="3")
     model = perturbed(compiled(sn.softmax_cross_entropy(out, Y), X, Y, prediction=out))
     lines = model.formulas()
-    for line in ("N2  = (𝟙·gamma2) ∘ X̂2 + 𝟙·beta2 + A1", "A2  = relu(N2)", "P   = A2·W3 + 𝟙·b3",
+    for line in ("N2 = (𝟙·gamma2) ∘ X̂2 + 𝟙·beta2 + A1", "A2 = relu(N2)", "P  = A2·W3 + 𝟙·b3",
                  "δN2 = (δP·W3ᵀ) ∘ [A2 > 0]", "δ1  = (δ2·W2ᵀ + δN2) ∘ [A1 > 0]",
                  "∂L/∂W3     = A2ᵀ·δP", "∂L/∂gamma2 = colsum(δN2 ∘ X̂2)"):
         assert line in lines, lines
