@@ -28,7 +28,7 @@ def data(rows=30):
 def test_the_weighted_formulas_show_the_weights():
     model = classifier()
     lines = model.formulas(weighted=True)
-    for line in ("ω̃ = ω ∘ (𝟙·(n/sum(ω)))",
+    for line in ("ω̃  = ω ∘ (𝟙·(n/sum(ω)))",  # ω̃ is one column wide, P and L too
                  "L  = (sum(ω̃ ∘ logsumexp(P)) − sum((ω̃·𝟙) ∘ (P ∘ Y)))/n",
                  "δP = (ω̃·𝟙) ∘ (softmax(P) − Y)/n"):
         assert line in lines, line
