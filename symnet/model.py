@@ -1031,9 +1031,12 @@ def _distribution_targets(loss, targets) -> frozenset:
                      for t in targets if t in n.args and (set(n.args) - {t}) & logits)
 
 
+ROW_SUM = 1e-3  # how far from 1 a row of probabilities may sum (float16 teachers' rounding)
+
+
 def _check_distributions(a, name):
-    """Rows of ``a`` that are class distributions (≥ 0, summing to 1 within 1e-3), else a
-    DataError naming the first other row."""
+    """Rows of ``a`` that are class distributions (≥ 0, summing to 1 within ``ROW_SUM``), else
+    a DataError naming the first other row."""
     fix = (f"softmax_cross_entropy's targets are one-hot rows or probabilities, each row ≥ 0 "
            f"and summing to 1: pass integer class labels or np.eye(k)[labels], or normalise the "
            f"rows; for several labels per row, use binary_cross_entropy(sn.sigmoid(Z), {name})")
@@ -1044,7 +1047,7 @@ def _check_distributions(a, name):
             raise DataError(f"{name} has the negative value {a[row, col]:.4g} in row {row}, "
                             f"column {col}; {fix}")
         sums = a.sum(axis=1, dtype=np.float64)
-        off = np.flatnonzero(np.isfinite(sums) & (np.abs(sums - 1) > 1e-3))
+        off = np.flatnonzero(np.isfinite(sums) & (np.abs(sums - 1) > ROW_SUM))
     if len(off):
         raise DataError(f"row {off[0]} of {name} sums to {sums[off[0]]:.4g}; {fix}")
 
@@ -1053,7 +1056,7 @@ def _distributions(target) -> bool:
     """Rows that are class distributions (one-hot or probabilities, ≥ 0 and summing to 1), whose
     argmax is a class; other targets of several columns are a regression's."""
     return bool((target >= 0).all() and np.allclose(target.sum(axis=1, dtype=np.float64), 1,
-                                                     rtol=0, atol=1e-4))
+                                                     rtol=0, atol=ROW_SUM))
 
 
 def _r2(target, pred) -> float:
