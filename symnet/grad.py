@@ -19,6 +19,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from . import functions as fn
 from .errors import DeclarationError, DifferentiationError
 from .functions import Dropout, DropoutMask, Elementwise, Entrywise, RowLogSumExp, Standardized, x
+from .rewrite import is_product
 from .weighting import scaled_weights
 
 LEAVES = (sp.MatrixSymbol, sp.OneMatrix, sp.ZeroMatrix, sp.Identity, DropoutMask)
@@ -320,7 +321,7 @@ def name_forward(loss, predictions, params, taken):
     order, uses, parents = _dag(roots)
     wanted = set()
     labels = _block_labels(order, parents)
-    compound = _compound_activations(order, uses, params, parents)
+    compound = _compound_activations(order, params, parents)
     parts = {t for c in compound for t in _activation_terms(c)}
     for e in order:
         layer = isinstance(e, Elementwise) and (_is_affine(e.arg, params, parents)
@@ -387,7 +388,7 @@ def _activation_terms(e):
     return found
 
 
-def _compound_activations(order, uses, params, parents) -> dict:
+def _compound_activations(order, params, parents) -> dict:
     """``{sum: Z}`` for an activation made of several functions of one pre-activation Z, such as
     prelu's relu(Z) + (𝟙·a) ∘ relu_min(Z): every term is f.(Z), or f.(Z) scaled entrywise by a
     broadcast parameter 𝟙·a. The sum is the layer's A, and its parts need no names."""
@@ -435,17 +436,9 @@ def _block_labels(order, parents) -> dict:
             for scaled in parents[e]:
                 for out in parents.get(scaled, ()):
                     if (isinstance(scaled, sp.HadamardProduct) and isinstance(out, sp.MatAdd)
-                            and not any(_is_product(t) for t in out.args)):
+                            and not any(is_product(t) for t in out.args)):
                         labels.setdefault(out, f"N{k}")  # X̂ ∘ 𝟙·γ + 𝟙·β (+ a skip connection)
     return labels
-
-
-def _is_product(e):
-    """x·W: a product of matrices that is not a broadcast 𝟙·b."""
-    if not isinstance(e, sp.MatMul):
-        return False
-    _, mats = e.as_coeff_matrices()
-    return len(mats) > 1 and not any(isinstance(m, sp.OneMatrix) for m in mats)
 
 
 def _substitute(e, names):

@@ -494,7 +494,7 @@ def keep_layers(e, ctx):
     whole, for N and μ to be named."""
     if isinstance(e, sp.MatAdd):
         kept = {a: sp.MatrixSymbol(f"⟨layer{i}⟩", *a.shape) for i, a in enumerate(e.args)
-                if (isinstance(a, sp.MatAdd) and any(_is_product(t) for t in a.args))
+                if (isinstance(a, sp.MatAdd) and any(is_product(t) for t in a.args))
                 or (isinstance(a, sp.MatMul) and any(_is_statistic(f) for f in a.args))
                 or _is_norm_output(a)}
         if kept:
@@ -527,7 +527,7 @@ def layer_sums(*exprs) -> frozenset:
         if expr is None:
             continue
         for node in sp.preorder_traversal(expr):
-            if isinstance(node, sp.MatAdd) and any(_is_product(t) for t in node.args):
+            if isinstance(node, sp.MatAdd) and any(is_product(t) for t in node.args):
                 terms = [t for t in node.args if not _subtracted_matrix(t)]
                 found.add(sp.MatAdd(*terms) if len(terms) > 1 else node)
             elif _is_norm_output(node):
@@ -543,7 +543,7 @@ def _subtracted_matrix(t) -> bool:
     return c == -1 and len(mats) == 1 and isinstance(mats[0], sp.MatrixSymbol)
 
 
-def _is_product(t):
+def is_product(t):
     """X·W: a product of matrices none of which is a ones matrix (1·b is a broadcast)."""
     if not isinstance(t, sp.MatMul):
         return False
@@ -592,7 +592,7 @@ def _fused(m):
         if isinstance(a, Entrywise):
             calls += 1
             return a.fn(*[walk(b, depth + 1) for b in a.arguments])
-        if isinstance(a, sp.MatAdd) and not any(_is_product(t) for t in a.args):  # not a layer
+        if isinstance(a, sp.MatAdd) and not any(is_product(t) for t in a.args):  # not a layer
             return sp.Add(*[walk(b, depth) for b in a.args])
         if isinstance(a, sp.HadamardProduct):
             return sp.Mul(*[walk(b, depth) for b in a.args])
