@@ -329,13 +329,14 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ data
-    def _feeds(self, X, Y=None, need_targets=True, dtype=None, check_finite=True):
+    def _feeds(self, X, Y=None, need_targets=True, dtype=None, check_finite=True, lazy=False):
         """Check the data arrays and convert them to ``dtype`` (default: the model's); with
-        ``check_finite``, check too that every entry is finite in it."""
+        ``check_finite``, check too that every entry is finite in it. ``lazy`` leaves an input
+        that would need a copy as it is, for :func:`_chunks` to convert and check by batches."""
         dtype = np.dtype(dtype or self.dtype)
         feeds = {}
         for sym, arr in zip(self.inputs, _arrays(X, self.inputs, "inputs")):
-            feeds[sym.name] = _as_data(arr, sym, dtype, check_finite)
+            feeds[sym.name] = _as_data(arr, sym, dtype, check_finite, convert=not lazy)
         if need_targets and self.targets:
             if Y is None:
                 raise DataError(
@@ -418,12 +419,12 @@ class Model:
                             f"against targets, call evaluate(X, Y)")
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
-        values = self._predict_all(self._feeds(X, need_targets=False), batch_size)
+        values = self._predict_all(self._feeds(X, need_targets=False, lazy=True), batch_size)
         return tuple(values) if self._several else values[0]
 
     def _predict_all(self, feeds, batch_size) -> list[np.ndarray]:
         inputs = {s.name: feeds[s.name] for s in self.inputs}
-        chunks = [self._run("forward", chunk) for chunk in _chunks(inputs, batch_size)]
+        chunks = [self._run("forward", chunk) for chunk in _chunks(inputs, batch_size, self.dtype)]
         return [np.concatenate([c[name] for c in chunks])
                 for name in _prediction_outputs(len(self.prediction_exprs))]
 
@@ -440,11 +441,11 @@ class Model:
         Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
-        return self._evaluate(self._feeds(X, Y), batch_size)
+        return self._evaluate(self._feeds(X, Y, lazy=True), batch_size)
 
     def _evaluate(self, feeds, batch_size=4096):
         total = sum(float(self._run("loss", chunk)["loss"][0, 0]) * _rows(chunk)
-                    for chunk in _chunks(feeds, batch_size))
+                    for chunk in _chunks(feeds, batch_size, self.dtype))
         result = {"loss": total / _rows(feeds)}
         target = feeds[self.targets[0].name] if self.targets else None
         first = self.prediction_expr
@@ -766,10 +767,14 @@ def _rows(feeds):
     return next(iter(feeds.values())).shape[0]
 
 
-def _chunks(feeds, size):
-    """Consecutive row slices of every array in ``feeds``, ``size`` rows at a time."""
+def _chunks(feeds, size, dtype):
+    """Consecutive row slices of every array in ``feeds``, ``size`` rows at a time, each in
+    ``dtype`` (an array that :meth:`Model._feeds` left unconverted is converted and checked a
+    slice at a time)."""
     for i in range(0, _rows(feeds), size):
-        yield {k: v[i:i + size] for k, v in feeds.items()}
+        yield {k: (v[i:i + size] if v.dtype == dtype and v.flags.c_contiguous
+                   else _converted(v[i:i + size], k, dtype, first_row=i))
+               for k, v in feeds.items()}
 
 
 def _epoch_line(epoch, epochs, hist):
@@ -1109,14 +1114,15 @@ def _one_hot(arr, sym):
     return np.eye(k)[a]
 
 
-def _as_data(arr, sym, dtype, check_finite=True):
+def _as_data(arr, sym, dtype, check_finite=True, convert=True):
+    """``arr`` checked as the data of ``sym`` (2-D, its columns, some rows) and converted to
+    ``dtype``; without ``convert``, checked but left in its own dtype, for :func:`_chunks` to
+    convert a batch at a time (a raw uint8 image set is 4× smaller than its float32 copy)."""
     name, cols = sym.name, int(sym.shape[1])
     a = validate.real_array(arr, name)
     if a.ndim == 0:
         raise DataError(f"{name} is the single number {a.item()!r}; data is a 2-D array with one "
                         f"row per example and {cols} column(s), of shape (rows, {cols})")
-    if a.dtype.kind == "b":
-        a = a.astype(dtype)
     if a.ndim == 1 and cols == 1:
         a = a[:, None]
     if a.ndim != 2:
@@ -1126,6 +1132,16 @@ def _as_data(arr, sym, dtype, check_finite=True):
     if a.shape[0] == 0:
         raise DataError(f"{name}: the data has no rows (shape {a.shape}); pass at least one "
                         f"example")
+    if convert or (a.dtype == dtype and a.flags.c_contiguous):  # (then no copy: checked now)
+        return _converted(a, name, dtype, check_finite)
+    return a
+
+
+def _converted(a, name, dtype, check_finite=True, first_row=0):
+    """The 2-D array ``a`` as a C-contiguous array of ``dtype``; with ``check_finite``, a
+    DataError naming the first entry that is not finite in it (its row counted from
+    ``first_row``: ``a`` may be a batch of the caller's data)."""
+    dtype = np.dtype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(a, dtype=dtype)
         if not check_finite:
@@ -1137,9 +1153,10 @@ def _as_data(arr, sym, dtype, check_finite=True):
     if len(bad):
         row, col = bad[0]
         if np.isfinite(a[row, col]):
-            raise DataError(f"{name} has the value {a[row, col]} in row {row}, column {col}, too "
-                            f"large for {dtype.name} (at most {np.finfo(dtype).max:.4g}); scale "
-                            f"the data, or compile with dtype='float64'")
-        raise DataError(f"{name} has a non-finite value ({a[row, col]}) in row {row}, column "
-                        f"{col}; clean or impute the data first")
+            raise DataError(f"{name} has the value {a[row, col]} in row {first_row + row}, column "
+                            f"{col}, too large for {dtype.name} (at most "
+                            f"{np.finfo(dtype).max:.4g}); scale the data, or compile with "
+                            f"dtype='float64'")
+        raise DataError(f"{name} has a non-finite value ({a[row, col]}) in row {first_row + row}, "
+                        f"column {col}; clean or impute the data first")
     return converted

@@ -336,6 +336,45 @@ def test_nan_in_row_17_fails_before_the_first_update(model):
         np.testing.assert_array_equal(v, before[k])
 
 
+@pytest.mark.parametrize("method", ["predict", "evaluate"])
+def test_predict_and_evaluate_convert_the_data_a_batch_at_a_time(method):
+    """uint8 images are not copied whole into the model's dtype (4× their size): the peak of
+    NumPy's allocations stays below half of one float copy, and the numbers are the copy's."""
+    import tracemalloc
+
+    X_, Y_ = sn.Input("X", 64), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X_, 5, sn.tanh), 3)
+    model = sn.compile(sn.softmax_cross_entropy(out, Y_), inputs=[X_], targets=[Y_],
+                       prediction=out, seed=0, backend="numpy")
+    X = np.random.default_rng(0).integers(0, 256, (40_000, 64), dtype=np.uint8)
+    Y = _y(40_000)
+    call = {"predict": lambda data: model.predict(data, batch_size=1000),
+            "evaluate": lambda data: model.evaluate(data, Y, batch_size=1000)}[method]
+    tracemalloc.start()
+    try:
+        lazy = call(X)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    copy = call(X.astype(model.dtype))
+    if method == "predict":
+        np.testing.assert_array_equal(lazy, copy)
+    else:
+        assert lazy == copy
+    assert peak < X.size * model.dtype.itemsize / 2 + Y.nbytes, peak  # (evaluate copies Y)
+
+
+@pytest.mark.parametrize("layout", ["float64", "fortran"])
+def test_an_entry_found_in_a_later_batch_names_its_row_in_the_callers_data(layout, model):
+    X = _x(40)
+    X[37, 1] = 1e300
+    X = X if layout == "float64" else np.asfortranarray(X.astype(model.dtype))
+    if layout == "fortran":
+        X[37, 1] = np.inf
+    with pytest.raises(sn.DataError, match=r"X has .* in row 37, column 1"):
+        model.predict(X, batch_size=8)
+
+
 @pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("where, value, message", [
