@@ -89,6 +89,9 @@ class History:
 class Model:
     """A compiled network: live parameters, derived formulas, and programs that compute them."""
 
+    # what a DataError for a diverging step suggests (the scikit-learn estimators name theirs)
+    remedy = "A smaller learning rate, clip_norm= or scaled inputs usually help."
+
     def __init__(self, loss, *, inputs, targets, prediction, optimizer, dtype, seed, init, backend,
                  constants=None):
         start = time.perf_counter()
@@ -642,8 +645,7 @@ class Model:
         shown = idx if ids is None else ids[idx]
         rows = f"rows {', '.join(map(str, shown[:5]))}{', …' if len(idx) > 5 else ''} of the data"
         where = f"in epoch {epoch}, batch {batch + 1} ({rows})"
-        tail = ("Parameters and optimizer state are those from before this step. A smaller "
-                "learning rate, clip_norm= or scaled inputs usually help.")
+        tail = f"Parameters and optimizer state are those from before this step. {self.remedy}"
         batch_data = {k: v[idx] for k, v in data.items()}
         culprit = self._formula_culprit(batch_data)
         first = f"the first formula whose value is not finite in {self.dtype.name} is {culprit}"

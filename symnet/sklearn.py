@@ -120,6 +120,8 @@ class _SymnetMLP(BaseEstimator):
                 _RECENT.popitem(last=False)
         model = template.fresh(seed, optimizer)  # the learning rate is a kernel input
         model.constants[ALPHA.name][...] = self.alpha  # and so is the penalty
+        model.remedy = ("A smaller learning_rate, scaled inputs (StandardScaler) or "
+                        "dtype='float64' usually help.")
         return model
 
     def _compile(self, hidden, n_in, n_out, optimizer):

@@ -260,6 +260,14 @@ def test_data_errors_name_the_callers_rows():
         SymnetRegressor(epochs=1).fit(X, big)
 
 
+def test_a_diverging_estimator_suggests_its_own_parameters():
+    """The estimators have learning_rate= and no clip_norm=: the remedy names what they have."""
+    X, y = digits(60)
+    with pytest.raises(sn.DataError, match=r"became .*A smaller learning_rate, scaled inputs "
+                                           r"\(StandardScaler\) or dtype='float64' usually help"):
+        SymnetRegressor(epochs=3, optimizer="sgd", learning_rate=1e6).fit(X, y * 1e3)
+
+
 def test_batch_size_auto_is_scikit_learns_200_rows_at_most():
     X, y = digits(260)
     auto = SymnetClassifier(batch_size="auto", epochs=2, random_state=0).fit(X, y)
