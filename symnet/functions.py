@@ -330,8 +330,8 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
     """Make an elementwise activation from any scalar SymPy expression ``expr`` in ``var``.
 
     ``numeric`` is an optional numerically stable form of the same function used for computing
-    it; the derivative always comes from ``sympy.diff`` of ``expr`` and is computed with its
-    logistic pieces, eᶻ/(eᶻ + 1) and log(eᶻ + 1), as σ and softplus. A function with a removable
+    it; the derivative always comes from ``sympy.diff`` of ``expr``. Both are computed with their
+    logistic pieces, eᶻ/(eᶻ + 1) and log(eᶻ + 1), as σ and softplus, which do not overflow. A function with a removable
     singularity (sinc at 0) must say its value there: write it as a ``sp.Piecewise``.
 
     >>> gelu = activation("gelu", x/2*(1 + sp.erf(x/sp.sqrt(2))), x)
@@ -678,8 +678,9 @@ def _coefficient(lam, fname):
 def as_numeric(body: sp.Expr) -> sp.Expr:
     """Replace every named activation in a scalar body by its numerically stable definition,
     leaving only functions a code printer knows (logistic pieces first become σ and softplus,
-    :func:`_stable_logistic`)."""
+    :func:`_stable_logistic`, in the body and in the definitions it brings in: a hand-written
+    log(1 + eˣ) is finite at x = 1000, as sn.softplus is)."""
     return _stable_logistic(body).replace(
         lambda e: isinstance(e, ScalarActivation),
-        lambda e: type(e).numeric(e.args[0]),
+        lambda e: as_numeric(type(e).numeric(e.args[0])),
     )

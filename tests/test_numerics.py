@@ -110,6 +110,32 @@ def test_a_custom_activations_logistic_pieces_are_computed_without_overflow(back
     np.testing.assert_allclose(grads["W"], w.grad.numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_hand_written_softplus_and_log_sigmoid_are_finite_at_extreme_inputs(backend, dtype):
+    """log(1 + eˣ) and −log(1 + e⁻ˣ) as a user writes them: their values, not only their
+    derivatives, are computed as softplus, as torch's softplus and logsigmoid are."""
+    soft = sn.activation("softplus_h", sp.log(1 + sp.exp(x)), x)
+    logsig = sn.activation("logsigmoid_h", -sp.log(1 + sp.exp(-x)), x)
+    X, Y = sn.Input("X", 1), sn.Input("Y", 1)
+    W = sp.MatrixSymbol("W", 1, 1)
+    model = sn.compile(sn.mse(soft(X * W) + logsig(X * W), Y), inputs=[X], targets=[Y],
+                       prediction=[soft(X * W), logsig(X * W)], dtype=dtype, backend=backend,
+                       seed=0)
+    model.params["W"][...] = 1.0
+    Z = np.array([[1000.0], [-1000.0], [0.5]])
+    s, ls = model.predict(Z)
+    torch = pytest.importorskip("torch")
+    z = torch.tensor(Z, requires_grad=True)
+    np.testing.assert_allclose(s, torch.nn.functional.softplus(z).detach(), rtol=1e-6)
+    np.testing.assert_allclose(ls, torch.nn.functional.logsigmoid(z).detach(), rtol=1e-6)
+    loss, grads = model.loss_and_grad(Z, np.zeros((3, 1)))
+    expected = ((torch.nn.functional.softplus(z) + torch.nn.functional.logsigmoid(z)) ** 2).mean()
+    expected.backward()
+    w_grad = (z.grad * z).sum().item()  # dL/dW = Σ z·dL/dz at W = 1
+    np.testing.assert_allclose([loss, grads["W"][0, 0]], [expected.item(), w_grad], rtol=1e-5)
+
+
 def test_a_scipy_function_with_complex_values_is_computed_as_real_without_warnings():
     """LambertW: SciPy's lambertw returns complex numbers, which the numpy backend cast to real
     with a ComplexWarning per call; its real values are taken, NaN where it has none."""
