@@ -331,8 +331,9 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
 
     ``numeric`` is an optional numerically stable form of the same function used for computing
     it; the derivative always comes from ``sympy.diff`` of ``expr``. Both are computed with their
-    logistic pieces, eᶻ/(eᶻ + 1) and log(eᶻ + 1), as σ and softplus, which do not overflow. A function with a removable
-    singularity (sinc at 0) must say its value there: write it as a ``sp.Piecewise``.
+    logistic pieces, eᶻ/(eᶻ + 1) and log(eᶻ + 1), as σ and softplus, which do not overflow. A
+    function with a removable singularity (sinc at 0) must say its value there: write it as a
+    ``sp.Piecewise``.
 
     >>> gelu = activation("gelu", x/2*(1 + sp.erf(x/sp.sqrt(2))), x)
     """
