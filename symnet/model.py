@@ -494,7 +494,9 @@ class Model:
         generator of its own, leaving the model's as it was for the next call without one.
         ``sample_weight`` (one weight ≥ 0 per row) and ``class_weight`` (``{class: weight}`` or
         ``"balanced"``) make each batch's loss the weighted mean Σωℓ/Σω, as torch's ``weight=``;
-        ``formulas(weighted=True)`` shows that derivation. Validation stays unweighted.
+        ``formulas(weighted=True)`` shows that derivation. A class weight weighs its rows' whole
+        loss, label smoothing's term included (torch weighs that term's classes by their own
+        weights). Validation stays unweighted.
         """
         epochs = validate.integer(epochs, "epochs", low=0, error=DataError)
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
