@@ -449,3 +449,39 @@ def test_vector_exp_is_within_one_ulp_and_keeps_inf_nan_and_subnormals(dtype):
     apply(special, out)
     assert out[0] == np.inf and out[1] == 0 and np.isnan(out[2]) and out[3] == out[4] == 1
     assert 0 < out[5] < info.tiny and out[6] == 0  # subnormal results are kept, not flushed
+
+
+def _small(seed=0):
+    X, Y = sn.Input("X", 6), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 7, sn.tanh), 3)
+    return sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out,
+                      seed=seed, dtype="float64")
+
+
+def test_models_of_one_declaration_share_its_compiled_kernels(tmp_path):
+    """numba never frees a compiled function: a model loaded, unpickled or compiled again takes
+    the process's compiled kernels instead of compiling (and keeping) its own."""
+    import pickle
+
+    first = _small()
+    first.predict(np.zeros((2, 6)))
+    first.save(tmp_path / "m.npz")
+    for other in (sn.load(tmp_path / "m.npz"), pickle.loads(pickle.dumps(first)), _small(1)):
+        assert other._runner() is not first._runner()
+        other.predict(np.zeros((2, 6)))
+        assert other._runner().compiled["forward"] is first._runner().compiled["forward"]
+        assert other._runner().cached("forward")
+
+
+def test_no_kernel_call_keeps_the_callers_arrays_alive():
+    import weakref
+
+    model = _small()
+    X, Y = make_data(40, 6, 3)
+    X, Y = X.astype(np.float64), Y.astype(np.float64)
+    model.fit(X, Y, epochs=1, batch_size=8, verbose=False)
+    model.predict(X)
+    model.evaluate(X, Y)
+    refs = [weakref.ref(X), weakref.ref(Y)]
+    del X, Y
+    assert [r() for r in refs] == [None, None]

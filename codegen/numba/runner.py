@@ -9,6 +9,7 @@ import hashlib
 import os
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import numba.core.errors
@@ -32,22 +33,31 @@ class NumbaRunner:
             print(self.source, file=sys.stderr)
         self.module = cache.load(self.source, f"{CODEGEN_VERSION}\n{_runtime_digest()}")
         self.compiled: dict[str, tuple] = {}
+        self.reused: dict[str, bool] = {}  # compiled by another runner of this process
         self.work: dict[str, dict[str, np.ndarray]] = {}
         self.capacity: dict[str, int] = {}
         self.blocks = Blocks()
         self.lock = threading.Lock()  # the workspaces and blocks serve one call at a time
+        _RUNNERS.add(self)
 
     def kernel(self, name: str):
-        """The ``ctypes`` caller of kernel ``name``, compiled (or loaded) on first use."""
+        """The ``ctypes`` caller of kernel ``name``, compiled (or loaded) on first use, once per
+        process for all runners of the same module: numba never frees a compiled function's
+        machine code, and every model loaded, unpickled or copied kept ~0.1-0.2 MB of it."""
         if name not in self.compiled:
-            with _jit_errors():
-                self.compiled[name] = cache.compile_kernel(
-                    getattr(self.module, name), self.module.CACHE, **KERNEL_OPTIONS)
+            with _COMPILING:
+                known = _COMPILED.setdefault(self.module, {})
+                self.reused[name] = name in known
+                if name not in known:
+                    with _jit_errors():
+                        known[name] = cache.compile_kernel(
+                            getattr(self.module, name), self.module.CACHE, **KERNEL_OPTIONS)
+            self.compiled[name] = known[name]
         return self.compiled[name][1]
 
     def cached(self, name: str) -> bool:
-        """Whether kernel ``name``'s machine code came from numba's cache."""
-        return self.compiled[name][0].cache_hits > 0
+        """Whether kernel ``name``'s machine code came from numba's cache or was in memory."""
+        return self.reused[name] or self.compiled[name][0].cache_hits > 0
 
     def workspace(self, name: str, rows: int) -> dict[str, np.ndarray]:
         """The workspaces of program ``name`` for up to ``rows`` batch rows."""
@@ -125,11 +135,30 @@ class NumbaRunner:
         return self.work["batch"]
 
 
+# a kernel module → {kernel: (cfunc, ctypes caller)}; weak, for tests that import a module anew
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILING = threading.Lock()
+_RUNNERS = weakref.WeakSet()  # the live runners, whose locks a forked child renews
+
+
+def _after_fork():
+    """In a forked child only the forking thread runs: a lock another thread held (a kernel
+    call serving beside it, a compilation) would stay held forever."""
+    global _COMPILING
+    _COMPILING = threading.Lock()
+    for runner in list(_RUNNERS):
+        runner.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class Blocks:
     """Each kernel's argument block, kept between calls: only the slots of arrays that changed
     are written again (a block of seed002's 40 arrays took 80 µs to fill, a tenth of a
-    1000-step call on tiny). The block holds references to its arrays, so none of them is
-    freed while the kernel may read it."""
+    1000-step call on tiny). It knows its arrays by weak references: the caller holds them
+    while the kernel runs, and a caller's input is not kept alive after its call (a 488 MB
+    batch given to ``predict`` once stayed in memory until the next call)."""
 
     def __init__(self):
         self.blocks: dict[str, tuple[np.ndarray, list]] = {}
@@ -143,7 +172,7 @@ class Blocks:
             blk[k] = scalars[name]
         for k, name in enumerate(entry.arrays):
             a = arrays[name]
-            if a is held[k]:
+            if held[k] is not None and held[k]() is a:
                 continue
             if not (a.flags.c_contiguous and a.ndim == 2):
                 raise CodegenError(f"the kernel {entry.name} takes C-contiguous 2-D arrays; "
@@ -151,7 +180,7 @@ class Blocks:
                                    f"{'' if a.flags.c_contiguous else ', strided'}")
             at = ARRAYS_AT + 3 * k
             blk[at:at + 3] = a.ctypes.data, a.shape[0], a.shape[1]
-            held[k] = a
+            held[k] = weakref.ref(a)
         self.blocks[entry.name] = (blk, held)
         return blk
 
