@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,6 +153,8 @@ class Model:
                         for norm in self._norms for s, start in zip(norm.running, (0.0, 1.0))}
         self._steps = 0  # the updates applied so far: Adam's bias correction and schedules read it
         self._lock = threading.RLock()  # one call at a time uses the kernels' workspaces
+        self._training = False  # a fit call is running (see _after_fork)
+        _MODELS.add(self)
         self._stop = np.zeros(1, np.int64)  # set by Ctrl-C during fit: stop after this step
         self.history = None  # the History of the last fit
 
@@ -370,10 +374,18 @@ class Model:
                             f"{validate.describe(validation_data)}; pass validation_data={want}")
         return self._feeds(*validation_data)
 
+    def _check_whole(self):
+        """Refuse a model that a forked child holds half-trained (:func:`_after_fork`)."""
+        if self._training is _FORKED:
+            raise DataError("this process was forked while another thread of its parent was "
+                            "training this model (fit), so its parameters here may be half a "
+                            "step's: load a saved copy (sn.load), or fork when no fit is running")
+
     def _check_params(self):
         """Check ``model.params`` before a kernel reads it: each declared parameter is still an
         array of its declared shape, real and finite, and nothing else is in the dict. An array of
         another dtype or layout is converted to the model's and stored back (it stays live)."""
+        self._check_whole()
         declared = {p.name: (int(p.shape[0]), int(p.shape[1])) for p in self.param_symbols}
         with self._lock:  # not while another thread's fit writes them
             extra = sorted(map(str, set(self.params) - set(declared)))
@@ -539,6 +551,9 @@ class Model:
         drawn = rng.bit_generator.state  # given back if the data turns out not to be finite
         sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
         runner = self._runner(weighted=weighted)
+        if self.backend == "numba":  # compiled before Ctrl-C is deferred: it stops a compile
+            with _backend_errors(self.backend):
+                runner.kernel("train_epochs")
         hist, best = History(), None
         tqdm = _progress_bar()
         bar = tqdm(total=epochs, unit="epoch", disable=not verbose, leave=False)
@@ -546,7 +561,7 @@ class Model:
         # every epoch runs in one kernel call; else one epoch, or ~0.25 s, per call
         quiet = val_feeds is None and not verbose
         per_call = min(epochs, max(1, 2**24 // rows)) if quiet else 1
-        with self._lock, contextlib.closing(bar), _kept_history(self, hist):
+        with self._lock, contextlib.closing(bar), _kept_history(self, hist), _in_fit(self):
             while len(hist.loss) < epochs and not _patience_out(hist, early_stopping):
                 k = min(per_call, epochs - len(hist.loss))
                 orders = _orders(rng if shuffle else None, k, rows)
@@ -691,13 +706,17 @@ class Model:
     def __reduce__(self):
         """Pickled as the bytes of its model file (:mod:`symnet.serialize`), never as code or
         compiled kernels: unpickling checks and compiles the declaration as ``sn.load`` does."""
+        self._check_whole()
         with self._lock:
             return serialize.from_bytes, (serialize.to_bytes(self), self.backend)
 
     def save(self, path) -> None:
         """Write the declaration, parameters, optimizer state, step count and shuffling state
-        to one ``.npz`` file, atomically (the format and its guarantees: :mod:`symnet.serialize`)."""
-        serialize.save_model(self, path)
+        to one ``.npz`` file, atomically (the format and its guarantees: :mod:`symnet.serialize`).
+        A fit running in another thread is waited for, so that the file holds one moment's."""
+        self._check_whole()
+        with self._lock:
+            serialize.save_model(self, path)
 
 
 @contextlib.contextmanager
@@ -765,6 +784,34 @@ def load(path, backend: str | None = None) -> Model:
     """The model saved by ``model.save(path)``; ``backend`` overrides the saved one. Reads only
     the arrays the saved declaration names, and never runs code from the file."""
     return serialize.load_model(path, backend)
+
+
+_MODELS = weakref.WeakSet()  # the live models, whose locks a forked child renews
+_FORKED = "forked"  # Model._training in a child forked while another thread trained the model
+
+
+def _after_fork():
+    """In a forked child only the forking thread runs: a model lock that another thread held
+    (a predict or fit serving beside it) would stay held, and the child's first call on that
+    model would wait forever. Every live model gets a new lock; one that another thread was
+    training is marked, for its parameters may be half a step's (:meth:`Model._check_params`)."""
+    for model in list(_MODELS):
+        model._lock = threading.RLock()
+        if model._training:
+            model._training = _FORKED
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+@contextlib.contextmanager
+def _in_fit(model):
+    """``model._training`` set while a fit call runs."""
+    model._training = True
+    try:
+        yield
+    finally:
+        model._training = False
 
 
 def _rows(feeds):

@@ -203,3 +203,24 @@ def test_a_short_training_call_runs_on_the_calling_thread_a_long_one_beside_it(m
     reference.fit(X, Y, epochs=4, batch_size=40, verbose=False)
     for k in reference.params:
         np.testing.assert_array_equal(m.params[k], reference.params[k])
+
+
+def test_ctrl_c_while_fit_compiles_its_kernel_is_not_held_back(monkeypatch):
+    """fit compiles its training kernel before Ctrl-C is deferred to the end of a step, so an
+    interrupt during a cold compile (seconds) stops it at once rather than after it."""
+    from codegen.numba import cache
+
+    seen = []
+    compile_kernel = cache.compile_kernel
+
+    def recording(function, *args, **kwargs):
+        seen.append((function.__name__, signal.getsignal(signal.SIGINT)))
+        return compile_kernel(function, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "compile_kernel", recording)
+    X, Y = sn.Input("X", 8), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 13, sn.tanh), 3)  # a declaration no other test compiles
+    m = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], seed=0,
+                   backend="numba")
+    m.fit(*data(), epochs=1, batch_size=40, verbose=False)
+    assert ("train_epochs", signal.getsignal(signal.SIGINT)) in seen

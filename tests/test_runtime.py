@@ -270,6 +270,56 @@ def test_a_forked_child_trains_with_a_team_of_its_own(tmp_path):
     assert out.stdout.strip() == "0", out.stderr
 
 
+def test_a_child_forked_while_other_threads_use_the_model_can_use_it():
+    """A thread of the parent serving predict (its model's and its runner's locks held) at the
+    moment of a fork: the child predicts; a model another thread was training is refused
+    with a DataError, for its parameters may be half a step's."""
+    script = textwrap.dedent("""
+        import os, signal, sys, threading
+        import numpy as np
+        sys.path.insert(0, "tests")
+        import symnet as sn
+        from test_runtime import data, wide_model
+        X, Y = data()
+        m, trainee = wide_model(), wide_model()
+        m.predict(X)
+        holding, release = threading.Event(), threading.Event()
+
+        def serve():  # as if a predict were in its kernel call at the fork
+            with m._lock, m._runner().lock:
+                holding.set()
+                release.wait()
+
+        def train():
+            trainee.fit(X, Y, epochs=300, batch_size=64, verbose=False)
+
+        threads = [threading.Thread(target=serve), threading.Thread(target=train)]
+        for t in threads:
+            t.start()
+        holding.wait()
+        while not trainee._training:
+            pass
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)  # a hang ends the child with SIGALRM
+            code = 0 if np.array_equal(m.predict(X), m.predict(X)) else 1
+            try:
+                trainee.predict(X)
+                code = 2
+            except sn.DataError as err:
+                code = code if "forked while another thread" in str(err) else 3
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        release.set()
+        for t in threads:
+            t.join()
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
+
+
 def test_an_unsupported_numba_is_named_with_the_supported_range():
     from codegen.ir import CodegenError
     from codegen.numba import _check_versions
