@@ -1177,7 +1177,13 @@ def _as_data(arr, sym, dtype, check_finite=True, convert=True):
     if a.ndim == 1 and cols == 1:
         a = a[:, None]
     if a.ndim != 2:
-        raise DataError(f"{name}: expected a 2-D array with {cols} columns, got shape {a.shape}")
+        fix = ("; for one example, pass it as one row: reshape(1, -1)"
+               if a.ndim == 1 and a.shape[0] == cols else
+               "; to flatten each example, reshape(len(data), -1)"
+               if a.ndim > 2 and int(np.prod(a.shape[1:])) == cols else
+               f"; pass one row per example, {cols} column(s) each")
+        raise DataError(f"{name}: expected a 2-D array with {cols} columns, got shape "
+                        f"{a.shape}{fix}")
     if a.shape[1] != cols:
         raise DataError(f"{name} has {cols} columns in the model but the data has {a.shape[1]}")
     if a.shape[0] == 0:

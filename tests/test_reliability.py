@@ -364,6 +364,15 @@ def test_predict_and_evaluate_convert_the_data_a_batch_at_a_time(method):
     assert peak < X.size * model.dtype.itemsize / 2 + Y.nbytes, peak  # (evaluate copies Y)
 
 
+@pytest.mark.parametrize("data, fix", [
+    (np.zeros(4), r"got shape \(4,\); for one example, pass it as one row: reshape\(1, -1\)"),
+    (np.zeros((3, 2, 2)), r"got shape \(3, 2, 2\); to flatten each example, reshape\(len"),
+    (np.zeros(5), r"got shape \(5,\); pass one row per example, 4 column\(s\) each")])
+def test_data_of_another_rank_is_named_with_the_reshape_that_fixes_it(data, fix, model):
+    with pytest.raises(sn.DataError, match=fix):
+        model.predict(data)
+
+
 @pytest.mark.parametrize("layout", ["float64", "fortran"])
 def test_an_entry_found_in_a_later_batch_names_its_row_in_the_callers_data(layout, model):
     X = _x(40)
