@@ -181,6 +181,18 @@ def test_one_two_and_four_threads_train_to_the_same_parameters_bit_for_bit(monke
         assert other.loss_and_grad(*data(64))[0] == alone.loss_and_grad(*data(64))[0]
 
 
+def test_the_workers_end_when_the_thread_count_drops_to_one(monkeypatch):
+    import threading
+
+    def workers():
+        return [t for t in threading.enumerate() if t.name.startswith("symnet-worker")]
+
+    trained(2, monkeypatch, epochs=1)
+    assert len(workers()) == 1
+    trained(1, monkeypatch, epochs=1)
+    assert workers() == []
+
+
 def test_blocks_train_to_the_same_numbers_on_one_two_and_four_threads(monkeypatch):
     """Batch norm's column statistics and running updates, dropout's masks (drawn by whichever
     thread computes a piece), layer norm's row statistics."""

@@ -351,6 +351,8 @@ def run(kernel, blk: np.ndarray, work: int | None = None) -> None:
     count = threads()
     alone = count == 1 or (work is not None and (
         work < PARALLEL_WORK or (work < ALONE_UNDER_LOAD and _load.contended())))
+    if count == 1 and _team is not None:  # SYMNET_NUM_THREADS=1 now: the workers are idle
+        _close_team()
     if alone or not _lock.acquire(blocking=False):
         blk[0] = 0
         kernel(blk.ctypes.data, 0)
@@ -364,6 +366,18 @@ def run(kernel, blk: np.ndarray, work: int | None = None) -> None:
                      min(count, cores()))
     finally:
         _lock.release()
+
+
+def _close_team() -> None:
+    """End the team's workers, unless another thread's kernel has the team now."""
+    global _team
+    if _lock.acquire(blocking=False):
+        try:
+            old, _team = _team, None
+            if old is not None:
+                old.close()
+        finally:
+            _lock.release()
 
 
 def _team_of(count: int) -> Team:
