@@ -623,6 +623,11 @@ def softmax_cross_entropy(z, y, label_smoothing=0.0):
     eps = validate.number(label_smoothing, "label_smoothing", low=0, below=1, example=0.1,
                           where="softmax_cross_entropy")
     n, k = z.shape
+    if k == 1:
+        raise DeclarationError(
+            "softmax_cross_entropy of one column: softmax over one class is 1 for every row, so "
+            "the loss is 0 and no gradient flows. For two classes, use one column with "
+            "binary_cross_entropy(sn.sigmoid(Z), Y), or two columns with softmax_cross_entropy")
     if eps == 0:
         return (sum(RowLogSumExp(z)) - sum(sp.HadamardProduct(y, z))) / n
     eps = sp.Rational(repr(eps))  # 0.1 as 1/10: the formulas show 9/10 and 1/30, not 0.0333…

@@ -131,6 +131,7 @@ class Model:
         self._raw = None
         self._norms = _batch_norms(self.derivation)
         self._distributions = _distribution_targets(self.loss_expr, self.targets)
+        self._probabilities = _probability_targets(self.loss_expr, self.targets)
         self._programs = self._lower(self.derivation, self._norms)
         self._weighted = None  # (derivation, programs, runners) of fit(sample_weight=...)
         self._update = self.optimizer.update()
@@ -353,6 +354,8 @@ class Model:
                 feeds[sym.name] = _as_data(_one_hot(arr, sym), sym, dtype, check_finite)
                 if sym in self._distributions:
                     _check_distributions(feeds[sym.name], sym.name)
+                if sym in self._probabilities:
+                    _check_probabilities(feeds[sym.name], sym.name)
         elif need_targets and Y is not None:
             raise DataError(f"this model has no targets (its loss reads only "
                             f"{[s.name for s in self.inputs]}), but targets were passed; call it "
@@ -1087,6 +1090,33 @@ def _distribution_targets(loss, targets) -> frozenset:
                      for t in targets if t in n.args and (set(n.args) - {t}) & logits)
 
 
+def _probability_targets(loss, targets) -> frozenset:
+    """The targets a binary cross-entropy reads as probabilities: Y of Y∘log P beside
+    (𝟙 − Y)∘log(1 − P). Its loss is bounded below by 0 only for 0 ≤ Y ≤ 1; a target of 2 trains
+    P towards 1 without end, the loss falling below any number."""
+    def logged(n):  # the other factor of a product with a log, or None
+        if isinstance(n, sp.HadamardProduct) and len(n.args) == 2:
+            logs = [a for a in n.args if isinstance(a, Elementwise) and a.fn.expr.func is sp.log]
+            if logs:
+                return n.args[1] if n.args[0] is logs[0] else n.args[0]
+        return None
+
+    factors = {logged(n) for n in sp.preorder_traversal(loss)}
+    return frozenset(t for t in targets if t in factors and sp.OneMatrix(*t.shape) - t in factors)
+
+
+def _check_probabilities(a, name):
+    """Entries of ``a`` in [0, 1], else a DataError naming the first other."""
+    with np.errstate(invalid="ignore"):  # non-finite entries are the finiteness check's to name
+        outside = np.argwhere(((a < 0) | (a > 1)) & np.isfinite(a))
+    if len(outside):
+        row, col = outside[0]
+        raise DataError(f"{name} has the value {a[row, col]:.4g} in row {row}, column {col}; "
+                        f"binary_cross_entropy's targets are probabilities in [0, 1] (0/1 labels): "
+                        f"map the labels to 0 and 1 (e.g. labels == positive), or use "
+                        f"softmax_cross_entropy for several classes")
+
+
 ROW_SUM = 1e-3  # how far from 1 a row of probabilities may sum (float16 teachers' rounding)
 
 
@@ -1149,14 +1179,20 @@ def _one_hot(arr, sym):
         a = np.asarray(arr)
     except (ValueError, TypeError):
         return arr  # ragged: _as_data names it
+    if a.ndim == 2 and a.shape[1] == 1 and a.dtype.kind in "iub":
+        a = a[:, 0]  # a column of labels
     if a.ndim != 1:
         return arr
+    if a.dtype.kind == "b":
+        a = a.astype(np.int64)
+    elif a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all():
+        a = a.astype(np.int64)  # whole numbers, as pandas gives labels beside a missing value
     if a.dtype.kind not in "iu":
-        if a.dtype.kind in "fc":
-            raise DataError(f"{sym.name} has {k} columns, one per class: pass integer class labels "
-                            f"0…{k - 1} of shape (n,), or one row per example of shape (n, {k}) "
-                            f"(one-hot or probabilities); got a 1-D array of {a.dtype} values")
-        return arr
+        hint = (" (np.unique(labels, return_inverse=True)[1] numbers any labels 0…k − 1)"
+                if a.dtype.kind in "USO" else "")
+        raise DataError(f"{sym.name} has {k} columns, one per class: pass integer class labels "
+                        f"0…{k - 1} of shape (n,){hint}, or one row per example of shape "
+                        f"(n, {k}) (one-hot or probabilities); got a 1-D array of {a.dtype} values")
     outside = (a < 0) | (a >= k)
     if outside.any():
         row = int(np.flatnonzero(outside)[0])

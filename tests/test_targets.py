@@ -101,12 +101,37 @@ def test_several_labels_per_row_of_a_sigmoid_are_scored_label_by_label():
 @pytest.mark.parametrize("labels, message", [
     (np.array([0, 1, 3]), r"class label 3 in row 2 is outside 0…2"),
     (np.array([0, -1, 2]), r"class label -1 in row 1 is outside 0…2"),
-    (np.array([0.0, 1.0, 2.0]), r"integer class labels 0…2 of shape \(n,\)"),
+    (np.array([0.0, 1.5, 2.0]), r"integer class labels 0…2 of shape \(n,\), or one row .*float64"),
+    (np.array(["cat", "dog", "cat"]), r"np.unique\(labels, return_inverse=True\)\[1\] numbers"),
 ])
 def test_labels_that_are_not_classes_are_refused(labels, message):
     model = classifier()
     with pytest.raises(sn.DataError, match=message):
         model.evaluate(np.zeros((3, 4)), labels)
+
+
+@pytest.mark.parametrize("labels", [np.array([0.0, 1.0, 2.0]), np.array([[0], [1], [2]]),
+                                    [0, 1, 2]])
+def test_whole_number_floats_and_a_column_of_labels_are_class_labels(labels):
+    model = classifier()
+    X = np.random.default_rng(0).normal(size=(3, 4))
+    assert model.evaluate(X, labels) == model.evaluate(X, np.eye(3))
+
+
+def test_binary_cross_entropy_refuses_targets_outside_zero_and_one():
+    """A target of 2 trains σ(Z) towards 1 without end, the loss falling below any number."""
+    X, labels = data()
+    model = binary()
+    with pytest.raises(sn.DataError, match=r"Y has the value 2 in row 0, column 0; "
+                                           r"binary_cross_entropy's targets are probabilities"):
+        model.fit(X, np.full((len(X), 1), 2.0), verbose=False)
+    assert binary(prediction_is_probability=False).evaluate(X, np.full((len(X), 1), 2.0))
+
+
+def test_softmax_cross_entropy_of_one_column_is_refused():
+    X, Y = sn.Input("X", 4), sn.Input("Y", 1)
+    with pytest.raises(sn.DeclarationError, match=r"softmax over one class is 1 for every row"):
+        sn.softmax_cross_entropy(sn.dense(X, 1), Y)
 
 
 def binary(prediction_is_probability=True):
