@@ -1147,8 +1147,11 @@ def _distributions(target) -> bool:
 
 def _r2(target, pred) -> float:
     """R² of each column, 1 − Σ(y − p)²/Σ(y − ȳ)², averaged over the columns (a constant column:
-    1 when predicted exactly, else 0), as ``sklearn.metrics.r2_score``."""
+    1 when predicted exactly, else 0), as ``sklearn.metrics.r2_score``; NaN for one row, where
+    it is not defined."""
     y, p = np.asarray(target, np.float64), np.asarray(pred, np.float64)
+    if len(y) < 2:
+        return float("nan")
     residual = ((y - p) ** 2).sum(axis=0)
     total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
     constant = total == 0

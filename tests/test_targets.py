@@ -83,6 +83,7 @@ def test_a_regression_is_scored_by_r2_as_scikit_learn_scores_it():
                      verbose=False)
     assert hist.val_r2[-1] == pytest.approx(r2_score(Y[:20], model.predict(X[:20])), rel=1e-6)
     assert model.evaluate(X, Y)["r2"] == pytest.approx(r2_score(Y, model.predict(X)), rel=1e-6)
+    assert np.isnan(model.evaluate(X[:1], Y[:1])["r2"])  # not defined for one row, as sklearn's
     assert "r2" not in classifier().evaluate(X, labels)
 
 
