@@ -6,9 +6,10 @@ process, out of a warm setup of about 0.6 s. Its answer depends only on the ques
 kept in the cache directory (``codegen.files.cache_dir``, ``derivations/``): one file per
 question, named by its hash, holding the question and the answer in the model file's data-only
 expression format (``serialize.encode``: reading it back runs no code), written atomically. A
-file whose question differs, that does not decode, or that cannot be read is ignored and the
-search runs; an answer that does not decode as itself (a user-defined activation's class) and an
-unwritable location are not remembered.
+file whose question differs, that does not decode, that cannot be read, or whose answer fails
+its check (the files are shared, and a tampered or stale answer would train a wrong gradient)
+is ignored and the search runs; an answer that does not decode as itself (a user-defined
+activation's class) and an unwritable location are not remembered.
 """
 
 from __future__ import annotations
@@ -26,16 +27,21 @@ from .serialize import decode, encode
 VERSION = "2"  # bump when a search changes what it answers
 
 
-def remembered(kind: str, question: str, search: Callable[[], sp.Basic | None]):
-    """The answer to ``question`` (text that determines it) from an earlier process, else
-    ``search()``, kept for the next one."""
+def remembered(kind: str, question: str, search: Callable[[], sp.Basic | None],
+               check: Callable[[sp.Basic], bool]):
+    """The answer to ``question`` (text that determines it) from an earlier process if
+    ``check(answer)`` accepts it, else ``search()``, kept for the next one."""
     asked = f"{kind} {VERSION}\n{question}\n"
     path = cache_dir() / "derivations" / f"{kind}-{hashlib.sha256(asked.encode()).hexdigest()[:32]}"
     try:
         stored = path.read_text(encoding="utf-8")
         if stored.startswith(asked):
             data = json.loads(stored[len(asked):])
-            return None if data is None else decode(data)
+            if data is None:
+                return None
+            answer = decode(data)
+            if check(answer):
+                return answer
     except Exception:  # absent, unreadable or damaged: search again
         pass
     answer = search()

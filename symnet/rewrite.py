@@ -107,7 +107,29 @@ def output_derivative(forward: sp.Lambda, deriv: sp.Lambda):
     activation, and the argument need not be stored.
     """
     f, d = forward(x), deriv(x)
-    return memo.remembered("output-form", _question(f, d), lambda: _search_output_derivative(f, d))
+    f_def, d_def = definition(f), definition(d)
+    return memo.remembered("output-form", _question(f, d), lambda: _search_output_derivative(f, d),
+                           lambda g: agree(definition(g(f_def)), d_def))
+
+
+def agree(a: sp.Expr, b: sp.Expr) -> bool:
+    """Whether the scalar bodies ``a`` and ``b`` have the same values at points drawn from
+    ``SAMPLES`` (each free symbol a different one), to 1e-9 relative, at two or more points
+    where both are real: the check of a remembered answer, which was proven when it was found."""
+    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    compared = 0
+    for i in range(len(SAMPLES)):
+        point = {s: SAMPLES[(i + 2 * j) % len(SAMPLES)] for j, s in enumerate(symbols)}
+        try:
+            values = [complex(e.subs(point).evalf(30)) for e in (a, b)]
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        if not all(np.isfinite(u) and abs(u.imag) <= 1e-12 * max(1.0, abs(u)) for u in values):
+            continue
+        compared += 1
+        if abs(values[0] - values[1]) > 1e-9 * max(1.0, abs(values[1])):
+            return False
+    return compared >= 2
 
 
 def _question(*exprs) -> str:
@@ -335,7 +357,8 @@ def simplify_scalar(e, ctx):
 
 @cache
 def _simplified(f: sp.Lambda):
-    return memo.remembered("simplified", _question(f), lambda: _search_simplified(f))
+    return memo.remembered("simplified", _question(f), lambda: _search_simplified(f),
+                           lambda new: agree(definition(new.expr), definition(f.expr)))
 
 
 def _search_simplified(f: sp.Lambda):
