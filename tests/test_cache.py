@@ -122,7 +122,7 @@ def test_a_full_disk_compiles_in_memory_and_leaves_no_temporary_file(own_cache, 
     monkeypatch.setattr(cache.os, "fdopen", full)
     with pytest.warns(cache.CacheWarning, match="No space left"):
         model = build()
-    assert not list(own_cache.glob("*"))  # neither the module nor a temporary file
+    assert not [p for p in own_cache.rglob("*") if p.is_file()]  # no module, no temporary file
     assert model._runner().module.CACHE is False
     monkeypatch.undo()
     want = trained(build("numpy"))
@@ -186,3 +186,23 @@ def test_a_symbol_the_kernel_has_no_value_for_is_refused_by_name():
         outputs=(("loss", "L"),))
     with pytest.raises(CodegenError, match="no value for the symbol 'evil\\\\nimport"):
         emit.generate({"loss": program}, None, "float64")
+
+
+def test_a_full_disk_compiles_the_kernel_for_this_process_with_one_warning(own_cache,
+                                                                          monkeypatch):
+    """numba cannot write its machine code (ENOSPC): not a damaged entry to remove and retry
+    forever, but a kernel compiled without the cache, and a warning that says so."""
+    import numba.core.caching
+
+    def full(self, key, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(numba.core.caching.IndexDataCacheFile, "save", full)
+    model = build()
+    with pytest.warns(cache.CacheWarning, match=r"could not keep the machine code of "
+                                                r"train_epochs .*No space left on device"):
+        params = trained(model)
+    monkeypatch.undo()
+    reference = build(backend="numpy")
+    for k, v in trained(reference).items():
+        np.testing.assert_allclose(params[k], v, rtol=1e-9, atol=1e-12)

@@ -155,7 +155,8 @@ def compile_kernel(function, cache: bool, **options):
     """``function`` compiled as a kernel (``runtime.compile_kernel``), loading its machine code
     from numba's cache when there is some. If loading fails (a damaged index or data file:
     ``UnpicklingError``, ``EOFError`` and the like), the module's cached machine code is deleted
-    and the kernel compiled anew."""
+    and the kernel compiled anew; if that fails too (numba cannot write its files: a full disk),
+    it is compiled without the cache, with a warning."""
     try:
         return runtime.compile_kernel(function, cache, **options)
     except numba.core.errors.NumbaError:
@@ -165,10 +166,21 @@ def compile_kernel(function, cache: bool, **options):
     if cache:
         path = numba.core.caching.FunctionCache(function)._cache_path
         _remove_machine_code(Path(path), function.__module__)
+        try:
+            return runtime.compile_kernel(function, cache, **options)
+        except numba.core.errors.NumbaError:
+            raise
+        except Exception as err:  # not damage: numba cannot write its files (a full disk)
+            damage = err
     try:
-        return runtime.compile_kernel(function, cache, **options)
+        compiled = runtime.compile_kernel(function, False, **options)
     except numba.core.errors.NumbaError:
         raise
     except Exception as err:
-        raise CodegenError(f"the kernel {function.__name__} could not be compiled after its "
-                           f"damaged cache entry was removed ({damage!r}, then {err!r})") from None
+        raise CodegenError(f"the kernel {function.__name__} could not be compiled ({damage!r}, "
+                           f"then without the cache {err!r})") from None
+    if cache:
+        warn(f"the kernel cache could not keep the machine code of {function.__name__} "
+             f"({damage}); it is compiled for this process only. Free space in "
+             f"{cache_dir()}, or set SYMNET_CACHE_DIR to a writable directory.", CacheWarning)
+    return compiled
