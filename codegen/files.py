@@ -24,11 +24,17 @@ class NotARegularFile(OSError):
 
 
 def cache_dir() -> Path:
-    """``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else ``~/.cache/symnet``."""
-    if os.environ.get("SYMNET_CACHE_DIR"):
-        return Path(os.environ["SYMNET_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "symnet"
+    """``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else ``~/.cache/symnet``; ``~``
+    expanded (a value set without a shell keeps it), and a relative path taken from the
+    working directory of its first use (a later ``os.chdir`` does not move the cache)."""
+    text = os.environ.get("SYMNET_CACHE_DIR") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "symnet")
+    if text not in _PINNED:
+        _PINNED[text] = Path(text).expanduser().absolute()
+    return _PINNED[text]
+
+
+_PINNED: dict[str, Path] = {}  # each value of the setting → the directory it first named
 
 
 def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:

@@ -311,7 +311,8 @@ class Model:
     def compile_kernels(self) -> float:
         """JIT-compile the kernels that fit, evaluate and predict use now instead of on first use
         (numba backend; ``loss_and_grad`` still compiles on its first call). Returns the seconds
-        it took and sets ``kernels_cached`` (True if loaded from the disk cache)."""
+        it took and sets ``kernels_cached`` (True if loaded from the disk cache, or compiled
+        before in this process for a model of the same declaration)."""
         start = time.perf_counter()
         self._check_params()
         runner = self._runner()
@@ -558,8 +559,7 @@ class Model:
             with _backend_errors(self.backend):
                 runner.kernel("train_epochs")
         hist, best = History(), None
-        tqdm = _progress_bar()
-        bar = tqdm(total=epochs, unit="epoch", disable=not verbose, leave=False)
+        bar = _progress_bar()(total=epochs, unit="epoch", leave=False) if verbose else _NoBar()
         # with nothing for Python to do between epochs (no validation, no progress to show),
         # every epoch runs in one kernel call; else one epoch, or ~0.25 s, per call
         quiet = val_feeds is None and not verbose
@@ -602,7 +602,7 @@ class Model:
                 bar.set_postfix(loss=f"{hist.loss[-1]:.4f}",
                                 samples_s=f"{rows * k / max(elapsed, 1e-9):,.0f}")
                 if verbose and per_call == 1:
-                    tqdm.write(_epoch_line(len(hist.loss), epochs, hist))
+                    bar.write(_epoch_line(len(hist.loss), epochs, hist))
             if best is not None:
                 self._restore(best)
         self.history = hist
@@ -729,6 +729,20 @@ def _backend_errors(backend):
     except CodegenError as err:
         hint = " Compile with backend='numpy' to train without it." if backend == "numba" else ""
         raise DeclarationError(f"{err}.{hint}") from None
+
+
+class _NoBar:
+    """What fit updates when it shows no progress: a disabled tqdm bar still makes a
+    multiprocessing lock, which a spawned pool's resource tracker reports as leaked."""
+
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **values):
+        pass
+
+    def close(self):
+        pass
 
 
 def _progress_bar():

@@ -388,7 +388,8 @@ def _batch_size(rows: int, batch: int | str, norm: bool) -> int:
 def warm_up(estimator, X, y, param_grid=None) -> int:
     """Compile into the kernel cache the kernels of every configuration of ``param_grid``
     (scikit-learn's grid format) of ``estimator`` (a symnet estimator, or a Pipeline ending in
-    one) on data shaped as X, y; returns how many configurations were compiled. Run it once
+    one) on data shaped as X, y; returns how many configurations it went through (those that
+    differ only in learning_rate, alpha or random_state share their kernels). Run it once
     before a search fans out, with ``SYMNET_CACHE_DIR`` on a file system the workers share: each
     worker then loads the machine code instead of compiling it."""
     grid = list(ParameterGrid(param_grid or {}))

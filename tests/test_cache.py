@@ -206,3 +206,19 @@ def test_a_full_disk_compiles_the_kernel_for_this_process_with_one_warning(own_c
     reference = build(backend="numpy")
     for k, v in trained(reference).items():
         np.testing.assert_allclose(params[k], v, rtol=1e-9, atol=1e-12)
+
+
+def test_the_cache_setting_expands_home_and_stays_where_a_relative_path_first_pointed(
+        tmp_path, monkeypatch):
+    from codegen.files import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SYMNET_CACHE_DIR", "~/kernels-of-this-test")
+    assert cache_dir() == tmp_path / "kernels-of-this-test"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    monkeypatch.setenv("SYMNET_CACHE_DIR", "relative-kernels-of-this-test")
+    assert cache_dir() == tmp_path / "a" / "relative-kernels-of-this-test"
+    monkeypatch.chdir(tmp_path / "b")
+    assert cache_dir() == tmp_path / "a" / "relative-kernels-of-this-test"
