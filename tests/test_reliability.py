@@ -376,9 +376,10 @@ def test_data_of_another_rank_is_named_with_the_reshape_that_fixes_it(data, fix,
 @pytest.mark.parametrize("layout", ["float64", "fortran"])
 def test_an_entry_found_in_a_later_batch_names_its_row_in_the_callers_data(layout, model):
     X = _x(40)
-    X[37, 1] = 1e300
-    X = X if layout == "float64" else np.asfortranarray(X.astype(model.dtype))
-    if layout == "fortran":
+    if layout == "float64":
+        X[37, 1] = 1e300  # too large for the model's float32
+    else:
+        X = np.asfortranarray(X.astype(model.dtype))
         X[37, 1] = np.inf
     with pytest.raises(sn.DataError, match=r"X has .* in row 37, column 1"):
         model.predict(X, batch_size=8)
