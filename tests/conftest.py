@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -19,9 +21,14 @@ def make_data(n=5, cols=4, out=3, kind="onehot", seed=0):
 
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache(tmp_path_factory):
-    """One on-disk kernel cache per test session: tests share compiled kernels, runs do not."""
+    """One on-disk kernel cache per test run: tests share compiled kernels, runs do not. The
+    pytest-xdist workers of a run share it too (their temporary directories have one parent)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    (root / "kernels").mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SYMNET_CACHE_DIR", str(tmp_path_factory.mktemp("kernels")))
+        mp.setenv("SYMNET_CACHE_DIR", str(root / "kernels"))
         yield
 
 
