@@ -163,6 +163,9 @@ class NumpyBackend:
         self.updater = NumpyUpdater(update) if update is not None else None
         self.source = "\n\n".join(f"## {name}\n{prog.listing()}" for name, prog in programs.items())
 
+    def prepare(self, names, spare=()) -> None:
+        """Nothing to compile: the programs are interpreted."""
+
     def run(self, name: str, feeds: dict[str, np.ndarray], seed: int = 0,
             step: int = 0) -> dict[str, np.ndarray]:
         return self.runners[name].run(feeds, seed, step)

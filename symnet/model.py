@@ -555,9 +555,11 @@ class Model:
         drawn = rng.bit_generator.state  # given back if the data turns out not to be finite
         sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
         runner = self._runner(weighted=weighted)
-        if self.backend == "numba":  # compiled before Ctrl-C is deferred: it stops a compile
-            with _backend_errors(self.backend):
-                runner.kernel("train_epochs")
+        # compiled before Ctrl-C is deferred, as it stops a compile; a second core compiles the
+        # kernel predict will call meanwhile, if there is one (NumbaRunner.prepare)
+        needed = ["train_epochs"] + (["loss"] if val_feeds is not None and not weighted else [])
+        with _backend_errors(self.backend):
+            runner.prepare(needed, spare=[] if weighted else ["forward"])
         hist, best = History(), None
         bar = _progress_bar()(total=epochs, unit="epoch", leave=False) if verbose else _NoBar()
         # with nothing for Python to do between epochs (no validation, no progress to show),

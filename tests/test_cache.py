@@ -199,9 +199,10 @@ def test_a_full_disk_compiles_the_kernel_for_this_process_with_one_warning(own_c
 
     monkeypatch.setattr(numba.core.caching.IndexDataCacheFile, "save", full)
     model = build()
-    with pytest.warns(cache.CacheWarning, match=r"could not keep the machine code of "
-                                                r"train_epochs .*No space left on device"):
+    with pytest.warns(cache.CacheWarning) as caught:
         params = trained(model)
+    assert {re.search(r"could not keep the machine code of (\w+) .*No space left on device",
+                      str(w.message))[1] for w in caught} == {"train_epochs"}
     monkeypatch.undo()
     reference = build(backend="numpy")
     for k, v in trained(reference).items():
@@ -222,3 +223,51 @@ def test_the_cache_setting_expands_home_and_stays_where_a_relative_path_first_po
     assert cache_dir() == tmp_path / "a" / "relative-kernels-of-this-test"
     monkeypatch.chdir(tmp_path / "b")
     assert cache_dir() == tmp_path / "a" / "relative-kernels-of-this-test"
+
+
+def predictions_agree_with_numpy(model):
+    X, Y = data()
+    reference = build(backend="numpy")
+    for m in (model, reference):
+        m.fit(X, Y, epochs=2, batch_size=4, shuffle=False, verbose=False)
+    np.testing.assert_allclose(model.predict(X), reference.predict(X), rtol=1e-10)
+
+
+def test_a_second_core_compiles_kernels_beside_into_the_cache(own_cache, monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    model = build()
+    model.compile_kernels()
+    runner = model._runner()
+    # train_epochs compiled here; loss and forward by the helper process, loaded from its files
+    assert [runner.cached(k) for k in ("train_epochs", "loss", "forward")] == [False, True, True]
+    assert not model.kernels_cached
+    predictions_agree_with_numpy(model)
+
+
+def test_fit_has_the_kernel_predict_calls_compiled_beside_its_own(own_cache, monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    model = build()
+    X, Y = data()
+    model.fit(X, Y, epochs=1, batch_size=4, verbose=False)
+    model.predict(X)
+    runner = model._runner()
+    assert not runner.cached("train_epochs") and runner.cached("forward")
+    assert "loss" not in runner.compiled  # no validation data: evaluate's kernel is left alone
+
+
+def test_a_helper_that_fails_costs_only_the_compile_it_would_have_saved(own_cache, monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    model = build()
+    model.compile_kernels()
+    runner = model._runner()
+    assert not any(runner.cached(k) for k in ("train_epochs", "loss", "forward"))
+    predictions_agree_with_numpy(model)
+
+
+def test_one_thread_compiles_every_kernel_in_this_process(own_cache, monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "1")
+    monkeypatch.setattr(cache, "compile_beside", lambda *a: pytest.fail("a helper was started"))
+    model = build()
+    model.compile_kernels()
+    assert not any(model._runner().cached(k) for k in ("train_epochs", "loss", "forward"))

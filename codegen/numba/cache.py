@@ -21,6 +21,7 @@ import importlib.util
 import linecache
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import types
@@ -184,3 +185,43 @@ def compile_kernel(function, cache: bool, **options):
              f"({damage}); it is compiled for this process only. Free space in "
              f"{cache_dir()}, or set SYMNET_CACHE_DIR to a writable directory.", CacheWarning)
     return compiled
+
+
+# ------------------------------------------------------------------------------ a second core
+
+
+def on_disk(module: types.ModuleType, name: str) -> bool:
+    """Whether numba's cache holds machine code of kernel ``name`` of ``module`` (an index file;
+    whether it loads is found out by loading it)."""
+    if not module.CACHE:
+        return False
+    where = Path(numba.core.caching.FunctionCache(getattr(module, name))._cache_path)
+    return any(where.glob(f"{module.__name__}.{name}-*.nbi"))
+
+
+def compile_beside(module: types.ModuleType, names: list[str]) -> subprocess.Popen | None:
+    """A process that compiles kernels ``names`` of ``module`` into numba's cache, for this one
+    to load when it has compiled its own; None if it cannot be started or there is no cache
+    to share them through (a module compiled in memory). Its failure only costs this process
+    the compile it would have done anyway, so its output is dropped."""
+    if not module.CACHE or not sys.executable:
+        return None
+    root = str(Path(__file__).resolve().parents[2])  # where this codegen package is imported from
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    code = "import sys; from codegen.numba.cache import _compile_files; _compile_files(sys.argv[1:])"
+    try:
+        return subprocess.Popen([sys.executable, "-c", code, module.__file__, *names],
+                                env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def _compile_files(argv: list[str]) -> None:
+    """The helper process of :func:`compile_beside`: ``argv`` is a module file and kernel names."""
+    from .emit import KERNEL_OPTIONS
+
+    path, *names = argv
+    module = sys.modules[Path(path).stem] = _from_file(Path(path).stem, Path(path))
+    for name in names:
+        compile_kernel(getattr(module, name), True, **KERNEL_OPTIONS)
