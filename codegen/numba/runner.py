@@ -164,6 +164,8 @@ class NumbaRunner:
 
 # a kernel module → {kernel: (cfunc, ctypes caller)}; weak, for tests that import a module anew
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILING = threading.Lock()
+_RUNNERS = weakref.WeakSet()  # the live runners, whose locks a forked child renews
 _BESIDE: list = []  # (helper process, module name, kernels) of NumbaRunner.prepare
 COMPILE_BESIDE_S = 600  # the longest a kernel waits for the helper compiling it
 
@@ -172,6 +174,7 @@ def _await_helper(module: str, name: str) -> None:
     """Wait for the helper process compiling kernel ``name`` of ``module``, if there is one: its
     machine code is then in the cache. One that does not finish (or Ctrl-C) is stopped, and
     the kernel compiled here."""
+    _BESIDE[:] = [e for e in _BESIDE if e[0].poll() is None]  # finished ones: in the cache
     for entry in [e for e in _BESIDE if e[1] == module and name in e[2]]:
         helper = entry[0]
         try:
@@ -191,8 +194,6 @@ def _stop_helpers() -> None:
     for helper, _, _ in _BESIDE:
         if helper.poll() is None:
             helper.kill()
-_COMPILING = threading.Lock()
-_RUNNERS = weakref.WeakSet()  # the live runners, whose locks a forked child renews
 
 
 def _after_fork():
