@@ -233,8 +233,16 @@ def predictions_agree_with_numpy(model):
     np.testing.assert_allclose(model.predict(X), reference.predict(X), rtol=1e-10)
 
 
-def test_a_second_core_compiles_kernels_beside_into_the_cache(own_cache, monkeypatch):
+@pytest.fixture
+def free_core(monkeypatch):
+    """Two threads and a core free, whatever the machine's load (tests run beside each other)."""
+    from codegen.numba import runner
+
     monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    monkeypatch.setattr(runner, "_a_core_is_free", lambda: True)
+
+
+def test_a_second_core_compiles_kernels_beside_into_the_cache(own_cache, free_core):
     model = build()
     model.compile_kernels()
     runner = model._runner()
@@ -244,8 +252,7 @@ def test_a_second_core_compiles_kernels_beside_into_the_cache(own_cache, monkeyp
     predictions_agree_with_numpy(model)
 
 
-def test_fit_has_the_kernel_predict_calls_compiled_beside_its_own(own_cache, monkeypatch):
-    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+def test_fit_has_the_kernel_predict_calls_compiled_beside_its_own(own_cache, free_core):
     model = build()
     X, Y = data()
     model.fit(X, Y, epochs=1, batch_size=4, verbose=False)
@@ -255,9 +262,12 @@ def test_fit_has_the_kernel_predict_calls_compiled_beside_its_own(own_cache, mon
     assert "loss" not in runner.compiled  # no validation data: evaluate's kernel is left alone
 
 
-def test_a_helper_that_fails_costs_only_the_compile_it_would_have_saved(own_cache, monkeypatch):
-    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
-    monkeypatch.setattr(sys, "executable", "/bin/false")
+def test_a_helper_that_fails_costs_only_the_compile_it_would_have_saved(own_cache, free_core,
+                                                                        monkeypatch, tmp_path):
+    broken = tmp_path / "python3-broken"  # a python that exits at once, with an error
+    broken.write_text("#!/bin/sh\nexit 3\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(broken))
     model = build()
     model.compile_kernels()
     runner = model._runner()
@@ -271,3 +281,28 @@ def test_one_thread_compiles_every_kernel_in_this_process(own_cache, monkeypatch
     model = build()
     model.compile_kernels()
     assert not any(model._runner().cached(k) for k in ("train_epochs", "loss", "forward"))
+
+
+@pytest.mark.parametrize("load, cores, free", [(0.4, 2, True), (1.0, 2, True), (1.3, 2, False),
+                                               (2.5, 4, True), (3.5, 4, False)])
+def test_a_helper_needs_a_core_the_load_average_leaves_free(monkeypatch, load, cores, free):
+    from codegen.numba import runner, runtime
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(runtime, "cores", lambda: cores)
+    assert runner._a_core_is_free() is free
+
+
+def test_no_helper_on_a_busy_machine_or_without_a_python_program(own_cache, monkeypatch):
+    from codegen.numba import runner
+
+    compile_beside = cache.compile_beside
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    monkeypatch.setattr(runner, "_a_core_is_free", lambda: False)
+    started = []
+    monkeypatch.setattr(cache, "compile_beside", lambda *a: started.append(a))
+    model = build()
+    model.compile_kernels()
+    assert not started
+    monkeypatch.setattr(sys, "executable", "/usr/bin/blender")  # an application embedding Python
+    assert compile_beside(model._runner().module, ["forward"]) is None

@@ -224,3 +224,37 @@ def test_ctrl_c_while_fit_compiles_its_kernel_is_not_held_back(monkeypatch):
                    backend="numba")
     m.fit(*data(), epochs=1, batch_size=40, verbose=False)
     assert ("train_epochs", signal.getsignal(signal.SIGINT)) in seen
+
+
+def test_ctrl_c_during_a_cold_compile_returns_at_once_and_the_compile_runs_on(monkeypatch):
+    """An interrupt inside numba's compiler could leave it unable to compile anything again in
+    the process; the compile runs on a thread of its own, Ctrl-C interrupts only the wait for
+    it, and the next call that needs the kernel gets the one it compiled."""
+    from codegen.numba import cache
+
+    started = threading.Event()
+    compile_kernel = cache.compile_kernel
+
+    def announced(function, *args, **kwargs):
+        started.set()
+        return compile_kernel(function, *args, **kwargs)
+
+    def interrupt():
+        started.wait(60)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cache, "compile_kernel", announced)
+    X, Y = sn.Input("X", 8), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 11, sn.sigmoid), 3)  # a declaration no other test compiles
+    m = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out,
+                   seed=0, backend="numba", dtype="float64")
+    runner = m._runner()
+    threading.Thread(target=interrupt).start()
+    with pytest.raises(KeyboardInterrupt):
+        runner.kernel("forward")
+    assert "forward" not in runner.compiled
+    runner.kernel("forward")
+    assert runner.reused["forward"]  # the interrupted call's compile, finished meanwhile
+    reference = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                           prediction=out, seed=0, backend="numpy", dtype="float64")
+    np.testing.assert_allclose(m.predict(data()[0]), reference.predict(data()[0]), rtol=1e-12)

@@ -202,9 +202,12 @@ def on_disk(module: types.ModuleType, name: str) -> bool:
 def compile_beside(module: types.ModuleType, names: list[str]) -> subprocess.Popen | None:
     """A process that compiles kernels ``names`` of ``module`` into numba's cache, for this one
     to load when it has compiled its own; None if it cannot be started or there is no cache
-    to share them through (a module compiled in memory). Its failure only costs this process
-    the compile it would have done anyway, so its output is dropped."""
-    if not module.CACHE or not sys.executable:
+    to share them through (a module compiled in memory), or if this interpreter is not a
+    ``python`` program (an application embedding Python, which ``-c`` might not run). Its
+    failure only costs this process the compile it would have done anyway, so its output is
+    dropped."""
+    program = Path(sys.executable or "").name.lower()
+    if not module.CACHE or not program.startswith(("python", "pypy")):
         return None
     root = str(Path(__file__).resolve().parents[2])  # where this codegen package is imported from
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
