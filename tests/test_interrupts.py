@@ -232,6 +232,7 @@ COLD = textwrap.dedent("""
     import symnet as sn
     from codegen.numba import cache
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the test run ignores it
     started = threading.Event()
     compile_kernel = cache.compile_kernel
 
