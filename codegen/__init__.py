@@ -5,6 +5,14 @@ instructions over named 2-D buffers whose shapes may use the batch size ``"n"``;
 elementwise map is a SymPy *scalar* expression.
 """
 
-from .ir import Buffer, CodegenError, Instr, Op, Program, Update
-
 __all__ = ["Buffer", "CodegenError", "Instr", "Op", "Program", "Update"]
+
+
+def __getattr__(name):
+    """The IR's names, imported on first use: a process that only compiles kernels (the numba
+    backend's helper) then never imports the IR and SymPy (0.3 s of its start)."""
+    if name in __all__:
+        from . import ir
+
+        return getattr(ir, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,12 +7,10 @@ from enum import Enum, IntEnum
 
 import sympy as sp
 
+from .errors import CodegenError  # noqa: F401  (codegen.ir.CodegenError)
+
 Dim = int | str  # a fixed size, or "n": the number of rows of the current batch
 BATCH = "n"
-
-
-class CodegenError(Exception):
-    """A program a backend cannot compile (a function it cannot print, a JIT failure)."""
 
 
 class Op(Enum):

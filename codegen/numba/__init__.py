@@ -10,7 +10,7 @@ otherwise rather than failing inside numba.
 
 from importlib.metadata import version
 
-from ..ir import CodegenError
+from ..errors import CodegenError
 
 SUPPORTED = {"numba": ((0, 65), (0, 69)), "llvmlite": ((0, 47), (0, 51))}  # [from, to)
 
@@ -27,6 +27,14 @@ def _check_versions(found=None):
 
 _check_versions()
 
-from .runner import NumbaRunner, warm_up  # noqa: E402 — only once the versions are known good
-
 __all__ = ["SUPPORTED", "NumbaRunner", "warm_up"]
+
+
+def __getattr__(name):
+    """The runner, imported on first use (after the version check): the helper process that
+    compiles kernels imports only the cache and the runtime."""
+    if name in ("NumbaRunner", "warm_up"):
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
