@@ -5,9 +5,12 @@ import ast
 import errno
 import os
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numba.core.caching
 import numpy as np
 import pytest
 import sympy as sp
@@ -283,14 +286,36 @@ def test_one_thread_compiles_every_kernel_in_this_process(own_cache, monkeypatch
     assert not any(model._runner().cached(k) for k in ("train_epochs", "loss", "forward"))
 
 
-@pytest.mark.parametrize("load, cores, free", [(0.4, 2, True), (1.0, 2, True), (1.3, 2, False),
-                                               (2.5, 4, True), (3.5, 4, False)])
-def test_a_helper_needs_a_core_the_load_average_leaves_free(monkeypatch, load, cores, free):
+@pytest.mark.parametrize("others, cores, free", [(0, 2, True), (1, 2, False), (2, 4, True),
+                                                 (3, 4, False), (0, 1, False)])
+def test_a_helper_needs_a_core_that_other_processes_leave_free(monkeypatch, others, cores, free):
     from codegen.numba import runner, runtime
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(runner, "_others_running", lambda: others)
     monkeypatch.setattr(runtime, "cores", lambda: cores)
     assert runner._a_core_is_free() is free
+
+
+@pytest.mark.parametrize("load, free", [(0.4, True), (1.0, True), (1.3, False)])
+def test_without_proc_the_load_average_decides(monkeypatch, load, free):
+    from codegen.numba import runner, runtime
+
+    monkeypatch.setattr(runner, "_others_running", lambda: None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(runtime, "cores", lambda: 2)
+    assert runner._a_core_is_free() is free
+
+
+def test_the_threads_running_now_leave_out_this_process_own(tmp_path):
+    from codegen.numba import runner
+
+    (tmp_path / "stat").write_text("cpu  1 2 3 4\nprocs_running 4\nprocs_blocked 0\n")
+    for tid, state in [(10, "R"), (11, "S"), (12, "R")]:
+        task = tmp_path / "self" / "task" / str(tid)
+        task.mkdir(parents=True)
+        (task / "stat").write_text(f"{tid} (py (thread) x) {state} 1 2 3\n")  # ")" in a name
+    assert runner._others_running(str(tmp_path), samples=2) == 2
+    assert runner._others_running(str(tmp_path / "absent")) is None
 
 
 def test_no_helper_on_a_busy_machine_or_without_a_python_program(own_cache, monkeypatch):
@@ -306,3 +331,65 @@ def test_no_helper_on_a_busy_machine_or_without_a_python_program(own_cache, monk
     assert not started
     monkeypatch.setattr(sys, "executable", "/usr/bin/blender")  # an application embedding Python
     assert compile_beside(model._runner().module, ["forward"]) is None
+
+
+def _main_waits_for_the_helper_claim(monkeypatch):
+    """Make this process's first stage wait until the helper has claimed the last one, so that
+    the helper lowers at least one stage however busy the machine is."""
+    from codegen.numba import stages
+
+    lower = stages._lower
+
+    def lower_after_the_helper_claimed(function, args, flags, name):
+        if stages._SHARE:
+            share = stages._SHARE[0]
+            last = share.directory / f"{list(share.typed)[-1]}.claim"
+            deadline = time.monotonic() + 60
+            while not last.exists() and share.helper.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return lower(function, args, flags, name)
+
+    monkeypatch.setattr(stages, "_lower", lower_after_the_helper_claimed)
+
+
+def test_a_helper_lowers_stages_of_the_kernel_compiling_here_to_the_same_bits(own_cache,
+                                                                              free_core,
+                                                                              monkeypatch):
+    _main_waits_for_the_helper_claim(monkeypatch)
+    model = build()
+    model.compile_kernels()
+    runner = model._runner()
+    assert runner.lowered_beside["train_epochs"]  # the helper's modules, linked in
+    shared = trained(model)
+    # the same kernel lowered here alone, from a module and machine code compiled anew
+    numba_files = numba.core.caching.FunctionCache(runner.module.train_epochs)._cache_path
+    cache._remove_machine_code(Path(numba_files), runner.module.__name__)
+    forget(model)
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "1")  # no helper (results: the same at any count)
+    alone = build()
+    alone.compile_kernels()
+    assert "train_epochs" not in alone._runner().lowered_beside
+    assert not alone._runner().cached("train_epochs")
+    for name, value in trained(alone).items():
+        np.testing.assert_array_equal(value, shared[name], err_msg=name)
+
+
+def test_stages_a_helper_claimed_and_did_not_lower_are_lowered_here(own_cache, free_core,
+                                                                    monkeypatch):
+    """A helper that claims every stage and ends without lowering one (it crashed)."""
+    _main_waits_for_the_helper_claim(monkeypatch)
+    claim_all = (
+        "import os, pickle, sys, time; from pathlib import Path\n"
+        "d = Path(sys.argv[1]); s = d / 'stages.pickle'\n"
+        "while not s.exists(): time.sleep(0.005)\n"
+        "for name, _ in pickle.loads(s.read_bytes()):\n"
+        "    (d / f'{name}.claim').touch()\n")
+
+    def crashing_helper(module, names, stages=None):
+        return subprocess.Popen([sys.executable, "-c", claim_all, str(stages)])
+
+    monkeypatch.setattr(cache, "compile_beside", crashing_helper)
+    model = build()
+    model.compile_kernels()
+    assert model._runner().lowered_beside["train_epochs"] == []
+    predictions_agree_with_numpy(model)

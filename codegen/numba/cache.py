@@ -31,8 +31,8 @@ import numba.core.caching
 import numba.core.errors
 
 from .. import files
+from ..errors import CodegenError
 from ..files import cache_dir
-from ..ir import CodegenError
 from ..notices import warn
 from . import runtime
 
@@ -199,13 +199,15 @@ def on_disk(module: types.ModuleType, name: str) -> bool:
     return any(where.glob(f"{module.__name__}.{name}-*.nbi"))
 
 
-def compile_beside(module: types.ModuleType, names: list[str]) -> subprocess.Popen | None:
-    """A process that compiles kernels ``names`` of ``module`` into numba's cache, for this one
-    to load when it has compiled its own; None if it cannot be started or there is no cache
-    to share them through (a module compiled in memory), or if this interpreter is not a
-    ``python`` program (an application embedding Python, which ``-c`` might not run). Its
-    failure only costs this process the compile it would have done anyway, so its output is
-    dropped."""
+def compile_beside(module: types.ModuleType, names: list[str],
+                   stages: Path | None = None) -> subprocess.Popen | None:
+    """A process that lowers the stages the kernel compiling here announces in ``stages``
+    (:func:`.stages.lower_beside`), if given, then compiles kernels ``names`` of ``module`` into
+    numba's cache, for this one to load when it has compiled its own; None if it cannot be
+    started or there is no cache to share them through (a module compiled in memory), or if
+    this interpreter is not a ``python`` program (an application embedding Python, which ``-c``
+    might not run). Its failure only costs this process the work it would have done anyway, so
+    its output is dropped."""
     program = Path(sys.executable or "").name.lower()
     if not module.CACHE or not program.startswith(("python", "pypy")):
         return None
@@ -213,7 +215,8 @@ def compile_beside(module: types.ModuleType, names: list[str]) -> subprocess.Pop
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     code = "import sys; from codegen.numba.cache import _compile_files; _compile_files(sys.argv[1:])"
     try:
-        return subprocess.Popen([sys.executable, "-c", code, module.__file__, *names],
+        return subprocess.Popen([sys.executable, "-c", code, module.__file__, str(stages or ""),
+                                 *names],
                                 env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
@@ -221,10 +224,15 @@ def compile_beside(module: types.ModuleType, names: list[str]) -> subprocess.Pop
 
 
 def _compile_files(argv: list[str]) -> None:
-    """The helper process of :func:`compile_beside`: ``argv`` is a module file and kernel names."""
+    """The helper process of :func:`compile_beside`: ``argv`` is a module file, the shared
+    stages' directory (or an empty string) and kernel names."""
     from .emit import KERNEL_OPTIONS
+    from .stages import lower_beside
 
-    path, *names = argv
+    path, stages, *names = argv
     module = sys.modules[Path(path).stem] = _from_file(Path(path).stem, Path(path))
+    if stages:
+        with contextlib.suppress(OSError):  # the directory went away: the kernel is compiled
+            lower_beside(module, Path(stages))
     for name in names:
         compile_kernel(getattr(module, name), True, **KERNEL_OPTIONS)

@@ -8,9 +8,12 @@ import contextlib
 import functools
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import numba.core.errors
 import numpy as np
 
 from ..ir import BATCH, CodegenError, Program, Status, Update
-from . import cache, runtime
+from . import cache, runtime, stages
 from .emit import ARRAYS_AT, CODEGEN_VERSION, KERNEL_OPTIONS, TRAIN, Entry, generate
 
 
@@ -36,6 +39,7 @@ class NumbaRunner:
         self.module = cache.load(self.source, f"{CODEGEN_VERSION}\n{_runtime_digest()}")
         self.compiled: dict[str, tuple] = {}
         self.reused: dict[str, bool] = {}  # compiled by another runner of this process
+        self.lowered_beside: dict[str, list[str]] = {}  # kernel → stages a helper lowered
         self.work: dict[str, dict[str, np.ndarray]] = {}
         self.capacity: dict[str, int] = {}
         self.blocks = Blocks()
@@ -77,14 +81,31 @@ class NumbaRunner:
                     and not cache.on_disk(self.module, n)]
 
         here = sorted(cold(names), key=lambda n: n != "train_epochs")
-        # spares only beside a compile: a warm fit does not look for them (0.14 ms a call)
-        beside = here and list(dict.fromkeys(here[1:] + [n for n in cold(spare) if n != here[0]]))
-        if beside and runtime.threads() > 1 and _a_core_is_free():
-            helper = cache.compile_beside(self.module, beside)
-            if helper is not None:
-                _BESIDE.append((helper, self.module.__name__, frozenset(beside)))
+        if here and runtime.threads() > 1 and _a_core_is_free():
+            # spares only beside a compile: a warm fit does not look for them (0.14 ms a call)
+            beside = list(dict.fromkeys(here[1:] + [n for n in cold(spare) if n != here[0]]))
+            self._compile_shared(here[0], beside)
         for name in here[:1] + [n for n in names if n in self.entries]:
             self.kernel(name)  # waits for the helper where it compiles one
+
+    def _compile_shared(self, name: str, beside: list[str]) -> None:
+        """Compile kernel ``name`` here while a helper process lowers some of its stages
+        (:func:`.stages.shared`), then compiles kernels ``beside`` into the cache; nothing if no
+        helper can be started (the kernel is then compiled alone)."""
+        try:
+            directory = Path(tempfile.mkdtemp(prefix="symnet-stages-"))
+        except OSError:
+            return
+        try:
+            helper = cache.compile_beside(self.module, beside, directory)
+            if helper is None:
+                return
+            _BESIDE.append((helper, self.module.__name__, frozenset(beside)))
+            with stages.shared(directory, helper) as share:
+                self.kernel(name)
+            self.lowered_beside[name] = share.taken
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def cached(self, name: str) -> bool:
         """Whether kernel ``name``'s machine code came from numba's cache or was in memory."""
@@ -201,13 +222,43 @@ def _uninterrupted(work, *args):
 
 
 def _a_core_is_free() -> bool:
-    """Whether the load average leaves one of this process's cores free: on a busy machine a
-    helper only slows this process's own compile (a cold fit beside two busy processes took
-    6.0-7.6 s with one, 2.8-3.3 s without)."""
+    """Whether a core is free beside this process's thread now: on a busy machine a helper
+    only slows this process's own compile (a cold fit beside two busy processes took 6.0-7.6 s
+    with one, 2.8-3.3 s without). Other processes' threads running now (Linux's
+    ``procs_running``, less this process's own) rather than the load average, which still
+    counted a process that had ended a minute before: back-to-back cold processes started no
+    helper."""
+    others = _others_running()
+    if others is not None:
+        return others + 2 <= runtime.cores()
     try:
         return os.getloadavg()[0] + 1 <= runtime.cores()
     except OSError:
         return False
+
+
+def _others_running(proc: str = "/proc", samples: int = 10) -> int | None:
+    """The threads of other processes running now (Linux), or None: the least of readings a
+    millisecond apart, since one reading also counts short-lived tasks, and this process's own
+    threads as they go to sleep (one reading in five was one too many)."""
+    try:
+        least = _running(proc)
+        for _ in range(samples - 1):
+            time.sleep(0.001)
+            least = min(least, _running(proc))
+    except (OSError, ValueError, StopIteration):
+        return None
+    return least
+
+
+def _running(proc: str) -> int:
+    with open(f"{proc}/stat") as f:
+        running = next(int(line.split()[1]) for line in f if line.startswith("procs_running "))
+    own = 0
+    for task in Path(f"{proc}/self/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            own += (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
+    return max(running - own, 0)
 
 
 def _await_helper(module: str, name: str) -> None:

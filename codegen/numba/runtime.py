@@ -26,19 +26,15 @@ small to share, or small enough while the team's threads wait for cores (:class:
 from __future__ import annotations
 
 import ctypes
-import inspect
 import os
 import threading
 import time
-import weakref
 
 import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.core.compiler import Flags, compile_internal
-from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
@@ -47,6 +43,7 @@ from . import protocol
 
 # BAD, E, S, STATUS, STOPCODE, T: argument block slots the runner and the kernels read (rt.BAD)
 from .protocol import BAD, MAX_THREADS, SLOTS, STATUS, STOPCODE, THREADS, E, S, T  # noqa: F401
+from .stages import stage  # noqa: F401  (the generated modules' rt.stage)
 
 _I64 = ir.IntType(64)
 
@@ -389,46 +386,6 @@ def _team_of(count: int) -> Team:
             old.close()
         _team = Team(count)
     return _team
-
-
-_TYPING_CONTEXT = inspect.Parameter("typingctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-
-def stage(**options):
-    """A decorator: the function, whose arguments are int64 scalars and arrays and which returns
-    an int64, as a *stage* of the kernels that call it, compiled with ``options`` (numba.njit's).
-
-    A stage is a function of its own in the LLVM module of each kernel that calls it (numba's
-    analyses grow faster than linearly with a function's size), typed and lowered once per kernel
-    however often the kernel calls it. Unlike an ``njit`` function's, its code is not optimised
-    and compiled to machine code on its own before the kernel's is: that did all the LLVM work of
-    the stages twice (~0.5 s of seed002's 3.8 s cold setup, measured)."""
-    flags = Flags()
-    cpu_target.options.parse_as_flags(flags, {"nopython": True, **options})
-    flags.no_compile = flags.no_cpython_wrapper = flags.no_cfunc_wrapper = True
-
-    def decorate(function):
-        lowered = weakref.WeakKeyDictionary()  # a kernel's code library → {signature: fndesc}
-
-        def typer(typingctx, *args):
-            def codegen(context, builder, sig, values):
-                library = context.active_code_library
-                known = lowered.setdefault(library, {})
-                if sig not in known:
-                    known[sig] = compile_internal(context.typing_context, context, library,
-                                                  function, sig.args, sig.return_type,
-                                                  flags.copy(), {}).fndesc
-                return context.call_internal(builder, known[sig], sig, values)
-
-            return types.int64(*args), codegen
-
-        # the stage's own parameters, not *args: numba folds a call's arguments by this signature
-        params = inspect.signature(function).parameters.values()
-        typer.__signature__ = inspect.Signature([_TYPING_CONTEXT, *params])
-        typer.__name__ = function.__name__
-        return intrinsic(typer)
-
-    return decorate
 
 
 def compile_kernel(function, cache: bool, **options):
