@@ -207,9 +207,6 @@ def lower_beside(module, directory: Path, wait_s: float = WAIT_S) -> None:
     """The helper's part of a shared compile of a kernel of ``module``: the stages the kernel
     announces, from the last back, each that this process claims first. It stops when the
     kernel has them all, or when ``directory`` is gone (the kernel was compiled)."""
-    if os.environ.get("SYMNET_STAGE_LOG"):
-        with open(os.environ["SYMNET_STAGE_LOG"], "a") as f:
-            print(time.time(), "helper start", file=f)
     deadline = time.monotonic() + wait_s
     signatures = directory / SIGNATURES
     cpu_target.typing_context.refresh()  # numba's registries, loaded while the kernel types
@@ -226,6 +223,3 @@ def lower_beside(module, directory: Path, wait_s: float = WAIT_S) -> None:
         function, flags = _FUNCTIONS[module_name, stage_name]
         code = _lower(function, args, flags, name)
         files.atomic_write(directory / f"{name}.bc", lambda f, code=code: f.write(code))
-        if os.environ.get("SYMNET_STAGE_LOG"):
-            with open(os.environ["SYMNET_STAGE_LOG"], "a") as f:
-                print(time.time(), "helper lowered", name[-30:], file=f)
