@@ -113,8 +113,7 @@ class _KernelStages:
 
         def link_then_finalize():
             for name in sorted(self.lowered):
-                code = self.lowered[name] or self._theirs(name)
-                library._final_module.link_in(ll.parse_bitcode(code))
+                library._final_module.link_in(self._module(name))
             finalize()
 
         library.finalize = link_then_finalize
@@ -128,9 +127,19 @@ class _KernelStages:
         mine = self.share is None or self.share.claim(name)
         self.lowered[name] = _lower(function, args, flags, name) if mine else None
 
-    def _theirs(self, name: str) -> bytes:
-        code = self.share.take(name)
-        return code if code is not None else _lower(*self.todo[name], name)
+    def _module(self, name: str):
+        """Stage ``name``'s module: lowered here, else the helper's (lowered here after all if
+        the helper wrote none, or one that does not parse)."""
+        code = self.lowered[name]
+        if code is None:
+            with contextlib.suppress(RuntimeError):  # llvmlite's error for bad bitcode
+                theirs = self.share.take(name)
+                if theirs is not None:
+                    module = ll.parse_bitcode(theirs)
+                    self.share.taken.append(name)
+                    return module
+            code = _lower(*self.todo[name], name)
+        return ll.parse_bitcode(code)
 
 
 _LIBRARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -171,9 +180,7 @@ class Share:
         while time.monotonic() < deadline:
             ended = self.helper.poll() is not None
             with contextlib.suppress(OSError):
-                code = path.read_bytes()
-                self.taken.append(name)
-                return code
+                return path.read_bytes()
             if ended or not self.directory.exists():
                 return None
             time.sleep(0.002)
