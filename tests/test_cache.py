@@ -393,3 +393,38 @@ def test_stages_a_helper_claimed_and_did_not_lower_are_lowered_here(own_cache, f
     model.compile_kernels()
     assert model._runner().lowered_beside["train_epochs"] == []
     predictions_agree_with_numpy(model)
+
+
+FRESH_PROCESS = """
+import hashlib, json, numpy as np, symnet as sn
+X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+h = sn.batch_norm(sn.dense(X, 6, sn.gelu), "1")
+h = sn.dropout(sn.dense(h, 6, sn.softplus), 0.2)
+h = sn.dense(sn.layer_norm(sn.dense(h, 6, sn.elu(1.0)), "3"), 6, sn.maxout(2))
+out = sn.dense(sn.dense(h, 5, sn.swish), 3)
+model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out,
+                   optimizer=sn.optim.Adam(lr=0.01), seed=0, dtype="float64")
+model.compile_kernels()
+rng = np.random.default_rng(0)
+Xd, Yd = rng.normal(size=(20, 4)), np.eye(3)[rng.integers(0, 3, 20)]
+model.fit(Xd, Yd, epochs=2, batch_size=8, verbose=False, validation_data=(Xd, Yd))
+digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for _, v in
+                                 sorted(model.params.items()))).hexdigest()
+print(json.dumps({"cached": model.kernels_cached, "params": digest,
+                  "predictions": model.predict(Xd).tolist()}))
+"""
+
+
+def test_a_new_process_runs_kernels_of_every_kind_from_the_cache_as_compiled(own_cache):
+    """Kernels loaded from the cache skip numba's compiler set-up (its typing and lowering
+    registries): a new process must run them as the process that compiled them did."""
+    def run():
+        proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "SYMNET_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr
+        return __import__("json").loads(proc.stdout.splitlines()[-1])
+
+    compiled, loaded = run(), run()
+    assert not compiled["cached"] and loaded["cached"]
+    assert loaded["params"] == compiled["params"]
+    assert loaded["predictions"] == compiled["predictions"]

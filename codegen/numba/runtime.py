@@ -30,11 +30,13 @@ import os
 import threading
 import time
 
-import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, sigutils
+from numba.core.ccallback import CFunc
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.runtime import rtsys
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
@@ -389,9 +391,32 @@ def _team_of(count: int) -> Team:
 
 
 def compile_kernel(function, cache: bool, **options):
-    """``function(block_address, tid)`` as a C callback, and its ``ctypes`` caller."""
-    compiled = nb.cfunc(_SIGNATURE, cache=cache, nopython=True, **options)(function)
+    """``function(block_address, tid)`` as a C callback (``numba.cfunc``), loaded from numba's
+    cache if it is there, and its ``ctypes`` caller."""
+    compiled = CFunc(function, sigutils.normalize_signature(_SIGNATURE), locals={},
+                     options={"nopython": True, **options})
+    if cache:
+        compiled.enable_caching()
+    if not (cache and _load_cached(compiled)):
+        compiled.compile()
     return compiled, _KERNEL(compiled.address)
+
+
+def _load_cached(compiled) -> bool:
+    """``CFunc.compile``'s load from the cache, without its first step, which loads numba's
+    typing and lowering registries: machine code from the cache does not need them, and they
+    took 0.3 s (scipy.linalg's import among it) of every process that loaded a kernel."""
+    context = compiled._targetdescr.target_context
+    with global_compiler_lock:
+        rtsys.initialize(context)  # the symbols of numba's runtime, which the kernels call
+        result = compiled._cache._load_overload(compiled._sig, context)
+        if result is None:
+            return False
+        compiled._library = result.library
+        compiled._wrapper_name = result.fndesc.llvm_cfunc_wrapper_name
+        compiled._wrapper_address = result.library.get_pointer_to_function(compiled._wrapper_name)
+        compiled._cache_hits += 1
+    return True
 
 
 def _forget_team():
