@@ -4,6 +4,7 @@ location costs a warning and no kernel, and no name or formula in a model become
 import ast
 import errno
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -428,3 +429,21 @@ def test_a_new_process_runs_kernels_of_every_kind_from_the_cache_as_compiled(own
     assert not compiled["cached"] and loaded["cached"]
     assert loaded["params"] == compiled["params"]
     assert loaded["predictions"] == compiled["predictions"]
+
+
+def test_the_protocol_machine_code_is_kept_and_a_damaged_copy_compiled_again(own_cache,
+                                                                             monkeypatch):
+    from codegen.numba import protocol
+
+    compiles = []
+    compile_ = protocol._compile
+    monkeypatch.setattr(protocol, "_compile", lambda *a: compiles.append(1) or compile_(*a))
+    protocol.build()
+    [stored] = own_cache.glob("protocol-*.pickle")
+    protocol.build()
+    assert len(compiles) == 1  # the second came from the cache
+    stored.write_bytes(b"\x80\x04garbage")
+    addresses = protocol.build()
+    assert len(compiles) == 2 and pickle.loads(stored.read_bytes())
+    assert set(addresses) >= {"claim", "finish", "publish", "wait", "run", "worker"}
+    predictions_agree_with_numpy(build())  # kernels call the protocol by these symbols
