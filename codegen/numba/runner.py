@@ -68,12 +68,12 @@ class NumbaRunner:
     def prepare(self, names, spare=()) -> None:
         """Compile (or load) those of kernels ``names`` the programs have, now, and have the
         ``spare`` ones (those a later call will likely need) compiled meanwhile if a core is
-        free. With two threads or more, the kernels that neither this process nor the disk
-        cache has are compiled two at a time: the first of ``names`` (the largest,
-        ``train_epochs``, if it is one of them) here, the others by a helper process into the
-        cache, loaded from there when they are first used. numba compiles on one core; cold
-        setups took 5.0 → 4.1 s (seed002) and 6.1 → 4.2 s (adam-relu) so, medians of
-        alternated processes, and the same beside a busy process."""
+        free. numba compiles on one core, so with two threads or more a cold compile shares a
+        helper process: it lowers some stages of the first of ``names`` (the largest,
+        ``train_epochs``, if it is one of them) while this process lowers the others, then
+        compiles the other kernels into the cache, loaded from there when first used. Cold
+        setups took 4.1-4.5 → 3.7-3.9 s (seed002) and 5.9-6.5 → 4.4-5.9 s (8 hidden layers) so
+        in alternated processes, and the same beside a busy process (no helper either way)."""
         known = _COMPILED.get(self.module, {})
 
         def cold(kernels):
