@@ -447,3 +447,34 @@ def test_the_protocol_machine_code_is_kept_and_a_damaged_copy_compiled_again(own
     assert len(compiles) == 2 and pickle.loads(stored.read_bytes())
     assert set(addresses) >= {"claim", "finish", "publish", "wait", "run", "worker"}
     predictions_agree_with_numpy(build())  # kernels call the protocol by these symbols
+
+
+def test_a_shared_compile_serves_only_the_stages_of_its_own_module(tmp_path):
+    from codegen.numba import stages
+
+    def stage():
+        pass
+
+    stage.__module__ = "symnet_other"  # a kernel another thread compiles meanwhile
+    with stages.shared("symnet_this", tmp_path, helper=None) as share:
+        assert stages._share_of(stage) is None
+        stage.__module__ = "symnet_this"
+        assert stages._share_of(stage) is share
+    assert stages._share_of(stage) is None
+
+
+def test_a_helper_that_writes_nothing_is_waited_for_once_for_all_stages(tmp_path, monkeypatch):
+    from codegen.numba import stages
+
+    class Running:  # a helper that never ends and never writes
+        polls = 0
+
+        def poll(self):
+            self.polls += 1
+
+    monkeypatch.setattr(stages, "WAIT_S", 0.05)
+    helper = Running()
+    share = stages.Share("symnet_this", tmp_path, helper)
+    assert share.take("first") is None and share.given_up
+    polls = helper.polls
+    assert share.take("second") is None and helper.polls == polls  # not waited for again

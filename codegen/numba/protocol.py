@@ -482,7 +482,7 @@ def _compile(library, module):
     library.add_ir_module(module)
     with global_compiler_lock:
         library.finalize()
-    with contextlib.suppress(OSError):  # an unwritable cache: compiled again next time
+    with contextlib.suppress(OSError, RuntimeError):  # no cache (RuntimeError: no home)
         state = pickle.dumps(library.serialize_using_object_code())
         path = _stored(library.codegen, module)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ class NumbaRunner:
             if helper is None:
                 return
             _BESIDE.append((helper, self.module.__name__, frozenset(beside)))
-            with stages.shared(directory, helper) as share:
+            with stages.shared(self.module.__name__, directory, helper) as share:
                 self.kernel(name)
             self.lowered_beside[name] = share.taken
         finally:
@@ -246,7 +246,7 @@ def _others_running(proc: str = "/proc", samples: int = 10) -> int | None:
         for _ in range(samples - 1):
             time.sleep(0.001)
             least = min(least, _running(proc))
-    except (OSError, ValueError, StopIteration):
+    except (OSError, ValueError, IndexError, StopIteration):
         return None
     return least
 

@@ -25,6 +25,7 @@ small to share, or small enough while the team's threads wait for cores (:class:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -395,9 +396,12 @@ def compile_kernel(function, cache: bool, **options):
     cache if it is there, and its ``ctypes`` caller."""
     compiled = CFunc(function, sigutils.normalize_signature(_SIGNATURE), locals={},
                      options={"nopython": True, **options})
+    loaded = False
     if cache:
         compiled.enable_caching()
-    if not (cache and _load_cached(compiled)):
+        with contextlib.suppress(AttributeError, TypeError):  # numba's internals moved: its
+            loaded = _load_cached(compiled)  # own load, below
+    if not loaded:
         compiled.compile()
     return compiled, _KERNEL(compiled.address)
 

@@ -58,8 +58,9 @@ def stage(**options):
 
         def typer(typingctx, *args):
             name = _name(function, args)
-            if _SHARE:
-                _SHARE[0].typed.setdefault(name, (function.__module__, function.__name__, args))
+            share = _share_of(function)
+            if share is not None:
+                share.typed.setdefault(name, (function.__module__, function.__name__, args))
 
             def codegen(context, builder, sig, values):
                 _kernel_stages(context.active_code_library).need(name, function, sig.args, flags)
@@ -106,7 +107,7 @@ class _KernelStages:
     when numba finalizes it."""
 
     def __init__(self, library):
-        self.share = _SHARE[0] if _SHARE else None
+        self.share = None
         self.lowered: dict[str, bytes | None] = {}  # None: the helper lowers it
         self.todo: dict[str, tuple] = {}
         finalize = library.finalize
@@ -122,6 +123,8 @@ class _KernelStages:
         if name in self.lowered:
             return
         self.todo[name] = (function, args, flags)
+        if not self.lowered:  # the kernel's first stage: its typing is complete
+            self.share = _share_of(function)
         if self.share is not None:
             self.share.announce()
         mine = self.share is None or self.share.claim(name)
@@ -145,6 +148,13 @@ class _KernelStages:
 _LIBRARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _share_of(function):
+    """The Share of the compile in progress if ``function`` is a stage of its module (another
+    thread may be compiling a kernel of another module meanwhile), else None."""
+    share = _SHARE[0] if _SHARE else None
+    return share if share is not None and share.module == function.__module__ else None
+
+
 def _kernel_stages(library) -> _KernelStages:
     if library not in _LIBRARIES:
         _LIBRARIES[library] = _KernelStages(library)
@@ -155,8 +165,9 @@ class Share:
     """The stages of one kernel compile, shared with a helper process through ``directory``:
     a stage's ``.claim`` file says who lowers it, its ``.bc`` file holds the helper's module."""
 
-    def __init__(self, directory: Path, helper: subprocess.Popen):
-        self.directory, self.helper = directory, helper
+    def __init__(self, module: str, directory: Path, helper: subprocess.Popen):
+        self.module, self.directory, self.helper = module, directory, helper
+        self.given_up = False  # the helper wrote nothing in WAIT_S: lower the rest here
         self.typed: dict[str, tuple] = {}  # name → (module, stage, argument types), in order
         self.taken: list[str] = []  # the stages whose modules came from the helper
         self.announced = False
@@ -174,15 +185,16 @@ class Share:
 
     def take(self, name: str) -> bytes | None:
         """The helper's module of stage ``name``, once it is written; None if the helper ended
-        (or did not write it in ``WAIT_S``): the stage is then lowered here."""
+        (or wrote nothing in ``WAIT_S``, once for all stages): the stage is then lowered here."""
         path = self.directory / f"{name}.bc"
         deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
+        while not self.given_up:
             ended = self.helper.poll() is not None
             with contextlib.suppress(OSError):
                 return path.read_bytes()
             if ended or not self.directory.exists():
                 return None
+            self.given_up = time.monotonic() > deadline
             time.sleep(0.002)
         return None
 
@@ -200,10 +212,11 @@ def _claim(directory: Path, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def shared(directory: Path, helper: subprocess.Popen):
-    """Kernels compiled inside share their stages with ``helper`` (:func:`lower_beside`); the
-    :class:`Share` it yields tells which stages the helper lowered."""
-    _SHARE.append(Share(directory, helper))
+def shared(module: str, directory: Path, helper: subprocess.Popen):
+    """Kernels of ``module`` compiled inside share their stages with ``helper``
+    (:func:`lower_beside`); the :class:`Share` it yields tells which stages the helper
+    lowered."""
+    _SHARE.append(Share(module, directory, helper))
     try:
         yield _SHARE[0]
     finally:
