@@ -361,6 +361,8 @@ def test_a_helper_lowers_stages_of_the_kernel_compiling_here_to_the_same_bits(ow
     model.compile_kernels()
     runner = model._runner()
     assert runner.lowered_beside["train_epochs"]  # the helper's modules, linked in
+    from codegen.numba import stages
+    assert runner.compiled["train_epochs"][0]._library not in stages._LIBRARIES  # not kept
     shared = trained(model)
     # the same kernel lowered here alone, from a module and machine code compiled anew
     numba_files = numba.core.caching.FunctionCache(runner.module.train_epochs)._cache_path

@@ -115,6 +115,8 @@ class _KernelStages:
         def link_then_finalize():
             for name in sorted(self.lowered):
                 library._final_module.link_in(self._module(name))
+            del library.finalize  # numba's own again; and this, which refers to the library,
+            _LIBRARIES.pop(library, None)  # no longer keeps it alive from a weak mapping
             finalize()
 
         library.finalize = link_then_finalize
