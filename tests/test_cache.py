@@ -480,3 +480,47 @@ def test_a_helper_that_writes_nothing_is_waited_for_once_for_all_stages(tmp_path
     assert share.take("first") is None and share.given_up
     polls = helper.polls
     assert share.take("second") is None and helper.polls == polls  # not waited for again
+
+
+KILLED_PARENT = """
+import sys, time
+from codegen.numba import cache, runner, stages
+runner._a_core_is_free = lambda: True
+start = cache.compile_beside
+def started(module, names, directory=None):
+    helper = start(module, names, directory)
+    print(helper.pid, directory, flush=True)
+    return helper
+cache.compile_beside = started
+lower = stages._lower
+def lower_then_hang(*args):
+    code = lower(*args)
+    time.sleep(600)  # killed meanwhile
+stages._lower = lower_then_hang
+import symnet as sn
+X, Y = sn.Input("X", 3), sn.Input("Y", 1)
+out = sn.dense(sn.dense(X, 4, sn.tanh), 1)
+sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0).compile_kernels()
+"""
+
+
+def test_a_helper_whose_process_is_killed_stops_and_removes_its_directory(own_cache):
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "SYMNET_NUM_THREADS": "2"})
+    pid, directory = parent.stdout.readline().split()
+    time.sleep(1)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 40  # it would otherwise wait 60 s, then compile on
+    while time.monotonic() < deadline and _running_process(int(pid)):
+        time.sleep(0.1)
+    assert not _running_process(int(pid))
+    assert not Path(directory).exists()
+
+
+def _running_process(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

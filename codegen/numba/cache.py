@@ -230,9 +230,17 @@ def _compile_files(argv: list[str]) -> None:
     from .stages import lower_beside
 
     path, stages, *names = argv
+    parent = os.getppid()
+
+    def parent_alive() -> bool:  # else the compiling process was killed: nobody needs the work
+        return os.getppid() == parent
+
     module = sys.modules[Path(path).stem] = _from_file(Path(path).stem, Path(path))
     if stages:
         with contextlib.suppress(OSError):  # the directory went away: the kernel is compiled
-            lower_beside(module, Path(stages))
+            lower_beside(module, Path(stages), parent_alive)
+        if not parent_alive():  # it could not remove its directory
+            shutil.rmtree(stages, ignore_errors=True)
     for name in names:
-        compile_kernel(getattr(module, name), True, **KERNEL_OPTIONS)
+        if parent_alive():
+            compile_kernel(getattr(module, name), True, **KERNEL_OPTIONS)

@@ -225,22 +225,25 @@ def shared(module: str, directory: Path, helper: subprocess.Popen):
         _SHARE.clear()
 
 
-def lower_beside(module, directory: Path, wait_s: float = WAIT_S) -> None:
+def lower_beside(module, directory: Path, alive=lambda: True, wait_s: float = WAIT_S) -> None:
     """The helper's part of a shared compile of a kernel of ``module``: the stages the kernel
     announces, from the last back, each that this process claims first. It stops when the
-    kernel has them all, or when ``directory`` is gone (the kernel was compiled)."""
+    kernel has them all, when ``directory`` is gone (the kernel was compiled), or once
+    ``alive()`` is false (the compiling process was killed)."""
     deadline = time.monotonic() + wait_s
     signatures = directory / SIGNATURES
     cpu_target.typing_context.refresh()  # numba's registries, loaded while the kernel types
     cpu_target.target_context.refresh()
     while not signatures.exists():
-        if time.monotonic() > deadline or not directory.exists():
+        if time.monotonic() > deadline or not directory.exists() or not alive():
             return
         time.sleep(0.002)
     with signatures.open("rb") as f:
         typed = pickle.load(f)
     for name, (module_name, stage_name, args) in reversed(typed):
-        if not directory.exists() or not _claim(directory, name):
+        if not alive() or not directory.exists():
+            return
+        if not _claim(directory, name):
             continue
         function, flags = _FUNCTIONS[module_name, stage_name]
         code = _lower(function, args, flags, name)
