@@ -504,11 +504,13 @@ sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0).comp
 """
 
 
-def test_a_helper_whose_process_is_killed_stops_and_removes_its_directory(own_cache):
+@pytest.mark.parametrize("kill_after", [1.0, 4.0])  # in its stages; likely past them
+def test_a_helper_whose_process_is_killed_stops_and_removes_its_directory(own_cache,
+                                                                          kill_after):
     parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE,
                               text=True, env={**os.environ, "SYMNET_NUM_THREADS": "2"})
     pid, directory = parent.stdout.readline().split()
-    time.sleep(1)
+    time.sleep(kill_after)
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 40  # it would otherwise wait 60 s, then compile on

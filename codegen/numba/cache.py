@@ -236,11 +236,14 @@ def _compile_files(argv: list[str]) -> None:
         return os.getppid() == parent
 
     module = sys.modules[Path(path).stem] = _from_file(Path(path).stem, Path(path))
-    if stages:
-        with contextlib.suppress(OSError):  # the directory went away: the kernel is compiled
-            lower_beside(module, Path(stages), parent_alive)
-        if not parent_alive():  # it could not remove its directory
-            shutil.rmtree(stages, ignore_errors=True)
-    for name in names:
-        if parent_alive():
+    try:
+        if stages:
+            with contextlib.suppress(OSError):  # the directory went away: the kernel is compiled
+                lower_beside(module, Path(stages), parent_alive)
+        for name in names:
+            if not parent_alive():
+                break
             compile_kernel(getattr(module, name), True, **KERNEL_OPTIONS)
+    finally:
+        if stages and not parent_alive():  # it could not remove its directory
+            shutil.rmtree(stages, ignore_errors=True)
