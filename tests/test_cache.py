@@ -504,7 +504,7 @@ sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0).comp
 """
 
 
-@pytest.mark.parametrize("kill_after", [1.0, 4.0])  # in its stages; likely past them
+@pytest.mark.parametrize("kill_after", [0.2, 1.0, 4.0])  # before its start, in, past stages
 def test_a_helper_whose_process_is_killed_stops_and_removes_its_directory(own_cache,
                                                                           kill_after):
     parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE,

@@ -216,7 +216,7 @@ def compile_beside(module: types.ModuleType, names: list[str],
     code = "import sys; from codegen.numba.cache import _compile_files; _compile_files(sys.argv[1:])"
     try:
         return subprocess.Popen([sys.executable, "-c", code, module.__file__, str(stages or ""),
-                                 *names],
+                                 str(os.getpid()), *names],
                                 env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
@@ -225,15 +225,14 @@ def compile_beside(module: types.ModuleType, names: list[str],
 
 def _compile_files(argv: list[str]) -> None:
     """The helper process of :func:`compile_beside`: ``argv`` is a module file, the shared
-    stages' directory (or an empty string) and kernel names."""
+    stages' directory (or an empty string), the compiling process's pid and kernel names."""
     from .emit import KERNEL_OPTIONS
     from .stages import lower_beside
 
-    path, stages, *names = argv
-    parent = os.getppid()
+    path, stages, parent, *names = argv
 
     def parent_alive() -> bool:  # else the compiling process was killed: nobody needs the work
-        return os.getppid() == parent
+        return os.getppid() == int(parent)  # (it may be killed before this process starts)
 
     module = sys.modules[Path(path).stem] = _from_file(Path(path).stem, Path(path))
     try:
