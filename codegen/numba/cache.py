@@ -53,6 +53,9 @@ def _problem(directory: Path) -> str | None:
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".probe-")
         os.close(fd)
         os.unlink(probe)
+    except (FileExistsError, NotADirectoryError):  # the OS's words: "File exists"
+        in_the_way = next(p for p in (directory, *directory.parents) if p.exists())
+        return f"{in_the_way} is a file, not a directory"
     except OSError as err:
         return err.strerror or str(err)
     return None
