@@ -294,7 +294,7 @@ def test_one_thread_compiles_every_kernel_in_this_process(own_cache, monkeypatch
 def test_a_helper_needs_a_core_that_other_processes_leave_free(monkeypatch, others, cores, free):
     from codegen.numba import runner, runtime
 
-    monkeypatch.setattr(runner, "_others_running", lambda: others)
+    monkeypatch.setattr(runtime, "others_running", lambda: others)
     monkeypatch.setattr(runtime, "cores", lambda: cores)
     assert runner._a_core_is_free() is free
 
@@ -303,22 +303,22 @@ def test_a_helper_needs_a_core_that_other_processes_leave_free(monkeypatch, othe
 def test_without_proc_the_load_average_decides(monkeypatch, load, free):
     from codegen.numba import runner, runtime
 
-    monkeypatch.setattr(runner, "_others_running", lambda: None)
+    monkeypatch.setattr(runtime, "others_running", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(runtime, "cores", lambda: 2)
     assert runner._a_core_is_free() is free
 
 
 def test_the_threads_running_now_leave_out_this_process_own(tmp_path):
-    from codegen.numba import runner
+    from codegen.numba import runtime
 
     (tmp_path / "stat").write_text("cpu  1 2 3 4\nprocs_running 4\nprocs_blocked 0\n")
     for tid, state in [(10, "R"), (11, "S"), (12, "R")]:
         task = tmp_path / "self" / "task" / str(tid)
         task.mkdir(parents=True)
         (task / "stat").write_text(f"{tid} (py (thread) x) {state} 1 2 3\n")  # ")" in a name
-    assert runner._others_running(str(tmp_path), samples=2) == 2
-    assert runner._others_running(str(tmp_path / "absent")) is None
+    assert runtime.others_running(str(tmp_path), samples=2) == 2
+    assert runtime.others_running(str(tmp_path / "absent")) is None
 
 
 def test_no_helper_on_a_busy_machine_or_without_a_python_program(own_cache, monkeypatch):

@@ -82,6 +82,7 @@ def test_while_threads_wait_for_cores_small_steps_run_alone_until_the_team_is_tr
     monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
     load = rt._Load()
     monkeypatch.setattr(rt, "_load", load)
+    monkeypatch.setattr(rt, "others_running", lambda samples: 1)  # the neighbour runs on
     reference, _, _ = run_pieces()
     small, large = rt.PARALLEL_WORK, rt.ALONE_UNDER_LOAD
     load.record(cpu=0.1, wall=0.1, count=2)
@@ -97,6 +98,22 @@ def test_while_threads_wait_for_cores_small_steps_run_alone_until_the_team_is_tr
     assert run_pieces(step_work=small)[2] != 0
     load.record(cpu=0.19, wall=0.1, count=2)
     assert not load.contended()
+
+
+@pytest.mark.parametrize("others, alone", [(0, False), (1, True), (None, True)])
+def test_a_wait_for_cores_sends_calls_alone_only_while_other_processes_still_run(
+        monkeypatch, others, alone):
+    """A neighbour that has gone (0 other threads running now) ends the verdict at once: else
+    a whole ``fit``, one call, ran at one thread's speed after a passing neighbour; without
+    ``/proc`` (None) the verdict holds for RETRY seconds."""
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    load = rt._Load()
+    monkeypatch.setattr(rt, "_load", load)
+    monkeypatch.setattr(rt, "others_running", lambda samples: others)
+    load.record(cpu=0.1, wall=0.1, count=2)
+    assert load.contended() is alone
+    assert (load.until > 0) is alone  # a free machine is not asked again
+    assert (run_pieces(step_work=rt.PARALLEL_WORK)[2] == 0) is alone
 
 
 def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):

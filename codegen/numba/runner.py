@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import weakref
 from pathlib import Path
 
@@ -228,37 +227,13 @@ def _a_core_is_free() -> bool:
     ``procs_running``, less this process's own) rather than the load average, which still
     counted a process that had ended a minute before: back-to-back cold processes started no
     helper."""
-    others = _others_running()
+    others = runtime.others_running()
     if others is not None:
         return others + 2 <= runtime.cores()
     try:
         return os.getloadavg()[0] + 1 <= runtime.cores()
     except OSError:
         return False
-
-
-def _others_running(proc: str = "/proc", samples: int = 10) -> int | None:
-    """The threads of other processes running now (Linux), or None: the least of readings a
-    millisecond apart, since one reading also counts short-lived tasks, and this process's own
-    threads as they go to sleep (one reading in five was one too many)."""
-    try:
-        least = _running(proc)
-        for _ in range(samples - 1):
-            time.sleep(0.001)
-            least = min(least, _running(proc))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    return least
-
-
-def _running(proc: str) -> int:
-    with open(f"{proc}/stat") as f:
-        running = next(int(line.split()[1]) for line in f if line.startswith("procs_running "))
-    own = 0
-    for task in Path(f"{proc}/self/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that just ended
-            own += (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
-    return max(running - own, 0)
 
 
 def _await_helper(module: str, name: str) -> None:
