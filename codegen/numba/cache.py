@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -246,6 +247,10 @@ def _compile_files(argv: list[str]) -> None:
             if not parent_alive():
                 break
             compile_kernel(getattr(module, name), True, **KERNEL_OPTIONS)
+        # the kernel reads the helper's stages from the directory until it has linked them, and
+        # then removes it; a compiling process killed before that leaves it to this process
+        while stages and parent_alive() and Path(stages).exists():
+            time.sleep(0.02)
     finally:
         if stages and not parent_alive():  # it could not remove its directory
             shutil.rmtree(stages, ignore_errors=True)
