@@ -380,8 +380,9 @@ def run(kernel, blk: np.ndarray, work: int | None = None) -> None:
     """Run the compiled kernel (a ``ctypes`` function of the argument block's address and the
     thread number) on the team, or alone when one thread is asked for, when the kernel's
     ``work`` per step (multiply-adds; None: share it) is too little to share, when it is small
-    and the team's threads recently waited for cores, or while another thread has the team.
-    ``blk[0]`` is set to the team's address (0 alone). The numbers are the same either way."""
+    and the team's threads recently waited for cores for other processes that still run, or
+    while another thread has the team. ``blk[0]`` is set to the team's address (0 alone). The
+    numbers are the same either way."""
     count = threads()
     alone = count == 1 or (work is not None and (
         work < PARALLEL_WORK or (work < ALONE_UNDER_LOAD and _load.contended())))
