@@ -89,17 +89,24 @@ def test_damaged_machine_code_is_compiled_again(own_cache, kind, damage):
     assert third._runner().cached("train_epochs")
 
 
-@pytest.mark.parametrize("under", [False, True], ids=["a file", "under a file"])
+@pytest.mark.parametrize("where", ["a file", "under a file", "a broken link"])
 def test_an_unwritable_cache_location_compiles_elsewhere_with_one_warning(own_cache, tmp_path,
-                                                                         monkeypatch, under):
+                                                                         monkeypatch, where):
     blocker = tmp_path / "a file"
     blocker.write_text("")
-    monkeypatch.setenv("SYMNET_CACHE_DIR", str(blocker / "kernels" if under else blocker))
+    location, why = blocker, f"{blocker} is a file, not a directory"
+    if where == "under a file":
+        location = blocker / "kernels"
+    elif where == "a broken link":
+        location = tmp_path / "link"
+        location.symlink_to(tmp_path / "gone")
+        why = f"{location} is a link to {tmp_path / 'gone'}, which does not exist"
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(location))
     monkeypatch.setattr(cache, "_fallback", [])
     at_exit = []
     monkeypatch.setattr(cache.atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)))
-    why = re.escape(f"({blocker} is a file, not a directory)")
-    with pytest.warns(cache.CacheWarning, match=f"cannot be written {why}") as seen:
+    with pytest.warns(cache.CacheWarning, match=f"cannot be written {re.escape(f'({why})')}") \
+            as seen:
         model = build()
     assert seen[0].filename == __file__  # build's sn.compile, not a line of symnet or codegen
     assert trained(model)

@@ -54,9 +54,13 @@ def _problem(directory: Path) -> str | None:
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".probe-")
         os.close(fd)
         os.unlink(probe)
-    except (FileExistsError, NotADirectoryError):  # the OS's words: "File exists"
-        in_the_way = next(p for p in (directory, *directory.parents) if p.exists())
-        return f"{in_the_way} is a file, not a directory"
+    except (FileExistsError, NotADirectoryError) as err:  # the OS's words: "File exists"
+        in_the_way = next((p for p in (directory, *directory.parents) if p.is_file()), None)
+        if in_the_way is not None:
+            return f"{in_the_way} is a file, not a directory"
+        if directory.is_symlink():
+            return f"{directory} is a link to {os.readlink(directory)}, which does not exist"
+        return err.strerror or str(err)
     except OSError as err:
         return err.strerror or str(err)
     return None

@@ -330,8 +330,8 @@ class _Load:
     ``/proc/loadavg`` counts the host's tasks. Before a call runs alone for it, the threads of
     other processes running now confirm it: one call's wait is often a passing neighbour (a
     helper process exiting), and ``fit`` is one call for all its epochs, so an unconfirmed
-    verdict ran the whole of 1 benchmark process in 3 at one thread's speed (seed002 0.17 s
-    an epoch against 0.084 s)."""
+    verdict ran every round of 1 benchmark process in 6 at one thread's speed (seed002
+    0.10-0.13 s an epoch against 0.08 s)."""
 
     def __init__(self):
         self.until = 0.0
