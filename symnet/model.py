@@ -93,6 +93,7 @@ class Model:
 
     # what a DataError for a diverging step suggests (the scikit-learn estimators name theirs)
     remedy = "A smaller learning rate, clip_norm= or scaled inputs usually help."
+    kernels_cached: bool | None = None  # set by compile_kernels
 
     def __init__(self, loss, *, inputs, targets, prediction, optimizer, dtype, seed, init, backend,
                  constants=None):
@@ -312,7 +313,7 @@ class Model:
         """JIT-compile the kernels that fit, evaluate and predict use now instead of on first use
         (numba backend; ``loss_and_grad`` still compiles on its first call). Returns the seconds
         it took and sets ``kernels_cached`` (True if loaded from the disk cache, or compiled
-        before in this process for a model of the same declaration)."""
+        before in this process for a model of the same declaration; None before the call)."""
         start = time.perf_counter()
         self._check_params()
         runner = self._runner()
@@ -350,7 +351,7 @@ class Model:
             if Y is None:
                 raise DataError(
                     f"this call needs the targets {[t.name for t in self.targets]} too: pass "
-                    f"them after the inputs, e.g. model.loss_and_grad(X, Y)")
+                    f"them after the inputs, as in model.fit(X, Y) or model.evaluate(X, Y)")
             for sym, arr in zip(self.targets, _arrays(Y, self.targets, "targets")):
                 feeds[sym.name] = _as_data(_one_hot(arr, sym), sym, dtype, check_finite)
                 if sym in self._distributions:
@@ -376,7 +377,10 @@ class Model:
                 self.targets):
             raise DataError(f"validation_data must be the tuple {want}, got "
                             f"{validate.describe(validation_data)}; pass validation_data={want}")
-        return self._feeds(*validation_data)
+        try:
+            return self._feeds(*validation_data)
+        except DataError as err:  # the same checks as fit's data: say which data failed them
+            raise DataError(f"in validation_data: {err}") from None
 
     def _check_whole(self):
         """Refuse a model that a forked child holds half-trained (:func:`_after_fork`)."""

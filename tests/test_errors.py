@@ -281,6 +281,21 @@ def test_validation_data_that_is_not_a_pair_says_how_to_pass_it(model):
         model.fit(X, Y, validation_data=X, verbose=False)
 
 
+def test_validation_data_that_fails_a_check_is_named_as_validation_data(model):
+    X, Y = make_data(out=3, kind="real")
+    with pytest.raises(sn.DataError, match=r"^in validation_data: X has 4 columns in the model "
+                                           r"but the data has 2"):
+        model.fit(X, Y, validation_data=(X[:, :2], Y), verbose=False)
+
+
+def test_missing_targets_name_the_calls_that_take_them(model):
+    X, _ = make_data(out=3, kind="real")
+    with pytest.raises(sn.DataError, match=r"needs the targets \['Y'\] too: pass them after the "
+                                           r"inputs, as in model\.fit\(X, Y\)"):
+        model.fit(X, verbose=False)
+    assert model.kernels_cached is None  # before compile_kernels, not an AttributeError
+
+
 def test_targets_passed_to_predict_are_named_with_evaluate_as_the_fix(model):
     X, Y = make_data(out=3, kind="real")
     with pytest.raises(sn.DataError, match=r"predict takes the inputs only, and got an array of "
