@@ -321,6 +321,7 @@ ALONE_UNDER_LOAD = 500_000_000
 CONTENDED = 0.75  # a team call whose threads were on a core for less than this share of it
 RETRY = 1.0  # seconds after a contended call before the team is tried again
 MEASURED = 0.02  # seconds: shorter team calls are not judged
+RECHECK = 0.1  # seconds between two confirmations of a verdict (a reading takes ~2 ms)
 
 
 class _Load:
@@ -335,13 +336,17 @@ class _Load:
 
     def __init__(self):
         self.until = 0.0
+        self.checked = float("-inf")  # when other processes were last seen running
 
     def contended(self) -> bool:
-        if time.monotonic() >= self.until:
+        now = time.monotonic()
+        if now >= self.until:
             return False
-        if others_running(samples=3) == 0:  # the cores are free again: try the team
-            self.until = 0.0
-            return False
+        if now >= self.checked + RECHECK:  # not at every call: a loop of short calls would pay
+            if others_running(samples=3) == 0:  # the cores are free again: try the team
+                self.until = 0.0
+                return False
+            self.checked = now
         return True
 
     def record(self, cpu: float, wall: float, count: int) -> None:
