@@ -508,9 +508,11 @@ class Model:
         """Train with the model's optimizer; returns the per-epoch :class:`History`.
 
         The backend runs whole epochs per call: without ``validation_data`` several epochs at a
-        time (``seconds`` is then their mean). ``early_stopping=patience`` stops once the
-        validation loss has not fallen for ``patience`` epochs and restores the parameters (and
-        optimizer state) of the best epoch. ``seed`` shuffles this call's epochs with a
+        time (``seconds`` is then their mean). ``verbose`` draws a progress bar when standard
+        error is a terminal (or in Jupyter), else prints a line for each call of the backend,
+        as a log wants. ``early_stopping=patience`` stops once the validation loss has not
+        fallen for ``patience`` epochs and restores the parameters (and optimizer state) of
+        the best epoch. ``seed`` shuffles this call's epochs with a
         generator of its own, leaving the model's as it was for the next call without one.
         ``sample_weight`` (one weight ≥ 0 per row) and ``class_weight`` (``{class: weight}`` or
         ``"balanced"``) make each batch's loss the weighted mean Σωℓ/Σω, as torch's ``weight=``;
@@ -565,7 +567,7 @@ class Model:
         with _backend_errors(self.backend):
             runner.prepare(needed, spare=[] if weighted else ["forward"])
         hist, best = History(), None
-        bar = _progress_bar()(total=epochs, unit="epoch", leave=False) if verbose else _NoBar()
+        bar = _progress(epochs) if verbose else _NoBar()
         # with nothing for Python to do between epochs (no validation, no progress to show),
         # every epoch runs in one kernel call; else one epoch, or ~0.25 s, per call
         quiet = val_feeds is None and not verbose
@@ -607,8 +609,8 @@ class Model:
                 bar.update(k)
                 bar.set_postfix(loss=f"{hist.loss[-1]:.4f}",
                                 samples_s=f"{rows * k / max(elapsed, 1e-9):,.0f}")
-                if verbose and per_call == 1:
-                    bar.write(_epoch_line(len(hist.loss), epochs, hist))
+                if verbose and (per_call == 1 or isinstance(bar, _Lines)):
+                    bar.write(_epoch_line(len(hist.loss), epochs, hist, k))
             if best is not None:
                 self._restore(best)
         self.history = hist
@@ -751,19 +753,40 @@ class _NoBar:
         pass
 
 
-def _progress_bar():
-    """tqdm's notebook widget inside a Jupyter kernel that has ipywidgets, else the console bar.
-    Chosen when fit runs, not on import: ``tqdm.auto`` warns on import in a kernel without
-    ipywidgets (TqdmWarning), in every notebook that imports symnet."""
-    if "ipykernel" in sys.modules:
+class _Lines(_NoBar):
+    """What fit shows when its output goes to a file or a pipe (a log, a batch job): a line
+    for each call of the kernel, no bar. A console bar there is one line of carriage returns,
+    a fresh copy of the bar every 0.1 s."""
+
+    def write(self, line):
+        print(line, flush=True)
+
+
+def _progress(epochs: int):
+    """tqdm's notebook widget inside a Jupyter kernel that has ipywidgets, the console bar in
+    one without them (a notebook draws its carriage returns) or when standard error is a
+    terminal, else :class:`_Lines`. Chosen when fit runs, not on import: ``tqdm.auto`` warns on
+    import in a kernel without ipywidgets (TqdmWarning), in every notebook that imports
+    symnet."""
+    notebook = "ipykernel" in sys.modules
+    if notebook:
         try:
             import ipywidgets  # noqa: F401
             from tqdm.notebook import tqdm
-            return tqdm
+            return tqdm(total=epochs, unit="epoch", leave=False)
         except ImportError:
             pass
+    if not notebook and not _terminal(sys.stderr):
+        return _Lines()
     from tqdm.std import tqdm
-    return tqdm
+    return tqdm(total=epochs, unit="epoch", leave=False)
+
+
+def _terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # None (pythonw), a closed or a stand-in stream
+        return False
 
 
 def _orders(rng, epochs: int, rows: int) -> np.ndarray:
@@ -851,14 +874,16 @@ def _chunks(feeds, size, dtype):
                for k, v in feeds.items()}
 
 
-def _epoch_line(epoch, epochs, hist):
+def _epoch_line(epoch, epochs, hist, count=1):
+    """The line of the ``count`` epochs up to ``epoch`` (one kernel call)."""
     h = hist.history
-    parts = [f"epoch {epoch}/{epochs}", f"loss {h['loss'][-1]:.4f}"]
+    which = f"epoch {epoch}" if count == 1 else f"epochs {epoch - count + 1}-{epoch}"
+    parts = [f"{which}/{epochs}", f"loss {h['loss'][-1]:.4f}"]
     if h["val_loss"]:
         parts.append(f"val_loss {h['val_loss'][-1]:.4f}")
     if h["val_accuracy"]:
         parts.append(f"val_accuracy {h['val_accuracy'][-1]:.4f}")
-    parts.append(f"{h['seconds'][-1]:.3g} s")
+    parts.append(f"{h['seconds'][-1]:.3g} s" + ("" if count == 1 else " an epoch"))
     return " - ".join(parts)
 
 

@@ -1,5 +1,8 @@
 """compile → fit / predict / evaluate, the optimizers' update rules, and the demo."""
 
+import io
+import sys
+
 import numpy as np
 import pytest
 
@@ -26,6 +29,30 @@ def test_fit_learns_digits_and_reports_history():
     assert after["accuracy"] > 0.85
     assert after["accuracy"] == pytest.approx(hist.val_accuracy[-1])
     assert model.predict(Xte).shape == (len(Xte), 10)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_fit_draws_a_bar_on_a_terminal_and_writes_lines_to_a_log(terminal, capsys, monkeypatch):
+    (Xtr, Ytr), _ = sn.datasets.load_digits()
+    screen = _Terminal()
+    if terminal:
+        monkeypatch.setattr(sys, "stderr", screen)
+    hist = digits_model().fit(Xtr, Ytr, epochs=40, batch_size=32)
+    out, err = capsys.readouterr()
+    if terminal:  # the bar, and no lines: its epochs ran several to a call
+        assert "40/40" in screen.getvalue() and "epoch/s" in screen.getvalue()
+        assert "epoch" not in out
+        return
+    lines = out.splitlines()  # in a log: a line for each call, the last epoch's loss in each
+    assert err == "" and "\r" not in out and 1 < len(lines) < 40
+    assert lines[0] == f"epoch 1/40 - loss {hist.loss[0]:.4f} - {hist.seconds[0]:.3g} s"
+    assert lines[-1].startswith("epochs ") and "-40/40 - loss" in lines[-1]
+    assert lines[-1].endswith(" s an epoch") and f"loss {hist.loss[-1]:.4f}" in lines[-1]
 
 
 def test_params_are_live_and_seed_is_reproducible():
