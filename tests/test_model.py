@@ -1,6 +1,7 @@
 """compile → fit / predict / evaluate, the optimizers' update rules, and the demo."""
 
 import io
+import re
 import sys
 
 import numpy as np
@@ -88,7 +89,10 @@ def test_demo_runs_and_reports(capsys):
     assert main(["demo", "--epochs", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "δ2 = (δ3·W3ᵀ) ∘ (A2∘(1 − A2))" in out
-    assert "test accuracy" in out and "compile" in out
+    assert "test accuracy" in out and "(2 epochs, batch 100, AdaGrad lr 0.1)" in out
+    total, *parts = map(float, re.search(r"compile ([\d.]+) s: symbolic ([\d.]+) s, code "
+                                         r"generation ([\d.]+) s, kernels ([\d.]+) s", out).groups())
+    assert sum(parts) == pytest.approx(total, abs=0.02)  # its parts add up to the whole
 
 
 @pytest.mark.parametrize("argv, message", [
