@@ -120,6 +120,34 @@ def test_an_unwritable_cache_location_compiles_elsewhere_with_one_warning(own_ca
     assert not where.parent.exists()
 
 
+def test_a_cache_that_cannot_be_written_lends_the_kernels_it_holds(own_cache, tmp_path,
+                                                                   monkeypatch):
+    """A read-only cache (a container's image, a shared installation): the kernels it holds are
+    copied out and loaded, not compiled again (seconds each), and nothing in it changes."""
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "1")  # every kernel compiled here, no helper
+    first = build()
+    first.compile_kernels()
+    want = trained(first)
+    forget(first)
+    before = {p: p.stat().st_mtime_ns for p in own_cache.rglob("*")}
+    monkeypatch.setattr(cache, "_usable", {})
+    monkeypatch.setattr(cache, "_problem", lambda directory: "Read-only file system")
+    monkeypatch.setattr(cache, "_fallback", [])
+    monkeypatch.setattr(cache.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setattr(cache.atexit, "register", lambda *a, **k: None)
+    with pytest.warns(cache.CacheWarning, match=r"\(Read-only file system\); kernels it holds are "
+                                                r"loaded from it, others are compiled in"):
+        again = build()
+    assert Path(again._runner().module.__file__).parent == tmp_path / "elsewhere"
+    again.compile_kernels()
+    assert again.kernels_cached
+    assert all(again._runner().cached(k) for k in ("train_epochs", "loss", "forward"))
+    for k, v in trained(again).items():
+        np.testing.assert_array_equal(v, want[k])
+    assert {p: p.stat().st_mtime_ns for p in own_cache.rglob("*")} == before
+
+
 def test_a_full_disk_compiles_in_memory_and_leaves_no_temporary_file(own_cache, monkeypatch):
     write = os.fdopen
 

@@ -7,9 +7,9 @@ A module is written once to ``$SYMNET_CACHE_DIR`` (default ``~/.cache/symnet``) 
 code beside it (``__pycache__``) for the next process. Everything read back is verified: a
 module file whose text is not the text its name promises is written again, and machine code
 that numba cannot load (a truncated or garbage index or data file) is deleted and compiled
-again (:func:`compile_healing`). When the location cannot be written (read-only, a path under
+again (:func:`compile_kernel`). When the location cannot be written (read-only, a path under
 a file, a full disk), kernels are compiled in a temporary directory, or in memory, with one
-warning, instead of failing.
+warning, instead of failing; those the location holds are copied from it and loaded.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def location(preferred: Path | None = None) -> Path | None:
         else:  # "not kept": removed when the process ends
             atexit.register(shutil.rmtree, _fallback[0], ignore_errors=True)
         where = _fallback[0] or "memory"
-        warn(f"the kernel cache {preferred} cannot be written ({_usable[preferred]}); kernels "
-             f"are compiled in {where} for this process and not kept. Set SYMNET_CACHE_DIR to a "
-             f"writable directory to keep them.", CacheWarning)
+        held = "" if _fallback[0] is None else "kernels it holds are loaded from it, others "
+        warn(f"the kernel cache {preferred} cannot be written ({_usable[preferred]}); "
+             f"{held or 'kernels '}are compiled in {where} for this process and not kept. Set "
+             f"SYMNET_CACHE_DIR to a writable directory to keep them.", CacheWarning)
     return _fallback[0]
 
 
@@ -100,7 +101,10 @@ def load(source: str, salt: str, directory: Path | None = None) -> types.ModuleT
     name = key(source, salt)
     if name in sys.modules:
         return sys.modules[name]
-    directory = location(directory)
+    preferred = Path(directory) if directory is not None else cache_dir()
+    directory = location(preferred)
+    if directory is not None and directory != preferred:
+        _copy_stored(preferred, directory, name, source)
     path = None if directory is None else _stored(directory / f"{name}.py", source)
     module = _from_file(name, path) if path is not None else _in_memory(name, source)
     sys.modules[name] = module
@@ -127,6 +131,21 @@ def _stored(path: Path, source: str) -> Path | None:
              f"in memory and not kept", CacheWarning)
         return None
     return path
+
+
+def _copy_stored(cache: Path, directory: Path, name: str, source: str) -> None:
+    """Copy module ``name`` and its machine code from a cache that cannot be written (a
+    read-only file system: a container's image, a shared installation) to ``directory``, if
+    the cache holds exactly ``source``: its kernels then load, and only the missing ones are
+    compiled (a cold compile is seconds, a copy milliseconds). Times are copied too: numba
+    checks its machine code against its source file's time and size."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):  # else the kernels are compiled
+        if (cache / f"{name}.py").read_text(encoding="utf-8") != source:
+            return
+        (directory / "__pycache__").mkdir(parents=True, exist_ok=True)
+        for code in (cache / "__pycache__").glob(f"{name}.*"):
+            shutil.copy2(code, directory / "__pycache__" / code.name)
+        shutil.copy2(cache / f"{name}.py", directory / f"{name}.py")
 
 
 def _write(path: Path, source: str) -> None:
