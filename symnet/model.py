@@ -576,45 +576,55 @@ class Model:
             while len(hist.loss) < epochs and not _patience_out(hist, early_stopping):
                 k = min(per_call, epochs - len(hist.loss))
                 orders = _orders(rng if shuffle else None, k, rows)
-                start = time.perf_counter()
-                with interrupts.deferred(self._stop):  # Ctrl-C: after this call's last step
+                # Ctrl-C: after this call's last step, and once the epochs it ended are in the
+                # history (validated and shown), so that the history, the parameters and the step
+                # count agree whenever it comes
+                with interrupts.deferred(self._stop):
+                    start = time.perf_counter()
                     losses, e, s, status = self._train(runner, data, orders, batch_size)
                     elapsed = time.perf_counter() - start
                     if status is Status.STOPPED:  # the epochs it ended, before the interrupt
                         _record(hist, losses[:e], sizes, rows, elapsed / k)
+                    elif status is Status.DATA:  # in the first call, which _train undid
+                        rng.bit_generator.state = drawn
+                        self._feeds(X, Y)  # names the first non-finite entry
+                        raise DataError(f"batch {s + 1} of epoch {len(hist.loss) + e + 1} has a "
+                                        f"non-finite value; clean or impute the data first")
+                    elif status in (Status.LOSS, Status.UPDATE):
+                        raise self._not_finite(status, len(hist.loss) + e + 1, s, data,
+                                               orders[e], batch_size, losses[e, s], ids)
+                    else:
+                        _record(hist, losses, sizes, rows, elapsed / k)
+                        if val_feeds is not None:
+                            best = self._validate(val_feeds, hist, early_stopping, best)
+                        elif not quiet:  # progress only: more epochs per call, up to ~0.25 s
+                            per_call = int(min(max(1, SECONDS_PER_CALL * k / max(elapsed, 1e-9)),
+                                               max(1, 2**24 // rows), 2 * per_call + 1))
+                        bar.update(k)
+                        bar.set_postfix(loss=f"{hist.loss[-1]:.4f}",
+                                        samples_s=f"{rows * k / max(elapsed, 1e-9):,.0f}")
+                        if verbose and (per_call == 1 or isinstance(bar, _Lines)):
+                            bar.write(_epoch_line(len(hist.loss), epochs, hist, k))
                 if status is Status.STOPPED:  # Ctrl-C, whose handler did not raise
                     break
-                if status is Status.DATA:  # in the first call, which _train undid
-                    rng.bit_generator.state = drawn
-                    self._feeds(X, Y)  # names the first non-finite entry
-                    raise DataError(f"batch {s + 1} of epoch {len(hist.loss) + e + 1} has a "
-                                    f"non-finite value; clean or impute the data first")
-                if status in (Status.LOSS, Status.UPDATE):
-                    raise self._not_finite(status, len(hist.loss) + e + 1, s, data, orders[e],
-                                           batch_size, losses[e, s], ids)
-                _record(hist, losses, sizes, rows, elapsed / k)
-                if val_feeds is not None:
-                    res = self._evaluate(val_feeds)
-                    hist.history["val_loss"].append(res["loss"])
-                    if "accuracy" in res:
-                        hist.history["val_accuracy"].append(res["accuracy"])
-                    if "r2" in res:
-                        hist.history.setdefault("val_r2", []).append(res["r2"])
-                    if early_stopping is not None and res["loss"] <= min(hist.val_loss):
-                        best = self._snapshot()
-                        hist.best_epoch = len(hist.loss)
-                elif not quiet:  # progress only: run more epochs per call, up to ~0.25 s
-                    per_call = int(min(max(1, SECONDS_PER_CALL * k / max(elapsed, 1e-9)),
-                                       max(1, 2**24 // rows), 2 * per_call + 1))
-                bar.update(k)
-                bar.set_postfix(loss=f"{hist.loss[-1]:.4f}",
-                                samples_s=f"{rows * k / max(elapsed, 1e-9):,.0f}")
-                if verbose and (per_call == 1 or isinstance(bar, _Lines)):
-                    bar.write(_epoch_line(len(hist.loss), epochs, hist, k))
             if best is not None:
                 self._restore(best)
         self.history = hist
         return hist
+
+    def _validate(self, val_feeds, hist, early_stopping, best):
+        """Append the validation figures of the epoch just ended to ``hist``; the snapshot of
+        the best epoch's parameters so far (``best``, or a new one) for ``early_stopping``."""
+        res = self._evaluate(val_feeds)
+        hist.history["val_loss"].append(res["loss"])
+        if "accuracy" in res:
+            hist.history["val_accuracy"].append(res["accuracy"])
+        if "r2" in res:
+            hist.history.setdefault("val_r2", []).append(res["r2"])
+        if early_stopping is not None and res["loss"] <= min(hist.val_loss):
+            hist.best_epoch = len(hist.loss)
+            return self._snapshot()
+        return best
 
     def _train(self, runner, data, orders, batch_size):
         """One kernel call over the epochs of ``orders``, with the model's step counter kept

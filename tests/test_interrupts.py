@@ -159,6 +159,43 @@ def test_an_interrupted_fit_leaves_the_history_of_the_epochs_it_ended(backend):
     assert m.history.loss[-1] < m.history.loss[0]
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("when", ["after the call's last step", "during the validation"])
+def test_ctrl_c_once_a_call_ended_its_epochs_leaves_them_in_the_history(backend, when):
+    # an interrupt too late for the kernel to stop a step (it had none left), or while the
+    # epoch is validated: the epoch ended, so the history has it, with its validation figures
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored
+    X, Y = data()
+    m = model(backend)
+    train, evaluate = m._train, m._evaluate
+
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # delivered here
+
+    def late_train(*args):
+        ended = train(*args)
+        ctrl_c()
+        return ended
+
+    def interrupted_evaluate(*args):
+        ctrl_c()
+        return evaluate(*args)
+
+    if when == "after the call's last step":
+        m._train = late_train
+    else:
+        m._evaluate = interrupted_evaluate
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(X, Y, epochs=5, batch_size=10, verbose=False, validation_data=(X, Y))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    h = m.history
+    assert h is not None and m._steps == 4  # one epoch of four batches, then the interrupt
+    assert len(h.loss) == len(h.val_loss) == len(h.seconds) == 1
+
+
 def test_sigint_handlers_of_the_caller_are_kept_and_called_after_the_step(monkeypatch):
     # a handler of the user's own (not raising) is called once the training call has ended,
     # and fit then returns what it trained; the handler is in place again afterwards
