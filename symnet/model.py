@@ -734,8 +734,10 @@ class Model:
     def save(self, path) -> None:
         """Write the declaration, parameters, optimizer state, step count and shuffling state
         to one ``.npz`` file, atomically (the format and its guarantees: :mod:`symnet.serialize`).
-        A fit running in another thread is waited for, so that the file holds one moment's."""
-        self._check_whole()
+        A fit running in another thread is waited for, so that the file holds one moment's.
+        Parameters are checked as ``fit`` checks them: ``load`` refuses a file with a
+        non-finite one, so ``save`` does not write it."""
+        self._check_params()
         with self._lock:
             serialize.save_model(self, path)
 
@@ -1005,6 +1007,11 @@ def _constants(constants, data, dtype) -> tuple[list, dict[str, np.ndarray]]:
         if getattr(symbol, "name", None) in taken | set(arrays):
             raise DeclarationError(f"constants: {symbol.name} is listed twice (as an input, "
                                    f"target or constant); give each matrix its own name")
+        if isinstance(symbol, str):  # the name, not the symbol the loss was declared with
+            raise DeclarationError(f"constants: the keys are the symbols the loss uses, not "
+                                   f"names: write {{alpha: ...}} with alpha = "
+                                   f"sn.Constant({symbol!r}), the object in the loss, not "
+                                   f"{{{symbol!r}: ...}}")
         if not isinstance(symbol, sp.MatrixSymbol) or not all(d.is_Integer for d in symbol.shape):
             raise DeclarationError(f"constants: {symbol!r} is not a matrix of fixed shape; make "
                                    f"it with sn.Constant(name)")
@@ -1102,15 +1109,19 @@ def _dtype(dtype, what="dtype", error=DeclarationError):
 
 def _param_array(value, name, shape, dtype, where="params"):
     """``model.params[name]`` (or ``model.constants[name]``) checked before a kernel reads it:
-    an array of the declared shape, real and finite, converted to ``dtype`` (C-contiguous,
-    writeable) when it is not."""
+    an array (or nested lists) of the declared shape, real and finite, converted to ``dtype``
+    (C-contiguous, writeable) when it is not."""
     entry = f"model.{where}[{name!r}]"
     fix = f"write into the array instead of replacing it: {entry}[...] = value"
     if value is None:
         raise DataError(f"model.{where} has no {name!r}; put back an array of shape {shape}, "
                         f"e.g. {entry} = np.zeros({shape})")
+    given = value
+    if isinstance(value, (list, tuple)):  # nested lists of the declared shape: as an array
+        with contextlib.suppress(ValueError, TypeError):
+            value = np.asarray(value)
     if not isinstance(value, np.ndarray) or value.shape != shape:
-        raise DataError(f"{entry} is {validate.describe(value)}, but {name} is "
+        raise DataError(f"{entry} is {validate.describe(given)}, but {name} is "
                         f"{shape[0]}×{shape[1]}; {fix}")
     if value.dtype.kind not in "biuf":
         raise DataError(f"{entry} has dtype {value.dtype}, but {where} are real numbers; {fix}")

@@ -104,6 +104,8 @@ def test_constants_are_saved_loaded_and_pickled(tmp_path):
 @pytest.mark.parametrize("constants, message", [
     ([ALPHA], "constants must be a dict"),
     ({sp.Symbol("a"): 1.0}, "is not a matrix of fixed shape"),
+    ({"alpha": 1.0}, r"the keys are the symbols the loss uses, not names: write \{alpha: ...\} "
+                     r"with alpha = sn.Constant\('alpha'\)"),
     ({ALPHA: float("nan")}, "alpha is not finite"),
     ({ALPHA: "big"}, "must be a number or an array of shape 1×1"),
     ({sn.Input("X", 4): 1.0}, "listed twice"),

@@ -412,6 +412,36 @@ def test_a_replaced_parameter_says_to_write_into_the_array(model):
         model.params["W1"] = live
 
 
+def test_nested_lists_of_a_parameter_shape_are_taken_as_its_array(model):
+    X, Y = make_data(out=3, kind="real")
+    live = model.params["W1"]
+    try:
+        model.params["W1"] = live.tolist()
+        want = model.evaluate(X, Y)["loss"]
+        assert isinstance(model.params["W1"], np.ndarray)  # stored back, live again
+        model.params["W1"] = live
+        assert model.evaluate(X, Y)["loss"] == want
+        model.params["W1"] = live.T.tolist()
+        with pytest.raises(sn.DataError, match=r"model.params\['W1'\] is a list of length 5, "
+                                               r"but W1 is 4×5"):
+            model.evaluate(X, Y)
+    finally:
+        model.params["W1"] = live
+
+
+def test_save_refuses_a_non_finite_parameter_that_load_would_refuse(model, tmp_path):
+    live = model.params["W1"]
+    model.params["W1"] = live.copy()
+    model.params["W1"][1, 2] = np.inf
+    try:
+        with pytest.raises(sn.DataError, match=r"model.params\['W1'\] has a non-finite value "
+                                               r"\(inf\) in row 1, column 2"):
+            model.save(tmp_path / "m.npz")
+        assert not (tmp_path / "m.npz").exists()
+    finally:
+        model.params["W1"] = live
+
+
 def test_a_replaced_parameter_is_refused_before_the_numba_kernel_runs():
     X, Y = make_data(out=3, kind="real")
     model = fresh(backend="numba")
