@@ -82,10 +82,10 @@ def location(preferred: Path | None = None) -> Path | None:
         else:  # "not kept": removed when the process ends
             atexit.register(shutil.rmtree, _fallback[0], ignore_errors=True)
         where = _fallback[0] or "memory"
-        held = "" if _fallback[0] is None else "kernels it holds are loaded from it, others "
-        warn(f"the kernel cache {preferred} cannot be written ({_usable[preferred]}); "
-             f"{held or 'kernels '}are compiled in {where} for this process and not kept. Set "
-             f"SYMNET_CACHE_DIR to a writable directory to keep them.", CacheWarning)
+        what = "kernels" if where == "memory" else "kernels it holds are loaded from it, others"
+        warn(f"the kernel cache {preferred} cannot be written ({_usable[preferred]}); {what} "
+             f"are compiled in {where} for this process and not kept. Set SYMNET_CACHE_DIR to a "
+             f"writable directory to keep them.", CacheWarning)
     return _fallback[0]
 
 
