@@ -1174,7 +1174,8 @@ def _probability_targets(loss, targets) -> frozenset:
 def _check_probabilities(a, name):
     """Entries of ``a`` in [0, 1], else a DataError naming the first other."""
     with np.errstate(invalid="ignore"):  # non-finite entries are the finiteness check's to name
-        outside = np.argwhere(((a < 0) | (a > 1)) & np.isfinite(a))
+        outside = (a < 0) | (a > 1)  # the exact search only when there is something to name
+        outside = np.argwhere(outside & np.isfinite(a)) if outside.any() else ()
     if len(outside):
         row, col = outside[0]
         raise DataError(f"{name} has the value {a[row, col]:.4g} in row {row}, column {col}; "
@@ -1193,12 +1194,17 @@ def _check_distributions(a, name):
            f"and summing to 1: pass integer class labels or np.eye(k)[labels], or normalise the "
            f"rows; for several labels per row, use binary_cross_entropy(sn.sigmoid(Z), {name})")
     with np.errstate(invalid="ignore"):  # non-finite rows are the finiteness check's to name
-        negative = np.argwhere((a < 0) & np.isfinite(a))
+        negative = np.argwhere((a < 0) & np.isfinite(a)) if (a < 0).any() else ()
         if len(negative):
             row, col = negative[0]
             raise DataError(f"{name} has the negative value {a[row, col]:.4g} in row {row}, "
                             f"column {col}; {fix}")
-        sums = a.sum(axis=1, dtype=np.float64)
+        # row sums as a product with ones (float32 up to 1024 columns, whose rounding stays far
+        # below ROW_SUM), and the exact search only when there is something to name: on
+        # Fashion-MNIST's 60 000 labels this check took 2.9-3.7 ms of every fit call, now
+        # 0.3-0.8 ms (caches emptied between calls, as an epoch empties them)
+        k = a.shape[1]
+        sums = a @ np.ones(k, a.dtype if a.dtype == np.float32 and k <= 1024 else np.float64)
         off = np.flatnonzero(np.isfinite(sums) & (np.abs(sums - 1) > ROW_SUM))
     if len(off):
         raise DataError(f"row {off[0]} of {name} sums to {sums[off[0]]:.4g}; {fix}")
