@@ -302,7 +302,7 @@ BAD = {
     # model.params replaced or spoiled by the user
     "param replaced by 2×2": lambda m: _replaced("W1", np.zeros((2, 2))).fit(_x(), _y(),
                                                                            verbose=False),
-    "param replaced by a list": lambda m: _replaced("b1", [[0.0] * 5]).predict(_x()),
+    "param replaced by a list of another shape": lambda m: _replaced("b1", [[0.0] * 4]).predict(_x()),
     "param replaced by complex": lambda m: _replaced("W2", np.zeros((5, 3), complex)).predict(_x()),
     "param deleted": lambda m: _replaced("b2", None).evaluate(_x(), _y()),
     "param added": lambda m: _replaced("X", np.zeros((6, 4))).loss_and_grad(_x(), _y()),
