@@ -9,7 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 
 def plot_results(results, out: Path) -> list[Path]:
@@ -24,12 +24,11 @@ def plot_results(results, out: Path) -> list[Path]:
         rows = sorted((r for r in ok if r["workload"] == workload), key=lambda r: r["epoch_s"])
         ax.barh([r["peer"] for r in rows], [r["epoch_s"] for r in rows],
                 color=["tab:red" if r["peer"] == "symnet" else "tab:gray" for r in rows])
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
+        log = _time_axis(ax, [r["epoch_s"] for r in rows])
         ax.invert_yaxis()
         ax.set_title(workload)
-        ax.set_xlabel("steady epoch time (s, log)" if workload != "tiny" else
-                      "1000 steps (s, log)")
+        ax.set_xlabel(("steady epoch time (s" if workload != "tiny" else "1000 steps (s")
+                      + (", log)" if log else ")"))
     fig.tight_layout()
     paths.append(out / "epoch_time.png")
     fig.savefig(paths[-1], dpi=110)
@@ -44,13 +43,25 @@ def plot_results(results, out: Path) -> list[Path]:
                        "tab:gray")
             ax.annotate(r["peer"], (wall, r["metric"]), fontsize=7, xytext=(3, 2),
                         textcoords="offset points")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        log = _time_axis(ax, [r["setup_s"] + sum(r["rounds_s"]) for r in ok
+                              if r["workload"] == workload])
         ax.set_title(workload)
-        ax.set_xlabel("setup + training (s, log)")
+        ax.set_xlabel("setup + training (s, log)" if log else "setup + training (s)")
         ax.set_ylabel(next(r["metric_name"] for r in ok if r["workload"] == workload))
     fig.tight_layout()
     paths.append(out / "accuracy_vs_time.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def _time_axis(ax, seconds) -> bool:
+    """A log axis when the times span more than a decade, else a linear one from 0: within a
+    decade a log axis has no power of ten to label, and its bars make ×2 look like ×20."""
+    if max(seconds) <= 10 * min(seconds):
+        ax.set_xlim(left=0)
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # labels of a few digits each, apart
+        return False
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
+    return True
