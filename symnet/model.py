@@ -782,17 +782,22 @@ def _progress(epochs: int):
     import in a kernel without ipywidgets (TqdmWarning), in every notebook that imports
     symnet."""
     notebook = "ipykernel" in sys.modules
+    if not notebook and not _terminal(sys.stderr):
+        return _Lines()
+    return _bar(notebook)(total=epochs, unit="epoch", leave=False)
+
+
+def _bar(notebook: bool):
+    """The tqdm class: the notebook widget if ``notebook`` and ipywidgets is there."""
     if notebook:
         try:
             import ipywidgets  # noqa: F401
             from tqdm.notebook import tqdm
-            return tqdm(total=epochs, unit="epoch", leave=False)
+            return tqdm
         except ImportError:
             pass
-    if not notebook and not _terminal(sys.stderr):
-        return _Lines()
     from tqdm.std import tqdm
-    return tqdm(total=epochs, unit="epoch", leave=False)
+    return tqdm
 
 
 def _terminal(stream) -> bool:

@@ -66,10 +66,9 @@ def _problem(directory: Path) -> str | None:
     return None
 
 
-def location(preferred: Path | None = None) -> Path | None:
-    """The directory to write modules to: ``preferred`` (default: the cache location) if it is
-    writable, else a temporary directory of this process, else None (compile in memory)."""
-    preferred = Path(preferred) if preferred is not None else cache_dir()
+def location(preferred: Path) -> Path | None:
+    """The directory to write modules to: ``preferred`` if it is writable, else a temporary
+    directory of this process, else None (compile in memory)."""
     if preferred not in _usable:
         _usable[preferred] = _problem(preferred)
     if _usable[preferred] is None:
