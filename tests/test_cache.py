@@ -6,6 +6,7 @@ import errno
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -147,6 +148,32 @@ def test_a_cache_that_cannot_be_written_lends_the_kernels_it_holds(own_cache, tm
         np.testing.assert_array_equal(v, want[k])
     assert {p: p.stat().st_mtime_ns for p in own_cache.rglob("*")} == before
 
+
+
+@pytest.mark.parametrize("clear", ["removed", "emptied"])
+def test_a_cache_cleared_while_a_model_is_in_use_is_written_again(own_cache, monkeypatch, clear):
+    """The user clears the cache (or a cleaner does) between fit and predict: the kernels not yet
+    compiled are compiled into the cache written again, not refused by numba (its cache needs the
+    module's file), and so are a new model's."""
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "1")  # fit compiles train_epochs only, here
+    model = build()
+    X, Y = data()
+    model.fit(X, Y, epochs=2, batch_size=4, shuffle=False, verbose=False)
+    shutil.rmtree(own_cache)
+    if clear == "emptied":
+        own_cache.mkdir()
+    reference = build(backend="numpy")
+    reference.fit(X, Y, epochs=2, batch_size=4, shuffle=False, verbose=False)
+    np.testing.assert_allclose(model.predict(X), reference.predict(X), rtol=1e-10)
+    assert model.evaluate(X, Y)["loss"] == pytest.approx(reference.evaluate(X, Y)["loss"],
+                                                          rel=1e-10)
+    assert Path(model._runner().module.__file__).read_text() == model.source
+    assert any(own_cache.glob("__pycache__/*.forward-*.nbi"))  # kept for the next process
+    shutil.rmtree(own_cache)
+    forget(model)  # a new model of the same declaration, in this process or the next
+    want = trained(build(backend="numpy"))
+    for k, v in trained(build()).items():
+        np.testing.assert_allclose(v, want[k], rtol=1e-10)
 
 def test_a_full_disk_compiles_in_memory_and_leaves_no_temporary_file(own_cache, monkeypatch):
     write = os.fdopen

@@ -106,6 +106,7 @@ def load(source: str, salt: str, directory: Path | None = None) -> types.ModuleT
         _copy_stored(preferred, directory, name, source)
     path = None if directory is None else _stored(directory / f"{name}.py", source)
     module = _from_file(name, path) if path is not None else _in_memory(name, source)
+    module.SOURCE = source  # to write the file again if the cache is cleared (_kept)
     sys.modules[name] = module
     return module
 
@@ -124,6 +125,7 @@ def _stored(path: Path, source: str) -> Path | None:
     if damaged:  # numba's files were compiled from other text: they must not load
         _remove_machine_code(path.parent / "__pycache__", path.stem)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # the cache was removed meanwhile
         _write(path, source)
     except OSError as err:
         warn(f"cannot write the kernel module {path} ({err.strerror or err}); it is compiled "
@@ -183,7 +185,9 @@ def compile_kernel(function, cache: bool, **options):
     from numba's cache when there is some. If loading fails (a damaged index or data file:
     ``UnpicklingError``, ``EOFError`` and the like), the module's cached machine code is deleted
     and the kernel compiled anew; if that fails too (numba cannot write its files: a full disk),
-    it is compiled without the cache, with a warning."""
+    it is compiled without the cache, with a warning. A module file removed since it was loaded
+    (a cache cleared while this process runs) is written again first."""
+    cache = cache and _kept(function)
     try:
         return runtime.compile_kernel(function, cache, **options)
     except numba.core.errors.NumbaError:
@@ -216,10 +220,22 @@ def compile_kernel(function, cache: bool, **options):
 # ------------------------------------------------------------------------------ a second core
 
 
+def _kept(function) -> bool:
+    """Whether the module file of kernel ``function`` is there for numba's cache to key its
+    machine code on (numba refuses to cache a function whose file is gone); written again if the
+    cache was cleared since the module was loaded. False if it cannot be (then warned)."""
+    module = sys.modules.get(function.__module__)
+    path = Path(getattr(module, "__file__", None) or "")
+    if path.is_file():
+        return True
+    source = getattr(module, "SOURCE", None)
+    return source is not None and path.name != "" and _stored(path, source) is not None
+
+
 def on_disk(module: types.ModuleType, name: str) -> bool:
     """Whether numba's cache holds machine code of kernel ``name`` of ``module`` (an index file;
     whether it loads is found out by loading it)."""
-    if not module.CACHE:
+    if not module.CACHE or not Path(module.__file__).is_file():
         return False
     where = Path(numba.core.caching.FunctionCache(getattr(module, name))._cache_path)
     return any(where.glob(f"{module.__name__}.{name}-*.nbi"))
