@@ -12,27 +12,39 @@ import numpy as np
 
 @contextlib.contextmanager
 def deferred(stop: np.ndarray):
-    """Within the block, SIGINT sets ``stop[0]`` (which the training kernels read before each
-    step) instead of interrupting; when the block ends, the interrupt is delivered as it would
-    have been (a ``KeyboardInterrupt`` by default). Outside the main thread, where Python
-    delivers no signals, and when SIGINT is ignored or not Python's, the block just runs."""
+    """Within the block, Ctrl-C (SIGINT under Python's own handler) sets ``stop[0]`` (which the
+    training kernels read before each step) instead of interrupting; when the block ends, the
+    interrupt is delivered as it would have been (a ``KeyboardInterrupt``, or the process ends
+    under ``SIG_DFL``). A handler of the user's own runs when the signal comes, as it would
+    without symnet, and training goes on unless it raises; what it raises is raised when the
+    block ends. Outside the main thread, where Python delivers no signals, and when SIGINT is
+    ignored or not Python's, the block just runs."""
     stop[0] = 0
     previous = signal.getsignal(signal.SIGINT)
     if (threading.current_thread() is not threading.main_thread()
             or previous in (signal.SIG_IGN, None)):
         yield
         return
-    frames = []
+    frames, raised = [], []
 
     def hold(signum, frame):
-        frames.append(frame)
-        stop[0] = 1
+        if previous in (signal.default_int_handler, signal.SIG_DFL):
+            frames.append(frame)
+            stop[0] = 1
+            return
+        try:
+            previous(signum, frame)
+        except BaseException as err:  # whatever the handler raises, as Ctrl-C after the step
+            raised.append(err)
+            stop[0] = 1
 
     signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        if raised:
+            raise raised[0]
         if frames:
             if callable(previous):
                 previous(signal.SIGINT, frames[0])

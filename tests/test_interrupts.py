@@ -160,6 +160,35 @@ def test_an_interrupted_fit_leaves_the_history_of_the_epochs_it_ended(backend):
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_ctrl_c_before_an_epoch_ended_leaves_an_empty_history(backend):
+    # the previous fit's history would not describe the model, whose steps went on
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored
+    X, Y = data()
+    m = model(backend)
+    m.fit(X, Y, epochs=2, batch_size=10, verbose=False)
+    steps = m._steps
+    rng = np.random.default_rng(2)
+    big_X, big_Y = rng.normal(size=(400_000, 8)), np.eye(3)[rng.integers(0, 3, 400_000)]
+    train = m._train
+
+    def interrupted_train(*args):  # an epoch of 400 000 steps, Ctrl-C 0.05 s into it
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            return train(*args)
+        finally:
+            timer.join()
+
+    m._train = interrupted_train
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(big_X, big_Y, epochs=1, batch_size=1, verbose=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert steps < m._steps < steps + 400_000
+    assert m.history is not None and len(m.history.loss) == 0
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("when", ["after the call's last step", "during the validation"])
 def test_ctrl_c_once_a_call_ended_its_epochs_leaves_them_in_the_history(backend, when):
     # an interrupt too late for the kernel to stop a step (it had none left), or while the
@@ -196,28 +225,57 @@ def test_ctrl_c_once_a_call_ended_its_epochs_leaves_them_in_the_history(backend,
     assert len(h.loss) == len(h.val_loss) == len(h.seconds) == 1
 
 
-def test_sigint_handlers_of_the_caller_are_kept_and_called_after_the_step(monkeypatch):
-    # a handler of the user's own (not raising) is called once the training call has ended,
-    # and fit then returns what it trained; the handler is in place again afterwards
+class Stopped(Exception):
+    pass
+
+
+@pytest.mark.parametrize("backend, epochs", [("numba", 20_000), ("numpy", 2_000)])
+@pytest.mark.parametrize("raises", [False, True])
+def test_a_sigint_handler_of_the_callers_runs_when_the_signal_comes(backend, epochs, raises):
+    # a handler of the user's own runs at once, as it would without symnet; if it returns,
+    # training goes on to the end (it stopped silently before); if it raises, training stops
+    # after its step and fit raises that, with the epochs it ended in the history
     X, Y = data()
-    m = model()
-    seen = []
+    m, reference = model(backend), model(backend)
+    called = []
 
     def handler(signum, frame):
-        seen.append(m._steps)
+        called.append(time.monotonic())
+        if raises:
+            raise Stopped
 
+    train, calls = m._train, []
+
+    def interrupted_train(*args):  # SIGINT while the kernel runs (it runs ~0.3 s or more)
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        calls.append(time.monotonic())
+        timer.start()
+        try:
+            return train(*args)
+        finally:
+            calls.append(time.monotonic())
+            timer.join()
+
+    m._train = interrupted_train
     previous = signal.signal(signal.SIGINT, handler)
     try:
-        interrupted = sn.interrupts.deferred(m._stop)
-        with interrupted:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)  # delivered here, to the deferring handler
-            assert m._stop[0] == 1 and seen == []
-        assert seen == [0] and signal.getsignal(signal.SIGINT) is handler
-        hist = m.fit(X, Y, epochs=3, batch_size=40, verbose=False)
-        assert len(hist.loss) == 3
+        if raises:
+            with pytest.raises(Stopped):
+                m.fit(X, Y, epochs=epochs, batch_size=10, shuffle=False, verbose=False)
+        else:
+            hist = m.fit(X, Y, epochs=epochs, batch_size=10, shuffle=False, verbose=False)
+        time.sleep(0.01)
+        assert signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGINT, previous)
+    assert len(called) == 1 and calls[0] < called[0] < calls[1]  # during the kernel's call
+    if raises:
+        assert 4 <= m._steps < 4 * epochs and len(m.history.loss) == m._steps // 4
+    else:
+        assert m._steps == 4 * epochs and len(hist.loss) == epochs
+        reference.fit(X, Y, epochs=epochs, batch_size=10, shuffle=False, verbose=False)
+        for k in reference.params:
+            np.testing.assert_array_equal(m.params[k], reference.params[k])
 
 
 def test_a_short_training_call_runs_on_the_calling_thread_a_long_one_beside_it(monkeypatch):
