@@ -827,12 +827,14 @@ def _record(hist, losses, sizes, rows, seconds):
 
 @contextlib.contextmanager
 def _kept_history(model, hist):
-    """A fit that ends in an exception (Ctrl-C, a step that was not finite) after it ran
-    epochs leaves their History as ``model.history``."""
+    """A fit that ends in an exception (Ctrl-C, a step that was not finite) after it trained
+    leaves the History of the epochs it ended as ``model.history``, empty if none ended (the
+    previous fit's would not describe the model); one that did not train leaves it as it was."""
+    steps = model._steps
     try:
         yield
     except BaseException:
-        if hist.loss:
+        if hist.loss or model._steps != steps:
             model.history = hist
         raise
 
