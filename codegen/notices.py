@@ -2,15 +2,18 @@
 
 A warning is attributed to the first frame outside codegen and the packages that ``hide`` their
 frames (symnet does), as Python 3.12's ``skip_file_prefixes`` would: a fixed ``stacklevel``
-named a different internal line for each path that reaches the same warning.
+named a different internal line for each path that reaches the same warning. On a thread that
+codegen runs for a caller (a kernel's, a compile's), that is the frame of the caller, which
+waits for it.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 
-_HIDDEN = {__name__.split(".")[0]}  # top-level packages whose frames a warning skips
+_HIDDEN = {__name__.split(".")[0], "threading"}  # top-level packages whose frames a warning skips
 
 
 def hide(package: str) -> None:
@@ -18,9 +21,28 @@ def hide(package: str) -> None:
     _HIDDEN.add(package)
 
 
+def on_behalf(thread: threading.Thread) -> threading.Thread:
+    """``thread`` (not started), whose warnings are to name the line of the thread making it."""
+    thread.caller = threading.get_ident()
+    return thread
+
+
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` at the first frame outside the hidden packages."""
-    frame, level = sys._getframe(1), 2  # level 2 is warn's caller
+    frame = _outside(sys._getframe(1))
+    caller = getattr(threading.current_thread(), "caller", None)
+    if frame is None and caller is not None:
+        frame = _outside(sys._current_frames().get(caller))
+    if frame is None:
+        warnings.warn(message, category, stacklevel=2)
+        return
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__", "<unknown>"),
+                           registry=frame.f_globals.setdefault("__warningregistry__", {}),
+                           module_globals=frame.f_globals)
+
+
+def _outside(frame):
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _HIDDEN:
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+        frame = frame.f_back
+    return frame

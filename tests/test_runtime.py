@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numba as nb
 import numpy as np
@@ -128,10 +129,64 @@ def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):
     with pytest.warns(UserWarning, match="not a positive integer"):
         assert rt.threads() == len(os.sched_getaffinity(0))
     monkeypatch.setenv("SYMNET_NUM_THREADS", "1000")
-    with pytest.warns(UserWarning, match="more than a team's 256 threads; using 256") as seen:
+    monkeypatch.setattr(rt, "cores", lambda: 2)
+    with pytest.warns(UserWarning, match="more than a team's 256 threads; using 256") as seen, \
+            pytest.warns(UserWarning, match="threads for each of the"):
         assert rt.threads() == protocol.MAX_THREADS
     assert seen[0].filename == __file__  # the caller's line, not codegen's
 
+
+
+def test_more_threads_than_the_cores_can_serve_are_warned_about_at_the_callers_line(
+        monkeypatch):
+    import threading
+
+    from codegen.notices import on_behalf
+
+    monkeypatch.setattr(rt, "cores", lambda: 2)
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rt.threads() == 16  # 8 a core: no warning
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "17")
+    counts = []
+    kernel = on_behalf(threading.Thread(target=lambda: counts.append(rt.threads())))
+    with pytest.warns(UserWarning, match="more than 8 threads for each of the 2 cores") as seen:
+        kernel.start()
+        kernel.join()
+    assert counts == [17]
+    assert seen[0].filename == __file__  # on a thread run for this one: this one's line
+
+
+def test_threads_that_cannot_start_leave_a_smaller_team_with_the_same_results(monkeypatch):
+    """A limit on threads or memory (ulimit, a container's pids limit): the team has the threads
+    that started, says so, and computes the same numbers."""
+    import threading
+
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "4")
+    values = run_pieces()[0]
+    rt._close_team()
+    started = []
+
+    class Limited(threading.Thread):
+        def start(self):
+            if self.name.startswith("symnet-worker"):
+                if len(started) == 1:
+                    raise RuntimeError("can't start new thread")
+                started.append(self.name)
+            super().start()
+
+    monkeypatch.setattr(rt.threading, "Thread", Limited)
+    try:
+        with pytest.warns(UserWarning, match=r"SYMNET_NUM_THREADS=4, but only 2 threads could "
+                                             r"run \(can't start new thread\); training runs on 2"):
+            again, pieces_of, _ = run_pieces()
+        assert rt._team.threads == 2 and rt._team.requested == 4
+        assert np.array_equal(again, values)
+        assert set(np.unique(pieces_of)) <= {0, 1}
+    finally:
+        monkeypatch.undo()
+        rt._close_team()
 
 def test_a_team_that_could_not_be_made_leaves_no_closed_team_behind(monkeypatch):
     """Changing the thread count closes the old team before making the new one; when making it

@@ -20,6 +20,7 @@ import numba.core.errors
 import numpy as np
 
 from ..ir import BATCH, CodegenError, Program, Status, Update
+from ..notices import on_behalf
 from . import cache, runtime, stages
 from .emit import ARRAYS_AT, CODEGEN_VERSION, KERNEL_OPTIONS, TRAIN, Entry, generate
 
@@ -210,7 +211,7 @@ def _uninterrupted(work, *args):
         except BaseException as err:  # given to the waiting thread
             result.append((False, err))
 
-    worker = threading.Thread(target=run, name="symnet-compile", daemon=True)
+    worker = on_behalf(threading.Thread(target=run, name="symnet-compile", daemon=True))
     worker.start()
     while worker.is_alive():
         worker.join(0.1)
@@ -334,7 +335,7 @@ def _off_this_thread(call, stop: np.ndarray):
         except BaseException as err:  # raised again on the waiting thread
             result.append((False, err))
 
-    worker = threading.Thread(target=run, name="symnet-kernel", daemon=True)
+    worker = on_behalf(threading.Thread(target=run, name="symnet-kernel", daemon=True))
     try:
         worker.start()
         worker.join()
