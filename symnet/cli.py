@@ -159,11 +159,13 @@ def main(argv=None) -> int:
                    help="benchmark symnet against PyTorch, JAX, autograd, PyTensor, NumPy, a "
                         "hand-written numba kernel and scikit-learn (symnet bench --help)")
     args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
-        return bench(rest)
-    if rest:
+    if args.command != "bench" and rest:
         args.parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return args.run(args)
+    try:
+        return bench(rest) if args.command == "bench" else args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; 128 + SIGINT, as shells do
+        print(f"\nsymnet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -243,3 +243,17 @@ def test_the_blocks_workload_agrees_with_torch_and_jax_and_the_plain_peers_decli
     running = {f"running_{s}{k}": np.full((1, w.sizes[k]), v) for k in (1, 2)
                for s, v in (("mean", 0.0), ("var", 1.0))}
     assert 0 <= metric(w, params, *data, running) <= 1
+
+
+@pytest.mark.parametrize("command", [["bench", "--workload", "tiny"], ["demo"]])
+def test_ctrl_c_ends_a_command_with_a_line_not_a_traceback(monkeypatch, capsys, command):
+    from benchmarks import run
+    from symnet import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "main", interrupted)
+    monkeypatch.setattr(cli, "demo", interrupted)
+    assert main(command) == 130
+    assert capsys.readouterr().err == f"\nsymnet {command[0]}: interrupted\n"
