@@ -154,6 +154,8 @@ _REAL_KINDS = "biuf"  # bool, signed and unsigned integers, floats: converted to
 def real_array(value, name: str) -> np.ndarray:
     """``value`` as a NumPy array of real numbers (any real dtype, not yet converted), or a
     DataError saying why it is not one: ragged rows, complex values, text or objects."""
+    if value is None:
+        raise DataError(f"{name} is None; pass an array (or a list of rows) of numbers")
     if hasattr(value, "toarray") and hasattr(value, "nnz"):  # a scipy.sparse matrix or array
         raise DataError(f"{name} is a sparse matrix; symnet trains on dense arrays: pass "
                         f"{name}.toarray()")
@@ -169,11 +171,23 @@ def real_array(value, name: str) -> np.ndarray:
         raise DataError(f"{name} has complex values (dtype {a.dtype}); symnet computes with real "
                         f"numbers only: pass the real part explicitly (np.real({name})) if that "
                         f"is what you mean")
+    if a.dtype == object:
+        missing = next((at for at, v in np.ndenumerate(a) if _missing(v)), None)
+        if missing is not None:
+            where = (f"row {missing[0]}, column {missing[1]}" if len(missing) == 2 else
+                     f"position {missing[0] if len(missing) == 1 else missing}")
+            raise DataError(f"{name} has a missing value ({describe(a[missing])}) at {where}; "
+                            f"fill or drop missing values first (pandas: fillna or dropna)")
     if a.dtype.kind not in _REAL_KINDS:
         hint = (" (a ragged list of rows gives one)" if a.dtype == object else "")
         raise DataError(f"{name}: expected a numeric array, got dtype {a.dtype}{hint}; convert it "
                         f"with np.asarray(data, dtype=float)")
     return a
+
+
+def _missing(value) -> bool:
+    """None, or pandas' ``NA``/``NaT`` (by type name: pandas is not a dependency)."""
+    return value is None or type(value).__name__ in ("NAType", "NaTType")
 
 
 # ---------------------------------------------------------------------------- expressions

@@ -326,6 +326,23 @@ def test_bad_input_raises_a_symnet_error(case, model):
     assert len(str(err.value)) > 30  # a sentence, not a bare value
 
 
+def test_none_missing_values_and_continuous_1d_targets_are_named(model):
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(sn.DataError, match="X is None; pass an array"):
+        model.predict(None)
+    rows = _x().astype(object)
+    rows[1, 2] = None
+    with pytest.raises(sn.DataError, match=r"X has a missing value \(None\) at row 1, column 2; "
+                                           r"fill or drop"):
+        model.predict(rows)
+    frame = pd.DataFrame(_x()).astype("Float64")
+    frame.iloc[3, 0] = pd.NA
+    with pytest.raises(sn.DataError, match=r"missing value \(<NA> \(NAType\)\) at row 3, column 0"):
+        model.predict(frame)
+    with pytest.raises(sn.DataError, match=r"float64 values that are not whole numbers: .* "
+                                           r"regression targets, one column per output"):
+        model.fit(_x(), np.linspace(0, 1, 6), verbose=False)
+
 def test_nan_in_row_17_fails_before_the_first_update(model):
     X, Y = _x(40), _y(40)
     X[17, 2] = np.nan
