@@ -102,7 +102,9 @@ def test_several_labels_per_row_of_a_sigmoid_are_scored_label_by_label():
 @pytest.mark.parametrize("labels, message", [
     (np.array([0, 1, 3]), r"class label 3 in row 2 is outside 0…2"),
     (np.array([0, -1, 2]), r"class label -1 in row 1 is outside 0…2"),
-    (np.array([0.0, 1.5, 2.0]), r"integer class labels 0…2 of shape \(n,\), or one row .*float64"),
+    (np.array([0.0, 1.5, 2.0]), r"read as class labels 0…2, but it holds float64 values that "
+                                r"are not whole numbers: pass integer class labels of shape "
+                                r"\(n,\), or one row"),
     (np.array(["cat", "dog", "cat"]), r"np.unique\(labels, return_inverse=True\)\[1\] numbers"),
 ])
 def test_labels_that_are_not_classes_are_refused(labels, message):
