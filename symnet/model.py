@@ -1273,11 +1273,12 @@ def _one_hot(arr, sym):
     if a.dtype.kind not in "iu":
         hint = (" (np.unique(labels, return_inverse=True)[1] numbers any labels 0…k − 1)"
                 if a.dtype.kind in "USO" else "")
+        held = (f"{a.dtype} values that are not whole numbers" if a.dtype.kind == "f" else
+                f"{a.dtype} values, not integers")
         raise DataError(f"{sym.name} has {k} columns, and a 1-D {sym.name} is read as class "
-                        f"labels 0…{k - 1}, but it holds {a.dtype} values that are not whole "
-                        f"numbers: pass integer class labels of shape (n,){hint}, or one row "
-                        f"per example of shape (n, {k}) (one-hot, probabilities, or regression "
-                        f"targets, one column per output)")
+                        f"labels 0…{k - 1}, but it holds {held}: pass integer class labels of "
+                        f"shape (n,){hint}, or one row per example of shape (n, {k}) (one-hot, "
+                        f"probabilities, or regression targets, one column per output)")
     outside = (a < 0) | (a >= k)
     if outside.any():
         row = int(np.flatnonzero(outside)[0])

@@ -178,8 +178,9 @@ def test_threads_that_cannot_start_leave_a_smaller_team_with_the_same_results(mo
 
     monkeypatch.setattr(rt.threading, "Thread", Limited)
     try:
-        with pytest.warns(UserWarning, match=r"SYMNET_NUM_THREADS=4, but only 2 threads could "
-                                             r"run \(can't start new thread\); training runs on 2"):
+        with pytest.warns(UserWarning, match=r"a team of 4 threads was asked for .*, but only 2 "
+                                             r"could run \(can't start new thread\); training "
+                                             r"runs on 2"):
             again, pieces_of, _ = run_pieces()
         assert rt._team.threads == 2 and rt._team.requested == 4
         assert np.array_equal(again, values)

@@ -268,9 +268,9 @@ class Team:
             try:
                 worker.start()
             except RuntimeError as err:  # "can't start new thread": a limit on threads or memory
-                warn(f"SYMNET_NUM_THREADS={threads}, but only {tid} threads could run ({err}); "
-                     f"training runs on {tid}, with the same results. Set SYMNET_NUM_THREADS "
-                     f"to {tid} or fewer.")
+                warn(f"a team of {threads} threads was asked for (SYMNET_NUM_THREADS, or the "
+                     f"cores), but only {tid} could run ({err}); training runs on {tid}, with "
+                     f"the same results. Set SYMNET_NUM_THREADS={tid} or fewer.")
                 break
             self.workers.append(worker)
         self.threads = 1 + len(self.workers)
