@@ -113,6 +113,24 @@ def data():
     return rng.normal(size=(40, 8)), np.eye(3)[rng.integers(0, 3, 40)]
 
 
+def sigint_during_training(m, seconds):
+    """SIGINT ``seconds`` into each of ``m``'s training calls (while its kernel runs, not while
+    fit shuffles); the (start, end) times of the calls, as they end."""
+    train, calls = m._train, []
+
+    def interrupted_train(*args):
+        timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+        start = time.monotonic()
+        timer.start()
+        try:
+            return train(*args)
+        finally:
+            calls.append((start, time.monotonic()))
+            timer.join()
+
+    m._train = interrupted_train
+    return calls
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_two_threads_fitting_one_model_lose_no_steps(backend):
     X, Y = data()
@@ -131,62 +149,38 @@ def test_two_threads_fitting_one_model_lose_no_steps(backend):
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_an_interrupted_fit_leaves_the_history_of_the_epochs_it_ended(backend):
+@pytest.mark.parametrize("ended", ["epochs", "none"])
+def test_an_interrupted_fit_leaves_the_history_of_the_epochs_it_ended(backend, ended):
     # one kernel call of many epochs (quiet), interrupted in the middle: model.history has
-    # every epoch the call ended, as many as the step counter says, and their losses
+    # every epoch the call ended, as many as the step counter says, and their losses; none if
+    # the first had not ended (the previous fit's history would not describe the model, whose
+    # steps went on)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored
     X, Y = data()
     m = model(backend)
     m.fit(X, Y, epochs=2, batch_size=10, verbose=False)
     before, steps = m.history, m._steps
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    train = m._train
-
-    def interrupted_train(*args):  # Ctrl-C once the kernel runs, not while fit shuffles
-        timer.start()
-        return train(*args)
-
-    m._train = interrupted_train
+    if ended == "epochs":  # epochs of 4 steps, Ctrl-C 0.3 s into them
+        sigint_during_training(m, 0.3)
+        epochs, batch_size = 10**5, 10
+    else:  # an epoch of 400 000 steps, Ctrl-C 0.05 s into it
+        rng = np.random.default_rng(2)
+        X, Y = rng.normal(size=(400_000, 8)), np.eye(3)[rng.integers(0, 3, 400_000)]
+        sigint_during_training(m, 0.05)
+        epochs, batch_size = 1, 1
     try:
         with pytest.raises(KeyboardInterrupt):
-            m.fit(X, Y, epochs=10**5, batch_size=10, verbose=False)
+            m.fit(X, Y, epochs=epochs, batch_size=batch_size, verbose=False)
     finally:
-        timer.cancel()
         signal.signal(signal.SIGINT, previous)
     assert m.history is not before
+    if ended == "none":
+        assert steps < m._steps < steps + 400_000 and len(m.history.loss) == 0
+        return
     assert len(m.history.loss) == (m._steps - steps) // 4 >= 1
     assert np.isfinite(m.history.loss).all() and len(m.history.seconds) == len(m.history.loss)
     assert m.history.loss[-1] < m.history.loss[0]
 
-
-@pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_ctrl_c_before_an_epoch_ended_leaves_an_empty_history(backend):
-    # the previous fit's history would not describe the model, whose steps went on
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored
-    X, Y = data()
-    m = model(backend)
-    m.fit(X, Y, epochs=2, batch_size=10, verbose=False)
-    steps = m._steps
-    rng = np.random.default_rng(2)
-    big_X, big_Y = rng.normal(size=(400_000, 8)), np.eye(3)[rng.integers(0, 3, 400_000)]
-    train = m._train
-
-    def interrupted_train(*args):  # an epoch of 400 000 steps, Ctrl-C 0.05 s into it
-        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
-        try:
-            return train(*args)
-        finally:
-            timer.join()
-
-    m._train = interrupted_train
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            m.fit(big_X, big_Y, epochs=1, batch_size=1, verbose=False)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert steps < m._steps < steps + 400_000
-    assert m.history is not None and len(m.history.loss) == 0
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("when", ["after the call's last step", "during the validation"])
@@ -244,19 +238,7 @@ def test_a_sigint_handler_of_the_callers_runs_when_the_signal_comes(backend, epo
         if raises:
             raise Stopped
 
-    train, calls = m._train, []
-
-    def interrupted_train(*args):  # SIGINT while the kernel runs (it runs ~0.3 s or more)
-        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
-        calls.append(time.monotonic())
-        timer.start()
-        try:
-            return train(*args)
-        finally:
-            calls.append(time.monotonic())
-            timer.join()
-
-    m._train = interrupted_train
+    calls = sigint_during_training(m, 0.05)  # the call runs ~0.3 s or more
     previous = signal.signal(signal.SIGINT, handler)
     try:
         if raises:
@@ -268,7 +250,8 @@ def test_a_sigint_handler_of_the_callers_runs_when_the_signal_comes(backend, epo
         assert signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert len(called) == 1 and calls[0] < called[0] < calls[1]  # during the kernel's call
+    (start, end), = calls
+    assert len(called) == 1 and start < called[0] < end  # during the kernel's call
     if raises:
         assert 4 <= m._steps < 4 * epochs and len(m.history.loss) == m._steps // 4
     else:
