@@ -171,9 +171,11 @@ class NumpyBackend:
         return self.runners[name].run(feeds, seed, step)
 
     def train(self, data, params, state, orders, batch_size, t0, limit=-1, stop=None,
-              running=None, seed=0, rate=0.0):
+              running=None, seed=0, rate=0.0, pending=None):
         """Same contract as :meth:`NumbaRunner.train`: (per-batch losses, epoch, batch, step,
-        :class:`Status`)."""
+        :class:`Status`), except that an exception raised on this thread (a signal handler's)
+        comes out of the step it interrupts, which the caller must undo; ``pending`` is not
+        used."""
         program = "train" if "train" in self.runners else "loss_and_grad"
         running = running or {}
         rows = len(orders[0])

@@ -17,13 +17,19 @@ def deferred(stop: np.ndarray):
     interrupt is delivered as it would have been (a ``KeyboardInterrupt``, or the process ends
     under ``SIG_DFL``). A handler of the user's own runs when the signal comes, as it would
     without symnet, and training goes on unless it raises; what it raises is raised when the
-    block ends. Outside the main thread, where Python delivers no signals, and when SIGINT is
-    ignored or not Python's, the block just runs."""
+    block ends. The block gets a list (``as pending``) for the exceptions that reach the
+    training call some other way (another signal's handler, a handler the user's replaced this
+    one with), which the call stops for and the block raises once its steps are recorded.
+    Outside the main thread, where Python delivers no signals, and when SIGINT is ignored or
+    not Python's, SIGINT is left alone."""
     stop[0] = 0
+    pending: list = []
     previous = signal.getsignal(signal.SIGINT)
     if (threading.current_thread() is not threading.main_thread()
             or previous in (signal.SIG_IGN, None)):
-        yield
+        yield pending
+        if pending:
+            raise pending[0]
         return
     frames, raised = [], []
 
@@ -40,11 +46,12 @@ def deferred(stop: np.ndarray):
 
     signal.signal(signal.SIGINT, hold)
     try:
-        yield
+        yield pending
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if raised:
-            raise raised[0]
+        if signal.getsignal(signal.SIGINT) is hold:  # (a handler may have put another)
+            signal.signal(signal.SIGINT, previous)
+        if raised or pending:
+            raise (raised + pending)[0]
         if frames:
             if callable(previous):
                 previous(signal.SIGINT, frames[0])

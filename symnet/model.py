@@ -580,9 +580,9 @@ class Model:
                 # Ctrl-C: after this call's last step, and once the epochs it ended are in the
                 # history (validated and shown), so that the history, the parameters and the step
                 # count agree whenever it comes
-                with interrupts.deferred(self._stop):
+                with interrupts.deferred(self._stop) as pending:
                     start = time.perf_counter()
-                    losses, e, s, status = self._train(runner, data, orders, batch_size)
+                    losses, e, s, status = self._train(runner, data, orders, batch_size, pending)
                     elapsed = time.perf_counter() - start
                     if status is Status.STOPPED:  # the epochs it ended, before the interrupt
                         _record(hist, losses[:e], sizes, rows, elapsed / k)
@@ -627,19 +627,25 @@ class Model:
             return self._snapshot()
         return best
 
-    def _train(self, runner, data, orders, batch_size):
+    def _train(self, runner, data, orders, batch_size, pending=None):
         """One kernel call over the epochs of ``orders``, with the model's step counter kept
         equal to the updates applied: returns (losses, epoch, batch, :class:`Status`). A step
         whose update made a parameter non-finite is undone: the parameters and optimizer state
         from before the call are restored and the call is replayed up to the step before it
         (replays compute the same numbers: the kernels are deterministic). A call that found a
-        batch with a non-finite entry is undone whole."""
+        batch with a non-finite entry is undone whole, and so is one that an exception left
+        (on the NumPy backend, a signal handler's may come in the middle of a step; the numba
+        kernels stop after their step and hand it to ``pending``)."""
         before = self._snapshot()
-        with _backend_errors(self.backend):  # the training kernel compiles on its first call
-            losses, e, s, t, status = runner.train(data, self.params, self._state, orders,
-                                                   batch_size, self._steps, stop=self._stop,
-                                                   running=self._kept(), seed=self.dropout_seed,
-                                                   rate=self.optimizer.rate)
+        try:
+            with _backend_errors(self.backend):  # the training kernel compiles on first call
+                losses, e, s, t, status = runner.train(
+                    data, self.params, self._state, orders, batch_size, self._steps,
+                    stop=self._stop, running=self._kept(), seed=self.dropout_seed,
+                    rate=self.optimizer.rate, pending=pending)
+        except BaseException:
+            self._restore(before)
+            raise
         if status is Status.DATA:  # a batch with a non-finite entry: as if nothing ran
             self._restore(before)
             return losses, e, s, status

@@ -113,20 +113,22 @@ def data():
     return rng.normal(size=(40, 8)), np.eye(3)[rng.integers(0, 3, 40)]
 
 
-def sigint_during_training(m, seconds):
-    """SIGINT ``seconds`` into each of ``m``'s training calls (while its kernel runs, not while
-    fit shuffles); the (start, end) times of the calls, as they end."""
+def sigint_during_training(m, *seconds, signum=signal.SIGINT):
+    """A signal (SIGINT) at each of ``seconds`` into each of ``m``'s training calls (while its
+    kernel runs, not while fit shuffles); the (start, end) times of the calls, as they end."""
     train, calls = m._train, []
 
     def interrupted_train(*args):
-        timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+        timers = [threading.Timer(t, os.kill, (os.getpid(), signum)) for t in seconds]
         start = time.monotonic()
-        timer.start()
+        for timer in timers:
+            timer.start()
         try:
             return train(*args)
         finally:
             calls.append((start, time.monotonic()))
-            timer.join()
+            for timer in timers:
+                timer.join()
 
     m._train = interrupted_train
     return calls
@@ -260,6 +262,56 @@ def test_a_sigint_handler_of_the_callers_runs_when_the_signal_comes(backend, epo
         for k in reference.params:
             np.testing.assert_array_equal(m.params[k], reference.params[k])
 
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_what_another_signals_handler_raises_leaves_steps_and_parameters_agreeing(backend):
+    # a timeout (SIGALRM) raising during fit: the kernels stop after their step and fit raises
+    # it once the steps are counted; the NumPy backend, whose step it may cut in two, is undone
+    X, Y = data()
+    m, reference = model(backend), model(backend)
+
+    def timeout(signum, frame):
+        raise TimeoutError("time is up")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    sigint_during_training(m, 0.05, signum=signal.SIGALRM)
+    try:
+        with pytest.raises(TimeoutError):  # full batch: an epoch a step
+            m.fit(X, Y, epochs=10**6, batch_size=40, shuffle=False, verbose=False)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    if backend == "numba":
+        assert m._steps >= 1 and len(m.history.loss) == m._steps
+        reference.fit(X, Y, epochs=m._steps, batch_size=40, shuffle=False, verbose=False)
+    else:
+        assert m._steps == 0 and m.history is None
+    for k in reference.params:
+        np.testing.assert_array_equal(m.params[k], reference.params[k])
+        for s in reference._state[k]:
+            np.testing.assert_array_equal(m._state[k][s], reference._state[k][s])
+
+
+def test_a_handler_that_puts_another_in_place_keeps_it_and_a_second_ctrl_c_counts_steps():
+    # "press Ctrl-C again to abort": the first SIGINT's handler puts Python's in place, the
+    # second raises KeyboardInterrupt out of the wait for the kernel
+    X, Y = data()
+    m, reference = model("numba"), model("numba")
+
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    sigint_during_training(m, 0.05, 0.1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(X, Y, epochs=10**6, batch_size=40, shuffle=False, verbose=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert m._steps >= 1 and len(m.history.loss) == m._steps
+    reference.fit(X, Y, epochs=m._steps, batch_size=40, shuffle=False, verbose=False)
+    for k in reference.params:
+        np.testing.assert_array_equal(m.params[k], reference.params[k])
 
 def test_a_short_training_call_runs_on_the_calling_thread_a_long_one_beside_it(monkeypatch):
     # the long call's kernel runs on a thread of its own, so that Ctrl-C's handler can run on

@@ -189,6 +189,28 @@ def test_threads_that_cannot_start_leave_a_smaller_team_with_the_same_results(mo
         monkeypatch.undo()
         rt._close_team()
 
+def test_when_no_thread_can_start_the_calls_run_on_the_callers_thread(monkeypatch, tmp_path):
+    """The team's threads may use up a limit on threads: a training call, which waits for its
+    kernel on a thread of its own, and a compile, then run on the calling thread."""
+    import threading
+
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "1")
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))  # a compile of its own
+    start = threading.Thread.start
+
+    def refused(thread):
+        if thread.name in ("symnet-kernel", "symnet-compile"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    model, reference = wide_model(dtype="float64"), wide_model(dtype="float64", backend="numpy")
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", refused)
+        for m in (model, reference):
+            m.fit(*data(), epochs=30, batch_size=64, verbose=False)  # long: off this thread
+        predicted = model.predict(data()[0])
+    np.testing.assert_allclose(predicted, reference.predict(data()[0]), rtol=1e-9, atol=1e-12)
+
 def test_a_team_that_could_not_be_made_leaves_no_closed_team_behind(monkeypatch):
     """Changing the thread count closes the old team before making the new one; when making it
     fails, the closed team must not stay in use: the next kernel would wait forever for its

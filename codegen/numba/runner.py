@@ -138,7 +138,8 @@ class NumbaRunner:
     def train(self, data: dict[str, np.ndarray], params: dict[str, np.ndarray],
               state: dict[str, dict[str, np.ndarray]], orders: np.ndarray, batch_size: int,
               t0: int, limit: int = -1, stop: np.ndarray | None = None,
-              running: dict[str, np.ndarray] | None = None, seed: int = 0, rate: float = 0.0):
+              running: dict[str, np.ndarray] | None = None, seed: int = 0, rate: float = 0.0,
+              pending: list | None = None):
         """Runs the epochs of ``orders`` from step ``t0`` in one call, updating ``params``,
         ``state`` and batch norm's ``running`` statistics in place, with the learning rate
         ``rate`` and the dropout masks of ``seed``; returns (per-batch losses, epoch, batch, t,
@@ -147,7 +148,10 @@ class NumbaRunner:
         before the next step once ``stop[0]`` is set, so a call always ends between whole steps.
         The kernel runs on another thread while the calling thread waits, so that the caller's
         signal handlers (Ctrl-C) run meanwhile and can set ``stop``; a call estimated to end
-        within ``SHORT_CALL`` seconds runs on the calling thread."""
+        within ``SHORT_CALL`` seconds runs on the calling thread. An exception that interrupts
+        the wait (a handler that raises) stops the kernel after its step; it is appended to
+        ``pending`` for the caller to raise once it has recorded the steps, or raised here
+        without a ``pending``."""
         entry = self.entries["train_epochs"]
         rows = min(batch_size, len(orders[0]))
         kernel = self.kernel("train_epochs")
@@ -171,7 +175,7 @@ class NumbaRunner:
             if _seconds(len(orders) * batches, work) <= SHORT_CALL:
                 runtime.run(kernel, blk, work)
             else:
-                _off_this_thread(lambda: runtime.run(kernel, blk, work), stop)
+                _off_this_thread(lambda: runtime.run(kernel, blk, work), stop, pending)
         status = Status(int(blk[runtime.STATUS]))
         return losses, int(blk[runtime.E]), int(blk[runtime.S]), int(blk[runtime.T]), status
 
@@ -212,7 +216,8 @@ def _uninterrupted(work, *args):
             result.append((False, err))
 
     worker = on_behalf(threading.Thread(target=run, name="symnet-compile", daemon=True))
-    worker.start()
+    if not _started(worker):
+        return work(*args)
     while worker.is_alive():
         worker.join(0.1)
     ok, value = result[0]
@@ -321,34 +326,54 @@ def _seconds(steps: int, work: int) -> float:
     return steps * (STEP_SECONDS + work / WORK_RATE)
 
 
-def _off_this_thread(call, stop: np.ndarray):
+def _off_this_thread(call, stop: np.ndarray, pending: list | None = None):
     """``call()`` (a kernel that watches ``stop``) on a thread of its own, while this one
     waits: Python runs signal handlers only between its own instructions, so a kernel that
     runs for seconds on this thread would hold back Ctrl-C until it returns. If the wait is
     interrupted, the kernel is asked to stop after its step and waited for (a second Ctrl-C
-    does not cut that short: an abandoned kernel would keep the model's arrays in use)."""
+    does not cut that short: an abandoned kernel would keep the model's arrays in use); the
+    exception is then appended to ``pending`` and the kernel's result returned, or, without a
+    ``pending``, raised. Where no thread can be started (a limit on threads), the call runs
+    here."""
     result: list = []
+    done = threading.Event()  # not Thread.join: on Python 3.11 a join that an exception
+    # interrupts marks the thread as ended although it runs on (bpo-45274's fix)
 
     def run():
         try:
             result.append((True, call()))
         except BaseException as err:  # raised again on the waiting thread
             result.append((False, err))
+        finally:
+            done.set()
 
     worker = on_behalf(threading.Thread(target=run, name="symnet-kernel", daemon=True))
+    if not _started(worker):
+        return call()
     try:
-        worker.start()
-        worker.join()
-    except BaseException:
+        done.wait()
+    except BaseException as err:
         stop[0] = 1
-        while worker.is_alive():
+        while not done.is_set():
             with contextlib.suppress(BaseException):
-                worker.join()
-        raise
+                done.wait()
+        if pending is None or not result[0][0]:
+            raise
+        pending.append(err)
     ok, value = result[0]
     if not ok:
         raise value
     return value
+
+
+def _started(thread: threading.Thread) -> bool:
+    """Start ``thread``; False if the system refuses a new thread (a limit on threads or
+    memory, which the team's threads may have used up)."""
+    try:
+        thread.start()
+    except RuntimeError:  # "can't start new thread"
+        return False
+    return True
 
 
 @contextlib.contextmanager
