@@ -121,6 +121,7 @@ def test_a_wait_for_cores_sends_calls_alone_only_while_other_processes_still_run
 
 
 def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):
+    monkeypatch.setattr(rt, "_warned", set())  # each warning once a process
     monkeypatch.setenv("SYMNET_NUM_THREADS", "3")
     assert rt.threads() == 3
     monkeypatch.delenv("SYMNET_NUM_THREADS")
@@ -136,7 +137,6 @@ def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):
     assert seen[0].filename == __file__  # the caller's line, not codegen's
 
 
-
 def test_more_threads_than_the_cores_can_serve_are_warned_about_at_the_callers_line(
         monkeypatch):
     import threading
@@ -144,6 +144,7 @@ def test_more_threads_than_the_cores_can_serve_are_warned_about_at_the_callers_l
     from codegen.notices import on_behalf
 
     monkeypatch.setattr(rt, "cores", lambda: 2)
+    monkeypatch.setattr(rt, "_warned", set())
     monkeypatch.setenv("SYMNET_NUM_THREADS", "16")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -156,6 +157,9 @@ def test_more_threads_than_the_cores_can_serve_are_warned_about_at_the_callers_l
         kernel.join()
     assert counts == [17]
     assert seen[0].filename == __file__  # on a thread run for this one: this one's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once a process, though every kernel call asks
+        assert rt.threads() == 17
 
 
 def test_threads_that_cannot_start_leave_a_smaller_team_with_the_same_results(monkeypatch):

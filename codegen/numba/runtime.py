@@ -293,7 +293,7 @@ _lock = threading.Lock()  # one kernel at a time has the team; others run alone 
 def threads() -> int:
     """``SYMNET_NUM_THREADS``, or the cores this process may run on; at most ``MAX_THREADS``
     (the control block's size). A count of more than ``OVERSUBSCRIBED`` threads per core is
-    warned about."""
+    warned about; each warning once a process (every kernel call reads the setting)."""
     text = os.environ.get("SYMNET_NUM_THREADS", "").strip()
     if text:
         try:
@@ -301,20 +301,29 @@ def threads() -> int:
         except ValueError:
             count = 0
         if count > MAX_THREADS:
-            warn(f"SYMNET_NUM_THREADS={text} is more than a team's {MAX_THREADS} threads; "
-                 f"using {MAX_THREADS}")
+            _warn_once(f"SYMNET_NUM_THREADS={text} is more than a team's {MAX_THREADS} threads; "
+                       f"using {MAX_THREADS}")
             count = MAX_THREADS
         if count >= 1:
             if count > OVERSUBSCRIBED * cores():
-                warn(f"SYMNET_NUM_THREADS={text} is more than {OVERSUBSCRIBED} threads for each "
-                     f"of the {cores()} cores this process may run on: threads wait for cores "
-                     f"and for each other, and training slows down (on 2 cores, 32 threads took "
-                     f"2.2 × and 256 threads 140 × the time of 2). Leave it unset to use the "
-                     f"cores.")
+                _warn_once(f"SYMNET_NUM_THREADS={text} is more than {OVERSUBSCRIBED} threads for "
+                           f"each of the {cores()} cores this process may run on: threads wait "
+                           f"for cores and for each other, and training slows down (on 2 "
+                           f"cores, 32 threads took 2.2 × and 256 threads 140 × the time of "
+                           f"2). Leave it unset to use the cores.")
             return count
-        warn(f"SYMNET_NUM_THREADS={text!r} is not a positive integer; using the cores this "
-             f"process may run on")
+        _warn_once(f"SYMNET_NUM_THREADS={text!r} is not a positive integer; using the cores this "
+                   f"process may run on")
     return min(cores(), MAX_THREADS)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warn(message)
 
 
 OVERSUBSCRIBED = 8  # threads per core beyond which threads() warns (16 on 2 cores: 1.4 × 2's time)
