@@ -1272,9 +1272,13 @@ def _one_hot(arr, sym):
         a = a[:, 0]  # a column of labels
     if a.ndim != 1:
         return arr
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        row = int(np.flatnonzero(~np.isfinite(a))[0])
+        raise DataError(f"{sym.name} has a missing or non-finite label ({a[row]}) in row {row}; "
+                        f"fill or drop the rows without a label first")
     if a.dtype.kind == "b":
         a = a.astype(np.int64)
-    elif a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all():
+    elif a.dtype.kind == "f" and (a == np.round(a)).all():
         a = a.astype(np.int64)  # whole numbers, as pandas gives labels beside a missing value
     if a.dtype.kind not in "iu":
         hint = (" (np.unique(labels, return_inverse=True)[1] numbers any labels 0…k − 1)"

@@ -159,8 +159,9 @@ def real_array(value, name: str) -> np.ndarray:
     if hasattr(value, "toarray") and hasattr(value, "nnz"):  # a scipy.sparse matrix or array
         raise DataError(f"{name} is a sparse matrix; symnet trains on dense arrays: pass "
                         f"{name}.toarray()")
+    a = _nullable_frame(value, name)
     try:
-        a = np.asarray(value)
+        a = np.asarray(value) if a is None else a
     except ValueError:
         raise DataError(f"{name} is not a rectangular array: its rows have different lengths (a "
                         f"ragged list); give every row the same number of columns") from None
@@ -183,6 +184,28 @@ def real_array(value, name: str) -> np.ndarray:
         raise DataError(f"{name}: expected a numeric array, got dtype {a.dtype}{hint}; convert it "
                         f"with np.asarray(data, dtype=float)")
     return a
+
+
+def _nullable_frame(value, name: str) -> np.ndarray | None:
+    """A pandas DataFrame or Series with nullable numeric columns (``Int64``, ``Float64``,
+    ``boolean``: NumPy sees them as objects) as a float64 array, or a DataError naming its
+    first missing value; None for anything else, which NumPy reads as it is."""
+    if type(value).__module__.split(".")[0] != "pandas":
+        return None
+    from pandas.api.extensions import ExtensionDtype
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    dtypes = list(value.dtypes) if hasattr(value, "columns") else [value.dtype]
+    if not any(isinstance(d, ExtensionDtype) for d in dtypes) or not all(
+            is_numeric_dtype(d) or is_bool_dtype(d) for d in dtypes):
+        return None
+    missing = np.asarray(value.isna())
+    if missing.any():
+        at = tuple(int(i) for i in np.argwhere(missing)[0])
+        where = f"row {at[0]}, column {at[1]}" if len(at) == 2 else f"row {at[0]}"
+        raise DataError(f"{name} has a missing value (<NA>) at {where}; fill or drop missing "
+                        f"values first (pandas: fillna or dropna)")
+    return value.to_numpy(dtype=np.float64)
 
 
 def _missing(value) -> bool:

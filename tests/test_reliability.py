@@ -337,11 +337,26 @@ def test_none_missing_values_and_continuous_1d_targets_are_named(model):
         model.predict(rows)
     frame = pd.DataFrame(_x()).astype("Float64")
     frame.iloc[3, 0] = pd.NA
-    with pytest.raises(sn.DataError, match=r"missing value \(<NA> \(NAType\)\) at row 3, column 0"):
+    with pytest.raises(sn.DataError, match=r"missing value \(<NA>\) at row 3, column 0"):
         model.predict(frame)
     with pytest.raises(sn.DataError, match=r"float64 values that are not whole numbers: .* "
                                            r"regression targets, one column per output"):
         model.fit(_x(), np.linspace(0, 1, 6), verbose=False)
+    labels = pd.Series(np.arange(6) % 3, dtype="Int64")
+    labels[4] = pd.NA
+    with pytest.raises(sn.DataError, match=r"Y has a missing or non-finite label \(nan\) in "
+                                           r"row 4; fill or drop"):
+        model.fit(_x(), labels, verbose=False)
+
+
+def test_pandas_nullable_columns_without_missing_values_are_numbers(model):
+    pd = pytest.importorskip("pandas")
+    X, labels = _x(), np.arange(6) % 3
+    want = model.predict(X)
+    for frame in (pd.DataFrame(X).astype("Float64"), pd.DataFrame(X.round()).astype("Int64")):
+        np.testing.assert_array_equal(model.predict(frame), model.predict(frame.to_numpy(float)))
+    np.testing.assert_array_equal(model.predict(pd.DataFrame(X).astype("Float64")), want)
+    assert model.evaluate(X, pd.Series(labels, dtype="Int64")) == model.evaluate(X, labels)
 
 def test_nan_in_row_17_fails_before_the_first_update(model):
     X, Y = _x(40), _y(40)
