@@ -175,6 +175,27 @@ def test_a_cache_cleared_while_a_model_is_in_use_is_written_again(own_cache, mon
     for k, v in trained(build()).items():
         np.testing.assert_allclose(v, want[k], rtol=1e-10)
 
+def test_a_cache_cleared_and_then_unwritable_warns_once_and_compiles_in_memory(own_cache,
+                                                                                monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "1")  # fit compiles train_epochs only, here
+    model = build()
+    X, Y = data()
+    model.fit(X, Y, epochs=2, batch_size=4, shuffle=False, verbose=False)
+    shutil.rmtree(own_cache)
+
+    def read_only(path, source):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cache, "_write", read_only)
+    reference = build(backend="numpy")
+    reference.fit(X, Y, epochs=2, batch_size=4, shuffle=False, verbose=False)
+    with pytest.warns(cache.CacheWarning, match=r"\(Read-only file system\); it is compiled in "
+                                                r"memory") as seen:
+        np.testing.assert_allclose(model.predict(X), reference.predict(X), rtol=1e-10)
+        model.evaluate(X, Y)
+        model.loss_and_grad(X, Y)
+    assert len([w for w in seen if w.category is cache.CacheWarning]) == 1
+
 def test_a_full_disk_compiles_in_memory_and_leaves_no_temporary_file(own_cache, monkeypatch):
     write = os.fdopen
 

@@ -229,7 +229,11 @@ def _kept(function) -> bool:
     if path.is_file():
         return True
     source = getattr(module, "SOURCE", None)
-    return source is not None and path.name != "" and _stored(path, source) is not None
+    if source is not None and path.name != "" and _stored(path, source) is not None:
+        return True
+    if module is not None:
+        module.CACHE = False  # its other kernels too, without a warning each
+    return False
 
 
 def on_disk(module: types.ModuleType, name: str) -> bool:
