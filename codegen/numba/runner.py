@@ -348,11 +348,11 @@ def _off_this_thread(call, stop: np.ndarray, pending: list | None = None):
             done.set()
 
     worker = on_behalf(threading.Thread(target=run, name="symnet-kernel", daemon=True))
-    if not _started(worker):
-        return call()
     try:
-        done.wait()
-    except BaseException as err:
+        refused = not _started(worker)
+        if not refused:
+            done.wait()
+    except BaseException as err:  # in the wait, or in start's: the thread runs either way
         stop[0] = 1
         while not done.is_set():
             with contextlib.suppress(BaseException):
@@ -360,6 +360,9 @@ def _off_this_thread(call, stop: np.ndarray, pending: list | None = None):
         if pending is None or not result[0][0]:
             raise
         pending.append(err)
+    else:
+        if refused:
+            return call()
     ok, value = result[0]
     if not ok:
         raise value
