@@ -31,7 +31,7 @@ def deferred(stop: np.ndarray):
         if pending:
             raise pending[0]
         return
-    frames, raised = [], []
+    frames = []
 
     def hold(signum, frame):
         if previous in (signal.default_int_handler, signal.SIG_DFL):
@@ -41,7 +41,7 @@ def deferred(stop: np.ndarray):
         try:
             previous(signum, frame)
         except BaseException as err:  # whatever the handler raises, as Ctrl-C after the step
-            raised.append(err)
+            pending.append(err)
             stop[0] = 1
 
     signal.signal(signal.SIGINT, hold)
@@ -50,8 +50,8 @@ def deferred(stop: np.ndarray):
     finally:
         if signal.getsignal(signal.SIGINT) is hold:  # (a handler may have put another)
             signal.signal(signal.SIGINT, previous)
-        if raised or pending:
-            raise (raised + pending)[0]
+        if pending:
+            raise pending[0]
         if frames:
             if callable(previous):
                 previous(signal.SIGINT, frames[0])

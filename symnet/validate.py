@@ -175,10 +175,7 @@ def real_array(value, name: str) -> np.ndarray:
     if a.dtype == object:
         missing = next((at for at, v in np.ndenumerate(a) if _missing(v)), None)
         if missing is not None:
-            where = (f"row {missing[0]}, column {missing[1]}" if len(missing) == 2 else
-                     f"position {missing[0] if len(missing) == 1 else missing}")
-            raise DataError(f"{name} has a missing value ({describe(a[missing])}) at {where}; "
-                            f"fill or drop missing values first (pandas: fillna or dropna)")
+            raise _missing_value(name, describe(a[missing]), missing)
     if a.dtype.kind not in _REAL_KINDS:
         hint = (" (a ragged list of rows gives one)" if a.dtype == object else "")
         raise DataError(f"{name}: expected a numeric array, got dtype {a.dtype}{hint}; convert it "
@@ -201,11 +198,16 @@ def _nullable_frame(value, name: str) -> np.ndarray | None:
         return None
     missing = np.asarray(value.isna())
     if missing.any():
-        at = tuple(int(i) for i in np.argwhere(missing)[0])
-        where = f"row {at[0]}, column {at[1]}" if len(at) == 2 else f"row {at[0]}"
-        raise DataError(f"{name} has a missing value (<NA>) at {where}; fill or drop missing "
-                        f"values first (pandas: fillna or dropna)")
+        raise _missing_value(name, "<NA>", tuple(int(i) for i in np.argwhere(missing)[0]))
     return value.to_numpy(dtype=np.float64)
+
+
+def _missing_value(name: str, shown: str, at: tuple) -> DataError:
+    """The error for a missing value ``shown`` at index ``at`` of the data ``name``."""
+    where = (f"row {at[0]}, column {at[1]}" if len(at) == 2 else f"row {at[0]}" if len(at) == 1
+             else f"position {at}")
+    return DataError(f"{name} has a missing value ({shown}) at {where}; fill or drop missing "
+                     f"values first (pandas: fillna or dropna)")
 
 
 def _missing(value) -> bool:
