@@ -216,7 +216,7 @@ def _uninterrupted(work, *args):
             result.append((False, err))
 
     worker = on_behalf(threading.Thread(target=run, name="symnet-compile", daemon=True))
-    if not _started(worker):
+    if runtime.started(worker) is not None:
         return work(*args)
     while worker.is_alive():
         worker.join(0.1)
@@ -349,7 +349,7 @@ def _off_this_thread(call, stop: np.ndarray, pending: list | None = None):
 
     worker = on_behalf(threading.Thread(target=run, name="symnet-kernel", daemon=True))
     try:
-        refused = not _started(worker)
+        refused = runtime.started(worker) is not None
         if not refused:
             done.wait()
     except BaseException as err:  # in the wait, or in start's: the thread runs either way
@@ -367,16 +367,6 @@ def _off_this_thread(call, stop: np.ndarray, pending: list | None = None):
     if not ok:
         raise value
     return value
-
-
-def _started(thread: threading.Thread) -> bool:
-    """Start ``thread``; False if the system refuses a new thread (a limit on threads or
-    memory, which the team's threads may have used up)."""
-    try:
-        thread.start()
-    except RuntimeError:  # "can't start new thread"
-        return False
-    return True
 
 
 @contextlib.contextmanager

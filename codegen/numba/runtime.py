@@ -265,12 +265,11 @@ class Team:
         for tid in range(1, threads):
             worker = threading.Thread(target=_WORKER, args=(self.address, tid), daemon=True,
                                       name=f"symnet-worker-{tid}")
-            try:
-                worker.start()
-            except RuntimeError as err:  # "can't start new thread": a limit on threads or memory
+            refused = started(worker)
+            if refused is not None:
                 warn(f"a team of {threads} threads was asked for (SYMNET_NUM_THREADS, or the "
-                     f"cores), but only {tid} could run ({err}); training runs on {tid}, with "
-                     f"the same results. Set SYMNET_NUM_THREADS={tid} or fewer.")
+                     f"cores), but only {tid} could run ({refused}); training runs on {tid}, "
+                     f"with the same results. Set SYMNET_NUM_THREADS={tid} or fewer.")
                 break
             self.workers.append(worker)
         self.threads = 1 + len(self.workers)
@@ -284,6 +283,16 @@ class Team:
         _RUN(self.address, 0, 0, len(self.workers))
         for worker in self.workers:
             worker.join()
+
+
+def started(thread: threading.Thread) -> RuntimeError | None:
+    """Start ``thread``; the system's refusal (a limit on threads or memory, which a team's
+    threads may have used up: "can't start new thread"), or None once it runs."""
+    try:
+        thread.start()
+    except RuntimeError as err:
+        return err
+    return None
 
 
 _team: Team | None = None
