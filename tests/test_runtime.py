@@ -137,6 +137,42 @@ def test_the_thread_count_comes_from_the_environment_or_the_cores(monkeypatch):
     assert seen[0].filename == __file__  # the caller's line, not codegen's
 
 
+def _cgroup(tmp_path, own: str, files: dict[str, str]):
+    """A fake /proc/self/cgroup of ``own`` lines and a cgroup tree of ``files``; its roots."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "self" / "cgroup").write_text(own)
+    for name, text in files.items():
+        (tmp_path / "cg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cg" / name).write_text(text)
+    return str(tmp_path / "cg"), str(tmp_path / "proc")
+
+
+@pytest.mark.parametrize("own, files, quota", [
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),  # v2, no quota
+    ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),  # a container's --cpus=1.5
+    ("0::/user.slice/run\n", {"cpu.max": "max 100000", "user.slice/cpu.max": "100000 100000",
+                              "user.slice/run/cpu.max": "300000 100000"}, 1),  # a parent's
+    ("0::/host/path\n", {"cpu.max": "200000 100000"}, 2),  # the host's path, unseen
+    ("2:cpu,cpuacct:/job\n1:memory:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1",
+                                            "cpu,cpuacct/cpu.cfs_period_us": "100000",
+                                            "cpu,cpuacct/job/cpu.cfs_quota_us": "50000",
+                                            "cpu,cpuacct/job/cpu.cfs_period_us": "100000"}, 1),
+    ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ("", {}, None),  # no cgroups
+])
+def test_a_cgroup_cpu_quota_counts_as_fewer_cores(tmp_path, own, files, quota):
+    root, proc = _cgroup(tmp_path, own, files)
+    assert rt.cpu_quota(root, proc) == quota
+
+
+def test_the_default_thread_count_keeps_within_the_cpu_quota(monkeypatch):
+    monkeypatch.delenv("SYMNET_NUM_THREADS", raising=False)
+    monkeypatch.setattr(rt, "cpu_quota", lambda: 1)
+    assert rt.threads() == 1
+    monkeypatch.setattr(rt, "cpu_quota", lambda: 64)
+    assert rt.threads() == len(os.sched_getaffinity(0))
+
+
 def test_more_threads_than_the_cores_can_serve_are_warned_about_at_the_callers_line(
         monkeypatch):
     import threading
