@@ -81,6 +81,20 @@ def test_matrices_named_as_the_kernels_own_variables_train_as_on_numpy():
     assert {v for v in assigned if not re.fullmatch(made, v)} <= RESERVED
 
 
+def test_an_input_named_x_trains_when_its_product_is_a_phase_of_its_own():
+    """A phase that is one tiled product calls the shared product stage with its arrays' names
+    in the generated code; it was given the matrices' own names, so an input named x (reserved,
+    renamed in the kernel) failed to compile with a KeyError."""
+    X, Y = sn.Input("x", 5), sn.Input("v", 2)
+    out = sn.dense(sn.relu(sn.dense(X, 16, name="first")), 2, name="c")
+    numba_model, numpy_model = both(sn.softmax_cross_entropy(out, Y), X, Y, sn.optim.SGD(lr=0.1))
+    assert "_product(" in numba_model.source  # the shared product stage is called
+    data = make_data(n=40, cols=5, out=2)
+    for model in (numba_model, numpy_model):
+        model.fit(*data, epochs=2, batch_size=16, verbose=False)
+    assert_same_params(numba_model, numpy_model)
+
+
 def test_a_kernel_numba_cannot_compile_is_a_declaration_error_in_fit_too(monkeypatch):
     """fit compiles the training kernel on its first call; what numba refuses there is named
     with the fallback, as in compile_kernels and loss_and_grad."""

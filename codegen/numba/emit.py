@@ -221,7 +221,7 @@ class KernelWriter:
         ins = groups[0].instrs[0]
         (r, c), k, (a, ta, b, tb) = self.stored_product(ins)
         sizes = [-1 if d == "n" else int(d) for d in (r, c, k)]
-        return ins.note, (a, b, ins.out), [int(ta), int(tb), *sizes]
+        return ins.note, (self.ident[a], self.ident[b], self.ident[ins.out]), [int(ta), int(tb), *sizes]
 
     def work(self) -> tuple[int, int]:
         """(per batch row, fixed) multiply-adds or entries of the program's statements."""
