@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from codegen import notices
 from codegen.ir import CodegenError, Status
 from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 
@@ -444,7 +445,29 @@ class Model:
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
         values = self._predict_all(self._feeds(X, need_targets=False, lazy=True), batch_size)
+        bad = np.zeros(len(values[0]), bool)
+        for value in values:
+            bad |= ~np.isfinite(value).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            shown = f"{', '.join(map(str, rows[:5]))}{', …' if len(rows) > 5 else ''}"
+            self._warn_not_finite(f"the prediction is not finite (NaN or ±inf) in {len(rows)} "
+                                  f"of {len(bad)} rows (rows {shown})")
         return tuple(values) if self._several else values[0]
+
+    def _warn_not_finite(self, what: str) -> None:
+        """Warn that ``what`` (predict's or evaluate's result) is not finite, naming the largest
+        parameter: after a fit that diverged, parameters ~1e30 overflow float32 silently."""
+        name, size = max(((k, float(np.abs(v).max(initial=0.0))) for k, v in self.params.items()),
+                         key=lambda item: item[1], default=(None, 0.0))
+        if size ** 2 > float(np.finfo(self.dtype).max):  # their products overflow
+            hint = (f"the largest parameter entry is {size:.3g}, in {name}: such values come "
+                    f"from a fit that diverged. Train a fresh model; "
+                    f"{self.remedy[0].lower()}{self.remedy[1:]}")
+        else:
+            hint = ("the formulas (model.formulas()) leave the range of "
+                    f"{np.dtype(self.dtype).name} for these inputs: check their scale")
+        notices.warn(f"{what}; {hint}", RuntimeWarning)
 
     def _predict_all(self, feeds, batch_size) -> list[np.ndarray]:
         inputs = {s.name: feeds[s.name] for s in self.inputs}
@@ -465,7 +488,10 @@ class Model:
         Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
-        return self._evaluate(self._feeds(X, Y, lazy=True), batch_size)
+        result = self._evaluate(self._feeds(X, Y, lazy=True), batch_size)
+        if not np.isfinite(result["loss"]):
+            self._warn_not_finite(f"the loss is {result['loss']}")
+        return result
 
     def _evaluate(self, feeds, batch_size=4096):
         total = sum(float(self._run("loss", chunk)["loss"][0, 0]) * _rows(chunk)

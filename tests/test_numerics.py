@@ -2,6 +2,8 @@
 non-finite is undone and named; derivatives stay finite where the function is; and the error
 names the formula that overflows in the model's own dtype."""
 
+import warnings
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -57,6 +59,32 @@ def test_state_that_overflows_in_a_later_step_leaves_the_model_of_the_step_befor
         np.testing.assert_array_equal(model._state[k]["sum"], reference._state[k]["sum"])
     model.fit(X[:8], Y[:8], epochs=1, batch_size=4, shuffle=False, verbose=False)  # trains on
     assert model._steps == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predict_and_evaluate_after_a_fit_that_diverged_warn_of_their_non_finite_values(backend):
+    # Adam(lr=1e30): fit stops with a DataError, keeping the last finite step's parameters,
+    # ~1e30, whose products overflow float32; predict returned NaN rows silently
+    X, Y = sn.Input("X", 5), sn.Input("Y", 2)
+    out = sn.dense(sn.relu(sn.dense(X, 8)), 2)
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], seed=0,
+                       prediction=sn.softmax(out), backend=backend, optimizer=sn.optim.Adam(lr=1e30))
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(40, 5)), rng.integers(0, 2, 40)
+    with pytest.raises(sn.DataError, match="the loss became"):
+        model.fit(*data, epochs=2, batch_size=8, verbose=False)
+    with pytest.warns(RuntimeWarning, match=r"the prediction is not finite \(NaN or ±inf\) in "
+                                            r"\d+ of 40 rows \(rows \d+, .*\); the largest "
+                                            r"parameter entry is 1e\+30, in \w+: such values come "
+                                            r"from a fit that diverged") as seen:
+        assert not np.isfinite(model.predict(data[0])).all()
+    assert seen[0].filename == __file__
+    with pytest.warns(RuntimeWarning, match="the loss is nan; the largest parameter"):
+        model.evaluate(*data)
+    model.params = {k: np.where(np.isfinite(v), 0.0, v) for k, v in model.params.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finite values: no warning
+        assert np.isfinite(model.predict(data[0])).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
