@@ -1,5 +1,7 @@
 """Batch norm, layer norm and dropout: the formulas, and the numbers against PyTorch in float64."""
 
+import re
+
 import numpy as np
 import pytest
 from conftest import assert_formulas_are_computed, compiled, make_data
@@ -361,6 +363,32 @@ def test_dropout_draws_a_fresh_mask_every_step_and_reproduces_bit_for_bit():
     assert first.loss_and_grad(Xd[:8], Yd[:8])[0] != before
     kept = mask(first, 1, 0.25, (4000, 50)).mean()
     assert kept == pytest.approx(0.75, abs=0.01)
+
+
+def test_the_dropout_layers_of_a_deep_network_share_their_stages_and_keep_their_masks():
+    """The layers' dropout phases differ only in the mask's stream number, which each call of a
+    shared stage reads from its row of slots: depth adds no stage (an 8-layer network compiled
+    23 training stages with dropout, 9 without), and each layer keeps its own mask."""
+    def deep(depth, backend="numba"):
+        X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+        h = X
+        for k in range(depth):
+            h = sn.dropout(sn.dense(h, 6, sn.relu, name=str(k + 1)), 0.25)
+        return sn.compile(sn.softmax_cross_entropy(sn.dense(h, 3, name="out"), Y), inputs=[X],
+                          targets=[Y], dtype="float64", seed=0, backend=backend,
+                          optimizer=sn.optim.SGD(lr=0.1))
+
+    def stages(model):
+        return len(re.findall(r"^def _train_\d+\(", model.source, re.M))
+
+    assert stages(deep(3)) == stages(deep(5))
+    Xd, Yd = make_data(n=24, seed=3)
+    models = deep(4), deep(4, "numpy")
+    for model in models:
+        model.fit(Xd, Yd, epochs=2, batch_size=8, shuffle=False, verbose=False)
+    for k in models[1].params:
+        np.testing.assert_allclose(models[0].params[k], models[1].params[k], rtol=1e-12,
+                                   atol=1e-14, err_msg=k)
 
 
 @pytest.mark.parametrize("p", [1, 1.5, -0.1])

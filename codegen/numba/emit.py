@@ -43,7 +43,7 @@ from .plan import GEMM_PIECE, NEST_PIECE, Group, Layout, Plan, dims, layout, pla
 from .printer import Lines, ScalarPrinter, comment_text, identifier
 from .protocol import product_least, tile
 
-CODEGEN_VERSION = 26  # bump whenever the generated code changes for the same Program
+CODEGEN_VERSION = 27  # bump whenever the generated code changes for the same Program
 FASTMATH = '{"contract", "reassoc"}'  # no "nnan": the NaN checks must stay
 # helpers are compiled without wrappers: only kernels are called from outside, as C callbacks
 JIT = ("@nb.njit(cache=CACHE, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True, "
@@ -541,12 +541,13 @@ class Stages:
         notes = [line.strip() for line in body.lines if line.strip().startswith("#")]
         code = [line for line in body.lines if not line.strip().startswith("#")]
         code, arrays = self._canonical(code)
+        code, streams = _streams(code, len(arrays))
         key = ("\n".join(code), tuple(self.slots[a][1] for a in arrays))
         if key not in self.known:
             self.known[key] = self._define(code, key[1], notes)
         # the slots as a row of a constant array: a tuple of numbers would be typed by value
         # (numba's literal types), and compiled again for every call
-        self.rows.append([self.slots[a][0] for a in arrays])
+        self.rows.append([self.slots[a][0] for a in arrays] + streams)
         row = f"{self.table}[{len(self.rows) - 1}]"
         return [*notes, f"base = {self.known[key]}({', '.join(self.params)}, {row})"]
 
@@ -659,6 +660,21 @@ class Stages:
         d()
         d()
         return name
+
+
+def _streams(lines: list[str], after: int) -> tuple[list[str], list[int]]:
+    """``lines`` with each dropout mask's stream number read from the stage's row of slots,
+    after its ``after`` arrays, and those numbers: the layers' dropout phases differ in nothing
+    else, and an 8-layer network's training kernel compiled 23 stages with dropout, 9 without
+    (11 s against 4 s cold)."""
+    streams: list[int] = []
+
+    def number(match):
+        streams.append(int(match[2]))
+        return f"{match[1]}slots[{after + len(streams) - 1}],"
+
+    text = re.sub(r"(\bkeep\(\w+, \w+, )(\d+),", number, "\n".join(lines))
+    return text.split("\n"), streams
 
 
 def _slots(arrays: list[tuple[str, str]]) -> dict[str, tuple[int, str]]:
