@@ -1,10 +1,11 @@
 """Cold compile and epoch time against depth: 2, 4, 8, 16 and 24 hidden layers of 64 units.
 
     python -m benchmarks.depth [--depths 2,4,8,16,24] [--backends numba,numpy] [--epochs 3]
-                               [--out DIR]
+                               [--dropout P] [--out DIR]
 
 Each network is 784-64×depth-10 with ReLU, softmax cross-entropy, Adam (lr 1e-3) and batch
-128 on Fashion-MNIST, from He-normal weights. Each (depth, backend) runs in a fresh process
+128 on Fashion-MNIST, from He-normal weights; ``--dropout P`` adds dropout of rate P after
+every hidden activation. Each (depth, backend) runs in a fresh process
 with an empty kernel cache (``SYMNET_CACHE_DIR`` and ``NUMBA_CACHE_DIR`` in a new temporary
 directory) and benchmarks.run's thread settings. Cold compile is the seconds from the
 declaration to the first trained step on a throwaway model (benchmarks.run's setup_s); then
@@ -12,7 +13,7 @@ the measured model trains --epochs rounds of one ``fit(..., epochs=1)`` call eac
 epoch is the median of the rounds after the first (min–max beside it). The numpy backend, the
 reference interpreter, is timed the same way for comparison. A child that fails is reported
 with its error in the table. Writes a markdown table to stdout and DIR/depth.md, and
-DIR/depth.json (default benchmarks/results/).
+DIR/depth.json (default benchmarks/results/; depth-dropout.md and .json with ``--dropout``).
 """
 
 from __future__ import annotations
@@ -29,25 +30,26 @@ from .run import child_env, machine_info, run_child
 from .workloads import WORKLOADS, initial_params, load_data
 
 
-def workload(depth: int, epochs: int = 3):
+def workload(depth: int, epochs: int = 3, dropout: float = 0.0):
     return dataclasses.replace(WORKLOADS["adam-relu"], name=f"depth-{depth}",
-                               sizes=(784, *[64] * depth, 10), batch=128, epochs=epochs)
+                               sizes=(784, *[64] * depth, 10), batch=128, epochs=epochs,
+                               dropout=(dropout,) * depth if dropout else ())
 
 
-def child(depth: int, backend: str, epochs: int) -> dict:
+def child(depth: int, backend: str, epochs: int, dropout: float) -> dict:
     """Inside the child: cold setup and the measured rounds of one (depth, backend)."""
     from .peers import symnet_peer
 
-    w = workload(depth, epochs)
+    w = workload(depth, epochs, dropout)
     result = symnet_peer.train(w, load_data(w), initial_params(w), backend=backend)
     return {"setup_s": result["setup_s"], "round_s": result["round_s"]}
 
 
-def measure(depth: int, backend: str, epochs: int) -> dict:
+def measure(depth: int, backend: str, epochs: int, dropout: float = 0.0) -> dict:
     """One (depth, backend) in a fresh process on an empty kernel cache."""
     with tempfile.TemporaryDirectory(prefix="symnet-depth-") as cache:
-        r = run_child(["benchmarks.depth", "--child", str(depth), backend, str(epochs)],
-                      child_env(cache))
+        r = run_child(["benchmarks.depth", "--child", str(depth), backend, str(epochs),
+                       str(dropout)], child_env(cache))
     row = {"depth": depth, "backend": backend, **r}
     steady = r.get("round_s", [])[1:]
     if steady:
@@ -66,10 +68,12 @@ def cells(row: dict | None) -> list[str]:
     return [f"{row['setup_s']:.2f}", epoch]
 
 
-def markdown(rows: list[dict], backends: list[str]) -> str:
+def markdown(rows: list[dict], backends: list[str], dropout: float = 0.0) -> str:
     head = [h for b in backends for h in (f"{b}: cold setup, s", f"{b}: epoch, s")]
-    lines = ["784-64×depth-10, ReLU, softmax CE, Adam, batch 128, Fashion-MNIST; a fresh process "
-             "on an empty kernel cache each. Epoch: median (min–max) of the steady rounds.", "",
+    relu = f"ReLU and dropout {dropout:g}" if dropout else "ReLU"
+    lines = [f"784-64×depth-10, {relu}, softmax CE, Adam, batch 128, Fashion-MNIST; a fresh "
+             "process on an empty kernel cache each. Epoch: median (min–max) of the steady "
+             "rounds.", "",
              f"| hidden layers | {' | '.join(head)} |", "|---" * (len(head) + 1) + "|"]
     for depth in dict.fromkeys(r["depth"] for r in rows):
         by_backend = {r["backend"]: r for r in rows if r["depth"] == depth}
@@ -84,28 +88,33 @@ def main(argv=None) -> int:
     parser.add_argument("--depths", default="2,4,8,16,24")
     parser.add_argument("--backends", default="numba,numpy")
     parser.add_argument("--epochs", type=int, default=3, help="rounds per child (at least 2)")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout rate after every hidden activation (default: none)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        depth, backend, epochs = args.child
-        print(json.dumps(child(int(depth), backend, int(epochs))))
+        depth, backend, epochs, dropout = args.child
+        print(json.dumps(child(int(depth), backend, int(epochs), float(dropout))))
         return 0
     backends = args.backends.split(",")
     if args.epochs < 2 or not set(backends) <= {"numba", "numpy"}:
         parser.error("--epochs must be at least 2, and --backends numba and/or numpy")
+    if not 0 <= args.dropout < 1:
+        parser.error("--dropout must be at least 0 and below 1")
     rows = []
     for depth in (int(d) for d in args.depths.split(",")):
         for backend in backends:
-            rows.append(measure(depth, backend, args.epochs))
+            rows.append(measure(depth, backend, args.epochs, args.dropout))
             status = rows[-1].get("error") or rows[-1].get("round_s")
             print(f"{depth:3} hidden layers  {backend:6} {status}", file=sys.stderr)
-    text = markdown(rows, backends)
+    text = markdown(rows, backends, args.dropout)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "depth.md").write_text(text)
-    machine = {**machine_info(), "threads": 2, "epochs": args.epochs}
-    (out / "depth.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    stem = "depth-dropout" if args.dropout else "depth"
+    (out / f"{stem}.md").write_text(text)
+    machine = {**machine_info(), "threads": 2, "epochs": args.epochs, "dropout": args.dropout}
+    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(text)
     return 0
 
