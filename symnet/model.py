@@ -479,13 +479,14 @@ class Model:
         """The first prediction: what evaluate's accuracy compares with the targets."""
         return self._predict_all(feeds, batch_size)[0]
 
-    def evaluate(self, X, Y, batch_size: int = 4096) -> dict:
+    def evaluate(self, X, Y=None, batch_size: int = 4096) -> dict:
         """``{"loss": mean loss}``, plus ``"accuracy"``: argmax agreement when Y has ≥ 2 columns
         of class distributions (one-hot or probabilities), and for other 0/1 targets of a
         prediction σ(Z) (one column, or several labels per row) the share of labels right at the
         threshold 0.5; for other targets of the prediction's shape ``"r2"``, R² averaged over the
         columns.
-        Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns."""
+        Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns, and is left
+        out for a model without targets (an autoencoder's loss reads its inputs only)."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         self._check_params()
         result = self._evaluate(self._feeds(X, Y, lazy=True), batch_size)

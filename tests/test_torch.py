@@ -129,6 +129,7 @@ def test_a_tied_autoencoder_matches_torch_and_names_its_decoder_layer(backend):
     assert loss == pytest.approx(t_loss.item(), rel=1e-12)
     for k in grads:
         np.testing.assert_allclose(grads[k], p[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+    assert model.evaluate(Xb)["loss"] == pytest.approx(t_loss.item(), rel=1e-12)  # no Y to pass
 
 
 def test_a_residual_connection_matches_torch_and_reads_as_the_textbook():
