@@ -244,9 +244,7 @@ class ScalarActivation(sp.Function):
 @cache
 def derivative(func) -> sp.Lambda:
     """The scalar derivative of an activation, from ``sympy.diff`` of its definition."""
-    d = sp.diff(func.definition(x), x)
-    check_differentiable(d, func.__name__, func.definition(x))
-    return sp.Lambda(x, d)
+    return sp.Lambda(x, differentiate(func.definition(x), func.__name__))
 
 
 def _stable_logistic(e: sp.Expr) -> sp.Expr:
@@ -275,6 +273,21 @@ def _stable_logistic(e: sp.Expr) -> sp.Expr:
     return e.replace(lambda a: a.is_Mul, quotient)
 
 
+_STEPS = (sp.sign, sp.Heaviside, sp.floor, sp.ceiling)  # constant between their jumps
+
+
+def differentiate(f: sp.Expr, what: str) -> sp.Expr:
+    """``f``'s derivative in ``x`` where it exists, which is everywhere but a set of measure
+    zero, as autodiff frameworks take it: DiracDelta (of a jump, such as Heaviside's) and the
+    derivatives of steps (sign's) are 0. So x·Heaviside(x), relu written out, has the
+    derivative Heaviside(x). Refused as :func:`check_differentiable` says."""
+    d = sp.diff(f, x).replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
+    d = d.replace(lambda e: isinstance(e, sp.Derivative) and isinstance(e.expr, _STEPS),
+                  lambda e: sp.S.Zero)
+    check_differentiable(d, what, f)
+    return d
+
+
 def check_differentiable(d: sp.Expr, what: str, f: sp.Expr | None = None) -> None:
     """Refuse a derivative SymPy could not evaluate, or one that is zero almost everywhere (of
     ``f``, when given: a step function, whose gradient would never flow)."""
@@ -285,7 +298,7 @@ def check_differentiable(d: sp.Expr, what: str, f: sp.Expr | None = None) -> Non
             "Use a differentiable function (for a step, a steep sigmoid; for rounding, none)."
         )
     step = f is not None and x in f.free_symbols and (d == 0 or (d.has(sp.Piecewise) and _is_zero(d)))
-    if d.has(sp.DiracDelta) or step:
+    if d.has(sp.DiracDelta) or step:  # (differentiate removes the DiracDeltas of jumps)
         raise DifferentiationError(
             f"cannot differentiate {what}: its derivative is zero wherever it exists (the "
             "function is a step, like sign, Heaviside or a Piecewise of constants), so no "
@@ -416,7 +429,7 @@ class Pointwise:
 
     def __init__(self, name: str, expr: sp.Expr):
         self.name, self.fn = name, sp.Lambda(x, expr)
-        check_differentiable(sp.diff(expr, x), name, expr)
+        differentiate(expr, name)
 
     def __call__(self, arg):
         if isinstance(arg, sp.Basic) and not arg.is_Matrix:

@@ -65,8 +65,7 @@ def vjp_transpose(node, g):
 
 
 def vjp_elementwise(node, g):
-    d = sp.diff(node.body(x), x)
-    fn.check_differentiable(d, f"{node.fn.expr} in {node}", node.body(x))
+    d = fn.differentiate(node.body(x), f"{node.fn.expr} in {node}")
     if d == 1:
         yield node.arg, g
     else:

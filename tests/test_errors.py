@@ -106,8 +106,33 @@ def test_non_differentiable_function_via_applyfunc():
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
     W = sp.MatrixSymbol("W", 4, 3)
     loss = sn.mse((X * W).applyfunc(sp.floor), Y)
-    with pytest.raises(sn.DifferentiationError, match="unevaluated"):
+    with pytest.raises(sn.DifferentiationError, match=r"cannot differentiate floor\(.*its "
+                                                      r"derivative is zero wherever it exists"):
         sn.compile(loss, inputs=[X], targets=[Y])
+
+
+@pytest.mark.parametrize("same, written", [
+    (sn.relu, lambda x: x * sp.Heaviside(x)),  # derivative Heaviside(x) + x·DiracDelta(x)
+    (sn.abs, lambda x: x * sp.sign(x)),  # sign(x) + x·Derivative(sign(x), x)
+    (sn.square, lambda x: sp.sign(x) * x * sp.Abs(x)),
+])
+def test_functions_written_with_steps_train_as_their_closed_forms(same, written):
+    """x·Heaviside(x) is relu: its derivative is Heaviside(x) but where x = 0, where SymPy adds
+    x·DiracDelta(x) (0 wherever it exists). It was refused as a step, as was x·sign(x)."""
+    x = sp.Symbol("x", real=True)
+    data = make_data(n=24, cols=3, out=2)
+    trained = []
+    for act in (same, sn.activation("written", written(x), x)):
+        X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+        out = sn.dense(sn.dense(X, 5, act, name="1"), 2, name="2")
+        for backend in ("numba", "numpy"):
+            model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], dtype="float64",
+                               seed=0, backend=backend, init="xavier")
+            model.fit(*data, epochs=3, batch_size=8, verbose=False)
+            trained.append(model.params)
+    for params in trained[1:]:
+        for k in params:
+            np.testing.assert_allclose(params[k], trained[0][k], rtol=1e-12, atol=1e-14)
 
 
 def test_unsupported_matrix_operation():
