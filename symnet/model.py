@@ -114,7 +114,7 @@ class Model:
         data = set(self.inputs) | set(self.targets)
         self._constant_symbols, self.constants = _constants(constants, data, self.dtype)
         data |= set(self._constant_symbols)
-        self.loss_expr = _check_loss(loss, data)
+        self.loss_expr = _check_loss(loss, data, self.optimizer)
         self.param_symbols = _parameters(self.loss_expr, data,
                                          _bytes_per_entry(self.dtype, self.optimizer))
         # predict returns a tuple for prediction=[P1, P2, …], an array for prediction=P
@@ -989,7 +989,7 @@ NOTATION = {"n": "the batch's row count", "t": "the optimizer's step count",
             "lr": "the learning rate", "L": "the loss"}
 
 
-def _check_loss(loss, data):
+def _check_loss(loss, data, optimizer):
     if not isinstance(loss, sp.MatrixExpr) or tuple(loss.shape) != (1, 1):
         shape = getattr(loss, "shape", None)
         raise DeclarationError(
@@ -1006,9 +1006,14 @@ def _check_loss(loss, data):
                     f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "
                     f"{b.shape[0]}×{b.shape[1]}; give each parameter its own name")
             names[s.name] = s
-    taken = sorted(set(names) & set(NOTATION))
+    notation = {**{str(s): f"the {s} of {type(optimizer).__name__}'s update rule"
+                   for lhs, rhs in optimizer.rule() for s in lhs.free_symbols | rhs.free_symbols},
+                **NOTATION}
+    notation.update((name, "an adjoint (δZ is ∂L/∂Z)") for name in names
+                    if name.startswith(("δ", "∂")))
+    taken = sorted(set(names) & set(notation))
     if taken:
-        raise DeclarationError(f"the matrix {taken[0]} would read as {NOTATION[taken[0]]} in the "
+        raise DeclarationError(f"the matrix {taken[0]} would read as {notation[taken[0]]} in the "
                                f"formulas (model.formulas(), latex(), explain()); give it another "
                                f"name")
     if not any(d in loss.free_symbols for d in data):

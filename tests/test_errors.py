@@ -81,6 +81,32 @@ def test_a_matrix_named_as_the_formulas_notation_is_refused(name, meaning):
         sn.compile(loss, inputs=[X], targets=[Y], constants={c: 1.0}, backend="numpy")
 
 
+@pytest.mark.parametrize("name, optimizer, meaning", [
+    ("m", sn.optim.Adam(), "the m of Adam's update rule"),
+    ("v", sn.optim.Adam(), "the v of Adam's update rule"),
+    ("clip", sn.optim.RMSProp(clip_norm=1.0), "the clip of RMSProp's update rule"),
+    ("buf", sn.optim.SGD(momentum=0.9), "the buf of SGD's update rule"),
+    ("δ", sn.optim.SGD(), r"an adjoint \(δZ is ∂L/∂Z\)"),
+    ("δ1", sn.optim.SGD(), r"an adjoint \(δZ is ∂L/∂Z\)"),
+])
+def test_a_matrix_named_as_the_update_rules_state_or_an_adjoint_is_refused(name, optimizer,
+                                                                          meaning):
+    """A constant m beside Adam printed `∂L/∂W1 = (𝟙·m·𝟙) ∘ W1 + …` next to `m ← 0.9·m +
+    0.1·g`; a parameter δ read as an adjoint. A name the chosen optimizer does not use is
+    free."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    c = sn.Constant(name)
+    loss = sn.mse(sn.dense(X, 3), Y) + sn.l2(c, sp.MatrixSymbol("W1", 4, 3))
+    with pytest.raises(sn.DeclarationError, match=f"the matrix {name} would read as {meaning} "
+                                                  f"in the formulas"):
+        sn.compile(loss, inputs=[X], targets=[Y], constants={c: 1.0}, optimizer=optimizer,
+                   backend="numpy")
+    if not name.startswith("δ"):
+        model = sn.compile(loss, inputs=[X], targets=[Y], constants={c: 1.0}, backend="numpy",
+                           optimizer=sn.optim.AdaGrad())  # whose state is sum
+        assert f"{name}·" in model.formulas() or f"·{name}" in model.formulas()
+
+
 @pytest.mark.parametrize("f", [sp.floor, sp.sign])
 def test_non_differentiable_activation(f):
     x = sp.Symbol("x")
