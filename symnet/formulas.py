@@ -34,6 +34,7 @@ from .functions import (
     RowLogSumExp,
     ScalarActivation,
     Standardized,
+    latex_escape,
 )
 from .grad import Derivation
 
@@ -683,11 +684,7 @@ def latex_name(name: str) -> str:
     special = {"π": r"\pi", "∞": r"\infty", "‖g‖₂": r"\lVert g\rVert_{2}"}
     if name in special:
         return special[name]
-    return rf"\mathit{{{_latex_escape(name)}}}"
-
-
-def _latex_escape(s: str) -> str:
-    return re.sub(r"([_#$%&{}])", r"\\\1", s)
+    return rf"\mathit{{{latex_escape(name)}}}"
 
 
 LATEX_OPERATORS = {"min": r"\min", "max": r"\max", "exp": r"\exp", "log": r"\log",
@@ -732,7 +729,7 @@ class FormulaLatexPrinter(Formula, LatexPrinter):
         if isinstance(f, type) and issubclass(f, ScalarActivation):
             name = LATEX_OPERATORS.get(f.__name__, f.latex_name)
         else:
-            name = LATEX_OPERATORS.get(f, rf"\operatorname{{{_latex_escape(f)}}}")
+            name = LATEX_OPERATORS.get(f, rf"\operatorname{{{latex_escape(f)}}}")
         return rf"{name}\left({arg}\right)"
 
     def _frac(self, num, num_level, den, den_level):

@@ -8,6 +8,7 @@ a matrix builds an :class:`Elementwise` node. Adding an activation touches this 
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import cache
 
 import sympy as sp
@@ -374,7 +375,7 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
     stable = definition if numeric is None else sp.Lambda(x, numeric.subs(var, x))
     attrs = dict(definition=definition, numeric=stable, nargs=1,
                  family=name.partition("[")[0],  # leaky_relu for leaky_relu[0.1]: what init reads
-                 latex_name=latex or rf"\operatorname{{{_latex_escape(name)}}}")
+                 latex_name=latex or rf"\operatorname{{{latex_escape(name)}}}")
     function = type(name, (ScalarActivation,), attrs)
     derivative(function)  # refuse non-differentiable functions at declaration
     return Activation(function)
@@ -393,8 +394,41 @@ def _check_activation_name(name):
             f"digit), optionally with a number in brackets, e.g. 'gelu' or 'leaky_relu[0.1]'")
 
 
-def _latex_escape(name: str) -> str:
-    return name.replace("_", r"\_")
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+          "lambda", "mu", "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi",
+          "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi",
+          "Psi", "Omega"}  # the letters LaTeX has commands for
+_GREEK_AS_LATIN = {"Alpha": "A", "Beta": "B", "Epsilon": "E", "Zeta": "Z", "Eta": "H",
+                   "Iota": "I", "Kappa": "K", "Mu": "M", "Nu": "N", "Omicron": "O", "Rho": "P",
+                   "Tau": "T", "Chi": "X", "omicron": "o"}
+_LATEX_LETTERS = {"ε": r"\varepsilon", "ϵ": r"\epsilon", "φ": r"\varphi", "ϕ": r"\phi",
+                  "ϑ": r"\vartheta", "ς": r"\varsigma", "ϱ": r"\varrho", "ϖ": r"\varpi",
+                  "µ": r"\mu"}
+
+
+def latex_escape(name: str) -> str:
+    """A name as LaTeX math that pdflatex compiles: ``_ # $ % & { }`` escaped, Greek letters as
+    their commands (θ → \\theta), other Latin-1 letters in ``\\text`` (é), any other character
+    by its code point (\\text{U+0436}): pdflatex stops at a Unicode character it has no glyph
+    for, and names come from the user (an input θ)."""
+    out = []
+    for ch in name:
+        if ch in "_#$%&{}":
+            out.append("\\" + ch)
+        elif ch.isascii():
+            out.append(ch)
+        elif ch in _LATEX_LETTERS:
+            out.append(_LATEX_LETTERS[ch] + " ")
+        elif greek := re.fullmatch(r"GREEK (SMALL|CAPITAL) LETTER (LAMDA|[A-Z]+)",
+                                   unicodedata.name(ch, "")):
+            word = greek[2].replace("LAMDA", "LAMBDA").lower()
+            word = word if greek[1] == "SMALL" else word.capitalize()
+            out.append(f"\\{word} " if word in _GREEK else rf"\mathrm{{{_GREEK_AS_LATIN[word]}}}")
+        elif ord(ch) < 0x100 and ch.isalpha():
+            out.append(rf"\text{{{ch}}}")
+        else:
+            out.append(rf"\text{{U+{ord(ch):04X}}}")
+    return "".join(out).rstrip()
 
 
 def _require_matrix(arg, what):

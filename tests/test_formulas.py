@@ -188,6 +188,23 @@ def test_latex_of_every_test_network_compiles_with_pdflatex(tmp_path):
     pdflatex(tmp_path, [network(name)[0].latex() for name in DECLARATIONS])
 
 
+def test_latex_of_names_outside_ascii_compiles_with_pdflatex(tmp_path):
+    """An input θ, a layer α, a parameter Σ and a constant ж were written into the LaTeX as
+    they are, where pdflatex stops ("Unicode character θ (U+03B8)")."""
+    X, Y = sn.Input("θ", 3), sn.Input("Y", 2)
+    h = sn.dense(X, 4, sn.activation("ψ_é", sp.tanh(sp.Symbol("x")), sp.Symbol("x")), name="α")
+    c = sn.Constant("ж")
+    Σ = sp.MatrixSymbol("Σ", 1, 2)
+    out = sn.dense(h, 2, name="2") + sp.OneMatrix(sn.batch, 1) * Σ
+    model = sn.compile(sn.mse(out, Y) + sn.l2(c, *sn.weights(out)), inputs=[X], targets=[Y],
+                       constants={c: 0.1}, backend="numpy")
+    shown = model.latex()
+    for name in (r"\theta", r"W\alpha", r"\Sigma", r"\text{U+0436}",
+                 r"\operatorname{\psi \_\text{é}}"):
+        assert name in shown, shown
+    pdflatex(tmp_path, [shown])
+
+
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "hard_tanh", "swish",
           "identity"]
 
