@@ -119,6 +119,13 @@ class RowLogSumExp(MatrixExpr):
     def _latex(self, printer):
         return rf"\operatorname{{logsumexp}}\left({printer._print(self.arg)}\right)"
 
+    def _entry(self, i, j, **kwargs):
+        """Entry i: log Σ_k exp(Z_ik), so that indexing a loss (``loss[0, 0]``) gives SymPy's
+        scalar as it does for ``mse``'s."""
+        k = sp.Dummy("k", integer=True)
+        row = sp.exp(self.arg._entry(i, k, **kwargs))
+        return sp.log(sp.Sum(row, (k, 0, self.arg.shape[1] - 1)))
+
 
 class Standardized(_Shown, MatrixExpr):
     """``X̂ = (Z − μ)/σ`` with Z's own statistics broadcast along the axis they were taken over:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 from codegen import notices
 from codegen.ir import CodegenError, Status
@@ -990,6 +991,9 @@ NOTATION = {"n": "the batch's row count", "t": "the optimizer's step count",
 
 
 def _check_loss(loss, data, optimizer):
+    if isinstance(loss, sp.Expr) and not loss.is_Matrix and loss.has(MatrixElement):
+        raise DeclarationError("the loss is a scalar, an entry of a matrix (loss[0, 0]); pass "
+                               "the 1×1 matrix itself, such as sn.mse(out, Y)")
     if not isinstance(loss, sp.MatrixExpr) or tuple(loss.shape) != (1, 1):
         shape = getattr(loss, "shape", None)
         raise DeclarationError(

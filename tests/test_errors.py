@@ -107,6 +107,23 @@ def test_a_matrix_named_as_the_update_rules_state_or_an_adjoint_is_refused(name,
         assert f"{name}·" in model.formulas() or f"·{name}" in model.formulas()
 
 
+def test_an_entry_of_a_softmax_loss_is_its_value_and_compile_asks_for_the_matrix():
+    """loss[0, 0] of softmax_cross_entropy raised SymPy's NotImplementedError from symnet's
+    logsumexp node; it is the loss's scalar now, as mse's is."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    loss = sn.softmax_cross_entropy(sn.dense(X, 3, name="1"), Y)
+    model = sn.compile(loss, inputs=[X], targets=[Y], dtype="float64", seed=0, backend="numpy")
+    Xd, Yd = make_data(n=2, cols=4, out=3)
+    entry = loss[0, 0].subs(sn.batch, 2)
+    values = {"X": Xd, "Y": Yd, **model.params}
+    entry = entry.subs({m: sp.ImmutableMatrix(values[m.name])
+                        for m in entry.atoms(sp.MatrixSymbol)}).doit()
+    assert float(entry) == pytest.approx(model.loss_and_grad(Xd, Yd)[0], rel=1e-12)
+    with pytest.raises(sn.DeclarationError, match=r"the loss is a scalar, an entry of a matrix "
+                                                  r"\(loss\[0, 0\]\); pass the 1×1 matrix"):
+        sn.compile(loss[0, 0], inputs=[X], targets=[Y])
+
+
 @pytest.mark.parametrize("f", [sp.floor, sp.sign])
 def test_non_differentiable_activation(f):
     x = sp.Symbol("x")
