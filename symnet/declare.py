@@ -59,14 +59,19 @@ def affine(inp, units: int, name) -> sp.MatrixExpr:
 def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
     """A fully connected layer ``activation(x·W + 1·b)`` with parameters ``W{name}`` (in×units)
     and ``b{name}`` (1×units). ``name`` defaults to one more than the number of dense layers
-    already in ``x`` (1, 2, 3, ...)."""
+    already in ``x`` (1, 2, 3, ...), so the layers of two branches of one network need names of
+    their own (compile says so when their names meet), and two layers on the same input
+    without a name are one layer."""
     if not getattr(x, "is_Matrix", False):
         raise DeclarationError(
             f"dense: x must be a matrix expression such as sn.Input('X', 784), got {x!r}"
         )
     units = _check_units(units, "units", "sn.dense(x, units)")
     if name is None:
-        name = _next_layer_name(x)
+        out = dense(x, units, activation, _next_layer_name(x))
+        auto_named.update(s for s in out.free_symbols - x.free_symbols
+                          if isinstance(s, sp.MatrixSymbol))
+        return out
     name = str(name)
     taken = {s.name for s in x.free_symbols if isinstance(s, sp.MatrixSymbol)}
     owns_more = activation is not None and hasattr(activation, "dense")  # prelu's slope a{name}
@@ -101,6 +106,11 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
                                f"expression of the shape of {formula_text(z)}, elementwise, "
                                f"got {validate.describe(out)}; {fix}")
     return out
+
+
+# The parameters dense named by depth: the first layers of two branches of one network get
+# the same names, which compile names as the cause (model._check_loss).
+auto_named: set[sp.MatrixSymbol] = set()
 
 
 def _next_layer_name(x) -> str:

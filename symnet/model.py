@@ -21,7 +21,7 @@ from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 from . import formulas, interrupts, optim, serialize, validate, weighting
 from . import init as initialisers
 from .blocks import batch_norms as _batch_norms
-from .declare import ConstantSymbol, batch
+from .declare import ConstantSymbol, auto_named, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
 from .functions import Dropout, Elementwise, RowLogSumExp
@@ -990,6 +990,11 @@ NOTATION = {"n": "the batch's row count", "t": "the optimizer's step count",
             "lr": "the learning rate", "L": "the loss"}
 
 
+_BY_DEPTH = ("sn.dense without name= names a layer by its depth, so the first layers of two "
+             "branches of one network both get {name}; pass name= to the dense layers of a "
+             "branch (sn.dense(X, 8, name='wide'))")
+
+
 def _check_loss(loss, data, optimizer):
     if isinstance(loss, sp.Expr) and not loss.is_Matrix and loss.has(MatrixElement):
         raise DeclarationError("the loss is a scalar, an entry of a matrix (loss[0, 0]); pass "
@@ -1006,10 +1011,17 @@ def _check_loss(loss, data, optimizer):
         if isinstance(s, sp.MatrixSymbol):
             if s.name in names and names[s.name] != s:
                 a, b = names[s.name], s
+                why = (_BY_DEPTH.format(name=s.name) if {a, b} <= auto_named else
+                       "give each parameter its own name")
                 raise DeclarationError(
                     f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "
-                    f"{b.shape[0]}×{b.shape[1]}; give each parameter its own name")
+                    f"{b.shape[0]}×{b.shape[1]}; {why}")
             names[s.name] = s
+    for w in names.values():  # auto-named weights of two layers: shared by mistake
+        if w in auto_named and len({tuple(m.as_coeff_matrices()[1][:-1])
+                                    for m in loss.atoms(sp.MatMul) if m.args[-1] == w}) > 1:
+            raise DeclarationError(f"two dense layers would share the weights {w.name}: "
+                                   f"{_BY_DEPTH.format(name=w.name)}")
     notation = {**{str(s): f"the {s} of {type(optimizer).__name__}'s update rule"
                    for lhs, rhs in optimizer.rule() for s in lhs.free_symbols | rhs.free_symbols},
                 **NOTATION}

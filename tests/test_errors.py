@@ -107,6 +107,29 @@ def test_a_matrix_named_as_the_update_rules_state_or_an_adjoint_is_refused(name,
         assert f"{name}·" in model.formulas() or f"·{name}" in model.formulas()
 
 
+def test_layers_named_by_depth_in_two_branches_are_named_as_the_cause():
+    """A wide-and-deep sum without name= anywhere: both branches' first layers are W1 and b1.
+    With other shapes compile said to give each parameter its own name, though the user gave
+    none; with the same shapes (two inputs) the branches shared their weights silently."""
+    X, Y = sn.Input("X", 5), sn.Input("Y", 3)
+    wide, deep = sn.dense(X, 3), sn.dense(sn.dense(X, 4, sn.tanh), 3)
+    by_depth = r"sn.dense without name= names a layer by its depth.*pass name= to the dense"
+    with pytest.raises(sn.DeclarationError, match=r"the name [Wb]1 is used for two matrices, .*"
+                                                  + by_depth):
+        sn.compile(sn.mse(wide + deep, Y), inputs=[X], targets=[Y], backend="numpy")
+    X2 = sn.Input("X2", 5)
+    with pytest.raises(sn.DeclarationError, match="two dense layers would share the weights W1: "
+                                                  + by_depth):
+        sn.compile(sn.mse(sn.dense(X, 3) + sn.dense(X2, 3), Y), inputs=[X, X2], targets=[Y],
+                   backend="numpy")
+    model = sn.compile(sn.mse(sn.dense(X, 3, name="a") + sn.dense(X2, 3, name="b"), Y),
+                       inputs=[X, X2], targets=[Y], backend="numpy")
+    assert sorted(model.params) == ["Wa", "Wb", "ba", "bb"]
+    h = sn.dense(X, 4, sn.tanh)  # one layer used twice, in the residual way: no complaint
+    sn.compile(sn.mse(sn.dense(h + sn.dense(h, 4), 3), Y), inputs=[X], targets=[Y],
+               backend="numpy")
+
+
 def test_an_entry_of_a_softmax_loss_is_its_value_and_compile_asks_for_the_matrix():
     """loss[0, 0] of softmax_cross_entropy raised SymPy's NotImplementedError from symnet's
     logsumexp node; it is the loss's scalar now, as mse's is."""
