@@ -22,6 +22,7 @@ from codegen.intrinsics.blas import gemm, gemm_at
 from codegen.intrinsics.opaque import opaque
 from codegen.ir import BATCH, Op
 from codegen.numba import emit, plan, protocol, runner
+from codegen.numba.printer import identifier
 
 
 def networks():
@@ -335,7 +336,9 @@ def test_a_products_tiles_cut_its_longer_side_which_the_batch_may_decide_at_run_
                                              3), Y)
     models = both(loss, X, Y, sn.optim.SGD(lr=0.1, momentum=0.9))
     p = plan.plan(layout_of(models[0]))
-    writer = emit.KernelWriter("k", models[0]._programs["loss_and_grad"], p.layout, {})
+    program, used = models[0]._programs["loss_and_grad"], set()
+    writer = emit.KernelWriter("k", program, p.layout,
+                               {b.name: identifier(b.name, used) for b in program.buffers})
     for note in ("X·W1", "δ2·W2ᵀ"):
         group = next(g for g in p.groups if g.instrs[0].note == note)
         assert writer.stored_product(group.instrs[0])[0] == ("160", "n")
