@@ -297,8 +297,9 @@ def differentiate(f: sp.Expr, what: str) -> sp.Expr:
 
 
 def check_differentiable(d: sp.Expr, what: str, f: sp.Expr | None = None) -> None:
-    """Refuse a derivative SymPy could not evaluate, or one that is zero almost everywhere (of
-    ``f``, when given: a step function, whose gradient would never flow)."""
+    """Refuse a derivative (taken where it exists, :func:`differentiate`) SymPy could not
+    evaluate, or one that is zero almost everywhere (of ``f``, when given: a step function,
+    whose gradient would never flow)."""
     if d.has(sp.Derivative, sp.Subs):
         bad = next(iter(d.atoms(sp.Derivative, sp.Subs)))
         raise DifferentiationError(
@@ -306,7 +307,7 @@ def check_differentiable(d: sp.Expr, what: str, f: sp.Expr | None = None) -> Non
             "Use a differentiable function (for a step, a steep sigmoid; for rounding, none)."
         )
     step = f is not None and x in f.free_symbols and (d == 0 or (d.has(sp.Piecewise) and _is_zero(d)))
-    if d.has(sp.DiracDelta) or step:  # (differentiate removes the DiracDeltas of jumps)
+    if step:
         raise DifferentiationError(
             f"cannot differentiate {what}: its derivative is zero wherever it exists (the "
             "function is a step, like sign, Heaviside or a Piecewise of constants), so no "

@@ -461,7 +461,7 @@ class Model:
         parameter: after a fit that diverged, parameters ~1e30 overflow float32 silently."""
         name, size = max(((k, float(np.abs(v).max(initial=0.0))) for k, v in self.params.items()),
                          key=lambda item: item[1], default=(None, 0.0))
-        if size ** 2 > float(np.finfo(self.dtype).max):  # their products overflow
+        if size > np.sqrt(np.finfo(self.dtype).max):  # their products overflow
             hint = (f"the largest parameter entry is {size:.3g}, in {name}: such values come "
                     f"from a fit that diverged. Train a fresh model; "
                     f"{self.remedy[0].lower()}{self.remedy[1:]}")

@@ -85,6 +85,11 @@ def test_predict_and_evaluate_after_a_fit_that_diverged_warn_of_their_non_finite
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # finite values: no warning
         assert np.isfinite(model.predict(data[0])).all()
+    wide = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], seed=0,
+                      prediction=sn.softmax(out), backend=backend, dtype="float64")
+    wide.params = {k: np.full_like(v, 1e200) for k, v in wide.params.items()}  # 1e200² is inf
+    with pytest.warns(RuntimeWarning, match=r"entry is 1e\+200, in \w+: such values come"):
+        wide.predict(data[0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
