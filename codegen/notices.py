@@ -36,10 +36,14 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     if frame is None:
         warnings.warn(message, category, stacklevel=2)
         return
-    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
-                           module=frame.f_globals.get("__name__", "<unknown>"),
-                           registry=frame.f_globals.setdefault("__warningregistry__", {}),
-                           module_globals=frame.f_globals)
+    where = dict(module=frame.f_globals.get("__name__", "<unknown>"),
+                 registry=frame.f_globals.setdefault("__warningregistry__", {}))
+    try:  # module_globals lets the warning show the caller's source line
+        warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                               module_globals=frame.f_globals, **where)
+    except ImportError:  # whose loader has none: __main__ of `python -c`, a REPL, stdin
+        warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                               **where)
 
 
 def _outside(frame):

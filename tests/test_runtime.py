@@ -173,6 +173,18 @@ def test_the_default_thread_count_keeps_within_the_cpu_quota(monkeypatch):
     assert rt.threads() == len(os.sched_getaffinity(0))
 
 
+def test_a_warning_from_code_run_by_python_c_is_shown_with_its_line():
+    """warnings.warn_explicit looks up the caller's source through its module's loader; the
+    __main__ of `python -c` (and of a REPL, or a script on stdin) has none that can, and every
+    symnet warning raised ImportError there."""
+    run = subprocess.run([sys.executable, "-c", "from codegen.numba import runtime as rt\n"
+                          "print(rt.threads() >= 1)"], capture_output=True, text=True,
+                         env={**os.environ, "SYMNET_NUM_THREADS": "many"}, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "True", run.stderr
+    assert "<string>:2: UserWarning: SYMNET_NUM_THREADS='many' is not a positive integer" \
+        in run.stderr, run.stderr
+
+
 def test_more_threads_than_the_cores_can_serve_are_warned_about_at_the_callers_line(
         monkeypatch):
     import threading
