@@ -60,8 +60,7 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
     """A fully connected layer ``activation(x·W + 1·b)`` with parameters ``W{name}`` (in×units)
     and ``b{name}`` (1×units). ``name`` defaults to one more than the number of dense layers
     already in ``x`` (1, 2, 3, ...), so the layers of two branches of one network need names of
-    their own (compile says so when their names meet), and two layers on the same input
-    without a name are one layer."""
+    their own: with other shapes compile says so, with the same shapes they are one layer."""
     if not getattr(x, "is_Matrix", False):
         raise DeclarationError(
             f"dense: x must be a matrix expression such as sn.Input('X', 784), got {x!r}"

@@ -15,6 +15,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from codegen import notices
+from codegen.intrinsics.random import keep
 from codegen.ir import CodegenError, Status
 from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 
@@ -24,7 +25,7 @@ from .blocks import batch_norms as _batch_norms
 from .declare import ConstantSymbol, auto_named, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
-from .functions import Dropout, Elementwise, RowLogSumExp
+from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp
 from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive
 from .lower import lower
@@ -732,6 +733,14 @@ class Model:
         """``label = formula`` of the first equation of the derivation that is not finite on
         this batch in the model's dtype, or None."""
         values = {**batch_data, **self.params, **self.constants}
+        rows = next(iter(batch_data.values())).shape[0]
+        for eq in self.derivation.equations:  # the masks of this step, drawn as the kernels do
+            for m in eq.rhs.atoms(DropoutMask):
+                cols = np.arange(int(m.shape[1]), dtype=np.uint64)
+                with np.errstate(over="ignore"):
+                    values[m.name] = keep(self.dropout_seed, self._steps, m.stream,
+                                          np.arange(rows, dtype=np.uint64)[:, None],
+                                          cols[None, :], float(m.p))
         with np.errstate(all="ignore"):
             for eq in self.derivation.equations:
                 value = evaluate(eq.rhs, values, dtype=self.dtype)
@@ -990,15 +999,18 @@ NOTATION = {"n": "the batch's row count", "t": "the optimizer's step count",
             "lr": "the learning rate", "L": "the loss"}
 
 
-_BY_DEPTH = ("sn.dense without name= names a layer by its depth, so the first layers of two "
-             "branches of one network both get {name}; pass name= to the dense layers of a "
-             "branch (sn.dense(X, 8, name='wide'))")
+_BY_DEPTH = ("sn.dense without name= names a layer by its depth, so layers at the same depth "
+             "in two branches of one network both get {name}; pass name= to the dense layers "
+             "of a branch (sn.dense(X, 8, name='wide'))")
 
 
 def _check_loss(loss, data, optimizer):
     if isinstance(loss, sp.Expr) and not loss.is_Matrix and loss.has(MatrixElement):
         raise DeclarationError("the loss is a scalar, an entry of a matrix (loss[0, 0]); pass "
                                "the 1×1 matrix itself, such as sn.mse(out, Y)")
+    if isinstance(loss, sp.MatrixBase):
+        raise DeclarationError("the loss is an explicit SymPy Matrix of entries; pass the 1×1 "
+                               "matrix expression itself, such as sn.mse(out, Y)")
     if not isinstance(loss, sp.MatrixExpr) or tuple(loss.shape) != (1, 1):
         shape = getattr(loss, "shape", None)
         raise DeclarationError(
@@ -1017,11 +1029,6 @@ def _check_loss(loss, data, optimizer):
                     f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "
                     f"{b.shape[0]}×{b.shape[1]}; {why}")
             names[s.name] = s
-    for w in names.values():  # auto-named weights of two layers: shared by mistake
-        if w in auto_named and len({tuple(m.as_coeff_matrices()[1][:-1])
-                                    for m in loss.atoms(sp.MatMul) if m.args[-1] == w}) > 1:
-            raise DeclarationError(f"two dense layers would share the weights {w.name}: "
-                                   f"{_BY_DEPTH.format(name=w.name)}")
     notation = {**{str(s): f"the {s} of {type(optimizer).__name__}'s update rule"
                    for lhs, rhs in optimizer.rule() for s in lhs.free_symbols | rhs.free_symbols},
                 **NOTATION}
