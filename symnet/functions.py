@@ -410,8 +410,7 @@ _GREEK_AS_LATIN = {"Alpha": "A", "Beta": "B", "Epsilon": "E", "Zeta": "Z", "Eta"
                    "Iota": "I", "Kappa": "K", "Mu": "M", "Nu": "N", "Omicron": "O", "Rho": "P",
                    "Tau": "T", "Chi": "X", "omicron": "o"}
 _LATEX_LETTERS = {"ε": r"\varepsilon", "ϵ": r"\epsilon", "φ": r"\varphi", "ϕ": r"\phi",
-                  "ϑ": r"\vartheta", "ς": r"\varsigma", "ϱ": r"\varrho", "ϖ": r"\varpi",
-                  "µ": r"\mu"}
+                  "ϑ": r"\vartheta", "ς": r"\varsigma", "ϱ": r"\varrho", "ϖ": r"\varpi"}
 
 
 def latex_escape(name: str) -> str:

@@ -234,7 +234,7 @@ def unique_nodes(expr):
 def computable(expr, what: str) -> None:
     """Refuse what a real-valued kernel cannot compute: non-real or non-finite constants
     (``I``, ``oo``, ``zoo``, ``nan``), Piecewise functions without an otherwise branch,
-    unevaluated integrals, sums, products, limits and derivatives, matrices with a zero
+    DiracDelta, unevaluated integrals, sums, products, limits and derivatives, matrices with a zero
     dimension and matrix names that are not identifiers."""
     for e in unique_nodes(expr):
         if isinstance(e, MatrixExpr):
@@ -243,6 +243,10 @@ def computable(expr, what: str) -> None:
             _otherwise(e, what)
         elif isinstance(e, (sp.Integral, sp.Sum, sp.Product, sp.Limit, sp.Derivative)):
             _unevaluated(e, expr, what)
+        elif isinstance(e, sp.DiracDelta):
+            raise DeclarationError(f"{what} contains {e}, a distribution with no value at 0 "
+                                   f"(in {_short(expr)}); a kernel computes functions: write a "
+                                   f"steep bump such as exp(-x²/ε) instead")
         elif isinstance(e, sp.Expr) and not isinstance(e, sp.Lambda) and e.is_number:
             _real_constant(e, expr, what)
 

@@ -18,7 +18,15 @@ from test_gradients import ACTIVATIONS, LOSSES
 
 import symnet as sn
 from symnet import formulas
-from symnet.functions import DropoutMask, Elementwise, Entrywise, ScalarActivation, as_numeric, x
+from symnet.functions import (
+    DropoutMask,
+    Elementwise,
+    Entrywise,
+    ScalarActivation,
+    as_numeric,
+    latex_escape,
+    x,
+)
 
 REQUIRE_TOOLS = os.environ.get("SYMNET_REQUIRE_TOOLS") == "1"  # set by .ci/run
 
@@ -203,6 +211,7 @@ def test_latex_of_names_outside_ascii_compiles_with_pdflatex(tmp_path):
                  r"\operatorname{\psi \_\text{é}}"):
         assert name in shown, shown
     pdflatex(tmp_path, [shown])
+    assert latex_escape("µ") != latex_escape("μ")  # the micro sign is not Greek mu
 
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "hard_tanh", "swish",
