@@ -67,10 +67,7 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
         )
     units = _check_units(units, "units", "sn.dense(x, units)")
     if name is None:
-        out = dense(x, units, activation, _next_layer_name(x))
-        auto_named.update(s for s in out.free_symbols - x.free_symbols
-                          if isinstance(s, sp.MatrixSymbol))
-        return out
+        name = _next_layer_name(x)
     name = str(name)
     taken = {s.name for s in x.free_symbols if isinstance(s, sp.MatrixSymbol)}
     owns_more = activation is not None and hasattr(activation, "dense")  # prelu's slope a{name}
@@ -105,11 +102,6 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
                                f"expression of the shape of {formula_text(z)}, elementwise, "
                                f"got {validate.describe(out)}; {fix}")
     return out
-
-
-# The parameters dense named by depth: the first layers of two branches of one network get
-# the same names, which compile names as the cause (model._check_loss).
-auto_named: set[sp.MatrixSymbol] = set()
 
 
 def _next_layer_name(x) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 from . import formulas, interrupts, optim, serialize, validate, weighting
 from . import init as initialisers
 from .blocks import batch_norms as _batch_norms
-from .declare import ConstantSymbol, auto_named, batch
+from .declare import ConstantSymbol, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
 from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp
@@ -733,16 +734,13 @@ class Model:
         """``label = formula`` of the first equation of the derivation that is not finite on
         this batch in the model's dtype, or None."""
         values = {**batch_data, **self.params, **self.constants}
-        rows = next(iter(batch_data.values())).shape[0]
-        for eq in self.derivation.equations:  # the masks of this step, drawn as the kernels do
-            for m in eq.rhs.atoms(DropoutMask):
-                cols = np.arange(int(m.shape[1]), dtype=np.uint64)
-                with np.errstate(over="ignore"):
-                    values[m.name] = keep(self.dropout_seed, self._steps, m.stream,
-                                          np.arange(rows, dtype=np.uint64)[:, None],
-                                          cols[None, :], float(m.p))
+        rows = np.arange(next(iter(batch_data.values())).shape[0], dtype=np.uint64)
         with np.errstate(all="ignore"):
             for eq in self.derivation.equations:
+                for m in eq.rhs.atoms(DropoutMask):  # this step's, drawn as the kernels do
+                    cols = np.arange(int(m.shape[1]), dtype=np.uint64)
+                    values[m.name] = keep(self.dropout_seed, self._steps, m.stream,
+                                          rows[:, None], cols[None, :], float(m.p))
                 value = evaluate(eq.rhs, values, dtype=self.dtype)
                 values[eq.lhs.name] = value
                 if not np.all(np.isfinite(value)):
@@ -999,6 +997,7 @@ NOTATION = {"n": "the batch's row count", "t": "the optimizer's step count",
             "lr": "the learning rate", "L": "the loss"}
 
 
+_LAYER_NAME = re.compile(r"[Wba]\d+(_\d+)?")  # a dense layer's parameter named by its depth
 _BY_DEPTH = ("sn.dense without name= names a layer by its depth, so layers at the same depth "
              "in two branches of one network both get {name}; pass name= to the dense layers "
              "of a branch (sn.dense(X, 8, name='wide'))")
@@ -1023,7 +1022,7 @@ def _check_loss(loss, data, optimizer):
         if isinstance(s, sp.MatrixSymbol):
             if s.name in names and names[s.name] != s:
                 a, b = names[s.name], s
-                why = (_BY_DEPTH.format(name=s.name) if {a, b} <= auto_named else
+                why = (_BY_DEPTH.format(name=s.name) if _LAYER_NAME.fullmatch(s.name) else
                        "give each parameter its own name")
                 raise DeclarationError(
                     f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "
