@@ -20,6 +20,7 @@ from codegen.numpy_backend import REAL_FUNCTIONS
 
 from . import functions as fn
 from . import memo
+from .errors import DifferentiationError
 from .functions import Elementwise, Entrywise, ScalarActivation, Standardized, x
 
 y = sp.Symbol("y", real=True)
@@ -141,12 +142,16 @@ def _question(*exprs) -> str:
 def _search_output_derivative(f, d):
     f_def, d_def = definition(f), definition(d)
     candidates = []
-    for direct in (d.subs(f, y), d_def.subs(f_def, y), d_def.subs(x, y)):
+    for direct in (d.subs(f, y), d_def.subs(f_def, y), d_def.subs(x, y), y):
         if x not in direct.free_symbols:
             candidates.append(direct)
     best = _best_verified(candidates, f_def, d_def)
-    # a polynomial's inverse is not single-valued (and sympy.solve's first call takes ~0.09 s)
-    if best is None and not f_def.is_polynomial(x):
+    # a polynomial's inverse is not single-valued (and sympy.solve's first call takes ~0.09 s).
+    # It is sought for f's own derivative only: for another function of the same pre-activation
+    # (a second branch's activation on shared weights) SymPy took up to 11 s a pair of built-in
+    # activations and did not finish relu′ at tanh's inverse, and found one form (softplus′ at
+    # σ's output, which is the candidate y above)
+    if best is None and not f_def.is_polynomial(x) and _is_derivative_of(d_def, f_def):
         try:  # SymPy may fail in many ways on an inverse it cannot find; then there is none
             solutions = sp.solve(sp.Eq(y, f_def), x)
             candidates = [sp.simplify(d_def.subs(x, s)) for s in solutions]
@@ -203,6 +208,14 @@ def numerically_safe(old: sp.Expr, new: sp.Expr) -> bool:
         if dtype == np.float64 and not np.allclose(b[kept], a[kept], rtol=1e-9, atol=1e-12):
             return False
     return True
+
+
+def _is_derivative_of(d_def: sp.Expr, f_def: sp.Expr) -> bool:
+    """Whether ``d_def`` is ``f_def``'s derivative, by their values at sample points."""
+    try:
+        return agree(fn.differentiate(f_def, "the activation"), d_def)
+    except DifferentiationError:  # a step has no derivative to compare
+        return False
 
 
 def _best_verified(candidates, f_def, d_def):

@@ -106,6 +106,34 @@ def test_output_form_is_not_used_when_no_cheaper_form_exists(act):
     assert rw.rewrite(deriv, [rule("output_form")], {Z: [(A, fwd.fn)]}) == deriv
 
 
+def test_another_activation_of_the_same_pre_activation_is_not_solved_for(monkeypatch):
+    """Two branches on shared weights put relu′(Z) beside tanh's output A = tanh(Z). The search
+    sought relu′ at tanh's inverse, and SymPy's simplify of that Piecewise ran for minutes; the
+    inverse is now sought for an activation's own derivative only (σ′ → A∘(1 − A) still is)."""
+    solved = []
+    solve = sp.solve
+    monkeypatch.setattr(sp, "solve", lambda *a, **k: solved.append(a) or solve(*a, **k))
+    relu_prime = sp.diff(sn.relu(Z).body(), x)
+    assert rw._search_output_derivative(sn.tanh(x), relu_prime) is None
+    assert solved == []
+    sigmoid_prime = sp.diff(sn.sigmoid(Z).body(), x)
+    form = rw._search_output_derivative(sn.sigmoid(x), sigmoid_prime)
+    assert float(form(0.3)) == pytest.approx(0.3 * (1 - 0.3))  # y(1 − y) at y = 0.3
+    assert solved  # σ′ is not a function of σ(x) as written: its form comes from the inverse
+
+
+def test_a_network_whose_branches_share_weights_under_two_activations_trains():
+    """The model behind the test above: both branches' layers share W1, b1, W2 and b2 by their
+    names (sn.dense without name=), one branch with prelu after tanh, the other the reverse."""
+    X, Yt = sn.Input("X", 4), sn.Input("Y", 2)
+    left = sn.dense(sn.dense(X, 3, sn.prelu), 3, sn.tanh)
+    right = sn.dense(sn.dense(X, 3, sn.tanh), 3, sn.prelu)
+    model = sn.compile(sn.mse(sn.dense(left + right, 2, name="out"), Yt), inputs=[X],
+                       targets=[Yt], dtype="float64", seed=0, backend="numpy")
+    Xd, Yd = rng.normal(size=(6, 4)), rng.normal(size=(6, 2))
+    assert sn.gradcheck(model, Xd, Yd) < 1e-6
+
+
 def test_factor_scalar():
     check(rule("factor_scalar"), sn.softmax(Z) / n - Y / n, "(softmax(Z) − Y)/n")
 
