@@ -67,14 +67,15 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def load_idx(directory, flatten: bool = True):
-    """An MNIST-format directory (MNIST, Fashion-MNIST, KMNIST: ``train-images-idx3-ubyte`` and
-    the three other files, plain or ``.gz``) as ``(Xtr, Ytr), (Xte, Yte)``: pixels scaled to
-    [0, 1] float32 rows of 784, labels one-hot."""
+    """An MNIST-format directory (MNIST, Fashion-MNIST, KMNIST, EMNIST: ``train-images-idx3-ubyte``
+    and the three other files, plain or ``.gz``) as ``(Xtr, Ytr), (Xte, Yte)``: pixels scaled to
+    [0, 1] float32 rows (784 for 28×28), labels one-hot over the classes 0 … k − 1, k one more
+    than the largest label of either split."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory} is not a directory; point load_idx at the folder that holds "
                         f"train-images-idx3-ubyte(.gz) and the three other MNIST-format files")
-    out = []
+    splits = []
     for images, labels in SPLITS.values():
         paths = [_find(directory, stem) for stem in (images, labels)]
         missing = [stem for stem, p in zip((images, labels), paths) if p is None]
@@ -82,12 +83,26 @@ def load_idx(directory, flatten: bool = True):
             raise DataError(f"{directory} has no {' or '.join(missing)} (plain or .gz); an "
                             f"MNIST-format directory holds the train- and t10k- images and labels")
         X, y = read_idx(paths[0]), read_idx(paths[1])
-        if len(X) != len(y):
-            raise DataError(f"{paths[0].name} has {len(X)} images but {paths[1].name} has "
-                            f"{len(y)} labels")
-        X = X.astype(np.float32) / 255.0
-        out.append((X.reshape(len(X), -1) if flatten else X, one_hot(y, 10)))
-    return tuple(out)
+        _check_split(X, y, *paths)
+        splits.append((X.astype(np.float32) / 255.0, y))
+    classes = max(int(y.max()) for _, y in splits) + 1
+    return tuple((X.reshape(len(X), -1) if flatten else X, one_hot(y, classes))
+                 for X, y in splits)
+
+
+def _check_split(X: np.ndarray, y: np.ndarray, images: Path, labels: Path) -> None:
+    if X.ndim < 2 or len(X) == 0:
+        raise DataError(f"{images.name} holds no images (its shape is {X.shape}); MNIST-format "
+                        f"images are an array of shape (images, rows, columns)")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{labels.name} holds {y.dtype} labels of shape {y.shape}; MNIST-format "
+                        f"labels are one integer per image (IDX type ubyte, shape (images,))")
+    if len(X) != len(y):
+        raise DataError(f"{images.name} has {len(X)} images but {labels.name} has "
+                        f"{len(y)} labels")
+    if y.min() < 0:
+        raise DataError(f"{labels.name} has the label {int(y.min())}; class labels are "
+                        f"0, 1, 2, … (one-hot columns)")
 
 
 def load_fashion_mnist(directory=FASHION_MNIST, flatten: bool = True):

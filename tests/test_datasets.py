@@ -49,6 +49,27 @@ def test_truncated_and_foreign_idx_files_are_refused(tmp_path):
         sn.datasets.load_idx(tmp_path)
 
 
+def test_labels_beyond_nine_are_classes_and_malformed_labels_are_refused(tmp_path):
+    """load_idx one-hot encoded over ten classes: a label of 10 or more raised numpy's
+    IndexError, labels of shape (n, 1) gave a 3-D Y, and a file of no images numpy's reshape
+    error."""
+    idx_dir(tmp_path)
+    labels = (np.arange(60) % 26).astype(np.uint8)  # EMNIST letters: 26 classes
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    (Xtr, Ytr), (Xte, Yte) = sn.datasets.load_idx(tmp_path)
+    assert Ytr.shape == (60, 26) and Yte.shape == (20, 26)
+    np.testing.assert_array_equal(Ytr.argmax(1), labels)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:, None])
+    with pytest.raises(sn.DataError, match=r"train-labels-idx1-ubyte holds uint8 labels of "
+                                           r"shape \(60, 1\); .* one integer per image"):
+        sn.datasets.load_idx(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((0, 4, 4), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    with pytest.raises(sn.DataError, match=r"t10k-images-idx3-ubyte holds no images"):
+        sn.datasets.load_idx(tmp_path)
+
+
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(sn.DataError, match="apt-get install dataset-fashion-mnist"):
         sn.datasets.load_fashion_mnist(tmp_path / "absent")
