@@ -17,6 +17,7 @@ so that repeated rows and weights give the same model.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 
 import numpy as np
@@ -97,10 +98,16 @@ class _SymnetMLP(BaseEstimator):
             raise DeclarationError(f"{where}: batch_size must be a positive integer or 'auto' "
                                    f"(200 rows at most), got {validate.describe(batch)}; pass "
                                    f"e.g. batch_size=32")
-        if self.early_stopping:
-            validate.number(self.validation_fraction, "validation_fraction", above=0, below=1,
-                            example=0.1, where=f"{where} with early_stopping=True")
+        validate.number(self.validation_fraction, "validation_fraction", above=0, below=1,
+                        example=0.1, where=where)
         return tuple(int(u) for u in hidden)
+
+    def _network(self) -> dict:
+        """The parameters the compiled network is made of: a change to any needs a new one."""
+        hidden = self.hidden
+        return {"hidden": (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden),
+                **{name: getattr(self, name) for name in
+                   ("activation", "optimizer", "dropout", "batch_norm", "dtype")}}
 
     def _model(self, n_in, n_out, seed):
         """A model of this configuration, from the process's recent ones when it has one of
@@ -148,18 +155,36 @@ class _SymnetMLP(BaseEstimator):
         return self
 
     def _partial_fit(self, X, y, sample_weight, **targets):
-        """One more epoch on X, y (the first call starts a new network)."""
+        """One more epoch on X, y (the first call starts a new network). learning_rate and
+        alpha set since are used, as the kernels read them at run time; a change to the
+        network itself is refused."""
+        self._check_params()
         first = not hasattr(self, "model_")
+        if not first:
+            self._check_network_unchanged()
         X, Y, w = self._data(X, y, sample_weight, reset=first, **targets)
         if first:
             self._start(X.shape[1], Y.shape[1])
+        else:
+            self.model_.optimizer = OPTIMIZERS[self.optimizer](self.learning_rate)
+            self.model_.constants[ALPHA.name][...] = self.alpha
         self._train(X, Y, w, 1, False)
         return self
+
+    def _check_network_unchanged(self):
+        built = getattr(self, "_built", self._network())
+        for name, now in self._network().items():
+            if now != built[name]:
+                raise DeclarationError(
+                    f"{type(self).__name__}.partial_fit: {name} is {now!r} but the network was "
+                    f"built with {name}={built[name]!r}, and partial_fit trains the network it "
+                    f"has. Call fit to build a new network, or set {name} back.")
 
     def _start(self, n_in, n_out):
         rng = check_random_state(self.random_state)
         self._seed = int(rng.randint(2**31 - 1))
         self.model_ = self._model(n_in, n_out, self._seed)
+        self._built = self._network()
         self.loss_curve_ = []
         self.validation_scores_ = [] if self.early_stopping else None
         self.validation_loss_ = [] if self.early_stopping else None
@@ -169,6 +194,11 @@ class _SymnetMLP(BaseEstimator):
         X, Y, w = _canonical_rows(X, Y, w)
         validation = None
         if early_stopping and len(X) >= 4:
+            held = math.ceil(self.validation_fraction * len(X))  # as train_test_split counts
+            if held >= len(X):
+                raise DataError(f"{type(self).__name__}: validation_fraction="
+                                f"{self.validation_fraction} of {len(X)} rows holds out all "
+                                f"of them, leaving none to train on; use a smaller fraction")
             arrays = (X, Y) if w is None else (X, Y, w)
             split = train_test_split(*arrays, test_size=self.validation_fraction,
                                      random_state=self._seed)
@@ -392,6 +422,10 @@ def warm_up(estimator, X, y, param_grid=None) -> int:
     differ only in learning_rate, alpha or random_state share their kernels). Run it once
     before a search fans out, with ``SYMNET_CACHE_DIR`` on a file system the workers share: each
     worker then loads the machine code instead of compiling it."""
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    if not isinstance(final, _SymnetMLP):
+        raise DeclarationError(f"warm_up compiles the kernels of a symnet estimator, or of a "
+                               f"Pipeline ending in one; got {type(final).__name__}")
     grid = list(ParameterGrid(param_grid or {}))
     for params in grid:
         est = clone(estimator).set_params(**params)

@@ -71,6 +71,42 @@ def test_partial_fit_trains_on_and_early_stopping_keeps_the_best_epoch():
         est.partial_fit(X, y, foo=1)
 
 
+def test_partial_fit_uses_a_new_learning_rate_and_alpha_and_refuses_a_new_network():
+    """set_params before partial_fit was ignored: the network trained on with its first
+    learning rate and penalty, and with its first shape while get_params showed another."""
+    X, y = digits(100)
+
+    def change(**params):
+        est = SymnetClassifier(hidden=(8,), epochs=1, random_state=0, dtype="float64").fit(X, y)
+        before = {k: v.copy() for k, v in est.model_.params.items()}
+        est.set_params(**params).partial_fit(X, y)
+        return {k: est.model_.params[k] - before[k] for k in before}
+
+    slow, fast = change(learning_rate=1e-3), change(learning_rate=1e-1)
+    assert np.abs(fast["W1"]).max() > 10 * np.abs(slow["W1"]).max()  # Adam's steps are ~lr
+    assert not np.array_equal(change(alpha=10.0)["W1"], slow["W1"])
+    est = SymnetClassifier(hidden=(8,), epochs=1, random_state=0).fit(X, y)
+    with pytest.raises(sn.DeclarationError, match=r"partial_fit: hidden is \(16,\) but the "
+                                                  r"network was built with hidden=\(8,\).*Call "
+                                                  r"fit to build a new network"):
+        est.set_params(hidden=(16,)).partial_fit(X, y)
+    est.set_params(hidden=8).partial_fit(X, y)  # the same network, written as an int
+
+
+def test_validation_fraction_is_checked_and_warm_up_names_what_it_needs():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = digits(100)
+    with pytest.raises(sn.DeclarationError, match="validation_fraction"):
+        SymnetClassifier(epochs=1, validation_fraction=7.0).fit(X, y)
+    with pytest.raises(sn.DataError, match=r"validation_fraction=0.999 of 100 rows holds out "
+                                           r"all of them"):  # not train_test_split's error
+        SymnetClassifier(epochs=1, early_stopping=True, validation_fraction=0.999).fit(X, y)
+    with pytest.raises(sn.DeclarationError, match="a symnet estimator, or of a Pipeline ending "
+                                                  "in one; got LogisticRegression"):
+        warm_up(LogisticRegression(), X, y, {"C": [1.0]})
+
+
 def test_validation_scores_are_scikit_learns_scores_and_the_losses_are_kept_beside_them():
     """As MLPClassifier's and MLPRegressor's: accuracy and R² of the held-out rows, higher is
     better; validation_loss_ has the loss (the L2 penalty included)."""
@@ -227,9 +263,9 @@ def test_bad_estimator_input_is_named():
             ({"dropout": 1.0}, "dropout must be a finite real number ≥ 0 and < 1, got 1.0; pass "
                                "e.g. dropout="),
             ({"batch_norm": "yes"}, "batch_norm must be True or False, got 'yes'"),
-            ({"early_stopping": True, "validation_fraction": 0},
-             "with early_stopping=True: validation_fraction must be a finite real number > 0 and "
-             "< 1, got 0")]:
+            ({"validation_fraction": 0},
+             "SymnetClassifier: validation_fraction must be a finite real number > 0 and < 1, "
+             "got 0")]:
         with pytest.raises(sn.DeclarationError, match=message):
             SymnetClassifier(**params).fit(X, y)
 
