@@ -797,7 +797,9 @@ class FormulaMathMLPrinter(Formula, MathMLPresentationPrinter):
         return mathml_name(name)
 
     def _ones(self):
-        return '<mn mathvariant="bold">1</mn>'
+        # the character the text shows: Chromium draws <mn mathvariant="bold">1</mn> as a plain
+        # 1, which reads as the scalar (1·b1 for the n×k matrix 𝟙·b1)
+        return "<mi>𝟙</mi>"
 
     def _call(self, f, arg):
         name = function_name(f)

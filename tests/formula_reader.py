@@ -321,13 +321,11 @@ def mathml_to_text(markup: str) -> str:
         if tag in ("root", "mrow", "math", "mstyle"):
             return " ".join(conv(c) for c in el)
         if tag == "mi":
-            return " " + MATHML_NAMES.get(el.text, el.text) + " "
+            return " " + MATHML_NAMES.get(el.text, el.text) + " "  # 𝟙 as itself
         if tag == "mover":  # X̂
             base, accent = list(el)
             return " " + conv(base).strip() + "\u0302 "
         if tag == "mn":
-            if el.get("mathvariant") == "bold" and el.text == "1":
-                return " 𝟙 "
             return " " + el.text.replace("−", "-").replace("-", "−") + " "
         if tag == "mo":
             return MATHML_OPS.get(el.text, f" {el.text} ")
