@@ -18,8 +18,9 @@ from .functions import Dropout, DropoutMask, Elementwise, Entrywise, RowLogSumEx
 
 def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None, *,
              dtype=np.float64) -> np.ndarray:
-    """Evaluate ``expr`` with ``values`` (``{MatrixSymbol name: array}``) in float64, or in
-    ``dtype`` (a model's float32, to see where its kernels overflow).
+    """Evaluate ``expr`` with ``values`` (``{MatrixSymbol name: array}``, a number for a 1×1
+    constant) in float64, or in ``dtype`` (a model's float32, to see where its kernels
+    overflow).
 
     The batch size n is read off the data matrices; ``batch_size`` gives it for expressions that
     contain none (such as ``OneMatrix(n, 3)``)."""
@@ -36,6 +37,9 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
                            if masks else ""))
     dtype = np.dtype(dtype)
     arrays = {s: validate.real_array(values[s.name], s.name).astype(dtype) for s in symbols}
+    # a number for a 1×1 matrix (a constant), as compile's constants= takes it
+    arrays = {s: a.reshape(1, 1) if a.ndim == 0 and s.shape == (1, 1) else a
+              for s, a in arrays.items()}
     rows = {a.shape[0] for s, a in arrays.items() if s.shape[0] == batch}
     if len(rows) > 1:
         raise DataError(f"sn.evaluate: data matrices have different numbers of rows: {rows}")

@@ -40,6 +40,17 @@ def test_the_formulas_name_the_constant_and_compute_what_is_shown():
         assert line in lines, line
 
 
+def test_sn_evaluate_takes_a_constant_as_the_number_compile_took():
+    """constants={alpha: 0.3} is a number, and sn.evaluate asked for a 1×1 array of it."""
+    model = penalised(None)
+    X, Y = data()
+    values = {"X": X, "Y": Y, **model.params}
+    W1 = next(p for p in model.gradients if p.name == "W1")
+    np.testing.assert_array_equal(
+        sn.evaluate(model.gradients[W1], {**values, "alpha": 0.3}),
+        sn.evaluate(model.gradients[W1], {**values, "alpha": np.array([[0.3]])}))
+
+
 def test_a_1x1_transpose_and_cancelling_coefficients_are_rewritten():
     """transpose_1x1 and hadamard_ones: the gradient reads (𝟙·alpha·𝟙) ∘ W1, not
     (𝟙·alphaᵀ·𝟙/2) ∘ (2·W1); the numbers are those of the unrewritten form."""
