@@ -16,7 +16,16 @@ import sympy as sp
 from . import validate
 from .declare import parameter
 from .errors import DeclarationError, ShapeError
-from .functions import Dropout, DropoutMask, Elementwise, Standardized, _require_matrix, x
+from .functions import (
+    Dropout,
+    DropoutMask,
+    Elementwise,
+    Standardized,
+    _require_matrix,
+    matrix_symbols,
+    subexpressions,
+    x,
+)
 
 
 def batch_norm(z, name, eps=1e-5, momentum=0.1):
@@ -58,7 +67,7 @@ def dropout(a, p):
     p = validate.number(p, "p", low=0, below=1, example=0.2, where="sn.dropout")
     if p == 0:
         return a
-    streams = {m.stream for m in sp.preorder_traversal(a) if isinstance(m, DropoutMask)}
+    streams = {m.stream for m in subexpressions(a) if isinstance(m, DropoutMask)}
     return Dropout(a, DropoutMask(*a.shape, p, max(streams, default=0) + 1))
 
 
@@ -84,7 +93,7 @@ def _block(z, name, eps, what):
         raise ShapeError(f"sn.{what}: Z must have a fixed number of columns, got {cols}")
     name = str(name)
     validate.identifier(f"gamma{name}", f"sn.{what} name")
-    taken = {s.name for s in z.free_symbols if isinstance(s, sp.MatrixSymbol)}
+    taken = {s.name for s in matrix_symbols(z)}
     clash = {f"gamma{name}", f"beta{name}"} & taken
     if clash:
         raise DeclarationError(f"sn.{what}(name={name!r}): the parameter {sorted(clash)[0]} "

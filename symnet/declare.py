@@ -8,7 +8,7 @@ import sympy as sp
 
 from . import validate
 from .errors import DeclarationError, ShapeError
-from .functions import formula_text
+from .functions import formula_text, matrix_symbols
 from .init import roles
 
 #: The number of rows of a minibatch; every input has ``batch`` rows.
@@ -69,7 +69,7 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
     if name is None:
         name = _next_layer_name(x)
     name = str(name)
-    taken = {s.name for s in x.free_symbols if isinstance(s, sp.MatrixSymbol)}
+    taken = {s.name for s in matrix_symbols(x)}
     owns_more = activation is not None and hasattr(activation, "dense")  # prelu's slope a{name}
     clash = {f"W{name}", f"b{name}", *([f"a{name}"] if owns_more else [])} & taken
     if clash:
@@ -105,7 +105,7 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
 
 
 def _next_layer_name(x) -> str:
-    numbers = [int(m.group(1)) for s in x.free_symbols if isinstance(s, sp.MatrixSymbol)
+    numbers = [int(m.group(1)) for s in matrix_symbols(x)
                for m in [re.fullmatch(r"W(\d+)(?:_\d+)?", s.name)] if m]
     return str(max(numbers, default=0) + 1)
 
@@ -118,8 +118,7 @@ def weights(expr) -> list[sp.MatrixSymbol]:
         raise DeclarationError(f"sn.weights takes a network expression such as the output of "
                                f"sn.dense, e.g. sn.weights(out), got {validate.describe(expr)}")
     other = roles(expr)
-    return sorted((s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)
-                   and s.shape[0] != batch and s not in other),
+    return sorted((s for s in matrix_symbols(expr) if s.shape[0] != batch and s not in other),
                   key=lambda s: _natural_key(s.name))
 
 

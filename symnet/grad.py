@@ -165,12 +165,25 @@ def _scale(c, m):
 
 def canonical(expr, allowed_scalars=frozenset()):
     """Check ``expr`` is built from operations symnet can differentiate, and bring it to the
-    form the rules expect (SymPy's ``ElementwiseApplyFunction`` becomes :class:`Elementwise`)."""
+    form the rules expect (SymPy's ``ElementwiseApplyFunction`` becomes :class:`Elementwise`).
+    Each distinct subexpression is brought once (see ``fn.subexpressions``)."""
+    memo: dict = {}
+
+    def walk(e):
+        if e not in memo:
+            memo[e] = _canonical(e, allowed_scalars, walk)
+        return memo[e]
+
+    return walk(expr)
+
+
+def _canonical(expr, allowed_scalars, walk):
+    """One node of :func:`canonical`, its arguments brought by ``walk``."""
     if isinstance(expr, ElementwiseApplyFunction):
         f = expr.function
         body = f.expr.subs(f.variables[0], x) if isinstance(f, sp.Lambda) else f(x)
         _no_hidden_matrix(body)
-        return Elementwise(sp.Lambda(x, body), canonical(expr.expr, allowed_scalars))
+        return Elementwise(sp.Lambda(x, body), walk(expr.expr))
     if isinstance(expr, LEAVES):
         return expr
     if not isinstance(expr, MatrixExpr):
@@ -190,9 +203,8 @@ def canonical(expr, allowed_scalars=frozenset()):
         )
     if isinstance(expr, Elementwise):
         _no_hidden_matrix(expr.fn.expr)
-        return Elementwise(expr.fn, canonical(expr.arg, allowed_scalars))
-    args = [canonical(a, allowed_scalars) for a in expr.args]
-    return expr.func(*args)
+        return Elementwise(expr.fn, walk(expr.arg))
+    return expr.func(*[walk(a) for a in expr.args])
 
 
 def _no_hidden_matrix(scalar):

@@ -9,7 +9,7 @@ import numpy as np
 import sympy as sp
 
 from .errors import DeclarationError
-from .functions import ScalarActivation, Standardized
+from .functions import ScalarActivation, Standardized, subexpressions
 
 
 def gaussian(rng, shape, std=0.01):
@@ -49,7 +49,7 @@ def roles(expr) -> dict:
     (multiplying anything else); every other parameter is a weight. Read from the expression
     itself, the roles hold for raw SymPy declarations and for loaded models alike."""
     found = {}
-    for e in sp.preorder_traversal(expr):
+    for e in subexpressions(expr):
         if isinstance(e, sp.HadamardProduct):
             norm = any(isinstance(a, Standardized) for a in e.args)
             for a in e.args:

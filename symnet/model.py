@@ -26,7 +26,7 @@ from .blocks import batch_norms as _batch_norms
 from .declare import ConstantSymbol, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
-from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp
+from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp, matrix_symbols, subexpressions
 from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive
 from .lower import lower
@@ -1018,16 +1018,16 @@ def _check_loss(loss, data, optimizer):
     validate.computable(loss, "the loss")
     loss = canonical(loss, {batch})
     names = {}
-    for s in loss.free_symbols:
-        if isinstance(s, sp.MatrixSymbol):
-            if s.name in names and names[s.name] != s:
-                a, b = names[s.name], s
-                why = (_BY_DEPTH.format(name=s.name) if _LAYER_NAME.fullmatch(s.name) else
-                       "give each parameter its own name")
-                raise DeclarationError(
-                    f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "
-                    f"{b.shape[0]}×{b.shape[1]}; {why}")
-            names[s.name] = s
+    symbols = matrix_symbols(loss)
+    for s in symbols:
+        if s.name in names and names[s.name] != s:
+            a, b = names[s.name], s
+            why = (_BY_DEPTH.format(name=s.name) if _LAYER_NAME.fullmatch(s.name) else
+                   "give each parameter its own name")
+            raise DeclarationError(
+                f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "
+                f"{b.shape[0]}×{b.shape[1]}; {why}")
+        names[s.name] = s
     notation = {**{str(s): f"the {s} of {type(optimizer).__name__}'s update rule"
                    for lhs, rhs in optimizer.rule() for s in lhs.free_symbols | rhs.free_symbols},
                 **NOTATION}
@@ -1038,7 +1038,7 @@ def _check_loss(loss, data, optimizer):
         raise DeclarationError(f"the matrix {taken[0]} would read as {notation[taken[0]]} in the "
                                f"formulas (model.formulas(), latex(), explain()); give it another "
                                f"name")
-    if not any(d in loss.free_symbols for d in data):
+    if not any(d in symbols for d in data):
         raise DeclarationError("the loss uses none of the inputs or targets")
     return loss
 
@@ -1099,7 +1099,7 @@ def _constants(constants, data, dtype) -> tuple[list, dict[str, np.ndarray]]:
 def _check_constants_used(symbols, loss, predictions):
     """Every constant given to ``compile`` appears in the loss or a prediction: one that does
     not is most likely another symbol than the one the loss uses."""
-    used = set().union(*(e.free_symbols for e in (loss, *predictions)))
+    used = set().union(*map(matrix_symbols, (loss, *predictions)))
     for symbol in symbols:
         if symbol not in used:
             raise DeclarationError(f"constants: {symbol.name} appears in neither the loss nor the "
@@ -1148,7 +1148,7 @@ def _check_prediction(prediction, inputs, params):
             f"predict returns one row per input row; the prediction must have sn.batch rows "
             f"(pass the network's output, e.g. prediction=out)")
     expr = canonical(prediction, {batch})
-    stray = {s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)}
+    stray = matrix_symbols(expr)
     stray -= set(inputs) | set(params)
     if stray:
         raise DeclarationError(
@@ -1159,7 +1159,7 @@ def _check_prediction(prediction, inputs, params):
 
 def _without_dropout(expr):
     """``expr`` as predict computes it: every dropout A ∘ M/(1 − p) is A."""
-    drops = {e for e in sp.preorder_traversal(expr) if isinstance(e, Dropout)}
+    drops = {e for e in subexpressions(expr) if isinstance(e, Dropout)}
     return expr.xreplace({d: d.arg for d in drops}) if drops else expr
 
 
@@ -1218,7 +1218,7 @@ def _distribution_targets(loss, targets) -> frozenset:
     """The targets a softmax cross-entropy reads as class distributions: Y of Σ Y∘Z beside
     logsumexp(Z). That loss, Σ logsumexp(Z) − Σ Y∘Z, is −Σ Y∘log softmax(Z) only for rows of Y
     that sum to 1."""
-    nodes = set(sp.preorder_traversal(loss))
+    nodes = set(subexpressions(loss))
     logits = {n.args[0] for n in nodes if isinstance(n, RowLogSumExp)}
     return frozenset(t for n in nodes if isinstance(n, sp.HadamardProduct) and len(n.args) == 2
                      for t in targets if t in n.args and (set(n.args) - {t}) & logits)
@@ -1235,7 +1235,7 @@ def _probability_targets(loss, targets) -> frozenset:
                 return n.args[1] if n.args[0] is logs[0] else n.args[0]
         return None
 
-    factors = {logged(n) for n in sp.preorder_traversal(loss)}
+    factors = {logged(n) for n in subexpressions(loss)}
     return frozenset(t for t in targets if t in factors and sp.OneMatrix(*t.shape) - t in factors)
 
 

@@ -562,7 +562,7 @@ def layer_sums(*exprs) -> frozenset:
     for expr in exprs:
         if expr is None:
             continue
-        for node in sp.preorder_traversal(expr):
+        for node in fn.subexpressions(expr):
             if isinstance(node, sp.MatAdd) and any(is_product(t) for t in node.args):
                 terms = [t for t in node.args if not _subtracted_matrix(t)]
                 found.add(sp.MatAdd(*terms) if len(terms) > 1 else node)
