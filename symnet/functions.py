@@ -69,6 +69,20 @@ class Elementwise(_Shown, MatrixExpr):
     def _eval_transpose(self):
         return Elementwise(self.fn, self.arg.T)
 
+    def doit(self, **hints):
+        """``fn.(M.doit())``, remembered: SymPy's deep ``doit`` runs on every ``*`` and ``+`` of
+        matrices, and a network reads a layer's output more than once (a residual twice), so
+        without memory each ``+`` walked the network as a tree (declaring 12 residual layers
+        took 20 s, 2 × more a layer)."""
+        if not hints.get("deep", True):
+            return self
+        done = self.__dict__.setdefault("_done", {})
+        key = tuple(sorted(hints.items()))
+        if key not in done:
+            arg = self.arg.doit(**hints)
+            done[key] = self if arg == self.arg else Elementwise(self.fn, arg)
+        return done[key]
+
     def _pretty(self, printer):
         from sympy.printing.pretty.stringpict import prettyForm
 

@@ -1058,6 +1058,11 @@ def _parameters(loss, data, bytes_per_entry):
             raise DeclarationError(
                 f"{p.name} ({p.shape[0]}×{p.shape[1]}) is not an input or target, so it is a "
                 f"parameter, but its shape is not fixed; list it in inputs= or targets=")
+    if not params:
+        raise DeclarationError(
+            "the loss has no parameters to train: every matrix in it is an input, a target or a "
+            "constant; declare layers with sn.dense(X, units) or parameters with "
+            "sn.parameter(name, rows, cols)")
     validate.fits_in_memory({p.name: (int(p.shape[0]), int(p.shape[1])) for p in params},
                             bytes_per_entry)
     return params

@@ -127,6 +127,15 @@ def test_layers_named_by_depth_in_two_branches_are_named_as_the_cause():
                backend="numpy")
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_a_loss_without_parameters_is_refused(backend):
+    """mse(sigmoid(X), Y) compiled, and its numba kernel then failed in numba's frontend
+    (blamed on numba), while the numpy backend 'trained' nothing."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 4)
+    with pytest.raises(sn.DeclarationError, match="the loss has no parameters to train.*sn.dense"):
+        sn.compile(sn.mse(sn.sigmoid(X), Y), inputs=[X], targets=[Y], backend=backend)
+
+
 def test_an_entry_of_a_softmax_loss_is_its_value_and_compile_asks_for_the_matrix():
     """loss[0, 0] of softmax_cross_entropy raised SymPy's NotImplementedError from symnet's
     logsumexp node; it is the loss's scalar now, as mse's is."""
