@@ -23,7 +23,6 @@ from .functions import (
     Standardized,
     _require_matrix,
     matrix_symbols,
-    subexpressions,
     x,
 )
 
@@ -67,7 +66,7 @@ def dropout(a, p):
     p = validate.number(p, "p", low=0, below=1, example=0.2, where="sn.dropout")
     if p == 0:
         return a
-    streams = {m.stream for m in subexpressions(a) if isinstance(m, DropoutMask)}
+    streams = {m.stream for m in validate.unique_nodes(a) if isinstance(m, DropoutMask)}
     return Dropout(a, DropoutMask(*a.shape, p, max(streams, default=0) + 1))
 
 

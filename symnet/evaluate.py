@@ -21,7 +21,6 @@ from .functions import (
     RowLogSumExp,
     Standardized,
     as_numeric,
-    subexpressions,
     x,
 )
 
@@ -36,7 +35,7 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
     contain none (such as ``OneMatrix(n, 3)``)."""
     _check_arguments(expr, values, batch_size)
     symbols = {s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)}
-    symbols |= {m for m in subexpressions(expr) if isinstance(m, DropoutMask)}
+    symbols |= {m for m in validate.unique_nodes(expr) if isinstance(m, DropoutMask)}
     missing = sorted(s.name for s in symbols if s.name not in values)
     if missing:
         masks = [m for m in missing if any(isinstance(s, DropoutMask) and s.name == m

@@ -649,24 +649,10 @@ def _same_shape(p, y, fname):
         )
 
 
-def subexpressions(expr):
-    """Each distinct subexpression of ``expr`` once, ``expr`` first. A network's expression is
-    a graph whose nodes are shared (a batch norm reads its Z in its mean, its variance and its
-    output), and SymPy's ``preorder_traversal`` walks it as a tree: 4.5 × longer a layer of
-    batch norms, 12 s for ``sn.weights`` of eight."""
-    seen, stack = set(), [expr]
-    while stack:
-        e = stack.pop()
-        if e not in seen:
-            seen.add(e)
-            yield e
-            stack.extend(reversed(e.args))
-
-
 def matrix_symbols(expr) -> set:
     """The MatrixSymbols of ``expr``: its ``free_symbols`` that are matrices, found in each
     distinct subexpression once (SymPy's ``free_symbols`` walks the graph as a tree)."""
-    return {e for e in subexpressions(expr) if isinstance(e, sp.MatrixSymbol)}
+    return {e for e in validate.unique_nodes(expr) if isinstance(e, sp.MatrixSymbol)}
 
 
 def _shape_text(m):

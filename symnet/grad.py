@@ -166,7 +166,7 @@ def _scale(c, m):
 def canonical(expr, allowed_scalars=frozenset()):
     """Check ``expr`` is built from operations symnet can differentiate, and bring it to the
     form the rules expect (SymPy's ``ElementwiseApplyFunction`` becomes :class:`Elementwise`).
-    Each distinct subexpression is brought once (see ``fn.subexpressions``)."""
+    Each distinct subexpression is brought once (see ``validate.unique_nodes``)."""
     memo: dict = {}
 
     def walk(e):

@@ -8,8 +8,9 @@ import itertools
 import numpy as np
 import sympy as sp
 
+from . import validate
 from .errors import DeclarationError
-from .functions import ScalarActivation, Standardized, subexpressions
+from .functions import ScalarActivation, Standardized
 
 
 def gaussian(rng, shape, std=0.01):
@@ -49,7 +50,7 @@ def roles(expr) -> dict:
     (multiplying anything else); every other parameter is a weight. Read from the expression
     itself, the roles hold for raw SymPy declarations and for loaded models alike."""
     found = {}
-    for e in subexpressions(expr):
+    for e in validate.unique_nodes(expr):
         if isinstance(e, sp.HadamardProduct):
             norm = any(isinstance(a, Standardized) for a in e.args)
             for a in e.args:

@@ -26,7 +26,7 @@ from .blocks import batch_norms as _batch_norms
 from .declare import ConstantSymbol, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
-from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp, matrix_symbols, subexpressions
+from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp, matrix_symbols
 from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive
 from .lower import lower
@@ -1164,7 +1164,7 @@ def _check_prediction(prediction, inputs, params):
 
 def _without_dropout(expr):
     """``expr`` as predict computes it: every dropout A ∘ M/(1 − p) is A."""
-    drops = {e for e in subexpressions(expr) if isinstance(e, Dropout)}
+    drops = {e for e in validate.unique_nodes(expr) if isinstance(e, Dropout)}
     return expr.xreplace({d: d.arg for d in drops}) if drops else expr
 
 
@@ -1223,7 +1223,7 @@ def _distribution_targets(loss, targets) -> frozenset:
     """The targets a softmax cross-entropy reads as class distributions: Y of Σ Y∘Z beside
     logsumexp(Z). That loss, Σ logsumexp(Z) − Σ Y∘Z, is −Σ Y∘log softmax(Z) only for rows of Y
     that sum to 1."""
-    nodes = set(subexpressions(loss))
+    nodes = set(validate.unique_nodes(loss))
     logits = {n.args[0] for n in nodes if isinstance(n, RowLogSumExp)}
     return frozenset(t for n in nodes if isinstance(n, sp.HadamardProduct) and len(n.args) == 2
                      for t in targets if t in n.args and (set(n.args) - {t}) & logits)
@@ -1240,7 +1240,7 @@ def _probability_targets(loss, targets) -> frozenset:
                 return n.args[1] if n.args[0] is logs[0] else n.args[0]
         return None
 
-    factors = {logged(n) for n in subexpressions(loss)}
+    factors = {logged(n) for n in validate.unique_nodes(loss)}
     return frozenset(t for t in targets if t in factors and sp.OneMatrix(*t.shape) - t in factors)
 
 

@@ -19,7 +19,7 @@ from sympy.matrices.expressions import MatrixExpr
 from codegen.numpy_backend import REAL_FUNCTIONS
 
 from . import functions as fn
-from . import memo
+from . import memo, validate
 from .errors import DifferentiationError
 from .functions import Elementwise, Entrywise, ScalarActivation, Standardized, x
 
@@ -562,7 +562,7 @@ def layer_sums(*exprs) -> frozenset:
     for expr in exprs:
         if expr is None:
             continue
-        for node in fn.subexpressions(expr):
+        for node in validate.unique_nodes(expr):
             if isinstance(node, sp.MatAdd) and any(is_product(t) for t in node.args):
                 terms = [t for t in node.args if not _subtracted_matrix(t)]
                 found.add(sp.MatAdd(*terms) if len(terms) > 1 else node)

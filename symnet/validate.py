@@ -220,7 +220,10 @@ def _missing(value) -> bool:
 
 def unique_nodes(expr):
     """Every distinct subexpression of ``expr``, Lambda bodies included, without recursion (so
-    deep expressions cannot exhaust the stack)."""
+    deep expressions cannot exhaust the stack), each once: a network's expression is a graph
+    whose nodes are shared (a batch norm reads its Z in its mean, its variance and its output),
+    and SymPy's ``preorder_traversal`` walks it as a tree, 4.5 × longer a layer of batch norms
+    (12 s for ``sn.weights`` of eight)."""
     seen, stack = set(), [expr]
     while stack:
         e = stack.pop()
