@@ -1165,7 +1165,7 @@ def _check_prediction(prediction, inputs, params):
 def _without_dropout(expr):
     """``expr`` as predict computes it: every dropout A ∘ M/(1 − p) is A."""
     drops = {e for e in validate.unique_nodes(expr) if isinstance(e, Dropout)}
-    return expr.xreplace({d: d.arg for d in drops}) if drops else expr
+    return validate.replace_nodes(expr, {d: d.arg for d in drops}) if drops else expr
 
 
 def _dtype(dtype, what="dtype", error=DeclarationError):

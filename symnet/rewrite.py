@@ -535,7 +535,7 @@ def keep_layers(e, ctx):
                 or _is_norm_output(a)}
         if kept:
             flat = sp.MatAdd(*[kept.get(a, a) for a in e.args]).doit(deep=False)
-            new = flat.xreplace({s: a for a, s in kept.items()})
+            new = validate.replace_nodes(flat, {s: a for a, s in kept.items()})
             return None if new == e else new
     return sympy_canonical(e, ctx)
 

@@ -234,6 +234,29 @@ def unique_nodes(expr):
         stack.extend(e.args)
 
 
+def replace_nodes(expr, mapping: dict):
+    """``expr.xreplace(mapping)`` for a graph: each distinct node rebuilt once, without
+    recursion. SymPy's ``xreplace`` walks the graph as a tree (the prediction of 17 residual
+    layers took 18 s, 2 × more a layer)."""
+    done: dict[int, object] = {}
+    stack = [expr]
+    while stack:
+        e = stack[-1]
+        if id(e) in done:
+            stack.pop()
+        elif e in mapping:
+            done[id(e)] = mapping[e]
+            stack.pop()
+        elif pending := [a for a in e.args if id(a) not in done]:
+            stack.extend(pending)
+        else:
+            stack.pop()
+            args = tuple(done[id(a)] for a in e.args)
+            same = all(a is b for a, b in zip(args, e.args))
+            done[id(e)] = e if same else e.func(*args)
+    return done[id(expr)]
+
+
 def computable(expr, what: str) -> None:
     """Refuse what a real-valued kernel cannot compute: non-real or non-finite constants
     (``I``, ``oo``, ``zoo``, ``nan``), Piecewise functions without an otherwise branch,

@@ -469,6 +469,47 @@ def test_a_deep_residual_network_declares_each_layer_once():
     np.testing.assert_allclose(a, np.tanh(Xd))  # the remembered doit computes as before
 
 
+def test_equal_copies_of_a_deep_network_share_every_node():
+    """Rewriting rebuilds a network bottom-up, and SymPy compares two equal expressions along
+    every path until it meets a shared object, so comparing a rebuilt stack of batch norms with
+    the original took time exponential in depth (8 layers compiled in 10 s, 10 in 225 s).
+    symnet's nodes are interned: the rebuilt copy is the original."""
+    import sympy as sp
+
+    X = sn.Input("X", 4)
+    h = X
+    for k in range(1, 25):
+        h = sn.relu(sn.batch_norm(sn.dense(h, 3, name=str(k)), str(k)))
+    copies = {}
+
+    def rebuild(e):  # as the rewriter does: every node built anew from rebuilt arguments
+        if id(e) not in copies:
+            fresh = e.args and not isinstance(e, sp.MatrixSymbol)
+            copies[id(e)] = e.func(*map(rebuild, e.args)) if fresh else e
+        return copies[id(e)]
+
+    assert rebuild(h) is h
+    assert rebuild(h.arg) is not h.arg and rebuild(h.arg) == h.arg  # a SymPy sum: a copy
+
+
+def test_deep_norm_and_residual_networks_compile_and_differentiate_right():
+    """24 residual layers with batch norm and dropout, and their prediction: each walk of the
+    graph visits a node once (SymPy's xreplace walked it as a tree: 17 residual layers took
+    18 s to compile, 2 × more a layer)."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
+    h = sn.dense(X, 3, sn.tanh, name="0")
+    for k in range(1, 25):
+        h = sn.dropout(sn.tanh(sn.batch_norm(sn.dense(h, 3, name=str(k)), str(k)) + h), 0.1)
+    out = sn.dense(h, 2, name="out")
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                       prediction=sn.softmax(out), backend="numpy", seed=0)
+    Xb, Yb = make_data(n=6, out=2)
+    assert sn.gradcheck(model, Xb, Yb, max_entries=3) < 1e-6
+    P = model.predict(Xb)
+    assert P.shape == (6, 2) and np.allclose(P.sum(axis=1), 1)
+    assert model.predict(Xb) == pytest.approx(P, abs=0)  # no dropout in predict: no masks drawn
+
+
 def test_weights_are_found_by_their_role_not_their_name():
     """sn.weights (what sn.l2 penalises) leaves out biases, gains, shifts and slopes, and finds
     a raw SymPy weight whatever its name."""
