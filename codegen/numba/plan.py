@@ -104,7 +104,14 @@ class Layout:
                 and self.small(ins))
 
     def space(self, ins):
-        """The (rows, cols) a fusible instruction iterates over, or None if it is not fusible."""
+        """The (rows, cols) a fusible instruction iterates over, or None if it is not fusible;
+        remembered, as the scheduler asks for every pair of instructions."""
+        spaces = self.__dict__.setdefault("_spaces", {})
+        if ins not in spaces:
+            spaces[ins] = self._space(ins)
+        return spaces[ins]
+
+    def _space(self, ins):
         side = self.thin(ins)
         if ins.op is Op.MAP or side == "out" or (
                 ins.op is Op.GEMM and self.small(ins) and self.inner(ins) != "n"):
