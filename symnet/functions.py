@@ -770,14 +770,16 @@ def _weights(args, fname):
 
 
 def l2(lam, *weights):
-    """(lam/2)·Σ‖W‖²_F over the given weights (never biases); ``lam`` a number, or a 1×1
-    ``sn.Constant`` read at run time."""
+    """(lam/2)·Σ‖W‖²_F over the given matrices, usually ``*sn.weights(out)``, which leaves out
+    biases, gains and shifts (a matrix alone does not say which it is); ``lam`` a number, or a
+    1×1 ``sn.Constant`` read at run time."""
     lam = _coefficient(lam, "l2")
     return sp.MatAdd(*[sum(square(w)) for w in _weights(weights, "l2")]) * (lam / 2)
 
 
 def l1(lam, *weights):
-    """lam·Σ|W| over the given weights (never biases); ``lam`` a number or a 1×1 ``sn.Constant``."""
+    """lam·Σ|W| over the given matrices, usually ``*sn.weights(out)`` (see :func:`l2`); ``lam`` a
+    number or a 1×1 ``sn.Constant``."""
     lam = _coefficient(lam, "l1")
     return sp.MatAdd(*[sum(abs(w)) for w in _weights(weights, "l1")]) * lam
 
