@@ -29,7 +29,8 @@ class Layer:
 
 def layers(model) -> list[Layer]:
     """The layers of the derivation in order: each named sum with the activation that reads it
-    and the parameters it holds."""
+    and the parameters it holds, and each layer sum Z that holds none of its own (maxout's
+    output, a sum of its pieces)."""
     d = model.derivation
     params = set(model.param_symbols)
     used = set()
@@ -38,7 +39,7 @@ def layers(model) -> list[Layer]:
     for eq in d.forward:
         own = sorted((p for p in eq.rhs.free_symbols if p in params and p not in used),
                      key=model.param_symbols.index)
-        if not own:
+        if not own and not eq.label.startswith("Z"):
             continue
         used.update(own)
         activation = ", ".join(f"{defined[a].label} = {text(defined[a].rhs)}"
@@ -214,8 +215,8 @@ def _summary_html(model) -> str:
     for ly in layers(model):
         params = ", ".join(f"{n} {s}" for n, s in ly.params)
         act = f", {ly.activation}" if ly.activation else ""
-        rows.append((f"layer {ly.label}", f"{ly.label} = {ly.formula} ({ly.shape}){act}; "
-                                         f"{params}: {ly.count:,} parameters"))
+        held = f"; {params}: {ly.count:,} parameters" if ly.params else ""
+        rows.append((f"layer {ly.label}", f"{ly.label} = {ly.formula} ({ly.shape}){act}{held}"))
     rows.append(("optimizer", repr(model.optimizer)))
     body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
                    for k, v in rows)

@@ -222,6 +222,21 @@ def test_model_repr_lists_layers_shapes_and_parameter_counts():
     assert "prediction: P = softmax(Z4)" in shown and "optimizer: Adam(" in shown
 
 
+def test_model_repr_shows_a_layer_sum_that_holds_no_parameters_of_its_own():
+    """maxout's output is the sum of its pieces, whose parameters its pieces' rows list; the
+    next layer reads it, so it is a row too."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(X, 5, sn.relu, name="1"), 3, sn.maxout(2), name="2")
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                       backend="numpy")
+    shown = repr(model)
+    assert re.search(r"^ +Z3 = A1·W2_1 \+ 𝟙·b2_1 \+ A2 +n×3 +0$", shown, re.M), shown
+    assert "loss: L = (sum(logsumexp(Z3)) − sum(Z3 ∘ Y))/n" in shown
+    from symnet.report import _summary_html
+
+    assert "layer Z3</td><td>Z3 = A1·W2_1 + 𝟙·b2_1 + A2 (n×3)</td>" in _summary_html(model)
+
+
 def test_no_warning_in_a_notebook_kernel_without_ipywidgets(tmp_path):
     """tqdm.auto warns on import inside a Jupyter kernel that lacks ipywidgets; symnet picks its
     progress bar when fit runs, and the console bar when widgets are missing."""
