@@ -21,6 +21,7 @@ from .functions import (
     RowLogSumExp,
     Standardized,
     as_numeric,
+    matrix_symbols,
     x,
 )
 
@@ -34,7 +35,7 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
     The batch size n is read off the data matrices; ``batch_size`` gives it for expressions that
     contain none (such as ``OneMatrix(n, 3)``)."""
     _check_arguments(expr, values, batch_size)
-    symbols = {s for s in expr.free_symbols if isinstance(s, sp.MatrixSymbol)}
+    symbols = matrix_symbols(expr)
     symbols |= {m for m in validate.unique_nodes(expr) if isinstance(m, DropoutMask)}
     missing = sorted(s.name for s in symbols if s.name not in values)
     if missing:

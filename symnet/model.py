@@ -1004,7 +1004,8 @@ _BY_DEPTH = ("sn.dense without name= names a layer by its depth, so layers at th
 
 
 def _check_loss(loss, data, optimizer):
-    if isinstance(loss, sp.Expr) and not loss.is_Matrix and loss.has(MatrixElement):
+    if isinstance(loss, sp.Expr) and not loss.is_Matrix and any(
+            isinstance(e, MatrixElement) for e in validate.unique_nodes(loss)):
         raise DeclarationError("the loss is a scalar, an entry of a matrix (loss[0, 0]); pass "
                                "the 1×1 matrix itself, such as sn.mse(out, Y)")
     if isinstance(loss, sp.MatrixBase):

@@ -510,6 +510,23 @@ def test_deep_norm_and_residual_networks_compile_and_differentiate_right():
     assert model.predict(Xb) == pytest.approx(P, abs=0)  # no dropout in predict: no masks drawn
 
 
+def test_evaluate_reads_a_deep_network_once_a_node():
+    """sn.evaluate found its matrices through SymPy's free_symbols, a walk of the graph as a
+    tree (8 batch-norm layers: 2.2 s, 4 × more a layer)."""
+    rng = np.random.default_rng(0)
+    X = sn.Input("X", 3)
+    h, values = X, {"X": rng.normal(size=(5, 3))}
+    expected = values["X"]
+    for k in range(1, 25):
+        h = sn.relu(sn.batch_norm(sn.dense(h, 3, name=str(k)), str(k)))
+        W, b = rng.normal(size=(3, 3)), rng.normal(size=(1, 3))
+        values.update({f"W{k}": W, f"b{k}": b, f"gamma{k}": np.full((1, 3), 2.0),
+                       f"beta{k}": np.full((1, 3), 0.5)})
+        z = expected @ W + b
+        expected = np.maximum(2 * (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5) + 0.5, 0)
+    np.testing.assert_allclose(sn.evaluate(h, values), expected, rtol=1e-9, atol=1e-12)
+
+
 def test_weights_are_found_by_their_role_not_their_name():
     """sn.weights (what sn.l2 penalises) leaves out biases, gains, shifts and slopes, and finds
     a raw SymPy weight whatever its name."""
