@@ -2,12 +2,15 @@
 
 A file is an ``.npz`` archive: ``meta`` holds the declaration as JSON (with the step count, the
 dropout seed and the shuffling generator's state, so that a loaded model trains on as the saved
-one would have), ``param/{P}``,
-``state/{P}/{s}``, ``running/{R}`` and ``constant/{C}`` the parameters, the optimizer state,
-batch norm's running statistics and the constants' values. An expression becomes nested JSON
-lists ``[node type, *arguments]``; only the node types in :data:`NODES` (and the activations of
-:mod:`symnet.functions`) are accepted back, so loading a file never runs code from it: no pickle,
-no ``eval``, ``sympify`` or ``parse_expr``. Loading also never trusts a size in the file: the
+one would have), ``param/{P}``, ``state/{P}/{s}``, ``running/{R}`` and ``constant/{C}`` the
+parameters, the optimizer state, batch norm's running statistics and the constants' values.
+
+An expression becomes nested JSON lists ``[node type, *arguments]``; a matrix node that the
+graph reads more than once is written the first time as ``["Let", k, node]`` and then as
+``["Ref", k]`` (format version 2: a batch norm reads its Z three times, so a deep network
+written as a tree grew 4 × a layer). Only the node types in :data:`NODES` (and the activations
+of :mod:`symnet.functions`) are accepted back, so loading a file never runs code from it: no
+pickle, no ``eval``, ``sympify`` or ``parse_expr``. Loading also never trusts a size in the file: the
 JSON is read under a byte and a nesting limit, declared shapes must fit in memory, and only the
 arrays the declaration names are read, each after its header matched the declaration.
 """
@@ -32,6 +35,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import log1p
 from sympy.core.symbol import Str
 from sympy.functions.elementary.piecewise import ExprCondPair
+from sympy.matrices.expressions import MatrixExpr
 
 from codegen.files import NotARegularFile, atomic_write
 from codegen.ir import UPDATE_SYMBOLS
@@ -56,7 +60,8 @@ BUILTIN = {a.name: a.function for a in (fn.sigmoid, fn.tanh, fn.relu, fn.softplu
                                         fn.hard_tanh, fn.swish, fn.gelu)}
 PARAMETRISED = {"leaky_relu": fn.leaky_relu, "elu": fn.elu}
 
-FORMAT, FORMAT_VERSION = "symnet-model", 1
+FORMAT, FORMAT_VERSION = "symnet-model", 2
+READS = (1, 2)  # version 1: expressions as trees, without Let and Ref
 META_KEYS = ("loss", "inputs", "targets", "prediction", "optimizer", "dtype", "backend", "steps")
 MAX_META_BYTES = 16 * 2**20  # the declaration of a 60-layer network takes well under 1 MiB
 MAX_DEPTH = 200  # SymPy itself overflows the stack on trees ~300 deep (a 100-layer network)
@@ -72,13 +77,40 @@ LATEX_NAME = re.compile(r"[A-Za-z0-9\\{}_ .+-]+")  # no $, %, #, ^, &, ~ or othe
 # ------------------------------------------------------------------------- expressions
 
 
-def encode(e) -> list:
-    """``e`` as nested lists of strings and numbers."""
+def encode(e, _let=None) -> list:
+    """``e`` as nested lists of strings and numbers, each matrix node that ``e`` reads more than
+    once written in full only the first time (``["Let", k, node]``, then ``["Ref", k]``)."""
     if e is None:
         return None
+    if _let is None:
+        _let = (_shared(e), {})
+    shared, written = _let
+    if e in shared:
+        if e in written:
+            return ["Ref", written[e]]
+        node = _encode(e, _let)
+        written[e] = len(written)
+        return ["Let", written[e], node]
+    return _encode(e, _let)
+
+
+def _shared(e) -> set:
+    """The matrix nodes (not leaves) that more than one node of ``e`` has as an argument."""
+    seen, shared = set(), set()
+    for node in validate.unique_nodes(e):
+        for a in node.args:
+            if isinstance(a, MatrixExpr) and a.args and not isinstance(a, sp.MatrixSymbol):
+                (shared if a in seen else seen).add(a)
+    return shared
+
+
+def _encode(e, _let) -> list:
+    def encode_(a):
+        return encode(a, _let)
+
     if isinstance(e, sp.MatrixSymbol):
         _saveable_name(e.name, "matrix")
-        return ["MatrixSymbol", e.name, encode(e.shape[0]), encode(e.shape[1])]
+        return ["MatrixSymbol", e.name, encode_(e.shape[0]), encode_(e.shape[1])]
     if isinstance(e, sp.Symbol):
         _saveable_name(e.name, "symbol")
         return ["Symbol", e.name, [a for a in ASSUMPTIONS if e.assumptions0.get(a)]]
@@ -101,13 +133,13 @@ def encode(e) -> list:
             raise DataError(f"cannot save the activation {f.__name__!r}: an activation's name must "
                             f"be an identifier such as 'gelu' (optionally with a number, as "
                             f"'leaky_relu[0.1]'); rename it in sn.activation(...)")
-        return ["Activation", f.__name__, encode(f.definition.expr), encode(f.numeric.expr),
-                f.latex_name, encode(e.args[0])]
+        return ["Activation", f.__name__, encode_(f.definition.expr), encode_(f.numeric.expr),
+                f.latex_name, encode_(e.args[0])]
     name = type(e).__name__
     if name not in NODES:
         raise DataError(f"cannot save an expression containing {name} ({e}): symnet stores only "
                         f"the node types it can load back safely")
-    return [name, *(encode(a) for a in e.args)]
+    return [name, *(encode_(a) for a in e.args)]
 
 
 def _saveable_label(label):
@@ -127,7 +159,7 @@ def _saveable_name(name, what):
                         f"Python identifiers such as 'W1'; rename it")
 
 
-def decode(data, depth: int = 0):
+def decode(data, depth: int = 0, _lets=None):
     """The expression that :func:`encode` turned into ``data``.
 
     Builds only the node types of :data:`NODES` and activations, accepts only identifiers as
@@ -143,9 +175,17 @@ def decode(data, depth: int = 0):
         raise DataError(f"the saved declaration is damaged: expected [node, ...], got "
                         f"{_short(data)}")
     tag, *args = data
+    lets = {} if _lets is None else _lets
+    if tag == "Let":
+        return _let(args, depth, lets)
+    if tag == "Ref":
+        if len(args) != 1 or _index(args[0]) not in lets:
+            raise DataError(f"the saved declaration is damaged: {_short(data)} refers to no node "
+                            f"written before it")
+        return lets[args[0]]
 
     def sub(child):
-        return decode(child, depth + 1)
+        return decode(child, depth + 1, lets)
 
     if tag in _LEAVES:
         arity, build = _LEAVES[tag]
@@ -165,6 +205,26 @@ def decode(data, depth: int = 0):
     if isinstance(node, (sp.OneMatrix, sp.ZeroMatrix, sp.Identity)):
         _check_shape(tag, node.shape)
     return node
+
+
+def _let(args, depth, lets):
+    """``["Let", k, node]``: the node, remembered as number k for the ``["Ref", k]`` after it."""
+    if len(args) != 2:
+        raise DataError(f"the saved declaration is damaged: a Let node has {len(args)} "
+                        f"arguments; expected ['Let', number, node]")
+    node = decode(args[1], depth, lets)  # numbered after the nodes it holds, as encode does
+    if _index(args[0]) != len(lets):
+        raise DataError(f"the saved declaration is damaged: a Let node is numbered "
+                        f"{_short(args[0])}; expected {len(lets)}")
+    if not isinstance(node, MatrixExpr):
+        raise DataError(f"the saved declaration is damaged: a Let node names {_short(node)}, not "
+                        f"a matrix expression")
+    lets[args[0]] = node
+    return node
+
+
+def _index(k):
+    return k if isinstance(k, int) and not isinstance(k, bool) else None
 
 
 def _build(what, make, *args):
@@ -576,9 +636,9 @@ def _check_meta(meta, backends) -> dict:
     """``meta`` after checking that it has every entry a model needs, each of the right type."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError("the file is not a symnet model file (its 'meta' has no symnet format tag)")
-    if meta.get("version") != FORMAT_VERSION:
+    if meta.get("version") not in READS:
         raise DataError(f"it has model format version {_short(meta.get('version'))}; this symnet "
-                        f"reads version {FORMAT_VERSION}")
+                        f"reads versions {', '.join(map(str, READS))}")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise DataError(f"its declaration lacks the entries {missing}; the file is damaged or "
@@ -633,8 +693,8 @@ def _check_memory(declaration, dtype):
     before compile allocates them."""
     data = {*declaration["inputs"], *declaration["targets"], *declaration["constants"]}
     loss = declaration["loss"]
-    symbols = getattr(loss, "free_symbols", set())
-    params = [s for s in symbols if isinstance(s, sp.MatrixSymbol) and s not in data
+    symbols = fn.matrix_symbols(loss) if isinstance(loss, sp.Basic) else set()
+    params = [s for s in symbols if s not in data
               and all(isinstance(d, sp.Integer) for d in s.shape)]
     entries = sum(int(p.shape[0]) * int(p.shape[1]) for p in params)
     copies = 1 + len(declaration["optimizer"].state)

@@ -145,7 +145,14 @@ BAD_META = {
     "backend a list": (setting("backend", ["numba"]), r"backend is \['numba'\]"),
     "inputs not a list": (setting("inputs", "X"), "inputs is 'X'; expected a list"),
     "meta a list": (lambda m: [m], "not a symnet model file"),
-    "format version 2": (setting("version", 2), "format version 2"),
+    "format version 3": (setting("version", 3), "format version 3; this symnet reads versions 1, 2"),
+    "reference to no node": (setting("prediction", ["Ref", 0]), "refers to no node written"),
+    "reference that is not a number": (setting("prediction", ["Ref", "0"]), "refers to no node"),
+    "Let numbered out of turn": (lambda m: {**m, "prediction": ["Let", 5, m["inputs"][0]]},
+                                 "a Let node is numbered 5; expected 0"),
+    "Let of a number": (setting("prediction", ["Let", 0, ["Integer", "1"]]),
+                        "not a matrix expression"),
+    "Let without its node": (setting("prediction", ["Let", 0]), "a Let node has 1 arguments"),
     "nested 700 deep": (setting("loss", nested(700)), "nested more than 200 levels"),
     "nested 900 deep prediction": (setting("prediction", nested(900)), "nested more than 200"),
     "unknown node type": (setting("loss", ["__import__", ["Symbol", "os", []]]),
@@ -235,6 +242,47 @@ def test_a_forged_declaration_is_refused_with_a_data_error(case, saved, tmp_path
     with pytest.raises(sn.DataError, match=message) as err:
         sn.load(bad)
     assert str(err.value).startswith(f"{bad}: ") and len(str(err.value)) > 50
+
+
+def test_a_deep_network_is_written_once_a_node_and_loads_back(tmp_path):
+    """A batch norm reads its Z three times: written as a tree, 16 of them would be ~4¹⁶ nodes
+    (saving 16 did not finish); each node read more than once is written once (Let, Ref)."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
+    h = sn.dense(X, 3, sn.tanh, name="0")
+    for k in range(1, 17):
+        h = sn.dropout(sn.tanh(sn.batch_norm(sn.dense(h, 3, name=str(k)), str(k)) + h), 0.1)
+    out = sn.dense(h, 2, name="out")
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                       prediction=sn.softmax(out), backend="numpy", dtype="float64", seed=0)
+    Xb, Yb = make_data(8, out=2)
+    model.fit(Xb, Yb, epochs=1, batch_size=4, verbose=False)
+    model.save(tmp_path / "deep.npz")
+    meta, _ = contents(tmp_path / "deep.npz")
+    assert len(json.dumps(meta)) < 300_000 and any(n[:1] == ["Ref"] for n in nodes(meta))
+    loaded = sn.load(tmp_path / "deep.npz")
+    np.testing.assert_array_equal(loaded.predict(Xb), model.predict(Xb))
+    np.testing.assert_array_equal(loaded.loss_and_grad(Xb, Yb)[0], model.loss_and_grad(Xb, Yb)[0])
+
+
+def test_a_version_1_file_of_trees_still_loads(saved, tmp_path):
+    model, path = saved
+    meta, _ = contents(path)
+
+    def tree(data, lets):  # Let and Ref written out in full, as version 1 wrote them
+        if isinstance(data, list) and data[:1] == ["Ref"]:
+            return lets[data[1]]
+        if isinstance(data, list) and data[:1] == ["Let"]:
+            lets[data[1]] = tree(data[2], lets)
+            return lets[data[1]]
+        return [tree(d, lets) for d in data] if isinstance(data, list) else data
+
+    assert any(n[:1] == ["Let"] for n in nodes(meta["loss"]))  # Z in logsumexp(Z) and Z ∘ Y
+    legacy = {**meta, "version": 1, "loss": tree(meta["loss"], {}),
+              "prediction": tree(meta["prediction"], {})}
+    assert not any(n[:1] in (["Let"], ["Ref"]) for n in nodes(legacy))
+    old = sn.load(forge(path, tmp_path / "v1.npz", meta=legacy))
+    X, _ = make_data(6)
+    np.testing.assert_array_equal(old.predict(X), model.predict(X))
 
 
 DEEP = "[" * 100_000 + "]" * 100_000
