@@ -77,6 +77,9 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
             f"dense(name={name!r}): the layer's parameter {sorted(clash)[0]} would take a name "
             f"the input expression already uses; give this layer another name"
         )
+    if isinstance(activation, type) and hasattr(activation, "dense"):  # sn.maxout, not sn.maxout(2)
+        raise DeclarationError(f"dense: activation {activation.__name__} is a class; pass what "
+                               f"it makes, such as sn.{activation.__name__}(2)")
     if activation is not None and hasattr(activation, "dense"):
         return activation.dense(x, units, name)  # layers that own extra parameters
     z = affine(x, units, name)

@@ -34,6 +34,11 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
 
     The batch size n is read off the data matrices; ``batch_size`` gives it for expressions that
     contain none (such as ``OneMatrix(n, 3)``)."""
+    with validate.deep_recursion("sn.evaluate"):
+        return _evaluate(expr, values, batch_size, dtype)
+
+
+def _evaluate(expr, values, batch_size, dtype):
     _check_arguments(expr, values, batch_size)
     symbols = matrix_symbols(expr)
     symbols |= {m for m in validate.unique_nodes(expr) if isinstance(m, DropoutMask)}

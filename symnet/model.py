@@ -63,8 +63,10 @@ def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype=
     symbols made by ``sn.Constant``) are coefficients the kernels read at run time, such as an
     L2 penalty's: ``model.constants[name][...] = value`` changes one without compiling again.
     """
-    return Model(loss, inputs=inputs, targets=targets, prediction=prediction, optimizer=optimizer,
-                 dtype=dtype, seed=seed, init=init, backend=backend, constants=constants)
+    with validate.deep_recursion("sn.compile"):
+        return Model(loss, inputs=inputs, targets=targets, prediction=prediction,
+                     optimizer=optimizer, dtype=dtype, seed=seed, init=init, backend=backend,
+                     constants=constants)
 
 
 @dataclass
@@ -890,7 +892,8 @@ def _patience_out(hist, patience):
 def load(path, backend: str | None = None) -> Model:
     """The model saved by ``model.save(path)``; ``backend`` overrides the saved one. Reads only
     the arrays the saved declaration names, and never runs code from the file."""
-    return serialize.load_model(path, backend)
+    with validate.deep_recursion("sn.load"):
+        return serialize.load_model(path, backend)
 
 
 _MODELS = weakref.WeakSet()  # the live models, whose locks a forked child renews

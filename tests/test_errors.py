@@ -246,6 +246,46 @@ def test_prelu_and_maxout_outside_dense():
         sn.maxout(2)(Z)
     with pytest.raises(sn.DeclarationError, match="k must be an integer"):
         sn.maxout(1)
+    with pytest.raises(sn.DeclarationError, match=r"maxout is a class; .* sn.maxout\(2\)"):
+        sn.dense(Z, 4, sn.maxout, name="2")
+
+
+def deep_dense(layers):
+    X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+    h = X
+    for k in range(1, layers + 1):
+        h = sn.dense(h, 2, sn.tanh, name=str(k))
+    return sn.mse(sn.dense(h, 2, name="out"), Y), X, Y
+
+
+def test_a_network_deeper_than_pythons_default_recursion_limit_compiles():
+    """SymPy walks expressions recursively: with Python's default limit of 1,000 a 100-layer
+    network stopped with a RecursionError inside SymPy."""
+    import sys
+
+    loss, X, Y = deep_dense(110)
+    before = sys.getrecursionlimit()
+    model = sn.compile(loss, inputs=[X], targets=[Y], backend="numpy", seed=0)
+    assert sys.getrecursionlimit() == before  # restored
+    Xb, Yb = make_data(4, cols=3, out=2, kind="regression")
+    assert np.isfinite(model.evaluate(Xb, Yb)["loss"])
+
+
+def test_a_network_too_deep_for_the_recursion_limit_names_the_fix(monkeypatch):
+    import sys
+
+    from symnet import validate
+
+    loss, X, Y = deep_dense(110)
+    monkeypatch.setattr(validate, "RECURSION_LIMIT", 300)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(300)
+    try:
+        with pytest.raises(sn.DeclarationError, match=r"sn.compile: the network is too deep .*"
+                                                      r"sys.setrecursionlimit"):
+            sn.compile(loss, inputs=[X], targets=[Y], backend="numpy")
+    finally:
+        sys.setrecursionlimit(old)
 
 
 @pytest.mark.parametrize("make", [
