@@ -684,7 +684,13 @@ def latex_name(name: str) -> str:
     special = {"π": r"\pi", "∞": r"\infty", "‖g‖₂": r"\lVert g\rVert_{2}"}
     if name in special:
         return special[name]
+    if named := _NAMED_BLOCK.fullmatch(name):  # X̂enc1, μenc1: a norm block named "enc1"
+        stem, label, primes = named.groups()
+        return rf"{LATEX_STEMS[stem]}_{{\mathit{{{latex_escape(label)}}}}}{primes}"
     return rf"\mathit{{{latex_escape(name)}}}"
+
+
+_NAMED_BLOCK = re.compile(r"(X̂|μ|σ)(\w+?)('*)")
 
 
 LATEX_OPERATORS = {"min": r"\min", "max": r"\max", "exp": r"\exp", "log": r"\log",

@@ -214,6 +214,20 @@ def test_latex_of_names_outside_ascii_compiles_with_pdflatex(tmp_path):
     assert latex_escape("µ") != latex_escape("μ")  # the micro sign is not Greek mu
 
 
+def test_latex_of_a_norm_named_by_a_word_subscripts_the_name(tmp_path):
+    """A batch norm named "enc" gave \\mathit{X\\text{U+0302}enc}: its X̂ spelled as a code
+    point."""
+    X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+    h = sn.relu(sn.batch_norm(sn.dense(X, 4, name="1"), "enc"))
+    model = sn.compile(sn.mse(sn.dense(h, 2, name="2"), Y), inputs=[X], targets=[Y],
+                       backend="numpy")
+    shown = model.latex()
+    for name in (r"\hat{X}_{\mathit{enc}}", r"\mu_{\mathit{enc}}", r"\sigma_{\mathit{enc}}"):
+        assert name in shown, shown
+    assert "U+" not in shown
+    pdflatex(tmp_path, [shown])
+
+
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "hard_tanh", "swish",
           "identity"]
 
