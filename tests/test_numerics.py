@@ -219,6 +219,32 @@ def test_gradcheck_counts_a_non_finite_gradient_as_an_infinite_error():
     assert sn.gradcheck(model, np.array([[0.3], [0.5]]), np.zeros((2, 1))) < 1e-6
 
 
+def test_gradcheck_takes_either_side_of_a_kink_and_nothing_between():
+    """At relu's kink itself central differences give 0.5 for any correct choice, 0 or 1."""
+    from symnet.gradcheck import parameter_errors
+
+    w = np.zeros(1)
+
+    def error(claimed):
+        return parameter_errors(lambda: (max(w[0], 0.0), {"w": np.array([claimed])}),
+                                {"w": w})["w"]
+
+    assert error(0.0) < 1e-6 and error(1.0) < 1e-6
+    assert error(0.3) > 0.1 and error(-1.0) > 0.1
+
+
+def test_gradcheck_of_a_fresh_model_with_dropout_passes():
+    """Zero biases put every row that dropout zeroed on the next relu's kink: gradcheck said
+    1.0 for gradients that match PyTorch."""
+    rng = np.random.default_rng(1)
+    Xb, Yb = rng.normal(size=(12, 4)), np.eye(3)[rng.integers(0, 3, 12)]
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.dense(sn.dropout(sn.dense(X, 5, sn.relu, name="1"), 0.5), 5, sn.relu, name="2")
+    model = sn.compile(sn.softmax_cross_entropy(sn.dense(h, 3, name="3"), Y), inputs=[X],
+                       targets=[Y], seed=0, backend="numpy", dtype="float64")
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6
+
+
 def test_logistic_form_writes_exponentials_through_the_sigmoid():
     Z = sp.MatrixSymbol("Z", sn.batch, 3)
     swish_prime = Elementwise(sp.Lambda(x, sp.diff(sn.swish.function(x), x)), Z)
