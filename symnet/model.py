@@ -1023,10 +1023,14 @@ def _check_loss(loss, data, optimizer):
     loss = canonical(loss, {batch})
     names = {}
     symbols = matrix_symbols(loss)
-    for s in symbols:
+    read = {d.name for d in data}
+    # data first, then by name: the same clash is reported in every run, and an input's clash
+    # before the layer names it shifts (two X widths give W1 two shapes too)
+    for s in sorted(symbols, key=lambda s: (s.name not in read, s.name, str(s.shape))):
         if s.name in names and names[s.name] != s:
             a, b = names[s.name], s
-            why = (_BY_DEPTH.format(name=s.name) if _LAYER_NAME.fullmatch(s.name) else
+            why = ("give each input, target and constant its own name" if s.name in read else
+                   _BY_DEPTH.format(name=s.name) if _LAYER_NAME.fullmatch(s.name) else
                    "give each parameter its own name")
             raise DeclarationError(
                 f"the name {s.name} is used for two matrices, {a.shape[0]}×{a.shape[1]} and "

@@ -107,6 +107,16 @@ def test_a_matrix_named_as_the_update_rules_state_or_an_adjoint_is_refused(name,
         assert f"{name}·" in model.formulas() or f"·{name}" in model.formulas()
 
 
+def test_two_inputs_of_one_name_are_named_as_the_cause_in_every_run():
+    """Two X of different widths also give W1 two shapes; which clash compile named depended on
+    the order of a set, and "give each parameter its own name" was wrong for an input."""
+    X, X2, Y = sn.Input("X", 4), sn.Input("X", 5), sn.Input("Y", 2)
+    for out in (sn.dense(X, 2) + sn.dense(X2, 2), sn.dense(X2, 2) + sn.dense(X, 2)):
+        with pytest.raises(sn.DeclarationError, match=r"the name X is used for two matrices, "
+                                                      r"n×4 and n×5; give each input"):
+            sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], backend="numpy")
+
+
 def test_layers_named_by_depth_in_two_branches_are_named_as_the_cause():
     """A wide-and-deep sum without name= anywhere: both branches' first layers are W1 and b1,
     and compile said to give each parameter its own name, though the user gave none. (With the
