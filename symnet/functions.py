@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import weakref
-from functools import cache
+from functools import cache, cached_property
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
@@ -60,6 +60,12 @@ class _Key:
         return self.content == other.content
 
 
+def _shape(of):
+    """A node's shape, found once: a network's shape is its input's, and asked for anew it was
+    a recursion through every layer (O(depth) a question; 400 layers overflowed the stack)."""
+    return cached_property(of)
+
+
 class _Shown:
     """Printed by symnet's formula printers, in str() and LaTeX alike: SymPy's own notation has
     no entrywise function application."""
@@ -91,7 +97,7 @@ class Elementwise(_Shown, MatrixExpr):
 
     fn = property(lambda self: self.args[0])
     arg = property(lambda self: self.args[1])
-    shape = property(lambda self: self.args[1].shape)
+    shape = _shape(lambda self: self.args[1].shape)
 
     def body(self, var=x):
         """The scalar function body written in ``var``."""
@@ -141,7 +147,7 @@ class Entrywise(_Shown, MatrixExpr):
 
     fn = property(lambda self: self.args[0])
     arguments = property(lambda self: self.args[1:])
-    shape = property(lambda self: self.args[1].shape)
+    shape = _shape(lambda self: self.args[1].shape)
 
     def _entry(self, i, j, **kwargs):
         return self.fn(*[a._entry(i, j, **kwargs) for a in self.arguments])
@@ -159,7 +165,7 @@ class RowLogSumExp(MatrixExpr):
         return _node(cls, arg)
 
     arg = property(lambda self: self.args[0])
-    shape = property(lambda self: (self.args[0].shape[0], sp.Integer(1)))
+    shape = _shape(lambda self: (self.args[0].shape[0], sp.Integer(1)))
 
     def _sympystr(self, printer):
         return f"logsumexp({printer._print(self.arg)})"
@@ -202,7 +208,7 @@ class Standardized(_Shown, MatrixExpr):
     label = property(lambda self: self.args[3].name)
     eps = property(lambda self: self.args[4])
     momentum = property(lambda self: self.args[5])
-    shape = property(lambda self: self.args[0].shape)
+    shape = _shape(lambda self: self.args[0].shape)
 
     @property
     def over_batch(self) -> bool:
@@ -262,7 +268,7 @@ class Dropout(_Shown, MatrixExpr):
 
     arg = property(lambda self: self.args[0])
     mask = property(lambda self: self.args[1])
-    shape = property(lambda self: self.args[0].shape)
+    shape = _shape(lambda self: self.args[0].shape)
 
     def as_entrywise(self):
         """The same values as an :class:`Entrywise` of A and M."""
