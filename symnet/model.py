@@ -892,8 +892,7 @@ def _patience_out(hist, patience):
 def load(path, backend: str | None = None) -> Model:
     """The model saved by ``model.save(path)``; ``backend`` overrides the saved one. Reads only
     the arrays the saved declaration names, and never runs code from the file."""
-    with validate.deep_recursion("sn.load"):
-        return serialize.load_model(path, backend)
+    return serialize.load_model(path, backend)
 
 
 _MODELS = weakref.WeakSet()  # the live models, whose locks a forked child renews

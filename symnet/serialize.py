@@ -64,7 +64,7 @@ FORMAT, FORMAT_VERSION = "symnet-model", 2
 READS = (1, 2)  # version 1: expressions as trees, without Let and Ref
 META_KEYS = ("loss", "inputs", "targets", "prediction", "optimizer", "dtype", "backend", "steps")
 MAX_META_BYTES = 16 * 2**20  # the declaration of a 60-layer network takes well under 1 MiB
-MAX_DEPTH = 200  # SymPy itself overflows the stack on trees ~300 deep (a 100-layer network)
+MAX_DEPTH = 2000  # a 400-layer network: what compiles within validate.RECURSION_LIMIT
 MAX_DIGITS = 100  # of an integer in an expression; larger ones only serve to stall arithmetic
 MAX_EXPONENT = 1000  # of a power of a constant, which SymPy would evaluate exactly
 MAX_STEPS = 2**62  # the kernels count steps in int64
@@ -512,7 +512,17 @@ def from_bytes(data: bytes, backend: str | None = None):
 
 
 def _arrays(model) -> dict[str, np.ndarray]:
-    meta = {
+    with validate.deep_recursion("saving the model"):
+        arrays = {"meta": np.array(json.dumps(_meta(model)))}
+    arrays.update({f"param/{k}": v for k, v in model.params.items()})
+    arrays.update({f"state/{k}/{s}": v for k, st in model._state.items() for s, v in st.items()})
+    arrays.update({f"running/{k}": v for k, v in model.running.items()})
+    arrays.update({f"constant/{k}": v for k, v in model.constants.items()})
+    return arrays
+
+
+def _meta(model) -> dict:
+    return {
         "format": FORMAT, "version": FORMAT_VERSION, "symnet": _version(),
         "loss": encode(model.loss_expr),
         # one expression, or {"several": [...]} for prediction=[P1, P2, …]
@@ -526,12 +536,6 @@ def _arrays(model) -> dict[str, np.ndarray]:
         "dropout_seed": model.dropout_seed,  # training on after a load draws the same masks
         "shuffle": model._shuffle_rng.bit_generator.state,  # ... and shuffles the same way
     }
-    arrays = {"meta": np.array(json.dumps(meta))}
-    arrays.update({f"param/{k}": v for k, v in model.params.items()})
-    arrays.update({f"state/{k}/{s}": v for k, st in model._state.items() for s, v in st.items()})
-    arrays.update({f"running/{k}": v for k, v in model.running.items()})
-    arrays.update({f"constant/{k}": v for k, v in model.constants.items()})
-    return arrays
 
 
 def load_model(path, backend: str | None = None):
@@ -551,7 +555,7 @@ def _load(source, path, backend):
     """The model in the archive ``source`` (a path or a binary file), named ``path`` in errors."""
     from .model import BACKENDS, compile  # model.py imports this module to save and load
 
-    with _archive(source, path) as archive:
+    with validate.deep_recursion("loading the model"), _archive(source, path) as archive:
         with _about(path):
             meta = _check_meta(_read_meta(archive), BACKENDS)
             declaration = _declaration(meta)

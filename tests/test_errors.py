@@ -268,9 +268,10 @@ def deep_dense(layers):
     return sn.mse(sn.dense(h, 2, name="out"), Y), X, Y
 
 
-def test_a_network_deeper_than_pythons_default_recursion_limit_compiles():
+def test_a_network_deeper_than_pythons_default_recursion_limit_compiles_and_saves(tmp_path):
     """SymPy walks expressions recursively: with Python's default limit of 1,000 a 100-layer
-    network stopped with a RecursionError inside SymPy."""
+    network stopped with a RecursionError inside SymPy, and so did saving one; a node's shape
+    was a recursion through every layer below it, which stopped declaring at ~330 layers."""
     import sys
 
     loss, X, Y = deep_dense(110)
@@ -278,7 +279,11 @@ def test_a_network_deeper_than_pythons_default_recursion_limit_compiles():
     model = sn.compile(loss, inputs=[X], targets=[Y], backend="numpy", seed=0)
     assert sys.getrecursionlimit() == before  # restored
     Xb, Yb = make_data(4, cols=3, out=2, kind="regression")
-    assert np.isfinite(model.evaluate(Xb, Yb)["loss"])
+    loss_value = model.evaluate(Xb, Yb)["loss"]
+    assert np.isfinite(loss_value)
+    model.save(tmp_path / "deep.npz")
+    assert sn.load(tmp_path / "deep.npz").evaluate(Xb, Yb)["loss"] == loss_value
+    assert sys.getrecursionlimit() == before
 
 
 def test_a_network_too_deep_for_the_recursion_limit_names_the_fix(monkeypatch):

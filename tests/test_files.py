@@ -22,7 +22,7 @@ from conftest import make_data
 
 import symnet as sn
 from codegen import files
-from symnet import serialize
+from symnet import serialize, validate
 
 x = sn.functions.x
 cube = sn.activation("cube", x**3 / 3 + x, x, latex=r"\kappa")
@@ -153,8 +153,8 @@ BAD_META = {
     "Let of a number": (setting("prediction", ["Let", 0, ["Integer", "1"]]),
                         "not a matrix expression"),
     "Let without its node": (setting("prediction", ["Let", 0]), "a Let node has 1 arguments"),
-    "nested 700 deep": (setting("loss", nested(700)), "nested more than 200 levels"),
-    "nested 900 deep prediction": (setting("prediction", nested(900)), "nested more than 200"),
+    "nested 2100 deep": (setting("loss", nested(2100)), "nested more than 2000 levels"),
+    "nested 2500 deep prediction": (setting("prediction", nested(2500)), "nested more than 2000"),
     "unknown node type": (setting("loss", ["__import__", ["Symbol", "os", []]]),
                           "node type '__import__'"),
     "node not a list": (setting("loss", "X"), "expected an expression"),
@@ -238,7 +238,8 @@ def test_a_forged_declaration_is_refused_with_a_data_error(case, saved, tmp_path
     model, path = saved
     change, message = BAD_META[case]
     meta, _ = contents(path)
-    bad = forge(path, tmp_path / "bad.npz", meta=change(meta))
+    with validate.deep_recursion("forging"):  # JSON nested 2,500 deep
+        bad = forge(path, tmp_path / "bad.npz", meta=change(meta))
     with pytest.raises(sn.DataError, match=message) as err:
         sn.load(bad)
     assert str(err.value).startswith(f"{bad}: ") and len(str(err.value)) > 50
