@@ -91,24 +91,25 @@ def _one_sided(loss_and_grad, flat, i, step, loss):
     itself (relu's pre-activation exactly 0, which a fresh model's zero biases give every row
     that dropout zeroed) central differences average two sides, 1.0 off a correct gradient,
     while the kernels, as PyTorch, take relu′(0) = 0: one side's derivative."""
-    old = flat[i]
-    flat[i] = old + step
-    up, _ = loss_and_grad()
-    flat[i] = old - step
-    down, _ = loss_and_grad()
-    flat[i] = old
+    up, down = _beside(loss_and_grad, flat, i, step)
     return (up - loss) / step, (loss - down) / step
 
 
 def _difference(loss_and_grad, flat, i, step):
     """The central difference quotient of the loss in entry ``i`` of ``flat``."""
+    up, down = _beside(loss_and_grad, flat, i, step)
+    return (up - down) / (2 * step)
+
+
+def _beside(loss_and_grad, flat, i, step):
+    """The loss with entry ``i`` of ``flat`` moved up and down by ``step``, then restored."""
     old = flat[i]
     flat[i] = old + step
     up, _ = loss_and_grad()
     flat[i] = old - step
     down, _ = loss_and_grad()
     flat[i] = old
-    return (up - down) / (2 * step)
+    return up, down
 
 
 def _check_arguments(model, eps, max_entries, seed, floor):

@@ -32,6 +32,18 @@ def kernel_cache(tmp_path_factory):
         yield
 
 
+def deep_residual(layers):
+    """(loss, X, Y, out): ``layers`` residual layers, each tanh(batch norm(dense) + h) then
+    dropout 0.1, 4 → 3 wide → 2, softmax cross-entropy: a graph that reads most nodes twice or
+    three times."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
+    h = sn.dense(X, 3, sn.tanh, name="0")
+    for k in range(1, layers + 1):
+        h = sn.dropout(sn.tanh(sn.batch_norm(sn.dense(h, 3, name=str(k)), str(k)) + h), 0.1)
+    out = sn.dense(h, 2, name="out")
+    return sn.softmax_cross_entropy(out, Y), X, Y, out
+
+
 def compiled(loss, X, Y, prediction=None, seed=0, backend="numpy", constants=None):
     """A float64 model; the numpy reference backend unless a test is about the kernels."""
     return sn.compile(loss, inputs=[X], targets=[Y], prediction=prediction, dtype="float64",

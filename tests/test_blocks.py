@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import assert_formulas_are_computed, compiled, make_data
+from conftest import assert_formulas_are_computed, compiled, deep_residual, make_data
 
 import symnet as sn
 from codegen.intrinsics.random import keep
@@ -496,13 +496,9 @@ def test_deep_norm_and_residual_networks_compile_and_differentiate_right():
     """24 residual layers with batch norm and dropout, and their prediction: each walk of the
     graph visits a node once (SymPy's xreplace walked it as a tree: 17 residual layers took
     18 s to compile, 2 × more a layer)."""
-    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
-    h = sn.dense(X, 3, sn.tanh, name="0")
-    for k in range(1, 25):
-        h = sn.dropout(sn.tanh(sn.batch_norm(sn.dense(h, 3, name=str(k)), str(k)) + h), 0.1)
-    out = sn.dense(h, 2, name="out")
-    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
-                       prediction=sn.softmax(out), backend="numpy", seed=0)
+    loss, X, Y, out = deep_residual(24)
+    model = sn.compile(loss, inputs=[X], targets=[Y], prediction=sn.softmax(out),
+                       backend="numpy", seed=0)
     Xb, Yb = make_data(n=6, out=2)
     assert sn.gradcheck(model, Xb, Yb, max_entries=3) < 1e-6
     P = model.predict(Xb)

@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 import pytest
 import sympy as sp
-from conftest import make_data
+from conftest import deep_residual, make_data
 
 import symnet as sn
 from codegen import files
@@ -248,13 +248,9 @@ def test_a_forged_declaration_is_refused_with_a_data_error(case, saved, tmp_path
 def test_a_deep_network_is_written_once_a_node_and_loads_back(tmp_path):
     """A batch norm reads its Z three times: written as a tree, 16 of them would be ~4¹⁶ nodes
     (saving 16 did not finish); each node read more than once is written once (Let, Ref)."""
-    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
-    h = sn.dense(X, 3, sn.tanh, name="0")
-    for k in range(1, 17):
-        h = sn.dropout(sn.tanh(sn.batch_norm(sn.dense(h, 3, name=str(k)), str(k)) + h), 0.1)
-    out = sn.dense(h, 2, name="out")
-    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
-                       prediction=sn.softmax(out), backend="numpy", dtype="float64", seed=0)
+    loss, X, Y, out = deep_residual(16)
+    model = sn.compile(loss, inputs=[X], targets=[Y], prediction=sn.softmax(out),
+                       backend="numpy", dtype="float64", seed=0)
     Xb, Yb = make_data(8, out=2)
     model.fit(Xb, Yb, epochs=1, batch_size=4, verbose=False)
     model.save(tmp_path / "deep.npz")
