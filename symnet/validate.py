@@ -270,8 +270,8 @@ def deep_recursion(what: str):
 
 def replace_nodes(expr, mapping: dict):
     """``expr.xreplace(mapping)`` for a graph: each distinct node rebuilt once, without
-    recursion. SymPy's ``xreplace`` walks the graph as a tree (the prediction of 17 residual
-    layers took 18 s, 2 × more a layer)."""
+    recursion. SymPy's ``xreplace`` walks the graph as a tree (compiling a prediction of 16
+    residual layers took 3.1 s, of 20 layers 35 s)."""
     done: dict[int, object] = {}
     stack = [expr]
     while stack:

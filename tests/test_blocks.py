@@ -494,8 +494,8 @@ def test_equal_copies_of_a_deep_network_share_every_node():
 
 def test_deep_norm_and_residual_networks_compile_and_differentiate_right():
     """24 residual layers with batch norm and dropout, and their prediction: each walk of the
-    graph visits a node once (SymPy's xreplace walked it as a tree: 17 residual layers took
-    18 s to compile, 2 × more a layer)."""
+    graph visits a node once (SymPy's xreplace walked it as a tree: a prediction of 16
+    residual layers took 3.1 s to compile, of 20 layers 35 s)."""
     loss, X, Y, out = deep_residual(24)
     model = sn.compile(loss, inputs=[X], targets=[Y], prediction=sn.softmax(out),
                        backend="numpy", seed=0)
