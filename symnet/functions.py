@@ -113,14 +113,13 @@ class Elementwise(_Shown, MatrixExpr):
         """``fn.(M.doit())``, remembered: SymPy's deep ``doit`` runs on every ``*`` and ``+`` of
         matrices, and a network reads a layer's output more than once (a residual twice), so
         without memory each ``+`` walked the network as a tree (declaring 12 residual layers
-        took 20 s, 2 × more a layer)."""
+        took 20 s, 2 × more a layer). Nodes are interned, so an unchanged argument gives self."""
         if not hints.get("deep", True):
             return self
         done = self.__dict__.setdefault("_done", {})
         key = tuple(sorted(hints.items()))
         if key not in done:
-            arg = self.arg.doit(**hints)
-            done[key] = self if arg == self.arg else Elementwise(self.fn, arg)
+            done[key] = Elementwise(self.fn, self.arg.doit(**hints))
         return done[key]
 
     def _pretty(self, printer):

@@ -17,6 +17,7 @@ from sympy.matrices.expressions import MatrixExpr
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from . import functions as fn
+from . import validate
 from .errors import DeclarationError, DifferentiationError
 from .functions import Dropout, DropoutMask, Elementwise, Entrywise, RowLogSumExp, Standardized, x
 from .rewrite import is_product
@@ -383,7 +384,7 @@ def name_forward(loss, predictions, params, taken):
     equations = []
     for e in order:
         if e in names:
-            rhs = e.func(*[_substitute(a, names) for a in e.args])
+            rhs = e.func(*[validate.replace_nodes(a, names) for a in e.args])
             equations.append(Equation(names[e], rhs, names[e].name))
     return equations, names
 
@@ -450,14 +451,6 @@ def _block_labels(order, parents) -> dict:
                             and not any(is_product(t) for t in out.args)):
                         labels.setdefault(out, f"N{k}")  # X̂ ∘ 𝟙·γ + 𝟙·β (+ a skip connection)
     return labels
-
-
-def _substitute(e, names):
-    if e in names:
-        return names[e]
-    if isinstance(e, MatrixExpr) and not isinstance(e, LEAVES):
-        return e.func(*[_substitute(a, names) for a in e.args])
-    return e
 
 
 def backprop(rhs, g, wrt):
