@@ -59,15 +59,34 @@ def layer_norm(z, name, eps=1e-5):
 
 def dropout(a, p):
     """Inverted dropout, ``A ∘ M/(1 − p)``, as ``torch.nn.Dropout(p)``: in training each entry of
-    A is zeroed with probability p and the rest scaled by 1/(1 − p); a fresh mask M every step,
-    drawn inside the kernel from the model's seed (a run reproduces bit for bit, on any thread
+    A is zeroed with probability p and the rest scaled by 1/(1 − p); each call its own mask M,
+    drawn anew every step inside the kernel from the model's seed (a run reproduces bit for bit, on any thread
     count); the identity in ``predict`` and ``evaluate``. ``p = 0`` returns A."""
     _require_matrix(a, "sn.dropout")
     p = validate.number(p, "p", low=0, below=1, example=0.2, where="sn.dropout")
     if p == 0:
         return a
-    streams = {m.stream for m in validate.unique_nodes(a) if isinstance(m, DropoutMask)}
-    return Dropout(a, DropoutMask(*a.shape, p, max(streams, default=0) + 1))
+    return Dropout(a, DropoutMask.fresh(*a.shape, p))
+
+
+def numbered_masks(*exprs) -> list:
+    """``exprs`` with their dropout masks numbered 1, 2, … in the order a left-to-right walk
+    meets them, which in a stack of layers is from the inputs up: each ``sn.dropout`` call made
+    a mask of its own, numbered in the order of the calls of the whole process, and a
+    network's masks (which the kernels draw by number) must not depend on what else the
+    process declared before it."""
+    order: dict = {}
+    seen, stack = set(), list(reversed(exprs))
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        if isinstance(e, DropoutMask):
+            order.setdefault(e, len(order) + 1)
+        stack.extend(reversed(e.args))
+    renumber = {m: DropoutMask(*m.shape, m.p, k) for m, k in order.items() if m.stream != k}
+    return [validate.replace_nodes(e, renumber) for e in exprs] if renumber else list(exprs)
 
 
 def _root(var, eps):

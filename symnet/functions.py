@@ -8,6 +8,7 @@ a matrix builds an :class:`Elementwise` node. Adding an activation touches this 
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 import weakref
 from functools import cache, cached_property
@@ -240,9 +241,23 @@ class DropoutMask(MatrixExpr):
     """``M{stream}``: the mask of one dropout, each entry 1 with probability 1 − p and else 0,
     drawn anew at every training step inside the kernel (``codegen.intrinsics.random``)."""
 
+    _highest = 0  # the largest stream number made in this process (see fresh)
+    _lock = threading.Lock()
+
     def __new__(cls, rows, cols, p, stream):
-        return _node(cls, sp.sympify(rows), sp.sympify(cols), sp.Float(p),
-                                  sp.Integer(stream))
+        stream = sp.Integer(stream)
+        with cls._lock:
+            cls._highest = max(cls._highest, int(stream))
+        return _node(cls, sp.sympify(rows), sp.sympify(cols), sp.Float(p), stream)
+
+    @classmethod
+    def fresh(cls, rows, cols, p):
+        """A mask whose stream no mask made so far in this process has: each ``sn.dropout``
+        call draws its own (``sn.compile`` numbers a network's masks 1, 2, … again)."""
+        with cls._lock:
+            cls._highest += 1
+            stream = cls._highest
+        return cls(rows, cols, p, stream)
 
     shape = property(lambda self: (self.args[0], self.args[1]))
     p = property(lambda self: self.args[2])

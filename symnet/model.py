@@ -23,6 +23,7 @@ from codegen.numpy_backend import NumpyBackend, NumpyUpdater
 from . import formulas, interrupts, optim, serialize, validate, weighting
 from . import init as initialisers
 from .blocks import batch_norms as _batch_norms
+from .blocks import numbered_masks
 from .declare import ConstantSymbol, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
@@ -124,6 +125,8 @@ class Model:
                                          _bytes_per_entry(self.dtype, self.optimizer))
         # predict returns a tuple for prediction=[P1, P2, …], an array for prediction=P
         self.prediction_exprs = _check_predictions(prediction, self.inputs, self.param_symbols)
+        self.loss_expr, *predictions = numbered_masks(self.loss_expr, *self.prediction_exprs)
+        self.prediction_exprs = tuple(predictions)
         self._several = isinstance(prediction, (list, tuple))
         _check_constants_used(self._constant_symbols, self.loss_expr, self.prediction_exprs)
         self._taken = {s.name for s in data | set(self.param_symbols)}

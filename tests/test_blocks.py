@@ -9,6 +9,7 @@ from conftest import assert_formulas_are_computed, compiled, deep_residual, make
 import symnet as sn
 from codegen.intrinsics.random import keep
 from symnet import validate
+from symnet.functions import DropoutMask
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -333,6 +334,66 @@ def test_dropout_gradients_match_torch_on_the_same_masks():
     for k, g in grads.items():
         np.testing.assert_allclose(g, p[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
     assert sn.gradcheck(model, Xb, Yb) < 1e-6  # the same masks for every evaluation of a step
+
+
+def branches(backend="numpy", seed=0):
+    """Two heads of one width on a shared trunk, each with its dropout, and the trunk dropped
+    out twice: four dropout calls, two pairs of equal shape and rate."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    trunk = sn.dense(X, 6, sn.relu, name="1")
+    heads = [sn.dropout(sn.dense(trunk, 5, sn.tanh, name=k), 0.5) for k in "ab"]
+    twice = sn.dropout(trunk, 0.25) + sn.dropout(trunk, 0.25)
+    out = sn.dense(heads[0] + heads[1], 3, name="o") + sn.dense(twice, 3, name="t")
+    return sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], prediction=out,
+                      dtype="float64", seed=seed, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_each_dropout_call_draws_its_own_mask(backend):
+    """As two calls of torch.nn.Dropout: two heads, and the same trunk dropped out twice, get
+    independent masks (they shared one while a mask's number came from the masks below it)."""
+    model = branches(backend)
+    lines = model.formulas()
+    for line in ("D1 = A2 ∘ M1/0.5", "D2 = A3 ∘ M2/0.5", "D3 = A1 ∘ M3/0.75",
+                 "D4 = A1 ∘ M4/0.75"):
+        assert line in lines, line
+    Xb, Yb = make_data(n=9)
+    value, grads = model.loss_and_grad(Xb, Yb)
+    m = {k: torch.tensor(mask(model, k, p, (9, w)))
+         for k, p, w in ((1, 0.5, 5), (2, 0.5, 5), (3, 0.25, 6), (4, 0.25, 6))}
+    assert not torch.equal(m[1], m[2]) and not torch.equal(m[3], m[4])
+    p = tensors(model.params)
+    trunk = torch.relu(torch.tensor(Xb) @ p["W1"] + p["b1"])
+    a, b = (torch.tanh(trunk @ p[f"W{k}"] + p[f"b{k}"]) for k in "ab")
+    out = ((a * m[1] / 0.5 + b * m[2] / 0.5) @ p["Wo"] + p["bo"]
+           + (trunk * m[3] / 0.75 + trunk * m[4] / 0.75) @ p["Wt"] + p["bt"])
+    t_loss = F.cross_entropy(out, torch.tensor(Yb).argmax(1))
+    t_loss.backward()
+    assert value == pytest.approx(t_loss.item(), rel=1e-12)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, p[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_a_networks_masks_do_not_depend_on_what_the_process_declared_before():
+    """Each call makes a mask numbered after every mask of the process; sn.compile numbers a
+    network's own 1, 2, … from the inputs up, so the same declaration trains to the same bits
+    whatever was declared before it, and a stack's masks keep the numbers they always had."""
+    first = branches()
+    sn.dropout(sn.Input("X", 4), 0.5)  # a declaration in between moves the process's count on
+    second = branches()
+    assert second.loss_expr == first.loss_expr and second.formulas() == first.formulas()
+    Xd, Yd = make_data(n=24, seed=3)
+    for model in (first, second):
+        model.fit(Xd, Yd, epochs=2, batch_size=8, shuffle=False, verbose=False)
+    for k, v in first.params.items():
+        np.testing.assert_array_equal(second.params[k], v, err_msg=k)
+    inner = sn.dropout(sn.Input("X", 4), 0.1)
+    outer = sn.dropout(sn.relu(sn.dense(inner, 3, name="s")), 0.2)
+    assert outer.mask.stream > inner.mask.stream > 4
+    loss, X, Y, _ = dropout_net()
+    model = sn.compile(loss, inputs=[X], targets=[Y], dtype="float64", seed=0, backend="numpy")
+    assert {m.name: float(m.p) for m in model.loss_expr.atoms(DropoutMask)} == {"M1": 0.25,
+                                                                               "M2": 0.5}
 
 
 def test_dropout_is_the_identity_in_predict_and_evaluate():
