@@ -60,8 +60,9 @@ def layer_norm(z, name, eps=1e-5):
 def dropout(a, p):
     """Inverted dropout, ``A ∘ M/(1 − p)``, as ``torch.nn.Dropout(p)``: in training each entry of
     A is zeroed with probability p and the rest scaled by 1/(1 − p); each call its own mask M,
-    drawn anew every step inside the kernel from the model's seed (a run reproduces bit for bit, on any thread
-    count); the identity in ``predict`` and ``evaluate``. ``p = 0`` returns A."""
+    drawn anew every step inside the kernel from the model's seed (a run reproduces bit for
+    bit, on any thread count); the identity in ``predict`` and ``evaluate``. ``p = 0`` returns
+    A."""
     _require_matrix(a, "sn.dropout")
     p = validate.number(p, "p", low=0, below=1, example=0.2, where="sn.dropout")
     if p == 0:
