@@ -82,7 +82,43 @@ class _Shown:
         return latex(self)
 
 
-class Elementwise(_Shown, MatrixExpr):
+class _Operand:
+    """A sum or difference with a symnet node checks the shapes here, before SymPy does: a
+    residual connection of the wrong width stopped with SymPy's own ShapeError, which names
+    neither the operands nor the fix. (A sum of SymPy matrices alone, such as X + X·W, is
+    SymPy's to check.)"""
+
+    _op_priority = 11.5  # above MatrixExpr's 11: SymPy hands such an operation to these methods
+
+    def __add__(self, other):
+        _summable(self, other, "+")
+        return MatrixExpr.__add__(self, other)
+
+    def __radd__(self, other):
+        _summable(other, self, "+")
+        return MatrixExpr.__radd__(self, other)
+
+    def __sub__(self, other):
+        _summable(self, other, "−")
+        return MatrixExpr.__sub__(self, other)
+
+    def __rsub__(self, other):
+        _summable(other, self, "−")
+        return MatrixExpr.__rsub__(self, other)
+
+
+def _summable(left, right, op):
+    if (isinstance(left, MatrixExpr) and isinstance(right, MatrixExpr)
+            and left.shape != right.shape):
+        short = [t if len(t) <= 40 else t[:37] + "..." for t in map(formula_text, (left, right))]
+        raise ShapeError(
+            f"{short[0]} {op} {short[1]}: a {_shape_text(left)} and a {_shape_text(right)} "
+            f"matrix; + and − take matrices of one shape. For a residual connection h + f(h), "
+            f"give f's last layer as many units as h has columns, or project h to f's width "
+            f"first with sn.dense(h, units)")
+
+
+class Elementwise(_Operand, _Shown, MatrixExpr):
     """``fn.(M)``: the scalar function ``fn`` (a one-argument ``Lambda``) applied to every entry of M.
 
     SymPy's own ``ElementwiseApplyFunction`` rewrites itself on construction and prints as
@@ -129,7 +165,7 @@ class Elementwise(_Shown, MatrixExpr):
         return prettyForm(self._sympystr(printer))
 
 
-class Entrywise(_Shown, MatrixExpr):
+class Entrywise(_Operand, _Shown, MatrixExpr):
     """``f.(M1, M2, …)``: a scalar function of several variables applied entry by entry to
     matrices of one shape. The simplifier builds it where a loss combines functions of several
     matrices entrywise (binary cross-entropy of a sigmoid), so that SymPy differentiates and
@@ -156,7 +192,7 @@ class Entrywise(_Shown, MatrixExpr):
         return Entrywise(self.fn, *[a.T for a in self.arguments])
 
 
-class RowLogSumExp(MatrixExpr):
+class RowLogSumExp(_Operand, MatrixExpr):
     """``logsumexp(Z)``: the n×1 column of log Σ_j exp(Z_ij), computed stably."""
 
     def __new__(cls, arg):
@@ -181,7 +217,7 @@ class RowLogSumExp(MatrixExpr):
         return sp.log(sp.Sum(row, (k, 0, self.arg.shape[1] - 1)))
 
 
-class Standardized(_Shown, MatrixExpr):
+class Standardized(_Operand, _Shown, MatrixExpr):
     """``X̂ = (Z − μ)/σ`` with Z's own statistics broadcast along the axis they were taken over:
     μ and σ are 1×k for each column over the batch (batch norm) or n×1 for each row (layer
     norm). ``label`` names the block (μ1, σ1, X̂1); ``eps`` is inside σ = √(var + eps);
@@ -271,7 +307,7 @@ class DropoutMask(MatrixExpr):
         return self
 
 
-class Dropout(_Shown, MatrixExpr):
+class Dropout(_Operand, _Shown, MatrixExpr):
     """Inverted dropout, ``A ∘ M/(1 − p)``; the identity in ``predict`` and ``evaluate``."""
 
     def __new__(cls, arg, mask):

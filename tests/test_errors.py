@@ -23,6 +23,26 @@ def test_shape_mismatch_of_loss_names_both_shapes():
         sn.mse(out, sn.Input("Z", 2))
 
 
+@pytest.mark.parametrize("residual", [
+    lambda X, h: h + sn.dense(h, 5, sn.relu, name="f"),
+    lambda X, h: sn.dense(h, 5, name="f") + h,
+    lambda X, h: X + h,
+    lambda X, h: h - sn.dropout(X, 0.5),
+    lambda X, h: sn.batch_norm(sn.dense(X, 5, name="f"), "f") + h,
+])
+def test_a_residual_connection_of_two_widths_names_both_and_the_fix(residual):
+    """A sum with a symnet node (an activation, a norm, a dropout) is checked by symnet, not by
+    SymPy, whose ShapeError named neither the operands nor the fix."""
+    X = sn.Input("X", 4)
+    h = sn.dense(X, 6, sn.relu, name="1")
+    with pytest.raises(sn.ShapeError, match=r"a n×\d and a n×\d matrix; \+ and − take matrices "
+                                            r"of one shape\. For a residual connection h \+ "
+                                            r"f\(h\), give f's last layer as many units as h"):
+        residual(X, h)
+    assert (h + sn.dense(h, 6, sn.relu, name="g")).shape == (n, 6)  # equal widths still add
+    assert (h - h).shape == (n, 6) and (2 * h).T.shape == (6, n)
+
+
 def test_free_scalar_symbol_is_refused():
     X, Y, out = net()
     k = sp.Symbol("k")
