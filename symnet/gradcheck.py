@@ -28,7 +28,7 @@ def gradcheck(model, X, Y=None, *, eps: float = 1e-5, max_entries: int = 30, see
     with model._lock:  # it swaps the model's parameters for float64 copies meanwhile
         model._check_params()
         live = dict(model.params)  # the user's arrays, untouched: float64 copies are perturbed
-        feeds = model._feeds(X, Y, dtype="float64")  # once, not per perturbation
+        feeds = model._gradient_feeds(X, Y, "float64")  # once, not per perturbation
         try:
             for k in model.params:
                 model.params[k] = live[k].astype(np.float64)

@@ -234,7 +234,7 @@ class Model:
         table of MathML formulas."""
         from .explain import explain
 
-        feeds = self._feeds(X, Y, dtype="float64")
+        feeds = self._gradient_feeds(X, Y, "float64")
         with self._lock:  # the parameters of one moment, not of a fit running beside it
             self._check_params()
             return explain(self, feeds, _rows(feeds))
@@ -432,10 +432,15 @@ class Model:
         if dtype is not None:
             dtype = _dtype(dtype, "loss_and_grad(dtype=...)", DataError)
         self._check_params()
+        return self._loss_and_grad(self._gradient_feeds(X, Y, dtype), dtype)
+
+    def _gradient_feeds(self, X, Y, dtype):
+        """The feeds of a batch whose gradients are asked for (``loss_and_grad``, ``gradcheck``,
+        ``explain``, ``report``): with batch norm, of 2 rows or more."""
         feeds = self._feeds(X, Y, dtype=dtype)
         if self._norms and _rows(feeds) < 2:
             raise DataError(f"{ONE_ROW}; pass at least 2 rows")
-        return self._loss_and_grad(feeds, dtype)
+        return feeds
 
     def _loss_and_grad(self, feeds, dtype=None):
         out = self._run("loss_and_grad", feeds, dtype)

@@ -161,7 +161,7 @@ def write(model, path, X=None, Y=None) -> None:
         raise DataError("report(path, X, Y) checks the gradients on X and Y: pass the inputs "
                         "X as well, or neither")
     if X is not None:
-        feeds = model._feeds(X, Y, dtype="float64")
+        feeds = model._gradient_feeds(X, Y, "float64")
         with model._lock:
             model._check_params()
             ex = explain(model, feeds, next(iter(feeds.values())).shape[0])

@@ -222,7 +222,7 @@ def test_running_statistics_are_checked_as_parameters_are(tmp_path):
 # ---------------------------------------------------------------------------- errors
 
 
-def test_a_one_row_batch_in_training_is_refused_with_a_batch_size_that_works():
+def test_a_one_row_batch_in_training_is_refused_with_a_batch_size_that_works(tmp_path):
     loss, X, Y, out = bn_net()
     model = compiled(loss, X, Y, prediction=out)
     Xd, Yd = make_data(n=9)
@@ -230,8 +230,11 @@ def test_a_one_row_batch_in_training_is_refused_with_a_batch_size_that_works():
         model.fit(Xd, Yd, batch_size=4, verbose=False)
     with pytest.raises(sn.DataError, match="a 1-row batch has no variance.*at least 2 rows"):
         model.fit(Xd[:1], Yd[:1], verbose=False)
-    with pytest.raises(sn.DataError, match="a 1-row batch has no variance"):
-        model.loss_and_grad(Xd[:1], Yd[:1])
+    for gradients_of in (model.loss_and_grad, model.explain,  # as loss_and_grad, which they run
+                         lambda X, Y: sn.gradcheck(model, X, Y),
+                         lambda X, Y: model.report(tmp_path / "r.html", X, Y)):
+        with pytest.raises(sn.DataError, match="a 1-row batch has no variance"):
+            gradients_of(Xd[:1], Yd[:1])
 
 
 @pytest.mark.parametrize("kwargs, message", [
