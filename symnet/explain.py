@@ -97,7 +97,7 @@ def explain(model, feeds, rows: int) -> Explanation:
     errors = _errors(model, feeds) if feeds is not None else {}
     names = {eq.lhs: p.name for p, eq in d.gradients.items()}
     lines = []
-    for title, eqs in sections(d):
+    for title, eqs in sections(d, model._predict_equations()):
         for eq in eqs:
             rewrites = eq.rewrites
             if eq.lhs == d.loss:

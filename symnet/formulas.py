@@ -846,11 +846,16 @@ def mathml(e) -> str:
 
 # ------------------------------------------------------------------------------ derivations
 
-SECTIONS = ("Forward", "Backprop", "Gradients")
+PREDICT = "In predict and evaluate"  # the forward equations they compute otherwise
+SECTIONS = ("Forward", PREDICT, "Backprop", "Gradients")
 
 
-def sections(d: Derivation):
-    return list(zip(SECTIONS, (d.forward, d.backward, list(d.gradients.values()))))
+def sections(d: Derivation, predict=()):
+    """(title, equations) of each section; ``predict``, the forward equations that predict and
+    evaluate compute otherwise (batch norm on running statistics, dropout the identity), follows
+    the forward ones when there are any."""
+    parts = zip(SECTIONS, (d.forward, list(predict), d.backward, list(d.gradients.values())))
+    return [(title, eqs) for title, eqs in parts if eqs or title != PREDICT]
 
 
 def update_lines(optimizer, printer) -> list[str]:
@@ -878,12 +883,12 @@ def pad(s: str, columns: int) -> str:
     return s + " " * max(0, columns - width(s))
 
 
-def as_text(d: Derivation, raw: Derivation | None = None, optimizer=None) -> str:
+def as_text(d: Derivation, raw: Derivation | None = None, optimizer=None, predict=()) -> str:
     """The derivation as aligned text; with ``raw``, each backprop and gradient equation is
-    followed by its unsimplified chain-rule form."""
+    followed by its unsimplified chain-rule form; ``predict`` as in :func:`sections`."""
     raw_of = {eq.label: eq for eq in (raw.backward + list(raw.gradients.values()))} if raw else {}
     lines = []
-    for title, eqs in sections(d):
+    for title, eqs in sections(d, predict):
         lines.append(f"{title}:")
         columns = max((width(eq.label) for eq in eqs), default=0)
         for eq in eqs:
@@ -897,10 +902,10 @@ def as_text(d: Derivation, raw: Derivation | None = None, optimizer=None) -> str
     return "\n".join(lines)
 
 
-def as_latex(d: Derivation, optimizer=None) -> str:
-    """The derivation as one amsmath ``aligned`` block."""
+def as_latex(d: Derivation, optimizer=None, predict=()) -> str:
+    """The derivation as one amsmath ``aligned`` block; ``predict`` as in :func:`sections`."""
     rows = []
-    for title, eqs in sections(d):
+    for title, eqs in sections(d, predict):
         rows.append(rf"\text{{{title}:}} & \\")
         rows.extend(rf"{latex_name(eq.label)} &= {latex(eq.rhs)} \\" for eq in eqs)
     if optimizer is not None:

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import sympy as sp
@@ -213,19 +213,28 @@ class Model:
         return self._raw
 
     def formulas(self, raw: bool = False, weighted: bool = False) -> str:
-        """Forward, backprop and gradient equations, and the optimizer's update, as text. With
-        ``raw=True`` each backprop equation is followed by its unsimplified chain-rule form;
-        with ``weighted=True`` they are those of ``fit(sample_weight=...)``, whose batch means
-        weigh each row by ω."""
+        """Forward, backprop and gradient equations, and the optimizer's update, as text; with
+        batch norm or dropout, also the forward equations that predict and evaluate compute
+        otherwise (running statistics; no dropout). With ``raw=True`` each backprop equation is
+        followed by its unsimplified chain-rule form; with ``weighted=True`` they are those of
+        ``fit(sample_weight=...)``, whose batch means weigh each row by ω."""
         raw = validate.flag(raw, "raw", where="formulas")
         if validate.flag(weighted, "weighted", where="formulas"):
             return formulas.as_text(self._weighted_variant()[0], optimizer=self.optimizer)
         return formulas.as_text(self.derivation, self.raw_derivation() if raw else None,
-                                optimizer=self.optimizer)
+                                optimizer=self.optimizer, predict=self._predict_equations())
+
+    def _predict_equations(self) -> list:
+        """The forward equations that predict and evaluate compute otherwise than training."""
+        forward = self.derivation.forward
+        at = _at_prediction({eq.lhs: eq.rhs for eq in forward}, self._norms)
+        return [replace(eq, rhs=at[eq.lhs], rewrites=()) for eq in forward
+                if at[eq.lhs] != eq.rhs]
 
     def latex(self) -> str:
         """The derivation and the update as one LaTeX ``aligned`` block (amsmath)."""
-        return formulas.as_latex(self.derivation, optimizer=self.optimizer)
+        return formulas.as_latex(self.derivation, optimizer=self.optimizer,
+                                 predict=self._predict_equations())
 
     def explain(self, X, Y=None):
         """Every equation of the derivation with its shape, the raw chain-rule form, the rewrites
@@ -280,8 +289,7 @@ class Model:
             programs["train"] = lower(defs, roots, {**leaves, **running}, assigns)
         if weights:
             return programs
-        defs = {**defs, **{norm.xhat: norm.at_prediction() for norm in norms}}
-        defs = {k: _without_dropout(v) for k, v in defs.items()}
+        defs = _at_prediction(defs, norms)
         leaves.update(running)
         programs["loss"] = lower(defs, {"loss": d.loss}, leaves)
         if d.predictions:
@@ -1175,6 +1183,13 @@ def _check_prediction(prediction, inputs, params):
             f"the prediction uses {sorted(map(str, stray))}, which are not inputs or "
             f"parameters of the loss; predict() gets only the inputs")
     return expr
+
+
+def _at_prediction(defs: dict, norms) -> dict:
+    """``defs`` as predict and evaluate compute them: each batch norm on its running
+    statistics, each dropout the identity."""
+    defs = {**defs, **{norm.xhat: norm.at_prediction() for norm in norms}}
+    return {k: _without_dropout(v) for k, v in defs.items()}
 
 
 def _without_dropout(expr):

@@ -66,10 +66,12 @@ def test_batch_norm_formulas_name_the_statistics_and_give_the_closed_form_adjoin
                  # CS231n's batchnorm_backward_alt: γ/(n·σ) ∘ (n·G − 𝟙·colsum(G) − X̂∘𝟙·colsum(G∘X̂))
                  "δ1  = (𝟙·(gamma1/σ1)) ∘ (n·δN1 − (𝟙·colsum(X̂1 ∘ δN1)) ∘ X̂1 − 𝟙·colsum(δN1))/n",
                  "∂L/∂gamma1 = colsum(δN1 ∘ X̂1)",
-                 "∂L/∂beta1  = colsum(δN1)"):
+                 "∂L/∂beta1  = colsum(δN1)",
+                 "In predict and evaluate:\n  X̂1 = (Z1 − 𝟙·running_mean1)/(𝟙·√(running_var1 + "
+                 "1e-5))\nBackprop:"):
         assert line in lines, line
     assert "^" not in lines and all(len(row) < 100 for row in lines.splitlines())
-    forward = lines.split("Backprop:")[0].splitlines()[1:]  # "=" in one column, X̂1's too
+    forward = lines.split("In predict")[0].splitlines()[1:]  # "=" in one column, X̂1's too
     assert len({sn.formulas.width(row.split(" = ")[0]) for row in forward}) == 1, forward
     rows = repr(compiled(loss, X, Y, prediction=out)).splitlines()
     layers = rows[rows.index("  layers:") + 1:rows.index("  layers:") + 3]

@@ -30,8 +30,11 @@ def test_explain_shows_every_equation_with_shape_raw_form_rewrites_and_check(nam
     ex = model.explain(Xb, Yb)
     shown = str(ex)
     d = model.derivation
-    assert [ln.label for ln in ex.lines] == [eq.label for eq in d.equations]
-    for ln, eq in zip(ex.lines, d.equations):
+    trained = [ln for ln in ex.lines if ln.section != formulas.PREDICT]
+    assert [ln.label for ln in trained] == [eq.label for eq in d.equations]
+    assert [(ln.label, ln.rhs) for ln in ex.lines if ln.section == formulas.PREDICT] == [
+        (eq.label, eq.rhs) for eq in model._predict_equations()]
+    for ln, eq in zip(trained, d.equations):
         rows, cols = eq.lhs.shape
         assert ln.shape == f"{rows}×{cols}"
         line = next(s for s in shown.splitlines() if re.match(rf"\s*{re.escape(eq.label)} += ", s))

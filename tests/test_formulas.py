@@ -162,6 +162,28 @@ def test_text_latex_and_mathml_read_back_as_what_is_computed(name):
     check_model(*network(name))
 
 
+@pytest.mark.parametrize("name", ["block-batch_norm", "block-dropout"])
+def test_the_predict_equations_read_back_as_what_predict_computes(name):
+    """The formulas' "In predict and evaluate" section (batch norm on its running statistics,
+    dropout the identity), with the forward equations it leaves alone, computes predict."""
+    model, Xb, Yb = network(name)
+    model = model.fresh(seed=0)
+    rng = np.random.default_rng(1)
+    for v in model.running.values():  # not the starting 0 and 1, which would hide a swap
+        v[...] = rng.uniform(0.5, 2.0, v.shape)
+    at_prediction = {eq.lhs: eq for eq in model._predict_equations()}
+    shown = model.formulas().split("In predict and evaluate:\n")[1].split("Backprop:")[0]
+    assert shown.splitlines() == [f"  {eq.label} = {formulas.text(eq.rhs)}"
+                                  for eq in at_prediction.values()]
+    env = {"X": Xb, "Y": Yb, "n": Xb.shape[0], **model.params, **model.running}
+    functions = activations_of(model)
+    for eq in model.derivation.forward:
+        eq = at_prediction.get(eq.lhs, eq)
+        check_equation(eq, env, functions)
+        env[eq.label] = sn.evaluate(eq.rhs, env)
+    np.testing.assert_allclose(env["P"], model.predict(Xb), rtol=1e-12)
+
+
 def test_update_rules_read_back_in_every_form():
     model, _, _ = network("teacher")
     lines = formulas.update_lines(model.optimizer, formulas.TextPrinter())
