@@ -505,7 +505,8 @@ class Model:
         of class distributions (one-hot or probabilities), and for other 0/1 targets of a
         prediction σ(Z) (one column, or several labels per row) the share of labels right at the
         threshold 0.5; for other targets of the prediction's shape ``"r2"``, R² averaged over the
-        columns.
+        columns. Only the loss for a model of several targets: which prediction answers which
+        target is not for evaluate to guess (score each of predict's outputs on its own).
         Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns, and is left
         out for a model without targets (an autoencoder's loss reads its inputs only)."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
@@ -519,7 +520,7 @@ class Model:
         total = sum(float(self._run("loss", chunk)["loss"][0, 0]) * _rows(chunk)
                     for chunk in _chunks(feeds, batch_size, self.dtype))
         result = {"loss": total / _rows(feeds)}
-        target = feeds[self.targets[0].name] if self.targets else None
+        target = feeds[self.targets[0].name] if len(self.targets) == 1 else None
         first = self.prediction_expr
         if first is None or target is None or first.shape[1] != target.shape[1]:
             return result
@@ -537,7 +538,9 @@ class Model:
         """(each row's class, the number of classes), for ``class_weight``: the argmax of a
         k ≥ 2 column target, the 0/1 of one column; (None, None) for other targets."""
         if len(self.targets) != 1:
-            return None, None
+            raise DataError(f"class_weight weighs the classes of one target, and this model has "
+                            f"{len(self.targets)}: {[t.name for t in self.targets]}; weigh its "
+                            f"rows with sample_weight instead")
         target = feeds[self.targets[0].name]
         if target.shape[1] >= 2:
             return target.argmax(1), target.shape[1]
@@ -589,7 +592,8 @@ class Model:
         rows = _rows(feeds)
         weighted = sample_weight is not None or class_weight is not None
         if weighted:
-            w = weighting.row_weights(rows, *self._class_labels(feeds), sample_weight=sample_weight,
+            labels = self._class_labels(feeds) if class_weight is not None else (None, None)
+            w = weighting.row_weights(rows, *labels, sample_weight=sample_weight,
                                       class_weight=class_weight)
             data[weighting.OMEGA.name] = _scaled_weights(w, self.dtype).reshape(rows, 1)
             # rows of weight 0 are left out (as the estimators do), so that no batch weighs 0
@@ -998,11 +1002,17 @@ def _symbols(items, what, taken=()):
 
 
 def _arrays(data, symbols, what):
-    """The arrays for ``symbols``: the array itself for one symbol, else a list or tuple of one
-    array per symbol, in order."""
-    if len(symbols) == 1:
-        return [data]
+    """The arrays for ``symbols``: a dict by name, the array itself for one symbol, else a list
+    or tuple of one array per symbol, in order."""
     names = [s.name for s in symbols]
+    if isinstance(data, dict):
+        if set(data) != set(names):
+            raise DataError(f"the {what} given by name must be exactly {names}, got "
+                            f"{sorted(map(str, data))}")
+        return [data[name] for name in names]
+    if len(symbols) == 1:
+        one = isinstance(data, (list, tuple)) and len(data) == 1 and np.ndim(data[0]) == 2
+        return [data[0] if one else data]  # [Y] as for several targets: not a 3-D array
     if not isinstance(data, (list, tuple)) or len(data) != len(symbols):
         raise DataError(f"this model has the {len(symbols)} {what} {names}: pass a list or tuple "
                         f"with one array for each, in that order; got {validate.describe(data)}")
