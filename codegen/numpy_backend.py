@@ -42,8 +42,11 @@ class NumpyRunner:
     def __init__(self, program: Program, dtype="float64"):
         self.program = program
         self.dtype = np.dtype(dtype)
+        # 1/0 in a branch (zoo) is NaN, as the numba kernels print it; lambdify's NumPy printer
+        # knows no zoo
         self._maps = {
-            i: sp.lambdify([*arg_symbols(len(ins.args)), SIZE, ROW, COL, SEED, STEP], ins.body,
+            i: sp.lambdify([*arg_symbols(len(ins.args)), SIZE, ROW, COL, SEED, STEP],
+                           ins.body.xreplace({sp.zoo: sp.nan}),
                            modules=[{"Keep": random.keep, **REAL_FUNCTIONS}, "numpy", "scipy"])
             for i, ins in enumerate(program.instrs) if ins.op is Op.MAP
         }

@@ -266,3 +266,22 @@ def test_a_rewrite_that_overflows_where_the_original_does_not_is_refused():
     stable = sigma * (1 + x * (1 - sigma))  # finite wherever either of them is
     assert rw.numerically_safe(original, stable) and rw.numerically_safe(overflowing, stable)
     assert not rw.numerically_safe(original, original + 1e-3)  # and a different value, never
+
+
+@pytest.mark.parametrize("act", [sn.hard_sigmoid, sn.relu])
+def test_a_derivative_with_a_division_by_zero_in_a_branch_computes_alike_on_both_backends(act):
+    """binary_cross_entropy of hard_sigmoid's 0 and 1 divides by 0 in a branch of δ (SymPy's
+    zoo): the kernels compute it as NaN, and the reference backend stopped inside SymPy's
+    NumPy printer (KeyError: 'ComplexInfinity')."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 1)
+    out = act(sn.dense(sn.dense(X, 8, sn.tanh, name="1"), 1, name="2"))
+    models = [sn.compile(sn.binary_cross_entropy(out, Y), inputs=[X], targets=[Y], seed=0,
+                         dtype="float64", backend=b) for b in BACKENDS]
+    rng = np.random.default_rng(0)
+    Xd, Yd = rng.normal(size=(30, 4)), (rng.random((30, 1)) > 0.5) * 1.0
+    (la, ga), (lb, gb) = (m.loss_and_grad(Xd * 0.1, Yd) for m in models)
+    assert np.isfinite(la) == (act is sn.hard_sigmoid)  # relu's 0 has no logarithm
+    np.testing.assert_allclose(la, lb, rtol=1e-12, equal_nan=True)
+    for k in ga:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=1e-10, atol=1e-13, equal_nan=True,
+                                   err_msg=k)
