@@ -2,6 +2,7 @@
 
 import io
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -118,6 +119,9 @@ def test_symnet_version_prints_the_installed_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out == f"symnet {sn.__version__}\n"
+    run = subprocess.run([sys.executable, "-m", "symnet", "--version"], capture_output=True,
+                         text=True, timeout=120)  # where the script is not on PATH
+    assert run.returncode == 0 and run.stdout == f"symnet {sn.__version__}\n", run.stderr
 
 
 def test_a_demo_that_diverges_ends_with_the_error_and_no_traceback(capsys):
