@@ -113,16 +113,23 @@ def _next_layer_name(x) -> str:
     return str(max(numbers, default=0) + 1)
 
 
-def weights(expr) -> list[sp.MatrixSymbol]:
-    """The weight matrices of a network expression, for ``sn.l2``/``sn.l1``: its parameters (no
-    batch rows) that are not a bias, a norm's gain or shift, or a PReLU slope, read from where
-    the expression uses them (``init.roles``), whatever their names."""
-    if not getattr(expr, "is_Matrix", False) or not isinstance(expr, sp.Basic):
-        raise DeclarationError(f"sn.weights takes a network expression such as the output of "
-                               f"sn.dense, e.g. sn.weights(out), got {validate.describe(expr)}")
-    other = roles(expr)
-    return sorted((s for s in matrix_symbols(expr) if s.shape[0] != batch and s not in other),
-                  key=lambda s: _natural_key(s.name))
+def weights(*exprs) -> list[sp.MatrixSymbol]:
+    """The weight matrices of network expressions (the outputs of a network's heads, say), for
+    ``sn.l2``/``sn.l1``: their parameters (no batch rows) that are not a bias, a norm's gain or
+    shift, or a PReLU slope, read from where the expressions use them (``init.roles``), whatever
+    their names; each once."""
+    if not exprs:
+        raise DeclarationError("sn.weights takes the network's output, e.g. sn.weights(out), or "
+                               "the outputs of its heads, sn.weights(out1, out2)")
+    found = set()
+    for expr in exprs:
+        if not getattr(expr, "is_Matrix", False) or not isinstance(expr, sp.Basic):
+            raise DeclarationError(f"sn.weights takes network expressions such as the output of "
+                                   f"sn.dense, e.g. sn.weights(out), got "
+                                   f"{validate.describe(expr)}")
+        other = roles(expr)
+        found |= {s for s in matrix_symbols(expr) if s.shape[0] != batch and s not in other}
+    return sorted(found, key=lambda s: _natural_key(s.name))
 
 
 def _natural_key(name: str):

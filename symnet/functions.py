@@ -822,20 +822,20 @@ def _weights(args, fname):
     for w in args:
         if not isinstance(w, sp.MatrixSymbol):
             raise DeclarationError(f"{fname}: {w!r} is not a weight MatrixSymbol")
-    return args
+    return list(dict.fromkeys(args))  # each once: two heads' weights list their trunk's twice
 
 
 def l2(lam, *weights):
-    """(lam/2)·Σ‖W‖²_F over the given matrices, usually ``*sn.weights(out)``, which leaves out
-    biases, gains and shifts (a matrix alone does not say which it is); ``lam`` a number, or a
-    1×1 ``sn.Constant`` read at run time."""
+    """(lam/2)·Σ‖W‖²_F over the given matrices, each counted once, usually
+    ``*sn.weights(out)``, which leaves out biases, gains and shifts (a matrix alone does not say
+    which it is); ``lam`` a number, or a 1×1 ``sn.Constant`` read at run time."""
     lam = _coefficient(lam, "l2")
     return sp.MatAdd(*[sum(square(w)) for w in _weights(weights, "l2")]) * (lam / 2)
 
 
 def l1(lam, *weights):
-    """lam·Σ|W| over the given matrices, usually ``*sn.weights(out)`` (see :func:`l2`); ``lam`` a
-    number or a 1×1 ``sn.Constant``."""
+    """lam·Σ|W| over the given matrices, each counted once, usually ``*sn.weights(out)`` (see
+    :func:`l2`); ``lam`` a number or a 1×1 ``sn.Constant``."""
     lam = _coefficient(lam, "l1")
     return sp.MatAdd(*[sum(abs(w)) for w in _weights(weights, "l1")]) * lam
 

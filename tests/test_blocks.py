@@ -599,3 +599,27 @@ def test_weights_are_found_by_their_role_not_their_name():
     h = sn.batch_norm(X * K, "1")
     out = sn.dense(sn.dropout(sn.relu(h), 0.2), 3, sn.prelu, name="2")
     assert sn.weights(out) == [K, sp.MatrixSymbol("W2", 5, 3)]
+
+
+def test_the_weights_of_two_heads_are_penalised_once_each():
+    """sn.weights of both heads lists the trunk's weight once, and sn.l2 counts a matrix once:
+    ``*sn.weights(o1), *sn.weights(o2)`` penalised the trunk twice."""
+    import sympy as sp
+
+    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
+    trunk = sn.dense(X, 5, sn.tanh, name="t")
+    o1, o2 = sn.dense(trunk, 2, name="1"), sn.dense(trunk, 2, name="2")
+    W = {k: sp.MatrixSymbol(f"W{k}", *shape) for k, shape in (("t", (4, 5)), ("1", (5, 2)),
+                                                             ("2", (5, 2)))}
+    assert sn.weights(o1, o2) == [W["1"], W["2"], W["t"]]
+    twice, once = (sn.mse(o1, Y) + sn.mse(o2, Y) + sn.l2(0.1, *ws)
+                   for ws in ([*sn.weights(o1), *sn.weights(o2)], sn.weights(o1, o2)))
+    values = {"X": np.ones((3, 4)), "Y": np.zeros((3, 2))}
+    values.update({f"b{k}": np.full((1, w.shape[1]), 0.5) for k, w in W.items()})
+    values.update({w.name: np.full(w.shape, 0.1 * (i + 1)) for i, w in enumerate(W.values())})
+    assert sn.evaluate(twice, values) == pytest.approx(sn.evaluate(once, values), rel=1e-14)
+    penalty = 0.05 * sum(float((values[w.name] ** 2).sum()) for w in W.values())
+    assert sn.evaluate(sn.l2(0.1, W["t"], W["t"], W["1"], W["2"]), values) == pytest.approx(
+        penalty, rel=1e-14)
+    with pytest.raises(sn.DeclarationError, match=r"sn.weights takes the network's output"):
+        sn.weights()
