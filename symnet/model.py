@@ -27,7 +27,14 @@ from .blocks import numbered_masks
 from .declare import ConstantSymbol, batch
 from .errors import DataError, DeclarationError
 from .evaluate import evaluate
-from .functions import Dropout, DropoutMask, Elementwise, RowLogSumExp, matrix_symbols
+from .functions import (
+    Dropout,
+    DropoutMask,
+    Elementwise,
+    RowLogSumExp,
+    ScalarActivation,
+    matrix_symbols,
+)
 from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive
 from .lower import lower
@@ -129,6 +136,7 @@ class Model:
         self.prediction_exprs = tuple(predictions)
         self._several = isinstance(prediction, (list, tuple))
         _check_constants_used(self._constant_symbols, self.loss_expr, self.prediction_exprs)
+        _check_activation_names(self.loss_expr, *self.prediction_exprs)
         self._taken = {s.name for s in data | set(self.param_symbols)}
         layers = layer_sums(self.loss_expr, *self.prediction_exprs)
         fired = {"loss": [], "prediction": []}
@@ -1132,6 +1140,22 @@ def _constants(constants, data, dtype) -> tuple[list, dict[str, np.ndarray]]:
             raise DeclarationError(f"constants: the value of {symbol.name} is not finite: {value!r}")
         arrays[symbol.name] = array
     return list(constants), arrays
+
+
+def _check_activation_names(*exprs):
+    """No two different activations of one name: the formulas show an activation by its name,
+    so sn.relu beside ``sn.activation("relu", x**2, x)`` would read as one function."""
+    by_name = {}
+    for expr in exprs:
+        for e in validate.unique_nodes(expr):
+            if isinstance(e, ScalarActivation):
+                by_name.setdefault(e.func.__name__, {})[(e.func.definition, e.func.numeric)] = e
+    for name, kinds in sorted(by_name.items()):
+        if len(kinds) > 1:
+            shown = " and ".join(sorted(f"{name}(x) = {d.expr}" for d, _ in kinds))
+            raise DeclarationError(
+                f"the network uses two different activations named {name!r} ({shown}); the "
+                f"formulas show them by name, so give one another name in sn.activation(...)")
 
 
 def _check_constants_used(symbols, loss, predictions):

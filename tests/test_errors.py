@@ -680,3 +680,24 @@ def test_label_smoothing_outside_0_to_1_is_refused(eps):
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
     with pytest.raises(sn.DeclarationError, match="label_smoothing"):
         sn.softmax_cross_entropy(sn.dense(X, 3), Y, label_smoothing=eps)
+
+
+@pytest.mark.parametrize("first, second, clash", [
+    (sn.relu, sn.activation("relu", sp.Symbol("x") ** 2, sp.Symbol("x")), True),
+    (sn.activation("sq", sp.Symbol("x") ** 2, sp.Symbol("x")),
+     sn.activation("sq", sp.Symbol("x") ** 3, sp.Symbol("x")), True),
+    (sn.activation("sq", sp.Symbol("x") ** 2, sp.Symbol("x")),
+     sn.activation("sq", sp.Symbol("x") ** 2, sp.Symbol("x")), False),  # one function twice
+])
+def test_two_different_activations_of_one_name_in_one_network_are_refused(first, second, clash):
+    """The formulas show an activation by its name: two functions called relu would read as
+    one."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(sn.dense(X, 5, first, name="1"), 5, second, name="2"), 3, name="3")
+    if not clash:
+        sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], backend="numpy")
+        return
+    with pytest.raises(sn.DeclarationError, match=r"the network uses two different activations "
+                                                  r"named '(relu|sq)' \(.*\); the formulas show "
+                                                  r"them by name, so give one another name"):
+        sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], backend="numpy")
