@@ -112,8 +112,8 @@ def _summable(left, right, op):
             and left.shape != right.shape):
         short = [t if len(t) <= 40 else t[:37] + "..." for t in map(formula_text, (left, right))]
         raise ShapeError(
-            f"{short[0]} {op} {short[1]}: a {_shape_text(left)} and a {_shape_text(right)} "
-            f"matrix; + and − take matrices of one shape. For a residual connection h + f(h), "
+            f"{short[0]} {op} {short[1]}: {_shape_text(left)} and {_shape_text(right)} "
+            f"matrices; + and − take matrices of one shape. For a residual connection h + f(h), "
             f"give f's last layer as many units as h has columns, or project h to f's width "
             f"first with sn.dense(h, units)")
 

@@ -35,7 +35,7 @@ def test_a_residual_connection_of_two_widths_names_both_and_the_fix(residual):
     SymPy, whose ShapeError named neither the operands nor the fix."""
     X = sn.Input("X", 4)
     h = sn.dense(X, 6, sn.relu, name="1")
-    with pytest.raises(sn.ShapeError, match=r"a n×\d and a n×\d matrix; \+ and − take matrices "
+    with pytest.raises(sn.ShapeError, match=r": n×\d and n×\d matrices; \+ and − take matrices "
                                             r"of one shape\. For a residual connection h \+ "
                                             r"f\(h\), give f's last layer as many units as h"):
         residual(X, h)
