@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from . import validate
-from .declare import parameter
+from .declare import batch, parameter
 from .errors import DeclarationError, ShapeError
 from .functions import (
     Dropout,
@@ -110,6 +110,12 @@ def _block(z, name, eps, what):
     rows, cols = z.shape
     if not (isinstance(cols, (int, sp.Integer))):
         raise ShapeError(f"sn.{what}: Z must have a fixed number of columns, got {cols}")
+    if what == "batch_norm" and rows != batch:
+        raise ShapeError(f"sn.batch_norm normalises each column over the batch's rows, and Z "
+                         f"is {rows}×{cols}; pass a layer's output, one row per example")
+    if what == "layer_norm" and cols == 1:
+        raise ShapeError("sn.layer_norm normalises each row over its columns, and Z has one: "
+                         "every normalised value would be 0; pass a layer of 2 or more units")
     name = str(name)
     validate.identifier(f"gamma{name}", f"sn.{what} name")
     taken = {s.name for s in matrix_symbols(z)}

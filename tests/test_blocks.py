@@ -252,6 +252,22 @@ def test_bad_block_arguments(kwargs, message):
         sn.batch_norm(z, **args)
 
 
+def test_a_norm_over_nothing_to_normalise_is_refused():
+    """Batch norm of a matrix without the batch's rows (a 1×1 loss), and layer norm of one
+    column, whose normalised values are all 0, are mistakes to name, not blocks to build."""
+    import sympy as sp
+
+    X, Y = sn.Input("X", 4), sn.Input("Y", 1)
+    with pytest.raises(sn.ShapeError, match=r"sn.batch_norm normalises each column over the "
+                                            r"batch's rows, and Z is 1×1"):
+        sn.batch_norm(sn.mse(sn.dense(X, 1, name="1"), Y), "1")
+    with pytest.raises(sn.ShapeError, match=r"and Z is 3×4; pass a layer's output"):
+        sn.batch_norm(sp.MatrixSymbol("K", 3, 4), "1")
+    with pytest.raises(sn.ShapeError, match=r"sn.layer_norm normalises each row over its "
+                                            r"columns, and Z has one"):
+        sn.layer_norm(sn.dense(X, 1, name="2"), "2")
+
+
 def test_a_norm_as_the_prediction_keeps_its_name_in_the_loss():
     """mse(N, Y) flattens N − Y at declaration; the block is regrouped, and P named, as a layer."""
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
