@@ -227,10 +227,26 @@ class Model:
         followed by its unsimplified chain-rule form; with ``weighted=True`` they are those of
         ``fit(sample_weight=...)``, whose batch means weigh each row by ω."""
         raw = validate.flag(raw, "raw", where="formulas")
+        self._check_optimizer()
         if validate.flag(weighted, "weighted", where="formulas"):
             return formulas.as_text(self._weighted_variant()[0], optimizer=self.optimizer)
         return formulas.as_text(self.derivation, self.raw_derivation() if raw else None,
                                 optimizer=self.optimizer, predict=self._predict_equations())
+
+    def _check_optimizer(self) -> None:
+        """``model.optimizer`` as the kernels were compiled for: after compile it may take
+        another numeric learning rate, which the kernels read at run time, and nothing else."""
+        if self.optimizer is None or not isinstance(self.optimizer, optim.Optimizer):
+            raise DeclarationError(f"model.optimizer must be one of sn.optim's optimizers, got "
+                                   f"{validate.describe(self.optimizer)}")
+        update = self.optimizer.update()
+        if update != self._update:
+            now, compiled = ("; ".join(u.notes) for u in (update, self._update))
+            raise DeclarationError(
+                f"model.optimizer was changed after compile to {self.optimizer!r}, whose update "
+                f"({now}) is not the one the kernels were compiled with ({compiled}); only a "
+                f"numeric learning rate may change (model.optimizer.lr = 0.01). For another "
+                f"rule, compile the network again with optimizer=...")
 
     def _predict_equations(self) -> list:
         """The forward equations that predict and evaluate compute otherwise than training."""
@@ -241,6 +257,7 @@ class Model:
 
     def latex(self) -> str:
         """The derivation and the update as one LaTeX ``aligned`` block (amsmath)."""
+        self._check_optimizer()
         return formulas.as_latex(self.derivation, optimizer=self.optimizer,
                                  predict=self._predict_equations())
 
@@ -251,6 +268,7 @@ class Model:
         table of MathML formulas."""
         from .explain import explain
 
+        self._check_optimizer()
         feeds = self._gradient_feeds(X, Y, "float64")
         with self._lock:  # the parameters of one moment, not of a fit running beside it
             self._check_params()
@@ -263,6 +281,7 @@ class Model:
         loads nothing from the network."""
         from .report import write
 
+        self._check_optimizer()
         write(self, path, X, Y)
 
     def __repr__(self):
@@ -592,6 +611,7 @@ class Model:
             early_stopping = validate.integer(early_stopping, "early_stopping", low=1,
                                               error=DataError, where="fit (a patience in epochs)")
         self._check_params()
+        self._check_optimizer()
         # the runner checks the rows it trains on as it copies each batch, and stops before a
         # batch with a non-finite entry (Status.DATA); class weights count the labels first
         feeds = self._feeds(X, Y, check_finite=class_weight is not None)
@@ -800,6 +820,7 @@ class Model:
         """Pickled as the bytes of its model file (:mod:`symnet.serialize`), never as code or
         compiled kernels: unpickling checks and compiles the declaration as ``sn.load`` does."""
         self._check_whole()
+        self._check_optimizer()
         with self._lock:
             return serialize.from_bytes, (serialize.to_bytes(self), self.backend)
 
@@ -810,6 +831,7 @@ class Model:
         Parameters are checked as ``fit`` checks them: ``load`` refuses a file with a
         non-finite one, so ``save`` does not write it."""
         self._check_params()
+        self._check_optimizer()
         with self._lock:
             serialize.save_model(self, path)
 

@@ -48,11 +48,18 @@ class Optimizer:
     state: tuple[str, ...] = ()
 
     def __init__(self, lr, clip_norm=None):
-        if isinstance(lr, Schedule):
-            self.lr = lr
-        else:
-            self.lr = _rate(self, "lr", lr, 0.01)
+        self.lr = lr
         self.clip_norm = None if clip_norm is None else _rate(self, "clip_norm", clip_norm, 1.0)
+
+    @property
+    def lr(self):
+        """The learning rate: a number > 0 or a :class:`Schedule`; checked when set, as
+        ``model.optimizer.lr = 0.01`` between fits is how a compiled model takes another."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = value if isinstance(value, Schedule) else _rate(self, "lr", value, 0.01)
 
     def steps(self) -> list[tuple[sp.Symbol, sp.Expr]]:
         raise NotImplementedError
@@ -91,7 +98,8 @@ class Optimizer:
         return update_lines(self, TextPrinter())
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "state")  # derived
+        args = ", ".join(f"{k.lstrip('_')}={v!r}" for k, v in vars(self).items()
+                         if k != "state")  # derived
         return f"{type(self).__name__}({args})"
 
 

@@ -44,10 +44,11 @@ def deep_residual(layers):
     return sn.softmax_cross_entropy(out, Y), X, Y, out
 
 
-def compiled(loss, X, Y, prediction=None, seed=0, backend="numpy", constants=None):
+def compiled(loss, X, Y, prediction=None, seed=0, backend="numpy", constants=None,
+             optimizer=None):
     """A float64 model; the numpy reference backend unless a test is about the kernels."""
     return sn.compile(loss, inputs=[X], targets=[Y], prediction=prediction, dtype="float64",
-                      seed=seed, backend=backend, constants=constants)
+                      seed=seed, backend=backend, constants=constants, optimizer=optimizer)
 
 
 def assert_formulas_are_computed(model, Xb, Yb):

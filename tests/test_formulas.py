@@ -78,8 +78,8 @@ DECLARATIONS = dict(_declarations())
 def network(name):
     loss, X, Y, prediction, kind = DECLARATIONS[name]
     model = compiled(loss, X, Y, prediction=prediction,
-                     constants={ALPHA: 0.3} if ALPHA in loss.free_symbols else None)
-    model.optimizer = sn.optim.Adam(1e-3, clip_norm=1.0)  # its update rule is shown too
+                     constants={ALPHA: 0.3} if ALPHA in loss.free_symbols else None,
+                     optimizer=sn.optim.Adam(1e-3, clip_norm=1.0))  # its rule is shown too
     Xb, Yb = make_data(kind=kind, seed=4)
     return model, Xb * 1.5, Yb
 
@@ -313,8 +313,8 @@ def test_a_name_of_letters_is_one_symbol_and_only_an_adjoint_takes_a_letter_subs
             ("W2", "W_{2}", "<msub><mi>W</mi><mn>2</mn></msub>")]:
         assert (formulas.latex_name(name), formulas.mathml_name(name)) == (latex, mathml)
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
-    model = compiled(sn.mse(sn.dense(X, 3), Y), X, Y)
-    model.optimizer = sn.optim.SGD(lr=sn.schedules.exponential(0.5, 0.9))  # shown, not run
+    model = compiled(sn.mse(sn.dense(X, 3), Y), X, Y,
+                     optimizer=sn.optim.SGD(lr=sn.schedules.exponential(0.5, 0.9)))
     assert r"\mathit{lr} &\leftarrow 0.5 {0.9}^{" in model.latex()
     assert r"p &\leftarrow p - g \mathit{lr}" in model.latex()
 

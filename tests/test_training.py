@@ -2,6 +2,7 @@
 localisation; save and load."""
 
 import json
+import pickle
 import zipfile
 
 import numpy as np
@@ -146,6 +147,45 @@ def test_hyperparameters_out_of_range_are_refused():
                 lambda: sn.schedules.step(0.1, step_size=0), lambda: sn.schedules.cosine(-1, 5)]:
         with pytest.raises(sn.DeclarationError):
             bad()
+
+
+@pytest.mark.parametrize("change", ["schedule", "momentum", "rate of a schedule", "class"])
+def test_an_optimizer_changed_after_compile_in_more_than_its_rate_is_refused(change):
+    """The kernels apply the rule they were compiled with: a schedule, momentum or another
+    class set on model.optimizer afterwards trained as before (or not at all) while the
+    formulas showed the new rule. Another numeric rate is read at run time and applies."""
+    lr = sn.schedules.step(0.1, 2) if change == "rate of a schedule" else 0.1
+    model = tanh_model(sn.optim.SGD(lr=lr))
+    if change == "schedule":
+        model.optimizer.lr = sn.schedules.step(0.1, 2)
+    elif change == "momentum":
+        model.optimizer.momentum = 0.9
+    elif change == "rate of a schedule":
+        model.optimizer.lr = 0.5
+    else:
+        model.optimizer = sn.optim.Adam(0.1)
+    Xb, Yb = make_data(n=8)
+    for call in (lambda: model.fit(Xb, Yb, verbose=False), model.formulas, model.latex,
+                 lambda: model.explain(Xb, Yb), lambda: pickle.dumps(model)):
+        with pytest.raises(sn.DeclarationError, match=r"model.optimizer was changed after "
+                                                      r"compile to .*; only a numeric learning "
+                                                      r"rate may change"):
+            call()
+
+
+def test_a_learning_rate_set_between_fits_is_checked_and_applied():
+    model = tanh_model(sn.optim.SGD(lr=0.1))
+    for bad in ("abc", None, -1.0, float("nan")):
+        with pytest.raises(sn.DeclarationError, match=r"SGD: lr must be a finite real number > 0"):
+            model.optimizer.lr = bad
+    Xb, Yb = make_data(n=8)
+    model.optimizer.lr = 0.05
+    before = {k: v.copy() for k, v in model.params.items()}
+    _, grads = model.loss_and_grad(Xb, Yb)
+    model.fit(Xb, Yb, batch_size=8, shuffle=False, verbose=False)
+    for k, v in model.params.items():
+        np.testing.assert_allclose(v, before[k] - 0.05 * grads[k], rtol=1e-12, atol=1e-15)
+    assert "p ← p − 0.05·g" in model.formulas()
 
 
 # ---------------------------------------------------------------------------- fit
