@@ -339,7 +339,14 @@ class Model:
         """``(derivation, programs, runners)`` of the loss whose batch means weigh each row by
         the input ω (:mod:`symnet.weighting`); derived and lowered on first use."""
         if self._weighted is None:
-            d = derive(weighting.weighted(self.stable_loss), self.param_symbols,
+            loss = weighting.weighted(self.stable_loss)
+            if loss == self.stable_loss:
+                raise DataError(
+                    f"sample_weight and class_weight weigh each row's term in the loss's sums "
+                    f"over the batch (𝟙ᵀ·M, as in sn.mean, sn.mse and the cross-entropies), and "
+                    f"the loss {formulas.text(self.stable_loss)} has none; train it without "
+                    f"weights, or write it as a sum or mean over the rows")
+            d = derive(loss, self.param_symbols,
                        prediction=tuple(map(self.derivation.expand, self.derivation.predictions)),
                        simplify=simplify_adjoint, taken=self._taken | {weighting.OMEGA.name})
             self._weighted = (d, self._lower(d, _batch_norms(d), [weighting.OMEGA]), {})

@@ -182,6 +182,24 @@ def test_class_weights_need_classes():
                   verbose=False)
 
 
+def test_weights_for_a_loss_without_a_sum_over_the_rows_are_refused():
+    """Weights weigh each row's term in a sum over the batch: a loss of Pᵀ·P has none, and
+    fit(sample_weight=...) trained it unweighted without a word."""
+    import sympy as sp
+
+    X = sn.Input("X", 3)
+    P = X * sp.MatrixSymbol("W", 3, 2)
+    model = sn.compile(sn.sum(sp.HadamardPower(P.T * P, 2)) / sn.batch, inputs=[X], seed=0,
+                       dtype="float64", backend="numpy")
+    message = r"sample_weight and class_weight weigh each row's term in the loss's sums over " \
+              r"the batch .* and the loss sum\(\(Wᵀ·Xᵀ·X·W\)²\)/n has none"
+    with pytest.raises(sn.DataError, match=message):
+        model.fit(np.ones((6, 3)), sample_weight=np.ones(6), verbose=False)
+    with pytest.raises(sn.DataError, match=message):
+        model.formulas(weighted=True)
+    model.fit(np.ones((6, 3)), verbose=False)
+
+
 def test_inputs_named_outside_ascii_train_on_the_kernels():
     """The stage functions rename arrays by ASCII patterns: an input named α (or the weights ω)
     was read as an undefined global."""
