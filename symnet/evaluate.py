@@ -28,9 +28,9 @@ from .functions import (
 
 def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None, *,
              dtype=np.float64) -> np.ndarray:
-    """Evaluate ``expr`` with ``values`` (``{MatrixSymbol name: array}``, a number for a 1×1
-    constant) in float64, or in ``dtype`` (a model's float32, to see where its kernels
-    overflow).
+    """Evaluate ``expr`` with ``values`` (``{MatrixSymbol name: array}``, or keyed by the
+    matrices themselves; a number for a 1×1 constant) in float64, or in ``dtype`` (a model's
+    float32, to see where its kernels overflow).
 
     The batch size n is read off the data matrices; ``batch_size`` gives it for expressions that
     contain none (such as ``OneMatrix(n, 3)``)."""
@@ -40,6 +40,15 @@ def evaluate(expr, values: dict[str, np.ndarray], batch_size: int | None = None,
 
 def _evaluate(expr, values, batch_size, dtype):
     _check_arguments(expr, values, batch_size)
+    values = {_name(k): v for k, v in values.items()}
+    given = dtype
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype not in (np.dtype("float32"), np.dtype("float64")):
+        raise DataError(f"sn.evaluate computes in float64 or float32 (dtype='float32', as a "
+                        f"model's kernels), got dtype={validate.describe(given)}")
     symbols = matrix_symbols(expr)
     symbols |= {m for m in validate.unique_nodes(expr) if isinstance(m, DropoutMask)}
     missing = sorted(s.name for s in symbols if s.name not in values)
@@ -55,10 +64,17 @@ def _evaluate(expr, values, batch_size, dtype):
     # a number for a 1×1 matrix (a constant), as compile's constants= takes it
     arrays = {s: a.reshape(1, 1) if a.ndim == 0 and s.shape == (1, 1) else a
               for s, a in arrays.items()}
+    for s, a in arrays.items():
+        if a.ndim != 2:
+            raise DataError(f"sn.evaluate: {s.name} is {_dims(s.shape)}, got "
+                            f"{validate.describe(values[s.name])}; pass a 2-D array")
     rows = {a.shape[0] for s, a in arrays.items() if s.shape[0] == batch}
     if len(rows) > 1:
         raise DataError(f"sn.evaluate: data matrices have different numbers of rows: {rows}")
     n = rows.pop() if rows else batch_size
+    if batch_size is not None and batch_size != n:
+        raise DataError(f"sn.evaluate: batch_size={batch_size}, but the data matrices have {n} "
+                        f"rows; leave batch_size out (it is for expressions without data)")
     for s, a in arrays.items():
         want = tuple(n if d == batch else int(d) for d in s.shape)
         if a.shape != want:
@@ -121,6 +137,20 @@ def _evaluate(expr, values, batch_size, dtype):
         return out
 
     return np.array(ev(expr), dtype=dtype)
+
+
+def _name(key) -> str:
+    """A key of ``values``: a name, or the matrix itself (as compile's ``constants=`` takes)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (sp.MatrixSymbol, DropoutMask)):
+        return key.name
+    raise DataError(f"sn.evaluate: values are keyed by matrix names such as 'X' (or the "
+                    f"matrices themselves), got the key {validate.describe(key)}")
+
+
+def _dims(shape) -> str:
+    return "×".join(map(str, shape))
 
 
 def _check_arguments(expr, values, batch_size):

@@ -701,3 +701,24 @@ def test_two_different_activations_of_one_name_in_one_network_are_refused(first,
                                                   r"named '(relu|sq)' \(.*\); the formulas show "
                                                   r"them by name, so give one another name"):
         sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], backend="numpy")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda e, v: sn.evaluate(sn.sum(e), {**v, "X": 2.0}), r"X is n×4, got 2.0; pass a 2-D array"),
+    (lambda e, v: sn.evaluate(e, v, dtype=int), r"computes in float64 or float32 .* got "
+                                                r"dtype=<class 'int'>"),
+    (lambda e, v: sn.evaluate(e, v, batch_size=5), r"batch_size=5, but the data matrices have "
+                                                   r"6 rows; leave batch_size out"),
+    (lambda e, v: sn.evaluate(e, {1: v["X"]}), r"values are keyed by matrix names such as 'X' "
+                                               r"\(or the matrices themselves\), got the key 1"),
+])
+def test_sn_evaluate_names_a_value_it_cannot_read(call, message):
+    """A number for an n×4 matrix was an IndexError from inside symnet; an integer dtype
+    computed zeros; a batch_size against the data's rows was ignored."""
+    X = sn.Input("X", 4)
+    W = sp.MatrixSymbol("W", 4, 2)
+    values = {"X": np.ones((6, 4)), "W": np.full((4, 2), 0.5)}
+    with pytest.raises(sn.DataError, match=message):
+        call(X * W, values)
+    by_matrix = sn.evaluate(X * W, {X: values["X"], W: values["W"]})  # as constants= takes them
+    np.testing.assert_array_equal(by_matrix, np.full((6, 2), 2.0))
