@@ -462,7 +462,29 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
     ``sp.Piecewise``.
 
     >>> gelu = activation("gelu", x/2*(1 + sp.erf(x/sp.sqrt(2))), x)
+
+    The library's names (``relu``, ``sigmoid``, ``leaky_relu[…]``, ``exp``, …) are its own: the
+    formulas show an activation by its name.
     """
+    family = name.partition("[")[0] if isinstance(name, str) else None
+    if family in LIBRARY_ACTIVATIONS:
+        own = "prelu's" if family == "relu_min" else f"sn.{family}"
+        raise DeclarationError(
+            f"activation {name!r}: {family} is the library's own ({own}), and the formulas "
+            f"show an activation by its name; give yours another name (such as "
+            f"'my_{family}')")
+    return _new_activation(name, expr, var, latex=latex, numeric=numeric)
+
+
+# the names of the library's activations and elementwise functions, which only it gives
+LIBRARY_ACTIVATIONS = frozenset({"sigmoid", "tanh", "relu", "softplus", "hard_sigmoid", "hard_tanh",
+                                 "swish", "gelu", "leaky_relu", "elu", "relu_min", "exp", "log",
+                                 "square", "abs"})
+
+
+def _new_activation(name, expr, var, *, latex=None, numeric=None) -> Activation:
+    """:func:`activation` without the check of the library's names: for the library's own,
+    and for a model file's (written before names were checked)."""
     _check_activation_name(name)
     if latex is not None and not isinstance(latex, str):
         raise DeclarationError(f"activation {name!r}: latex must be a string such as r'\\sigma', "
@@ -551,21 +573,21 @@ def _require_matrix(arg, what):
 
 _half = sp.Rational(1, 2)
 
-sigmoid = activation("sigmoid", 1 / (1 + sp.exp(-x)), x, latex=r"\sigma")
-tanh = activation("tanh", sp.tanh(x), x, latex=r"\tanh")
+sigmoid = _new_activation("sigmoid", 1 / (1 + sp.exp(-x)), x, latex=r"\sigma")
+tanh = _new_activation("tanh", sp.tanh(x), x, latex=r"\tanh")
 # relu'(0) = 0, as in PyTorch: the Piecewise picks the second branch at x = 0.
-relu = activation("relu", sp.Piecewise((x, x > 0), (0, True)), x, latex=r"\operatorname{relu}")
-softplus = activation(
+relu = _new_activation("relu", sp.Piecewise((x, x > 0), (0, True)), x, latex=r"\operatorname{relu}")
+softplus = _new_activation(
     "softplus", sp.log(1 + sp.exp(x)), x, latex=r"\operatorname{softplus}",
     # log(1 + e^x) overflows for large x; this form never exponentiates a positive number.
     numeric=sp.Piecewise((x + log1p(sp.exp(-x)), x > 0), (log1p(sp.exp(x)), True)),
 )
 # PyTorch's hardsigmoid: relu6(x + 3)/6.
-hard_sigmoid = activation(
+hard_sigmoid = _new_activation(
     "hard_sigmoid", sp.Piecewise((0, x <= -3), (1, x >= 3), (x / 6 + _half, True)), x)
-hard_tanh = activation("hard_tanh", sp.Piecewise((-1, x < -1), (1, x > 1), (x, True)), x)
-swish = activation("swish", x / (1 + sp.exp(-x)), x)  # x·σ(x), PyTorch's SiLU
-gelu = activation("gelu", x / 2 * (1 + sp.erf(x / sp.sqrt(2))), x)  # the exact (erf) GELU
+hard_tanh = _new_activation("hard_tanh", sp.Piecewise((-1, x < -1), (1, x > 1), (x, True)), x)
+swish = _new_activation("swish", x / (1 + sp.exp(-x)), x)  # x·σ(x), PyTorch's SiLU
+gelu = _new_activation("gelu", x / 2 * (1 + sp.erf(x / sp.sqrt(2))), x)  # the exact (erf) GELU
 
 
 class Pointwise:
@@ -602,7 +624,7 @@ def leaky_relu(alpha: float = 0.01) -> Activation:
     """``leaky_relu(alpha)`` → the activation x for x > 0, alpha·x otherwise."""
     alpha = validate.number(alpha, "alpha", low=0, example=0.01, where="sn.leaky_relu")
     a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
-    return activation(f"leaky_relu[{alpha}]", sp.Piecewise((x, x > 0), (a * x, True)), x,
+    return _new_activation(f"leaky_relu[{alpha}]", sp.Piecewise((x, x > 0), (a * x, True)), x,
                       latex=rf"\operatorname{{lrelu}}_{{{alpha}}}")
 
 
@@ -611,13 +633,13 @@ def elu(alpha: float = 1.0) -> Activation:
     """``elu(alpha)`` → x for x > 0, alpha·(eˣ − 1) otherwise."""
     alpha = validate.number(alpha, "alpha", above=0, example=1.0, where="sn.elu")
     a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
-    return activation(f"elu[{alpha}]", sp.Piecewise((x, x > 0), (a * (sp.exp(x) - 1), True)), x,
+    return _new_activation(f"elu[{alpha}]", sp.Piecewise((x, x > 0), (a * (sp.exp(x) - 1), True)), x,
                       latex=rf"\operatorname{{elu}}_{{{alpha}}}")
 
 
 # min(x, 0), prelu's negative side: a function of Z itself, so that a prelu layer computes its
 # product once (as relu(−Z), −Z was a second layer of its own, with its own product)
-relu_min = activation("relu_min", sp.Piecewise((x, x < 0), (0, True)), x,
+relu_min = _new_activation("relu_min", sp.Piecewise((x, x < 0), (0, True)), x,
                       latex=r"\operatorname{relu_{min}}")
 
 

@@ -1173,7 +1173,8 @@ def _constants(constants, data, dtype) -> tuple[list, dict[str, np.ndarray]]:
 
 def _check_activation_names(*exprs):
     """No two different activations of one name: the formulas show an activation by its name,
-    so sn.relu beside ``sn.activation("relu", x**2, x)`` would read as one function."""
+    so ``sn.activation("sq", x**2, x)`` beside ``sn.activation("sq", x**3, x)`` would read as
+    one function."""
     by_name = {}
     for expr in exprs:
         for e in validate.unique_nodes(expr):

@@ -340,7 +340,7 @@ def _activation_name_ok(name: str) -> bool:
 def _rebuilt(name, definition, numeric, latex):
     """One class per stored activation, however often the file applies it: distinct classes
     would make equal subexpressions unequal, so the loaded model would recompute them."""
-    return fn.activation(name, definition, fn.x, latex=latex, numeric=numeric).function
+    return fn._new_activation(name, definition, fn.x, latex=latex, numeric=numeric).function
 
 
 def _known_activation(name, definition):

@@ -1,5 +1,7 @@
 """Bad declarations and bad data raise a SymnetError that names the offender."""
 
+import re
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -683,14 +685,13 @@ def test_label_smoothing_outside_0_to_1_is_refused(eps):
 
 
 @pytest.mark.parametrize("first, second, clash", [
-    (sn.relu, sn.activation("relu", sp.Symbol("x") ** 2, sp.Symbol("x")), True),
     (sn.activation("sq", sp.Symbol("x") ** 2, sp.Symbol("x")),
      sn.activation("sq", sp.Symbol("x") ** 3, sp.Symbol("x")), True),
     (sn.activation("sq", sp.Symbol("x") ** 2, sp.Symbol("x")),
      sn.activation("sq", sp.Symbol("x") ** 2, sp.Symbol("x")), False),  # one function twice
 ])
 def test_two_different_activations_of_one_name_in_one_network_are_refused(first, second, clash):
-    """The formulas show an activation by its name: two functions called relu would read as
+    """The formulas show an activation by its name: two functions called sq would read as
     one."""
     X, Y = sn.Input("X", 4), sn.Input("Y", 3)
     out = sn.dense(sn.dense(sn.dense(X, 5, first, name="1"), 5, second, name="2"), 3, name="3")
@@ -698,7 +699,7 @@ def test_two_different_activations_of_one_name_in_one_network_are_refused(first,
         sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], backend="numpy")
         return
     with pytest.raises(sn.DeclarationError, match=r"the network uses two different activations "
-                                                  r"named '(relu|sq)' \(.*\); the formulas show "
+                                                  r"named 'sq' \(.*\); the formulas show "
                                                   r"them by name, so give one another name"):
         sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], backend="numpy")
 
@@ -722,3 +723,16 @@ def test_sn_evaluate_names_a_value_it_cannot_read(call, message):
         call(X * W, values)
     by_matrix = sn.evaluate(X * W, {X: values["X"], W: values["W"]})  # as constants= takes them
     np.testing.assert_array_equal(by_matrix, np.full((6, 2), 2.0))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "relu", "leaky_relu[0.2]", "exp"])
+def test_an_activation_named_as_the_librarys_own_is_refused(name):
+    """The formulas show an activation by its name: sn.activation("sigmoid", sin x) computed
+    sin and was shown as σ."""
+    x = sp.Symbol("x")
+    family = name.partition("[")[0]
+    with pytest.raises(sn.DeclarationError, match=rf"activation '{re.escape(name)}': {family} is "
+                                                  rf"the library's own \(sn.{family}\).* give "
+                                                  rf"yours another name \(such as 'my_{family}'\)"):
+        sn.activation(name, sp.sin(x), x)
+    assert sn.activation(f"my_{family}", sp.sin(x), x).name == f"my_{family}"
