@@ -461,7 +461,7 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
     function with a removable singularity (sinc at 0) must say its value there: write it as a
     ``sp.Piecewise``.
 
-    >>> gelu = activation("gelu", x/2*(1 + sp.erf(x/sp.sqrt(2))), x)
+    >>> mish = activation("mish", x*sp.tanh(sp.log(1 + sp.exp(x))), x)
 
     The library's names (``relu``, ``sigmoid``, ``leaky_relu[…]``, ``exp``, …) are its own: the
     formulas show an activation by its name.
