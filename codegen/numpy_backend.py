@@ -151,7 +151,12 @@ class NumpyUpdater:
         env = dict.fromkeys(self.names, 0.0)
         env.update({"p": value, "g": grad, "t": float(t), "clip": clip, "rate": rate, **state})
         for lhs, f in self.fns:
-            env[lhs] = np.asarray(f(*[env[k] for k in self.names]), dtype=value.dtype)
+            args = [env[k] for k in self.names]
+            try:
+                out = f(*args)
+            except ZeroDivisionError:  # of Python floats (1/(t − 1) at t = 1): inf, as in the
+                out = f(*[np.float64(a) if isinstance(a, float) else a for a in args])  # kernels
+            env[lhs] = np.asarray(out, dtype=value.dtype)
             if record is not None:
                 record.append(env[lhs])
         return env

@@ -8,6 +8,7 @@ for per-epoch decay pass ``every=`` the number of batches per epoch.
 
 from __future__ import annotations
 
+import numpy as np
 import sympy as sp
 
 from codegen.ir import UPDATE_SYMBOLS
@@ -18,19 +19,66 @@ from .errors import DeclarationError
 t = UPDATE_SYMBOLS["t"]
 
 
+CHECKED_STEPS = 10_000  # a schedule's values at steps 1 to this are checked when it is made
+
+
 class Schedule:
-    """A learning rate as a function of the step: ``lr(t)``."""
+    """A learning rate as a function of the step: ``lr(t)``, a SymPy expression in
+    ``sn.schedules.t`` (1 for the first update); ``base``, the rate it starts from, names it
+    in ``repr``. Its name is an identifier; its value must be finite and not negative, checked
+    at the first :data:`CHECKED_STEPS` steps."""
 
     def __init__(self, name: str, expr: sp.Expr, base: float):
+        if not isinstance(name, str) or not name.isidentifier():
+            raise DeclarationError(f"Schedule: the name {name!r} must be an identifier such as "
+                                   f"'my_decay' (it is saved with the model)")
         self.name = name
-        self.expr = expr
-        self.base = float(base)  # a plain float whatever number type came in: saved as JSON
+        self.expr = _in_steps(expr, name)
+        self.base = validate.number(base, "base", where=f"Schedule {name!r}")
+        self.base = float(self.base)  # a plain float whatever number type came in: saved as JSON
+        _check_values(self.expr, name)
 
     def __call__(self, step: int) -> float:
         return float(self.expr.subs(t, validate.integer(step, "step", low=1, where=self.name)))
 
     def __repr__(self):
         return f"{self.name}: lr(t) = {sp.sstr(self.expr)}"
+
+
+def _in_steps(expr, name) -> sp.Expr:
+    """``expr`` as a schedule's expression: SymPy, in the step ``t`` alone."""
+    if isinstance(expr, (int, float)) and not isinstance(expr, bool):
+        expr = sp.Float(expr)
+    if not isinstance(expr, sp.Expr):
+        raise DeclarationError(f"Schedule {name!r}: the rate must be a SymPy expression in the "
+                               f"step sn.schedules.t, got {validate.describe(expr)}")
+    validate.computable(expr, f"Schedule {name!r}")
+    other = expr.free_symbols - {t}
+    if other:
+        steps = [s for s in other if str(s) == "t"]
+        hint = ("; the step is sn.schedules.t (a Symbol('t') of your own is another symbol)"
+                if steps else "; the step sn.schedules.t is its only variable")
+        raise DeclarationError(f"Schedule {name!r}: the rate {expr} has the free symbols "
+                               f"{sorted(map(str, other))}{hint}")
+    return expr
+
+
+def _check_values(expr, name) -> None:
+    """Refuse a rate that is not finite, or below 0 beyond rounding, at steps 1 to
+    :data:`CHECKED_STEPS`: the kernels would divide by 0 there, or train uphill."""
+    steps = np.arange(1, CHECKED_STEPS + 1, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        try:
+            values = np.broadcast_to(sp.lambdify(t, expr, "numpy")(steps), steps.shape)
+        except (ZeroDivisionError, TypeError, ValueError, NameError):
+            return  # what NumPy cannot evaluate here, the update rule's own check names
+        values = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < -1e-12 * np.nanmax(np.abs(values), initial=0.0))
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DeclarationError(f"Schedule {name!r}: at step t = {k + 1} the rate {expr} is "
+                               f"{values[k]}; a learning rate must be finite and ≥ 0 at every "
+                               f"step")
 
 
 def _positive(name, value, allow_zero=False):

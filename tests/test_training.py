@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import sympy as sp
 from conftest import make_data
 
 import symnet as sn
@@ -130,6 +131,37 @@ def test_schedule_values_and_formula():
     assert e(10) == pytest.approx(0.1) and e(11) == pytest.approx(0.1 * np.exp(-0.5))
     model = tanh_model(sn.optim.SGD(lr=sn.schedules.exponential(0.1, 0.5, every=10)))
     assert "lr ← 0.1·0.5^(floor((t − 1)/10))" in model.formulas()
+
+
+@pytest.mark.parametrize("name, expr, message", [
+    ("with space", lambda t: 0.1 / t, r"the name 'with space' must be an identifier"),
+    ("pole", lambda t: 1 / (t - 1), r"at step t = 1 the rate 1/\(t - 1\) is inf; a learning "
+                                    r"rate must be finite and ≥ 0 at every step"),
+    ("uphill", lambda t: 0.1 - 0.001 * t, r"at step t = 101 the rate .* is -0.00"),
+    ("own_t", lambda t: 0.1 / sp.Symbol("t"), r"the free symbols \['t'\]; the step is "
+                                               r"sn.schedules.t \(a Symbol\('t'\) of your own"),
+])
+def test_a_schedule_that_cannot_be_a_learning_rate_is_refused_when_made(name, expr, message):
+    """A name with a space saved and failed to load; 1/(t − 1) stopped fit with a
+    ZeroDivisionError from generated code; a negative rate trained uphill; Symbol('t') failed
+    in the kernels with advice that led into SymPy."""
+    with pytest.raises(sn.DeclarationError, match=message):
+        sn.schedules.Schedule(name, expr(sn.schedules.t), 0.1)
+
+
+def test_the_reference_update_divides_by_zero_as_the_kernels_do():
+    """A rate with a pole past the steps a schedule is checked at: the reference backend's
+    update raised ZeroDivisionError from Python's floats, where the kernels compute inf and the
+    update's own check names the formula."""
+    from codegen.ir import UPDATE_SYMBOLS, Update
+    from codegen.numpy_backend import NumpyUpdater
+
+    p, g, t, lr = UPDATE_SYMBOLS["p"], UPDATE_SYMBOLS["g"], UPDATE_SYMBOLS["t"], sp.Symbol("lr")
+    updater = NumpyUpdater(Update(((lr, 1 / (t - 20_000)), (p, p - lr * g))))
+    params, grads = {"W": np.ones((2, 2))}, {"W": np.full((2, 2), 0.5)}
+    assert updater.first_non_finite(params, grads, {"W": {}}, 20_000) == ("W", 0)
+    updater.step(params, grads, {"W": {}}, 20_000)
+    assert np.isinf(params["W"]).all()
 
 
 def test_an_optimizers_repr_is_the_call_that_makes_it():
