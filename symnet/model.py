@@ -193,6 +193,7 @@ class Model:
                 f"a new model for another optimizer.")
         new = object.__new__(Model)  # not copy.copy: that would go through __reduce__
         new.__dict__.update(self.__dict__)
+        new.__dict__.pop("kernels_cached", None)  # None until its own compile_kernels
         new.constants = {k: v.copy() for k, v in self.constants.items()}
         if optimizer is not None:
             new.optimizer = optimizer

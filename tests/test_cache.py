@@ -339,6 +339,8 @@ def test_a_second_core_compiles_kernels_beside_into_the_cache(own_cache, free_co
     assert [runner.cached(k) for k in ("train_epochs", "loss", "forward")] == [False, True, True]
     assert not model.kernels_cached
     predictions_agree_with_numpy(model)
+    copy = model.fresh(seed=1)  # shares the compiled kernels
+    assert copy.kernels_cached is None and copy.compile_kernels() >= 0 and copy.kernels_cached
 
 
 def test_fit_has_the_kernel_predict_calls_compiled_beside_its_own(own_cache, free_core):

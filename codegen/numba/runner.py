@@ -382,11 +382,14 @@ def _jit_errors():
 
 def warm_up(runner: NumbaRunner) -> bool:
     """Compile (or load from the disk cache) the kernels that training, evaluation and
-    prediction use; True if all machine code came from the cache. With an update,
-    ``loss_and_grad`` is left to its first direct call: ``train_epochs`` has its statements."""
+    prediction use; True if all machine code came from the cache or was compiled before (by
+    this runner, which a model's ``fresh`` copies share, or another of this process). With an
+    update, ``loss_and_grad`` is left to its first direct call: ``train_epochs`` has its
+    statements."""
     names = [n for n in runner.entries if runner.update is None or n != "loss_and_grad"]
+    ready = all(name in runner.compiled for name in names)
     runner.prepare(names)
-    return all(runner.cached(name) for name in names)
+    return ready or all(runner.cached(name) for name in names)
 
 
 @functools.cache
