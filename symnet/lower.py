@@ -11,7 +11,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
-from codegen.ir import BATCH, SIZE, Buffer, Instr, Keep, Op, Program, arg_symbols
+from codegen.ir import BATCH, COL, ROW, SIZE, Buffer, Instr, Keep, Op, Program, arg_symbols
 
 from .declare import batch
 from .errors import DifferentiationError
@@ -19,7 +19,7 @@ from .formulas import split_ones, text
 from .functions import Dropout, DropoutMask, Elementwise, Entrywise, RowLogSumExp, Standardized, as_numeric
 
 ELEMENTWISE = (sp.MatAdd, sp.HadamardProduct, sp.HadamardPower, Elementwise, Entrywise,
-               Standardized, Dropout, DropoutMask, sp.OneMatrix, sp.ZeroMatrix)
+               Standardized, Dropout, DropoutMask, sp.OneMatrix, sp.ZeroMatrix, sp.Identity)
 
 
 def dim(d) -> int | str:
@@ -149,6 +149,8 @@ class Lowering:
             return sp.Integer(1)
         if isinstance(e, sp.ZeroMatrix):
             return sp.Integer(0)
+        if isinstance(e, sp.Identity):  # 1 on the diagonal: the MAP's own row and column
+            return sp.Piecewise((1, sp.Eq(ROW, COL)), (0, True))
         if isinstance(e, sp.MatrixSymbol) and self.fusible(e):
             return self.scalar(self.defs[e], args)
         if isinstance(e, sp.MatAdd):

@@ -185,3 +185,20 @@ def test_a_product_and_its_negative_are_two_values(xy):
     loss = float(sn.evaluate(model.derivation.expand(model.derivation.loss),
                              {"X": Xb, "Y": Yb, **model.params})[0, 0])
     assert model.loss_and_grad(Xb, Yb)[0] == pytest.approx(loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_identity_matrix_in_the_network_is_computed(backend):
+    """Z·(V + I), a residual written with SymPy's Identity: the lowering stopped with "symnet
+    cannot compute Identity"; the kernels now fill its diagonal."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    W, b, V = (sp.MatrixSymbol(k, *s) for k, s in (("W", (4, 3)), ("b", (1, 3)), ("V", (3, 3))))
+    loss = sn.mse((X * W + sp.OneMatrix(sn.batch, 1) * b) * (V + sp.Identity(3)), Y)
+    model = sn.compile(loss, inputs=[X], targets=[Y], seed=0, backend=backend, dtype="float64")
+    rng = np.random.default_rng(0)
+    Xd, Yd = rng.normal(size=(10, 4)), rng.normal(size=(10, 3))
+    p = model.params
+    want = (((Xd @ p["W"] + p["b"]) @ (p["V"] + np.eye(3)) - Yd) ** 2).mean()
+    assert model.loss_and_grad(Xd, Yd)[0] == pytest.approx(want, rel=1e-12)
+    assert "L  = sum((Z1·(I + V) − Y)²)/(3·n)" in model.formulas()
+    assert sn.gradcheck(model, Xd, Yd) < 1e-6
