@@ -101,10 +101,11 @@ def history_figure(history):
     fig = _pyplot_free_figure()
     ax = fig.add_subplot()
     epochs = np.arange(1, len(history.loss) + 1)
-    ax.plot(epochs, history.loss, label="loss", color="#1f77b4")
+    marker = "o" if len(epochs) < 20 else None  # a line of one point shows nothing
+    ax.plot(epochs, history.loss, label="loss", color="#1f77b4", marker=marker)
     if history.val_loss:
         ax.plot(epochs[:len(history.val_loss)], history.val_loss, label="val_loss",
-                color="#ff7f0e")
+                color="#ff7f0e", marker=marker)
     values = np.asarray(history.loss + history.val_loss, dtype=float)
     values = values[np.isfinite(values) & (values > 0)]
     if values.size and values.max() > 10 * values.min():
@@ -113,12 +114,15 @@ def history_figure(history):
     from matplotlib.ticker import MaxNLocator  # (matplotlib is there: the figure is made)
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
+    if len(epochs) == 1:
+        ax.set_xlim(0.5, 1.5)
+        ax.set_xticks([1])
     ax.set_ylabel("loss")
     handles, labels = ax.get_legend_handles_labels()
     if history.val_accuracy:
         acc = ax.twinx()
         acc.plot(epochs[:len(history.val_accuracy)], history.val_accuracy, label="val_accuracy",
-                 color="#2ca02c", linestyle="--")
+                 color="#2ca02c", linestyle="--", marker=marker)
         acc.set_ylabel("val_accuracy")
         h, lab = acc.get_legend_handles_labels()
         handles, labels = handles + h, labels + lab
@@ -227,7 +231,8 @@ def _training_html(model) -> str:
     hist = model.history
     if hist is None or not hist.loss:
         return '<p class="muted">Not trained yet: the plots appear once fit has run.</p>'
-    last = [f"{len(hist.loss)} epochs", f"final loss {hist.loss[-1]:.4g}"]
+    count = len(hist.loss)
+    last = [f"{count} epoch{'s' * (count != 1)}", f"final loss {hist.loss[-1]:.4g}"]
     if hist.val_loss:
         last.append(f"val_loss {hist.val_loss[-1]:.4g}")
     if hist.val_accuracy:

@@ -205,6 +205,22 @@ def test_history_plot_draws_the_curves_and_marks_the_kept_epoch():
     assert len(ticks) >= 2 and np.array_equal(ticks, np.round(ticks))  # whole epochs only
 
 
+def test_one_epoch_is_a_marked_point_at_epoch_1(tmp_path):
+    """A one-point line draws nothing: a one-epoch fit's chart was empty, its axis ran over
+    fractions of an epoch, and the report read "1 epochs"."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(X, 3, name="1")
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y],
+                       prediction=out, seed=0, backend="numpy")
+    Xd, labels = np.ones((8, 4)), np.arange(8) % 3
+    model.fit(Xd, labels, epochs=1, verbose=False)
+    (line,) = model.history.plot().axes[0].get_lines()
+    assert line.get_marker() == "o" and list(line.get_xdata()) == [1]
+    assert list(model.history.plot().axes[0].get_xticks()) == [1]
+    model.report(tmp_path / "r.html")
+    assert "1 epoch, final loss" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
 def test_history_plot_without_matplotlib_says_what_to_install(monkeypatch):
     model, _, _ = trained()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
