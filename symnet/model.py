@@ -240,6 +240,9 @@ class Model:
         if self.optimizer is None or not isinstance(self.optimizer, optim.Optimizer):
             raise DeclarationError(f"model.optimizer must be one of sn.optim's optimizers, got "
                                    f"{validate.describe(self.optimizer)}")
+        seen = (self.optimizer, dict(vars(self.optimizer)))
+        if self.__dict__.get("_optimizer_checked") == seen:
+            return  # building the rule takes up to 1 ms, half of a tiny fit(epochs=1000)
         update = self.optimizer.update()
         if update != self._update:
             now, compiled = ("; ".join(u.notes) for u in (update, self._update))
@@ -248,6 +251,7 @@ class Model:
                 f"({now}) is not the one the kernels were compiled with ({compiled}); only a "
                 f"numeric learning rate may change (model.optimizer.lr = 0.01). For another "
                 f"rule, compile the network again with optimizer=...")
+        self._optimizer_checked = seen
 
     def _predict_equations(self) -> list:
         """The forward equations that predict and evaluate compute otherwise than training."""
@@ -571,7 +575,8 @@ class Model:
 
     def _class_labels(self, feeds):
         """(each row's class, the number of classes), for ``class_weight``: the argmax of a
-        k ≥ 2 column target, the 0/1 of one column; (None, None) for other targets."""
+        k ≥ 2 column target, the 0/1 of one column; (None, None) for other targets. A model of
+        several targets has no one class per row."""
         if len(self.targets) != 1:
             raise DataError(f"class_weight weighs the classes of one target, and this model has "
                             f"{len(self.targets)}: {[t.name for t in self.targets]}; weigh its "
