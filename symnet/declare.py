@@ -129,6 +129,10 @@ def weights(*exprs) -> list[sp.MatrixSymbol]:
                                    f"{validate.describe(expr)}")
         other = roles(expr)
         found |= {s for s in matrix_symbols(expr) if s.shape[0] != batch and s not in other}
+    if not found:
+        raise DeclarationError(f"sn.weights: {', '.join(map(str, exprs))} has no weight matrix "
+                               f"(only inputs, biases, gains or shifts); pass the network's "
+                               f"output, such as sn.weights(out)")
     return sorted(found, key=lambda s: _natural_key(s.name))
 
 

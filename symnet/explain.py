@@ -140,6 +140,7 @@ def _errors(model, feeds) -> dict[str, float]:
 # ----------------------------------------------------------------------------------- HTML
 
 STYLE = """
+.symnet-scroll { overflow-x: auto; max-width: 100%; }
 .symnet-explain { border-collapse: collapse; font-family: system-ui, sans-serif; }
 .symnet-explain th { text-align: left; white-space: nowrap; padding: 0.6em 0.5em 0.2em;
                      border-bottom: 1px solid #999; }
@@ -159,7 +160,10 @@ def html_table(ex: Explanation, check: bool = True) -> str:
     """The explanation as an HTML table (inline MathML, no script), for notebooks and reports;
     ``check=False`` leaves out the finite-difference column."""
     mml = formulas.FormulaMathMLPrinter()
-    rows = [f"<style>{STYLE}</style>", '<table class="symnet-explain">']
+    # in a box of its own width that scrolls: long adjoints made the table wider than a page,
+    # and its shape and check columns fell off the side
+    rows = [f"<style>{STYLE}</style>", '<div class="symnet-scroll">',
+            '<table class="symnet-explain">']
     for title in formulas.SECTIONS:
         lines = [ln for ln in ex.lines if ln.section == title]
         if not lines:
@@ -187,5 +191,5 @@ def html_table(ex: Explanation, check: bool = True) -> str:
     if check:
         rows.append(f'<tr><td class="note" colspan="5">check: max relative error of each gradient '
                     f'against {html.escape(CHECK)}; largest {ex.max_error:.1e}</td></tr>')
-    rows.append("</table>")
+    rows.append("</table></div>")
     return "\n".join(rows)

@@ -768,6 +768,10 @@ def mathml_name(name: str) -> str:
     if name.startswith("∂L/∂"):
         return (f"<mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>{mathml_name(name[4:])}"
                 f"</mrow></mfrac>")
+    if named := _NAMED_BLOCK.fullmatch(name):  # X̂enc1, μenc1: subscripted, as in LaTeX (a
+        stem, label, primes = named.groups()  # browser drew <mi>X̂l1</mi> without its hat)
+        return (f"<msub>{MATHML_STEMS.get(stem, f'<mi>{stem}</mi>')}<mi>{html.escape(label)}</mi></msub>"
+                + (f"<mo>{primes}</mo>" if primes else ""))
     return f"<mi>{html.escape(name)}</mi>"
 
 

@@ -841,9 +841,15 @@ def _weights(args, fname):
             f"{fname}(lam, *weights) needs the weight matrices to penalise, e.g. "
             f"sn.{fname}(1e-4, W1, W2) or sn.{fname}(1e-4, *sn.weights(out))"
         )
+    from .declare import batch  # not at the top: declare imports this module
+
     for w in args:
         if not isinstance(w, sp.MatrixSymbol):
             raise DeclarationError(f"{fname}: {w!r} is not a weight MatrixSymbol")
+        if w.shape[0] == batch:
+            raise DeclarationError(f"{fname}: {w} has the batch's rows, so it is data (an input "
+                                   f"or a target), not a weight; pass the weights, such as "
+                                   f"*sn.weights(out)")
     return list(dict.fromkeys(args))  # each once: two heads' weights list their trunk's twice
 
 

@@ -154,6 +154,7 @@ class Model:
         self._programs = self._lower(self.derivation, self._norms)
         self._weighted = None  # (derivation, programs, runners) of fit(sample_weight=...)
         self._update = self.optimizer.update()
+        self._compiled_optimizer = repr(self.optimizer)  # what an error on changing it suggests
         self.symbolic_seconds = time.perf_counter() - start
         self._init = init
         self._runners = {}
@@ -246,11 +247,14 @@ class Model:
         update = self.optimizer.update()
         if update != self._update:
             now, compiled = ("; ".join(u.notes) for u in (update, self._update))
+            numeric = any(rhs == optim.RATE for _, rhs in self._update.steps)
+            may = ("only a numeric learning rate may change (model.optimizer.lr = 0.01)" if numeric
+                   else "the learning-rate schedule it was compiled with cannot change")
             raise DeclarationError(
                 f"model.optimizer was changed after compile to {self.optimizer!r}, whose update "
-                f"({now}) is not the one the kernels were compiled with ({compiled}); only a "
-                f"numeric learning rate may change (model.optimizer.lr = 0.01). For another "
-                f"rule, compile the network again with optimizer=...")
+                f"({now}) is not the one the kernels were compiled with ({compiled}); {may}. "
+                f"Set it back to what it was compiled with, {self._compiled_optimizer}, or "
+                f"compile the network again with the new optimizer=...")
         self._optimizer_checked = seen
 
     def _predict_equations(self) -> list:
@@ -1048,7 +1052,8 @@ def _arrays(data, symbols, what):
     """The arrays for ``symbols``: a dict by name, the array itself for one symbol, else a list
     or tuple of one array per symbol, in order."""
     names = [s.name for s in symbols]
-    if isinstance(data, dict):
+    if isinstance(data, dict):  # by name, or by the symbols themselves
+        data = {k.name if isinstance(k, sp.MatrixSymbol) else k: v for k, v in data.items()}
         if set(data) != set(names):
             raise DataError(f"the {what} given by name must be exactly {names}, got "
                             f"{sorted(map(str, data))}")

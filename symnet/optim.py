@@ -9,6 +9,9 @@ defaults and formulas follow ``torch.optim``, so the same settings give the same
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import sympy as sp
 
 from codegen.ir import UPDATE_SYMBOLS, Update
@@ -50,6 +53,14 @@ class Optimizer:
     def __init__(self, lr, clip_norm=None):
         self.lr = lr
         self.clip_norm = None if clip_norm is None else _rate(self, "clip_norm", clip_norm, 1.0)
+
+    def __setattr__(self, name, value):
+        """Only the optimizer's own settings: a misspelt one (``learning_rate`` for ``lr``,
+        ``amsgrad``) would be kept, shown by repr, and do nothing."""
+        if name not in _settings(type(self)) and name not in ("state", "_lr"):
+            raise DeclarationError(f"{type(self).__name__} has no setting {name!r}; its settings "
+                                   f"are {', '.join(sorted(_settings(type(self))))}")
+        super().__setattr__(name, value)
 
     @property
     def lr(self):
@@ -101,6 +112,12 @@ class Optimizer:
         args = ", ".join(f"{k.lstrip('_')}={v!r}" for k, v in vars(self).items()
                          if k != "state")  # derived
         return f"{type(self).__name__}({args})"
+
+
+@functools.cache
+def _settings(cls) -> frozenset[str]:
+    """The names an optimizer of class ``cls`` is made with."""
+    return frozenset(inspect.signature(cls).parameters)
 
 
 def _decay(weight_decay):

@@ -639,3 +639,7 @@ def test_the_weights_of_two_heads_are_penalised_once_each():
         penalty, rel=1e-14)
     with pytest.raises(sn.DeclarationError, match=r"sn.weights takes the network's output"):
         sn.weights()
+    with pytest.raises(sn.DeclarationError, match=r"sn.weights: X has no weight matrix"):
+        sn.weights(X)
+    with pytest.raises(sn.DeclarationError, match=r"l2: X has the batch's rows, so it is data"):
+        sn.l2(0.1, X)

@@ -236,9 +236,9 @@ def test_latex_of_names_outside_ascii_compiles_with_pdflatex(tmp_path):
     assert latex_escape("µ") != latex_escape("μ")  # the micro sign is not Greek mu
 
 
-def test_latex_of_a_norm_named_by_a_word_subscripts_the_name(tmp_path):
+def test_latex_and_mathml_of_a_norm_named_by_a_word_subscript_the_name(tmp_path):
     """A batch norm named "enc" gave \\mathit{X\\text{U+0302}enc}: its X̂ spelled as a code
-    point."""
+    point; MathML gave <mi>X̂enc</mi>, which a browser drew without the hat."""
     X, Y = sn.Input("X", 3), sn.Input("Y", 2)
     h = sn.relu(sn.batch_norm(sn.dense(X, 4, name="1"), "enc"))
     model = sn.compile(sn.mse(sn.dense(h, 2, name="2"), Y), inputs=[X], targets=[Y],
@@ -248,6 +248,11 @@ def test_latex_of_a_norm_named_by_a_word_subscripts_the_name(tmp_path):
         assert name in shown, shown
     assert "U+" not in shown
     pdflatex(tmp_path, [shown])
+    page = model.explain(np.ones((4, 3)), np.ones((4, 2)))._repr_html_()
+    for name in ("<msub><mover><mi>X</mi><mo>^</mo></mover><mi>enc</mi></msub>",
+                 "<msub><mi>μ</mi><mi>enc</mi></msub>", "<msub><mi>σ</mi><mi>enc</mi></msub>"):
+        assert name in page
+    assert "X̂enc" not in page
 
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "hard_tanh", "swish",

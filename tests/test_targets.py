@@ -236,6 +236,8 @@ def test_a_model_of_two_targets_is_scored_by_its_loss_alone():
     result = model.evaluate(Xd, [lb, la])
     assert set(result) == {"loss"} and result["loss"] == pytest.approx(hist.val_loss[-1])
     assert model.evaluate({"X": Xd}, {"Ya": la, "Yb": lb}) == result  # by name, in any order
+    Ya, Yb = model.targets[::-1]
+    assert model.evaluate({model.inputs[0]: Xd}, {Ya: la, Yb: lb}) == result  # or by symbol
     with pytest.raises(sn.DataError, match=r"the targets given by name must be exactly "
                                            r"\['Yb', 'Ya'\], got \['Ya'\]"):
         model.evaluate(Xd, {"Ya": la})

@@ -200,9 +200,30 @@ def test_an_optimizer_changed_after_compile_in_more_than_its_rate_is_refused(cha
     for call in (lambda: model.fit(Xb, Yb, verbose=False), model.formulas, model.latex,
                  lambda: model.explain(Xb, Yb), lambda: pickle.dumps(model)):
         with pytest.raises(sn.DeclarationError, match=r"model.optimizer was changed after "
-                                                      r"compile to .*; only a numeric learning "
-                                                      r"rate may change"):
+                                                      r"compile to .*; (only a numeric learning "
+                                                      r"rate may change \(model.optimizer.lr = "
+                                                      r"0.01\)|the learning-rate "
+                                                      r"schedule it was compiled with cannot "
+                                                      r"change)\. Set it back to what it was "
+                                                      r"compiled with, SGD\(lr="):
             call()
+
+
+def test_an_optimizer_takes_only_its_own_settings_and_names_the_way_back():
+    """A misspelt setting (learning_rate for lr, Adam's amsgrad) was kept, shown by repr and
+    ignored; a numeric rate set on a model compiled with a schedule was refused with advice to
+    set a numeric rate."""
+    with pytest.raises(sn.DeclarationError, match=r"SGD has no setting 'learning_rate'; its "
+                                                  r"settings are clip_norm, lr, momentum"):
+        sn.optim.SGD(lr=0.1).learning_rate = 1e-3
+    with pytest.raises(sn.DeclarationError, match=r"Adam has no setting 'amsgrad'"):
+        sn.optim.Adam().amsgrad = True
+    model = tanh_model(sn.optim.SGD(lr=sn.schedules.step(0.1, 2)))
+    model.optimizer.lr = 0.01
+    with pytest.raises(sn.DeclarationError, match=r"the learning-rate schedule it was compiled "
+                                                  r"with cannot change\. Set it back to what it "
+                                                  r"was compiled with, SGD\(lr=step: "):
+        model.formulas()
 
 
 def test_a_learning_rate_set_between_fits_is_checked_and_applied():
