@@ -638,9 +638,12 @@ def elu(alpha: float = 1.0) -> Activation:
 
 
 # min(x, 0), prelu's negative side: a function of Z itself, so that a prelu layer computes its
-# product once (as relu(−Z), −Z was a second layer of its own, with its own product)
-relu_min = _new_activation("relu_min", sp.Piecewise((x, x < 0), (0, True)), x,
-                      latex=r"\operatorname{relu_{min}}")
+# product once (as relu(−Z), −Z was a second layer of its own, with its own product). Its
+# derivative at 0 is 1, so that prelu'(0) = a, as in PyTorch (relu'(0) = 0 gives the rest):
+# with [x < 0] both sides' derivatives were 0 there, and a dead relu before a prelu layer put
+# its Z at exactly 0
+relu_min = _new_activation("relu_min", sp.Piecewise((x, x <= 0), (0, True)), x,
+                           latex=r"\operatorname{relu_{min}}")
 
 
 class _PReLU:

@@ -87,6 +87,25 @@ def test_prelu_swish_hardtanh_sse():
     compare(model, *make_data(kind="real"), ref)
 
 
+def test_prelu_at_exactly_zero_has_torchs_slope():
+    """A dead relu before a prelu layer (biases start at 0) puts its Z at exactly 0, where
+    torch's prelu' is the slope a; symnet's was 0 (both sides' indicators vanished there), and
+    gradcheck failed on it."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    out = sn.dense(sn.dense(sn.dense(X, 5, sn.relu), 5, sn.prelu), 3)
+    model = compiled(sn.sse(out, Y), X, Y, prediction=out)
+    model.params["b1"][...] = -100.0  # every relu dead: the prelu layer's Z2 is b2 = 0
+
+    def ref(p, X, Y):
+        h = F.prelu(F.relu(X @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"], p["a2"].reshape(-1))
+        return ((h @ p["W3"] + p["b3"] - Y) ** 2).sum(1).mean()
+
+    Xb, Yb = make_data(kind="real")
+    compare(model, Xb, Yb, ref)
+    assert np.abs(model.loss_and_grad(Xb, Yb)[1]["b2"]).max() > 0.01
+    assert sn.gradcheck(model, Xb, Yb) < 1e-6
+
+
 @pytest.mark.parametrize("eps", [0.1, 0.25])
 def test_label_smoothing_matches_torch_cross_entropy(eps):
     X, Y = sn.Input("X", 6), sn.Input("Y", 4)
