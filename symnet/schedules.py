@@ -24,9 +24,9 @@ CHECKED_STEPS = 10_000  # a schedule's values at steps 1 to this are checked whe
 
 class Schedule:
     """A learning rate as a function of the step: ``lr(t)``, a SymPy expression in
-    ``sn.schedules.t`` (1 for the first update); ``base``, the rate it starts from, names it
-    in ``repr``. Its name is an identifier; its value must be finite and not negative, checked
-    at the first :data:`CHECKED_STEPS` steps."""
+    ``sn.schedules.t`` (1 for the first update); ``base`` is the rate it starts from, saved
+    with it. Its name is an identifier; its value must be finite and not negative, checked at
+    the first :data:`CHECKED_STEPS` steps."""
 
     def __init__(self, name: str, expr: sp.Expr, base: float):
         if not isinstance(name, str) or not name.isidentifier():
@@ -34,8 +34,8 @@ class Schedule:
                                    f"'my_decay' (it is saved with the model)")
         self.name = name
         self.expr = _in_steps(expr, name)
-        self.base = validate.number(base, "base", where=f"Schedule {name!r}")
-        self.base = float(self.base)  # a plain float whatever number type came in: saved as JSON
+        # a plain float whatever number type came in: saved as JSON
+        self.base = float(validate.number(base, "base", where=f"Schedule {name!r}"))
         _check_values(self.expr, name)
 
     def __call__(self, step: int) -> float:
