@@ -110,7 +110,7 @@ class _Operand:
 def _summable(left, right, op):
     if (isinstance(left, MatrixExpr) and isinstance(right, MatrixExpr)
             and left.shape != right.shape):
-        short = [t if len(t) <= 40 else t[:37] + "..." for t in map(formula_text, (left, right))]
+        short = [validate.clipped(formula_text(e), 40) for e in (left, right)]
         raise ShapeError(
             f"{short[0]} {op} {short[1]}: {_shape_text(left)} and {_shape_text(right)} "
             f"matrices; + and − take matrices of one shape. For a residual connection h + f(h), "

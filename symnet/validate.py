@@ -26,6 +26,11 @@ from .errors import DataError, DeclarationError
 # --------------------------------------------------------------------------------- scalars
 
 
+def clipped(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, ending in "..." where it was cut."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def describe(value) -> str:
     """``value`` as an error message shows it: arrays by shape and dtype, long sequences by
     length, anything else by its repr (shortened) and, where the repr hides it, its type."""
@@ -35,7 +40,7 @@ def describe(value) -> str:
     if len(text) > 60:
         if isinstance(value, (list, tuple)):
             return f"a {type(value).__name__} of length {len(value)}"
-        text = text[:57] + "..."
+        text = clipped(text, 60)
     if isinstance(value, (bool, str, int, float, list, tuple)) or value is None:
         return text
     return f"{text} ({type(value).__name__})"
@@ -352,8 +357,7 @@ def _matrix_leaf(m, what):
 
 
 def _short(expr) -> str:
-    text = str(expr)
-    return text if len(text) <= 120 else text[:117] + "..."
+    return clipped(str(expr), 120)
 
 
 # --------------------------------------------------------------------------------- memory
