@@ -73,10 +73,9 @@ def dropout(a, p):
 def numbered_masks(*exprs) -> list:
     """``exprs`` with their dropout masks numbered 1, 2, … in the order a left-to-right walk
     meets them (:func:`validate.unique_nodes` walks right to left), which in a stack of layers
-    is from the inputs up: each ``sn.dropout`` call made
-    a mask of its own, numbered in the order of the calls of the whole process, and a
-    network's masks (which the kernels draw by number) must not depend on what else the
-    process declared before it."""
+    is from the inputs up: each ``sn.dropout`` call made a mask of its own, numbered in the
+    order of the calls of the whole process, and a network's masks (which the kernels draw by
+    number) must not depend on what else the process declared before it."""
     order: dict = {}
     seen, stack = set(), list(reversed(exprs))
     while stack:
