@@ -24,7 +24,6 @@ import inspect
 import io
 import json
 import math
-import os
 import re
 import zipfile
 import zlib
@@ -388,17 +387,13 @@ def _text(value) -> str:
 
 def _short(value, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters: a message must not quote a forged megabyte."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}…"
+    return validate.clipped(repr(value), limit)
 
 
 def physical_memory() -> int:
-    """This machine's RAM in bytes (1 TiB where the OS does not say)."""
-    try:
-        size = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        size = 0
-    return size if size > 0 else 2**40
+    """This machine's RAM in bytes (1 TiB where the OS does not say), which a file's sizes must
+    fit in."""
+    return validate.physical_memory() or 2**40
 
 
 def max_entries() -> int:

@@ -366,9 +366,10 @@ def _short(expr) -> str:
 def physical_memory() -> int | None:
     """Bytes of physical memory, or None where the platform does not say."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        size = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+    return size if size > 0 else None
 
 
 def fits_in_memory(shapes: dict[str, tuple[int, int]], bytes_per_entry: int) -> None:
