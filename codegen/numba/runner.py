@@ -195,6 +195,11 @@ class NumbaRunner:
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _COMPILING = threading.Lock()
 _RUNNERS = weakref.WeakSet()  # the live runners, whose locks a forked child renews
+# How often the main thread wakes from waiting for a kernel or a compile on another thread:
+# a signal that another thread received (``signal.raise_signal`` there, a terminal's SIGINT
+# delivered elsewhere) or ``_thread.interrupt_main`` only marks a handler pending, which runs
+# once the main thread runs Python again; an untimed wait held a Ctrl-C back until fit ended.
+WAKE_S = 0.1
 _BESIDE: list = []  # (helper process, module name, kernels) of NumbaRunner.prepare
 COMPILE_BESIDE_S = 600  # the longest a kernel waits for the helper compiling it
 
@@ -219,7 +224,7 @@ def _uninterrupted(work, *args):
     if runtime.started(worker) is not None:
         return work(*args)
     while worker.is_alive():
-        worker.join(0.1)
+        worker.join(WAKE_S)
     ok, value = result[0]
     if not ok:
         raise value
@@ -350,8 +355,8 @@ def _off_this_thread(call, stop: np.ndarray, pending: list | None = None):
     worker = on_behalf(threading.Thread(target=run, name="symnet-kernel", daemon=True))
     try:
         refused = runtime.started(worker) is not None
-        if not refused:
-            done.wait()
+        while not refused and not done.wait(WAKE_S):
+            pass
     except BaseException as err:  # in the wait, or in start's: the thread runs either way
         stop[0] = 1
         while not done.is_set():
