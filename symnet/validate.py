@@ -10,6 +10,7 @@ evaluate and loss_and_grad raise :class:`DataError` (pass ``error=``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import keyword
 import math
 import numbers
@@ -21,7 +22,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
-from .errors import DataError, DeclarationError
+from .errors import DataError, DeclarationError, ShapeError
 
 # --------------------------------------------------------------------------------- scalars
 
@@ -304,6 +305,7 @@ def computable(expr, what: str) -> None:
     for e in unique_nodes(expr):
         if isinstance(e, MatrixExpr):
             _matrix_leaf(e, what)
+            _aligned(e, what)
         elif isinstance(e, sp.Piecewise):
             _otherwise(e, what)
         elif isinstance(e, (sp.Integral, sp.Sum, sp.Product, sp.Limit, sp.Derivative)):
@@ -345,6 +347,32 @@ def _otherwise(pw, what):
             f"{what}: the Piecewise {pw} has no otherwise branch, so it has no value where no "
             f"condition holds; add (value, True) as its last piece, e.g. "
             f"Piecewise((x, x > 0), (0, True))")
+
+
+def _aligned(e, what):
+    """A matrix product's inner sizes must agree. SymPy refuses 3×4·5×6 itself, but it cannot
+    tell the batch's n from 4, so n×4·n×4 (``h*g`` meant entrywise) passed, and the kernels
+    read past the end of the second matrix."""
+    from .functions import formula_text  # not at the top: functions imports this module
+
+    if isinstance(e, sp.MatPow):
+        pairs = [(e.base, e.base)] if e.base.shape[0] != e.base.shape[1] else []
+    elif isinstance(e, sp.MatMul):
+        factors = [a for a in e.args if isinstance(a, MatrixExpr)]
+        pairs = [(a, b) for a, b in itertools.pairwise(factors) if a.shape[1] != b.shape[0]]
+    else:
+        return
+    for a, b in pairs:
+        shown = [clipped(formula_text(x), 40) for x in (a, b)]
+        raise ShapeError(
+            f"{what}: {shown[0]}·{shown[1]} is a matrix product of an {_size(a)} and an "
+            f"{_size(b)} matrix, and the first's columns ({a.shape[1]}) must equal the second's "
+            f"rows ({b.shape[0]}; n is the batch's rows). For the entrywise product write "
+            f"sp.hadamard_product(a, b); for a matrix product, make the inner sizes agree")
+
+
+def _size(m) -> str:
+    return f"{m.shape[0]}×{m.shape[1]}"
 
 
 def _matrix_leaf(m, what):

@@ -45,6 +45,25 @@ def test_a_residual_connection_of_two_widths_names_both_and_the_fix(residual):
     assert (h - h).shape == (n, 6) and (2 * h).T.shape == (6, n)
 
 
+@pytest.mark.parametrize("product", [lambda h, g: h * g, lambda h, g: h * h],
+                         ids=["two-activations", "a-square"])
+def test_a_product_whose_inner_sizes_are_the_batch_and_a_width_is_refused(product):
+    """SymPy cannot tell the batch's n from 4, so n×4·n×4 (h*g meant entrywise) compiled, and
+    the kernels read past the end of the second matrix (wrong numbers, a corrupted heap)."""
+    X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+    h, g = sn.dense(X, 4, sn.tanh, name="1"), sn.dense(X, 4, sn.tanh, name="2")
+    out = sn.dense(product(h, g), 2, name="o")
+    with pytest.raises(sn.ShapeError, match=r"^the loss: tanh\(X·W1 \+ 𝟙·b1\)·tanh\(X·W\d \+ "
+                                            r"𝟙·b\d\) is a matrix product of an n×4 and an n×4 "
+                                            r"matrix.*columns \(4\) must equal the second's rows "
+                                            r"\(n;.*sp\.hadamard_product\(a, b\)"):
+        sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y])
+    entrywise = sn.dense(sp.hadamard_product(h, g), 2, name="o")  # what was meant computes
+    model = sn.compile(sn.mse(entrywise, Y), inputs=[X], targets=[Y], seed=0, backend="numpy")
+    rng = np.random.default_rng(0)
+    assert sn.gradcheck(model, rng.normal(size=(10, 3)), rng.normal(size=(10, 2))) < 1e-6
+
+
 def test_free_scalar_symbol_is_refused():
     X, Y, out = net()
     k = sp.Symbol("k")
