@@ -548,7 +548,10 @@ _METHODS: dict = {}
 
 
 def _own_method(printer: type, node: type):
-    for cls in node.__mro__:
+    mro = node.__mro__
+    if issubclass(node, ScalarActivation):  # named by its user: an "Abs" is not SymPy's Abs
+        mro = mro[mro.index(ScalarActivation):]
+    for cls in mro:
         name = f"_print_{cls.__name__}"
         for owner in printer.__mro__:
             if issubclass(owner, Formula) and name in owner.__dict__:

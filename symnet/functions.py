@@ -463,7 +463,8 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
 
     >>> mish = activation("mish", x*sp.tanh(sp.log(1 + sp.exp(x))), x)
 
-    The library's names (``relu``, ``sigmoid``, ``leaky_relu[…]``, ``exp``, …) are its own: the
+    The library's names (``relu``, ``sigmoid``, ``leaky_relu[…]``, ``exp``, …), SymPy's (``Abs``,
+    ``cos``, …) and the formulas' notation (``σ``, ``softmax``, ``sum``, …) are refused: the
     formulas show an activation by its name.
     """
     family = name.partition("[")[0] if isinstance(name, str) else None
@@ -473,6 +474,12 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
             f"activation {name!r}: {family} is the library's own ({own}), and the formulas "
             f"show an activation by its name; give yours another name (such as "
             f"'my_{family}')")
+    if family in NOTATION or hasattr(sp, family):
+        whose = "the formulas' notation" if family in NOTATION else f"SymPy's sympy.{family}"
+        raise DeclarationError(
+            f"activation {name!r}: {family} is {whose}, and the formulas show an activation by "
+            f"its name, so {family}(Z1) would read as that; give yours another name (such as "
+            f"'my_{family}')")
     return _new_activation(name, expr, var, latex=latex, numeric=numeric)
 
 
@@ -480,6 +487,12 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
 LIBRARY_ACTIVATIONS = frozenset({"sigmoid", "tanh", "relu", "softplus", "hard_sigmoid", "hard_tanh",
                                  "swish", "gelu", "leaky_relu", "elu", "relu_min", "exp", "log",
                                  "square", "abs"})
+
+
+# names the formulas write for what they compute otherwise (σ is the sigmoid, σ1 a batch's
+# standard deviation, δ a backpropagated error)
+NOTATION = frozenset({"σ", "δ", "softmax", "logsumexp", "sum", "colsum", "rowsum", "mean", "var",
+                      "std", "diag", "max", "min"})
 
 
 def _new_activation(name, expr, var, *, latex=None, numeric=None) -> Activation:

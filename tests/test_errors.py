@@ -755,3 +755,28 @@ def test_an_activation_named_as_the_librarys_own_is_refused(name):
                                                   rf"yours another name \(such as 'my_{family}'\)"):
         sn.activation(name, sp.sin(x), x)
     assert sn.activation(f"my_{family}", sp.sin(x), x).name == f"my_{family}"
+
+
+@pytest.mark.parametrize("name, whose", [("Abs", "SymPy's sympy.Abs"), ("Piecewise", "SymPy's "
+                                         "sympy.Piecewise"), ("cos", "SymPy's sympy.cos"),
+                                         ("σ", "the formulas' notation"),
+                                         ("softmax", "the formulas' notation")])
+def test_an_activation_named_as_sympys_or_the_notations_is_refused(name, whose):
+    """An "Abs" computing softsign was shown as |Z1|, a "Piecewise" stopped compile inside
+    SymPy, and a "σ" read as the sigmoid."""
+    x = sp.Symbol("x")
+    with pytest.raises(sn.DeclarationError, match=rf"activation '{name}': {name} is {whose}, and "
+                                                  rf".*give yours another name \(such as "
+                                                  rf"'my_{name}'\)"):
+        sn.activation(name, x / (1 + sp.Abs(x)), x)
+
+
+def test_an_activation_named_as_a_symnet_node_is_shown_by_its_name():
+    # the printers chose a method by class name, and an activation's class is named by its user
+    x = sp.Symbol("x")
+    X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+    act = sn.activation("Dropout", x / (1 + sp.Abs(x)), x)
+    model = sn.compile(sn.mse(sn.dense(sn.dense(X, 4, act, name="1"), 2, name="o"), Y),
+                       inputs=[X], targets=[Y])
+    assert "A1 = Dropout(Z1)" in model.formulas()
+    assert r"A_{1} &= \operatorname{Dropout}\left(Z_{1}\right)" in model.latex()
