@@ -1087,6 +1087,10 @@ def _check_loss(loss, data, optimizer):
     if isinstance(loss, sp.MatrixBase):
         raise DeclarationError("the loss is an explicit SymPy Matrix of entries; pass the 1×1 "
                                "matrix expression itself, such as sn.mse(out, Y)")
+    if isinstance(loss, np.ndarray):  # np.float64(0.5) * loss makes an object array of it
+        raise DeclarationError(f"the loss is a NumPy array ({validate.describe(loss)}), which a "
+                               f"NumPy number times a loss makes; multiply by a Python float "
+                               f"instead (0.5 * loss, or float(c) * loss)")
     if not isinstance(loss, sp.MatrixExpr) or tuple(loss.shape) != (1, 1):
         shape = getattr(loss, "shape", None)
         raise DeclarationError(

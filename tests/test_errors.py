@@ -205,6 +205,10 @@ def test_an_entry_of_a_softmax_loss_is_its_value_and_compile_asks_for_the_matrix
     with pytest.raises(sn.DeclarationError, match="the loss is an explicit SymPy Matrix of "
                                                   "entries; pass the 1×1 matrix expression"):
         sn.compile(sp.Matrix([[loss[0, 0]]]), inputs=[X], targets=[Y])  # said "got (1, 1)"
+    with pytest.raises(sn.DeclarationError, match=r"the loss is a NumPy array \(an array of "
+                                                  r"shape \(1, 1\) and dtype object\).*multiply "
+                                                  r"by a Python float"):
+        sn.compile(np.float64(0.5) * loss, inputs=[X], targets=[Y])  # also said "got (1, 1)"
 
 
 def test_a_dirac_delta_in_an_activation_is_refused_where_it_is_declared():
