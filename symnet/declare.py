@@ -6,6 +6,7 @@ import re
 
 import sympy as sp
 
+from . import functions as fn
 from . import validate
 from .errors import DeclarationError, ShapeError
 from .functions import formula_text, matrix_symbols
@@ -80,6 +81,10 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
     if isinstance(activation, type) and hasattr(activation, "dense"):  # sn.maxout, not sn.maxout(2)
         raise DeclarationError(f"dense: activation {activation.__name__} is a class; pass what "
                                f"it makes, such as sn.{activation.__name__}(2)")
+    if activation in (fn.leaky_relu, fn.elu):  # the factory, not what it makes
+        example = {"leaky_relu": 0.01, "elu": 1.0}[activation.__name__]
+        raise DeclarationError(f"dense: sn.{activation.__name__} makes an activation; pass what "
+                               f"it makes, such as sn.{activation.__name__}({example})")
     if activation is not None and hasattr(activation, "dense"):
         return activation.dense(x, units, name)  # layers that own extra parameters
     z = affine(x, units, name)

@@ -635,6 +635,7 @@ def identity(arg):
 @cache
 def leaky_relu(alpha: float = 0.01) -> Activation:
     """``leaky_relu(alpha)`` → the activation x for x > 0, alpha·x otherwise."""
+    _factory_of_a_number(alpha, "leaky_relu", 0.01)
     alpha = validate.number(alpha, "alpha", low=0, example=0.01, where="sn.leaky_relu")
     a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
     return _new_activation(f"leaky_relu[{alpha}]", sp.Piecewise((x, x > 0), (a * x, True)), x,
@@ -644,10 +645,21 @@ def leaky_relu(alpha: float = 0.01) -> Activation:
 @cache
 def elu(alpha: float = 1.0) -> Activation:
     """``elu(alpha)`` → x for x > 0, alpha·(eˣ − 1) otherwise."""
+    _factory_of_a_number(alpha, "elu", 1.0)
     alpha = validate.number(alpha, "alpha", above=0, example=1.0, where="sn.elu")
     a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
     return _new_activation(f"elu[{alpha}]", sp.Piecewise((x, x > 0), (a * (sp.exp(x) - 1), True)), x,
                       latex=rf"\operatorname{{elu}}_{{{alpha}}}")
+
+
+def _factory_of_a_number(alpha, name: str, example: float) -> None:
+    """``sn.leaky_relu(Z)``, written as ``sn.relu(Z)`` is: alpha's check said only that a matrix
+    is not a number."""
+    if isinstance(alpha, sp.MatrixExpr):
+        shown = validate.clipped(formula_text(alpha), 40)
+        raise DeclarationError(f"sn.{name}(alpha) makes an activation, and was given the matrix "
+                               f"{shown}; apply what it makes: sn.{name}({example})(Z), or "
+                               f"sn.dense(h, units, sn.{name}({example}))")
 
 
 # min(x, 0), prelu's negative side: a function of Z itself, so that a prelu layer computes its

@@ -64,6 +64,22 @@ def test_a_product_whose_inner_sizes_are_the_batch_and_a_width_is_refused(produc
     assert sn.gradcheck(model, rng.normal(size=(10, 3)), rng.normal(size=(10, 2))) < 1e-6
 
 
+@pytest.mark.parametrize("factory, example", [(sn.leaky_relu, "0.01"), (sn.elu, "1.0")])
+def test_an_activation_factory_given_a_matrix_or_passed_uncalled_says_how_to_use_it(factory,
+                                                                                      example):
+    # sn.leaky_relu(Z), written as sn.relu(Z) is, said only that alpha must be a number
+    X = sn.Input("X", 3)
+    name = factory.__name__
+    with pytest.raises(sn.DeclarationError, match=rf"^sn\.{name}\(alpha\) makes an activation, "
+                                                  rf"and was given the matrix X·W1 \+ 𝟙·b1; apply "
+                                                  rf"what it makes: sn\.{name}\({example}\)\(Z\)"):
+        factory(sn.dense(X, 4, name="1"))
+    with pytest.raises(sn.DeclarationError, match=rf"^dense: sn\.{name} makes an activation; pass "
+                                                  rf"what it makes, such as sn\.{name}\({example}\)"):
+        sn.dense(X, 4, factory)  # said "use one of symnet's", which it is
+    assert sn.dense(X, 4, factory(float(example))).shape == (n, 4)
+
+
 def test_free_scalar_symbol_is_refused():
     X, Y, out = net()
     k = sp.Symbol("k")
