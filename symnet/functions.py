@@ -7,6 +7,7 @@ a matrix builds an :class:`Elementwise` node. Adding an activation touches this 
 
 from __future__ import annotations
 
+import numbers
 import re
 import threading
 import unicodedata
@@ -83,33 +84,58 @@ class _Shown:
 
 
 class _Operand:
-    """A sum or difference with a symnet node checks the shapes here, before SymPy does: a
-    residual connection of the wrong width stopped with SymPy's own ShapeError, which names
-    neither the operands nor the fix. (A sum of SymPy matrices alone, such as X + X·W, is
-    SymPy's to check.)"""
+    """A sum or difference with a symnet node checks its operands here, before SymPy does: a
+    residual connection of the wrong width, or a number added to a matrix, stopped with SymPy's
+    own errors, which name neither the operands nor the fix; 0 + node is the node, so that
+    Python's ``sum`` adds nodes. (A sum of SymPy matrices alone, such as X + X·W, is SymPy's
+    to check.)"""
 
     _op_priority = 11.5  # above MatrixExpr's 11: SymPy hands such an operation to these methods
 
     def __add__(self, other):
-        _summable(self, other, "+")
+        if _summable(self, other, "+"):
+            return self
         return MatrixExpr.__add__(self, other)
 
     def __radd__(self, other):
-        _summable(other, self, "+")
+        if _summable(other, self, "+"):
+            return self
         return MatrixExpr.__radd__(self, other)
 
     def __sub__(self, other):
-        _summable(self, other, "−")
+        if _summable(self, other, "−"):
+            return self
         return MatrixExpr.__sub__(self, other)
 
     def __rsub__(self, other):
-        _summable(other, self, "−")
+        if _summable(other, self, "−"):
+            return -self
         return MatrixExpr.__rsub__(self, other)
 
 
-def _summable(left, right, op):
-    if (isinstance(left, MatrixExpr) and isinstance(right, MatrixExpr)
-            and left.shape != right.shape):
+def _summable(left, right, op) -> bool:
+    """Refuse a sum of two shapes, or of a matrix and a number or array; True where the other
+    operand is the number 0, which Python's ``sum`` starts from (a sum of symnet nodes)."""
+    matrix, other = (left, right) if isinstance(left, MatrixExpr) else (right, left)
+    if not isinstance(other, MatrixExpr):
+        scalar = isinstance(other, (numbers.Number, sp.Expr)) and not isinstance(other, bool)
+        if scalar and other == 0:
+            return True
+        shown, number = validate.clipped(formula_text(matrix), 40), other if scalar else "c"
+        texts = [shown if x is matrix else str(other) if scalar else validate.describe(other)
+                 for x in (left, right)]
+        fix = " ".join(["h" if left is matrix else f"{number}*sp.OneMatrix(*h.shape)",
+                        "-" if op == "−" else op,
+                        "h" if right is matrix else f"{number}*sp.OneMatrix(*h.shape)"])
+        fix = f"write {fix}, where h is the matrix ({number} in every entry)"
+        if scalar:
+            raise ShapeError(f"{texts[0]} {op} {texts[1]}: a scalar and an "
+                             f"{_shape_text(matrix)} matrix; + and − take matrices of one shape: "
+                             f"{fix}")
+        raise DeclarationError(f"{texts[0]} {op} {texts[1]}: a declaration takes SymPy matrix "
+                               f"expressions, not {type(other).__name__} values; for a number c, "
+                               f"{fix}")
+    if left.shape != right.shape:
         short = [validate.clipped(formula_text(e), 40) for e in (left, right)]
         raise ShapeError(
             f"{short[0]} {op} {short[1]}: {_shape_text(left)} and {_shape_text(right)} "

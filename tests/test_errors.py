@@ -80,6 +80,23 @@ def test_an_activation_factory_given_a_matrix_or_passed_uncalled_says_how_to_use
     assert sn.dense(X, 4, factory(float(example))).shape == (n, 4)
 
 
+def test_a_number_or_an_array_added_to_a_node_says_how_to_add_it_and_sum_adds_nodes():
+    # SymPy's TypeErrors: "Mix of Matrix and Scalar symbols", "'Symbol' object cannot be
+    # interpreted as an integer"
+    X = sn.Input("X", 3)
+    h, g = sn.dense(X, 4, sn.tanh, name="1"), sn.dense(X, 4, sn.relu, name="2")
+    with pytest.raises(sn.ShapeError, match=r"^1 − tanh\(X·W1 \+ 𝟙·b1\): a scalar and an n×4 "
+                                            r"matrix; .* write 1\*sp\.OneMatrix\(\*h\.shape\) - h, "
+                                            r"where h is the matrix"):
+        1 - h
+    with pytest.raises(sn.DeclarationError, match=r"\+ an array of shape \(1, 4\) and dtype "
+                                                  r"float64: a declaration takes SymPy matrix "
+                                                  r"expressions, not ndarray values"):
+        h + np.ones((1, 4))
+    assert (h + 2 * sp.OneMatrix(*h.shape)).shape == (n, 4)  # the fix declares
+    assert sum([h, g]) == h + g and 0 + h is h and (0 - h) == -h
+
+
 def test_free_scalar_symbol_is_refused():
     X, Y, out = net()
     k = sp.Symbol("k")
