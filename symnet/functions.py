@@ -807,6 +807,14 @@ def _difference(a, b):
 def _same_shape(p, y, fname):
     _require_matrix(p, fname)
     _require_matrix(y, fname)
+    from .declare import batch  # not at the top: declare imports this module
+
+    learned = sorted((m for m in matrix_symbols(y) if batch not in m.shape), key=str)
+    if isinstance(p, sp.MatrixSymbol) and batch in p.shape and learned:
+        raise DeclarationError(
+            f"{fname}(prediction, target): the prediction is the data {p.name} and the target "
+            f"{validate.clipped(formula_text(y), 40)} holds the parameter {learned[0].name}; pass the "
+            f"network's output first: sn.{fname}(out, {p.name})")
     if tuple(p.shape) != tuple(y.shape):
         raise ShapeError(
             f"{fname}: the prediction {formula_text(p)} is {_shape_text(p)} but the target "
@@ -882,6 +890,11 @@ def binary_cross_entropy(p, y):
     stable for any Z.
     """
     _same_shape(p, y, "binary_cross_entropy")
+    if isinstance(p, (sp.MatAdd, sp.MatMul)):  # a layer's X·W + 𝟙·b: logits, not probabilities
+        raise DeclarationError(
+            f"binary_cross_entropy takes probabilities, and {validate.clipped(formula_text(p), 40)} "
+            f"is a layer's linear output (logits), whose log is NaN where it is ≤ 0; pass "
+            f"sn.sigmoid(out), as in sn.binary_cross_entropy(sn.sigmoid(out), Y)")
     ones = sp.OneMatrix(*p.shape)
     return -mean(sp.HadamardProduct(y, log(p)) + sp.HadamardProduct(ones - y, log(ones - p)))
 

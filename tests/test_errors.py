@@ -97,6 +97,28 @@ def test_a_number_or_an_array_added_to_a_node_says_how_to_add_it_and_sum_adds_no
     assert sum([h, g]) == h + g and 0 + h is h and (0 - h) == -h
 
 
+def test_a_loss_given_its_arguments_swapped_or_bce_given_logits_says_what_to_pass():
+    # softmax_cross_entropy(Y, out) trained on a loss unbounded below; binary_cross_entropy of
+    # a linear output stopped fit with NaN, and advice to lower the learning rate
+    X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+    out = sn.dense(sn.dense(X, 4, sn.tanh, name="1"), 2, name="o")
+    for loss in (sn.softmax_cross_entropy, sn.mse):
+        with pytest.raises(sn.DeclarationError, match=rf"^{loss.__name__}\(prediction, target\): "
+                                                      rf"the prediction is the data Y and the "
+                                                      rf"target .* holds the parameter W1; pass "
+                                                      rf"the network's output first: "
+                                                      rf"sn\.{loss.__name__}\(out, Y\)"):
+            loss(Y, out)
+    with pytest.raises(sn.DeclarationError, match=r"^binary_cross_entropy takes probabilities, "
+                                                  r"and tanh\(X·W1 \+ 𝟙·b1\)·Wo \+ 𝟙·bo is a "
+                                                  r"layer's linear output \(logits\).*pass "
+                                                  r"sn\.sigmoid\(out\)"):
+        sn.binary_cross_entropy(out, Y)
+    assert sn.binary_cross_entropy(sn.sigmoid(out), Y).shape == (1, 1)
+    smoothed = 0.9 * Y + 0.05 * sp.OneMatrix(*Y.shape)  # a target expression stays a target
+    assert sn.softmax_cross_entropy(out, smoothed).shape == (1, 1)
+
+
 def test_free_scalar_symbol_is_refused():
     X, Y, out = net()
     k = sp.Symbol("k")
