@@ -264,9 +264,12 @@ class Model:
         return [replace(eq, rhs=at[eq.lhs], rewrites=()) for eq in forward
                 if at[eq.lhs] != eq.rhs]
 
-    def latex(self) -> str:
-        """The derivation and the update as one LaTeX ``aligned`` block (amsmath)."""
+    def latex(self, weighted: bool = False) -> str:
+        """The derivation and the update as one LaTeX ``aligned`` block (amsmath); with
+        ``weighted=True``, those of ``fit(sample_weight=...)``, as :meth:`formulas` gives them."""
         self._check_optimizer()
+        if validate.flag(weighted, "weighted", where="latex"):
+            return formulas.as_latex(self._weighted_variant()[0], optimizer=self.optimizer)
         return formulas.as_latex(self.derivation, optimizer=self.optimizer,
                                  predict=self._predict_equations())
 

@@ -6,6 +6,7 @@ import pytest
 from conftest import compiled
 
 import symnet as sn
+from symnet import formulas
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -35,6 +36,10 @@ def test_the_weighted_formulas_show_the_weights():
     delta = next(eq for eq in model._weighted_variant()[0].backward if eq.label == "δP")
     assert "factor_hadamard" in delta.rewrites
     assert "ω" not in model.formulas()  # the unweighted model is as declared
+    tex = model.latex(weighted=True)  # the same derivation in LaTeX
+    for eq in model._weighted_variant()[0].backward:
+        assert formulas.latex(eq.rhs) in tex, eq.label
+    assert r"\omega" in tex and r"\omega" not in model.latex()
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
