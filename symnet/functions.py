@@ -121,20 +121,18 @@ def _summable(left, right, op) -> bool:
         scalar = isinstance(other, (numbers.Number, sp.Expr)) and not isinstance(other, bool)
         if scalar and other == 0:
             return True
-        shown, number = validate.clipped(formula_text(matrix), 40), other if scalar else "c"
-        texts = [shown if x is matrix else str(other) if scalar else validate.describe(other)
-                 for x in (left, right)]
-        fix = " ".join(["h" if left is matrix else f"{number}*sp.OneMatrix(*h.shape)",
-                        "-" if op == "−" else op,
-                        "h" if right is matrix else f"{number}*sp.OneMatrix(*h.shape)"])
-        fix = f"write {fix}, where h is the matrix ({number} in every entry)"
+        shown = validate.clipped(formula_text(matrix), 40)
+        number = other if scalar else "c"
+        them = str(other) if scalar else validate.describe(other)
+        written = f"{shown} {op} {them}" if left is matrix else f"{them} {op} {shown}"
+        spread, code_op = f"{number}*sp.OneMatrix(*h.shape)", "-" if op == "−" else op
+        code = f"h {code_op} {spread}" if left is matrix else f"{spread} {code_op} h"
+        fix = f"write {code}, where h is the matrix ({number} in every entry)"
         if scalar:
-            raise ShapeError(f"{texts[0]} {op} {texts[1]}: a scalar and an "
-                             f"{_shape_text(matrix)} matrix; + and − take matrices of one shape: "
-                             f"{fix}")
-        raise DeclarationError(f"{texts[0]} {op} {texts[1]}: a declaration takes SymPy matrix "
-                               f"expressions, not {type(other).__name__} values; for a number c, "
-                               f"{fix}")
+            raise ShapeError(f"{written}: a scalar and an {_shape_text(matrix)} matrix; + and − "
+                             f"take matrices of one shape: {fix}")
+        raise DeclarationError(f"{written}: a declaration takes SymPy matrix expressions, not "
+                               f"{type(other).__name__} values; for a number c, {fix}")
     if left.shape != right.shape:
         short = [validate.clipped(formula_text(e), 40) for e in (left, right)]
         raise ShapeError(
@@ -500,7 +498,7 @@ def activation(name: str, expr: sp.Expr, var: sp.Symbol, *, latex: str | None = 
             f"activation {name!r}: {family} is the library's own ({own}), and the formulas "
             f"show an activation by its name; give yours another name (such as "
             f"'my_{family}')")
-    if family in NOTATION or hasattr(sp, family):
+    if isinstance(name, str) and (family in NOTATION or hasattr(sp, family)):
         whose = "the formulas' notation" if family in NOTATION else f"SymPy's sympy.{family}"
         raise DeclarationError(
             f"activation {name!r}: {family} is {whose}, and the formulas show an activation by "
@@ -804,7 +802,8 @@ def _difference(a, b):
     return sp.MatAdd(a, -b)
 
 
-def _same_shape(p, y, fname):
+def _prediction_and_target(p, y, fname):
+    """A loss's (prediction, target): matrices, in that order (the data second), of one shape."""
     _require_matrix(p, fname)
     _require_matrix(y, fname)
     from .declare import batch  # not at the top: declare imports this module
@@ -842,19 +841,19 @@ def formula_text(e) -> str:
 
 def mse(p, y):
     """Mean over all entries of (P − Y)²."""
-    _same_shape(p, y, "mse")
+    _prediction_and_target(p, y, "mse")
     return mean(square(_difference(p, y)))
 
 
 def sse(p, y):
     """Per-row sum of squared errors, mean over rows: Σ(P − Y)²/n."""
-    _same_shape(p, y, "sse")
+    _prediction_and_target(p, y, "sse")
     return sum(square(_difference(p, y))) / p.shape[0]
 
 
 def cross_entropy(p, y):
     """−Σ Y∘log P / n for probabilities P (e.g. a softmax output); mean over rows."""
-    _same_shape(p, y, "cross_entropy")
+    _prediction_and_target(p, y, "cross_entropy")
     return -sum(sp.HadamardProduct(y, log(p))) / p.shape[0]
 
 
@@ -867,7 +866,7 @@ def softmax_cross_entropy(z, y, label_smoothing=0.0):
     ``label_smoothing=ε`` trains against (1 − ε)·Y + ε/k for k classes, as torch's argument of
     that name: the loss gains ε/k·Σ Z and the adjoint is (softmax(Z) − (1 − ε)·Y − ε/k)/n.
     """
-    _same_shape(z, y, "softmax_cross_entropy")
+    _prediction_and_target(z, y, "softmax_cross_entropy")
     eps = validate.number(label_smoothing, "label_smoothing", low=0, below=1, example=0.1,
                           where="softmax_cross_entropy")
     n, k = z.shape
@@ -889,7 +888,7 @@ def binary_cross_entropy(p, y):
     When P = sigmoid(Z) the simplifier turns the logarithms into −softplus(∓Z), which is
     stable for any Z.
     """
-    _same_shape(p, y, "binary_cross_entropy")
+    _prediction_and_target(p, y, "binary_cross_entropy")
     if isinstance(p, (sp.MatAdd, sp.MatMul)):  # a layer's X·W + 𝟙·b: logits, not probabilities
         raise DeclarationError(
             f"binary_cross_entropy takes probabilities, and {validate.clipped(formula_text(p), 40)} "

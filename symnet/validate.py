@@ -353,7 +353,7 @@ def _aligned(e, what):
     """A matrix product's inner sizes must agree. SymPy refuses 3×4·5×6 itself, but it cannot
     tell the batch's n from 4, so n×4·n×4 (``h*g`` meant entrywise) passed, and the kernels
     read past the end of the second matrix."""
-    from .functions import formula_text  # not at the top: functions imports this module
+    from .functions import _shape_text, formula_text  # not at the top: functions imports this
 
     if isinstance(e, sp.MatPow):
         pairs = [(e.base, e.base)] if e.base.shape[0] != e.base.shape[1] else []
@@ -362,17 +362,14 @@ def _aligned(e, what):
         pairs = [(a, b) for a, b in itertools.pairwise(factors) if a.shape[1] != b.shape[0]]
     else:
         return
-    for a, b in pairs:
+    if pairs:
+        a, b = pairs[0]
         shown = [clipped(formula_text(x), 40) for x in (a, b)]
         raise ShapeError(
-            f"{what}: {shown[0]}·{shown[1]} is a matrix product of an {_size(a)} and an "
-            f"{_size(b)} matrix, and the first's columns ({a.shape[1]}) must equal the second's "
-            f"rows ({b.shape[0]}; n is the batch's rows). For the entrywise product write "
-            f"sp.hadamard_product(a, b); for a matrix product, make the inner sizes agree")
-
-
-def _size(m) -> str:
-    return f"{m.shape[0]}×{m.shape[1]}"
+            f"{what}: {shown[0]}·{shown[1]} is a matrix product of an {_shape_text(a)} and an "
+            f"{_shape_text(b)} matrix, and the first's columns ({a.shape[1]}) must equal the "
+            f"second's rows ({b.shape[0]}; n is the batch's rows). For the entrywise product "
+            f"write sp.hadamard_product(a, b); for a matrix product, make the inner sizes agree")
 
 
 def _matrix_leaf(m, what):
