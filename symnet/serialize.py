@@ -550,12 +550,15 @@ def _load(source, path, backend):
     """The model in the archive ``source`` (a path or a binary file), named ``path`` in errors."""
     from .model import BACKENDS, compile  # model.py imports this module to save and load
 
+    if backend is not None:  # the caller's, not the file's
+        validate.choice(backend, "backend", BACKENDS)
     with validate.deep_recursion("loading the model"), _archive(source, path) as archive:
         with _about(path):
             meta = _check_meta(_read_meta(archive), BACKENDS)
             declaration = _declaration(meta)
             _check_memory(declaration, np.dtype(meta["dtype"]))
-        model = compile(**declaration, dtype=meta["dtype"], backend=backend or meta["backend"])
+            model = compile(**declaration, dtype=meta["dtype"],
+                            backend=backend or meta["backend"])
         with _about(path):
             for k, value in model.params.items():
                 _read_into(archive, f"param/{k}", value)
@@ -588,11 +591,15 @@ def _is_shuffle_state(v) -> bool:
 
 @contextlib.contextmanager
 def _about(path):
-    """Name the file in the DataErrors raised while reading it."""
+    """Name the file in the errors raised while reading it. What it declares was accepted when
+    it was saved, so a declaration refused now (a schedule of 1/0, an input of another width)
+    is a damaged file, not a mistake in the caller's code."""
     try:
         yield
     except DataError as err:
         raise DataError(f"{path}: {err}") from None
+    except SymnetError as err:
+        raise DataError(f"{path}: the file is damaged: what it declares is refused ({err})") from None
 
 
 def _archive(source, path) -> zipfile.ZipFile:

@@ -227,6 +227,12 @@ BAD_META = {
     "lr negative": (setting_lr(-1), "optimizer is invalid: .*lr must be .*, got -1"),
     "lr a nested list": (setting_lr([[0.1]]), "expected a number"),
     "schedule with other entries": (setting_lr({"schedule": "cosine"}), "expected schedule, expr"),
+    "schedule of 1/0": (  # these two were DeclarationErrors advising the caller's code
+        setting_lr({"schedule": "s", "expr": ["Pow", ["Integer", "0"], ["Integer", "-1"]],
+                    "base": 0.1}), "the file is damaged: what it declares is refused .*zoo"),
+    "input of another width": (
+        lambda m: {**m, "inputs": [[*m["inputs"][0][:3], ["Integer", "5"]], *m["inputs"][1:]]},
+        "the file is damaged: what it declares is refused"),
     "schedule in another symbol": (
         setting_lr({"schedule": "cosine", "expr": ["Symbol", "s", ["real"]], "base": 0.1}),
         "must be an expression in the step t"),
