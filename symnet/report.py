@@ -229,6 +229,10 @@ def _summary_html(model) -> str:
 
 def _training_html(model) -> str:
     hist = model.history
+    if (hist is None or not hist.loss) and model._steps:  # loaded, unpickled or fresh()
+        return (f'<p class="muted">No training curves: the model has taken {model._steps} '
+                f'steps, but the curves belong to the fit that took them (a model file keeps '
+                f'the parameters and the optimizer state, not the history).</p>')
     if hist is None or not hist.loss:
         return '<p class="muted">Not trained yet: the plots appear once fit has run.</p>'
     count = len(hist.loss)

@@ -153,6 +153,11 @@ def test_report_before_fit_and_without_data(tmp_path):
     model.report(str(tmp_path / "r.html"))
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Not trained yet" in page and "<svg" not in page and "check (" not in page
+    model.fit(np.ones((4, 4)), np.ones((4, 3)), epochs=1, batch_size=2, verbose=False)
+    model.save(tmp_path / "m.npz")  # a loaded model has taken steps, and has no curves
+    sn.load(tmp_path / "m.npz").report(str(tmp_path / "r.html"))
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "No training curves: the model has taken 2 steps" in page and "Not trained" not in page
     with pytest.raises(sn.DataError, match="file name"):
         model.report(3)
     with pytest.raises(sn.DataError, match="pass the inputs"):
