@@ -417,16 +417,18 @@ def _batch_size(rows: int, batch: int | str, norm: bool) -> int:
 
 def warm_up(estimator, X, y, param_grid=None) -> int:
     """Compile into the kernel cache the kernels of every configuration of ``param_grid``
-    (scikit-learn's grid format) of ``estimator`` (a symnet estimator, or a Pipeline ending in
-    one) on data shaped as X, y; returns how many configurations it went through (those that
-    differ only in learning_rate, alpha or random_state share their kernels). Run it once
-    before a search fans out, with ``SYMNET_CACHE_DIR`` on a file system the workers share: each
-    worker then loads the machine code instead of compiling it."""
+    (scikit-learn's grid format, or a RandomizedSearchCV space whose distributions are over
+    learning_rate, alpha or random_state only) of ``estimator`` (a symnet estimator, or a
+    Pipeline ending in one) on data shaped as X, y; returns how many sets of kernels that was.
+    learning_rate, alpha and random_state are read at run time, so configurations that differ
+    only in them share their kernels and are compiled once. Run it once before a search fans
+    out, with ``SYMNET_CACHE_DIR`` on a file system the workers share: each worker then loads
+    the machine code instead of compiling it."""
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     if not isinstance(final, _SymnetMLP):
         raise DeclarationError(f"warm_up compiles the kernels of a symnet estimator, or of a "
                                f"Pipeline ending in one; got {type(final).__name__}")
-    grid = list(ParameterGrid(param_grid or {}))
+    grid = list(ParameterGrid([_compiled_part(g) for g in _grids(param_grid)]))
     for params in grid:
         est = clone(estimator).set_params(**params)
         last = est.steps[-1] if hasattr(est, "steps") else None
@@ -434,4 +436,31 @@ def warm_up(estimator, X, y, param_grid=None) -> int:
         est.fit(X, y)
         (last[1] if last else est).model_.compile_kernels()
     return len(grid)
+
+
+RUN_TIME = ("learning_rate", "alpha", "random_state")  # read by the kernels at run time
+
+
+def _grids(param_grid) -> list:
+    if param_grid is None:
+        return [{}]
+    return list(param_grid) if isinstance(param_grid, (list, tuple)) else [param_grid]
+
+
+def _compiled_part(grid) -> dict:
+    """The entries of one grid that change the kernels, each a list of values."""
+    if not isinstance(grid, dict):
+        raise DeclarationError(f"warm_up takes a grid as GridSearchCV does (a dict of lists, or "
+                               f"a list of such dicts), got {validate.describe(grid)}")
+    kept = {}
+    for key, values in grid.items():
+        if key.rpartition("__")[2] in RUN_TIME:
+            continue
+        if isinstance(values, str) or not hasattr(values, "__len__"):
+            raise DeclarationError(
+                f"warm_up: {key} is {validate.describe(values)}, not a list of values; only "
+                f"{', '.join(RUN_TIME)} may be distributions (the kernels read them at run time), "
+                f"and the others must be listed, as GridSearchCV takes them")
+        kept[key] = values
+    return kept
 

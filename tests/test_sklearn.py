@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from scipy.stats import loguniform, randint
 from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -105,6 +106,12 @@ def test_validation_fraction_is_checked_and_warm_up_names_what_it_needs():
     with pytest.raises(sn.DeclarationError, match="a symnet estimator, or of a Pipeline ending "
                                                   "in one; got LogisticRegression"):
         warm_up(LogisticRegression(), X, y, {"C": [1.0]})
+    space = {"learning_rate": loguniform(1e-4, 1e-1), "alpha": [0.0, 1e-3]}  # RandomizedSearchCV's
+    assert warm_up(SymnetClassifier(hidden=(8,), epochs=1), X, y, space) == 1
+    with pytest.raises(sn.DeclarationError, match=r"warm_up: batch_size is .*not a list of "
+                                                  r"values; only learning_rate, alpha, "
+                                                  r"random_state may be distributions"):
+        warm_up(SymnetClassifier(hidden=(8,), epochs=1), X, y, {"batch_size": randint(8, 64)})
 
 
 def test_validation_scores_are_scikit_learns_scores_and_the_losses_are_kept_beside_them():
@@ -181,7 +188,7 @@ def test_a_grid_search_on_a_dask_cluster_scores_as_one_process():
     grid = {"symnetclassifier__hidden": [(16,), (32,)],
             "symnetclassifier__learning_rate": [1e-3, 1e-2]}
     pipe = make_pipeline(StandardScaler(), SymnetClassifier(epochs=5, random_state=0))
-    assert warm_up(pipe, X, y, grid) == 4
+    assert warm_up(pipe, X, y, grid) == 2  # the learning rates share their kernels
     alone = GridSearchCV(pipe, grid, cv=3, n_jobs=1).fit(X, y)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
