@@ -42,7 +42,8 @@ def _demo(args) -> int:
     except sn.DataError as err:
         print(f"symnet demo: {err}", file=sys.stderr)
         return 2
-    print(f"{name}: {len(Xtr)} training and {len(Xte)} test images of {Xtr.shape[1]} pixels\n")
+    print(f"{name}: {len(Xtr)} training and {len(Xte)} test images of {Xtr.shape[1]} pixels "
+          f"(each epoch's val_ figures are the test set's: nothing is chosen by them)\n")
     declared = time.perf_counter()
     X = sn.Input("X", Xtr.shape[1])
     Y = sn.Input("Y", Ytr.shape[1])
