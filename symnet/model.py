@@ -862,7 +862,9 @@ def _backend_errors(backend):
         yield
     except CodegenError as err:
         hint = " Compile with backend='numpy' to train without it." if backend == "numba" else ""
-        raise DeclarationError(f"{err}.{hint}") from None
+        refused = DeclarationError(f"{err}.{hint}")
+        refused.backend = True  # the environment's, not the declaration's (serialize's load)
+        raise refused from None
 
 
 class _NoBar:

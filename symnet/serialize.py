@@ -599,6 +599,8 @@ def _about(path):
     except DataError as err:
         raise DataError(f"{path}: {err}") from None
     except SymnetError as err:
+        if getattr(err, "backend", False):  # this machine's backend, not the file
+            raise
         raise DataError(f"{path}: the file is damaged: what it declares is refused ({err})") from None
 
 

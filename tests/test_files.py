@@ -251,6 +251,22 @@ def test_a_forged_declaration_is_refused_with_a_data_error(case, saved, tmp_path
     assert str(err.value).startswith(f"{bad}: ") and len(str(err.value)) > 50
 
 
+def test_a_backend_that_fails_on_this_machine_is_not_called_a_damaged_file(saved, monkeypatch):
+    # a refused declaration in a file is damage; the backend's refusal is this machine's
+    from codegen.ir import CodegenError
+    from symnet import model as model_module
+
+    def failing(name):
+        def runner(*args):
+            raise CodegenError("symnet's numba backend runs with numba>=0.65,<0.69")
+        return runner
+
+    monkeypatch.setattr(model_module, "_backend_class", failing)
+    with pytest.raises(sn.DeclarationError, match=r"numba>=0\.65.*backend='numpy'") as err:
+        sn.load(saved[1], backend="numba")
+    assert "damaged" not in str(err.value)
+
+
 def test_a_deep_network_is_written_once_a_node_and_loads_back(tmp_path):
     """A batch norm reads its Z three times: written as a tree, 16 of them would be ~4¹⁶ nodes
     (saving 16 did not finish); each node read more than once is written once (Let, Ref)."""
