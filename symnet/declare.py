@@ -81,10 +81,9 @@ def dense(x, units: int, activation=None, name=None) -> sp.MatrixExpr:
     if isinstance(activation, type) and hasattr(activation, "dense"):  # sn.maxout, not sn.maxout(2)
         raise DeclarationError(f"dense: activation {activation.__name__} is a class; pass what "
                                f"it makes, such as sn.{activation.__name__}(2)")
-    if activation in (fn.leaky_relu, fn.elu):  # the factory, not what it makes
-        example = {"leaky_relu": 0.01, "elu": 1.0}[activation.__name__]
+    if activation in fn.FACTORIES:  # the factory, not what it makes
         raise DeclarationError(f"dense: sn.{activation.__name__} makes an activation; pass what "
-                               f"it makes, such as sn.{activation.__name__}({example})")
+                               f"it makes, such as {fn.factory_call(activation)}")
     if activation is not None and hasattr(activation, "dense"):
         return activation.dense(x, units, name)  # layers that own extra parameters
     z = affine(x, units, name)

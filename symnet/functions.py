@@ -7,6 +7,7 @@ a matrix builds an :class:`Elementwise` node. Adding an activation touches this 
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import re
 import threading
@@ -659,7 +660,7 @@ def identity(arg):
 @cache
 def leaky_relu(alpha: float = 0.01) -> Activation:
     """``leaky_relu(alpha)`` → the activation x for x > 0, alpha·x otherwise."""
-    _factory_of_a_number(alpha, "leaky_relu", 0.01)
+    _factory_of_a_number(alpha, leaky_relu)
     alpha = validate.number(alpha, "alpha", low=0, example=0.01, where="sn.leaky_relu")
     a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
     return _new_activation(f"leaky_relu[{alpha}]", sp.Piecewise((x, x > 0), (a * x, True)), x,
@@ -669,21 +670,29 @@ def leaky_relu(alpha: float = 0.01) -> Activation:
 @cache
 def elu(alpha: float = 1.0) -> Activation:
     """``elu(alpha)`` → x for x > 0, alpha·(eˣ − 1) otherwise."""
-    _factory_of_a_number(alpha, "elu", 1.0)
+    _factory_of_a_number(alpha, elu)
     alpha = validate.number(alpha, "alpha", above=0, example=1.0, where="sn.elu")
     a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
     return _new_activation(f"elu[{alpha}]", sp.Piecewise((x, x > 0), (a * (sp.exp(x) - 1), True)), x,
                       latex=rf"\operatorname{{elu}}_{{{alpha}}}")
 
 
-def _factory_of_a_number(alpha, name: str, example: float) -> None:
+FACTORIES = (leaky_relu, elu)  # functions of alpha that make an activation
+
+
+def factory_call(factory) -> str:
+    """``sn.leaky_relu(0.01)``: how a factory is called, with its default alpha."""
+    return f"sn.{factory.__name__}({inspect.signature(factory).parameters['alpha'].default})"
+
+
+def _factory_of_a_number(alpha, factory) -> None:
     """``sn.leaky_relu(Z)``, written as ``sn.relu(Z)`` is: alpha's check said only that a matrix
     is not a number."""
     if isinstance(alpha, sp.MatrixExpr):
         shown = validate.clipped(formula_text(alpha), 40)
-        raise DeclarationError(f"sn.{name}(alpha) makes an activation, and was given the matrix "
-                               f"{shown}; apply what it makes: sn.{name}({example})(Z), or "
-                               f"sn.dense(h, units, sn.{name}({example}))")
+        raise DeclarationError(f"sn.{factory.__name__}(alpha) makes an activation, and was given "
+                               f"the matrix {shown}; apply what it makes: {factory_call(factory)}"
+                               f"(Z), or sn.dense(h, units, {factory_call(factory)})")
 
 
 # min(x, 0), prelu's negative side: a function of Z itself, so that a prelu layer computes its
@@ -808,8 +817,9 @@ def _prediction_and_target(p, y, fname):
     _require_matrix(y, fname)
     from .declare import batch  # not at the top: declare imports this module
 
-    learned = sorted((m for m in matrix_symbols(y) if batch not in m.shape), key=str)
-    if isinstance(p, sp.MatrixSymbol) and batch in p.shape and learned:
+    data_first = isinstance(p, sp.MatrixSymbol) and batch in p.shape
+    learned = sorted((m for m in matrix_symbols(y) if batch not in m.shape), key=str) if data_first else []
+    if learned:
         raise DeclarationError(
             f"{fname}(prediction, target): the prediction is the data {p.name} and the target "
             f"{validate.clipped(formula_text(y), 40)} holds the parameter {learned[0].name}; pass the "

@@ -428,7 +428,8 @@ def warm_up(estimator, X, y, param_grid=None) -> int:
     if not isinstance(final, _SymnetMLP):
         raise DeclarationError(f"warm_up compiles the kernels of a symnet estimator, or of a "
                                f"Pipeline ending in one; got {type(final).__name__}")
-    grid = list(ParameterGrid([_compiled_part(g) for g in _grids(param_grid)]))
+    own = f"{estimator.steps[-1][0]}__" if hasattr(estimator, "steps") else ""
+    grid = list(ParameterGrid([_compiled_part(g, own) for g in _grids(param_grid)]))
     for params in grid:
         est = clone(estimator).set_params(**params)
         last = est.steps[-1] if hasattr(est, "steps") else None
@@ -447,14 +448,16 @@ def _grids(param_grid) -> list:
     return list(param_grid) if isinstance(param_grid, (list, tuple)) else [param_grid]
 
 
-def _compiled_part(grid) -> dict:
-    """The entries of one grid that change the kernels, each a list of values."""
+def _compiled_part(grid, own: str) -> dict:
+    """The entries of one grid that may change the kernels, each a list of values: all but the
+    symnet estimator's run-time settings (its parameters are ``own`` + name in a Pipeline; another
+    step's ``alpha`` may change the data's width)."""
     if not isinstance(grid, dict):
         raise DeclarationError(f"warm_up takes a grid as GridSearchCV does (a dict of lists, or "
                                f"a list of such dicts), got {validate.describe(grid)}")
     kept = {}
     for key, values in grid.items():
-        if key.rpartition("__")[2] in RUN_TIME:
+        if key.removeprefix(own) in RUN_TIME:
             continue
         if isinstance(values, str) or not hasattr(values, "__len__"):
             raise DeclarationError(

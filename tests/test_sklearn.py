@@ -108,6 +108,9 @@ def test_validation_fraction_is_checked_and_warm_up_names_what_it_needs():
         warm_up(LogisticRegression(), X, y, {"C": [1.0]})
     space = {"learning_rate": loguniform(1e-4, 1e-1), "alpha": [0.0, 1e-3]}  # RandomizedSearchCV's
     assert warm_up(SymnetClassifier(hidden=(8,), epochs=1), X, y, space) == 1
+    pipe = make_pipeline(StandardScaler(), SymnetClassifier(hidden=(8,), epochs=1))
+    grid = {"standardscaler__with_mean": [True, False], "symnetclassifier__alpha": [0.0, 1e-3]}
+    assert warm_up(pipe, X, y, grid) == 2  # another step's settings are its own to compile
     with pytest.raises(sn.DeclarationError, match=r"warm_up: batch_size is .*not a list of "
                                                   r"values; only learning_rate, alpha, "
                                                   r"random_state may be distributions"):
