@@ -602,14 +602,15 @@ class Model:
                 and isinstance(pred.fn.expr, _sigmoid.function))
 
     def fit(self, X, Y=None, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
-            validation_data=None, early_stopping: int | None = None, verbose: bool = True,
+            validation_data=None, early_stopping: int | None = None, verbose: bool | int = True,
             seed: int | None = None, sample_weight=None, class_weight=None) -> History:
         """Train with the model's optimizer; returns the per-epoch :class:`History`.
 
         The backend runs whole epochs per call: without ``validation_data`` several epochs at a
         time (``seconds`` is then their mean). ``verbose`` draws a progress bar when standard
         error is a terminal (or in Jupyter), else prints a line for each call of the backend,
-        as a log wants. ``early_stopping=patience`` stops once the validation loss has not
+        as a log wants; Keras' ``verbose=0``, ``1`` and ``2`` mean nothing, that, and the
+        lines always. ``early_stopping=patience`` stops once the validation loss has not
         fallen for ``patience`` epochs and restores the parameters (and optimizer state) of
         the best epoch. ``seed`` shuffles this call's epochs with a
         generator of its own, leaving the model's as it was for the next call without one.
@@ -622,7 +623,7 @@ class Model:
         epochs = validate.integer(epochs, "epochs", low=0, error=DataError)
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
         shuffle = validate.flag(shuffle, "shuffle", error=DataError)
-        verbose = validate.flag(verbose, "verbose", error=DataError)
+        verbose = validate.verbosity(verbose, error=DataError)
         seed = validate.seed(seed, error=DataError)
         if early_stopping is not None:
             if validation_data is None:
@@ -668,7 +669,7 @@ class Model:
         with _backend_errors(self.backend):
             runner.prepare(needed, spare=[] if weighted else ["forward"])
         hist, best = History(), None
-        bar = _progress(epochs) if verbose else _NoBar()
+        bar = _Lines() if verbose == 2 else _progress(epochs) if verbose else _NoBar()
         # with nothing for Python to do between epochs (no validation, no progress to show),
         # every epoch runs in one kernel call; else one epoch, or ~0.25 s, per call
         quiet = val_feeds is None and not verbose

@@ -269,8 +269,8 @@ PARAMETERS = """
     random_state : int, RandomState or None, default None
         Seeds the initial weights, the shuffling and the dropout masks.
     dtype : {'float32', 'float64'}, default 'float32'
-    verbose : bool, default False
-        Progress bars, one per ``fit``.
+    verbose : bool or {0, 1, 2}, default False
+        Progress bars, one per ``fit``; 2: a line per epoch instead (as Keras).
 
     Attributes
     ----------

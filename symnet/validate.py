@@ -116,6 +116,18 @@ def flag(value, name: str, *, error: type = DeclarationError, where: str = "") -
     return bool(value)
 
 
+def verbosity(value, *, error: type = DataError) -> int:
+    """``verbose`` as 0 (nothing), 1 (a progress bar, or lines in a log) or 2 (lines): True and
+    False, or Keras' numbers, which scripts ported from Keras pass."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)) and 0 <= value <= 2:
+        return int(value)
+    raise error(f"verbose must be True, False, 0, 1 or 2, got {describe(value)}; pass verbose=False "
+                f"to show nothing, verbose=True for a progress bar, or verbose=2 for a line per "
+                f"epoch")
+
+
 def file_name(path, call: str, example: str) -> None:
     """``path`` must name a file (a str or os.PathLike): ``call`` is what was called with it,
     e.g. ``"save(path)"``, and ``example`` a file name for the message."""

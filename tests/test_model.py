@@ -56,6 +56,23 @@ def test_fit_draws_a_bar_on_a_terminal_and_writes_lines_to_a_log(terminal, capsy
     assert lines[-1].startswith("epochs ") and "-40/40 - loss" in lines[-1]
     assert lines[-1].endswith(" s an epoch") and f"loss {hist.loss[-1]:.4f}" in lines[-1]
 
+def test_fit_takes_keras_verbose_numbers(capsys, monkeypatch):
+    (Xtr, Ytr), _ = sn.datasets.load_digits()
+    model = digits_model()
+    model.fit(Xtr, Ytr, epochs=2, verbose=0)
+    assert capsys.readouterr() == ("", "")
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    hist = model.fit(Xtr, Ytr, epochs=3, verbose=2)  # lines, although stderr is a terminal
+    lines = capsys.readouterr().out.splitlines()
+    assert screen.getvalue() == "" and 1 <= len(lines) <= 3
+    assert f"loss {hist.loss[-1]:.4f}" in lines[-1]
+    for bad in (3, -1, "yes", 1.0):
+        with pytest.raises(sn.DataError, match=r"verbose must be True, False, 0, 1 or 2, got .*"
+                                               r"verbose=2 for a line per epoch"):
+            model.fit(Xtr, Ytr, epochs=1, verbose=bad)
+
+
 
 def test_params_are_live_and_seed_is_reproducible():
     a, b = digits_model(seed=3), digits_model(seed=3)
