@@ -550,9 +550,10 @@ class Model:
         """``{"loss": mean loss}``, plus ``"accuracy"``: argmax agreement when Y has ≥ 2 columns
         of class distributions (one-hot or probabilities), and for other 0/1 targets of a
         prediction σ(Z) (one column, or several labels per row) the share of labels right at the
-        threshold 0.5; for other targets of the prediction's shape ``"r2"``, R² averaged over the
-        columns. Only the loss for a model of several targets: which prediction answers which
-        target is not for evaluate to guess (score each of predict's outputs on its own).
+        threshold 0.5 (at 0 for logits P whose σ(P) the loss reads); for other targets of the
+        prediction's shape ``"r2"``, R² averaged over the columns. Only the loss for a model of
+        several targets: which prediction answers which target is not for evaluate to guess
+        (score each of predict's outputs on its own).
         Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns, and is left
         out for a model without targets (an autoencoder's loss reads its inputs only)."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
@@ -573,9 +574,9 @@ class Model:
         if target.shape[1] >= 2 and _distributions(target):
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
-        elif self._sigmoid_prediction() and np.isin(target, (0, 1)).all():  # label by label
-            pred = self._predict(feeds, batch_size)
-            result["accuracy"] = float(np.mean((pred > 0.5) == (target > 0.5)))
+        elif (cut := self._label_threshold()) is not None and np.isin(target, (0, 1)).all():
+            pred = self._predict(feeds, batch_size)  # label by label
+            result["accuracy"] = float(np.mean((pred > cut) == (target > 0.5)))
         if "accuracy" not in result:  # a regression: R², as scikit-learn's r2_score
             result["r2"] = _r2(target, self._predict(feeds, batch_size))
         return result
@@ -595,11 +596,18 @@ class Model:
             return target[:, 0].astype(np.int64), 2
         return None, None
 
-    def _sigmoid_prediction(self) -> bool:
-        """One target and a prediction σ(Z): a probability per label, thresholded at 0.5."""
+    def _label_threshold(self) -> float | None:
+        """Where one target's prediction says a label is on: 0.5 for a prediction σ(Z) (a
+        probability per label), 0 for logits P whose σ(P) the loss reads (torch's habit with
+        BCEWithLogitsLoss); None for other predictions."""
         pred = self.prediction_expr
-        return (len(self.targets) == 1 and isinstance(pred, Elementwise)
-                and isinstance(pred.fn.expr, _sigmoid.function))
+        if len(self.targets) != 1 or pred is None:
+            return None
+        if _is_sigmoid(pred):
+            return 0.5
+        if any(_is_sigmoid(n) and n.arg == pred for n in validate.unique_nodes(self.loss_expr)):
+            return 0.0
+        return None
 
     def fit(self, X, Y=None, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
             validation_data=None, early_stopping: int | None = None, verbose: bool | int = True,
@@ -1332,6 +1340,10 @@ def _scaled_weights(w, dtype) -> np.ndarray:
     floor = np.finfo(dtype).eps ** 2
     scaled = w / w.max()
     return np.where(scaled > 0, np.maximum(scaled, floor), 0).astype(dtype)
+
+
+def _is_sigmoid(e) -> bool:
+    return isinstance(e, Elementwise) and isinstance(e.fn.expr, _sigmoid.function)
 
 
 def _distribution_targets(loss, targets) -> frozenset:

@@ -255,3 +255,21 @@ def test_one_target_in_a_list_or_by_name_is_the_target():
     Y = np.eye(3)[labels]
     want = model.evaluate(X, Y)
     assert model.evaluate([X], [Y]) == want == model.evaluate({"X": X}, {"Y": Y})
+
+
+def test_logits_whose_sigmoid_the_loss_reads_are_cut_at_zero():
+    """prediction=out with binary_cross_entropy(σ(out), Y), as torch's BCEWithLogitsLoss is used:
+    accuracy at logit 0 (σ = 0.5), not an R² of logits against 0/1 labels."""
+    X, labels = data(n=80, seed=3)
+    y = (labels > 0).astype(float)
+    Xs, Ys = sn.Input("X", 4), sn.Input("Y", 1)
+    out = sn.dense(sn.dense(Xs, 5, sn.tanh), 1)
+    model = sn.compile(sn.binary_cross_entropy(sn.sigmoid(out), Ys), inputs=[Xs], targets=[Ys],
+                       prediction=out, optimizer=sn.optim.Adam(0.05), backend="numpy")
+    hist = model.fit(X, y, epochs=3, validation_data=(X, y), verbose=False)
+    logits = model.predict(X)[:, 0]
+    assert (logits < 0).any() and (logits > 0).any()
+    result = model.evaluate(X, y)
+    assert "r2" not in result and "val_r2" not in hist.history
+    assert result["accuracy"] == pytest.approx(np.mean((logits > 0) == (y > 0.5)))
+    assert hist.val_accuracy[-1] == result["accuracy"]
