@@ -35,6 +35,8 @@ from .functions import (
     ScalarActivation,
     Standardized,
     latex_escape,
+    log_softmax_argument,
+    softmax_argument,
 )
 from .grad import Derivation
 
@@ -111,24 +113,6 @@ def _is_ones(m, rows=None, cols=None):
             and (cols is None or m.shape[1] == cols))
 
 
-def _softmax_arg(e):
-    """Z if ``e`` is softmax(Z) = exp.(Z − logsumexp(Z)·1ᵀ), else None."""
-    if isinstance(e, Elementwise) and e.body() == sp.exp(e.fn.variables[0]):
-        return _log_softmax_arg(e.arg)
-    return None
-
-
-def _log_softmax_arg(e):
-    if isinstance(e, sp.MatAdd) and len(e.args) == 2:
-        for z, other in (e.args, e.args[::-1]):
-            if isinstance(other, sp.MatMul):
-                c, mats = other.as_coeff_matrices()
-                if (c == -1 and len(mats) == 2 and mats[0] == RowLogSumExp(z)
-                        and isinstance(mats[1], sp.OneMatrix)):
-                    return z
-    return None
-
-
 def _natural_key(text: str):
     """Order names as a reader counts: W2 before W10."""
     return [int(t) if t.isascii() and t.isdigit() else t for t in re.split(r"([0-9]+)", text)]
@@ -192,7 +176,7 @@ class Formula:
             if _reduction(mats) is not None:
                 return ATOM
             return self._prec(mats[0]) if len(mats) == 1 else PRODUCT
-        if isinstance(e, sp.MatAdd) and _log_softmax_arg(e) is not None:
+        if isinstance(e, sp.MatAdd) and log_softmax_argument(e) is not None:
             return ATOM
         if isinstance(e, (sp.MatAdd, sp.Add)):
             return NEG if self._sorted_terms(e)[0][0] else SUM
@@ -201,7 +185,7 @@ class Formula:
         if isinstance(e, sp.HadamardPower):
             return POWER
         if isinstance(e, Elementwise):
-            if _softmax_arg(e) is not None:
+            if softmax_argument(e) is not None:
                 return ATOM
             return self._prec(self._slotted(e))
         if isinstance(e, Entrywise):
@@ -256,7 +240,7 @@ class Formula:
         return sorted(terms, key=lambda nt: (nt[0], *_term_key(nt[1])))
 
     def _print_MatAdd(self, e):
-        z = _log_softmax_arg(e)
+        z = log_softmax_argument(e)
         if z is not None:
             return self._call("log_softmax", self._print(z))
         return self._sum(self._sorted_terms(e))
@@ -432,7 +416,7 @@ class Formula:
 
     # -- functions
     def _print_Elementwise(self, e):
-        z = _softmax_arg(e)
+        z = softmax_argument(e)
         if z is not None:
             return self._call("softmax", self._print(z))
         return self._print(self._slotted(e))

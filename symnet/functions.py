@@ -373,6 +373,11 @@ class ScalarActivation(sp.Function):
     def fdiff(self, argindex=1):
         return derivative(self.func)(self.args[0])
 
+    def _eval_is_extended_real(self):
+        """Real where its definition is (tanh of a real is): without it, SymPy differentiates
+        |tanh(x)| as a complex function, re(tanh(x))·sign(tanh(x))/tanh(x), which is 0/0 at 0."""
+        return self.definition(self.args[0]).is_extended_real
+
     def _latex(self, printer, exp=None):
         text = rf"{self.latex_name}\left({printer._print(self.args[0])}\right)"
         return text if exp is None else rf"{{{text}}}^{{{exp}}}"
@@ -802,6 +807,25 @@ def softmax(z):
     return exp(log_softmax(z))
 
 
+def softmax_argument(e):
+    """Z if ``e`` is softmax(Z) = exp.(Z − logsumexp(Z)·1ᵀ), else None."""
+    if isinstance(e, Elementwise) and e.body() == sp.exp(e.fn.variables[0]):
+        return log_softmax_argument(e.arg)
+    return None
+
+
+def log_softmax_argument(e):
+    """Z if ``e`` is log_softmax(Z) = Z − logsumexp(Z)·1ᵀ, else None."""
+    if isinstance(e, sp.MatAdd) and len(e.args) == 2:
+        for z, other in (e.args, e.args[::-1]):
+            if isinstance(other, sp.MatMul):
+                c, mats = other.as_coeff_matrices()
+                if (c == -1 and len(mats) == 2 and mats[0] == RowLogSumExp(z)
+                        and isinstance(mats[1], sp.OneMatrix)):
+                    return z
+    return None
+
+
 # --------------------------------------------------------------------------------- losses
 
 
@@ -861,9 +885,27 @@ def sse(p, y):
     return sum(square(_difference(p, y))) / p.shape[0]
 
 
+def _not_logits(p, fname, squash):
+    """Refuse a layer's linear output (X·W + 𝟙·b: logits) where a loss takes probabilities: a
+    sum with a term that multiplies by a parameter (W, or b under 𝟙). A weighted mean of
+    probabilities, ½·softmax(Z1) + ½·softmax(Z2), is none."""
+    from .declare import batch  # not at the top: declare imports this module
+
+    def by_parameter(term):
+        mats = [a for a in term.args if a.is_Matrix] if isinstance(term, sp.MatMul) else []
+        return any(isinstance(m, sp.MatrixSymbol) and batch not in m.shape for m in mats[1:])
+
+    if any(map(by_parameter, p.args if isinstance(p, sp.MatAdd) else (p,))):
+        raise DeclarationError(
+            f"{fname} takes probabilities, and {validate.clipped(formula_text(p), 40)} is a layer's "
+            f"linear output (logits), whose log is NaN where it is ≤ 0; pass sn.{squash}(out), as "
+            f"in sn.{fname}(sn.{squash}(out), Y)")
+
+
 def cross_entropy(p, y):
     """−Σ Y∘log P / n for probabilities P (e.g. a softmax output); mean over rows."""
     _prediction_and_target(p, y, "cross_entropy")
+    _not_logits(p, "cross_entropy", "softmax")
     return -sum(sp.HadamardProduct(y, log(p))) / p.shape[0]
 
 
@@ -877,6 +919,13 @@ def softmax_cross_entropy(z, y, label_smoothing=0.0):
     that name: the loss gains ε/k·Σ Z and the adjoint is (softmax(Z) − (1 − ε)·Y − ε/k)/n.
     """
     _prediction_and_target(z, y, "softmax_cross_entropy")
+    if (logits := softmax_argument(z)) is not None:
+        raise DeclarationError(
+            f"softmax_cross_entropy takes logits and applies the softmax itself, and "
+            f"{validate.clipped(formula_text(z), 40)} is a softmax already (its probabilities "
+            f"would be taken as logits); pass the logits, sn.softmax_cross_entropy("
+            f"{validate.clipped(formula_text(logits), 30)}, Y), or the probabilities to "
+            f"sn.cross_entropy")
     eps = validate.number(label_smoothing, "label_smoothing", low=0, below=1, example=0.1,
                           where="softmax_cross_entropy")
     n, k = z.shape
@@ -899,11 +948,7 @@ def binary_cross_entropy(p, y):
     stable for any Z.
     """
     _prediction_and_target(p, y, "binary_cross_entropy")
-    if isinstance(p, (sp.MatAdd, sp.MatMul)):  # a layer's X·W + 𝟙·b: logits, not probabilities
-        raise DeclarationError(
-            f"binary_cross_entropy takes probabilities, and {validate.clipped(formula_text(p), 40)} "
-            f"is a layer's linear output (logits), whose log is NaN where it is ≤ 0; pass "
-            f"sn.sigmoid(out), as in sn.binary_cross_entropy(sn.sigmoid(out), Y)")
+    _not_logits(p, "binary_cross_entropy", "sigmoid")
     ones = sp.OneMatrix(*p.shape)
     return -mean(sp.HadamardProduct(y, log(p)) + sp.HadamardProduct(ones - y, log(ones - p)))
 

@@ -1454,8 +1454,8 @@ def _one_hot(arr, sym):
         a = np.asarray(arr)
     except (ValueError, TypeError):
         return arr  # ragged: _as_data names it
-    if a.ndim == 2 and a.shape[1] == 1 and a.dtype.kind in "iub":
-        a = a[:, 0]  # a column of labels
+    if a.ndim == 2 and a.shape[1] == 1 and a.dtype.kind in "iubf":
+        a = a[:, 0]  # a column of labels (whole-number floats as pandas' df[["label"]] gives)
     if a.ndim != 1:
         return arr
     if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -1503,7 +1503,10 @@ def _as_data(arr, sym, dtype, check_finite=True, convert=True):
         raise DataError(f"{name}: expected a 2-D array with {cols} columns, got shape "
                         f"{a.shape}{fix}")
     if a.shape[1] != cols:
-        raise DataError(f"{name} has {cols} columns in the model but the data has {a.shape[1]}")
+        hint = (f"; it is one row of {a.shape[1]} values: a list that holds a 1-D array, [{name}], "
+                f"is one row, so pass the array itself" if a.shape[0] == 1 else "")
+        raise DataError(f"{name} has {cols} columns in the model but the data has "
+                        f"{a.shape[1]}{hint}")
     if a.shape[0] == 0:
         raise DataError(f"{name}: the data has no rows (shape {a.shape}); pass at least one "
                         f"example")

@@ -117,6 +117,23 @@ def test_a_loss_given_its_arguments_swapped_or_bce_given_logits_says_what_to_pas
     assert sn.binary_cross_entropy(sn.sigmoid(out), Y).shape == (1, 1)
     smoothed = 0.9 * Y + 0.05 * sp.OneMatrix(*Y.shape)  # a target expression stays a target
     assert sn.softmax_cross_entropy(out, smoothed).shape == (1, 1)
+    # cross_entropy of logits likewise; softmax_cross_entropy of a softmax took probabilities
+    # for logits and trained without a word
+    with pytest.raises(sn.DeclarationError, match=r"^cross_entropy takes probabilities, .* is "
+                                                  r"a layer's linear output \(logits\).*pass "
+                                                  r"sn\.softmax\(out\)"):
+        sn.cross_entropy(out, Y)
+    with pytest.raises(sn.DeclarationError, match=r"^softmax_cross_entropy takes logits and "
+                                                  r"applies the softmax itself, .* pass the "
+                                                  r"logits, sn\.softmax_cross_entropy\(tanh"):
+        sn.softmax_cross_entropy(sn.softmax(out), Y)
+    assert sn.softmax_cross_entropy(sn.log_softmax(out), Y).shape == (1, 1)  # the same softmax
+    # probabilities that are not a layer's output are not logits: an ensemble, a squashed σ
+    other = sn.dense(X, 2, name="p")
+    ones = sp.OneMatrix(*Y.shape)
+    assert sn.cross_entropy(sn.softmax(out) / 2 + sn.softmax(other) / 2, Y).shape == (1, 1)
+    assert sn.binary_cross_entropy(0.9 * sn.sigmoid(out) + 0.05 * ones, Y).shape == (1, 1)
+    assert sn.binary_cross_entropy((sn.tanh(out) + ones) / 2, Y).shape == (1, 1)
 
 
 def test_free_scalar_symbol_is_refused():

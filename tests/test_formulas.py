@@ -68,6 +68,8 @@ def _declarations():
         yield f"block-{name}", (sn.softmax_cross_entropy(out, Y), X, Y, out, "onehot")
     out = sn.dense(sn.dropout(sn.dense(X, 5, sn.tanh), 0.3), 3)
     yield "block-dropout", (sn.softmax_cross_entropy(out, Y), X, Y, out, "onehot")
+    out = sn.dense(sn.abs(sn.tanh(sn.dense(X, 5))), 3)  # |·| of an activation: a real function
+    yield "abs-of-tanh", (sn.mse(out, Y), X, Y, out, "real")
 
 
 ALPHA = sn.Constant("alpha")
@@ -338,3 +340,17 @@ def test_a_prelu_layer_computes_its_product_once_and_keeps_its_number():
         assert line in lines, line
     assert lines.count("A1·W2") == 1
     assert sn.gradcheck(model, *make_data(kind="onehot", seed=4)) < 1e-6
+
+
+def test_the_abs_of_an_activation_is_differentiated_as_a_real_function():
+    """|tanh(z)|' = sign(tanh(z))·(1 − tanh(z)²), as |z|' = sign(z): not SymPy's complex form
+    re(tanh)·sign(tanh)/tanh, which is 0/0 where z = 0."""
+    model, Xb, Yb = network("abs-of-tanh")
+    delta = next(line for line in model.formulas().splitlines() if "δ1 " in line)
+    assert delta.endswith("((1 − tanh(Z1)²)∘sign(tanh(Z1)))"), delta
+    assert "re(" not in model.latex() and "slot" not in model.latex()
+    Xb = Xb.copy()
+    Xb[0] = 0  # Z1 = b1 = 0 in row 0, where |tanh| has the subgradient 0, as torch's abs
+    _, grads = model.loss_and_grad(Xb, Yb)
+    assert all(np.isfinite(g).all() for g in grads.values())
+    assert sn.gradcheck(model, Xb[1:], Yb[1:]) < 1e-6

@@ -114,7 +114,7 @@ def test_labels_that_are_not_classes_are_refused(labels, message):
 
 
 @pytest.mark.parametrize("labels", [np.array([0.0, 1.0, 2.0]), np.array([[0], [1], [2]]),
-                                    [0, 1, 2]])
+                                    np.array([[0.0], [1.0], [2.0]]), [0, 1, 2]])
 def test_whole_number_floats_and_a_column_of_labels_are_class_labels(labels):
     model = classifier()
     X = np.random.default_rng(0).normal(size=(3, 4))
@@ -273,3 +273,12 @@ def test_logits_whose_sigmoid_the_loss_reads_are_cut_at_zero():
     assert "r2" not in result and "val_r2" not in hist.history
     assert result["accuracy"] == pytest.approx(np.mean((logits > 0) == (y > 0.5)))
     assert hist.val_accuracy[-1] == result["accuracy"]
+
+
+def test_labels_in_a_list_read_as_one_row_and_the_message_says_so():
+    """[labels] is the list form of several targets; for one target it is one row."""
+    model = classifier()
+    with pytest.raises(sn.DataError, match=r"Y has 3 columns in the model but the data has 4; it "
+                                           r"is one row of 4 values: a list that holds a 1-D "
+                                           r"array, \[Y\], is one row, so pass the array itself"):
+        model.evaluate(np.zeros((4, 4)), [np.array([0, 1, 2, 1])])
