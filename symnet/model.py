@@ -77,6 +77,29 @@ def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype=
                      constants=constants)
 
 
+class Gradients(dict):
+    """``{P: ∂L/∂P}`` by the parameters' MatrixSymbols, which also answers to their names, as
+    ``model.params`` and the gradients of ``loss_and_grad`` are keyed."""
+
+    def _symbol(self, key):
+        if isinstance(key, str):
+            return next((p for p in self if p.name == key), key)
+        return key
+
+    def __missing__(self, key):
+        symbol = self._symbol(key)
+        if symbol is not key:
+            return self[symbol]
+        raise KeyError(f"{key!r} is not a parameter of this model; its parameters are "
+                       f"{sorted(p.name for p in self)}")
+
+    def __contains__(self, key):
+        return dict.__contains__(self, self._symbol(key))
+
+    def get(self, key, default=None):
+        return dict.get(self, self._symbol(key), default)
+
+
 @dataclass
 class History:
     """Per-epoch training record: ``loss``, ``val_loss``, ``val_accuracy`` (classification) or
@@ -210,8 +233,9 @@ class Model:
     @property
     def gradients(self) -> dict:
         """``{P: ∂L/∂P}``: each simplified gradient as a SymPy matrix expression in the inputs,
-        targets and parameters only."""
-        return {p: self.derivation.expand(eq.lhs) for p, eq in self.derivation.gradients.items()}
+        targets and parameters only; ``gradients["W1"]`` finds it by name too."""
+        return Gradients({p: self.derivation.expand(eq.lhs)
+                          for p, eq in self.derivation.gradients.items()})
 
     def raw_derivation(self):
         """The derivation before simplification: the plain chain rule."""

@@ -145,3 +145,16 @@ def test_a_demo_that_diverges_ends_with_the_error_and_no_traceback(capsys):
     assert main(["demo", "--backend", "numpy", "--hidden", "8", "--epochs", "1", "--quiet",
                  "--lr", "1e40"]) == 2
     assert "symnet demo: the update in epoch 1" in capsys.readouterr().err
+
+
+def test_gradients_are_keyed_by_symbol_and_found_by_name():
+    model = digits_model()
+    W1 = next(p for p in model.gradients if p.name == "W1")
+    assert model.gradients["W1"] == model.gradients[W1]
+    assert "W1" in model.gradients and W1 in model.gradients and "W9" not in model.gradients
+    assert model.gradients.get("b2") == model.gradients.get(next(p for p in model.gradients
+                                                                 if p.name == "b2"))
+    assert model.gradients.get("W9") is None
+    with pytest.raises(KeyError, match=r"'W9' is not a parameter of this model; its parameters "
+                                       r"are \['W1', 'W2', 'b1', 'b2'\]"):
+        model.gradients["W9"]
