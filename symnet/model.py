@@ -866,7 +866,12 @@ class Model:
         if added in self._update.steps and k > self._update.steps.index(added):
             k -= 1
         shown = [formulas.TextPrinter().assignment(lhs, rhs) for lhs, rhs in self.optimizer.rule()]
-        return f"for {name}, {shown[k]} is not finite"
+        found = f"for {name}, {shown[k]} is not finite"
+        if getattr(self.optimizer, "eps", None) == 0:
+            found += (f" (with eps=0 it divides by zero where {name}'s gradient has been 0 at "
+                      f"every step, as for an input column that is always 0; pass eps > 0, "
+                      f"such as {type(self.optimizer).__name__}'s default)")
+        return found
 
     # ------------------------------------------------------------------ persistence
     def __reduce__(self):

@@ -40,6 +40,17 @@ def test_an_update_that_overflows_is_undone_and_named(backend):
         np.testing.assert_array_equal(model.params[k], v)
 
 
+def test_an_update_that_divides_by_eps_0_says_so():
+    # Adam(eps=0) (torch accepts it) over an input column that is always 0: 0/0 in W1's row,
+    # which a smaller learning rate cannot fix
+    model = linear("numpy", sn.optim.Adam(lr=0.01, eps=0), dtype="float64")
+    X, Y = np.c_[np.ones(8), np.zeros(8)], np.ones((8, 1))
+    with pytest.raises(sn.DataError, match=r"for W1, p ← .* is not finite \(with eps=0 it "
+                                           r"divides by zero where W1's gradient has been 0 at "
+                                           r"every step, .* pass eps > 0, such as Adam's default"):
+        model.fit(X, Y, epochs=1, batch_size=4, verbose=False)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_state_that_overflows_in_a_later_step_leaves_the_model_of_the_step_before(backend):
     # AdaGrad's sum of squared gradients overflows on the third batch, whose inputs are ~1e18:
