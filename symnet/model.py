@@ -64,7 +64,8 @@ def compile(loss, *, inputs, targets=(), prediction=None, optimizer=None, dtype=
     """Differentiate ``loss`` symbolically, simplify, lower and build a trainable :class:`Model`.
 
     ``inputs`` and ``targets`` are the data matrices (``sn.Input``); every other MatrixSymbol of
-    the loss is a parameter. ``prediction`` is what ``predict`` returns. ``backend="numba"``
+    the loss is a parameter. ``prediction`` is what ``predict`` returns. ``optimizer`` defaults
+    to ``sn.optim.SGD(lr=0.1)``. ``backend="numba"``
     generates and jit-compiles kernels (on first use, cached on disk); ``"numpy"`` interprets the
     same programs and is the reference. ``seed`` fixes the initial parameters and the shuffling
     of every ``fit``, so a run is reproducible bit for bit. ``constants`` (``{symbol: value}``,
@@ -432,14 +433,17 @@ class Model:
         ``check_finite``, check too that every entry is finite in it. ``lazy`` leaves an input
         that would need a copy as it is, for :func:`_chunks` to convert and check by batches."""
         dtype = np.dtype(dtype or self.dtype)
+        if need_targets and self.targets and Y is None:
+            pair = (isinstance(X, tuple) and len(X) == len(self.inputs) + len(self.targets)
+                    and all(hasattr(a, "__array__") for a in X))
+            raise DataError(
+                f"this call needs the targets {[t.name for t in self.targets]} too: pass "
+                f"them after the inputs, as in model.fit(X, Y) or model.evaluate(X, Y)"
+                + ("; the data came as one tuple (X, Y): unpack it, model.fit(*data)" if pair else ""))
         feeds = {}
         for sym, arr in zip(self.inputs, _arrays(X, self.inputs, "inputs")):
             feeds[sym.name] = _as_data(arr, sym, dtype, check_finite, convert=not lazy)
         if need_targets and self.targets:
-            if Y is None:
-                raise DataError(
-                    f"this call needs the targets {[t.name for t in self.targets]} too: pass "
-                    f"them after the inputs, as in model.fit(X, Y) or model.evaluate(X, Y)")
             for sym, arr in zip(self.targets, _arrays(Y, self.targets, "targets")):
                 feeds[sym.name] = _as_data(_one_hot(arr, sym), sym, dtype, check_finite)
                 if sym in self._distributions:

@@ -160,7 +160,7 @@ table.summary td { padding: 0.1em 0.8em 0.1em 0; vertical-align: baseline; }
 
 def write(model, path, X=None, Y=None) -> None:
     """Write ``model``'s report to ``path`` (see :meth:`Model.report`)."""
-    validate.file_name(path, "report(path)", "report.html")
+    path = validate.file_name(path, "report(path)", "report.html")
     if X is None and Y is not None:
         raise DataError("report(path, X, Y) checks the gradients on X and Y: pass the inputs "
                         "X as well, or neither")

@@ -27,7 +27,6 @@ import math
 import re
 import zipfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 import sympy as sp
@@ -474,7 +473,7 @@ def save_model(model, path) -> None:
     """Write ``model``'s declaration, parameters, optimizer state, step count and shuffling
     state to ``path``, atomically (see :func:`codegen.files.atomic_write`: a symlink stays a
     symlink and the file keeps its permissions)."""
-    validate.file_name(path, "save(path)", "model.npz")
+    path = validate.file_name(path, "save(path)", "model.npz")
     arrays = _arrays(model)
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -540,7 +539,7 @@ def load_model(path, backend: str | None = None):
     compiled model has, each only after its header matched the declared shape: an array the
     declaration does not name is never read, however large.
     """
-    path = Path(path)
+    path = validate.file_name(path, "sn.load(path)", "model.npz")
     if not path.is_file():
         raise DataError(f"no model file at {path}")
     return _load(path, path, backend)

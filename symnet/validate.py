@@ -17,6 +17,7 @@ import numbers
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import sympy as sp
@@ -128,12 +129,14 @@ def verbosity(value, *, error: type = DataError) -> int:
                 f"epoch")
 
 
-def file_name(path, call: str, example: str) -> None:
-    """``path`` must name a file (a str or os.PathLike): ``call`` is what was called with it,
-    e.g. ``"save(path)"``, and ``example`` a file name for the message."""
+def file_name(path, call: str, example: str) -> Path:
+    """``path`` as a Path, ``~`` expanded (as the shell and pandas do): it must name a file (a
+    str or os.PathLike); ``call`` is what was called with it, e.g. ``"save(path)"``, and
+    ``example`` a file name for the message."""
     if not isinstance(path, (str, os.PathLike)):
         raise DataError(f"{call} takes a file name such as {example!r}, got "
                         f"{type(path).__name__} {path!r}")
+    return Path(path).expanduser()
 
 
 def choice(value, name: str, options, *, error: type = DeclarationError):

@@ -575,6 +575,10 @@ def test_missing_targets_name_the_calls_that_take_them(model):
                                            r"inputs, as in model\.fit\(X, Y\)"):
         model.fit(X, verbose=False)
     assert model.kernels_cached is None  # before compile_kernels, not an AttributeError
+    X, Y = make_data(out=3, kind="real")
+    with pytest.raises(sn.DataError, match=r"; the data came as one tuple \(X, Y\): unpack it, "
+                                           r"model\.fit\(\*data\)$"):  # was "a ragged list"
+        model.fit((X, Y), verbose=False)
 
 
 def test_targets_passed_to_predict_are_named_with_evaluate_as_the_fix(model):

@@ -547,7 +547,17 @@ def test_save_to_a_missing_directory_or_not_a_path_is_a_data_error(saved, tmp_pa
     with pytest.raises(sn.DataError, match="save\\(path\\) takes a file name such as "
                                            "'model.npz', got int 3"):
         saved[0].save(3)
+    with pytest.raises(sn.DataError, match="sn.load\\(path\\) takes a file name such as "
+                                           "'model.npz', got int 3"):
+        sn.load(3)
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_a_path_from_home_is_expanded_as_the_shell_would(saved, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    saved[0].save("~/m.npz")
+    assert (tmp_path / "m.npz").is_file()
+    assert sn.load("~/m.npz").params.keys() == saved[0].params.keys()
 
 
 def test_save_removes_temporary_files_of_killed_saves_but_not_a_live_one(saved, tmp_path):
