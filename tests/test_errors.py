@@ -525,6 +525,7 @@ def test_float32_hyperparameters_are_accepted_and_saved_as_plain_floats(tmp_path
     assert np.isfinite(model.fit(X, Y, epochs=2, verbose=False).loss).all()
     model.save(tmp_path / "m.npz")  # the hyperparameters go into JSON
     assert sn.load(tmp_path / "m.npz").optimizer.betas == opt.betas
+    assert sn.optim.AdamW(betas=np.array([0.8, 0.99])).betas == (0.8, 0.99)  # as torch takes it
 
 
 def test_declarations_accept_numpy_integers_and_floats():
