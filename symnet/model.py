@@ -1349,7 +1349,12 @@ def _param_array(value, name, shape, dtype, where="params"):
     if isinstance(value, (list, tuple)):  # nested lists of the declared shape: as an array
         with contextlib.suppress(ValueError, TypeError):
             value = np.asarray(value)
+    if isinstance(value, np.ndarray) and shape[0] == 1 and value.shape == (shape[1],):
+        value = value[None, :]  # a bias as torch keeps it, (k,): the 1×k row it means
     if not isinstance(value, np.ndarray) or value.shape != shape:
+        if isinstance(value, np.ndarray) and value.shape == shape[::-1]:
+            fix = (f"it is the transpose (torch's nn.Linear keeps its weight as outputs × "
+                   f"inputs): {entry} = weight.T")
         raise DataError(f"{entry} is {validate.describe(given)}, but {name} is "
                         f"{shape[0]}×{shape[1]}; {fix}")
     if value.dtype.kind not in "biuf":

@@ -715,6 +715,23 @@ def test_nested_lists_of_a_parameter_shape_are_taken_as_its_array(model):
         model.params["W1"] = live
 
 
+def test_parameters_in_torch_layout_a_bias_is_taken_and_a_weight_named_the_transpose(model):
+    # nn.Linear keeps bias as (k,) and weight as outputs × inputs
+    X, Y = make_data(out=3, kind="real")
+    live_w, live_b = model.params["W1"], model.params["b1"]
+    try:
+        want = model.evaluate(X, Y)["loss"]
+        model.params["b1"] = live_b[0].copy()
+        assert model.evaluate(X, Y)["loss"] == want and model.params["b1"].shape == (1, 5)
+        model.params["W1"] = live_w.T.copy()
+        with pytest.raises(sn.DataError, match=r"but W1 is 4×5; it is the transpose \(torch's "
+                                               r"nn.Linear keeps its weight as outputs × inputs\): "
+                                               r"model.params\['W1'\] = weight.T"):
+            model.evaluate(X, Y)
+    finally:
+        model.params["W1"], model.params["b1"] = live_w, live_b
+
+
 def test_save_refuses_a_non_finite_parameter_that_load_would_refuse(model, tmp_path):
     live = model.params["W1"]
     model.params["W1"] = live.copy()
