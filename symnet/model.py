@@ -434,8 +434,8 @@ class Model:
         that would need a copy as it is, for :func:`_chunks` to convert and check by batches."""
         dtype = np.dtype(dtype or self.dtype)
         if need_targets and self.targets and Y is None:
-            pair = (isinstance(X, tuple) and len(X) == len(self.inputs) + len(self.targets)
-                    and all(hasattr(a, "__array__") for a in X))
+            pair = (isinstance(X, tuple) and len(X) == 2 and len(self.inputs) == 1
+                    and len(self.targets) == 1 and all(hasattr(a, "__array__") for a in X))
             raise DataError(
                 f"this call needs the targets {[t.name for t in self.targets]} too: pass "
                 f"them after the inputs, as in model.fit(X, Y) or model.evaluate(X, Y)"
@@ -1486,6 +1486,11 @@ def _one_hot(arr, sym):
     """Integer class labels of shape (n,) as the one-hot rows of a target of k ≥ 2 columns
     (anything else is returned as it is, for :func:`_as_data` to check)."""
     k = int(sym.shape[1])
+    if (isinstance(arr, (list, tuple)) and len(arr) == 1 and hasattr(arr[0], "__array__")
+            and np.ndim(arr[0]) == 1 and len(arr[0]) not in (1, k)):
+        raise DataError(f"{sym.name} came as a list that holds one 1-D array of {len(arr[0])} "
+                        f"values, which is one row of {len(arr[0])} columns (a list is the form "
+                        f"for several targets, an array each); pass the array itself")
     if k < 2 or not (isinstance(arr, (np.ndarray, list, tuple)) or hasattr(arr, "__array__")):
         return arr  # (pandas Series and the like have __array__)
     try:
@@ -1541,10 +1546,7 @@ def _as_data(arr, sym, dtype, check_finite=True, convert=True):
         raise DataError(f"{name}: expected a 2-D array with {cols} columns, got shape "
                         f"{a.shape}{fix}")
     if a.shape[1] != cols:
-        hint = (f"; it is one row of {a.shape[1]} values: a list that holds a 1-D array, [{name}], "
-                f"is one row, so pass the array itself" if a.shape[0] == 1 else "")
-        raise DataError(f"{name} has {cols} columns in the model but the data has "
-                        f"{a.shape[1]}{hint}")
+        raise DataError(f"{name} has {cols} columns in the model but the data has {a.shape[1]}")
     if a.shape[0] == 0:
         raise DataError(f"{name}: the data has no rows (shape {a.shape}); pass at least one "
                         f"example")

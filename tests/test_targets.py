@@ -278,7 +278,9 @@ def test_logits_whose_sigmoid_the_loss_reads_are_cut_at_zero():
 def test_labels_in_a_list_read_as_one_row_and_the_message_says_so():
     """[labels] is the list form of several targets; for one target it is one row."""
     model = classifier()
-    with pytest.raises(sn.DataError, match=r"Y has 3 columns in the model but the data has 4; it "
-                                           r"is one row of 4 values: a list that holds a 1-D "
-                                           r"array, \[Y\], is one row, so pass the array itself"):
+    with pytest.raises(sn.DataError, match=r"^Y came as a list that holds one 1-D array of 4 "
+                                           r"values, which is one row of 4 columns .* pass the "
+                                           r"array itself$"):
         model.evaluate(np.zeros((4, 4)), [np.array([0, 1, 2, 1])])
+    row = model.evaluate(np.zeros((1, 4)), [np.array([0.0, 1.0, 0.0])])  # one row, one-hot
+    assert row == model.evaluate(np.zeros((1, 4)), np.array([[0.0, 1.0, 0.0]]))
