@@ -270,7 +270,7 @@ PARAMETERS = """
         Seeds the initial weights, the shuffling and the dropout masks.
     dtype : {'float32', 'float64'}, default 'float32'
     verbose : bool or {0, 1, 2}, default False
-        Progress bars, one per ``fit``; 2: a line per epoch instead (as Keras).
+        Progress bars, one per ``fit``; 2: lines, as ``fit`` writes to a log.
 
     Attributes
     ----------

@@ -125,8 +125,8 @@ def verbosity(value, *, error: type = DataError) -> int:
     if isinstance(value, (int, np.integer)) and 0 <= value <= 2:
         return int(value)
     raise error(f"verbose must be True, False, 0, 1 or 2, got {describe(value)}; pass verbose=False "
-                f"to show nothing, verbose=True for a progress bar, or verbose=2 for a line per "
-                f"epoch")
+                f"to show nothing, verbose=True for a progress bar, or verbose=2 for lines, as "
+                f"in a log")
 
 
 def file_name(path, call: str, example: str) -> Path:

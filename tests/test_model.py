@@ -69,7 +69,7 @@ def test_fit_takes_keras_verbose_numbers(capsys, monkeypatch):
     assert f"loss {hist.loss[-1]:.4f}" in lines[-1]
     for bad in (3, -1, "yes", 1.0):
         with pytest.raises(sn.DataError, match=r"verbose must be True, False, 0, 1 or 2, got .*"
-                                               r"verbose=2 for a line per epoch"):
+                                               r"verbose=2 for lines, as in a log"):
             model.fit(Xtr, Ytr, epochs=1, verbose=bad)
 
 
