@@ -116,12 +116,13 @@ def _evaluate(expr, values, batch_size, dtype):
         elif isinstance(e, sp.Transpose):
             out = ev(e.arg).T
         elif isinstance(e, Elementwise):
-            f = sp.lambdify(x, as_numeric(e.body()), modules=[REAL_FUNCTIONS, "numpy", "scipy"])
+            f = sp.lambdify(x, _computable(e.body()), modules=[REAL_FUNCTIONS, "numpy", "scipy"])
             arg = ev(e.arg)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 out = np.broadcast_to(np.asarray(f(arg), dtype=dtype), arg.shape)
         elif isinstance(e, Entrywise):
-            f = sp.lambdify(e.fn.variables, as_numeric(e.fn.expr), modules=[REAL_FUNCTIONS, "numpy", "scipy"])
+            f = sp.lambdify(e.fn.variables, _computable(e.fn.expr),
+                            modules=[REAL_FUNCTIONS, "numpy", "scipy"])
             args = [ev(a) for a in e.arguments]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 out = np.broadcast_to(np.asarray(f(*args), dtype=dtype), args[0].shape)
@@ -165,3 +166,10 @@ def _check_arguments(expr, values, batch_size):
                         f"{{'X': X, **model.params}}, got {validate.describe(values)}")
     if batch_size is not None:
         validate.integer(batch_size, "batch_size", low=1, error=DataError, where="sn.evaluate")
+
+
+def _computable(body: sp.Expr) -> sp.Expr:
+    """``body`` in its numeric form, with SymPy's complex infinity (a 1/0 it folded into a
+    Piecewise branch, as in (log∘hard_sigmoid)′ where hard_sigmoid is 0) as NaN, which NumPy
+    can print and the kernels compute there (0/0)."""
+    return as_numeric(body).xreplace({sp.zoo: sp.nan})

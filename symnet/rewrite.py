@@ -140,6 +140,13 @@ def _question(*exprs) -> str:
 
 
 def _search_output_derivative(f, d):
+    try:
+        return _search(f, d)
+    except Exception:  # SymPy fails in many ways: (log∘hard_sigmoid)′ has a 1/0 in a Piecewise,
+        return None  # whose conditions it then cannot compare. No form found is the answer.
+
+
+def _search(f, d):
     f_def, d_def = definition(f), definition(d)
     candidates = []
     for direct in (d.subs(f, y), d_def.subs(f_def, y), d_def.subs(x, y), y):

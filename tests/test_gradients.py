@@ -40,6 +40,9 @@ LOSSES = {
     "cross_entropy": (lambda out, Y: sn.cross_entropy(sn.softmax(out), Y), "prob"),
     "softmax_cross_entropy": (lambda out, Y: sn.softmax_cross_entropy(out, Y), "onehot"),
     "binary_cross_entropy": (lambda out, Y: sn.binary_cross_entropy(sn.sigmoid(out), Y), "prob"),
+    # (log∘hard_sigmoid)′ has 1/0 in a Piecewise: SymPy's search for an output form raised
+    "cross_entropy_of_hard_sigmoid": (lambda out, Y: sn.cross_entropy(sn.hard_sigmoid(out), Y),
+                                      "prob"),
     "log_softmax": (lambda out, Y: -sn.sum(sp.HadamardProduct(Y, sn.log_softmax(out))) / sn.batch,
                     "onehot"),
 }
