@@ -1350,9 +1350,13 @@ def _param_array(value, name, shape, dtype, where="params"):
         with contextlib.suppress(ValueError, TypeError):
             value = np.asarray(value)
     if isinstance(value, np.ndarray) and shape[0] == 1 and value.shape == (shape[1],):
-        value = value[None, :]  # a bias as torch keeps it, (k,): the 1×k row it means
+        # a bias as torch keeps it, (k,): a copy as the 1×k row, as a transposed weight is
+        # copied (torch's .numpy() shares the tensor's memory, which fit would then change)
+        value = np.array(value[None, :], dtype=dtype)
     if not isinstance(value, np.ndarray) or value.shape != shape:
-        if isinstance(value, np.ndarray) and value.shape == shape[::-1]:
+        if isinstance(value, np.ndarray) and value.shape == shape[::-1] and shape[0] == 1:
+            fix = f"it is a column: pass it as a row, {entry} = value.reshape(1, -1)"
+        elif isinstance(value, np.ndarray) and value.shape == shape[::-1]:
             fix = (f"it is the transpose (torch's nn.Linear keeps its weight as outputs × "
                    f"inputs): {entry} = weight.T")
         raise DataError(f"{entry} is {validate.describe(given)}, but {name} is "

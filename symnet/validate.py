@@ -136,7 +136,7 @@ def file_name(path, call: str, example: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise DataError(f"{call} takes a file name such as {example!r}, got "
                         f"{type(path).__name__} {path!r}")
-    return Path(path).expanduser()
+    return Path(os.path.expanduser(path))  # ~user of no such user stays as it is, as in the shell
 
 
 def choice(value, name: str, options, *, error: type = DeclarationError):

@@ -526,6 +526,8 @@ def test_float32_hyperparameters_are_accepted_and_saved_as_plain_floats(tmp_path
     model.save(tmp_path / "m.npz")  # the hyperparameters go into JSON
     assert sn.load(tmp_path / "m.npz").optimizer.betas == opt.betas
     assert sn.optim.AdamW(betas=np.array([0.8, 0.99])).betas == (0.8, 0.99)  # as torch takes it
+    torch = pytest.importorskip("torch")
+    assert sn.optim.Adam(betas=torch.tensor([0.5, 0.75])).betas == (0.5, 0.75)
 
 
 def test_declarations_accept_numpy_integers_and_floats():
@@ -721,8 +723,15 @@ def test_parameters_in_torch_layout_a_bias_is_taken_and_a_weight_named_the_trans
     live_w, live_b = model.params["W1"], model.params["b1"]
     try:
         want = model.evaluate(X, Y)["loss"]
-        model.params["b1"] = live_b[0].copy()
+        bias = live_b[0].copy()
+        model.params["b1"] = bias
         assert model.evaluate(X, Y)["loss"] == want and model.params["b1"].shape == (1, 5)
+        model.fit(X, Y, epochs=1, verbose=False)  # a copy trains: torch's .numpy() is its memory
+        assert (bias == live_b[0]).all() and (model.params["b1"] != live_b).any()
+        model.params["b1"] = live_b.T.copy()
+        with pytest.raises(sn.DataError, match=r"but b1 is 1×5; it is a column: pass it as a "
+                                               r"row, model.params\['b1'\] = value.reshape"):
+            model.evaluate(X, Y)
         model.params["W1"] = live_w.T.copy()
         with pytest.raises(sn.DataError, match=r"but W1 is 4×5; it is the transpose \(torch's "
                                                r"nn.Linear keeps its weight as outputs × inputs\): "

@@ -558,6 +558,8 @@ def test_a_path_from_home_is_expanded_as_the_shell_would(saved, tmp_path, monkey
     saved[0].save("~/m.npz")
     assert (tmp_path / "m.npz").is_file()
     assert sn.load("~/m.npz").params.keys() == saved[0].params.keys()
+    with pytest.raises(sn.DataError, match=r"no model file at ~no_such_user_here/m.npz"):
+        sn.load("~no_such_user_here/m.npz")  # left as the shell leaves it (was a RuntimeError)
 
 
 def test_save_removes_temporary_files_of_killed_saves_but_not_a_live_one(saved, tmp_path):
