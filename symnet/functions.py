@@ -906,6 +906,11 @@ def cross_entropy(p, y):
     """−Σ Y∘log P / n for probabilities P (e.g. a softmax output); mean over rows."""
     _prediction_and_target(p, y, "cross_entropy")
     _not_logits(p, "cross_entropy", "softmax")
+    if (logits := log_softmax_argument(p)) is not None:
+        raise DeclarationError(
+            f"cross_entropy takes probabilities, and {validate.clipped(formula_text(p), 40)} is "
+            f"their logarithm (what torch's nll_loss takes); pass sn.softmax(out), or the logits "
+            f"to the stable sn.softmax_cross_entropy({validate.clipped(formula_text(logits), 30)}, Y)")
     return -sum(sp.HadamardProduct(y, log(p))) / p.shape[0]
 
 

@@ -831,6 +831,9 @@ class Model:
         batch_data = {k: v[idx] for k, v in data.items()}
         culprit = self._formula_culprit(batch_data)
         first = f"the first formula whose value is not finite in {self.dtype.name} is {culprit}"
+        if culprit and "log(" in culprit:
+            first += (" (log is −inf at 0 and NaN below it: is its argument a probability, such "
+                      "as sn.softmax(out) or sn.sigmoid(out)?)")
         if status is Status.LOSS:
             found = first if culprit else f"every formula is finite in {self.dtype.name} on this batch"
             return DataError(f"the loss became {loss} {where}; {found}. {tail}")
@@ -862,7 +865,17 @@ class Model:
         state = {k: {s: v.copy() for s, v in st.items()} for k, st in self._state.items()}
         found = NumpyUpdater(self._update).first_non_finite(params, grads, state, self._steps + 1,
                                                             self.optimizer.rate)
+        eps = getattr(self.optimizer, "eps", None)
+        flushed = eps is not None and eps < np.finfo(self.dtype).tiny  # 0, or 0 in the kernels
+        why = ("eps=0" if eps == 0 else
+               f"eps={eps}, below {self.dtype.name}'s smallest normal number "
+               f"({np.finfo(self.dtype).tiny:.3g}), which the kernels flush to 0,")
+        fix = (f"divides by zero where a gradient has been 0 at every step, as for an input "
+               f"column that is always 0; pass eps > 0, such as "
+               f"{type(self.optimizer).__name__}'s default")
         if found is None:
+            if flushed:
+                return f"with {why} the update rule {fix}"
             return "every line of the update rule is finite when recomputed with NumPy"
         name, k = found
         # the kernels' rule has one more line, lr ← rate; the rule as shown has the number
@@ -871,11 +884,7 @@ class Model:
             k -= 1
         shown = [formulas.TextPrinter().assignment(lhs, rhs) for lhs, rhs in self.optimizer.rule()]
         found = f"for {name}, {shown[k]} is not finite"
-        if getattr(self.optimizer, "eps", None) == 0:
-            found += (f" (with eps=0 it divides by zero where {name}'s gradient has been 0 at "
-                      f"every step, as for an input column that is always 0; pass eps > 0, "
-                      f"such as {type(self.optimizer).__name__}'s default)")
-        return found
+        return f"{found} (with {why} it {fix})" if flushed else found
 
     # ------------------------------------------------------------------ persistence
     def __reduce__(self):

@@ -128,6 +128,10 @@ def test_a_loss_given_its_arguments_swapped_or_bce_given_logits_says_what_to_pas
                                                   r"logits, sn\.softmax_cross_entropy\(tanh"):
         sn.softmax_cross_entropy(sn.softmax(out), Y)
     assert sn.softmax_cross_entropy(sn.log_softmax(out), Y).shape == (1, 1)  # the same softmax
+    with pytest.raises(sn.DeclarationError, match=r"^cross_entropy takes probabilities, and "
+                                                  r"log_softmax\(.* is their logarithm \(what "
+                                                  r"torch's nll_loss takes\)"):
+        sn.cross_entropy(sn.log_softmax(out), Y)
     # probabilities that are not a layer's output are not logits: an ensemble, a squashed σ
     other = sn.dense(X, 2, name="p")
     ones = sp.OneMatrix(*Y.shape)

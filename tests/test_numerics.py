@@ -46,8 +46,15 @@ def test_an_update_that_divides_by_eps_0_says_so():
     model = linear("numpy", sn.optim.Adam(lr=0.01, eps=0), dtype="float64")
     X, Y = np.c_[np.ones(8), np.zeros(8)], np.ones((8, 1))
     with pytest.raises(sn.DataError, match=r"for W1, p ← .* is not finite \(with eps=0 it "
-                                           r"divides by zero where W1's gradient has been 0 at "
+                                           r"divides by zero where a gradient has been 0 at "
                                            r"every step, .* pass eps > 0, such as Adam's default"):
+        model.fit(X, Y, epochs=1, batch_size=4, verbose=False)
+    # an eps float32 has only as a subnormal is 0 to the kernels, which flush those to 0, and
+    # the update NumPy recomputes is finite
+    model = linear("numba", sn.optim.Adam(lr=0.01, eps=1e-40))
+    with pytest.raises(sn.DataError, match=r"with eps=1e-40, below float32's smallest normal "
+                                           r"number \(1.18e-38\), which the kernels flush to 0, "
+                                           r"the update rule divides by zero"):
         model.fit(X, Y, epochs=1, batch_size=4, verbose=False)
 
 
@@ -118,6 +125,19 @@ def test_a_loss_that_overflows_behind_a_dropout_names_its_formula(backend):
                                            r"first formula whose value is not finite in float64 "
                                            r"is Z2 = D1·W2 \+ 𝟙·b2"):
         model.fit(*data, epochs=2, batch_size=10, verbose=False)
+
+
+def test_a_log_that_is_not_finite_asks_whether_its_argument_is_a_probability():
+    # cross_entropy of tanh: NaN in the first batch, with advice about the learning rate only
+    rng = np.random.default_rng(0)
+    X, Y = sn.Input("X", 5), sn.Input("Y", 3)
+    out = sn.dense(X, 3, name="1")
+    model = sn.compile(sn.cross_entropy(sn.tanh(out), Y), inputs=[X], targets=[Y], seed=0,
+                       backend="numpy", dtype="float64")
+    with pytest.raises(sn.DataError, match=r"is A1 = log\(tanh\(Z1\)\) \(log is −inf at 0 and "
+                                           r"NaN below it: is its argument a probability, such "
+                                           r"as sn.softmax\(out\) or sn.sigmoid\(out\)\?\)"):
+        model.fit(rng.normal(size=(40, 5)), np.eye(3)[rng.integers(0, 3, 40)], verbose=False)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
