@@ -12,6 +12,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import scipy.special
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
@@ -433,13 +434,19 @@ class Model:
         ``check_finite``, check too that every entry is finite in it. ``lazy`` leaves an input
         that would need a copy as it is, for :func:`_chunks` to convert and check by batches."""
         dtype = np.dtype(dtype or self.dtype)
-        if need_targets and self.targets and Y is None:
-            pair = (isinstance(X, tuple) and len(X) == 2 and len(self.inputs) == 1
-                    and len(self.targets) == 1 and all(hasattr(a, "__array__") for a in X))
+        bundled = (len(self.inputs) == 1 and isinstance(X, (list, tuple)) and len(X) >= 2
+                   and all(hasattr(a, "__array__") and np.ndim(a) == 2 for a in X))
+        missing = need_targets and self.targets and Y is None
+        if bundled and not (missing and len(X) == 2 and len(self.targets) == 1):
+            raise DataError(f"{self.inputs[0].name} came as a {type(X).__name__} of {len(X)} "
+                            f"2-D arrays, and this model has one input: pass its array alone"
+                            + (", and the targets after it" if need_targets and self.targets else ""))
+        if missing:
             raise DataError(
                 f"this call needs the targets {[t.name for t in self.targets]} too: pass "
                 f"them after the inputs, as in model.fit(X, Y) or model.evaluate(X, Y)"
-                + ("; the data came as one tuple (X, Y): unpack it, model.fit(*data)" if pair else ""))
+                + (f"; the data came as one {type(X).__name__} (X, Y): unpack it, model.fit(*data)"
+                   if bundled else ""))
         feeds = {}
         for sym, arr in zip(self.inputs, _arrays(X, self.inputs, "inputs")):
             feeds[sym.name] = _as_data(arr, sym, dtype, check_finite, convert=not lazy)
@@ -579,9 +586,9 @@ class Model:
         of class distributions (one-hot or probabilities), and for other 0/1 targets of a
         prediction σ(Z) (one column, or several labels per row) the share of labels right at the
         threshold 0.5 (at 0 for logits P whose σ(P) the loss reads); for other targets of the
-        prediction's shape ``"r2"``, R² averaged over the columns. Only the loss for a model of
-        several targets: which prediction answers which target is not for evaluate to guess
-        (score each of predict's outputs on its own).
+        prediction's shape ``"r2"``, R² averaged over the columns (of σ(P), for such logits).
+        Only the loss for a model of several targets: which prediction answers which target is
+        not for evaluate to guess (score each of predict's outputs on its own).
         Y may be integer class labels of shape (n,) for a target of k ≥ 2 columns, and is left
         out for a model without targets (an autoencoder's loss reads its inputs only)."""
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
@@ -606,7 +613,10 @@ class Model:
             pred = self._predict(feeds, batch_size)  # label by label
             result["accuracy"] = float(np.mean((pred > cut) == (target > 0.5)))
         if "accuracy" not in result:  # a regression: R², as scikit-learn's r2_score
-            result["r2"] = _r2(target, self._predict(feeds, batch_size))
+            pred = self._predict(feeds, batch_size)
+            if self._label_threshold() == 0:  # logits: their probabilities σ(P) against the targets
+                pred = scipy.special.expit(pred)
+            result["r2"] = _r2(target, pred)
         return result
 
     def _class_labels(self, feeds):

@@ -586,6 +586,12 @@ def test_missing_targets_name_the_calls_that_take_them(model):
     with pytest.raises(sn.DataError, match=r"; the data came as one tuple \(X, Y\): unpack it, "
                                            r"model\.fit\(\*data\)$"):  # was "a ragged list"
         model.fit((X, Y), verbose=False)
+    with pytest.raises(sn.DataError, match=r"the data came as one list \(X, Y\)"):
+        model.fit([X, Y], verbose=False)
+    with pytest.raises(sn.DataError, match=r"^X came as a tuple of 2 2-D arrays, and this model "
+                                           r"has one input: pass its array alone$"):
+        model.predict((X, Y))
+    assert model.predict([X[0], X[1]]).shape == (2, 3)  # a list of rows is data
 
 
 def test_targets_passed_to_predict_are_named_with_evaluate_as_the_fix(model):

@@ -273,6 +273,11 @@ def test_logits_whose_sigmoid_the_loss_reads_are_cut_at_zero():
     assert "r2" not in result and "val_r2" not in hist.history
     assert result["accuracy"] == pytest.approx(np.mean((logits > 0) == (y > 0.5)))
     assert hist.val_accuracy[-1] == result["accuracy"]
+    from sklearn.metrics import r2_score
+
+    soft = 1 / (1 + np.exp(-X[:, :1] - X[:, 1:2]))  # probabilities as targets: R² of σ(out)
+    expected = r2_score(soft, 1 / (1 + np.exp(-logits[:, None])))
+    assert model.evaluate(X, soft)["r2"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_labels_in_a_list_read_as_one_row_and_the_message_says_so():
