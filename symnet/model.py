@@ -1079,6 +1079,8 @@ def _epoch_line(epoch, epochs, hist, count=1):
         parts.append(f"val_loss {h['val_loss'][-1]:.4f}")
     if h["val_accuracy"]:
         parts.append(f"val_accuracy {h['val_accuracy'][-1]:.4f}")
+    if h.get("val_r2"):
+        parts.append(f"val_r2 {h['val_r2'][-1]:.4f}")
     parts.append(f"{h['seconds'][-1]:.3g} s" + ("" if count == 1 else " an epoch"))
     return " - ".join(parts)
 
@@ -1537,10 +1539,10 @@ def _one_hot(arr, sym):
                 if a.dtype.kind in "USO" else "")
         held = (f"{a.dtype} values that are not whole numbers" if a.dtype.kind == "f" else
                 f"{a.dtype} values, not integers")
-        raise DataError(f"{sym.name} has {k} columns, and a 1-D {sym.name} is read as class "
-                        f"labels 0…{k - 1}, but it holds {held}: pass integer class labels of "
-                        f"shape (n,){hint}, or one row per example of shape (n, {k}) (one-hot, "
-                        f"probabilities, or regression targets, one column per output)")
+        raise DataError(f"{sym.name} has {k} columns, and a 1-D {sym.name} (or one column) is read "
+                        f"as class labels 0…{k - 1}, but it holds {held}: pass integer class "
+                        f"labels of shape (n,){hint}, or one row per example of shape (n, {k}) "
+                        f"(one-hot, probabilities, or regression targets, one column per output)")
     outside = (a < 0) | (a >= k)
     if outside.any():
         row = int(np.flatnonzero(outside)[0])

@@ -68,9 +68,9 @@ def test_softmax_cross_entropy_refuses_targets_that_are_not_class_distributions(
     model.fit(X, soft.astype(np.float32), epochs=1, verbose=False)
 
 
-def test_a_regression_is_scored_by_r2_as_scikit_learn_scores_it():
-    """evaluate and the validation history give R² (averaged over the outputs) where accuracy
-    does not apply."""
+def test_a_regression_is_scored_by_r2_as_scikit_learn_scores_it(capsys):
+    """evaluate, the validation history and fit's lines give R² (averaged over the outputs)
+    where accuracy does not apply."""
     from sklearn.metrics import r2_score
 
     X, labels = data()
@@ -85,6 +85,9 @@ def test_a_regression_is_scored_by_r2_as_scikit_learn_scores_it():
     assert model.evaluate(X, Y)["r2"] == pytest.approx(r2_score(Y, model.predict(X)), rel=1e-6)
     assert np.isnan(model.evaluate(X[:1], Y[:1])["r2"])  # not defined for one row, as sklearn's
     assert "r2" not in classifier().evaluate(X, labels)
+    capsys.readouterr()
+    hist = model.fit(X, Y, epochs=1, validation_data=(X[:20], Y[:20]), verbose=2)
+    assert f" - val_r2 {hist.val_r2[-1]:.4f} - " in capsys.readouterr().out
 
 
 def test_several_labels_per_row_of_a_sigmoid_are_scored_label_by_label():
