@@ -120,7 +120,7 @@ class History:
 
     def plot(self):
         """The training curves as a matplotlib Figure: loss and val_loss per epoch, val_accuracy
-        on a second axis, the kept epoch of early stopping marked. A Figure of its own, not
+        (or val_r2) on a second axis, the kept epoch of early stopping marked. A Figure of its own, not
         pyplot's (a notebook shows it once): a script saves it, ``hist.plot().savefig(path)``.
         Needs matplotlib (``pip install "symnet[plots]"``)."""
         from .report import history_figure

@@ -94,8 +94,8 @@ def _pyplot_free_figure():
 
 
 def history_figure(history):
-    """loss and val_loss per epoch (log scale when they span a decade), val_accuracy on a
-    second axis, and the epoch early stopping kept."""
+    """loss and val_loss per epoch (log scale when they span a decade), val_accuracy (or a
+    regression's val_r2) on a second axis, and the epoch early stopping kept."""
     if not history.loss:
         raise DataError("this History has no epochs to plot: fit(..., epochs=1) or more first")
     fig = _pyplot_free_figure()
@@ -119,11 +119,13 @@ def history_figure(history):
         ax.set_xticks([1])
     ax.set_ylabel("loss")
     handles, labels = ax.get_legend_handles_labels()
-    if history.val_accuracy:
+    score = next((k for k in ("val_accuracy", "val_r2") if history.history.get(k)), None)
+    if score is not None:  # a classifier's accuracy, or a regression's R²
+        values = history.history[score]
         acc = ax.twinx()
-        acc.plot(epochs[:len(history.val_accuracy)], history.val_accuracy, label="val_accuracy",
-                 color="#2ca02c", linestyle="--", marker=marker)
-        acc.set_ylabel("val_accuracy")
+        acc.plot(epochs[:len(values)], values, label=score, color="#2ca02c", linestyle="--",
+                 marker=marker)
+        acc.set_ylabel(score)
         h, lab = acc.get_legend_handles_labels()
         handles, labels = handles + h, labels + lab
     if history.best_epoch is not None:
@@ -241,6 +243,8 @@ def _training_html(model) -> str:
         last.append(f"val_loss {hist.val_loss[-1]:.4g}")
     if hist.val_accuracy:
         last.append(f"val_accuracy {hist.val_accuracy[-1]:.4f}")
+    if hist.history.get("val_r2"):
+        last.append(f"val_r2 {hist.history['val_r2'][-1]:.4f}")
     if hist.best_epoch is not None:
         last.append(f"kept epoch {hist.best_epoch}")
     text_line = f"<p>{html.escape(', '.join(last))}.</p>"

@@ -226,6 +226,22 @@ def test_one_epoch_is_a_marked_point_at_epoch_1(tmp_path):
     assert "1 epoch, final loss" in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
+def test_a_regression_plots_and_reports_its_val_r2(tmp_path):
+    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
+    out = sn.dense(X, 2, name="1")
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0,
+                       backend="numpy")
+    rng = np.random.default_rng(0)
+    Xd = rng.normal(size=(20, 4))
+    hist = model.fit(Xd, Xd[:, :2] * 2, epochs=3, validation_data=(Xd, Xd[:, :2] * 2),
+                     verbose=False)
+    r2 = next(line for ax in hist.plot().axes for line in ax.get_lines()
+              if line.get_label() == "val_r2")
+    np.testing.assert_array_equal(r2.get_ydata(), hist.val_r2)
+    model.report(tmp_path / "r.html")
+    assert f"val_r2 {hist.val_r2[-1]:.4f}" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
 def test_history_plot_without_matplotlib_says_what_to_install(monkeypatch):
     model, _, _ = trained()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
