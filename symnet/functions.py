@@ -835,14 +835,19 @@ def _difference(a, b):
     return sp.MatAdd(a, -b)
 
 
+def _is_data(m) -> bool:
+    """Whether a MatrixSymbol has the batch's rows (or columns): data, not a parameter."""
+    from .declare import batch  # not at the top: declare imports this module
+
+    return batch in m.shape
+
+
 def _prediction_and_target(p, y, fname):
     """A loss's (prediction, target): matrices, in that order (the data second), of one shape."""
     _require_matrix(p, fname)
     _require_matrix(y, fname)
-    from .declare import batch  # not at the top: declare imports this module
-
-    data_first = isinstance(p, sp.MatrixSymbol) and batch in p.shape
-    learned = sorted((m for m in matrix_symbols(y) if batch not in m.shape), key=str) if data_first else []
+    data_first = isinstance(p, sp.MatrixSymbol) and _is_data(p)
+    learned = sorted((m for m in matrix_symbols(y) if not _is_data(m)), key=str) if data_first else []
     if learned:
         raise DeclarationError(
             f"{fname}(prediction, target): the prediction is the data {p.name} and the target "
@@ -889,11 +894,9 @@ def _not_logits(p, fname, squash):
     """Refuse a layer's linear output (X·W + 𝟙·b: logits) where a loss takes probabilities: a
     sum with a term that multiplies by a parameter (W, or b under 𝟙). A weighted mean of
     probabilities, ½·softmax(Z1) + ½·softmax(Z2), is none."""
-    from .declare import batch  # not at the top: declare imports this module
-
     def by_parameter(term):
         mats = [a for a in term.args if a.is_Matrix] if isinstance(term, sp.MatMul) else []
-        return any(isinstance(m, sp.MatrixSymbol) and batch not in m.shape for m in mats[1:])
+        return any(isinstance(m, sp.MatrixSymbol) and not _is_data(m) for m in mats[1:])
 
     if any(map(by_parameter, p.args if isinstance(p, sp.MatAdd) else (p,))):
         raise DeclarationError(

@@ -176,6 +176,7 @@ class Model:
         self._norms = _batch_norms(self.derivation)
         self._distributions = _distribution_targets(self.loss_expr, self.targets)
         self._probabilities = _probability_targets(self.loss_expr, self.targets)
+        self._label_threshold = _label_threshold(self.loss_expr, self.prediction_expr, self.targets)
         self._programs = self._lower(self.derivation, self._norms)
         self._weighted = None  # (derivation, programs, runners) of fit(sample_weight=...)
         self._update = self.optimizer.update()
@@ -609,12 +610,12 @@ class Model:
         if target.shape[1] >= 2 and _distributions(target):
             pred = self._predict(feeds, batch_size)
             result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
-        elif (cut := self._label_threshold()) is not None and np.isin(target, (0, 1)).all():
+        elif (cut := self._label_threshold) is not None and np.isin(target, (0, 1)).all():
             pred = self._predict(feeds, batch_size)  # label by label
             result["accuracy"] = float(np.mean((pred > cut) == (target > 0.5)))
         if "accuracy" not in result:  # a regression: R², as scikit-learn's r2_score
             pred = self._predict(feeds, batch_size)
-            if self._label_threshold() == 0:  # logits: their probabilities σ(P) against the targets
+            if self._label_threshold == 0:  # logits: their probabilities σ(P) against the targets
                 pred = scipy.special.expit(pred)
             result["r2"] = _r2(target, pred)
         return result
@@ -633,19 +634,6 @@ class Model:
         if np.isin(target, (0, 1)).all():
             return target[:, 0].astype(np.int64), 2
         return None, None
-
-    def _label_threshold(self) -> float | None:
-        """Where one target's prediction says a label is on: 0.5 for a prediction σ(Z) (a
-        probability per label), 0 for logits P whose σ(P) the loss reads (torch's habit with
-        BCEWithLogitsLoss); None for other predictions."""
-        pred = self.prediction_expr
-        if len(self.targets) != 1 or pred is None:
-            return None
-        if _is_sigmoid(pred):
-            return 0.5
-        if any(_is_sigmoid(n) and n.arg == pred for n in validate.unique_nodes(self.loss_expr)):
-            return 0.0
-        return None
 
     def fit(self, X, Y=None, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
             validation_data=None, early_stopping: int | None = None, verbose: bool | int = True,
@@ -1403,6 +1391,19 @@ def _scaled_weights(w, dtype) -> np.ndarray:
     floor = np.finfo(dtype).eps ** 2
     scaled = w / w.max()
     return np.where(scaled > 0, np.maximum(scaled, floor), 0).astype(dtype)
+
+
+def _label_threshold(loss, prediction, targets) -> float | None:
+    """Where one target's prediction says a label is on: 0.5 for a prediction σ(Z) (a
+    probability per label), 0 for logits P whose σ(P) the loss reads (torch's habit with
+    BCEWithLogitsLoss); None for other predictions."""
+    if len(targets) != 1 or prediction is None:
+        return None
+    if _is_sigmoid(prediction):
+        return 0.5
+    if any(_is_sigmoid(n) and n.arg == prediction for n in validate.unique_nodes(loss)):
+        return 0.0
+    return None
 
 
 def _is_sigmoid(e) -> bool:
