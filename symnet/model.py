@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sys
@@ -637,7 +638,8 @@ class Model:
 
     def fit(self, X, Y=None, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
             validation_data=None, early_stopping: int | None = None, verbose: bool | int = True,
-            seed: int | None = None, sample_weight=None, class_weight=None) -> History:
+            seed: int | None = None, sample_weight=None, class_weight=None,
+            validation_split: float | None = None) -> History:
         """Train with the model's optimizer; returns the per-epoch :class:`History`.
 
         The backend runs whole epochs per call: without ``validation_data`` several epochs at a
@@ -659,10 +661,15 @@ class Model:
         shuffle = validate.flag(shuffle, "shuffle", error=DataError)
         verbose = validate.verbosity(verbose, error=DataError)
         seed = validate.seed(seed, error=DataError)
+        if validation_split is not None:
+            if validation_data is not None:
+                raise DataError("fit: pass validation_data or validation_split, not both")
+            validation_split = validate.number(validation_split, "validation_split", above=0,
+                                               below=1, error=DataError, example=0.1)
         if early_stopping is not None:
-            if validation_data is None:
+            if validation_data is None and validation_split is None:
                 raise DataError("early_stopping watches the validation loss: pass "
-                                "validation_data=(X_val, Y_val) as well")
+                                "validation_data=(X_val, Y_val) or validation_split=0.1 as well")
             early_stopping = validate.integer(early_stopping, "early_stopping", low=1,
                                               error=DataError, where="fit (a patience in epochs)")
         self._check_params()
@@ -671,6 +678,8 @@ class Model:
         # batch with a non-finite entry (Status.DATA); class weights count the labels first
         feeds = self._feeds(X, Y, check_finite=class_weight is not None)
         val_feeds = self._validation_feeds(validation_data)
+        if validation_split is not None:
+            feeds, val_feeds, sample_weight = _held_out(feeds, validation_split, sample_weight)
         data = {k: feeds[k] for k in [s.name for s in (*self.inputs, *self.targets)]}
         rows = _rows(feeds)
         weighted = sample_weight is not None or class_weight is not None
@@ -969,6 +978,25 @@ def _terminal(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # None (pythonw), a closed or a stand-in stream
         return False
+
+
+def _held_out(feeds, split: float, sample_weight):
+    """``fit(validation_split=split)``: the training feeds, the validation feeds (the last
+    ``split`` of the rows, before shuffling, as Keras takes them) and the training rows'
+    sample weights."""
+    rows = _rows(feeds)
+    trained = int(math.floor(rows * (1 - split)))
+    if trained < 1 or trained == rows:
+        raise DataError(f"validation_split={split} of {rows} rows leaves "
+                        f"{'no row to train on' if trained < 1 else 'no row to validate on'}; pass "
+                        f"a fraction that leaves rows on both sides, or validation_data=(X_val, "
+                        f"Y_val)")
+    if sample_weight is not None:
+        weights = validate.real_array(sample_weight, "sample_weight")
+        if weights.shape[:1] == (rows,):  # else row_weights names the shape it needs
+            sample_weight = weights[:trained]
+    return ({k: v[:trained] for k, v in feeds.items()}, {k: v[trained:] for k, v in feeds.items()},
+            sample_weight)
 
 
 def _orders(rng, epochs: int, rows: int) -> np.ndarray:

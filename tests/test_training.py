@@ -283,6 +283,28 @@ def test_early_stopping_restores_the_best_epoch():
         model.fit(Xtr, Ytr, early_stopping=3)
 
 
+def test_validation_split_holds_out_the_last_rows_before_shuffling_as_keras_does():
+    Xtr, Ytr, _, _ = digits(100)
+    weights = np.linspace(0.5, 1.5, 100)
+    split = digits_model().fit(Xtr, Ytr, epochs=3, batch_size=20, validation_split=0.25, seed=1,
+                               sample_weight=weights, verbose=False)
+    given = digits_model().fit(Xtr[:75], Ytr[:75], epochs=3, batch_size=20, seed=1,
+                               validation_data=(Xtr[75:], Ytr[75:]), sample_weight=weights[:75],
+                               verbose=False)
+    assert split.loss == given.loss and split.val_loss == given.val_loss
+    model = digits_model()
+    with pytest.raises(sn.DataError, match=r"validation_split=0\.999 of 100 rows leaves no row "
+                                           r"to train on"):
+        model.fit(Xtr, Ytr, validation_split=0.999, verbose=False)
+    with pytest.raises(sn.DataError, match="validation_split must be a finite real number > 0 "
+                                           "and < 1, got 1.0"):
+        model.fit(Xtr, Ytr, validation_split=1.0, verbose=False)
+    with pytest.raises(sn.DataError, match="pass validation_data or validation_split, not both"):
+        model.fit(Xtr, Ytr, validation_split=0.2, validation_data=(Xtr, Ytr), verbose=False)
+    stopped = model.fit(Xtr, Ytr, epochs=40, validation_split=0.2, early_stopping=2, verbose=False)
+    assert len(stopped.val_loss) == len(stopped.loss) <= 40
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_divergence_names_epoch_batch_and_formula(backend):
     X, Y = sn.Input("X", 1), sn.Input("Y", 1)
