@@ -222,7 +222,7 @@ class Adam(Optimizer):
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, clip_norm)
         if hasattr(betas, "__array__") and np.shape(betas) == (2,):
-            betas = tuple(np.asarray(betas).tolist())  # an array or tensor, as torch takes them
+            betas = tuple(np.asarray(betas))  # an array or tensor, as torch takes them
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise DeclarationError(f"{type(self).__name__}: betas must be a pair such as "
                                    f"(0.9, 0.999), got {validate.describe(betas)}")

@@ -81,6 +81,8 @@ def number(value, name: str, *, low: float | None = None, high: float | None = N
     fix = f"pass e.g. {name}={example}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise error(f"{head}, got {describe(value)}; {fix}")
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+        value = float(str(value))  # float32(0.8) as the 0.8 typed, not 0.800000011920929
     value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if not math.isfinite(value):
         raise error(f"{head}, got {value}: a non-finite value makes every value computed from "

@@ -522,8 +522,8 @@ def test_numpy_float_hyperparameters_give_the_numbers_of_python_floats(make):
 def test_float32_hyperparameters_are_accepted_and_saved_as_plain_floats(tmp_path):
     opt = sn.optim.Adam(lr=np.float32(1e-3), betas=(np.float32(0.9), np.float32(0.999)),
                         eps=np.float32(1e-7), clip_norm=np.float32(1.0))
-    assert type(opt.lr) is float and opt.lr == float(np.float32(1e-3))
-    assert all(type(b) is float for b in opt.betas)
+    assert type(opt.lr) is float and opt.lr == 1e-3  # the decimal typed, not float32's 0.00100000005
+    assert all(type(b) is float for b in opt.betas) and opt.betas == (0.9, 0.999)
     model = fresh(opt)
     X, Y = make_data(n=12, out=3, kind="real")
     assert np.isfinite(model.fit(X, Y, epochs=2, verbose=False).loss).all()
@@ -532,6 +532,7 @@ def test_float32_hyperparameters_are_accepted_and_saved_as_plain_floats(tmp_path
     assert sn.optim.AdamW(betas=np.array([0.8, 0.99])).betas == (0.8, 0.99)  # as torch takes it
     torch = pytest.importorskip("torch")
     assert sn.optim.Adam(betas=torch.tensor([0.5, 0.75])).betas == (0.5, 0.75)
+    assert "betas=(0.8, 0.95)" in repr(sn.optim.Adam(betas=torch.tensor([0.8, 0.95])))  # float32
 
 
 def test_declarations_accept_numpy_integers_and_floats():
