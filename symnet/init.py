@@ -10,7 +10,7 @@ import sympy as sp
 
 from . import validate
 from .errors import DeclarationError
-from .functions import ScalarActivation, Standardized
+from .functions import Elementwise, ScalarActivation, Standardized, _Shown
 
 
 def gaussian(rng, shape, std=0.01):
@@ -65,10 +65,13 @@ def roles(expr) -> dict:
     return found
 
 
-def activations(derivation) -> dict:
+def activations(derivation, declared=()) -> dict:
     """``{parameter: activation family}``: the activation (``"relu"``, ``"leaky_relu"``, …) of
     the layer each parameter feeds, read through a batch or layer norm between the layer and
-    its activation; None for an affine layer."""
+    its activation; None for an affine layer. An activation that the derivation rewrote away
+    (the σ of binary_cross_entropy(σ(Z), Y), computed from Z) is read from the ``declared``
+    expressions, so that the loss as declared, not whether ``prediction=`` repeats σ(Z),
+    decides the initial weights."""
     defs = derivation.definitions()
 
     def layer_of(s):  # N1 → X̂1 → Z1: the pre-activation a norm normalised
@@ -94,7 +97,27 @@ def activations(derivation) -> dict:
         for s in eq.rhs.free_symbols:
             if isinstance(s, sp.MatrixSymbol) and s not in out:
                 out[s] = act_of.get(eq.lhs)
+    for e in (n for d in declared for n in validate.unique_nodes(d)):
+        if isinstance(e, Elementwise) and isinstance(e.fn.expr, ScalarActivation):
+            for s in _layer_symbols(e.arg):
+                if out.get(s) is None:
+                    out[s] = type(e.fn.expr).family
     return out
+
+
+def _layer_symbols(expr) -> set:
+    """The matrix symbols of the layer ``expr`` computes, read through a norm: not those of the
+    layers before it, behind their own activations."""
+    found, stack = set(), [expr]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, sp.MatrixSymbol):
+            found.add(e)
+        elif isinstance(e, Standardized):
+            stack.append(e.z)
+        elif not isinstance(e, _Shown):  # not another block's output (activation, dropout, …)
+            stack.extend(a for a in e.args if getattr(a, "is_Matrix", False))
+    return found
 
 
 def _broadcast(m):

@@ -420,7 +420,7 @@ class Model:
 
     # ------------------------------------------------------------------ parameters
     def _initial_params(self, rng, scheme):
-        acts = initialisers.activations(self.derivation)
+        acts = initialisers.activations(self.derivation, (self.loss_expr, *self.prediction_exprs))
         roles = initialisers.roles(self.loss_expr)
         out = {}
         for p in self.param_symbols:
@@ -985,7 +985,7 @@ def _held_out(feeds, split: float, sample_weight):
     ``split`` of the rows, before shuffling, as Keras takes them) and the training rows'
     sample weights."""
     rows = _rows(feeds)
-    trained = int(math.floor(rows * (1 - split)))
+    trained = math.floor(rows * (1 - split))
     if trained < 1 or trained == rows:
         raise DataError(f"validation_split={split} of {rows} rows leaves "
                         f"{'no row to train on' if trained < 1 else 'no row to validate on'}; pass "

@@ -515,6 +515,22 @@ def test_auto_init_reads_the_activation_through_a_norm():
     assert type(sn.leaky_relu(0.1)(X).fn.expr).family == "leaky_relu"
 
 
+def test_auto_init_reads_a_sigmoid_the_loss_declares_whatever_the_prediction():
+    """binary_cross_entropy(σ(Z), Y) is computed from Z (softplus), so the σ is not in the
+    derivation; the weights feeding it are Xavier ×4 as the README says, whether or not
+    prediction= repeats σ(Z) (it changed the initial weights 4 ×)."""
+    X, Y = sn.Input("X", 300), sn.Input("Y", 1)
+    out = sn.dense(sn.dense(X, 100, sn.tanh, name="1"), 1, name="2")
+    loss = sn.binary_cross_entropy(sn.sigmoid(out), Y)
+    made = [sn.compile(loss, inputs=[X], targets=[Y], seed=0, backend="numpy", **kw).params
+            for kw in ({}, {"prediction": out}, {"prediction": sn.sigmoid(out)})]
+    for params in made:
+        for k in params:
+            np.testing.assert_array_equal(params[k], made[0][k], err_msg=k)
+    assert np.abs(made[0]["W2"]).max() == pytest.approx(4 * np.sqrt(6 / 101), rel=0.05)
+    assert np.abs(made[0]["W1"]).max() == pytest.approx(np.sqrt(6 / 400), rel=0.05)  # tanh: ×1
+
+
 def test_a_deep_stack_of_norms_is_read_once_a_node():
     """A batch norm reads its Z in its mean, its variance and its output, so walked as a tree
     (SymPy's preorder_traversal, free_symbols, a recursion without memory) a stack of them
