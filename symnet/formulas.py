@@ -17,6 +17,7 @@ derivative every operation is entrywise: ``A∘(1 − A)``, ``1 − A²``, ``exp
 from __future__ import annotations
 
 import html
+import numbers
 import re
 import unicodedata
 
@@ -26,6 +27,8 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.mathml import MathMLPresentationPrinter
 from sympy.printing.str import StrPrinter
 
+from . import validate
+from .errors import DeclarationError
 from .functions import (
     Dropout,
     DropoutMask,
@@ -180,7 +183,7 @@ class Formula:
             return ATOM
         if isinstance(e, (sp.MatAdd, sp.Add)):
             return NEG if self._sorted_terms(e)[0][0] else SUM
-        if isinstance(e, sp.HadamardProduct):
+        if isinstance(e, (sp.HadamardProduct, sp.MatPow)):
             return PRODUCT
         if isinstance(e, sp.HadamardPower):
             return POWER
@@ -279,6 +282,13 @@ class Formula:
         else:
             body, level = self._join(mats, "·"), PRODUCT
         return self._scaled(c, body, level, product=len(mats) > 1 and red is None)
+
+    def _print_MatPow(self, e):
+        """W·W, not a power: W² is this notation's entrywise square (HadamardPower)."""
+        base, k = e.args
+        if k.is_Integer and k > 1:
+            return self._join([base] * int(k), "·")
+        return self._print_Basic(e)
 
     def _join(self, factors, op):
         parts = []
@@ -824,15 +834,26 @@ class FormulaMathMLPrinter(Formula, MathMLPresentationPrinter):
 
 def text(e) -> str:
     """``e`` (a matrix expression or a scalar body) as text."""
-    return TextPrinter().doprint(e)
+    return TextPrinter().doprint(_printable(e, "text"))
 
 
 def latex(e) -> str:
-    return FormulaLatexPrinter().doprint(e)
+    return FormulaLatexPrinter().doprint(_printable(e, "latex"))
 
 
 def mathml(e) -> str:
-    return FormulaMathMLPrinter().doprint(e)
+    return FormulaMathMLPrinter().doprint(_printable(e, "mathml"))
+
+
+def _printable(e, how):
+    """A SymPy expression or a number; anything else printed as a name said nothing of it."""
+    if isinstance(e, sp.Basic):
+        return e
+    if isinstance(e, numbers.Number) and not isinstance(e, bool):
+        return sp.sympify(e)
+    raise DeclarationError(f"sn.formulas.{how} shows a SymPy expression such as "
+                           f"sn.dense(X, 10), got {validate.describe(e)}; for a model, call "
+                           f"model.formulas() or model.latex()")
 
 
 # ------------------------------------------------------------------------------ derivations

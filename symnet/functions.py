@@ -582,14 +582,22 @@ _LATEX_LETTERS = {"ε": r"\varepsilon", "ϵ": r"\epsilon", "φ": r"\varphi", "ϕ
                   "ϑ": r"\vartheta", "ς": r"\varsigma", "ϱ": r"\varrho", "ϖ": r"\varpi"}
 
 
+_LATEX_ACCENTS = {"\u0300": r"\grave", "\u0301": r"\acute", "\u0302": r"\hat", "\u0303": r"\tilde",
+                  "\u0304": r"\bar", "\u0306": r"\breve", "\u0307": r"\dot", "\u0308": r"\ddot",
+                  "\u030c": r"\check", "\u20d7": r"\vec"}  # combining marks, as math accents
+
+
 def latex_escape(name: str) -> str:
     """A name as LaTeX math that pdflatex compiles: ``_ # $ % & { }`` escaped, Greek letters as
     their commands (θ → \\theta), other Latin-1 letters in ``\\text`` (é), any other character
-    by its code point (\\text{U+0436}): pdflatex stops at a Unicode character it has no glyph
+    by its code point (\\text{U+0436}), a combining accent as the math accent over the character
+    before it (ω̃ → \\tilde{\\omega}): pdflatex stops at a Unicode character it has no glyph
     for, and names come from the user (an input θ)."""
     out = []
     for ch in name:
-        if ch in "_#$%&{}":
+        if ch in _LATEX_ACCENTS and out:  # ω̃ (ω and a combining tilde): \tilde{\omega}
+            out[-1] = f"{_LATEX_ACCENTS[ch]}{{{out[-1].rstrip()}}} "
+        elif ch in "_#$%&{}":
             out.append("\\" + ch)
         elif ch.isascii():
             out.append(ch)
@@ -669,7 +677,7 @@ def leaky_relu(alpha: float = 0.01) -> Activation:
     alpha = validate.number(alpha, "alpha", low=0, example=0.01, where="sn.leaky_relu")
     a = sp.Float(alpha) if isinstance(alpha, float) else sp.Integer(alpha)
     return _new_activation(f"leaky_relu[{alpha}]", sp.Piecewise((x, x > 0), (a * x, True)), x,
-                      latex=rf"\operatorname{{lrelu}}_{{{alpha}}}")
+                      latex=rf"\operatorname{{leaky\_relu}}_{{{alpha}}}")
 
 
 @cache

@@ -262,7 +262,7 @@ def latex_to_text(tex: str) -> str:
             elif tex.startswith(r"\operatorname", pos):
                 pos += 13
                 out.append(" " + group().replace("\\_", "_").replace(" ", ""))
-                if tex.startswith("_", pos):  # lrelu_{0.1}: a parameter, written lrelu[0.1]
+                if tex.startswith("_", pos):  # leaky_relu_{0.1}: a parameter, written leaky_relu[0.1]
                     pos += 1
                     out.append(f"[{group().strip()}]")
                 out.append("@")

@@ -122,7 +122,7 @@ def same_tree(a, b):
 
 
 def renamed(tree, names):
-    """``tree`` with its functions called by their text names (lrelu[0.1] → leaky_relu[0.1])."""
+    """``tree`` with its functions called by their text names (σ → sigmoid)."""
     if tree[0] == "call":
         return ("call", names.get(tree[1], tree[1]), *[renamed(a, names) for a in tree[2:]])
     return tuple(renamed(a, names) if isinstance(a, tuple) else a for a in tree)
@@ -354,3 +354,35 @@ def test_the_abs_of_an_activation_is_differentiated_as_a_real_function():
     _, grads = model.loss_and_grad(Xb, Yb)
     assert all(np.isfinite(g).all() for g in grads.values())
     assert sn.gradcheck(model, Xb[1:], Yb[1:]) < 1e-6
+
+
+def test_a_matrix_power_is_shown_as_the_product_it_is_in_every_form():
+    """SymPy folds W·W into W**2, which the printers showed raw (``\\mathit{W**2}``); W² would
+    read as this notation's entrywise square."""
+    X, W = sn.Input("X", 4), sp.MatrixSymbol("W", 4, 4)
+    Z = sn.dense(X, 4, name="p")
+    assert formulas.text(X * (W + W * W)) == "X·(W·W + W)"
+    assert formulas.text(Z * Z) == "(X·Wp + 𝟙·bp)·(X·Wp + 𝟙·bp)"
+    assert formulas.latex(X * W**3) == r"X \left(W W W\right)"
+    assert mathml_to_text(formulas.mathml(X * W**3)).replace(" ", "") == "X·(W·W·W)"
+
+
+@pytest.mark.parametrize("thing", [None, "X", [sn.Input("X", 4)]], ids=["None", "str", "list"])
+def test_the_printers_refuse_what_is_not_an_expression(thing):
+    for show in (formulas.text, formulas.latex, formulas.mathml):
+        with pytest.raises(sn.DeclarationError, match=r"shows a SymPy expression such as "
+                                                      r"sn\.dense\(X, 10\), got .*model\.formulas"):
+            show(thing)
+    assert formulas.text(2) == "2"
+
+
+def test_the_weighted_losss_tilde_omega_and_leaky_relu_are_named_alike_in_every_form(tmp_path):
+    """The weights ω̃ were typeset as ω followed by the text "U+0303" (its combining tilde), and
+    leaky_relu was lrelu in LaTeX alone."""
+    X, Y = sn.Input("X", 3), sn.Input("Y", 2)
+    out = sn.dense(sn.dense(X, 4, sn.leaky_relu(0.1), name="1"), 2, name="2")
+    model = compiled(sn.softmax_cross_entropy(out, Y), X, Y)
+    shown = model.latex(weighted=True)
+    assert r"\tilde{\omega}" in shown and "U+" not in shown
+    assert r"\operatorname{leaky\_relu}_{0.1}" in shown
+    pdflatex(tmp_path, [shown])
