@@ -197,6 +197,13 @@ def _canonical(expr, allowed_scalars, walk):
                 f"size sn.batch nor numbers; substitute values for them (expr.subs(...))"
             )
         return expr
+    if isinstance(expr, sp.MatPow) and expr.exp.is_Integer and expr.exp > 1:
+        w, k = expr.base, int(expr.exp)
+        raise DifferentiationError(
+            f"cannot differentiate {fn.formula_text(expr)}: SymPy folds a matrix multiplied by "
+            f"itself into the power {w}**{k}, and symnet does not differentiate matrix powers. "
+            f"Put a bias or an activation between the products, as in (X·{w} + 𝟙·b)·{w}, or "
+            f"declare the map as one weight of its own")
     if type(expr) not in VJP:
         raise DifferentiationError(
             f"cannot differentiate {type(expr).__name__} in {expr}: symnet knows "

@@ -382,6 +382,8 @@ def _aligned(e, what):
     if pairs:
         a, b = pairs[0]
         shown = [clipped(formula_text(x), 40) for x in (a, b)]
+        shown = [f"({t})" if isinstance(x, (sp.MatAdd, sp.HadamardProduct, sp.MatPow)) else t
+                 for t, x in zip(shown, (a, b))]  # as the product binds them
         raise ShapeError(
             f"{what}: {shown[0]}·{shown[1]} is a matrix product of an {_shape_text(a)} and an "
             f"{_shape_text(b)} matrix, and the first's columns ({a.shape[1]}) must equal the "

@@ -45,6 +45,14 @@ def test_a_residual_connection_of_two_widths_names_both_and_the_fix(residual):
     assert (h - h).shape == (n, 6) and (2 * h).T.shape == (6, n)
 
 
+def test_a_product_of_sums_is_shown_with_its_parentheses_in_the_shape_error():
+    X = sn.Input("X", 4)
+    Z = sn.dense(X, 4, name="p")
+    with pytest.raises(sn.ShapeError, match=r"^the loss: \(X·Wp \+ 𝟙·bp\)·\(X·Wp \+ 𝟙·bp\) is a "
+                                            r"matrix product of an n×4 and an n×4 matrix"):
+        sn.compile(sn.sum(Z * Z), inputs=[X], targets=[])
+
+
 @pytest.mark.parametrize("product", [lambda h, g: h * g, lambda h, g: h * h],
                          ids=["two-activations", "a-square"])
 def test_a_product_whose_inner_sizes_are_the_batch_and_a_width_is_refused(product):
@@ -898,3 +906,16 @@ def test_an_activation_named_as_a_symnet_node_is_shown_by_its_name():
                        inputs=[X], targets=[Y])
     assert "A1 = Dropout(Z1)" in model.formulas()
     assert r"A_{1} &= \operatorname{Dropout}\left(Z_{1}\right)" in model.latex()
+
+
+def test_a_weight_applied_twice_back_to_back_names_the_power_sympy_made_and_the_way_round():
+    X, Y = sn.Input("X", 3), sn.Input("Y", 3)
+    W, b = sp.MatrixSymbol("W", 3, 3), sp.MatrixSymbol("b", 1, 3)
+    with pytest.raises(sn.DifferentiationError, match=r"^cannot differentiate W·W: SymPy folds a "
+                                                      r"matrix multiplied by itself into the "
+                                                      r"power W\*\*2.*\(X·W \+ 𝟙·b\)·W"):
+        sn.compile(sn.mse(X * W * W, Y), inputs=[X], targets=[Y])
+    way_round = (X * W + sp.OneMatrix(sn.batch, 1) * b) * W  # what the message suggests
+    model = sn.compile(sn.mse(way_round, Y), inputs=[X], targets=[Y], seed=0, backend="numpy")
+    rng = np.random.default_rng(0)
+    assert sn.gradcheck(model, rng.normal(size=(6, 3)), rng.normal(size=(6, 3))) < 1e-6
