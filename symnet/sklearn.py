@@ -100,6 +100,7 @@ class _SymnetMLP(BaseEstimator):
                                    f"e.g. batch_size=32")
         validate.number(self.validation_fraction, "validation_fraction", above=0, below=1,
                         example=0.1, where=where)
+        validate.integer(self.epochs, "epochs", low=0, where=where)  # 0: warm_up compiles
         return tuple(int(u) for u in hidden)
 
     def _network(self) -> dict:
@@ -306,16 +307,19 @@ class SymnetClassifier(ClassifierMixin, _SymnetMLP):
         if reset:
             self.classes_ = np.unique(y if classes is None else classes)
             if len(self.classes_) < 2:
-                raise ValueError(f"Classifier can't train when only one class is present: "
-                                 f"{self.classes_.tolist()}")
+                raise DataError(f"Classifier can't train when only one class is present: "
+                                f"{self.classes_.tolist()}; give it rows of at least two "
+                                f"classes (or, for partial_fit, every class in classes=)")
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise ValueError(f"classes={np.unique(classes).tolist()} is not classes_ "
-                             f"{self.classes_.tolist()} of the first call; the network has one "
-                             f"output per class, so every call must name the same classes")
+            raise DataError(f"classes={np.unique(classes).tolist()} is not classes_ "
+                            f"{self.classes_.tolist()} of the first call; the network has one "
+                            f"output per class, so every call must name the same classes")
         unknown = np.setdiff1d(y, self.classes_)
         if unknown.size:
-            raise ValueError(f"y has classes {unknown.tolist()} that are not among classes_ "
-                             f"{self.classes_.tolist()}")
+            raise DataError(f"y has classes {unknown.tolist()} that are not among classes_ "
+                            f"{self.classes_.tolist()}; the network has one output per class, "
+                            f"so name every class in the first partial_fit's classes=, or fit "
+                            f"again")
         return np.eye(len(self.classes_))[np.searchsorted(self.classes_, y)]
 
     def _loss(self, out, Y):
@@ -360,8 +364,9 @@ class SymnetRegressor(RegressorMixin, _SymnetMLP):
             self._one_output = y.ndim == 1
         Y = y.reshape(len(y), -1)
         if not reset and Y.shape[1] != self.model_.targets[0].shape[1]:
-            raise ValueError(f"y has {Y.shape[1]} columns; the network was fitted with "
-                             f"{self.model_.targets[0].shape[1]}")
+            raise DataError(f"y has {Y.shape[1]} columns; the network was fitted with "
+                            f"{self.model_.targets[0].shape[1]}: pass targets of that many "
+                            f"columns, or fit again")
         return Y
 
     def _loss(self, out, Y):

@@ -66,8 +66,16 @@ def test_partial_fit_trains_on_and_early_stopping_keeps_the_best_epoch():
     stopped = SymnetRegressor(hidden=(8,), epochs=500, early_stopping=True, random_state=0)
     stopped.fit(X, y.astype(float))
     assert stopped.n_iter_ < 500 and len(stopped.validation_scores_) == stopped.n_iter_
-    with pytest.raises(ValueError, match=r"classes=\[0, 1, .*, 11\] is not classes_"):
+    with pytest.raises(sn.DataError, match=r"classes=\[0, 1, .*, 11\] is not classes_"):
         est.partial_fit(X, y, classes=np.arange(12))  # one output per class: cannot change
+    with pytest.raises(sn.DataError, match=r"y has classes \[10\] that are not among classes_ "
+                                           r"\[0, .*, 9\]; the network has one output per class"):
+        est.partial_fit(X, y + 1)
+    with pytest.raises(sn.DataError, match=r"only one class is present: \[3\]; give it rows of "
+                                           r"at least two classes"):
+        SymnetClassifier(epochs=1).fit(X, np.full(len(y), 3))
+    with pytest.raises(sn.DataError, match=r"y has 2 columns; the network was fitted with 1"):
+        stopped.partial_fit(X, np.c_[y, y].astype(float))
     with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
         est.partial_fit(X, y, foo=1)
 
@@ -100,6 +108,9 @@ def test_validation_fraction_is_checked_and_warm_up_names_what_it_needs():
     X, y = digits(100)
     with pytest.raises(sn.DeclarationError, match="validation_fraction"):
         SymnetClassifier(epochs=1, validation_fraction=7.0).fit(X, y)
+    with pytest.raises(sn.DeclarationError, match=r"^SymnetRegressor: epochs must be a non-negative "
+                                                  r"integer, got -1"):  # as its other settings
+        SymnetRegressor(epochs=-1).fit(X, y.astype(float))
     with pytest.raises(sn.DataError, match=r"validation_fraction=0.999 of 100 rows holds out "
                                            r"all of them"):  # not train_test_split's error
         SymnetClassifier(epochs=1, early_stopping=True, validation_fraction=0.999).fit(X, y)
