@@ -161,7 +161,8 @@ class Model:
         self.loss_expr, *predictions = numbered_masks(self.loss_expr, *self.prediction_exprs)
         self.prediction_exprs = tuple(predictions)
         self._several = isinstance(prediction, (list, tuple))
-        _check_constants_used(self._constant_symbols, self.loss_expr, self.prediction_exprs)
+        _check_used({"inputs": self.inputs, "targets": self.targets,
+                     "constants": self._constant_symbols}, self.loss_expr, self.prediction_exprs)
         _check_activation_names(self.loss_expr, *self.prediction_exprs)
         self._taken = {s.name for s in data | set(self.param_symbols)}
         layers = layer_sums(self.loss_expr, *self.prediction_exprs)
@@ -1287,15 +1288,17 @@ def _check_activation_names(*exprs):
                 f"formulas show them by name, so give one another name in sn.activation(...)")
 
 
-def _check_constants_used(symbols, loss, predictions):
-    """Every constant given to ``compile`` appears in the loss or a prediction: one that does
-    not is most likely another symbol than the one the loss uses."""
+def _check_used(given, loss, predictions):
+    """Every input, target and constant given to ``compile`` appears in the loss or a
+    prediction: one that does not is most likely another symbol than the one the loss uses,
+    and fit would ask for data that nothing reads."""
     used = set().union(*map(matrix_symbols, (loss, *predictions)))
-    for symbol in symbols:
-        if symbol not in used:
-            raise DeclarationError(f"constants: {symbol.name} appears in neither the loss nor the "
-                                   f"prediction; remove it from constants=, or pass the symbol "
-                                   f"the loss uses")
+    for what, symbols in given.items():
+        for symbol in symbols:
+            if symbol not in used:
+                raise DeclarationError(f"{what}: {symbol.name} appears in neither the loss nor "
+                                       f"the prediction; remove it from {what}=, or pass the "
+                                       f"symbol the loss uses")
 
 
 def _bytes_per_entry(dtype, optimizer):

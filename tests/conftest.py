@@ -53,7 +53,7 @@ def compiled(loss, X, Y, prediction=None, seed=0, backend="numpy", constants=Non
 
 def assert_formulas_are_computed(model, Xb, Yb):
     """sn.evaluate of every shown gradient equals what loss_and_grad computes."""
-    _, grads = model.loss_and_grad(Xb, Yb)
+    _, grads = model.loss_and_grad(Xb, Yb) if Yb is not None else model.loss_and_grad(Xb)
     values = {"X": Xb, "Y": Yb, **model.params, **model.constants}
     for p, expr in model.gradients.items():
         np.testing.assert_allclose(sn.evaluate(expr, values), grads[p.name], rtol=1e-9,

@@ -377,6 +377,19 @@ def test_inputs_must_have_batch_rows():
         sn.compile(sn.mse(out, Y), inputs=[sp.MatrixSymbol("Q", 3, 4)], targets=[Y])
 
 
+def test_an_input_or_target_the_network_never_reads_is_refused_at_compile():
+    """fit asked for Q's data, which nothing read."""
+    X, Y, out = net()
+    Q, Y2 = sn.Input("Q", 2), sn.Input("Y2", 1)
+    with pytest.raises(sn.DeclarationError, match=r"^inputs: Q appears in neither the loss nor the "
+                                                  r"prediction; remove it from inputs="):
+        sn.compile(sn.mse(out, Y), inputs=[X, Q], targets=[Y])
+    with pytest.raises(sn.DeclarationError, match=r"^targets: Y2 appears in neither"):
+        sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y, Y2])
+    # an input that only a prediction reads is read
+    sn.compile(sn.mse(out, Y), inputs=[X, Q], targets=[Y], prediction=[out, sn.sigmoid(Q)])
+
+
 def test_prelu_and_maxout_outside_dense():
     Z = sn.Input("Z", 3)
     with pytest.raises(sn.DeclarationError, match="learnable slope"):

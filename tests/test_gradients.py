@@ -102,11 +102,12 @@ RULES = {
 
 @pytest.mark.parametrize("name", RULES)
 def test_vjp_rule_matches_finite_differences(name):
-    model = sn.compile(RULES[name], inputs=[A4], targets=[Y3], dtype="float64", seed=0,
-                       backend="numpy")
+    reads_y = Y3 in RULES[name].free_symbols  # logsumexp's loss does not
+    model = sn.compile(RULES[name], inputs=[A4], targets=[Y3] if reads_y else [],
+                       dtype="float64", seed=0, backend="numpy")
     Xb, Yb = make_data(kind="real", seed=4)
-    assert sn.gradcheck(model, Xb, Yb) < 1e-6
-    assert_formulas_are_computed(model, Xb, Yb)
+    assert sn.gradcheck(model, Xb, Yb if reads_y else None) < 1e-6
+    assert_formulas_are_computed(model, Xb, Yb if reads_y else None)
 
 
 def test_raw_sympy_network_equals_sugar():

@@ -159,13 +159,12 @@ def test_a_gradient_that_overflows_in_float32_is_named_by_its_formula(backend):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_swish_gradient_is_finite_for_any_pre_activation(dtype):
     # simplify gave (Z + eᶻ + 1)/(2cosh Z + 2): NaN for Z ≥ 88 in float32
-    X, Y = sn.Input("X", 4), sn.Input("Y", 4)
+    X = sn.Input("X", 4)
     W = sp.MatrixSymbol("W", 4, 4)
-    model = sn.compile(sn.sum(sn.swish(X * W)) / sn.batch + 0 * sn.sum(Y) / sn.batch, inputs=[X],
-                       targets=[Y], dtype=dtype)
+    model = sn.compile(sn.sum(sn.swish(X * W)) / sn.batch, inputs=[X], targets=[], dtype=dtype)
     model.params["W"][...] = np.eye(4)
     Z = np.array([[100.0, -100.0, 1000.0, -1000.0], [88.5, -88.5, 0.5, -3.0]])
-    _, grads = model.loss_and_grad(Z, np.zeros_like(Z))
+    _, grads = model.loss_and_grad(Z)
     s = expit(Z)
     np.testing.assert_allclose(grads["W"], Z.T @ (s * (1 + Z * (1 - s))) / 2, rtol=1e-5,
                                atol=1e-30)
