@@ -837,9 +837,13 @@ class Model:
         where = f"in epoch {epoch}, batch {batch + 1} ({rows})"
         tail = f"Parameters and optimizer state are those from before this step. {self.remedy}"
         batch_data = {k: v[idx] for k, v in data.items()}
-        culprit = self._formula_culprit(batch_data)
+        culprit, value = self._formula_culprit(batch_data)
         first = f"the first formula whose value is not finite in {self.dtype.name} is {culprit}"
-        if culprit and "log(" in culprit:
+        overflow = value is not None and not np.any(np.isnan(value) | (value == -np.inf))
+        if culprit and overflow:  # +inf only: a value too large for the dtype, not a log of 0
+            first += (f" (it overflows to +inf: a value above {np.finfo(self.dtype).max:.3g}, "
+                      f"such as exp or cosh of a large argument)")
+        elif culprit and "log(" in culprit:
             first += (" (log is −inf at 0 and NaN below it: is its argument a probability, such "
                       "as sn.softmax(out) or sn.sigmoid(out)?)")
         if status is Status.LOSS:
@@ -848,9 +852,9 @@ class Model:
         found = first if culprit else self._update_culprit(batch_data)
         return DataError(f"the update {where} made a parameter non-finite: {found}. {tail}")
 
-    def _formula_culprit(self, batch_data) -> str | None:
+    def _formula_culprit(self, batch_data) -> tuple[str | None, np.ndarray | None]:
         """``label = formula`` of the first equation of the derivation that is not finite on
-        this batch in the model's dtype, or None."""
+        this batch in the model's dtype, and its value; (None, None) if there is none."""
         values = {**batch_data, **self.params, **self.constants}
         rows = np.arange(next(iter(batch_data.values())).shape[0], dtype=np.uint64)
         with np.errstate(all="ignore"):
@@ -862,8 +866,8 @@ class Model:
                 value = evaluate(eq.rhs, values, dtype=self.dtype)
                 values[eq.lhs.name] = value
                 if not np.all(np.isfinite(value)):
-                    return f"{eq.label} = {formulas.text(eq.rhs)}"
-        return None
+                    return f"{eq.label} = {formulas.text(eq.rhs)}", np.asarray(value)
+        return None, None
 
     def _update_culprit(self, batch_data) -> str:
         """Which line of the update rule, for which parameter, is not finite on this batch,

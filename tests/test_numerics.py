@@ -140,6 +140,21 @@ def test_a_log_that_is_not_finite_asks_whether_its_argument_is_a_probability():
         model.fit(rng.normal(size=(40, 5)), np.eye(3)[rng.integers(0, 3, 40)], verbose=False)
 
 
+def test_a_log_of_an_overflow_is_named_as_the_overflow_not_as_a_log_of_zero():
+    """log(cosh(Z)) of a residual of 1000 is +inf because cosh overflowed; the error asked
+    whether the log's argument was a probability."""
+    x = sp.Symbol("x")
+    X, Y, W = sn.Input("X", 1), sn.Input("Y", 1), sp.MatrixSymbol("W", 1, 1)
+    log_cosh = sn.Elementwise(sp.Lambda(x, sp.log(sp.cosh(x))), X * W - Y)
+    model = sn.compile(sn.sum(log_cosh) / sn.batch, inputs=[X], targets=[Y], seed=0,
+                       backend="numpy", dtype="float64")
+    model.params["W"][...] = 1
+    with pytest.raises(sn.DataError, match=r"is A1 = log\(cosh\(Z1\)\) \(it overflows to \+inf: a "
+                                           r"value above 1\.8e\+308, such as exp or cosh of a "
+                                           r"large argument\)\. Parameters"):
+        model.fit(np.array([[1000.0], [1.0]]), np.zeros((2, 1)), verbose=False)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_gradient_that_overflows_in_float32_is_named_by_its_formula(backend):
     # finite in float64 everywhere: the error used to say "every formula is finite"
