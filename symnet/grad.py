@@ -184,6 +184,7 @@ def _canonical(expr, allowed_scalars, walk):
         f = expr.function
         body = f.expr.subs(f.variables[0], x) if isinstance(f, sp.Lambda) else f(x)
         _no_hidden_matrix(body)
+        _no_stray_scalar(body, {x, *allowed_scalars}, expr)
         return Elementwise(sp.Lambda(x, body), walk(expr.expr))
     if isinstance(expr, LEAVES):
         return expr
@@ -197,6 +198,16 @@ def _canonical(expr, allowed_scalars, walk):
                 f"size sn.batch nor numbers; substitute values for them (expr.subs(...))"
             )
         return expr
+    if isinstance(expr, sp.MatrixBase):
+        raise DifferentiationError(
+            f"{expr} is a literal matrix, which a declaration cannot hold: declare it as "
+            f"sn.Constant('P', {expr.rows}, {expr.cols}) and pass its value to compile as "
+            f"constants={{P: array}} (a matrix of ones is sp.OneMatrix({expr.rows}, {expr.cols}))")
+    if isinstance(expr, sp.MatrixSlice):
+        raise DifferentiationError(
+            f"{fn.formula_text(expr)} is a slice, which symnet does not differentiate or "
+            f"compute: give the columns of data an sn.Input of their own, and a part of a "
+            f"weight a MatrixSymbol of its own")
     if isinstance(expr, sp.MatPow) and expr.exp.is_Integer and expr.exp > 1:
         w, k = expr.base, int(expr.exp)
         raise DifferentiationError(
@@ -211,8 +222,21 @@ def _canonical(expr, allowed_scalars, walk):
         )
     if isinstance(expr, Elementwise):
         _no_hidden_matrix(expr.fn.expr)
+        _no_stray_scalar(expr.fn.expr, {*expr.fn.variables, *allowed_scalars}, expr)
         return Elementwise(expr.fn, walk(expr.arg))
     return expr.func(*[walk(a) for a in expr.args])
+
+
+def _no_stray_scalar(body, known, node):
+    """Refuse an entrywise function whose body reads a scalar symbol other than its variable:
+    nothing would give it a value (the numpy backend stopped inside its evaluation)."""
+    stray = sorted(str(s) for s in body.free_symbols - set(known))
+    if stray:
+        raise DeclarationError(
+            f"the entrywise function {fn.formula_text(node)} reads the symbol(s) {stray}, which "
+            f"nothing gives a value: substitute a number in its Lambda first "
+            f"(.subs({stray[0]}, 0.5)); a coefficient set at run time is an "
+            f"sn.Constant('{stray[0]}') outside the function")
 
 
 def _no_hidden_matrix(scalar):

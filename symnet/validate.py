@@ -388,7 +388,10 @@ def _aligned(e, what):
             f"{what}: {shown[0]}·{shown[1]} is a matrix product of an {_shape_text(a)} and an "
             f"{_shape_text(b)} matrix, and the first's columns ({a.shape[1]}) must equal the "
             f"second's rows ({b.shape[0]}; n is the batch's rows). For the entrywise product "
-            f"write sp.hadamard_product(a, b); for a matrix product, make the inner sizes agree")
+            f"write sp.hadamard_product(a, b); for a matrix product, make the inner sizes agree"
+            + ("" if not any(isinstance(n, sp.Adjoint) for n in unique_nodes(e)) else
+               " (the Adjoint here is SymPy's: sp.Abs of a matrix M is √(M·Mᴴ); the entrywise "
+               "|M| is sn.abs(M))"))
 
 
 def _matrix_leaf(m, what):

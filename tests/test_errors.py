@@ -932,3 +932,31 @@ def test_a_weight_applied_twice_back_to_back_names_the_power_sympy_made_and_the_
     model = sn.compile(sn.mse(way_round, Y), inputs=[X], targets=[Y], seed=0, backend="numpy")
     rng = np.random.default_rng(0)
     assert sn.gradcheck(model, rng.normal(size=(6, 3)), rng.normal(size=(6, 3))) < 1e-6
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_entrywise_function_reading_a_symbol_without_a_value_is_refused_at_compile(backend):
+    """The numpy backend stopped inside its evaluation (TypeError: Cannot convert expression to
+    float), and the numba backend's message advised the numpy backend."""
+    x, c = sp.Symbol("x"), sp.Symbol("c")
+    X, W = sn.Input("X", 2), sp.MatrixSymbol("W", 2, 1)
+    for f in (sn.Elementwise(sp.Lambda(x, c * x), X * W), (X * W).applyfunc(sp.Lambda(x, c * x))):
+        with pytest.raises(sn.DeclarationError, match=r"reads the symbol\(s\) \['c'\], which "
+                                                      r"nothing gives a value: substitute a "
+                                                      r"number in its Lambda first"):
+            sn.compile(sn.sum(f) / sn.batch, inputs=[X], targets=[], backend=backend)
+
+
+def test_literal_matrices_slices_and_sympys_abs_of_a_matrix_name_what_to_write_instead():
+    X, Y, W = sn.Input("X", 2), sn.Input("Y", 1), sp.MatrixSymbol("W", 2, 1)
+    with pytest.raises(sn.DifferentiationError, match=r"Matrix\(\[\[1, 2\]\]\) is a literal "
+                                                      r"matrix.*sn\.Constant\('P', 1, 2\).*"
+                                                      r"constants=\{P: array\}"):
+        sn.compile(sn.sum(sn.square(X * W * sp.Matrix([[1, 2]]) - X)) / sn.batch, inputs=[X],
+                   targets=[])
+    with pytest.raises(sn.DifferentiationError, match=r"X\[:, :1\] is a slice.*give the columns "
+                                                      r"of data an sn\.Input of their own"):
+        sn.compile(sn.sum(sn.square(X[:, :1] * W[:1, :])) / sn.batch, inputs=[X], targets=[])
+    with pytest.raises(sn.ShapeError, match=r"sp\.Abs of a matrix M is √\(M·Mᴴ\); the entrywise "
+                                            r"\|M\| is sn\.abs\(M\)"):
+        sn.compile(sn.sum(sp.Abs(X * W - Y)) / sn.batch, inputs=[X], targets=[Y])
