@@ -389,16 +389,20 @@ def derivative(func) -> sp.Lambda:
     return sp.Lambda(x, differentiate(func.definition(x), func.__name__))
 
 
+def exp_plus_one(b):
+    """u of exp(u) + 1, else None."""
+    if isinstance(b, sp.Add) and len(b.args) == 2 and sp.S.One in b.args:
+        other = b.args[0] if b.args[1] == 1 else b.args[1]
+        return other.args[0] if isinstance(other, sp.exp) else None
+    return None
+
+
 def _stable_logistic(e: sp.Expr) -> sp.Expr:
     """exp(u)/(exp(u) + 1) as σ(u) and log(exp(u) + 1) as softplus(u), whose numeric forms give
     the same values without overflow (at u = 710 the quotient is inf/inf in float64, at u = 89
     in float32): a derivative SymPy writes with them, mish's for one, stays finite. Only what is
     computed changes; the formulas keep SymPy's form, which its simplifications work on."""
-    def plus_one(b):  # u of exp(u) + 1, else None
-        if isinstance(b, sp.Add) and len(b.args) == 2 and sp.S.One in b.args:
-            other = b.args[0] if b.args[1] == 1 else b.args[1]
-            return other.args[0] if isinstance(other, sp.exp) else None
-        return None
+    plus_one = exp_plus_one
 
     def quotient(m):
         factors = list(m.args)

@@ -21,7 +21,7 @@ from codegen.numpy_backend import REAL_FUNCTIONS
 from . import functions as fn
 from . import memo, validate
 from .errors import DifferentiationError
-from .functions import Elementwise, Entrywise, ScalarActivation, Standardized, x
+from .functions import Elementwise, Entrywise, RowLogSumExp, ScalarActivation, Standardized, x
 
 y = sp.Symbol("y", real=True)
 
@@ -282,12 +282,26 @@ def compose_elementwise(e, ctx):
 
 
 def _stable_log(arg):
-    sig, softplus = fn.sigmoid.function, fn.softplus.function
-    if isinstance(arg, sig):
-        return -softplus(-arg.args[0])  # log σ(u) = −softplus(−u)
-    rest = arg - 1
-    if isinstance(-rest, sig):
-        return -softplus((-rest).args[0])  # log(1 − σ(u)) = −softplus(u)
+    softplus = fn.softplus.function
+    u = _logistic_argument(arg)
+    if u is not None:
+        return -softplus(-u)  # log σ(u) = −softplus(−u)
+    u = _logistic_argument(1 - arg)
+    if u is not None:
+        return -softplus(u)  # log(1 − σ(u)) = −softplus(u)
+    return None
+
+
+def _logistic_argument(e):
+    """u where ``e`` is σ(u): sn.sigmoid, σ written out as 1/(1 + exp(−u)), or an activation of
+    the user's whose definition is that; else None."""
+    if isinstance(e, fn.sigmoid.function):
+        return e.args[0]
+    if isinstance(e, ScalarActivation) and len(e.args) == 1:
+        e = type(e).definition(e.args[0])
+    if e.is_Pow and e.exp == -1:
+        v = fn.exp_plus_one(e.base)
+        return None if v is None else -v
     return None
 
 
@@ -299,6 +313,19 @@ def stable_log_sigmoid(e, ctx):
     new = body.replace(lambda a: isinstance(a, sp.log) and _stable_log(a.args[0]) is not None,
                        lambda a: _stable_log(a.args[0]))
     return None if new == body else Elementwise(sp.Lambda(x, new), e.arg)
+
+
+def stable_logsumexp(e, ctx):
+    """log.(exp.(Z)·𝟙) → logsumexp(Z): the row sums of exp overflow once an entry of Z passes
+    88 in float32 (709 in float64); logsumexp subtracts each row's largest entry first."""
+    if not (isinstance(e, Elementwise) and e.body() == sp.log(x) and isinstance(e.arg, sp.MatMul)):
+        return None
+    c, mats = e.arg.as_coeff_matrices()
+    if (c == 1 and len(mats) == 2 and isinstance(mats[0], Elementwise)
+            and mats[0].body() == sp.exp(x) and isinstance(mats[1], sp.OneMatrix)
+            and mats[1].shape[1] == 1):
+        return RowLogSumExp(mats[0].arg)
+    return None
 
 
 def drop_identity(e, ctx):
@@ -663,8 +690,8 @@ def _rules(*fns):
     return [Rule(f.__name__, f) for f in fns]
 
 
-FORWARD = _rules(compose_elementwise, stable_log_sigmoid, drop_identity, regroup_layers,
-                 keep_layers, fuse_entrywise, absorb_sign)
+FORWARD = _rules(compose_elementwise, stable_log_sigmoid, stable_logsumexp, drop_identity,
+                 regroup_layers, keep_layers, fuse_entrywise, absorb_sign)
 ADJOINT = _rules(sympy_canonical, transpose_1x1, hadamard_ones, constant_elementwise,
                  fold_numbers, output_form, logistic_form, simplify_scalar, drop_identity,
                  absorb_sign, factor_scalar, factor_hadamard)

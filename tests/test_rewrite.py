@@ -51,6 +51,35 @@ def test_stable_log_sigmoid_is_finite_where_the_naive_form_is_not():
     np.testing.assert_allclose(stable, [[0.0, -1000.0, -np.log(2)]], atol=1e-12)
 
 
+@pytest.mark.parametrize("written", ["lambda", "activation"])
+def test_stable_log_sigmoid_sees_a_sigmoid_written_out(written):
+    """σ as 1/(1 + exp(−x)), in a Lambda or an activation of the user's: log σ(Z) was NaN at
+    Z = 17 in float32 and its δ was (Y − σ)/((cosh + 1)∘(σ − 1)∘σ)/(2n), inf·0 further out."""
+    body = 1 / (1 + sp.exp(-x))
+    sig = (Elementwise(sp.Lambda(x, body), Z) if written == "lambda"
+           else sn.activation("mysig", body, x)(Z))
+    for declared, after_text in ((sn.log(sig), "−softplus(−Z)"),
+                                 (sn.log(sp.OneMatrix(n, 3) - sig), "−softplus(Z)")):
+        composed = rw.rewrite(declared, [rule("compose_elementwise")])
+        check(rule("stable_log_sigmoid"), composed, after_text)
+        big = {"Z": np.array([[1000.0, -1000.0, 17.0]], dtype=np.float32)}
+        assert np.isfinite(sn.evaluate(rw.simplify_forward(declared), big, dtype="float32")).all()
+
+
+def test_stable_logsumexp():
+    """log of the row sums of exp, written out, is logsumexp: finite where exp overflows."""
+    written = sn.log(sn.exp(Z) * sp.OneMatrix(3, 1))
+    after = check(rule("stable_logsumexp"), written, "logsumexp(Z)")
+    big = {"Z": np.array([[1000.0, 0.0, -1000.0]])}
+    assert not np.isfinite(sn.evaluate(written, big)).all()
+    np.testing.assert_allclose(sn.evaluate(after, big), [[1000.0]])
+    X, T, W = sn.Input("X", 3), sn.Input("T", 3), sp.MatrixSymbol("W", 3, 3)
+    cross_entropy = (sn.sum(sn.log(sn.exp(X * W) * sp.OneMatrix(3, 1)))
+                     - sn.sum(sp.hadamard_product(X * W, T))) / n  # by hand: the textbook δ
+    model = sn.compile(cross_entropy, inputs=[X], targets=[T], backend="numpy")
+    assert "δ1 = (softmax(Z1) − T)/n" in model.formulas()
+
+
 def test_log_of_softmax_becomes_log_softmax():
     after = rw.simplify_forward(sn.log(sn.softmax(Z)))
     assert text(after) == "log_softmax(Z)"
