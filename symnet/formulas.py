@@ -865,9 +865,10 @@ SECTIONS = ("Forward", PREDICT, "Backprop", "Gradients")
 def sections(d: Derivation, predict=()):
     """(title, equations) of each section; ``predict``, the forward equations that predict and
     evaluate compute otherwise (batch norm on running statistics, dropout the identity), follows
-    the forward ones when there are any."""
+    the forward ones when there are any; a loss whose gradients need no adjoint (a penalty
+    alone) has no backprop section."""
     parts = zip(SECTIONS, (d.forward, list(predict), d.backward, list(d.gradients.values())))
-    return [(title, eqs) for title, eqs in parts if eqs or title != PREDICT]
+    return [(title, eqs) for title, eqs in parts if eqs]
 
 
 def update_lines(optimizer, printer) -> list[str]:

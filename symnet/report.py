@@ -54,7 +54,7 @@ def summary(model) -> str:
     """What ``repr(model)`` shows: data, layers with shapes and parameter counts, optimizer."""
     total = sum(v.size for v in model.params.values())
     rows = [f"symnet Model ({model.backend} backend, {model.dtype.name}): "
-            f"{total:,} parameters in {len(model.params)} arrays"]
+            f"{total:,} parameters in {_arrays(model)}"]
     data = [f"{s.name} {shape(s)}" for s in model.inputs]
     rows.append(f"  inputs:  {', '.join(data)}")
     if model.targets:
@@ -214,7 +214,7 @@ def _page(model, ex: Explanation) -> str:
 def _summary_html(model) -> str:
     total = sum(v.size for v in model.params.values())
     rows = [("backend", f"{model.backend}, {model.dtype.name}"),
-            ("parameters", f"{total:,} in {len(model.params)} arrays"),
+            ("parameters", f"{total:,} in {_arrays(model)}"),
             ("inputs", ", ".join(f"{s.name} {shape(s)}" for s in model.inputs))]
     if model.targets:
         rows.append(("targets", ", ".join(f"{s.name} {shape(s)}" for s in model.targets)))
@@ -253,3 +253,8 @@ def _training_html(model) -> str:
     except DataError as err:  # no matplotlib: say how to get the plots
         figure = f'<p class="muted">{html.escape(str(err))}</p>'
     return text_line + figure
+
+
+def _arrays(model) -> str:
+    count = len(model.params)
+    return f"{count} array{'s' if count != 1 else ''}"

@@ -386,3 +386,12 @@ def test_the_weighted_losss_tilde_omega_and_leaky_relu_are_named_alike_in_every_
     assert r"\tilde{\omega}" in shown and "U+" not in shown
     assert r"\operatorname{leaky\_relu}_{0.1}" in shown
     pdflatex(tmp_path, [shown])
+
+
+def test_a_loss_without_adjoints_shows_no_empty_backprop_section(tmp_path):
+    X, W = sn.Input("X", 2), sp.MatrixSymbol("W", 2, 1)
+    model = sn.compile(sn.sum(X * W) / sn.batch, inputs=[X], targets=[], backend="numpy")
+    assert model.formulas().startswith("Forward:\n  L = sum(X·W)/n\nGradients:\n")
+    model.report(tmp_path / "r.html")
+    assert "Backprop" not in model.latex() and "Backprop" not in (tmp_path / "r.html").read_text()
+    assert "2 parameters in 1 array\n" in repr(model)  # not "1 arrays"
