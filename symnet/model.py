@@ -1387,8 +1387,8 @@ def _param_array(value, name, shape, dtype, where="params"):
     entry = f"model.{where}[{name!r}]"
     fix = f"write into the array instead of replacing it: {entry}[...] = value"
     if value is None:
-        raise DataError(f"model.{where} has no {name!r}; put back an array of shape {shape}, "
-                        f"e.g. {entry} = np.zeros({shape})")
+        raise DataError(f"model.{where} has no array for {name!r} (it is missing or None); put "
+                        f"back an array of shape {shape}, e.g. {entry} = np.zeros({shape})")
     given = value
     if isinstance(value, (list, tuple)):  # nested lists of the declared shape: as an array
         with contextlib.suppress(ValueError, TypeError):

@@ -540,6 +540,9 @@ def load_model(path, backend: str | None = None):
     declaration does not name is never read, however large.
     """
     path = validate.file_name(path, "sn.load(path)", "model.npz")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; pass the model file in it, such as "
+                        f"{path / 'model.npz'}")
     if not path.is_file():
         raise DataError(f"no model file at {path}")
     return _load(path, path, backend)

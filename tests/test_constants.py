@@ -159,7 +159,7 @@ def test_a_model_with_a_constant_explains_itself_and_names_what_overflows(backen
 @pytest.mark.parametrize("value, message", [
     (0.5, r"model.constants\['alpha'\] is 0.5, but alpha is 1×1.*\[\.\.\.\] = value"),
     (np.full((1, 1), np.inf), r"model.constants\['alpha'\] has a non-finite value \(inf\)"),
-    (None, "model.constants has no 'alpha'")])
+    (None, r"model.constants has no array for 'alpha' \(it is missing or None\)")])
 def test_a_replaced_constant_is_named_with_the_fix_before_a_kernel_reads_it(backend, value,
                                                                             message):
     model = penalised(None, backend=backend)

@@ -362,6 +362,9 @@ def test_save_and_load_round_trip(tmp_path):
 def test_load_refuses_missing_truncated_and_foreign_files(tmp_path):
     with pytest.raises(sn.DataError, match="no model file"):
         sn.load(tmp_path / "nothing.npz")
+    with pytest.raises(sn.DataError, match=r"is a directory; pass the model file in it, such as "
+                                           r".*model\.npz"):
+        sn.load(tmp_path)
     model = digits_model()
     model.save(tmp_path / "m.npz")
     data = (tmp_path / "m.npz").read_bytes()
