@@ -680,7 +680,13 @@ class Model:
         feeds = self._feeds(X, Y, check_finite=class_weight is not None)
         val_feeds = self._validation_feeds(validation_data)
         if validation_split is not None:
-            feeds, val_feeds, sample_weight = _held_out(feeds, validation_split, sample_weight)
+            feeds, held, sample_weight = _held_out(feeds, validation_split, sample_weight)
+            try:  # checked as validation_data is: the training rows are checked as they are read
+                val_feeds = self._feeds({s.name: held[s.name] for s in self.inputs},
+                                        {s.name: held[s.name] for s in self.targets} or None)
+            except DataError as err:
+                raise DataError(f"in the last {_rows(held)} rows, which validation_split holds "
+                                f"out: {err}") from None
         data = {k: feeds[k] for k in [s.name for s in (*self.inputs, *self.targets)]}
         rows = _rows(feeds)
         weighted = sample_weight is not None or class_weight is not None

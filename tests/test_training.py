@@ -303,6 +303,11 @@ def test_validation_split_holds_out_the_last_rows_before_shuffling_as_keras_does
         model.fit(Xtr, Ytr, validation_split=0.2, validation_data=(Xtr, Ytr), verbose=False)
     stopped = model.fit(Xtr, Ytr, epochs=40, validation_split=0.2, early_stopping=2, verbose=False)
     assert len(stopped.val_loss) == len(stopped.loss) <= 40
+    holed = Xtr.copy()
+    holed[90, 3] = np.nan  # a held-out row: checked as validation_data is
+    with pytest.raises(sn.DataError, match=r"^in the last 25 rows, which validation_split holds "
+                                           r"out: X has a non-finite value \(nan\) in row 15"):
+        model.fit(holed, Ytr, validation_split=0.25, verbose=False)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
