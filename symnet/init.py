@@ -10,7 +10,7 @@ import sympy as sp
 
 from . import validate
 from .errors import DeclarationError
-from .functions import Elementwise, ScalarActivation, Standardized, _Shown
+from .functions import Elementwise, ScalarActivation, Standardized
 
 
 def gaussian(rng, shape, std=0.01):
@@ -97,26 +97,31 @@ def activations(derivation, declared=()) -> dict:
         for s in eq.rhs.free_symbols:
             if isinstance(s, sp.MatrixSymbol) and s not in out:
                 out[s] = act_of.get(eq.lhs)
-    for e in (n for d in declared for n in validate.unique_nodes(d)):
-        if isinstance(e, Elementwise) and isinstance(e.fn.expr, ScalarActivation):
+    for e in (n for d in declared for n in validate.unique_nodes(d)):  # σ is what is rewritten
+        if (isinstance(e, Elementwise) and isinstance(e.fn.expr, ScalarActivation)
+                and type(e.fn.expr).family == "sigmoid"):
             for s in _layer_symbols(e.arg):
                 if out.get(s) is None:
-                    out[s] = type(e.fn.expr).family
+                    out[s] = "sigmoid"
     return out
 
 
 def _layer_symbols(expr) -> set:
-    """The matrix symbols of the layer ``expr`` computes, read through a norm: not those of the
-    layers before it, behind their own activations."""
+    """The weights and biases of the layer ``expr`` computes (h·W + 𝟙·b, read through a norm):
+    not those of the layers that compute its input h."""
     found, stack = set(), [expr]
     while stack:
         e = stack.pop()
         if isinstance(e, sp.MatrixSymbol):
             found.add(e)
+        elif isinstance(e, sp.Transpose) and isinstance(e.arg, sp.MatrixSymbol):
+            found.add(e.arg)  # a tied weight
         elif isinstance(e, Standardized):
             stack.append(e.z)
-        elif not isinstance(e, _Shown):  # not another block's output (activation, dropout, …)
-            stack.extend(a for a in e.args if getattr(a, "is_Matrix", False))
+        elif isinstance(e, (sp.MatAdd, sp.HadamardProduct)):
+            stack.extend(e.args)
+        elif isinstance(e, sp.MatMul):  # h·W, 𝟙·b: the symbols, not the input h
+            stack.extend(a for a in e.args if isinstance(a, (sp.MatrixSymbol, sp.Transpose)))
     return found
 
 

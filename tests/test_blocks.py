@@ -529,6 +529,11 @@ def test_auto_init_reads_a_sigmoid_the_loss_declares_whatever_the_prediction():
             np.testing.assert_array_equal(params[k], made[0][k], err_msg=k)
     assert np.abs(made[0]["W2"]).max() == pytest.approx(4 * np.sqrt(6 / 101), rel=0.05)
     assert np.abs(made[0]["W1"]).max() == pytest.approx(np.sqrt(6 / 400), rel=0.05)  # tanh: ×1
+    stacked = sn.dense(sn.dense(X, 100, name="1"), 1, name="2")  # W1 feeds the layer under σ
+    params = sn.compile(sn.mse(sn.sigmoid(stacked), Y), inputs=[X], targets=[Y], seed=0,
+                        backend="numpy").params
+    assert np.abs(params["W1"]).max() == pytest.approx(np.sqrt(6 / 400), rel=0.05)
+    assert np.abs(params["W2"]).max() == pytest.approx(4 * np.sqrt(6 / 101), rel=0.05)
 
 
 def test_a_deep_stack_of_norms_is_read_once_a_node():
