@@ -33,12 +33,13 @@ from .functions import (
     Dropout,
     DropoutMask,
     Elementwise,
+    Entrywise,
     RowLogSumExp,
     ScalarActivation,
     matrix_symbols,
 )
 from .functions import sigmoid as _sigmoid
-from .grad import _dag, canonical, derive
+from .grad import _dag, canonical, derive, entrywise
 from .lower import lower
 from .rewrite import layer_sums, simplify_adjoint, simplify_forward
 
@@ -137,7 +138,7 @@ class Model:
     kernels_cached: bool | None = None  # set by compile_kernels
 
     def __init__(self, loss, *, inputs, targets, prediction, optimizer, dtype, seed, init, backend,
-                 constants=None):
+                 constants=None, saved=False):
         start = time.perf_counter()
         self.inputs = _symbols(inputs, "inputs")
         self.targets = _symbols(targets, "targets", taken=self.inputs)
@@ -161,7 +162,10 @@ class Model:
         self.loss_expr, *predictions = numbered_masks(self.loss_expr, *self.prediction_exprs)
         self.prediction_exprs = tuple(predictions)
         self._several = isinstance(prediction, (list, tuple))
-        _check_used({"inputs": self.inputs, "targets": self.targets,
+        # a saved model's inputs and targets were accepted when it was saved, before an unused
+        # one was refused: it loads as it was
+        _check_used({"constants": self._constant_symbols} if saved else
+                    {"inputs": self.inputs, "targets": self.targets,
                      "constants": self._constant_symbols}, self.loss_expr, self.prediction_exprs)
         _check_activation_names(self.loss_expr, *self.prediction_exprs)
         self._taken = {s.name for s in data | set(self.param_symbols)}
@@ -648,8 +652,9 @@ class Model:
         error is a terminal (or in Jupyter), else prints a line for each call of the backend,
         as a log wants; Keras' ``verbose=0``, ``1`` and ``2`` mean nothing, that, and the
         lines always. ``early_stopping=patience`` stops once the validation loss has not
-        fallen for ``patience`` epochs and restores the parameters (and optimizer state) of
-        the best epoch. ``seed`` shuffles this call's epochs with a
+        fallen for ``patience`` epochs and restores the parameters, optimizer state and step
+        count of the best epoch; the shuffling generator is not restored, so the next fit
+        shuffles on from the last epoch run. ``seed`` shuffles this call's epochs with a
         generator of its own, leaving the model's as it was for the next call without one.
         ``sample_weight`` (one weight ≥ 0 per row) and ``class_weight`` (``{class: weight}`` or
         ``"balanced"``) make each batch's loss the weighted mean Σωℓ/Σω, as torch's ``weight=``;
@@ -843,24 +848,17 @@ class Model:
         where = f"in epoch {epoch}, batch {batch + 1} ({rows})"
         tail = f"Parameters and optimizer state are those from before this step. {self.remedy}"
         batch_data = {k: v[idx] for k, v in data.items()}
-        culprit, value = self._formula_culprit(batch_data)
-        first = f"the first formula whose value is not finite in {self.dtype.name} is {culprit}"
-        overflow = value is not None and not np.any(np.isnan(value) | (value == -np.inf))
-        if culprit and overflow:  # +inf only: a value too large for the dtype, not a log of 0
-            first += (f" (it overflows to +inf: a value above {np.finfo(self.dtype).max:.3g}, "
-                      f"such as exp or cosh of a large argument)")
-        elif culprit and "log(" in culprit:
-            first += (" (log is −inf at 0 and NaN below it: is its argument a probability, such "
-                      "as sn.softmax(out) or sn.sigmoid(out)?)")
+        culprit, hint = self._formula_culprit(batch_data)
+        first = f"the first formula whose value is not finite in {self.dtype.name} is {culprit}{hint}"
         if status is Status.LOSS:
             found = first if culprit else f"every formula is finite in {self.dtype.name} on this batch"
             return DataError(f"the loss became {loss} {where}; {found}. {tail}")
         found = first if culprit else self._update_culprit(batch_data)
         return DataError(f"the update {where} made a parameter non-finite: {found}. {tail}")
 
-    def _formula_culprit(self, batch_data) -> tuple[str | None, np.ndarray | None]:
+    def _formula_culprit(self, batch_data) -> tuple[str | None, str]:
         """``label = formula`` of the first equation of the derivation that is not finite on
-        this batch in the model's dtype, and its value; (None, None) if there is none."""
+        this batch in the model's dtype, or None, and what its logs say of it (``_log_hint``)."""
         values = {**batch_data, **self.params, **self.constants}
         rows = np.arange(next(iter(batch_data.values())).shape[0], dtype=np.uint64)
         with np.errstate(all="ignore"):
@@ -872,8 +870,9 @@ class Model:
                 value = evaluate(eq.rhs, values, dtype=self.dtype)
                 values[eq.lhs.name] = value
                 if not np.all(np.isfinite(value)):
-                    return f"{eq.label} = {formulas.text(eq.rhs)}", np.asarray(value)
-        return None, None
+                    return (f"{eq.label} = {formulas.text(eq.rhs)}",
+                            _log_hint(eq.rhs, values, self.dtype))
+        return None, ""
 
     def _update_culprit(self, batch_data) -> str:
         """Which line of the update rule, for which parameter, is not finite on this batch,
@@ -991,6 +990,25 @@ def _terminal(stream) -> bool:
         return False
 
 
+def _log_hint(rhs, values, dtype) -> str:
+    """What the logs of a formula that is not finite say: an argument ≤ 0 (or NaN) asks whether
+    it is a probability; one that overflowed to +inf (log(cosh(Z)) of a large Z) says so."""
+    arguments = []
+    for node in validate.unique_nodes(rhs):
+        if isinstance(node, (Elementwise, Entrywise)):
+            matrices = (node.arg,) if isinstance(node, Elementwise) else node.arguments
+            for log in node.fn.expr.atoms(sp.log):
+                inner = entrywise(node.fn.variables, log.args[0], matrices)
+                arguments.append(np.asarray(evaluate(inner, values, dtype=dtype)))
+    if any(np.any(~(a > 0)) for a in arguments):  # 0, negative or NaN
+        return (" (log is −inf at 0 and NaN below it: is its argument a probability, such as "
+                "sn.softmax(out) or sn.sigmoid(out)?)")
+    if any(np.any(a == np.inf) for a in arguments):
+        return (f" (the argument of its log overflowed to +inf, above "
+                f"{np.finfo(dtype).max:.3g} in {np.dtype(dtype).name})")
+    return ""
+
+
 def _held_out(feeds, split: float, sample_weight):
     """``fit(validation_split=split)``: the training feeds, the validation feeds (the last
     ``split`` of the rows, before shuffling, as Keras takes them) and the training rows'
@@ -1004,8 +1022,10 @@ def _held_out(feeds, split: float, sample_weight):
                         f"Y_val)")
     if sample_weight is not None:
         weights = validate.real_array(sample_weight, "sample_weight")
-        if weights.shape[:1] == (rows,):  # else row_weights names the shape it needs
-            sample_weight = weights[:trained]
+        if weights.shape not in ((rows,), (rows, 1)):
+            raise DataError(f"sample_weight needs one weight per row of the data, shape "
+                            f"({rows},); got shape {weights.shape}")
+        sample_weight = weights[:trained]
     return ({k: v[:trained] for k, v in feeds.items()}, {k: v[trained:] for k, v in feeds.items()},
             sample_weight)
 

@@ -541,8 +541,10 @@ def load_model(path, backend: str | None = None):
     """
     path = validate.file_name(path, "sn.load(path)", "model.npz")
     if path.is_dir():
-        raise DataError(f"{path} is a directory; pass the model file in it, such as "
-                        f"{path / 'model.npz'}")
+        files = sorted(str(f) for f in path.glob("*.npz"))[:3]
+        raise DataError(f"{path} is a directory; pass a model file, such as "
+                        f"{' or '.join(files)}" if files else
+                        f"{path} is a directory, with no .npz file in it; pass a model file")
     if not path.is_file():
         raise DataError(f"no model file at {path}")
     return _load(path, path, backend)
@@ -550,7 +552,7 @@ def load_model(path, backend: str | None = None):
 
 def _load(source, path, backend):
     """The model in the archive ``source`` (a path or a binary file), named ``path`` in errors."""
-    from .model import BACKENDS, compile  # model.py imports this module to save and load
+    from .model import BACKENDS, Model  # model.py imports this module to save and load
 
     if backend is not None:  # the caller's, not the file's
         validate.choice(backend, "backend", BACKENDS)
@@ -559,8 +561,10 @@ def _load(source, path, backend):
             meta = _check_meta(_read_meta(archive), BACKENDS)
             declaration = _declaration(meta)
             _check_memory(declaration, np.dtype(meta["dtype"]))
-            model = compile(**declaration, dtype=meta["dtype"],
-                            backend=backend or meta["backend"])
+            declaration = {"targets": (), "prediction": None, "optimizer": None, "seed": None,
+                           "init": "auto", **declaration}  # sn.compile's defaults
+            model = Model(**declaration, dtype=meta["dtype"], backend=backend or meta["backend"],
+                          saved=True)
         with _about(path):
             for k, value in model.params.items():
                 _read_into(archive, f"param/{k}", value)

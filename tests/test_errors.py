@@ -390,6 +390,21 @@ def test_an_input_or_target_the_network_never_reads_is_refused_at_compile():
     sn.compile(sn.mse(out, Y), inputs=[X, Q], targets=[Y], prediction=[out, sn.sigmoid(Q)])
 
 
+def test_a_model_saved_with_an_input_it_never_reads_still_loads(tmp_path):
+    """Saved before such a declaration was refused: loading called the file damaged."""
+    import pickle
+
+    from symnet.model import Model
+
+    X, Y, out = net()
+    old = Model(sn.mse(out, Y), inputs=[X, sn.Input("Q", 2)], targets=[Y], prediction=None,
+                optimizer=None, dtype="float32", seed=0, init="auto", backend="numpy", saved=True)
+    old.save(tmp_path / "m.npz")
+    for loaded in (sn.load(tmp_path / "m.npz"), pickle.loads(pickle.dumps(old))):
+        assert [s.name for s in loaded.inputs] == ["X", "Q"]
+        np.testing.assert_array_equal(loaded.params["W1"], old.params["W1"])
+
+
 def test_prelu_and_maxout_outside_dense():
     Z = sn.Input("Z", 3)
     with pytest.raises(sn.DeclarationError, match="learnable slope"):

@@ -140,6 +140,17 @@ def test_a_log_that_is_not_finite_asks_whether_its_argument_is_a_probability():
         model.fit(rng.normal(size=(40, 5)), np.eye(3)[rng.integers(0, 3, 40)], verbose=False)
 
 
+def test_a_log_of_zero_inside_the_loss_line_is_named_as_a_log_of_zero():
+    """−log(0) is +inf, not an overflow: hard_sigmoid reaches 0."""
+    X, Y, V = sn.Input("X", 1), sn.Input("Y", 1), sp.MatrixSymbol("V", 1, 1)
+    model = sn.compile(sn.binary_cross_entropy(sn.hard_sigmoid(X * V), Y), inputs=[X],
+                       targets=[Y], backend="numpy", dtype="float64")
+    model.params["V"][...] = 1
+    with pytest.raises(sn.DataError, match=r"\(log is −inf at 0 and NaN below it: is its argument "
+                                           r"a probability"):
+        model.fit(np.array([[-10.0], [1.0]]), np.ones((2, 1)), verbose=False)
+
+
 def test_a_log_of_an_overflow_is_named_as_the_overflow_not_as_a_log_of_zero():
     """log(cosh(Z)) of a residual of 1000 is +inf because cosh overflowed; the error asked
     whether the log's argument was a probability."""
@@ -149,9 +160,9 @@ def test_a_log_of_an_overflow_is_named_as_the_overflow_not_as_a_log_of_zero():
     model = sn.compile(sn.sum(log_cosh) / sn.batch, inputs=[X], targets=[Y], seed=0,
                        backend="numpy", dtype="float64")
     model.params["W"][...] = 1
-    with pytest.raises(sn.DataError, match=r"is A1 = log\(cosh\(Z1\)\) \(it overflows to \+inf: a "
-                                           r"value above 1\.8e\+308, such as exp or cosh of a "
-                                           r"large argument\)\. Parameters"):
+    with pytest.raises(sn.DataError, match=r"is A1 = log\(cosh\(Z1\)\) \(the argument of its log "
+                                           r"overflowed to \+inf, above 1\.8e\+308 in float64\)\. "
+                                           r"Parameters"):
         model.fit(np.array([[1000.0], [1.0]]), np.zeros((2, 1)), verbose=False)
 
 

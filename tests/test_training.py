@@ -299,6 +299,9 @@ def test_validation_split_holds_out_the_last_rows_before_shuffling_as_keras_does
     with pytest.raises(sn.DataError, match="validation_split must be a finite real number > 0 "
                                            "and < 1, got 1.0"):
         model.fit(Xtr, Ytr, validation_split=1.0, verbose=False)
+    with pytest.raises(sn.DataError, match=r"sample_weight needs one weight per row of the "
+                                           r"data, shape \(100,\); got shape \(75,\)"):
+        model.fit(Xtr, Ytr, validation_split=0.25, sample_weight=weights[:75], verbose=False)
     with pytest.raises(sn.DataError, match="pass validation_data or validation_split, not both"):
         model.fit(Xtr, Ytr, validation_split=0.2, validation_data=(Xtr, Ytr), verbose=False)
     stopped = model.fit(Xtr, Ytr, epochs=40, validation_split=0.2, early_stopping=2, verbose=False)
@@ -367,8 +370,7 @@ def test_save_and_load_round_trip(tmp_path):
 def test_load_refuses_missing_truncated_and_foreign_files(tmp_path):
     with pytest.raises(sn.DataError, match="no model file"):
         sn.load(tmp_path / "nothing.npz")
-    with pytest.raises(sn.DataError, match=r"is a directory; pass the model file in it, such as "
-                                           r".*model\.npz"):
+    with pytest.raises(sn.DataError, match=r"is a directory, with no \.npz file in it"):
         sn.load(tmp_path)
     model = digits_model()
     model.save(tmp_path / "m.npz")
@@ -379,6 +381,9 @@ def test_load_refuses_missing_truncated_and_foreign_files(tmp_path):
     np.savez(tmp_path / "foreign.npz", a=np.zeros(3))
     with pytest.raises(sn.DataError, match="not a symnet model"):
         sn.load(tmp_path / "foreign.npz")
+    with pytest.raises(sn.DataError, match=r"is a directory; pass a model file, such as "
+                                           r".*cut\.npz or .*foreign\.npz or .*m\.npz$"):
+        sn.load(tmp_path)
 
 
 def test_load_never_runs_code_from_the_file(tmp_path):
