@@ -48,6 +48,7 @@ def plot_results(results, out: Path) -> list[Path]:
         ax.set_title(workload)
         ax.set_xlabel("setup + training (s, log)" if log else "setup + training (s)")
         ax.set_ylabel(next(r["metric_name"] for r in ok if r["workload"] == workload))
+        ax.ticklabel_format(axis="y", useOffset=False)  # tiny's losses agree to 1e-7: no offset
     fig.tight_layout()
     paths.append(out / "accuracy_vs_time.png")
     fig.savefig(paths[-1], dpi=110)

@@ -189,7 +189,10 @@ def summary(results, targets=TARGETS) -> str:
 def setup_summary(results, peers=("symnet", "numba", "torch", "jax", "jax-scan", "pytensor",
                                    "pytensor-numba")) -> str:
     """Setup seconds, declaration to the first trained step, of the JIT peers (symnet: cold /
-    warm kernel cache), and how many times faster symnet's cold setup is than PyTensor NUMBA's."""
+    warm kernel cache), and how many times faster symnet's cold setup is than PyTensor NUMBA's.
+    Only the peers the run measured have a column: n/a is a peer that cannot run a workload."""
+    ran = {r["peer"] for r in results}
+    peers = tuple(p for p in peers if p in ran)
     lines = [f"| workload | {' | '.join(peers)} | pytensor-numba ÷ symnet |",
              "|---" * (len(peers) + 2) + "|"]
     for workload in dict.fromkeys(r["workload"] for r in results):

@@ -56,6 +56,8 @@ def test_summary_bolds_the_fastest_and_divides_by_the_fastest_other_peer(monkeyp
     assert row == "| wide | 3 | **2.5** | 4 | n/a | **1.20** (jax-scan; target ≤ 1.0) |"
     row = setup_summary(results, peers=("symnet", "jax-scan", "pytensor-numba")).splitlines()[2]
     assert row == "| wide | 2.00 / 0.50 | 1.00 | 9.00 | 4.5 × |"
+    head = setup_summary(results[:2]).splitlines()[0]  # the peers the run measured, no n/a
+    assert head == "| workload | symnet | jax-scan | pytensor-numba ÷ symnet |"
     from benchmarks import run
 
     monkeypatch.setattr(run, "table", lambda results: "")  # the per-peer tables need more fields
