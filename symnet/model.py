@@ -27,7 +27,7 @@ from . import init as initialisers
 from .blocks import batch_norms as _batch_norms
 from .blocks import numbered_masks
 from .declare import ConstantSymbol, batch
-from .errors import DataError, DeclarationError
+from .errors import DataError, DeclarationError, SymnetError
 from .evaluate import evaluate
 from .functions import (
     Dropout,
@@ -999,7 +999,9 @@ def _log_hint(rhs, values, dtype) -> str:
             matrices = (node.arg,) if isinstance(node, Elementwise) else node.arguments
             for log in node.fn.expr.atoms(sp.log):
                 inner = entrywise(node.fn.variables, log.args[0], matrices)
-                arguments.append(np.asarray(evaluate(inner, values, dtype=dtype)))
+                with contextlib.suppress(SymnetError, ArithmeticError, TypeError, ValueError):
+                    # a hint only: the error it joins is raised whether or not it is found
+                    arguments.append(np.asarray(evaluate(inner, values, dtype=dtype)))
     if any(np.any(~(a > 0)) for a in arguments):  # 0, negative or NaN
         return (" (log is −inf at 0 and NaN below it: is its argument a probability, such as "
                 "sn.softmax(out) or sn.sigmoid(out)?)")
