@@ -660,7 +660,8 @@ class Model:
         ``"balanced"``) make each batch's loss the weighted mean Σωℓ/Σω, as torch's ``weight=``;
         ``formulas(weighted=True)`` shows that derivation. A class weight weighs its rows' whole
         loss, label smoothing's term included (torch weighs that term's classes by their own
-        weights). Validation stays unweighted.
+        weights). The history's loss is then each epoch's weighted mean Σωℓ/Σω (scikit-learn's
+        ``log_loss(..., sample_weight=...)``); validation stays unweighted.
         """
         epochs = validate.integer(epochs, "epochs", low=0, error=DataError)
         batch_size = validate.integer(batch_size, "batch_size", low=1, error=DataError)
@@ -717,6 +718,7 @@ class Model:
         rng = np.random.default_rng(seed) if seed is not None else self._shuffle_rng
         drawn = rng.bit_generator.state  # given back if the data turns out not to be finite
         sizes = np.diff(np.r_[np.arange(0, rows, batch_size), rows])
+        omega = data[weighting.OMEGA.name][:, 0] if weighted else None
         runner = self._runner(weighted=weighted)
         # compiled before Ctrl-C is deferred, as it stops a compile; a second core compiles the
         # kernel predict will call meanwhile, if there is one (NumbaRunner.prepare)
@@ -740,8 +742,9 @@ class Model:
                     start = time.perf_counter()
                     losses, e, s, status = self._train(runner, data, orders, batch_size, pending)
                     elapsed = time.perf_counter() - start
+                    shares = _batch_shares(orders, sizes, omega)
                     if status is Status.STOPPED:  # the epochs it ended, before the interrupt
-                        _record(hist, losses[:e], sizes, rows, elapsed / k)
+                        _record(hist, losses[:e], shares[:e], elapsed / k)
                     elif status is Status.DATA:  # in the first call, which _train undid
                         rng.bit_generator.state = drawn
                         self._feeds(X, Y)  # names the first non-finite entry
@@ -751,7 +754,7 @@ class Model:
                         raise self._not_finite(status, len(hist.loss) + e + 1, s, data,
                                                orders[e], batch_size, losses[e, s], ids)
                     else:
-                        _record(hist, losses, sizes, rows, elapsed / k)
+                        _record(hist, losses, shares, elapsed / k)
                         if val_feeds is not None:
                             best = self._validate(val_feeds, hist, early_stopping, best)
                         elif not quiet:  # progress only: more epochs per call, up to ~0.25 s
@@ -1043,10 +1046,20 @@ def _orders(rng, epochs: int, rows: int) -> np.ndarray:
     return orders
 
 
-def _record(hist, losses, sizes, rows, seconds):
+def _batch_shares(orders, sizes, omega):
+    """(epochs, batches): what each batch's loss weighs in its epoch's: its rows, or with
+    weights ω the sum of its rows' (a batch's loss is Σωℓ/Σω, so the epoch's is Σωℓ/Σω too)."""
+    if omega is None:
+        return np.broadcast_to(sizes.astype(np.float64), (len(orders), len(sizes)))
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    return np.add.reduceat(omega.astype(np.float64)[orders], starts, axis=1)
+
+
+def _record(hist, losses, shares, seconds):
     """Each epoch's (a row of ``losses``) loss, the mean of its batches' losses weighed by their
-    ``sizes`` in ``rows``, and ``seconds`` each, into ``hist``."""
-    hist.history["loss"].extend((losses.astype(np.float64) @ sizes / rows).tolist())
+    ``shares``, and ``seconds`` each, into ``hist``."""
+    epoch = (losses.astype(np.float64) * shares).sum(axis=1) / shares.sum(axis=1)
+    hist.history["loss"].extend(epoch.tolist())
     hist.history["seconds"].extend([seconds] * len(losses))
 
 

@@ -178,6 +178,22 @@ def test_rows_of_weight_0_are_left_out_so_that_no_batch_weighs_0(backend):
     assert with_zeros.history.loss == without.history.loss
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_the_historys_loss_is_the_epochs_weighted_mean(backend):
+    """It was the batches' weighted means averaged by their rows, which depends on batch_size
+    and is neither scikit-learn's weighted log_loss nor the unweighted mean."""
+    from scipy.special import softmax
+    from sklearn.metrics import log_loss
+
+    X, y, w = data(rows=31)
+    w[5] = 0.0
+    model = classifier(backend)
+    model.optimizer.lr = 1e-300  # the parameters stay, so every epoch's loss is the same sum
+    p = softmax(model.predict(X), axis=1)
+    hist = model.fit(X, y, epochs=2, batch_size=4, verbose=False, sample_weight=w)
+    np.testing.assert_allclose(hist.loss, log_loss(y, p, sample_weight=w), rtol=1e-12)
+
+
 def test_class_weights_need_classes():
     X, Y = sn.Input("X", 4), sn.Input("Y", 1)
     out = sn.dense(X, 1)
