@@ -615,10 +615,12 @@ class Model:
             return result
         if target.shape[1] >= 2 and _distributions(target):
             pred = self._predict(feeds, batch_size)
-            result["accuracy"] = float(np.mean(pred.argmax(1) == target.argmax(1)))
+            right = (pred.argmax(1) == target.argmax(1)) & ~np.isnan(pred).any(axis=1)
+            result["accuracy"] = float(np.mean(right))  # a NaN row is wrong, not argmax's class
         elif (cut := self._label_threshold) is not None and np.isin(target, (0, 1)).all():
             pred = self._predict(feeds, batch_size)  # label by label
-            result["accuracy"] = float(np.mean((pred > cut) == (target > 0.5)))
+            right = ((pred > cut) == (target > 0.5)) & ~np.isnan(pred)
+            result["accuracy"] = float(np.mean(right))
         if "accuracy" not in result:  # a regression: R², as scikit-learn's r2_score
             pred = self._predict(feeds, batch_size)
             if self._label_threshold == 0:  # logits: their probabilities σ(P) against the targets

@@ -292,3 +292,15 @@ def test_labels_in_a_list_read_as_one_row_and_the_message_says_so():
         model.evaluate(np.zeros((4, 4)), [np.array([0, 1, 2, 1])])
     row = model.evaluate(np.zeros((1, 4)), [np.array([0.0, 1.0, 0.0])])  # one row, one-hot
     assert row == model.evaluate(np.zeros((1, 4)), np.array([[0.0, 1.0, 0.0]]))
+
+
+def test_a_row_predicted_nan_is_scored_wrong_not_as_argmaxs_first_class():
+    X, labels = data()
+    model = classifier()
+    for value in model.params.values():
+        value *= 1e25  # every logit overflows: softmax gives NaN rows
+    with pytest.warns(RuntimeWarning, match="the loss is nan"):
+        result = model.evaluate(X, labels)
+    with pytest.warns(RuntimeWarning):
+        assert np.isnan(model.predict(X)).any(axis=1).all() and (labels == 0).any()
+    assert result["accuracy"] == 0.0  # NaN's argmax is 0: the rows of class 0 counted right
