@@ -278,7 +278,8 @@ PARAMETERS = """
     model_ : symnet.Model
         The compiled network: ``model_.formulas()`` shows its derivation.
     loss_curve_ : list of float
-        The training loss of every epoch.
+        The training loss of every epoch: cross-entropy, or the regressor's mean squared error
+        (MLPRegressor's loss_curve_ is half of it), plus the L2 penalty.
     validation_scores_ : list of float or None
         With early stopping, the held-out rows' score of every epoch, as scikit-learn's MLP:
         accuracy (classifier) or R² (regressor); higher is better.
