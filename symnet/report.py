@@ -245,8 +245,10 @@ def _training_html(model) -> str:
         last.append(f"val_accuracy {hist.val_accuracy[-1]:.4f}")
     if hist.history.get("val_r2"):
         last.append(f"val_r2 {hist.history['val_r2'][-1]:.4f}")
-    if hist.best_epoch is not None:
-        last.append(f"kept epoch {hist.best_epoch}")
+    if hist.best_epoch is not None:  # the model's own figures: the kept epoch's
+        kept = hist.best_epoch - 1
+        last.append(f"kept epoch {hist.best_epoch} (val_loss {hist.val_loss[kept]:.4g})"
+                    if kept < len(hist.val_loss) else f"kept epoch {hist.best_epoch}")
     text_line = f"<p>{html.escape(', '.join(last))}.</p>"
     try:
         figure = _svg(history_figure(hist))

@@ -242,6 +242,22 @@ def test_a_regression_plots_and_reports_its_val_r2(tmp_path):
     assert f"val_r2 {hist.val_r2[-1]:.4f}" in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
+def test_the_report_gives_the_kept_epochs_validation_loss(tmp_path):
+    """With early stopping the model is the kept epoch's: its val_loss, not only the last's."""
+    X, Y = sn.Input("X", 4), sn.Input("Y", 2)
+    out = sn.dense(X, 2, name="1")
+    model = sn.compile(sn.mse(out, Y), inputs=[X], targets=[Y], prediction=out, seed=0,
+                       backend="numpy", optimizer=sn.optim.SGD(lr=0.5))
+    rng = np.random.default_rng(0)
+    Xd = rng.normal(size=(20, 4))
+    hist = model.fit(Xd, Xd[:, :2], epochs=30, batch_size=5, early_stopping=2,
+                     validation_data=(Xd, -Xd[:, :2]), verbose=False)  # val_loss rises
+    assert hist.best_epoch < len(hist.loss)
+    model.report(tmp_path / "r.html")
+    kept = f"kept epoch {hist.best_epoch} (val_loss {hist.val_loss[hist.best_epoch - 1]:.4g})"
+    assert kept in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
 def test_history_plot_without_matplotlib_says_what_to_install(monkeypatch):
     model, _, _ = trained()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
