@@ -9,7 +9,7 @@ With --repeat N, each workload's peers run N times in turn (A B C A B C ...), an
 steady epoch time is the median of all its steady epochs: on a machine whose speed drifts (a
 shared host), every peer then meets the slow and the fast periods alike.
 
-With --load, one CPU-bound process (``python -c "while True: pass"``) runs beside the whole run,
+With --load, one CPU-bound process (python -c "while True: pass") runs beside the whole run,
 from before the first measured child to the end; results.json's machine info and results.md say
 so.
 
@@ -308,6 +308,11 @@ def main(argv=None, prog: str | None = None) -> int:
     if unknown:
         parser.error(f"unknown workload or peer {unknown}; workloads {list(WORKLOADS)}, "
                      f"peers {list(PEERS)}")
+    out = Path(args.out)
+    try:  # before the run, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {args.out}: {err.strerror}")
     missing = {p: available(p) for p in peers}
     repeat = args.repeat
     results = []
@@ -318,8 +323,6 @@ def main(argv=None, prog: str | None = None) -> int:
                 for peer in peers:
                     runs[peer].append(measure(workload, peer, missing[peer], first=not runs[peer]))
             results += [pool(runs[peer]) for peer in peers]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.merge and (out / "results.json").exists():
         fresh = {(r["workload"], r["peer"]): r for r in results}
         old = json.loads((out / "results.json").read_text())["results"]
@@ -333,7 +336,8 @@ def main(argv=None, prog: str | None = None) -> int:
     try:
         from .plots import plot_results
     except ImportError as err:  # matplotlib is in the bench extra
-        print(f"no plots: {err}", file=sys.stderr)
+        print(f"no plots: {err} (pip install -e \".[bench]\" installs the peers and matplotlib)",
+              file=sys.stderr)
     else:
         for path in plot_results(results, out):
             print(f"wrote {path}", file=sys.stderr)

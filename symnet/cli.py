@@ -1,4 +1,4 @@
-"""The ``symnet`` command line: ``symnet demo`` and ``symnet bench``."""
+"""The symnet command line: symnet demo and symnet bench."""
 
 from __future__ import annotations
 
@@ -29,19 +29,27 @@ def demo(args) -> int:
     try:
         return _demo(args)
     except sn.SymnetError as err:  # e.g. a learning rate so large that the loss overflows
-        print(f"symnet demo: {err}", file=sys.stderr)
+        print(f"symnet demo: {_as_options(err)}", file=sys.stderr)
         return 2
+
+
+# the fixes the library's messages name, as this command's options
+OPTIONS = {"load_fashion_mnist('path/to/dir')": "symnet demo --data path/to/dir",
+           "backend='numpy'": "--backend numpy"}
+
+
+def _as_options(err) -> str:
+    text = str(err)
+    for call, option in OPTIONS.items():
+        text = text.replace(call, option)
+    return text
 
 
 def _demo(args) -> int:
     import symnet as sn
 
     start = time.perf_counter()
-    try:
-        name, ((Xtr, Ytr), (Xte, Yte)) = load(args.data)
-    except sn.DataError as err:
-        print(f"symnet demo: {err}", file=sys.stderr)
-        return 2
+    name, ((Xtr, Ytr), (Xte, Yte)) = load(args.data)
     print(f"{name}: {len(Xtr)} training and {len(Xte)} test images of {Xtr.shape[1]} pixels "
           f"(each epoch's val_ figures are the test set's: nothing is chosen by them)\n")
     declared = time.perf_counter()
@@ -167,6 +175,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; 128 + SIGINT, as shells do
         print(f"\nsymnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # symnet demo | head: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush
+        return 141  # 128 + SIGPIPE, as shells report a command a pipe closed on
 
 
 if __name__ == "__main__":

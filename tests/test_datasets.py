@@ -70,9 +70,13 @@ def test_labels_beyond_nine_are_classes_and_malformed_labels_are_refused(tmp_pat
         sn.datasets.load_idx(tmp_path)
 
 
-def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     with pytest.raises(sn.DataError, match="apt-get install dataset-fashion-mnist"):
         sn.datasets.load_fashion_mnist(tmp_path / "absent")
+    monkeypatch.setattr(sn.datasets, "FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(sn.datasets.load_fashion_mnist, "__defaults__", (tmp_path / "absent", True))
+    assert main(["demo", "--data", "fashion-mnist"]) == 2  # the fix as this command's option
+    assert "pass their folder: symnet demo --data path/to/dir" in capsys.readouterr().err
 
 
 def test_fashion_mnist_when_installed():

@@ -1,7 +1,9 @@
 """compile → fit / predict / evaluate, the optimizers' update rules, and the demo."""
 
 import io
+import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -139,6 +141,23 @@ def test_symnet_version_prints_the_installed_version(capsys):
     run = subprocess.run([sys.executable, "-m", "symnet", "--version"], capture_output=True,
                          text=True, timeout=120)  # where the script is not on PATH
     assert run.returncode == 0 and run.stdout == f"symnet {sn.__version__}\n", run.stderr
+
+
+def test_a_demo_piped_into_head_ends_without_a_traceback(tmp_path):
+    """symnet demo | head -3: BrokenPipeError's traceback, exit code 1."""
+    env = {**os.environ, "SYMNET_CACHE_DIR": str(tmp_path)}
+    run = subprocess.run(f"{shlex.quote(sys.executable)} -m symnet demo --backend numpy --epochs 1 "
+                         f"--hidden 8 --quiet | head -1", shell=True, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.stdout.startswith("digits:") and "Traceback" not in run.stderr, run.stderr
+
+
+def test_bench_refuses_an_output_path_it_cannot_write_before_it_runs(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--out", str(tmp_path / "afile" / "sub"), "--peers", "symnet",
+              "--workload", "tiny"])
+    assert stop.value.code == 2 and "--out " in capsys.readouterr().err
 
 
 def test_a_demo_that_diverges_ends_with_the_error_and_no_traceback(capsys):
