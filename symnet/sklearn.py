@@ -191,6 +191,10 @@ class _SymnetMLP(BaseEstimator):
         self.validation_loss_ = [] if self.early_stopping else None
         self.n_iter_ = 0
 
+    def _strata(self, Y, held):
+        """The classes the early-stopping hold-out keeps in proportion (None: a random split)."""
+        return None
+
     def _train(self, X, Y, w, epochs, early_stopping):
         X, Y, w = _canonical_rows(X, Y, w)
         validation = None
@@ -202,7 +206,7 @@ class _SymnetMLP(BaseEstimator):
                                 f"of them, leaving none to train on; use a smaller fraction")
             arrays = (X, Y) if w is None else (X, Y, w)
             split = train_test_split(*arrays, test_size=self.validation_fraction,
-                                     random_state=self._seed)
+                                     random_state=self._seed, stratify=self._strata(Y, held))
             X, Xv, Y, Yv = split[:4]
             w = split[4] if w is not None else None
             validation = (Xv, Yv)
@@ -267,6 +271,8 @@ PARAMETERS = """
         Hold out ``validation_fraction`` of the rows; stop when their loss has not fallen for
         10 epochs, and keep the best epoch's parameters.
     validation_fraction : float in (0, 1), default 0.1
+        The rows early stopping holds out; the classifier's keep each class's share, as
+        MLPClassifier's do (unless a class has one row).
     random_state : int, RandomState or None, default None
         Seeds the initial weights, the shuffling and the dropout masks.
     dtype : {'float32', 'float64'}, default 'float32'
@@ -301,6 +307,16 @@ class SymnetClassifier(ClassifierMixin, _SymnetMLP):
         """One more epoch on X, y (the first call starts a new network; ``classes``, every
         class the network will see, may be given then)."""
         return self._partial_fit(X, y, sample_weight, classes=classes)
+
+    def _strata(self, Y, held):
+        """Each row's class, as MLPClassifier stratifies its hold-out; a random split where a
+        stratified one cannot be made (a class of one row, fewer held-out rows than classes)."""
+        labels = Y.argmax(axis=1)
+        counts = np.bincount(labels)
+        classes = np.count_nonzero(counts)
+        if counts[counts > 0].min() < 2 or min(held, len(labels) - held) < classes:
+            return None
+        return labels
 
     def _targets(self, y, reset, classes=None):
         y = column_or_1d(y, warn=True)

@@ -149,6 +149,24 @@ def test_validation_scores_are_scikit_learns_scores_and_the_losses_are_kept_besi
     assert est.validation_scores_[kept] == pytest.approx(r2_score(yv, est.predict(Xv)), rel=1e-9)
 
 
+def test_the_classifiers_early_stopping_hold_out_is_stratified_as_mlpclassifiers():
+    """A rare class kept its share of the held-out rows only by chance (a class of 2 rows got
+    1 in a 30-row hold-out); MLPClassifier stratifies."""
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import train_test_split
+
+    X, y = digits(300)
+    y = (y == 3).astype(int)  # ~10 % positives
+    est = SymnetClassifier(hidden=(8,), epochs=4, early_stopping=True, validation_fraction=0.2,
+                           random_state=0).fit(X, y)
+    order = np.lexsort(np.c_[X, y].T[::-1])  # the estimator's canonical order of the rows
+    _, Xv, _, yv = train_test_split(X[order], y[order], test_size=0.2, random_state=est._seed,
+                                    stratify=y[order])
+    kept = int(np.argmin(est.validation_loss_))
+    assert est.validation_scores_[kept] == accuracy_score(yv, est.predict(Xv))
+    assert yv.sum() == round(0.2 * y.sum())  # the positives' share, not a random draw's
+
+
 def test_predict_proba_rows_sum_to_one_in_float64():
     X, y = digits()
     probs = SymnetClassifier(hidden=(16,), epochs=3, random_state=0).fit(X, y).predict_proba(X)
