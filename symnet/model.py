@@ -118,6 +118,8 @@ class History:
         try:
             return self.__dict__["history"][name]
         except KeyError:
+            if name == "val_r2":  # as val_accuracy: empty until an epoch is validated
+                return []
             raise AttributeError(name) from None
 
     def plot(self):

@@ -240,6 +240,8 @@ def test_a_regression_plots_and_reports_its_val_r2(tmp_path):
     np.testing.assert_array_equal(r2.get_ydata(), hist.val_r2)
     model.report(tmp_path / "r.html")
     assert f"val_r2 {hist.val_r2[-1]:.4f}" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    unvalidated = model.fit(Xd, Xd[:, :2] * 2, epochs=1, verbose=False)
+    assert unvalidated.val_r2 == [] == unvalidated.val_accuracy  # not an AttributeError
 
 
 def test_the_report_gives_the_kept_epochs_validation_loss(tmp_path):
