@@ -154,11 +154,14 @@ def main(argv=None) -> int:
                         "files")
     p.add_argument("--epochs", type=POSITIVE, default=None,
                    help="default: 30 on digits, 15 on Fashion-MNIST and IDX directories")
-    p.add_argument("--batch-size", type=POSITIVE, default=100)
-    p.add_argument("--hidden", type=POSITIVE, default=32, help="units of each hidden layer")
-    p.add_argument("--lr", type=RATE, default=0.1, help="AdaGrad's learning rate")
-    p.add_argument("--seed", type=NATURAL, default=0)
-    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    p.add_argument("--batch-size", type=POSITIVE, default=100, help="rows a step (default 100)")
+    p.add_argument("--hidden", type=POSITIVE, default=32,
+                   help="units of each hidden layer (default 32)")
+    p.add_argument("--lr", type=RATE, default=0.1, help="AdaGrad's learning rate (default 0.1)")
+    p.add_argument("--seed", type=NATURAL, default=0,
+                   help="initial weights and shuffling (default 0)")
+    p.add_argument("--backend", choices=["numba", "numpy"], default="numba",
+                   help="numba kernels (default) or the numpy reference")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--report", metavar="PATH", type=_writable,
                    help="also write an HTML report (derivation, checks, training curves, "
