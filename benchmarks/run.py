@@ -313,6 +313,10 @@ def main(argv=None, prog: str | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         parser.error(f"--out {args.out}: {err.strerror}")
+    try:  # a file written and removed: os.access says yes to root, even in /proc
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        parser.error(f"--out {args.out}: {err.strerror}")
     missing = {p: available(p) for p in peers}
     repeat = args.repeat
     results = []

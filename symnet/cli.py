@@ -35,7 +35,7 @@ def demo(args) -> int:
 
 # the fixes the library's messages name, as this command's options
 OPTIONS = {"load_fashion_mnist('path/to/dir')": "symnet demo --data path/to/dir",
-           "backend='numpy'": "--backend numpy"}
+           "backend='numpy'": "--backend numpy", "point load_idx at": "pass --data"}
 
 
 def _as_options(err) -> str:

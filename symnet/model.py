@@ -27,7 +27,7 @@ from . import init as initialisers
 from .blocks import batch_norms as _batch_norms
 from .blocks import numbered_masks
 from .declare import ConstantSymbol, batch
-from .errors import DataError, DeclarationError, SymnetError
+from .errors import DataError, DeclarationError
 from .evaluate import evaluate
 from .functions import (
     Dropout,
@@ -1004,10 +1004,12 @@ def _log_hint(rhs, values, dtype) -> str:
     for node in validate.unique_nodes(rhs):
         if isinstance(node, (Elementwise, Entrywise)):
             matrices = (node.arg,) if isinstance(node, Elementwise) else node.arguments
-            for log in node.fn.expr.atoms(sp.log):
-                inner = entrywise(node.fn.variables, log.args[0], matrices)
-                with contextlib.suppress(SymnetError, ArithmeticError, TypeError, ValueError):
-                    # a hint only: the error it joins is raised whether or not it is found
+            body = node.fn.expr.replace(lambda a: isinstance(a, ScalarActivation),  # my_log(x)
+                                        lambda a: type(a).definition(*a.args))
+            for log in body.atoms(sp.log):
+                # a hint only: the error it joins is raised whether or not it is found
+                with contextlib.suppress(Exception):
+                    inner = entrywise(node.fn.variables, log.args[0], matrices)
                     arguments.append(np.asarray(evaluate(inner, values, dtype=dtype)))
     if any(np.any(~(a > 0)) for a in arguments):  # 0, negative or NaN
         return (" (log is −inf at 0 and NaN below it: is its argument a probability, such as "

@@ -271,8 +271,8 @@ PARAMETERS = """
         Hold out ``validation_fraction`` of the rows; stop when their loss has not fallen for
         10 epochs, and keep the best epoch's parameters.
     validation_fraction : float in (0, 1), default 0.1
-        The rows early stopping holds out; the classifier's keep each class's share, as
-        MLPClassifier's do (unless a class has one row).
+        The rows early stopping holds out; the classifier's keep each class's share (unless a
+        class has one row), for any number of classes (MLPClassifier stratifies binary ones).
     random_state : int, RandomState or None, default None
         Seeds the initial weights, the shuffling and the dropout masks.
     dtype : {'float32', 'float64'}, default 'float32'
@@ -309,8 +309,9 @@ class SymnetClassifier(ClassifierMixin, _SymnetMLP):
         return self._partial_fit(X, y, sample_weight, classes=classes)
 
     def _strata(self, Y, held):
-        """Each row's class, as MLPClassifier stratifies its hold-out; a random split where a
-        stratified one cannot be made (a class of one row, fewer held-out rows than classes)."""
+        """Each row's class, so that the hold-out keeps each class's share (MLPClassifier does
+        for binary problems); a random split where a stratified one cannot be made (a class of
+        one row, fewer held-out rows than classes)."""
         labels = Y.argmax(axis=1)
         counts = np.bincount(labels)
         classes = np.count_nonzero(counts)

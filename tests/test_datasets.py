@@ -77,6 +77,8 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(sn.datasets.load_fashion_mnist, "__defaults__", (tmp_path / "absent", True))
     assert main(["demo", "--data", "fashion-mnist"]) == 2  # the fix as this command's option
     assert "pass their folder: symnet demo --data path/to/dir" in capsys.readouterr().err
+    assert main(["demo", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory; pass --data the folder that holds" in capsys.readouterr().err
 
 
 def test_fashion_mnist_when_installed():

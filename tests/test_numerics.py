@@ -151,6 +151,17 @@ def test_a_log_of_zero_inside_the_loss_line_is_named_as_a_log_of_zero():
         model.fit(np.array([[-10.0], [1.0]]), np.ones((2, 1)), verbose=False)
 
 
+def test_the_log_inside_an_activation_of_the_users_gets_the_hint_too():
+    x = sp.Symbol("x")
+    my_log = sn.activation("my_log", sp.log(x), x)
+    X, W = sn.Input("X", 1), sp.MatrixSymbol("W", 1, 1)
+    model = sn.compile(sn.sum(my_log(X * W)) / sn.batch, inputs=[X], targets=[],
+                       backend="numpy", dtype="float64")
+    model.params["W"][...] = 1
+    with pytest.raises(sn.DataError, match=r"is A1 = my_log\(Z1\) \(log is −inf at 0"):
+        model.fit(np.array([[-1.0], [2.0]]), verbose=False)
+
+
 def test_a_log_of_an_overflow_is_named_as_the_overflow_not_as_a_log_of_zero():
     """log(cosh(Z)) of a residual of 1000 is +inf because cosh overflowed; the error asked
     whether the log's argument was a probability."""
