@@ -402,20 +402,18 @@ def _stable_logistic(e: sp.Expr) -> sp.Expr:
     the same values without overflow (at u = 710 the quotient is inf/inf in float64, at u = 89
     in float32): a derivative SymPy writes with them, mish's for one, stays finite. Only what is
     computed changes; the formulas keep SymPy's form, which its simplifications work on."""
-    plus_one = exp_plus_one
-
     def quotient(m):
         factors = list(m.args)
         for f in m.args:
-            u = plus_one(f.base) if f.is_Pow and f.exp == -1 else None
+            u = exp_plus_one(f.base) if f.is_Pow and f.exp == -1 else None
             if u is not None and sp.exp(u) in factors:
                 factors.remove(f)
                 factors.remove(sp.exp(u))
                 factors.append(sigmoid.function(u))
         return sp.Mul(*factors)
 
-    e = e.replace(lambda a: isinstance(a, sp.log) and plus_one(a.args[0]) is not None,
-                  lambda a: softplus.function(plus_one(a.args[0])))
+    e = e.replace(lambda a: isinstance(a, sp.log) and exp_plus_one(a.args[0]) is not None,
+                  lambda a: softplus.function(exp_plus_one(a.args[0])))
     return e.replace(lambda a: a.is_Mul, quotient)
 
 

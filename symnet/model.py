@@ -41,7 +41,7 @@ from .functions import (
 from .functions import sigmoid as _sigmoid
 from .grad import _dag, canonical, derive, entrywise
 from .lower import lower
-from .rewrite import layer_sums, simplify_adjoint, simplify_forward
+from .rewrite import definition, layer_sums, simplify_adjoint, simplify_forward
 
 BACKENDS = ("numba", "numpy")
 
@@ -1004,9 +1004,7 @@ def _log_hint(rhs, values, dtype) -> str:
     for node in validate.unique_nodes(rhs):
         if isinstance(node, (Elementwise, Entrywise)):
             matrices = (node.arg,) if isinstance(node, Elementwise) else node.arguments
-            body = node.fn.expr.replace(lambda a: isinstance(a, ScalarActivation),  # my_log(x)
-                                        lambda a: type(a).definition(*a.args))
-            for log in body.atoms(sp.log):
+            for log in definition(node.fn.expr).atoms(sp.log):  # my_log(x)'s too
                 # a hint only: the error it joins is raised whether or not it is found
                 with contextlib.suppress(Exception):
                     inner = entrywise(node.fn.variables, log.args[0], matrices)
