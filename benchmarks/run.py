@@ -309,11 +309,8 @@ def main(argv=None, prog: str | None = None) -> int:
         parser.error(f"unknown workload or peer {unknown}; workloads {list(WORKLOADS)}, "
                      f"peers {list(PEERS)}")
     out = Path(args.out)
-    try:  # before the run, not after it
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        parser.error(f"--out {args.out}: {err.strerror}")
-    try:  # a file written and removed: os.access says yes to root, even in /proc
+    try:  # before the run, not after it: a file written and removed (os.access says yes to
+        out.mkdir(parents=True, exist_ok=True)  # root, even in /proc)
         tempfile.TemporaryFile(dir=out).close()
     except OSError as err:
         parser.error(f"--out {args.out}: {err.strerror}")
