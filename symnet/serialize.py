@@ -561,10 +561,8 @@ def _load(source, path, backend):
             meta = _check_meta(_read_meta(archive), BACKENDS)
             declaration = _declaration(meta)
             _check_memory(declaration, np.dtype(meta["dtype"]))
-            declaration = {"targets": (), "prediction": None, "optimizer": None, "seed": None,
-                           "init": "auto", **declaration}  # sn.compile's defaults
-            model = Model(**declaration, dtype=meta["dtype"], backend=backend or meta["backend"],
-                          saved=True)
+            model = Model(**declaration, seed=None, init="auto", dtype=meta["dtype"],
+                          backend=backend or meta["backend"], saved=True)  # values read below
         with _about(path):
             for k, value in model.params.items():
                 _read_into(archive, f"param/{k}", value)
