@@ -149,7 +149,8 @@ class RunningStatistics:
         n = self.node.shape[0]
         biased = definitions[self.node.sigma].arg  # σ = √(var + eps)
         yield mean, sp.MatAdd((1 - m) * mean, m * self.node.mu)
-        yield var, sp.MatAdd((1 - m) * var, sp.MatMul(m * n / (n - 1), biased))
+        # m·n/(n − 1)·(colsum(...)/n) as m·colsum(...)/(n − 1), as shown and as torch divides
+        yield var, sp.MatAdd((1 - m) * var, sp.MatMul(m * n / (n - 1), biased).doit(deep=False))
 
     def at_prediction(self) -> Standardized:
         """X̂ on the running statistics, as predict and evaluate compute it."""

@@ -110,10 +110,11 @@ def explain(model, feeds, rows: int) -> Explanation:
             lines.append(Line(title, eq.label, eq.rhs, shape(eq.lhs), chain, rewrites,
                               errors.get(names.get(eq.lhs))))
     printer = formulas.FormulaMathMLPrinter()
+    running = model._running_updates(d)
     update_mathml = [printer.assignment(lhs, rhs)
-                     for lhs, rhs in formulas._update_pairs(model.optimizer)]
-    return Explanation(lines, formulas.update_lines(model.optimizer, TextPrinter()), update_mathml,
-                       rows)
+                     for lhs, rhs in formulas.update_pairs(model.optimizer, running)]
+    return Explanation(lines, formulas.update_lines(model.optimizer, TextPrinter(), running),
+                       update_mathml, rows)
 
 
 def shape(m) -> str:

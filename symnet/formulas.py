@@ -237,10 +237,13 @@ class Formula:
         for t in args:
             neg = _negated(t)
             terms.append((neg is not None, neg if neg is not None else t))
-        if scalar:  # the assigned variable first (m ← 0.9·m + 0.1·g), multiples after
+        # the assigned variable first (m ← 0.9·m + 0.1·g; running_mean1 ← 0.9·running_mean1
+        # + 0.1·μ1), multiples after
+        if scalar:
             return sorted(terms, key=lambda nt: (nt[0], self._assigned not in nt[1].free_symbols,
                                                  _scalar_coefficient(nt[1]) != 1))
-        return sorted(terms, key=lambda nt: (nt[0], *_term_key(nt[1])))
+        return sorted(terms, key=lambda nt: (nt[0], self._assigned not in nt[1].free_symbols,
+                                             *_term_key(nt[1])))
 
     def _print_MatAdd(self, e):
         z = log_softmax_argument(e)
@@ -871,18 +874,21 @@ def sections(d: Derivation, predict=()):
     return [(title, eqs) for title, eqs in parts if eqs]
 
 
-def update_lines(optimizer, printer) -> list[str]:
-    """The optimizer's update, one assignment per line, in ``printer``'s form."""
-    return [printer.assignment(lhs, rhs) for lhs, rhs in _update_pairs(optimizer)]
+def update_lines(optimizer, printer, running=()) -> list[str]:
+    """The optimizer's update, one assignment per line, in ``printer``'s form; ``running`` as in
+    :func:`update_pairs`."""
+    return [printer.assignment(lhs, rhs) for lhs, rhs in update_pairs(optimizer, running)]
 
 
-def _update_pairs(optimizer):
-    """The update rule, after the global gradient-norm clipping when the optimizer has one."""
+def update_pairs(optimizer, running=()):
+    """The update rule, after the global gradient-norm clipping when the optimizer has one,
+    then ``running``: ``(statistic, its value after the step)`` of each batch norm's running
+    statistics, which the training kernel updates in the same step."""
     pairs = list(optimizer.rule())
     if optimizer.clip_norm is not None:
         norm = sp.Symbol("‖g‖₂")  # over all gradients of the step
         pairs.insert(0, (sp.Symbol("clip"), sp.Min(1, optimizer.clip_norm / (norm + 1e-6))))
-    return pairs
+    return pairs + list(running)
 
 
 def width(s: str) -> int:
@@ -896,9 +902,11 @@ def pad(s: str, columns: int) -> str:
     return s + " " * max(0, columns - width(s))
 
 
-def as_text(d: Derivation, raw: Derivation | None = None, optimizer=None, predict=()) -> str:
+def as_text(d: Derivation, raw: Derivation | None = None, optimizer=None, predict=(),
+            running=()) -> str:
     """The derivation as aligned text; with ``raw``, each backprop and gradient equation is
-    followed by its unsimplified chain-rule form; ``predict`` as in :func:`sections`."""
+    followed by its unsimplified chain-rule form; ``predict`` as in :func:`sections`,
+    ``running`` as in :func:`update_pairs`."""
     raw_of = {eq.label: eq for eq in (raw.backward + list(raw.gradients.values()))} if raw else {}
     lines = []
     for title, eqs in sections(d, predict):
@@ -911,12 +919,13 @@ def as_text(d: Derivation, raw: Derivation | None = None, optimizer=None, predic
                 lines.append(f"  {'':<{columns}}   raw: {text(r.rhs)}")
     if optimizer is not None:
         lines.append("Update:")
-        lines.extend(f"  {u}" for u in update_lines(optimizer, TextPrinter()))
+        lines.extend(f"  {u}" for u in update_lines(optimizer, TextPrinter(), running))
     return "\n".join(lines)
 
 
-def as_latex(d: Derivation, optimizer=None, predict=()) -> str:
-    """The derivation as one amsmath ``aligned`` block; ``predict`` as in :func:`sections`."""
+def as_latex(d: Derivation, optimizer=None, predict=(), running=()) -> str:
+    """The derivation as one amsmath ``aligned`` block; ``predict`` as in :func:`sections`,
+    ``running`` as in :func:`update_pairs`."""
     rows = []
     for title, eqs in sections(d, predict):
         rows.append(rf"\text{{{title}:}} & \\")
@@ -924,7 +933,7 @@ def as_latex(d: Derivation, optimizer=None, predict=()) -> str:
     if optimizer is not None:
         rows.append(r"\text{Update:} & \\")
         printer = FormulaLatexPrinter()
-        for lhs, rhs in _update_pairs(optimizer):
+        for lhs, rhs in update_pairs(optimizer, running):
             rows.append(rf"{printer._print(lhs)} &\leftarrow {printer.assigned(lhs, rhs)} \\")
     return "\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}"
 

@@ -266,9 +266,12 @@ class Model:
         raw = validate.flag(raw, "raw", where="formulas")
         self._check_optimizer()
         if validate.flag(weighted, "weighted", where="formulas"):
-            return formulas.as_text(self._weighted_variant()[0], optimizer=self.optimizer)
+            d = self._weighted_variant()[0]
+            return formulas.as_text(d, optimizer=self.optimizer,
+                                    running=self._running_updates(d))
         return formulas.as_text(self.derivation, self.raw_derivation() if raw else None,
-                                optimizer=self.optimizer, predict=self._predict_equations())
+                                optimizer=self.optimizer, predict=self._predict_equations(),
+                                running=self._running_updates(self.derivation))
 
     def _check_optimizer(self) -> None:
         """``model.optimizer`` as the kernels were compiled for: after compile it may take
@@ -292,6 +295,13 @@ class Model:
                 f"compile the network again with the new optimizer=...")
         self._optimizer_checked = seen
 
+    @staticmethod
+    def _running_updates(d) -> list:
+        """``(running statistic, its value after a training step)`` of each batch norm of the
+        derivation ``d``, as the training kernel computes them."""
+        defs = d.definitions()
+        return [pair for norm in _batch_norms(d) for pair in norm.updates(defs)]
+
     def _predict_equations(self) -> list:
         """The forward equations that predict and evaluate compute otherwise than training."""
         forward = self.derivation.forward
@@ -304,9 +314,12 @@ class Model:
         ``weighted=True``, those of ``fit(sample_weight=...)``, as :meth:`formulas` gives them."""
         self._check_optimizer()
         if validate.flag(weighted, "weighted", where="latex"):
-            return formulas.as_latex(self._weighted_variant()[0], optimizer=self.optimizer)
+            d = self._weighted_variant()[0]
+            return formulas.as_latex(d, optimizer=self.optimizer,
+                                     running=self._running_updates(d))
         return formulas.as_latex(self.derivation, optimizer=self.optimizer,
-                                 predict=self._predict_equations())
+                                 predict=self._predict_equations(),
+                                 running=self._running_updates(self.derivation))
 
     def explain(self, X, Y=None):
         """Every equation of the derivation with its shape, the raw chain-rule form, the rewrites

@@ -98,6 +98,11 @@ class _SymnetMLP(BaseEstimator):
             raise DeclarationError(f"{where}: batch_size must be a positive integer or 'auto' "
                                    f"(200 rows at most), got {validate.describe(batch)}; pass "
                                    f"e.g. batch_size=32")
+        if self.batch_norm and batch == 1:
+            raise DeclarationError(f"{where}: batch_norm needs batches of at least 2 rows (a "
+                                   f"1-row batch's variance is 0, as torch's BatchNorm1d "
+                                   f"refuses it), got batch_size=1; pass batch_size=2 or more, "
+                                   f"or batch_norm=False")
         validate.number(self.validation_fraction, "validation_fraction", above=0, below=1,
                         example=0.1, where=where)
         validate.integer(self.epochs, "epochs", low=0, where=where)  # 0: warm_up compiles
@@ -259,7 +264,9 @@ PARAMETERS = """
         'sgd' is SGD with Nesterov momentum 0.9; the others have torch's defaults.
     learning_rate : float > 0, default 1e-3
     batch_size : int ≥ 1 or 'auto', default 32
-        Rows per step, at most all of them; 'auto' is scikit-learn's min(200, rows).
+        Rows per step, at most all of them; 'auto' is scikit-learn's min(200, rows). With
+        batch_norm at least 2, and a size that would leave a last batch of one row is raised to
+        the next size that does not (a 1-row batch's variance is 0).
     epochs : int ≥ 0, default 200
     alpha : float ≥ 0, default 0.0
         L2 penalty alpha/2·Σ‖W‖² on the weight matrices (not on the biases).

@@ -68,7 +68,11 @@ def test_batch_norm_formulas_name_the_statistics_and_give_the_closed_form_adjoin
                  "∂L/∂gamma1 = colsum(δN1 ∘ X̂1)",
                  "∂L/∂beta1  = colsum(δN1)",
                  "In predict and evaluate:\n  X̂1 = (Z1 − 𝟙·running_mean1)/(𝟙·√(running_var1 + "
-                 "1e-5))\nBackprop:"):
+                 "1e-5))\nBackprop:",
+                 # the training kernel's update of the running statistics, torch's: the
+                 # unbiased variance (test_training_updates_the_running_statistics_as_torch...)
+                 "  running_mean1 ← 0.9·running_mean1 + 0.1·μ1\n"
+                 "  running_var1 ← 0.9·running_var1 + 0.1·colsum((Z1 − 𝟙·μ1)²)/(n − 1)"):
         assert line in lines, line
     assert "^" not in lines and all(len(row) < 100 for row in lines.splitlines())
     forward = lines.split("In predict")[0].splitlines()[1:]  # "=" in one column, X̂1's too
@@ -102,6 +106,9 @@ def test_latex_names_the_statistics():
     latex = compiled(loss, X, Y, prediction=out).latex()
     for name in (r"\mu_{1}", r"\sigma_{1}", r"\hat{X}_{1}", r"\gamma_{1}", r"\delta_{N1}"):
         assert name in latex, name
+    update = latex.split(r"\text{Update:}")[1]
+    assert r"\mathit{running\_var1} &\leftarrow 0.9" in update, update
+    assert r"{n - 1}" in update, update
 
 
 # ---------------------------------------------------------------------------- numbers

@@ -192,7 +192,7 @@ def test_update_rules_read_back_in_every_form():
     assert lines[-3:] == ["m ← 0.9·m + 0.1·g", "v ← 0.999·v + 0.001·g²",
                           "p ← p − 0.001·m/((1 − 0.9ᵗ)·(√v/√(1 − 0.999ᵗ) + 1e-8))"]
     env = {"m": 0.3, "v": 0.2, "g": -0.5, "p": 1.5, "t": 3.0, "clip": 1.0, "‖g‖₂": 2.0}
-    for lhs, rhs in formulas._update_pairs(model.optimizer):
+    for lhs, rhs in formulas.update_pairs(model.optimizer):
         want = float(rhs.subs({sp.Symbol(k, real=True): v for k, v in env.items()})
                      .subs({sp.Symbol(k): v for k, v in env.items()}))
         for form, tree in (
@@ -306,7 +306,7 @@ def test_update_rules_put_the_assigned_variable_first_and_drop_a_unit_rate_in_ev
     model, _, _ = network("teacher")
     assert r"m &\leftarrow 0.9 m + 0.1 g \\" in formulas.as_latex(model.derivation, adam)
     printer = formulas.FormulaMathMLPrinter()
-    m, rhs = formulas._update_pairs(adam)[0]
+    m, rhs = formulas.update_pairs(adam)[0]
     assert mathml_to_text(printer.assignment(m, rhs)).replace(" ", "") == "m←0.9·m+0.1·g"
     assert sn.optim.AdaDelta().describe()[-1] == "p ← p − delta"  # lr=1.0, not "1·delta"
 

@@ -302,6 +302,9 @@ def test_bad_estimator_input_is_named():
             ({"dropout": 1.0}, "dropout must be a finite real number ≥ 0 and < 1, got 1.0; pass "
                                "e.g. dropout="),
             ({"batch_norm": "yes"}, "batch_norm must be True or False, got 'yes'"),
+            ({"batch_norm": True, "batch_size": 1},
+             "batch_norm needs batches of at least 2 rows .* got batch_size=1; pass "
+             "batch_size=2 or more, or batch_norm=False"),
             ({"validation_fraction": 0},
              "SymnetClassifier: validation_fraction must be a finite real number > 0 and < 1, "
              "got 0")]:
@@ -339,3 +342,14 @@ def test_batch_size_auto_is_scikit_learns_200_rows_at_most():
     few = SymnetClassifier(batch_size="auto", epochs=2, random_state=0).fit(X[:50], y[:50])
     full = SymnetClassifier(batch_size=50, epochs=2, random_state=0).fit(X[:50], y[:50])
     np.testing.assert_array_equal(few.predict_proba(X), full.predict_proba(X))
+
+
+def test_batch_norm_raises_a_batch_size_that_leaves_one_row():
+    """33 rows in batches of 32 would leave a last batch of one row, whose variance is 0: the
+    estimator trains in batches of 33, as documented."""
+    X, y = digits(33)
+    kw = dict(hidden=(8,), batch_norm=True, epochs=2, random_state=0)
+    raised = SymnetClassifier(batch_size=32, **kw).fit(X, y)
+    whole = SymnetClassifier(batch_size=33, **kw).fit(X, y)
+    np.testing.assert_array_equal(raised.predict_proba(X), whole.predict_proba(X))
+    assert raised.get_params()["batch_size"] == 32
