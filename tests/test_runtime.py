@@ -486,6 +486,45 @@ def test_a_child_forked_while_other_threads_use_the_model_can_use_it():
     assert out.stdout.strip() == "0", out.stdout + out.stderr
 
 
+def test_a_child_forked_while_another_thread_compiles_can_compile():
+    """Another thread holds numba's compiler lock at the moment of a fork, as a compile or a
+    cache load does: the fork waits for it, and the child loads the kernels of another model
+    (it waited for the lock forever)."""
+    script = textwrap.dedent("""
+        import os, signal, sys, threading, time
+        sys.path.insert(0, "tests")
+        from numba.core.compiler_lock import global_compiler_lock
+        from test_runtime import data, wide_model
+        wide_model()  # the kernels of float32, loaded
+        holding = threading.Event()
+
+        def compile_():
+            with global_compiler_lock:
+                holding.set()
+                time.sleep(0.5)
+
+        thread = threading.Thread(target=compile_)
+        thread.start()
+        holding.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)  # a hang ends the child with SIGALRM
+            # the lock is free (a new thread of the child may reuse the dead holder's id, and
+            # so take it anyway: a compile on the main thread could not)
+            if not global_compiler_lock._lock.acquire(timeout=5):
+                os._exit(2)
+            global_compiler_lock._lock.release()
+            wide_model("float64").fit(*data(), epochs=1, batch_size=64, verbose=False)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        thread.join()
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
+
+
 def test_an_unsupported_numba_is_named_with_the_supported_range():
     from codegen.ir import CodegenError
     from codegen.numba import _check_versions

@@ -8,6 +8,8 @@ llvmlite versions it is tested with (``SUPPORTED``, as pyproject.toml pins them)
 otherwise rather than failing inside numba.
 """
 
+import os
+import threading
 from importlib.metadata import version
 
 from ..errors import CodegenError
@@ -30,11 +32,19 @@ _check_versions()
 __all__ = ["SUPPORTED", "NumbaRunner", "warm_up"]
 
 
+# Held while the runner (and numba with it) is imported, and by a fork: a child forked while
+# another thread imported it would wait forever for that thread's lock on the module.
+_IMPORTING = threading.RLock()
+os.register_at_fork(before=_IMPORTING.acquire, after_in_parent=_IMPORTING.release,
+                    after_in_child=_IMPORTING.release)
+
+
 def __getattr__(name):
     """The runner, imported on first use (after the version check): the helper process that
     compiles kernels imports only the cache and the runtime."""
     if name in ("NumbaRunner", "warm_up"):
-        from . import runner
+        with _IMPORTING:
+            from . import runner
 
         return getattr(runner, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

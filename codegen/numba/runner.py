@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numba.core.errors
 import numpy as np
+from numba.core.compiler_lock import global_compiler_lock
 
 from ..ir import BATCH, CodegenError, Program, Status, Update
 from ..notices import on_behalf
@@ -193,7 +194,7 @@ class NumbaRunner:
 
 # a kernel module → {kernel: (cfunc, ctypes caller)}; weak, for tests that import a module anew
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_COMPILING = threading.Lock()
+_COMPILING = threading.RLock()  # re-entrant: a fork's hook takes it (_before_fork)
 _RUNNERS = weakref.WeakSet()  # the live runners, whose locks a forked child renews
 # How often the main thread wakes from waiting for a kernel or a compile on another thread:
 # a signal that another thread received (``signal.raise_signal`` there, a terminal's SIGINT
@@ -273,17 +274,34 @@ def _stop_helpers() -> None:
             helper.kill()
 
 
+def _before_fork():
+    """A fork waits for a compile or cache load on another thread to end: the child would
+    inherit numba's compiler lock held by a thread it does not have, and LLVM half-way through,
+    and its first kernel would wait for the lock forever (a pool forked while a warm-up thread
+    loaded kernels hung). The forking thread holds both locks across the fork."""
+    _COMPILING.acquire()
+    global_compiler_lock.acquire()
+
+
+def _after_fork_in_parent():
+    global_compiler_lock.release()
+    _COMPILING.release()
+
+
 def _after_fork():
     """In a forked child only the forking thread runs: a lock another thread held (a kernel
-    call serving beside it, a compilation) would stay held forever."""
+    call serving beside it) would stay held forever; the compile locks are this thread's
+    (:func:`_before_fork`)."""
     global _COMPILING
-    _COMPILING = threading.Lock()
+    global_compiler_lock.release()
+    _COMPILING = threading.RLock()
     _BESIDE.clear()  # the parent's helper processes: not this process's children
     for runner in list(_RUNNERS):
         runner.lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork)
 
 
 class Blocks:
