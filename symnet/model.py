@@ -1613,6 +1613,7 @@ def _one_hot(arr, sym):
                         f"for several targets, an array each); pass the array itself")
     if k < 2 or not (isinstance(arr, (np.ndarray, list, tuple)) or hasattr(arr, "__array__")):
         return arr  # (pandas Series and the like have __array__)
+    validate.unmasked(arr, sym.name)
     try:
         a = np.asarray(arr)
     except (ValueError, TypeError):

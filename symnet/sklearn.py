@@ -229,6 +229,8 @@ class _SymnetMLP(BaseEstimator):
     def _data(self, X, y, sample_weight, reset, **kwargs):
         """Checked float arrays X, the target matrix Y, and weights (integer weights applied
         as repetitions, leaving None; fractional ones returned per row)."""
+        for name, a in (("X", X), ("y", y), ("sample_weight", sample_weight)):
+            validate.unmasked(a, name)  # scikit-learn reads the values under the mask
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float64,
                              **self._validation_options())
         Y = self._targets(y, reset, **kwargs)
@@ -353,6 +355,7 @@ class SymnetClassifier(ClassifierMixin, _SymnetMLP):
     def predict_proba(self, X):
         """The probability of each class (columns in the order of ``classes_``)."""
         check_is_fitted(self)
+        validate.unmasked(X, "X")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         probs = self.model_.predict(X).astype(np.float64)
         return probs / probs.sum(axis=1, keepdims=True)  # float32's sums are 1 only to ~1e-7
@@ -399,6 +402,7 @@ class SymnetRegressor(RegressorMixin, _SymnetMLP):
 
     def predict(self, X):
         check_is_fitted(self)
+        validate.unmasked(X, "X")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         out = self.model_.predict(X).astype(np.float64)
         return out[:, 0] if self._one_output else out

@@ -185,13 +185,14 @@ def real_array(value, name: str) -> np.ndarray:
     if hasattr(value, "toarray") and hasattr(value, "nnz"):  # a scipy.sparse matrix or array
         raise DataError(f"{name} is a sparse matrix; symnet trains on dense arrays: pass "
                         f"{name}.toarray()")
+    unmasked(value, name)
     a = _nullable_frame(value, name)
     try:
         a = np.asarray(value) if a is None else a
     except ValueError:
         raise DataError(f"{name} is not a rectangular array: its rows have different lengths (a "
                         f"ragged list); give every row the same number of columns") from None
-    except TypeError as err:
+    except (TypeError, RuntimeError) as err:  # RuntimeError: torch's, e.g. a tensor with grad
         raise DataError(f"{name} cannot be read as an array ({err}); pass a NumPy array or a list "
                         f"of rows of numbers") from None
     if a.dtype.kind == "c":
@@ -203,24 +204,37 @@ def real_array(value, name: str) -> np.ndarray:
         if missing is not None:
             raise _missing_value(name, describe(a[missing]), missing)
     if a.dtype.kind not in _REAL_KINDS:
-        hint = (" (a ragged list of rows gives one)" if a.dtype == object else "")
+        hint = (" (values that are not all numbers, or a DataFrame column of dtype object)"
+                if a.dtype == object else "")
         raise DataError(f"{name}: expected a numeric array, got dtype {a.dtype}{hint}; convert it "
                         f"with np.asarray(data, dtype=float)")
     return a
 
 
+def unmasked(value, name: str) -> None:
+    """A DataError naming the first masked entry of a NumPy masked array: ``np.asarray`` reads
+    the values under the mask (uninitialised memory in ``np.ma.masked_all``) as data."""
+    if isinstance(value, np.ma.MaskedArray):
+        masked = np.argwhere(np.ma.getmaskarray(value))
+        if len(masked):
+            raise _missing_value(name, "masked", tuple(int(i) for i in masked[0]),
+                                 f"fill the masked entries ({name}.filled(value)) or drop those "
+                                 f"rows")
+
+
 def _nullable_frame(value, name: str) -> np.ndarray | None:
     """A pandas DataFrame or Series with nullable numeric columns (``Int64``, ``Float64``,
-    ``boolean``: NumPy sees them as objects) as a float64 array, or a DataError naming its
-    first missing value; None for anything else, which NumPy reads as it is."""
+    ``boolean``), or numeric columns of different dtypes (a bool column beside floats), which
+    NumPy sees as objects, as a float64 array, or a DataError naming its first missing value;
+    None for anything else, which NumPy reads as it is."""
     if type(value).__module__.split(".")[0] != "pandas":
         return None
     from pandas.api.extensions import ExtensionDtype
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
     dtypes = list(value.dtypes) if hasattr(value, "columns") else [value.dtype]
-    if not any(isinstance(d, ExtensionDtype) for d in dtypes) or not all(
-            is_numeric_dtype(d) or is_bool_dtype(d) for d in dtypes):
+    mixed = any(isinstance(d, ExtensionDtype) for d in dtypes) or len(set(dtypes)) > 1
+    if not mixed or not all(is_numeric_dtype(d) or is_bool_dtype(d) for d in dtypes):
         return None
     missing = np.asarray(value.isna())
     if missing.any():
@@ -228,12 +242,13 @@ def _nullable_frame(value, name: str) -> np.ndarray | None:
     return value.to_numpy(dtype=np.float64)
 
 
-def _missing_value(name: str, shown: str, at: tuple) -> DataError:
+def _missing_value(name: str, shown: str, at: tuple,
+                   fix: str = "fill or drop missing values first (pandas: fillna or dropna)"
+                   ) -> DataError:
     """The error for a missing value ``shown`` at index ``at`` of the data ``name``."""
     where = (f"row {at[0]}, column {at[1]}" if len(at) == 2 else f"row {at[0]}" if len(at) == 1
              else f"position {at}")
-    return DataError(f"{name} has a missing value ({shown}) at {where}; fill or drop missing "
-                     f"values first (pandas: fillna or dropna)")
+    return DataError(f"{name} has a missing value ({shown}) at {where}; {fix}")
 
 
 def _missing(value) -> bool:

@@ -571,3 +571,38 @@ def test_numba_kernels_equal_numpy_on_random_architectures(arch):
     assert la == pytest.approx(lb, rel=1e-10, abs=1e-12)
     for k in ga:
         np.testing.assert_allclose(ga[k], gb[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_masked_entries_bool_frame_columns_and_tensors_with_grad(model):
+    """A masked array's hidden values are not data; a frame with a bool column beside float
+    ones is numbers; a torch tensor that requires grad is named with torch's fix."""
+    pd = pytest.importorskip("pandas")
+    X, labels = _x(), np.arange(6) % 3
+    hidden = np.ma.masked_array(X.copy(), mask=np.zeros(X.shape, bool))
+    np.testing.assert_array_equal(model.predict(hidden), model.predict(X))  # nothing masked
+    hidden[2, 1] = np.ma.masked
+    for call in (lambda: model.predict(hidden), lambda: model.fit(hidden, labels, verbose=False),
+                 lambda: model.fit(X, np.ma.masked_array(labels, mask=labels == 1),
+                                   verbose=False)):
+        with pytest.raises(sn.DataError, match=r"has a missing value \(masked\) at row [12].*; "
+                                               r"fill the masked entries \([XY]\.filled\(value\)\)"):
+            call()
+    frame = pd.DataFrame({"a": X[:, 0], "b": X[:, 1] > 0, **{str(j): X[:, j]
+                                                            for j in range(2, X.shape[1])}})
+    np.testing.assert_array_equal(model.predict(frame), model.predict(frame.to_numpy(float)))
+    torch = pytest.importorskip("torch")
+    with pytest.raises(sn.DataError, match=r"X cannot be read as an array \(.*detach"):
+        model.predict(torch.tensor(X, requires_grad=True))
+
+
+def test_estimators_refuse_masked_entries():
+    from symnet.sklearn import SymnetClassifier
+
+    X, y = _x(20), np.arange(20) % 2
+    masked = np.ma.masked_array(X, mask=np.zeros(X.shape, bool))
+    masked[3, 0] = np.ma.masked
+    with pytest.raises(sn.DataError, match=r"X has a missing value \(masked\) at row 3, column 0"):
+        SymnetClassifier(epochs=1).fit(masked, y)
+    fitted = SymnetClassifier(hidden=(4,), epochs=1).fit(X, y)
+    with pytest.raises(sn.DataError, match=r"masked"):
+        fitted.predict(masked)
