@@ -153,10 +153,6 @@ STYLE = """
 """
 
 
-def _math(body: str) -> str:
-    return f'<math xmlns="http://www.w3.org/1998/Math/MathML"><mrow>{body}</mrow></math>'
-
-
 def html_table(ex: Explanation, check: bool = True) -> str:
     """The explanation as an HTML table (inline MathML, no script), for notebooks and reports;
     ``check=False`` leaves out the finite-difference column."""
@@ -172,15 +168,15 @@ def html_table(ex: Explanation, check: bool = True) -> str:
         check_head = f"check ({ex.rows} rows)" if title == "Gradients" and check else ""
         rows.append(f'<tr><th colspan="3">{title}</th><th>shape</th><th>{check_head}</th></tr>')
         for ln in lines:
-            lhs = _math(formulas.mathml_name(ln.label))
-            rhs = _math(mml._print(ln.rhs))
+            lhs = formulas.math_element(formulas.mathml_name(ln.label))
+            rhs = formulas.math_element(mml._print(ln.rhs))
             err = f"{ln.error:.1e}" if ln.error is not None else ""
             rows.append(f'<tr><td class="lhs">{lhs}</td><td>=</td><td>{rhs}</td>'
                         f'<td class="num">{html.escape(ln.shape)}</td>'
                         f'<td class="num">{err}</td></tr>')
             notes = []
             if ln.raw is not None:
-                notes.append(f"chain rule: {_math(mml._print(ln.raw))}")
+                notes.append(f"chain rule: {formulas.math_element(mml._print(ln.raw))}")
             if ln.rewrites:
                 notes.append(f"rewrites: {html.escape(', '.join(ln.rewrites))}")
             if notes:
@@ -188,7 +184,7 @@ def html_table(ex: Explanation, check: bool = True) -> str:
                             f'{"<br/>".join(notes)}</td></tr>')
     rows.append('<tr><th colspan="5">Update</th></tr>')
     for u in ex._update_mathml:
-        rows.append(f'<tr><td></td><td></td><td colspan="3">{_math(u)}</td></tr>')
+        rows.append(f'<tr><td></td><td></td><td colspan="3">{formulas.math_element(u)}</td></tr>')
     if check:
         rows.append(f'<tr><td class="note" colspan="5">check: max relative error of each gradient '
                     f'against {html.escape(CHECK)}; largest {ex.max_error:.1e}</td></tr>')

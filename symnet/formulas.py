@@ -845,7 +845,14 @@ def latex(e) -> str:
 
 
 def mathml(e) -> str:
-    return FormulaMathMLPrinter().doprint(_printable(e, "mathml"))
+    """``e`` as a whole ``<math>`` element, which a browser or a notebook shows as it is (the
+    bare presentation tags, SymPy's form, showed A/3 as "A3")."""
+    return math_element(FormulaMathMLPrinter().doprint(_printable(e, "mathml")))
+
+
+def math_element(body: str) -> str:
+    """Presentation MathML ``body`` in a ``<math>`` element."""
+    return f'<math xmlns="http://www.w3.org/1998/Math/MathML"><mrow>{body}</mrow></math>'
 
 
 def _printable(e, how):

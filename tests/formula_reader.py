@@ -314,6 +314,7 @@ MATHML_OPS = {"\u2061": "@", "\u2062": " · ", "−": " − ", "-": " − "}
 
 def mathml_to_text(markup: str) -> str:
     """Presentation MathML in symnet's notation → the text language."""
+    markup = re.sub(r' xmlns="[^"]*"', "", markup)  # a whole <math> element: tags unqualified
     root = ET.fromstring(f"<root>{markup}</root>")
 
     def conv(el) -> str:

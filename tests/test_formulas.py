@@ -395,3 +395,12 @@ def test_a_loss_without_adjoints_shows_no_empty_backprop_section(tmp_path):
     model.report(tmp_path / "r.html")
     assert "Backprop" not in model.latex() and "Backprop" not in (tmp_path / "r.html").read_text()
     assert "2 parameters in 1 array\n" in repr(model)  # not "1 arrays"
+
+
+def test_mathml_of_an_expression_is_a_whole_math_element():
+    """A browser showed the bare presentation tags of A/3 as "A3"."""
+    A = sp.MatrixSymbol("A", sn.batch, 3)
+    markup = formulas.mathml(A / 3)
+    assert markup.startswith('<math xmlns="http://www.w3.org/1998/Math/MathML"><mrow><mfrac>')
+    assert markup.endswith("</mfrac></mrow></math>")
+    assert parse(mathml_to_text(markup)) == parse("A/3")
