@@ -13,7 +13,7 @@ import sympy as sp
 
 from codegen.ir import UPDATE_SYMBOLS
 
-from . import validate
+from . import formulas, validate
 from .errors import DeclarationError
 
 t = UPDATE_SYMBOLS["t"]
@@ -42,7 +42,7 @@ class Schedule:
         return float(self.expr.subs(t, validate.integer(step, "step", low=1, where=self.name)))
 
     def __repr__(self):
-        return f"{self.name}: lr(t) = {sp.sstr(self.expr)}"
+        return f"{self.name}: lr(t) = {formulas.text(self.expr)}"
 
 
 def _in_steps(expr, name) -> sp.Expr:

@@ -404,3 +404,9 @@ def test_mathml_of_an_expression_is_a_whole_math_element():
     assert markup.startswith('<math xmlns="http://www.w3.org/1998/Math/MathML"><mrow><mfrac>')
     assert markup.endswith("</mfrac></mrow></math>")
     assert parse(mathml_to_text(markup)) == parse("A/3")
+
+
+def test_a_schedule_shows_its_formula_in_symnets_notation():
+    """The report's model line printed raw SymPy (0.005*cos(pi*Min(100, ...)))."""
+    shown = repr(sn.optim.Adam(lr=sn.schedules.cosine(0.01, 100)))
+    assert "cosine: lr(t) = 0.005 + 0.005·cos(π·min(100, floor(t) − 1)/100)" in shown
