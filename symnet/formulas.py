@@ -768,6 +768,8 @@ def mathml_name(name: str) -> str:
     if name.startswith("∂L/∂"):
         return (f"<mfrac><mrow><mi>∂</mi><mi>L</mi></mrow><mrow><mi>∂</mi>{mathml_name(name[4:])}"
                 f"</mrow></mfrac>")
+    if name == "‖g‖₂":  # as LaTeX's \lVert g\rVert_{2}: one <mi> drew g upright, ₂ in a
+        return "<msub><mrow><mo>‖</mo><mi>g</mi><mo>‖</mo></mrow><mn>2</mn></msub>"  # fallback
     if named := _NAMED_BLOCK.fullmatch(name):  # X̂enc1, μenc1: subscripted, as in LaTeX (a
         stem, label, primes = named.groups()  # browser drew <mi>X̂l1</mi> without its hat)
         return (f"<msub>{MATHML_STEMS.get(stem, f'<mi>{stem}</mi>')}<mi>{html.escape(label)}</mi></msub>"
