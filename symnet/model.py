@@ -474,7 +474,7 @@ class Model:
             feeds[sym.name] = _as_data(arr, sym, dtype, check_finite, convert=not lazy)
         if need_targets and self.targets:
             for sym, arr in zip(self.targets, _arrays(Y, self.targets, "targets")):
-                feeds[sym.name] = _as_data(_one_hot(arr, sym), sym, dtype, check_finite)
+                feeds[sym.name] = _as_data(_one_hot(arr, sym, dtype), sym, dtype, check_finite)
                 if sym in self._distributions:
                     _check_distributions(feeds[sym.name], sym.name)
                 if sym in self._probabilities:
@@ -953,6 +953,10 @@ def _backend_errors(backend):
         refused = DeclarationError(f"{err}.{hint}")
         refused.backend = True  # the environment's, not the declaration's (serialize's load)
         raise refused from None
+    except MemoryError as err:  # a workspace for the batch (numpy's _ArrayMemoryError)
+        raise DataError(f"the arrays for this call's batch do not fit in this machine's memory "
+                        f"({err}); pass a smaller batch_size to fit, fewer rows to "
+                        f"loss_and_grad, or declare narrower layers") from None
 
 
 class _NoBar:
@@ -1602,9 +1606,11 @@ def _running_array(value, name, shape, dtype):
     return value
 
 
-def _one_hot(arr, sym):
-    """Integer class labels of shape (n,) as the one-hot rows of a target of k ≥ 2 columns
-    (anything else is returned as it is, for :func:`_as_data` to check)."""
+def _one_hot(arr, sym, dtype):
+    """Integer class labels of shape (n,) as the one-hot rows of a target of k ≥ 2 columns, in
+    ``dtype`` (anything else is returned as it is, for :func:`_as_data` to check). Written
+    entry by entry into zeros: ``np.eye(k)[labels]`` made a float64 copy and then the model's
+    (200 000 labels of 1000 classes: 2.3 GB and 2.3 s a call, for 1.5 MB of labels)."""
     k = int(sym.shape[1])
     if (isinstance(arr, (list, tuple)) and len(arr) == 1 and hasattr(arr[0], "__array__")
             and np.ndim(arr[0]) == 1 and len(arr[0]) not in (1, k)):
@@ -1644,7 +1650,9 @@ def _one_hot(arr, sym):
         row = int(np.flatnonzero(outside)[0])
         raise DataError(f"{sym.name}: the class label {a[row]} in row {row} is outside 0…{k - 1}; "
                         f"the model has {k} classes, one per column of {sym.name}")
-    return np.eye(k)[a]
+    rows = np.zeros((len(a), k), dtype)
+    rows[np.arange(len(a)), a] = 1
+    return rows
 
 
 def _as_data(arr, sym, dtype, check_finite=True, convert=True):

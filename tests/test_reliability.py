@@ -2,6 +2,7 @@
 failed step leaves the model as it was; property tests over random architectures."""
 
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -606,3 +607,25 @@ def test_estimators_refuse_masked_entries():
     fitted = SymnetClassifier(hidden=(4,), epochs=1).fit(X, y)
     with pytest.raises(sn.DataError, match=r"masked"):
         fitted.predict(masked)
+
+
+def test_a_batch_too_large_for_memory_is_a_data_error():
+    """Workspaces of 10⁷ rows × 4096 units (150 GiB) ended in numpy's _ArrayMemoryError; the
+    parameters are as before."""
+    from symnet.validate import physical_memory
+
+    overcommit = pathlib.Path("/proc/sys/vm/overcommit_memory")
+    if (not overcommit.exists() or overcommit.read_text().strip() != "0"
+            or (physical_memory() or 0) > 100 * 2**30):
+        pytest.skip("needs Linux's heuristic overcommit to refuse 150 GiB outright")
+    X, Y = sn.Input("X", 2), sn.Input("Y", 2)
+    out = sn.dense(sn.dense(X, 4096, sn.relu, name="1"), 2, name="2")
+    model = sn.compile(sn.softmax_cross_entropy(out, Y), inputs=[X], targets=[Y], seed=0)
+    rows = 10_000_000
+    X_, labels = np.zeros((rows, 2), np.float32), np.zeros(rows, np.int64)
+    before = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(sn.DataError, match=r"do not fit in this machine's memory \(.*\); pass a "
+                                           r"smaller batch_size"):
+        model.fit(X_, labels, epochs=1, batch_size=rows, verbose=False)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])
