@@ -378,7 +378,10 @@ class Model:
             return programs
         defs = _at_prediction(defs, norms)
         leaves.update(running)
-        programs["loss"] = lower(defs, {"loss": d.loss}, leaves)
+        # the loss and the first prediction, which evaluate scores: one pass over the data
+        # (evaluate ran the forward kernel again for its metric, twice the time)
+        scored = dict(zip(_prediction_outputs(1), d.predictions[:1]))
+        programs["loss"] = lower(defs, {"loss": d.loss, **scored}, leaves)
         if d.predictions:
             pred_leaves = {s: r for s, r in leaves.items() if s not in self.targets}
             programs["forward"] = lower(defs, dict(zip(_prediction_outputs(len(d.predictions)),
@@ -599,10 +602,6 @@ class Model:
         return [np.concatenate([c[name] for c in chunks])
                 for name in _prediction_outputs(len(self.prediction_exprs))]
 
-    def _predict(self, feeds, batch_size):
-        """The first prediction: what evaluate's accuracy compares with the targets."""
-        return self._predict_all(feeds, batch_size)[0]
-
     def evaluate(self, X, Y=None, batch_size: int = 4096) -> dict:
         """``{"loss": mean loss}``, plus ``"accuracy"``: argmax agreement when Y has ≥ 2 columns
         of class distributions (one-hot or probabilities), and for other 0/1 targets of a
@@ -621,23 +620,27 @@ class Model:
         return result
 
     def _evaluate(self, feeds, batch_size=4096):
-        total = sum(float(self._run("loss", chunk)["loss"][0, 0]) * _rows(chunk)
-                    for chunk in _chunks(feeds, batch_size, self.dtype))
-        result = {"loss": total / _rows(feeds)}
         target = feeds[self.targets[0].name] if len(self.targets) == 1 else None
         first = self.prediction_expr
-        if first is None or target is None or first.shape[1] != target.shape[1]:
+        scored = not (first is None or target is None or first.shape[1] != target.shape[1])
+        name = _prediction_outputs(1)[0]  # the loss kernel's first prediction
+        total, preds = 0.0, []
+        for chunk in _chunks(feeds, batch_size, self.dtype):
+            out = self._run("loss", chunk)
+            total += float(out["loss"][0, 0]) * _rows(chunk)
+            if scored:
+                preds.append(out[name])
+        result = {"loss": total / _rows(feeds)}
+        if not scored:
             return result
+        pred = np.concatenate(preds)
         if target.shape[1] >= 2 and _distributions(target):
-            pred = self._predict(feeds, batch_size)
             right = (pred.argmax(1) == target.argmax(1)) & ~np.isnan(pred).any(axis=1)
             result["accuracy"] = float(np.mean(right))  # a NaN row is wrong, not argmax's class
         elif (cut := self._label_threshold) is not None and np.isin(target, (0, 1)).all():
-            pred = self._predict(feeds, batch_size)  # label by label
-            right = ((pred > cut) == (target > 0.5)) & ~np.isnan(pred)
+            right = ((pred > cut) == (target > 0.5)) & ~np.isnan(pred)  # label by label
             result["accuracy"] = float(np.mean(right))
         if "accuracy" not in result:  # a regression: R², as scikit-learn's r2_score
-            pred = self._predict(feeds, batch_size)
             if self._label_threshold == 0:  # logits: their probabilities σ(P) against the targets
                 pred = scipy.special.expit(pred)
             result["r2"] = _r2(target, pred)

@@ -629,3 +629,36 @@ def test_a_batch_too_large_for_memory_is_a_data_error():
         model.fit(X_, labels, epochs=1, batch_size=rows, verbose=False)
     for k, v in model.params.items():
         np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_evaluate_scores_the_loss_kernels_prediction_in_one_pass(backend, monkeypatch):
+    """evaluate's metric reads the first prediction the loss kernel computes beside the loss
+    (it ran the forward kernel over the data again), and equals the metric of predict's output:
+    batch norm on running statistics and dropout left out, as in predict."""
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(4)
+    X, Y = sn.Input("X", 4), sn.Input("Y", 3)
+    h = sn.dropout(sn.relu(sn.batch_norm(sn.dense(X, 6, name="1"), "1")), 0.3)
+    out = sn.dense(h, 3, name="2")
+    Xd, labels = rng.normal(size=(50, 4)), rng.integers(0, 3, 50)
+    targets = rng.normal(size=(50, 3))
+    for loss, Yd in ((sn.softmax_cross_entropy(out, Y), labels), (sn.mse(out, Y), targets)):
+        model = sn.compile(loss, inputs=[X], targets=[Y], prediction=out, seed=0,
+                           backend=backend, dtype="float64")
+        model.fit(Xd, Yd, epochs=2, batch_size=16, verbose=False)
+        pred = model.predict(Xd)
+        runs = []
+
+        def run(name, *args, _run=model._run, _runs=runs):
+            _runs.append(name)
+            return _run(name, *args)
+
+        monkeypatch.setattr(model, "_run", run)
+        scores = model.evaluate(Xd, Yd, batch_size=16)
+        assert set(runs) == {"loss"}, runs
+        if Yd is labels:
+            assert scores["accuracy"] == np.mean(pred.argmax(1) == labels)
+        else:
+            assert scores["r2"] == pytest.approx(r2_score(targets, pred), rel=1e-12)
