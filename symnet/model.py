@@ -298,7 +298,8 @@ class Model:
     @staticmethod
     def _running_updates(d) -> list:
         """``(running statistic, its value after a training step)`` of each batch norm of the
-        derivation ``d``, as the training kernel computes them."""
+        derivation ``d``: what the training kernel assigns (:meth:`_lower`) and the formulas
+        show."""
         defs = d.definitions()
         return [pair for norm in _batch_norms(d) for pair in norm.updates(defs)]
 
@@ -372,7 +373,7 @@ class Model:
         programs = {"loss_and_grad": lower(defs, roots, leaves)}
         running = {s: "state" for norm in norms for s in norm.running}
         if running:
-            assigns = {s: value for norm in norms for s, value in norm.updates(defs)}
+            assigns = dict(self._running_updates(d))  # as formulas() shows them
             programs["train"] = lower(defs, roots, {**leaves, **running}, assigns)
         if weights:
             return programs
