@@ -217,10 +217,14 @@ def markdown(machine, results) -> str:
 
 
 def machine_info() -> dict:
-    """Platform, CPU, core count, Python, and any OPENBLAS_* settings of this environment."""
+    """Platform, CPU, core count, Python, the BLAS symnet's kernels call, and any OPENBLAS_*
+    settings of this environment."""
+    from codegen.intrinsics.blas import BLAS
+
     return {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            **{k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}}
+            "symnet_blas": f"{BLAS.name} {BLAS.version} ({BLAS.why})",
+            **{k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "SYMNET_BLAS"))}}
 
 
 def cpu_name() -> str:

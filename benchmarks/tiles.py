@@ -2,7 +2,7 @@
 
     python -m benchmarks.tiles [--shapes wide,adam-relu] [--repeat 5] [--steps 20]
 
-Each product runs as the generated kernels run it, a one-thread OpenBLAS call per tile
+Each product runs as the generated kernels run it, a one-thread BLAS call per tile
 (``gemm_at``), one tile after another on one thread: the sum is the thread time a step's
 products cost the team, and every way of cutting them does the same arithmetic. Each tile
 packs the operand it shares with the other tiles again, so the ways differ in that copying:

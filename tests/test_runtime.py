@@ -535,3 +535,65 @@ def test_an_unsupported_numba_is_named_with_the_supported_range():
         _check_versions({"numba": "0.70.1", "llvmlite": "0.50.0"})
     with pytest.raises(CodegenError, match=r"llvmlite>=0\.47,<0\.51"):
         _check_versions({"numba": "0.66.0", "llvmlite": "0.46.0rc1"})
+
+
+_BLAS_CHILD = textwrap.dedent("""
+    import hashlib, os, sys
+    sys.path.insert(0, {tests!r})
+    from test_runtime import data, wide_model
+    from codegen.intrinsics.blas import BLAS
+    digests = []
+    for count in (1, 2, 4):
+        os.environ["SYMNET_NUM_THREADS"] = str(count)
+        model = wide_model()
+        model.fit(*data(), epochs=2, batch_size=64, verbose=False)
+        digests.append(hashlib.sha256(b"".join(model.params[k].tobytes()
+                                               for k in sorted(model.params))).hexdigest())
+        if count == 1:
+            import numpy as np
+            np.save(sys.argv[1], model.params["W1"])
+    print(BLAS.name, *digests)
+""")
+
+
+@pytest.mark.parametrize("asked", ["openblas", "mkl"])
+def test_each_blas_gives_one_two_and_four_threads_the_same_bits(asked, tmp_path):
+    # the test extra installs MKL, so both libraries run here, whichever the CPU's default is
+    code = _BLAS_CHILD.format(tests=os.path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "W1.npy")],
+                          env={**os.environ, "SYMNET_BLAS": asked}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    name, *digests = proc.stdout.split()
+    assert name == {"openblas": "OpenBLAS", "mkl": "MKL"}[asked], proc.stderr
+    assert len(set(digests)) == 1, digests
+    reference = wide_model(backend="numpy")
+    reference.fit(*data(), epochs=2, batch_size=64, verbose=False)
+    np.testing.assert_allclose(np.load(tmp_path / "W1.npy"), reference.params["W1"], atol=2e-5)
+
+
+def test_a_blas_that_cannot_be_had_is_warned_about_and_openblas_runs(monkeypatch):
+    from codegen.intrinsics import blas
+
+    with pytest.warns(UserWarning, match=r"SYMNET_BLAS='gpu' is neither 'openblas' nor 'mkl'"):
+        monkeypatch.setattr(blas, "_intel", lambda: False)
+        assert blas.choose("gpu").name == "OpenBLAS"
+    monkeypatch.setattr(blas, "_mkl_path", lambda: None)
+    with pytest.warns(UserWarning, match=r'SYMNET_BLAS=mkl, but MKL is not installed \(pip '
+                                         r'install "symnet\[mkl\]"\); using OpenBLAS'):
+        assert blas.choose("mkl").name == "OpenBLAS"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chosen = blas.choose("")
+    assert (chosen.name, chosen.why) == ("OpenBLAS", "MKL is not installed")
+
+    def taken(path, why):
+        raise OSError("another library in this process already runs MKL with other settings")
+
+    monkeypatch.setattr(blas, "_mkl_path", lambda: "libmkl_rt.so")
+    monkeypatch.setattr(blas, "_mkl", taken)
+    monkeypatch.setattr(blas, "_intel", lambda: True)
+    with pytest.warns(UserWarning, match=r"MKL could not be used \(another library in this "
+                                         r"process already runs MKL with other settings\); "
+                                         r"using OpenBLAS"):
+        assert blas.choose("").name == "OpenBLAS"

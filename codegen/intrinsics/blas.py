@@ -11,18 +11,31 @@ alpha and beta are the caller's. ``np.dot`` would compile a separate implementat
 combination of argument layouts (three for seed002's six products, 0.3–0.4 s of its 2.5 s cold
 compile); this intrinsic is inlined as a single call.
 
-The BLAS is the OpenBLAS of the ``scipy-openblas32`` wheel, the build NumPy and SciPy ship,
-in its newest release, rather than the older copy inside SciPy that numba's ``np.dot`` calls:
-on this project's machine its sgemm is 5–15 % faster on the benchmark workloads' shapes
-(benchmarks/README.md). Its ``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM under fixed
-symbol names (``symnet_cblas_sgemm``, ``symnet_cblas_dgemm``) when this module is imported, so
-machine code in numba's on-disk cache links against them in every process. It runs one thread:
+The BLAS is chosen once per process, when this module is imported (:func:`choose`):
+
+- the OpenBLAS of the ``scipy-openblas32`` wheel, the build NumPy and SciPy ship, in its newest
+  release, rather than the older copy inside SciPy that numba's ``np.dot`` calls: 5-15 % faster
+  on the benchmark workloads' shapes (benchmarks/README.md);
+- Intel's MKL, where the ``mkl`` wheel is installed (``pip install "symnet[mkl]"``) and the CPU
+  is Intel's, or wherever ``SYMNET_BLAS=mkl`` asks for it (``SYMNET_BLAS=openblas`` keeps
+  OpenBLAS). On a 2-core Intel Xeon it trained wide's epochs 11 % and adam-relu's 17 % faster
+  than OpenBLAS; on AMD's CPUs it is not measured, so it is not chosen there by default. It runs
+  its sequential layer, and conditional numerical reproducibility in strict mode, without which
+  a tile's result may depend on where its operands happen to be aligned.
+
+Both give any thread count the same bits; the two give different bits from each other. The
+chosen library's ``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM under fixed symbol names
+(``symnet_cblas_sgemm``, ``symnet_cblas_dgemm``), so machine code in numba's on-disk cache links
+against them in every process, whichever library that process chose. It runs one thread:
 ``gemm_at`` computes one tile of a product, and the kernels' own thread team runs the tiles.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llvmlite.binding as llvm
@@ -33,26 +46,115 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from ..notices import warn
+
 KINDS = {types.float32: "s", types.float64: "d"}  # BLAS's letter for each dtype
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enum values
 _INT = ir.IntType(32)  # scipy-openblas32's integers
 
 
-def _register() -> ctypes.CDLL:
-    """Load the OpenBLAS library and give LLVM its two GEMMs under symnet's symbol names."""
+@dataclass(frozen=True)
+class Blas:
+    """The library the kernels' products call: ``name`` ("OpenBLAS" or "MKL"), its ``version``
+    and ``why`` it was chosen."""
+
+    name: str
+    version: str
+    why: str
+    library: ctypes.CDLL = field(repr=False, compare=False)
+
+
+# MKL's enum values (mkl_service.h)
+_MKL_INTERFACE_LP64, _MKL_THREADING_SEQUENTIAL = 0, 1
+_MKL_CBWR_AUTO, _MKL_CBWR_STRICT, _MKL_CBWR_SUCCESS = 2, 0x10000, 0
+
+
+def _openblas(why: str) -> Blas:
     path = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
     lib = ctypes.CDLL(str(path))
-    for kind in KINDS.values():
-        address = ctypes.cast(getattr(lib, f"scipy_cblas_{kind}gemm"), ctypes.c_void_p).value
-        llvm.add_symbol(f"symnet_cblas_{kind}gemm", address)
-    return lib
+    # One thread: the kernels split products into tiles for their own thread team
+    # (codegen.numba.runtime), so a tile's rounding never depends on OpenBLAS's thread count.
+    # This OpenBLAS is symnet's own copy: NumPy's and SciPy's keep their threads.
+    lib.scipy_openblas_set_num_threads(1)
+    lib.scipy_openblas_get_config.restype = ctypes.c_char_p
+    version = lib.scipy_openblas_get_config().decode().split()[1]  # "OpenBLAS 0.3.30 ..."
+    return Blas("OpenBLAS", version, why, lib)
 
 
-LIBRARY = _register()  # kept: the library must stay loaded while kernels may call it
-# One thread: the kernels split products into tiles for their own thread team
-# (codegen.numba.runtime), so a tile's rounding never depends on OpenBLAS's thread count. This
-# OpenBLAS is symnet's own copy: NumPy's and SciPy's keep their threads.
-LIBRARY.scipy_openblas_set_num_threads(1)
+def _mkl_path() -> Path | None:
+    """The ``mkl`` wheel's runtime library (``libmkl_rt``), or None where it is not installed."""
+    try:
+        files = importlib.metadata.distribution("mkl").files or ()
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name.startswith(("libmkl_rt.so", "libmkl_rt.", "mkl_rt.")):
+            return Path(f.locate())
+    return None
+
+
+def _mkl(path: Path, why: str) -> Blas:
+    """MKL from ``path``, sequential and reproducible; OSError where another library of this
+    process already runs it otherwise."""
+    lib = ctypes.CDLL(str(path))
+    if (lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64) != _MKL_INTERFACE_LP64
+            or lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL) != _MKL_THREADING_SEQUENTIAL):
+        raise OSError("another library in this process already runs MKL with other settings")
+    if lib.MKL_CBWR_Set(_MKL_CBWR_AUTO | _MKL_CBWR_STRICT) != _MKL_CBWR_SUCCESS:
+        raise OSError("MKL has already computed in this process, so its reproducible mode "
+                      "cannot be set")
+    text = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(text, len(text))
+    version = text.value.decode().split("Version ")[-1].split("-")[0].strip()
+    return Blas("MKL", version, why, lib)
+
+
+def _intel() -> bool:
+    """Whether this is an Intel CPU (Linux's /proc/cpuinfo; False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.split(":")[-1].strip() == "GenuineIntel"
+                       for line in f if line.startswith("vendor_id"))
+    except OSError:
+        return False
+
+
+def choose(asked: str | None = None) -> Blas:
+    """The BLAS ``SYMNET_BLAS`` (or ``asked``) names: ``openblas``, ``mkl``, or unset for MKL
+    where it is installed and the CPU is Intel's, OpenBLAS otherwise. A value it cannot follow
+    is warned about, and OpenBLAS runs."""
+    if asked is None:
+        asked = os.environ.get("SYMNET_BLAS", "")
+    asked = asked.strip().lower()
+    if asked not in ("", "openblas", "mkl"):
+        warn(f"SYMNET_BLAS={asked!r} is neither 'openblas' nor 'mkl'; choosing as if it were "
+             f"unset")
+        asked = ""
+    if asked == "openblas":
+        return _openblas("SYMNET_BLAS=openblas")
+    path = _mkl_path()
+    if path is None:
+        if asked == "mkl":
+            warn('SYMNET_BLAS=mkl, but MKL is not installed (pip install "symnet[mkl]"); using '
+                 'OpenBLAS')
+            return _openblas("SYMNET_BLAS=mkl, but MKL is not installed")
+        return _openblas("MKL is not installed")
+    if asked == "mkl" or _intel():
+        why = "SYMNET_BLAS=mkl" if asked == "mkl" else "installed, on an Intel CPU"
+        try:
+            return _mkl(path, why)
+        except (OSError, AttributeError) as e:
+            warn(f"MKL could not be used ({e}); using OpenBLAS. SYMNET_BLAS=openblas chooses "
+                 f"OpenBLAS without this warning.")
+            return _openblas(f"MKL could not be used: {e}")
+    return _openblas("MKL is installed, but this CPU is not Intel's (SYMNET_BLAS=mkl chooses it)")
+
+
+BLAS = choose()  # kept: the library must stay loaded while kernels may call it
+for _kind in ("s", "d"):
+    _prefix = "scipy_cblas_" if BLAS.name == "OpenBLAS" else "cblas_"
+    llvm.add_symbol(f"symnet_cblas_{_kind}gemm",
+                    ctypes.cast(getattr(BLAS.library, f"{_prefix}{_kind}gemm"), ctypes.c_void_p).value)
 
 
 def _gemm_call(context, builder, sig, args, offsets):
