@@ -442,6 +442,29 @@ def test_gemm_tiles_make_up_the_whole_product(ta, tb):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_calls_a_blas_for_small_and_for_large_products_alike(dtype):
+    # below blas.SMALL multiply-adds a product calls OpenBLAS, from it the chosen BLAS (MKL on
+    # an Intel CPU with the test extra): both are right, in both layouts of each operand
+    from codegen.intrinsics import blas
+
+    @nb.njit
+    def call(ta, a, tb, b, out, m, n, k):
+        gemm(ta, a, tb, b, out, 1.0, 0.0, m, n, k)
+
+    rng = np.random.default_rng(2)
+    for m, n, k in [(99, 100, 100), (100, 100, 100), (128, 96, 200)]:
+        assert (m * n * k < blas.SMALL) == (m == 99)
+        for ta, tb in [(False, False), (True, True)]:
+            a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+            out = np.zeros((m, n), dtype)
+            call(ta, a, tb, b, out, m, n, k)
+            expected = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+            np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                       atol=1e-3 if dtype == np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vector_exp_is_within_one_ulp_and_keeps_inf_nan_and_subnormals(dtype):
     exp = vecmath.exp32 if dtype == np.float32 else vecmath.exp64
 

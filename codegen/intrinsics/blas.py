@@ -56,12 +56,17 @@ _INT = ir.IntType(32)  # scipy-openblas32's integers
 @dataclass(frozen=True)
 class Blas:
     """The library the kernels' products call: ``name`` ("OpenBLAS" or "MKL"), its ``version``
-    and ``why`` it was chosen."""
+    and ``why`` it was chosen; ``prefix``: its CBLAS functions' prefix."""
 
     name: str
     version: str
     why: str
     library: ctypes.CDLL = field(repr=False, compare=False)
+    prefix: str = field(repr=False, default="cblas_")
+
+    def address(self, kind: str) -> int:
+        """The address of its ``cblas_?gemm`` (kind: "s" or "d")."""
+        return ctypes.cast(getattr(self.library, f"{self.prefix}{kind}gemm"), ctypes.c_void_p).value
 
 
 # MKL's enum values (mkl_service.h)
@@ -69,7 +74,7 @@ _MKL_INTERFACE_LP64, _MKL_THREADING_SEQUENTIAL = 0, 1
 _MKL_CBWR_AUTO, _MKL_CBWR_STRICT, _MKL_CBWR_SUCCESS = 2, 0x10000, 0
 
 
-def _openblas(why: str) -> Blas:
+def _load_openblas() -> ctypes.CDLL:
     path = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
     lib = ctypes.CDLL(str(path))
     # One thread: the kernels split products into tiles for their own thread team
@@ -77,8 +82,15 @@ def _openblas(why: str) -> Blas:
     # This OpenBLAS is symnet's own copy: NumPy's and SciPy's keep their threads.
     lib.scipy_openblas_set_num_threads(1)
     lib.scipy_openblas_get_config.restype = ctypes.c_char_p
-    version = lib.scipy_openblas_get_config().decode().split()[1]  # "OpenBLAS 0.3.30 ..."
-    return Blas("OpenBLAS", version, why, lib)
+    return lib
+
+
+_OPENBLAS = _load_openblas()  # loaded whichever BLAS is chosen: small products call it
+
+
+def _openblas(why: str) -> Blas:
+    version = _OPENBLAS.scipy_openblas_get_config().decode().split()[1]  # "OpenBLAS 0.3.x ..."
+    return Blas("OpenBLAS", version, why, _OPENBLAS, "scipy_cblas_")
 
 
 def _mkl_path() -> Path | None:
@@ -150,11 +162,15 @@ def choose(asked: str | None = None) -> Blas:
     return _openblas("MKL is installed, but this CPU is not Intel's (SYMNET_BLAS=mkl chooses it)")
 
 
+# Products of fewer multiply-adds call OpenBLAS whichever BLAS is chosen: its small-matrix
+# kernels took 0.69-0.87 × MKL's time on them, and MKL 0.85-0.87 × OpenBLAS's on larger ones (a
+# grid of 1,700 shapes of sides 10-256 and inner sizes 32-784 on AVX-512; on AVX2 the two were
+# level throughout). A product's library depends on its shape only, so not on the thread count.
+SMALL = 1_000_000
 BLAS = choose()  # kept: the library must stay loaded while kernels may call it
-for _kind in ("s", "d"):
-    _prefix = "scipy_cblas_" if BLAS.name == "OpenBLAS" else "cblas_"
-    llvm.add_symbol(f"symnet_cblas_{_kind}gemm",
-                    ctypes.cast(getattr(BLAS.library, f"{_prefix}{_kind}gemm"), ctypes.c_void_p).value)
+for _kind in KINDS.values():
+    llvm.add_symbol(f"symnet_cblas_{_kind}gemm", BLAS.address(_kind))
+    llvm.add_symbol(f"symnet_small_{_kind}gemm", _openblas("").address(_kind))
 
 
 def _gemm_call(context, builder, sig, args, offsets):
@@ -183,7 +199,12 @@ def _gemm_call(context, builder, sig, args, offsets):
     fnty = ir.FunctionType(ir.VoidType(), [_INT] * 6 + [real, real.as_pointer(), _INT,
                                                         real.as_pointer(), _INT, real,
                                                         real.as_pointer(), _INT])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"symnet_cblas_{KINDS[dtype]}gemm")
+    large, small = (cgutils.get_or_insert_function(builder.module, fnty,
+                                                   f"symnet_{name}_{KINDS[dtype]}gemm")
+                    for name in ("cblas", "small"))
+    work = builder.mul(builder.mul(arg(7, types.int64), arg(8, types.int64)), arg(9, types.int64))
+    fn = builder.select(builder.icmp_signed("<", work, ir.Constant(ir.IntType(64), SMALL)),
+                        small, large)
     builder.call(fn, (ir.Constant(_INT, _ROW_MAJOR), trans(0), trans(2),
                       arg(7, types.int32), arg(8, types.int32), arg(9, types.int32),
                       arg(5, dtype), a, lda, b, ldb, arg(6, dtype), c, ldc))
