@@ -580,7 +580,7 @@ def test_a_blas_that_cannot_be_had_is_warned_about_and_openblas_runs(monkeypatch
         assert blas.choose("gpu").name == "OpenBLAS"
     monkeypatch.setattr(blas, "_mkl_path", lambda: None)
     with pytest.warns(UserWarning, match=r'SYMNET_BLAS=mkl, but MKL is not installed \(pip '
-                                         r'install "symnet\[mkl\]"\); using OpenBLAS'):
+                                         r'install "mkl>=2026\.2"\); using OpenBLAS'):
         assert blas.choose("mkl").name == "OpenBLAS"
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -16,7 +16,7 @@ The BLAS is chosen once per process, when this module is imported (:func:`choose
 - the OpenBLAS of the ``scipy-openblas32`` wheel, the build NumPy and SciPy ship, in its newest
   release, rather than the older copy inside SciPy that numba's ``np.dot`` calls: 5-15 % faster
   on the benchmark workloads' shapes (benchmarks/README.md);
-- Intel's MKL, where the ``mkl`` wheel is installed (``pip install "symnet[mkl]"``) and the CPU
+- Intel's MKL, where the ``mkl`` wheel is installed (the ``mkl`` extra) and the CPU
   is Intel's, or wherever ``SYMNET_BLAS=mkl`` asks for it (``SYMNET_BLAS=openblas`` keeps
   OpenBLAS). On a 2-core Intel Xeon it trained wide's epochs 11 % and adam-relu's 17 % faster
   than OpenBLAS; on AMD's CPUs it is not measured, so it is not chosen there by default. It runs
@@ -147,7 +147,7 @@ def choose(asked: str | None = None) -> Blas:
     path = _mkl_path()
     if path is None:
         if asked == "mkl":
-            warn('SYMNET_BLAS=mkl, but MKL is not installed (pip install "symnet[mkl]"); using '
+            warn('SYMNET_BLAS=mkl, but MKL is not installed (pip install "mkl>=2026.2"); using '
                  'OpenBLAS')
             return _openblas("SYMNET_BLAS=mkl, but MKL is not installed")
         return _openblas("MKL is not installed")

@@ -350,11 +350,11 @@ def _tile(module):
 
 def product_least(length: int) -> int:
     """The narrowest tile of a product whose tiles cut an axis of ``length``, and so at most 4
-    tiles. Each tile is a one-thread OpenBLAS call that packs the other operand again: on
-    adam-relu's and wide's products, tiles 32 wide took 15-25 % longer in all than one call,
-    64 wide 5-10 %, 128 wide 1-2 %, and wide's products took 3 % longer in 8 tiles than in 4
-    (benchmarks.tiles); below 128 rows, ~25-row tiles were faster than one call (OpenBLAS's
-    small-matrix kernels). Measured on one thread."""
+    tiles. Each tile is a one-thread BLAS call that packs the other operand again: with
+    OpenBLAS, on adam-relu's and wide's products, tiles 32 wide took 15-25 % longer in all than
+    one call, 64 wide 5-10 %, 128 wide 1-2 %, and wide's products took 3 % longer in 8 tiles
+    than in 4 (benchmarks.tiles; MKL's tiles cost 4 % in all); below 128 rows, ~25-row tiles
+    were faster than one call (OpenBLAS's small-matrix kernels). Measured on one thread."""
     least = 128 if length >= 256 else 64 if length >= 128 else 16
     return max(least, length // 4)
 
