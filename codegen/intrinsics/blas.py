@@ -1,4 +1,4 @@
-"""GEMM for the generated kernels: one numba intrinsic that calls OpenBLAS's ``cblas_?gemm``.
+"""GEMM for the generated kernels: one numba intrinsic that calls a BLAS's ``cblas_?gemm``.
 
 ``gemm(ta, a, tb, b, out, alpha, beta, m, n, k)`` computes the top-left m×n block
 ``out ← alpha·op(a)·op(b) + beta·out``, where ``op`` transposes when the flag is true, op(a) is
@@ -23,9 +23,11 @@ The BLAS is chosen once per process, when this module is imported (:func:`choose
   its sequential layer, and conditional numerical reproducibility in strict mode, without which
   a tile's result may depend on where its operands happen to be aligned.
 
-Both give any thread count the same bits; the two give different bits from each other. The
-chosen library's ``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM under fixed symbol names
-(``symnet_cblas_sgemm``, ``symnet_cblas_dgemm``), so machine code in numba's on-disk cache links
+Products of fewer than ``SMALL`` multiply-adds call OpenBLAS either way. Both choices give any
+thread count the same bits; the two give different bits from each other. The chosen library's
+``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM under fixed symbol names
+(``symnet_cblas_sgemm``, ``symnet_cblas_dgemm``; OpenBLAS's for small products
+``symnet_small_sgemm``, ``symnet_small_dgemm``), so machine code in numba's on-disk cache links
 against them in every process, whichever library that process chose. It runs one thread:
 ``gemm_at`` computes one tile of a product, and the kernels' own thread team runs the tiles.
 """
@@ -100,14 +102,15 @@ def _mkl_path() -> Path | None:
     except importlib.metadata.PackageNotFoundError:
         return None
     for f in files:
-        if f.name.startswith(("libmkl_rt.so", "libmkl_rt.", "mkl_rt.")):
+        if f.name.startswith(("libmkl_rt.", "mkl_rt.")):
             return Path(f.locate())
     return None
 
 
 def _mkl(path: Path, why: str) -> Blas:
-    """MKL from ``path``, sequential and reproducible; OSError where another library of this
-    process already runs it otherwise."""
+    """MKL from ``path``, sequential and reproducible (process-wide settings, which another
+    library of this process using the same MKL shares); OSError where that library already runs
+    it otherwise."""
     lib = ctypes.CDLL(str(path))
     if (lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64) != _MKL_INTERFACE_LP64
             or lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL) != _MKL_THREADING_SEQUENTIAL):
@@ -163,7 +166,7 @@ def choose(asked: str | None = None) -> Blas:
 
 
 # Products of fewer multiply-adds call OpenBLAS whichever BLAS is chosen: its small-matrix
-# kernels took 0.69-0.87 × MKL's time on them, and MKL 0.85-0.87 × OpenBLAS's on larger ones (a
+# kernels took 0.69-0.87 × MKL's time on them, and MKL 0.85-0.88 × OpenBLAS's on larger ones (a
 # grid of 1,700 shapes of sides 10-256 and inner sizes 32-784 on AVX-512; on AVX2 the two were
 # level throughout). A product's library depends on its shape only, so not on the thread count.
 SMALL = 1_000_000
