@@ -219,11 +219,11 @@ def markdown(machine, results) -> str:
 def machine_info() -> dict:
     """Platform, CPU, core count, Python, the BLAS symnet's kernels call, and any OPENBLAS_*
     settings of this environment."""
-    from codegen.intrinsics.blas import BLAS
+    from codegen.intrinsics import blas
 
     return {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "symnet_blas": f"{BLAS.name} {BLAS.version} ({BLAS.why})",
+            "symnet_blas": blas.describe(),
             **{k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "SYMNET_BLAS"))}}
 
 

@@ -13,7 +13,9 @@ import sys
 import threading
 import warnings
 
-_HIDDEN = {__name__.split(".")[0], "threading"}  # top-level packages whose frames a warning skips
+# top-level packages whose frames a warning skips; importlib's: a warning at a module's import
+# names the line that made the import
+_HIDDEN = {__name__.split(".")[0], "threading", "importlib"}
 
 
 def hide(package: str) -> None:

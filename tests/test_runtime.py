@@ -597,3 +597,31 @@ def test_a_blas_that_cannot_be_had_is_warned_about_and_openblas_runs(monkeypatch
                                          r"process already runs MKL with other settings\); "
                                          r"using OpenBLAS"):
         assert blas.choose("").name == "OpenBLAS"
+
+
+_TORCH_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    if sys.argv[1] == "before":
+        import torch
+    import symnet as sn
+    X, Y = sn.Input("X", 8), sn.Input("Y", 2)
+    model = sn.compile(sn.softmax_cross_entropy(sn.dense(X, 2), Y), inputs=[X], targets=[Y])
+    model.fit(np.zeros((4, 8)), np.array([0, 1, 0, 1]), epochs=1, verbose=False)
+    import torch
+    model.fit(np.zeros((4, 8)), np.array([0, 1, 0, 1]), epochs=1, verbose=False)
+    print(torch.get_num_threads())
+""")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_torch_imported_after_symnet_loaded_mkl_is_warned_about(when):
+    proc = subprocess.run([sys.executable, "-c", _TORCH_CHILD, when], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "SYMNET_BLAS": "mkl",
+                                                      "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr
+    warned = "torch was imported after symnet loaded MKL for its kernels" in proc.stderr
+    assert warned == (when == "after"), proc.stderr
+    assert proc.stderr.count("torch was imported after") <= 1  # once, not at every call
+    if when == "before":
+        assert proc.stdout.split() == ["2"]  # torch keeps its threads

@@ -21,9 +21,12 @@ The BLAS is chosen once per process, when this module is imported (:func:`choose
   OpenBLAS). On a 2-core Intel Xeon it trained wide's epochs 11 % and adam-relu's 17 % faster
   than OpenBLAS; on AMD's CPUs it is not measured, so it is not chosen there by default. It runs
   its sequential layer, and conditional numerical reproducibility in strict mode, without which
-  a tile's result may depend on where its operands happen to be aligned.
+  a tile's result may depend on where its operands happen to be aligned. MKL loads its parts
+  into the process's global symbol scope, so a library that carries MKL of its own and is
+  loaded later (PyTorch) calls symnet's instead: one thread, torch's products 2 × slower on 2
+  cores. :func:`check_neighbours` warns when that has happened.
 
-Products of fewer than ``SMALL`` multiply-adds call OpenBLAS either way. Both choices give any
+Tiles (each a call) of fewer than ``SMALL`` multiply-adds call OpenBLAS either way. Both choices give any
 thread count the same bits; the two give different bits from each other. The chosen library's
 ``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM under fixed symbol names
 (``symnet_cblas_sgemm``, ``symnet_cblas_dgemm``; OpenBLAS's for small products
@@ -37,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,12 +169,34 @@ def choose(asked: str | None = None) -> Blas:
     return _openblas("MKL is installed, but this CPU is not Intel's (SYMNET_BLAS=mkl chooses it)")
 
 
-# Products of fewer multiply-adds call OpenBLAS whichever BLAS is chosen: its small-matrix
-# kernels took 0.69-0.87 × MKL's time on them, and MKL 0.85-0.88 × OpenBLAS's on larger ones (a
-# grid of 1,700 shapes of sides 10-256 and inner sizes 32-784 on AVX-512; on AVX2 the two were
-# level throughout). A product's library depends on its shape only, so not on the thread count.
+# Calls (a product's tiles) of fewer multiply-adds go to OpenBLAS whichever BLAS is chosen: its
+# small-matrix kernels took 0.69-0.87 × MKL's time on them, and MKL 0.85-0.88 × OpenBLAS's on
+# larger ones (a grid of 1,700 shapes of sides 10-256 and inner sizes 32-784 on AVX-512; on AVX2
+# the two were level throughout). A tile's library depends on its shape only, and the tiles on
+# the product's, so not on the thread count.
 SMALL = 1_000_000
+_TORCH_FIRST = "torch" in sys.modules
 BLAS = choose()  # kept: the library must stay loaded while kernels may call it
+_warned_torch = False
+
+
+def check_neighbours() -> None:
+    """Warn, once, when torch was imported after symnet loaded MKL (module docstring)."""
+    global _warned_torch
+    if (BLAS.name == "MKL" and not _TORCH_FIRST and not _warned_torch
+            and "torch" in sys.modules):
+        _warned_torch = True
+        warn("torch was imported after symnet loaded MKL for its kernels, so torch's own MKL "
+             "calls now run on symnet's MKL, on one thread (torch's products took 2 × as long "
+             "on 2 cores). Import torch before symnet's first compile or fit, or set "
+             "SYMNET_BLAS=openblas.")
+
+
+def describe() -> str:
+    """The BLAS in a line, for reports: its name, version, why it was chosen, and the small
+    calls' library where that differs."""
+    small = f"; calls below {SMALL:,} multiply-adds: OpenBLAS" if BLAS.name != "OpenBLAS" else ""
+    return f"{BLAS.name} {BLAS.version} ({BLAS.why}{small})"
 for _kind in KINDS.values():
     llvm.add_symbol(f"symnet_cblas_{_kind}gemm", BLAS.address(_kind))
     llvm.add_symbol(f"symnet_small_{_kind}gemm", _openblas("").address(_kind))

@@ -20,6 +20,7 @@ import numba.core.errors
 import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 
+from ..intrinsics import blas
 from ..ir import BATCH, CodegenError, Program, Status, Update
 from ..notices import on_behalf
 from . import cache, runtime, stages
@@ -129,6 +130,7 @@ class NumbaRunner:
         program = self.programs[name]
         n = _batch_rows(program, feeds)
         kernel = self.kernel(name)
+        blas.check_neighbours()
         with self.lock:
             arrays = {**feeds, **self.workspace(name, n)}
             blk = self.blocks.fill(entry, {"n": n, "seed": seed, "t": step}, arrays)
@@ -156,6 +158,7 @@ class NumbaRunner:
         entry = self.entries["train_epochs"]
         rows = min(batch_size, len(orders[0]))
         kernel = self.kernel("train_epochs")
+        blas.check_neighbours()
         stop = np.zeros(1, np.int64) if stop is None else stop
         batches = -(-len(orders[0]) // batch_size)
         losses = np.zeros((len(orders), batches), self.dtype)
