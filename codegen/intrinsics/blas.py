@@ -26,8 +26,8 @@ The BLAS is chosen once per process, when this module is imported (:func:`choose
   loaded later (PyTorch) calls symnet's instead: one thread, torch's products 2 × slower on 2
   cores. :func:`check_neighbours` warns when that has happened.
 
-Tiles (each a call) of fewer than ``SMALL`` multiply-adds call OpenBLAS either way. Both choices give any
-thread count the same bits; the two give different bits from each other. The chosen library's
+Tiles (each a call) of fewer than ``SMALL`` multiply-adds call OpenBLAS either way. Both
+choices give any thread count the same bits; the two give different bits from each other. The chosen library's
 ``cblas_sgemm`` and ``cblas_dgemm`` are given to LLVM under fixed symbol names
 (``symnet_cblas_sgemm``, ``symnet_cblas_dgemm``; OpenBLAS's for small products
 ``symnet_small_sgemm``, ``symnet_small_dgemm``), so machine code in numba's on-disk cache links
@@ -177,6 +177,9 @@ def choose(asked: str | None = None) -> Blas:
 SMALL = 1_000_000
 _TORCH_FIRST = "torch" in sys.modules
 BLAS = choose()  # kept: the library must stay loaded while kernels may call it
+for _kind in KINDS.values():
+    llvm.add_symbol(f"symnet_cblas_{_kind}gemm", BLAS.address(_kind))
+    llvm.add_symbol(f"symnet_small_{_kind}gemm", _openblas("").address(_kind))
 _warned_torch = False
 
 
@@ -197,9 +200,6 @@ def describe() -> str:
     calls' library where that differs."""
     small = f"; calls below {SMALL:,} multiply-adds: OpenBLAS" if BLAS.name != "OpenBLAS" else ""
     return f"{BLAS.name} {BLAS.version} ({BLAS.why}{small})"
-for _kind in KINDS.values():
-    llvm.add_symbol(f"symnet_cblas_{_kind}gemm", BLAS.address(_kind))
-    llvm.add_symbol(f"symnet_small_{_kind}gemm", _openblas("").address(_kind))
 
 
 def _gemm_call(context, builder, sig, args, offsets):
