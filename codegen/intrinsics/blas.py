@@ -177,9 +177,10 @@ def choose(asked: str | None = None) -> Blas:
 SMALL = 1_000_000
 _TORCH_FIRST = "torch" in sys.modules
 BLAS = choose()  # kept: the library must stay loaded while kernels may call it
+_SMALL_CALLS = _openblas(f"calls below {SMALL:,} multiply-adds")
 for _kind in KINDS.values():
     llvm.add_symbol(f"symnet_cblas_{_kind}gemm", BLAS.address(_kind))
-    llvm.add_symbol(f"symnet_small_{_kind}gemm", _openblas("").address(_kind))
+    llvm.add_symbol(f"symnet_small_{_kind}gemm", _SMALL_CALLS.address(_kind))
 _warned_torch = False
 
 
