@@ -119,6 +119,9 @@ def _mkl(path: Path, why: str) -> Blas:
     if (lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64) != _MKL_INTERFACE_LP64
             or lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL) != _MKL_THREADING_SEQUENTIAL):
         raise OSError("another library in this process already runs MKL with other settings")
+    # MKL's own memory manager is not fork-safe: a child forked after the kernels' team had
+    # called MKL spun forever in it in 3 of 40 forks; malloc, which it falls back to, is
+    lib.MKL_Disable_Fast_MM()
     if lib.MKL_CBWR_Set(_MKL_CBWR_AUTO | _MKL_CBWR_STRICT) != _MKL_CBWR_SUCCESS:
         raise OSError("MKL has already computed in this process, so its reproducible mode "
                       "cannot be set")
